@@ -1,0 +1,1 @@
+//! The Kafka-protocol broker: configuration, shards, connections and request handlers.

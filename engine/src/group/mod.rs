@@ -1,0 +1,1 @@
+//! The consumer-group coordinator (Kafka classic group protocol), as a sans-IO state machine.

@@ -1,0 +1,1 @@
+//! Idempotent-producer state: per (producer id, partition) sequence tracking, sans-IO.

@@ -1,0 +1,10 @@
+//! Sluice: a Kafka-compatible, thread-per-core streaming storage engine and broker.
+//!
+//! See `ARCHITECTURE.md` at the repository root for the map of this crate.
+
+pub mod broker;
+pub mod group;
+pub mod idempotence;
+pub mod io;
+pub mod replication;
+pub mod storage;

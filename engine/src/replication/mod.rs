@@ -1,0 +1,1 @@
+//! Replication core: one pipeline with pluggable commit and election rules (ISR, majority quorum).
