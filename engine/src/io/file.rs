@@ -1,0 +1,1 @@
+//! Files on io_uring: positioned writes and reads, fsync, fallocate.

@@ -1,0 +1,1 @@
+//! Sockets: SO_REUSEPORT listeners, readiness-driven sendfile for zero-copy fetch.
