@@ -13,6 +13,9 @@ pub mod coordinator;
 pub mod records;
 pub mod wire;
 
+#[cfg(test)]
+mod tests;
+
 pub use api::{codes, ErrorCode, GroupRequest, GroupResponse, RequestToken};
 pub use coordinator::{
     AnyTopic, AppendError, AppendId, CoordinatorAction, CoordinatorConfig, GroupCoordinator,

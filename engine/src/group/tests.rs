@@ -1,0 +1,1575 @@
+//! Tests of the coordinator state machine: one per path and error code, a restart from the
+//! replayed log, and a property test over random schedules.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bytes::Bytes;
+use proptest::prelude::*;
+
+use super::api::*;
+use super::assignor::{ConsumerAssignment, ConsumerSubscription};
+use super::coordinator::*;
+use super::records::{OffsetsKey, DEFAULT_OFFSETS_PARTITIONS};
+
+const SESSION: i32 = 10_000;
+const REBALANCE: i32 = 30_000;
+
+struct Harness {
+    c: GroupCoordinator,
+    now: i64,
+    next_token: u64,
+    responses: HashMap<u64, GroupResponse>,
+    /// Appends waiting for completion when `auto_complete` is off.
+    held: Vec<(AppendId, i32, Vec<OffsetsRecord>)>,
+    /// Records persisted so far, per partition, in order.
+    log: Vec<(i32, OffsetsRecord)>,
+    auto_complete: bool,
+    fail_next_append: Option<AppendError>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self::with_config(CoordinatorConfig {
+            initial_rebalance_delay_ms: 0,
+            ..Default::default()
+        })
+    }
+
+    fn with_config(config: CoordinatorConfig) -> Self {
+        let mut c = GroupCoordinator::new(config);
+        for p in 0..DEFAULT_OFFSETS_PARTITIONS {
+            c.begin_loading(p);
+            c.finish_loading(p, 0);
+        }
+        Harness {
+            c,
+            now: 0,
+            next_token: 1,
+            responses: HashMap::new(),
+            held: Vec::new(),
+            log: Vec::new(),
+            auto_complete: true,
+            fail_next_append: None,
+        }
+    }
+
+    fn process(&mut self, actions: Vec<CoordinatorAction>) {
+        for a in actions {
+            match a {
+                CoordinatorAction::Respond { token, response } => {
+                    assert!(
+                        self.responses.insert(token, response).is_none(),
+                        "token {token} answered twice"
+                    );
+                }
+                CoordinatorAction::Append {
+                    append_id,
+                    partition,
+                    records,
+                } => {
+                    if self.auto_complete {
+                        self.complete(append_id, partition, records);
+                    } else {
+                        self.held.push((append_id, partition, records));
+                    }
+                }
+            }
+        }
+    }
+
+    fn complete(&mut self, append_id: AppendId, partition: i32, records: Vec<OffsetsRecord>) {
+        let result = match self.fail_next_append.take() {
+            Some(e) => Err(e),
+            None => {
+                self.log.extend(records.into_iter().map(|r| (partition, r)));
+                Ok(())
+            }
+        };
+        let actions = self.c.on_append_complete(append_id, self.now, result);
+        self.process(actions);
+    }
+
+    fn release_held(&mut self) {
+        for (id, p, r) in std::mem::take(&mut self.held) {
+            self.complete(id, p, r);
+        }
+    }
+
+    fn send(&mut self, req: GroupRequest) -> u64 {
+        let token = self.next_token;
+        self.next_token += 1;
+        let actions = self.c.handle(token, self.now, req, &AnyTopic);
+        self.process(actions);
+        token
+    }
+
+    fn send_with(&mut self, req: GroupRequest, catalog: &dyn TopicCatalog) -> u64 {
+        let token = self.next_token;
+        self.next_token += 1;
+        let actions = self.c.handle(token, self.now, req, catalog);
+        self.process(actions);
+        token
+    }
+
+    fn advance(&mut self, ms: i64) {
+        self.now += ms;
+        let actions = self.c.tick(self.now);
+        self.process(actions);
+    }
+
+    fn take(&mut self, token: u64) -> Option<GroupResponse> {
+        self.responses.remove(&token)
+    }
+
+    fn join_result(&mut self, token: u64) -> JoinGroupResult {
+        match self.take(token) {
+            Some(GroupResponse::Join(r)) => r,
+            other => panic!("expected a JoinGroup response for {token}, got {other:?}"),
+        }
+    }
+
+    fn sync_result(&mut self, token: u64) -> SyncGroupResult {
+        match self.take(token) {
+            Some(GroupResponse::Sync(r)) => r,
+            other => panic!("expected a SyncGroup response for {token}, got {other:?}"),
+        }
+    }
+
+    fn join(
+        &mut self,
+        group: &str,
+        member: &str,
+        instance: Option<&str>,
+        protocols: &[&str],
+    ) -> u64 {
+        self.send(GroupRequest::Join(join_req(
+            group, member, instance, protocols,
+        )))
+    }
+
+    /// A new dynamic member through the MEMBER_ID_REQUIRED round trip; returns the token of
+    /// the second JoinGroup and the member id.
+    fn join_new(&mut self, group: &str) -> (u64, String) {
+        let t = self.join(group, "", None, &["range"]);
+        let r = self.join_result(t);
+        assert_eq!(r.error, codes::MEMBER_ID_REQUIRED);
+        assert!(!r.member_id.is_empty());
+        let t2 = self.join(group, &r.member_id, None, &["range"]);
+        (t2, r.member_id)
+    }
+
+    fn sync(
+        &mut self,
+        group: &str,
+        member: &str,
+        generation: i32,
+        assignments: Vec<(String, Bytes)>,
+    ) -> u64 {
+        self.send(GroupRequest::Sync(SyncGroup {
+            group_id: group.into(),
+            generation_id: generation,
+            member_id: member.into(),
+            group_instance_id: None,
+            protocol_type: None,
+            protocol_name: None,
+            assignments,
+        }))
+    }
+
+    fn heartbeat(&mut self, group: &str, member: &str, generation: i32) -> ErrorCode {
+        let t = self.send(GroupRequest::Heartbeat(Heartbeat {
+            group_id: group.into(),
+            generation_id: generation,
+            member_id: member.into(),
+            group_instance_id: None,
+        }));
+        match self.take(t) {
+            Some(GroupResponse::Heartbeat(e)) => e,
+            other => panic!("expected heartbeat response, got {other:?}"),
+        }
+    }
+
+    fn commit(
+        &mut self,
+        group: &str,
+        member: &str,
+        generation: i32,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> ErrorCode {
+        let t = self.send(GroupRequest::OffsetCommit(commit_req(
+            group, member, generation, topic, partition, offset,
+        )));
+        match self.take(t) {
+            Some(GroupResponse::OffsetCommit(r)) => {
+                assert_eq!(r.len(), 1);
+                r[0].2
+            }
+            other => panic!("expected commit response, got {other:?}"),
+        }
+    }
+
+    fn fetch(&mut self, group: &str, topic: &str, partition: i32) -> (ErrorCode, i64) {
+        let t = self.send(GroupRequest::OffsetFetch(OffsetFetch {
+            groups: vec![OffsetFetchGroup {
+                group_id: group.into(),
+                topics: Some(vec![(topic.into(), vec![partition])]),
+            }],
+        }));
+        match self.take(t) {
+            Some(GroupResponse::OffsetFetch(r)) => {
+                (r[0].error, r[0].offsets.first().map_or(-2, |o| o.offset))
+            }
+            other => panic!("expected fetch response, got {other:?}"),
+        }
+    }
+
+    /// One member forms a Stable group; returns its member id and the generation.
+    fn stable_single(&mut self, group: &str) -> (String, i32) {
+        let (t, id) = self.join_new(group);
+        let r = self.join_result(t);
+        assert_eq!(r.error, codes::NONE);
+        let s = self.sync(
+            group,
+            &id,
+            r.generation_id,
+            vec![(id.clone(), Bytes::from_static(b"A"))],
+        );
+        assert_eq!(self.sync_result(s).error, codes::NONE);
+        assert_eq!(self.c.group_state(group), Some(GroupState::Stable));
+        (id, r.generation_id)
+    }
+}
+
+fn join_req(group: &str, member: &str, instance: Option<&str>, protocols: &[&str]) -> JoinGroup {
+    JoinGroup {
+        group_id: group.into(),
+        session_timeout_ms: SESSION,
+        rebalance_timeout_ms: REBALANCE,
+        member_id: member.into(),
+        group_instance_id: instance.map(Into::into),
+        protocol_type: "consumer".into(),
+        protocols: protocols
+            .iter()
+            .map(|p| JoinProtocol {
+                name: (*p).into(),
+                metadata: ConsumerSubscription::new(["t"]).encode(3),
+            })
+            .collect(),
+        require_known_member_id: true,
+        client_id: "client".into(),
+        client_host: "/127.0.0.1".into(),
+        reason: None,
+    }
+}
+
+fn commit_req(
+    group: &str,
+    member: &str,
+    generation: i32,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> OffsetCommit {
+    OffsetCommit {
+        group_id: group.into(),
+        generation_id: generation,
+        member_id: member.into(),
+        group_instance_id: None,
+        retention_time_ms: -1,
+        partitions: vec![PartitionCommit {
+            topic: topic.into(),
+            partition,
+            offset,
+            leader_epoch: -1,
+            metadata: None,
+        }],
+    }
+}
+
+#[test]
+fn member_id_required_round_trip_then_single_member_generation() {
+    let mut h = Harness::new();
+    let (t, id) = h.join_new("g");
+    assert!(
+        id.starts_with("client-"),
+        "member id is client id + uuid: {id}"
+    );
+    let r = h.join_result(t);
+    assert_eq!(r.error, codes::NONE);
+    assert_eq!(r.generation_id, 1);
+    assert_eq!(r.leader, id);
+    assert_eq!(r.member_id, id);
+    assert_eq!(r.protocol_name.as_deref(), Some("range"));
+    assert_eq!(r.members.len(), 1, "the leader receives the member list");
+    assert_eq!(h.c.group_state("g"), Some(GroupState::CompletingRebalance));
+    // Heartbeats are accepted while the leader computes the assignment.
+    assert_eq!(h.heartbeat("g", &id, 1), codes::NONE);
+    let s = h.sync("g", &id, 1, vec![(id.clone(), Bytes::from_static(b"asg"))]);
+    let sr = h.sync_result(s);
+    assert_eq!(sr.error, codes::NONE);
+    assert_eq!(&sr.assignment[..], b"asg");
+    assert_eq!(h.c.group_state("g"), Some(GroupState::Stable));
+    // The assignment was persisted as GroupMetadataValue.
+    assert!(h
+        .log
+        .iter()
+        .any(|(_, r)| OffsetsKey::decode(&r.key).unwrap()
+            == Some(OffsetsKey::GroupMetadata { group: "g".into() })));
+}
+
+#[test]
+fn v3_join_without_member_id_gets_one_directly() {
+    let mut h = Harness::new();
+    let mut req = join_req("g", "", None, &["range"]);
+    req.require_known_member_id = false;
+    let t = h.send(GroupRequest::Join(req));
+    let r = h.join_result(t);
+    assert_eq!(r.error, codes::NONE);
+    assert_eq!(r.generation_id, 1);
+}
+
+#[test]
+fn second_member_triggers_rebalance_and_followers_wait_for_leader_sync() {
+    let mut h = Harness::new();
+    let (a, gen1) = h.stable_single("g");
+    let (tb, b) = h.join_new("g");
+    assert!(h.take(tb).is_none(), "B waits for the rebalance");
+    assert_eq!(h.c.group_state("g"), Some(GroupState::PreparingRebalance));
+    assert_eq!(h.heartbeat("g", &a, gen1), codes::REBALANCE_IN_PROGRESS);
+    // Commits are still accepted from the current generation while preparing.
+    assert_eq!(h.commit("g", &a, gen1, "t", 0, 5), codes::NONE);
+    let ta = h.join("g", &a, None, &["range"]);
+    let (ra, rb) = (h.join_result(ta), h.join_result(tb));
+    assert_eq!(ra.generation_id, gen1 + 1);
+    assert_eq!(rb.generation_id, gen1 + 1);
+    assert_eq!(ra.leader, a);
+    assert_eq!(rb.leader, a);
+    assert_eq!(ra.members.len(), 2);
+    assert!(rb.members.is_empty(), "followers get no member list");
+    // Old generation now rejected.
+    assert_eq!(
+        h.commit("g", &a, gen1, "t", 0, 6),
+        codes::ILLEGAL_GENERATION
+    );
+    // Commit while CompletingRebalance.
+    assert_eq!(
+        h.commit("g", &b, gen1 + 1, "t", 0, 6),
+        codes::REBALANCE_IN_PROGRESS
+    );
+    let sb = h.sync("g", &b, gen1 + 1, vec![]);
+    assert!(
+        h.take(sb).is_none(),
+        "follower waits for the leader's assignment"
+    );
+    let sa = h.sync(
+        "g",
+        &a,
+        gen1 + 1,
+        vec![
+            (a.clone(), Bytes::from_static(b"for-a")),
+            (b.clone(), Bytes::from_static(b"for-b")),
+        ],
+    );
+    assert_eq!(&h.sync_result(sa).assignment[..], b"for-a");
+    assert_eq!(&h.sync_result(sb).assignment[..], b"for-b");
+    assert_eq!(h.c.group_state("g"), Some(GroupState::Stable));
+    // A late SyncGroup in Stable gets its assignment immediately.
+    let again = h.sync("g", &b, gen1 + 1, vec![]);
+    assert_eq!(&h.sync_result(again).assignment[..], b"for-b");
+    assert_eq!(h.commit("g", &b, gen1 + 1, "t", 0, 7), codes::NONE);
+    assert_eq!(h.fetch("g", "t", 0), (codes::NONE, 7));
+}
+
+#[test]
+fn members_that_do_not_rejoin_within_the_rebalance_timeout_are_removed() {
+    let mut h = Harness::new();
+    let (a, _) = h.stable_single("g");
+    let (tb, b) = h.join_new("g");
+    let ta = h.join("g", &a, None, &["range"]);
+    let gen2 = h.join_result(ta).generation_id;
+    h.join_result(tb);
+    let sa = h.sync("g", &a, gen2, vec![]);
+    let sb = h.sync("g", &b, gen2, vec![]);
+    h.sync_result(sa);
+    h.sync_result(sb);
+    // C joins; A rejoins; B stays silent (but keeps heartbeating, which does not count).
+    let (tc, _c) = h.join_new("g");
+    let ta = h.join("g", &a, None, &["range"]);
+    assert!(h.take(ta).is_none());
+    for _ in 0..5 {
+        h.advance(REBALANCE as i64 / 6);
+        assert_eq!(h.heartbeat("g", &b, gen2), codes::REBALANCE_IN_PROGRESS);
+        assert!(h.take(ta).is_none());
+    }
+    h.advance(REBALANCE as i64 / 6);
+    let ra = h.join_result(ta);
+    let rc = h.join_result(tc);
+    assert_eq!(ra.generation_id, gen2 + 1);
+    assert_eq!(rc.generation_id, gen2 + 1);
+    assert_eq!(ra.members.len(), 2);
+    assert!(!h.c.member_ids("g").contains(&b));
+    assert_eq!(h.heartbeat("g", &b, gen2), codes::UNKNOWN_MEMBER_ID);
+}
+
+#[test]
+fn session_expiry_removes_member_and_rebalances() {
+    let mut h = Harness::new();
+    let (a, gen1) = h.stable_single("g");
+    assert_eq!(h.c.next_deadline(), Some(h.now + SESSION as i64));
+    h.advance(SESSION as i64 - 1);
+    assert_eq!(h.c.group_state("g"), Some(GroupState::Stable));
+    h.advance(1);
+    // The only member expired: the rebalance completes at once into an empty generation.
+    assert_eq!(h.c.group_state("g"), Some(GroupState::Empty));
+    assert_eq!(h.c.generation("g"), Some(gen1 + 1));
+    assert_eq!(h.heartbeat("g", &a, gen1), codes::UNKNOWN_MEMBER_ID);
+    assert_eq!(h.c.next_deadline(), None);
+}
+
+#[test]
+fn heartbeat_error_paths() {
+    let mut h = Harness::new();
+    assert_eq!(h.heartbeat("nope", "m", 1), codes::UNKNOWN_MEMBER_ID);
+    let (a, gen) = h.stable_single("g");
+    assert_eq!(h.heartbeat("g", &a, gen + 5), codes::ILLEGAL_GENERATION);
+    assert_eq!(h.heartbeat("g", "stranger", gen), codes::UNKNOWN_MEMBER_ID);
+    assert_eq!(h.heartbeat("", "m", 1), codes::INVALID_GROUP_ID);
+    assert_eq!(h.heartbeat("g", &a, gen), codes::NONE);
+}
+
+#[test]
+fn protocol_selection_and_inconsistent_protocols() {
+    let mut h = Harness::new();
+    let mut req_a = join_req("g", "", None, &["range", "roundrobin"]);
+    req_a.require_known_member_id = false;
+    let ta = h.send(GroupRequest::Join(req_a));
+    let a = h.join_result(ta);
+    assert_eq!(a.protocol_name.as_deref(), Some("range"));
+    // A member supporting only "sticky" cannot join.
+    let t = h.join("g", "", None, &["sticky"]);
+    assert_eq!(h.join_result(t).error, codes::INCONSISTENT_GROUP_PROTOCOL);
+    // Another protocol type cannot join.
+    let mut other = join_req("g", "", None, &["range"]);
+    other.protocol_type = "connect".into();
+    let t = h.send(GroupRequest::Join(other));
+    assert_eq!(h.join_result(t).error, codes::INCONSISTENT_GROUP_PROTOCOL);
+    // Empty protocol list.
+    let t = h.join("g2", "", None, &[]);
+    assert_eq!(h.join_result(t).error, codes::INCONSISTENT_GROUP_PROTOCOL);
+    assert_eq!(
+        h.c.group_state("g2"),
+        None,
+        "a failed first join leaves no group behind"
+    );
+    // Two members preferring roundrobin outvote the leader's range.
+    let mut rb = join_req("g", "", None, &["roundrobin", "range"]);
+    rb.require_known_member_id = false;
+    let tb = h.send(GroupRequest::Join(rb.clone()));
+    let tc = h.send(GroupRequest::Join(rb));
+    let ta = h.join("g", &a.member_id, None, &["range", "roundrobin"]);
+    h.advance(REBALANCE as i64);
+    for t in [ta, tb, tc] {
+        let r = h.join_result(t);
+        assert_eq!(r.error, codes::NONE);
+        assert_eq!(r.protocol_name.as_deref(), Some("roundrobin"));
+    }
+}
+
+#[test]
+fn protocol_vote_tie_follows_leader_preference() {
+    let mut h = Harness::new();
+    let mut a = join_req("g", "", None, &["roundrobin", "range"]);
+    a.require_known_member_id = false;
+    let ta = h.send(GroupRequest::Join(a));
+    let ra = h.join_result(ta);
+    let s = h.sync("g", &ra.member_id, ra.generation_id, vec![]);
+    h.sync_result(s);
+    let mut b = join_req("g", "", None, &["range", "roundrobin"]);
+    b.require_known_member_id = false;
+    let tb = h.send(GroupRequest::Join(b));
+    let ta = h.join("g", &ra.member_id, None, &["roundrobin", "range"]);
+    let r = h.join_result(ta);
+    h.join_result(tb);
+    assert_eq!(r.leader, ra.member_id);
+    assert_eq!(r.protocol_name.as_deref(), Some("roundrobin"));
+}
+
+#[test]
+fn join_validation_errors() {
+    let mut h = Harness::new();
+    let t = h.join("", "", None, &["range"]);
+    assert_eq!(h.join_result(t).error, codes::INVALID_GROUP_ID);
+    let mut req = join_req("g", "", None, &["range"]);
+    req.session_timeout_ms = 10;
+    let t = h.send(GroupRequest::Join(req));
+    assert_eq!(h.join_result(t).error, codes::INVALID_SESSION_TIMEOUT);
+    let mut req = join_req("g", "", None, &["range"]);
+    req.session_timeout_ms = i32::MAX;
+    let t = h.send(GroupRequest::Join(req));
+    assert_eq!(h.join_result(t).error, codes::INVALID_SESSION_TIMEOUT);
+    let t = h.join("unknown", "some-member", None, &["range"]);
+    assert_eq!(h.join_result(t).error, codes::UNKNOWN_MEMBER_ID);
+    let (_a, _) = h.stable_single("g");
+    let t = h.join("g", "not-a-member", None, &["range"]);
+    assert_eq!(h.join_result(t).error, codes::UNKNOWN_MEMBER_ID);
+}
+
+#[test]
+fn group_max_size() {
+    let mut h = Harness::with_config(CoordinatorConfig {
+        initial_rebalance_delay_ms: 0,
+        max_group_size: 1,
+        ..Default::default()
+    });
+    let (_a, _) = h.stable_single("g");
+    let mut req = join_req("g", "", None, &["range"]);
+    req.require_known_member_id = false;
+    let t = h.send(GroupRequest::Join(req));
+    assert_eq!(h.join_result(t).error, codes::GROUP_MAX_SIZE_REACHED);
+}
+
+#[test]
+fn rejoin_of_follower_with_same_protocols_in_stable_returns_current_generation() {
+    let mut h = Harness::new();
+    let (a, _) = h.stable_single("g");
+    let (tb, b) = h.join_new("g");
+    let ta = h.join("g", &a, None, &["range"]);
+    let gen = h.join_result(ta).generation_id;
+    h.join_result(tb);
+    let sa = h.sync("g", &a, gen, vec![]);
+    let sb = h.sync("g", &b, gen, vec![]);
+    h.sync_result(sa);
+    h.sync_result(sb);
+    let t = h.join("g", &b, None, &["range"]);
+    let r = h.join_result(t);
+    assert_eq!((r.error, r.generation_id), (codes::NONE, gen));
+    assert_eq!(h.c.group_state("g"), Some(GroupState::Stable));
+    // The leader rejoining forces a rebalance.
+    let t = h.join("g", &a, None, &["range"]);
+    assert!(h.take(t).is_none());
+    assert_eq!(h.c.group_state("g"), Some(GroupState::PreparingRebalance));
+}
+
+#[test]
+fn static_member_restart_replaces_member_id_without_rebalance() {
+    let mut h = Harness::new();
+    let t = h.join("g", "", Some("inst-1"), &["range"]);
+    let r = h.join_result(t);
+    assert_eq!(
+        r.error,
+        codes::NONE,
+        "static members skip MEMBER_ID_REQUIRED"
+    );
+    assert!(r.member_id.starts_with("inst-1-"));
+    let old = r.member_id.clone();
+    let s = h.sync(
+        "g",
+        &old,
+        r.generation_id,
+        vec![(old.clone(), Bytes::from_static(b"mine"))],
+    );
+    h.sync_result(s);
+    let appends_before = h.log.len();
+    // The process restarts: same instance id, no member id.
+    let t = h.join("g", "", Some("inst-1"), &["range"]);
+    let r2 = h.join_result(t);
+    assert_eq!(r2.error, codes::NONE);
+    assert_ne!(r2.member_id, old);
+    assert_eq!(r2.generation_id, r.generation_id, "no new generation");
+    assert_eq!(
+        r2.leader, old,
+        "Kafka reports the previous leader id so the member does not reassign"
+    );
+    assert!(r2.members.is_empty());
+    assert_eq!(h.c.group_state("g"), Some(GroupState::Stable));
+    assert!(
+        h.log.len() > appends_before,
+        "the new member id was persisted"
+    );
+    // The new member id gets its old assignment back.
+    let s = h.sync("g", &r2.member_id, r2.generation_id, vec![]);
+    assert_eq!(&h.sync_result(s).assignment[..], b"mine");
+    // The old incarnation is fenced.
+    let t = h.send(GroupRequest::Heartbeat(Heartbeat {
+        group_id: "g".into(),
+        generation_id: r.generation_id,
+        member_id: old.clone(),
+        group_instance_id: Some("inst-1".into()),
+    }));
+    assert_eq!(
+        h.take(t),
+        Some(GroupResponse::Heartbeat(codes::FENCED_INSTANCE_ID))
+    );
+    let mut commit = commit_req("g", &old, r.generation_id, "t", 0, 1);
+    commit.group_instance_id = Some("inst-1".into());
+    let t = h.send(GroupRequest::OffsetCommit(commit));
+    assert_eq!(
+        h.take(t),
+        Some(GroupResponse::OffsetCommit(vec![(
+            "t".into(),
+            0,
+            codes::FENCED_INSTANCE_ID
+        )]))
+    );
+}
+
+#[test]
+fn static_member_replacement_reverts_when_the_write_fails() {
+    let mut h = Harness::new();
+    let t = h.join("g", "", Some("i"), &["range"]);
+    let r = h.join_result(t);
+    let s = h.sync("g", &r.member_id, r.generation_id, vec![]);
+    h.sync_result(s);
+    h.fail_next_append = Some(AppendError::NotLeader);
+    let t = h.join("g", "", Some("i"), &["range"]);
+    assert_eq!(h.join_result(t).error, codes::NOT_COORDINATOR);
+    assert_eq!(h.c.member_ids("g"), vec![r.member_id.clone()]);
+}
+
+#[test]
+fn static_member_not_rejoining_is_kept_until_session_expiry() {
+    let mut h = Harness::new();
+    let t = h.join("g", "", Some("s"), &["range"]);
+    let rs = h.join_result(t);
+    let s = h.sync("g", &rs.member_id, rs.generation_id, vec![]);
+    h.sync_result(s);
+    let (tb, _b) = h.join_new("g");
+    for _ in 0..6 {
+        assert!(h.take(tb).is_none());
+        assert_eq!(
+            h.heartbeat("g", &rs.member_id, rs.generation_id),
+            codes::REBALANCE_IN_PROGRESS
+        );
+        h.advance(REBALANCE as i64 / 6);
+    }
+    // Rebalance timed out: the static member stays (it did not rejoin, but it is static).
+    let rb = h.join_result(tb);
+    assert_eq!(rb.error, codes::NONE);
+    assert_eq!(
+        rb.members.len(),
+        2,
+        "the leader still sees the static member"
+    );
+    assert!(h.c.member_ids("g").contains(&rs.member_id));
+    // Gone for a whole session: now it is removed.
+    h.advance(SESSION as i64);
+    assert!(!h.c.member_ids("g").contains(&rs.member_id));
+}
+
+#[test]
+fn leave_group_batched_and_by_instance_id() {
+    let mut h = Harness::new();
+    let t = h.join("g", "", Some("i1"), &["range"]);
+    let r1 = h.join_result(t);
+    let (t2, m2) = h.join_new("g");
+    let t1 = h.join("g", &r1.member_id, Some("i1"), &["range"]);
+    h.join_result(t1);
+    h.join_result(t2);
+    let t = h.send(GroupRequest::Leave(LeaveGroup {
+        group_id: "g".into(),
+        members: vec![
+            LeavingMember {
+                member_id: "".into(),
+                group_instance_id: Some("i1".into()),
+            },
+            LeavingMember {
+                member_id: m2.clone(),
+                group_instance_id: None,
+            },
+            LeavingMember {
+                member_id: "ghost".into(),
+                group_instance_id: None,
+            },
+            LeavingMember {
+                member_id: "wrong".into(),
+                group_instance_id: Some("i9".into()),
+            },
+        ],
+    }));
+    let Some(GroupResponse::Leave(res)) = h.take(t) else {
+        panic!()
+    };
+    assert_eq!(res.error, codes::NONE);
+    let codes_: Vec<ErrorCode> = res.members.iter().map(|m| m.2).collect();
+    assert_eq!(
+        codes_,
+        vec![
+            codes::NONE,
+            codes::NONE,
+            codes::UNKNOWN_MEMBER_ID,
+            codes::UNKNOWN_MEMBER_ID
+        ]
+    );
+    assert_eq!(h.c.group_state("g"), Some(GroupState::Empty));
+    // Unknown group: per-member UNKNOWN_MEMBER_ID, no top-level error.
+    let t = h.send(GroupRequest::Leave(LeaveGroup {
+        group_id: "none".into(),
+        members: vec![LeavingMember {
+            member_id: "x".into(),
+            group_instance_id: None,
+        }],
+    }));
+    assert_eq!(
+        h.take(t),
+        Some(GroupResponse::Leave(LeaveGroupResult {
+            error: codes::NONE,
+            members: vec![("x".into(), None, codes::UNKNOWN_MEMBER_ID)]
+        }))
+    );
+}
+
+#[test]
+fn leave_with_fenced_instance() {
+    let mut h = Harness::new();
+    let t = h.join("g", "", Some("i1"), &["range"]);
+    h.join_result(t);
+    let t = h.send(GroupRequest::Leave(LeaveGroup {
+        group_id: "g".into(),
+        members: vec![LeavingMember {
+            member_id: "stale-id".into(),
+            group_instance_id: Some("i1".into()),
+        }],
+    }));
+    let Some(GroupResponse::Leave(res)) = h.take(t) else {
+        panic!()
+    };
+    assert_eq!(res.members[0].2, codes::FENCED_INSTANCE_ID);
+}
+
+#[test]
+fn leaving_member_waiting_in_join_is_answered() {
+    let mut h = Harness::new();
+    let (a, _) = h.stable_single("g");
+    let (tb, b) = h.join_new("g");
+    let t = h.send(GroupRequest::Leave(LeaveGroup {
+        group_id: "g".into(),
+        members: vec![LeavingMember {
+            member_id: b.clone(),
+            group_instance_id: None,
+        }],
+    }));
+    h.take(t);
+    assert_eq!(h.join_result(tb).error, codes::UNKNOWN_MEMBER_ID);
+    // A alone now: its rejoin completes the rebalance.
+    let ta = h.join("g", &a, None, &["range"]);
+    assert_eq!(h.join_result(ta).members.len(), 1);
+}
+
+#[test]
+fn simple_commits_and_commit_errors() {
+    let mut h = Harness::new();
+    // Unknown group, generation -1: allowed, creates an Empty offsets-only group.
+    assert_eq!(h.commit("simple", "", -1, "t", 0, 10), codes::NONE);
+    assert_eq!(h.c.group_state("simple"), Some(GroupState::Empty));
+    assert_eq!(h.fetch("simple", "t", 0), (codes::NONE, 10));
+    // Unknown group with a generation: rejected.
+    assert_eq!(
+        h.commit("other", "m", 3, "t", 0, 1),
+        codes::ILLEGAL_GENERATION
+    );
+    assert_eq!(h.c.group_state("other"), None);
+    let (a, gen) = h.stable_single("g");
+    assert_eq!(
+        h.commit("g", "", -1, "t", 0, 1),
+        codes::UNKNOWN_MEMBER_ID,
+        "members only once non-empty"
+    );
+    assert_eq!(
+        h.commit("g", "intruder", gen, "t", 0, 1),
+        codes::UNKNOWN_MEMBER_ID
+    );
+    assert_eq!(
+        h.commit("g", &a, gen - 1, "t", 0, 1),
+        codes::ILLEGAL_GENERATION
+    );
+    // Metadata too large and unknown topic are per partition.
+    let mut req = commit_req("g", &a, gen, "t", 0, 3);
+    req.partitions[0].metadata = Some("x".repeat(5000));
+    req.partitions.push(PartitionCommit {
+        topic: "t".into(),
+        partition: 1,
+        offset: 4,
+        leader_epoch: 2,
+        metadata: Some("ok".into()),
+    });
+    req.partitions.push(PartitionCommit {
+        topic: "missing".into(),
+        partition: 0,
+        offset: 4,
+        leader_epoch: 2,
+        metadata: None,
+    });
+    let catalog = |t: &str, _p: i32| t != "missing";
+    let t = h.send_with(GroupRequest::OffsetCommit(req), &catalog);
+    let Some(GroupResponse::OffsetCommit(mut res)) = h.take(t) else {
+        panic!()
+    };
+    res.sort();
+    assert_eq!(
+        res,
+        vec![
+            ("missing".into(), 0, codes::UNKNOWN_TOPIC_OR_PARTITION),
+            ("t".into(), 0, codes::OFFSET_METADATA_TOO_LARGE),
+            ("t".into(), 1, codes::NONE)
+        ]
+    );
+    assert_eq!(h.fetch("g", "t", 1), (codes::NONE, 4));
+    assert_eq!(h.fetch("g", "t", 0), (codes::NONE, -1));
+    // A failed append maps the error and does not change the committed offset.
+    h.fail_next_append = Some(AppendError::NotEnoughReplicas);
+    assert_eq!(
+        h.commit("g", &a, gen, "t", 1, 99),
+        codes::COORDINATOR_NOT_AVAILABLE
+    );
+    h.fail_next_append = Some(AppendError::NotLeader);
+    assert_eq!(h.commit("g", &a, gen, "t", 1, 99), codes::NOT_COORDINATOR);
+    assert_eq!(h.fetch("g", "t", 1), (codes::NONE, 4));
+}
+
+#[test]
+fn commit_response_waits_for_the_append() {
+    let mut h = Harness::new();
+    h.auto_complete = false;
+    let t = h.send(GroupRequest::OffsetCommit(commit_req(
+        "g", "", -1, "t", 0, 8,
+    )));
+    assert!(h.take(t).is_none());
+    assert_eq!(
+        h.fetch("g", "t", 0),
+        (codes::NONE, -1),
+        "uncommitted offsets are invisible"
+    );
+    h.release_held();
+    assert_eq!(
+        h.take(t),
+        Some(GroupResponse::OffsetCommit(vec![(
+            "t".into(),
+            0,
+            codes::NONE
+        )]))
+    );
+    assert_eq!(h.fetch("g", "t", 0), (codes::NONE, 8));
+}
+
+#[test]
+fn offset_fetch_all_topics_unknown_groups_and_multi_group() {
+    let mut h = Harness::new();
+    assert_eq!(h.commit("a", "", -1, "t", 0, 1), codes::NONE);
+    assert_eq!(h.commit("a", "", -1, "u", 2, 5), codes::NONE);
+    let t = h.send(GroupRequest::OffsetFetch(OffsetFetch {
+        groups: vec![
+            OffsetFetchGroup {
+                group_id: "a".into(),
+                topics: None,
+            },
+            OffsetFetchGroup {
+                group_id: "unknown".into(),
+                topics: Some(vec![("t".into(), vec![0])]),
+            },
+            OffsetFetchGroup {
+                group_id: "unknown2".into(),
+                topics: None,
+            },
+        ],
+    }));
+    let Some(GroupResponse::OffsetFetch(res)) = h.take(t) else {
+        panic!()
+    };
+    assert_eq!(res.len(), 3);
+    assert_eq!(
+        res[0].offsets.iter().map(|o| o.offset).collect::<Vec<_>>(),
+        vec![1, 5]
+    );
+    assert_eq!(res[1].offsets[0].offset, -1);
+    assert_eq!(res[1].error, codes::NONE);
+    assert!(res[2].offsets.is_empty());
+}
+
+#[test]
+fn not_coordinator_and_loading() {
+    let mut h = Harness::new();
+    let p = h.c.partition_for("g");
+    let actions = h.c.unload(p);
+    h.process(actions);
+    let t = h.join("g", "", None, &["range"]);
+    assert_eq!(h.join_result(t).error, codes::NOT_COORDINATOR);
+    h.c.begin_loading(p);
+    let t = h.join("g", "", None, &["range"]);
+    assert_eq!(h.join_result(t).error, codes::COORDINATOR_LOAD_IN_PROGRESS);
+    assert_eq!(h.fetch("g", "t", 0).0, codes::COORDINATOR_LOAD_IN_PROGRESS);
+    let t = h.send(GroupRequest::ListGroups(ListGroups::default()));
+    let Some(GroupResponse::ListGroups(l)) = h.take(t) else {
+        panic!()
+    };
+    assert_eq!(l.error, codes::COORDINATOR_LOAD_IN_PROGRESS);
+    h.c.finish_loading(p, h.now);
+    let (t, _) = h.join_new("g");
+    assert_eq!(h.join_result(t).error, codes::NONE);
+}
+
+#[test]
+fn unload_answers_waiting_requests_not_coordinator() {
+    let mut h = Harness::new();
+    let (_a, _) = h.stable_single("g");
+    let (tb, _b) = h.join_new("g");
+    let p = h.c.partition_for("g");
+    let actions = h.c.unload(p);
+    h.process(actions);
+    assert_eq!(h.join_result(tb).error, codes::NOT_COORDINATOR);
+    assert_eq!(h.c.group_state("g"), None);
+}
+
+#[test]
+fn list_and_describe_groups() {
+    let mut h = Harness::new();
+    let (a, _) = h.stable_single("stable");
+    assert_eq!(h.commit("empty", "", -1, "t", 0, 1), codes::NONE);
+    let t = h.send(GroupRequest::ListGroups(ListGroups::default()));
+    let Some(GroupResponse::ListGroups(l)) = h.take(t) else {
+        panic!()
+    };
+    let ids: Vec<(&str, &str, &str)> = l
+        .groups
+        .iter()
+        .map(|g| {
+            (
+                g.group_id.as_str(),
+                g.state.as_str(),
+                g.protocol_type.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        vec![("empty", "Empty", ""), ("stable", "Stable", "consumer")]
+    );
+    let t = h.send(GroupRequest::ListGroups(ListGroups {
+        states_filter: vec!["stable".into()],
+        types_filter: vec![],
+    }));
+    let Some(GroupResponse::ListGroups(l)) = h.take(t) else {
+        panic!()
+    };
+    assert_eq!(l.groups.len(), 1);
+    let t = h.send(GroupRequest::ListGroups(ListGroups {
+        states_filter: vec![],
+        types_filter: vec!["consumer".into()],
+    }));
+    let Some(GroupResponse::ListGroups(l)) = h.take(t) else {
+        panic!()
+    };
+    assert!(l.groups.is_empty(), "classic groups only");
+    let t = h.send(GroupRequest::DescribeGroups(vec![
+        "stable".into(),
+        "ghost".into(),
+    ]));
+    let Some(GroupResponse::DescribeGroups(d)) = h.take(t) else {
+        panic!()
+    };
+    assert_eq!(d[0].state, "Stable");
+    assert_eq!(d[0].protocol, "range");
+    assert_eq!(d[0].members[0].member_id, a);
+    assert_eq!(&d[0].members[0].assignment[..], b"A");
+    assert_eq!(d[0].members[0].client_host, "/127.0.0.1");
+    assert!(!d[1].exists);
+    assert_eq!(d[1].state, "Dead");
+    // Not Stable: no protocol and no member metadata.
+    let (_tb, _b) = h.join_new("stable");
+    let t = h.send(GroupRequest::DescribeGroups(vec!["stable".into()]));
+    let Some(GroupResponse::DescribeGroups(d)) = h.take(t) else {
+        panic!()
+    };
+    assert_eq!(d[0].state, "PreparingRebalance");
+    assert_eq!(d[0].protocol, "");
+    assert!(d[0].members.iter().all(|m| m.assignment.is_empty()));
+}
+
+#[test]
+fn delete_groups() {
+    let mut h = Harness::new();
+    let (_a, _) = h.stable_single("busy");
+    assert_eq!(h.commit("idle", "", -1, "t", 0, 1), codes::NONE);
+    assert_eq!(h.commit("idle2", "", -1, "t", 0, 1), codes::NONE);
+    h.auto_complete = false;
+    let t = h.send(GroupRequest::DeleteGroups(vec![
+        "busy".into(),
+        "idle".into(),
+        "ghost".into(),
+        "idle2".into(),
+    ]));
+    assert!(h.take(t).is_none(), "waits for the tombstones");
+    h.release_held();
+    let Some(GroupResponse::DeleteGroups(r)) = h.take(t) else {
+        panic!()
+    };
+    assert_eq!(
+        r,
+        vec![
+            ("busy".into(), codes::NON_EMPTY_GROUP),
+            ("idle".into(), codes::NONE),
+            ("ghost".into(), codes::GROUP_ID_NOT_FOUND),
+            ("idle2".into(), codes::NONE)
+        ]
+    );
+    assert_eq!(h.c.group_state("idle"), None);
+    assert_eq!(h.fetch("idle", "t", 0), (codes::NONE, -1));
+    let tombstones: Vec<_> = h.log.iter().filter(|(_, r)| r.value.is_none()).collect();
+    assert_eq!(
+        tombstones.len(),
+        4,
+        "offset + group tombstones for both groups"
+    );
+}
+
+#[test]
+fn offset_delete() {
+    let mut h = Harness::new();
+    let t = h.send(GroupRequest::OffsetDelete(OffsetDelete {
+        group_id: "ghost".into(),
+        topics: vec![],
+    }));
+    assert_eq!(
+        h.take(t),
+        Some(GroupResponse::OffsetDelete(OffsetDeleteResult {
+            error: codes::GROUP_ID_NOT_FOUND,
+            partitions: vec![]
+        }))
+    );
+    let (a, gen) = h.stable_single("g");
+    assert_eq!(h.commit("g", &a, gen, "t", 0, 1), codes::NONE);
+    assert_eq!(h.commit("g", &a, gen, "other", 0, 1), codes::NONE);
+    let t = h.send(GroupRequest::OffsetDelete(OffsetDelete {
+        group_id: "g".into(),
+        topics: vec![("t".into(), vec![0]), ("other".into(), vec![0])],
+    }));
+    let Some(GroupResponse::OffsetDelete(r)) = h.take(t) else {
+        panic!()
+    };
+    assert_eq!(r.error, codes::NONE);
+    assert_eq!(
+        r.partitions,
+        vec![
+            ("t".into(), 0, codes::GROUP_SUBSCRIBED_TO_TOPIC),
+            ("other".into(), 0, codes::NONE)
+        ]
+    );
+    assert_eq!(h.fetch("g", "other", 0), (codes::NONE, -1));
+    assert_eq!(h.fetch("g", "t", 0), (codes::NONE, 1));
+    // Once empty, any offset can be deleted.
+    assert_eq!(h.commit("e", "", -1, "t", 0, 1), codes::NONE);
+    let catalog = |t: &str, _p: i32| t == "t";
+    let t = h.send_with(
+        GroupRequest::OffsetDelete(OffsetDelete {
+            group_id: "e".into(),
+            topics: vec![("t".into(), vec![0]), ("gone".into(), vec![0])],
+        }),
+        &catalog,
+    );
+    let Some(GroupResponse::OffsetDelete(r)) = h.take(t) else {
+        panic!()
+    };
+    assert_eq!(
+        r.partitions,
+        vec![
+            ("t".into(), 0, codes::NONE),
+            ("gone".into(), 0, codes::UNKNOWN_TOPIC_OR_PARTITION)
+        ]
+    );
+}
+
+#[test]
+fn initial_rebalance_delay_waits_for_more_members() {
+    let mut h = Harness::with_config(CoordinatorConfig {
+        initial_rebalance_delay_ms: 3000,
+        ..Default::default()
+    });
+    let (ta, _a) = h.join_new("g");
+    h.advance(1000);
+    let (tb, _b) = h.join_new("g");
+    h.advance(1999);
+    assert!(h.take(ta).is_none());
+    h.advance(1);
+    // B arrived during the delay, so the delay is extended once more.
+    assert!(h.take(ta).is_none());
+    h.advance(3000);
+    let (ra, rb) = (h.join_result(ta), h.join_result(tb));
+    assert_eq!((ra.generation_id, rb.generation_id), (1, 1));
+    assert_eq!(ra.leader, rb.leader);
+}
+
+#[test]
+fn sync_store_failure_propagates_error_and_rebalances() {
+    let mut h = Harness::new();
+    let (ta, a) = h.join_new("g");
+    let ra = h.join_result(ta);
+    h.fail_next_append = Some(AppendError::NotLeader);
+    let s = h.sync(
+        "g",
+        &a,
+        ra.generation_id,
+        vec![(a.clone(), Bytes::from_static(b"x"))],
+    );
+    assert_eq!(h.sync_result(s).error, codes::NOT_COORDINATOR);
+    assert_eq!(h.c.group_state("g"), Some(GroupState::PreparingRebalance));
+}
+
+#[test]
+fn sync_error_paths() {
+    let mut h = Harness::new();
+    let s = h.sync("ghost", "m", 1, vec![]);
+    assert_eq!(h.sync_result(s).error, codes::UNKNOWN_MEMBER_ID);
+    let (a, gen) = h.stable_single("g");
+    let s = h.sync("g", &a, gen + 1, vec![]);
+    assert_eq!(h.sync_result(s).error, codes::ILLEGAL_GENERATION);
+    let s = h.sync("g", "nobody", gen, vec![]);
+    assert_eq!(h.sync_result(s).error, codes::UNKNOWN_MEMBER_ID);
+    let s = h.send(GroupRequest::Sync(SyncGroup {
+        group_id: "g".into(),
+        generation_id: gen,
+        member_id: a.clone(),
+        group_instance_id: None,
+        protocol_type: Some("consumer".into()),
+        protocol_name: Some("roundrobin".into()),
+        assignments: vec![],
+    }));
+    assert_eq!(h.sync_result(s).error, codes::INCONSISTENT_GROUP_PROTOCOL);
+    let (_tb, _b) = h.join_new("g");
+    let s = h.sync("g", &a, gen, vec![]);
+    assert_eq!(h.sync_result(s).error, codes::REBALANCE_IN_PROGRESS);
+}
+
+#[test]
+fn rebalance_during_completing_answers_waiting_syncs() {
+    let mut h = Harness::new();
+    let (a, _) = h.stable_single("g");
+    let (tb, b) = h.join_new("g");
+    let ta = h.join("g", &a, None, &["range"]);
+    let gen = h.join_result(ta).generation_id;
+    h.join_result(tb);
+    let sb = h.sync("g", &b, gen, vec![]);
+    assert!(h.take(sb).is_none());
+    // A third member arrives before the leader syncs.
+    let (_tc, _c) = h.join_new("g");
+    assert_eq!(h.sync_result(sb).error, codes::REBALANCE_IN_PROGRESS);
+}
+
+#[test]
+fn members_that_never_sync_are_removed() {
+    let mut h = Harness::new();
+    let (a, _) = h.stable_single("g");
+    let (tb, b) = h.join_new("g");
+    let ta = h.join("g", &a, None, &["range"]);
+    let gen = h.join_result(ta).generation_id;
+    h.join_result(tb);
+    let sa = h.sync("g", &a, gen, vec![]);
+    h.sync_result(sa);
+    assert_eq!(h.c.group_state("g"), Some(GroupState::Stable));
+    // B heartbeats but never syncs.
+    for _ in 0..5 {
+        h.advance(REBALANCE as i64 / 5);
+        h.heartbeat("g", &a, gen);
+        h.heartbeat("g", &b, gen);
+    }
+    assert!(!h.c.member_ids("g").contains(&b));
+    assert_eq!(h.c.group_state("g"), Some(GroupState::PreparingRebalance));
+}
+
+#[test]
+fn pending_member_expires_if_it_never_rejoins() {
+    let mut h = Harness::new();
+    let (a, gen) = h.stable_single("g");
+    let t = h.join("g", "", None, &["range"]);
+    assert_eq!(h.join_result(t).error, codes::MEMBER_ID_REQUIRED);
+    h.advance(SESSION as i64 / 2);
+    h.heartbeat("g", &a, gen);
+    h.advance(SESSION as i64 / 2);
+    assert_eq!(h.c.member_ids("g"), vec![a.clone()]);
+    assert_eq!(h.c.group_state("g"), Some(GroupState::Stable));
+}
+
+#[test]
+fn state_survives_restart_by_replaying_the_log() {
+    let mut h = Harness::new();
+    let (a, gen) = h.stable_single("g");
+    assert_eq!(h.commit("g", &a, gen, "t", 0, 42), codes::NONE);
+    assert_eq!(h.commit("g", &a, gen, "t", 1, 7), codes::NONE);
+    assert_eq!(h.commit("simple", "", -1, "t", 0, 3), codes::NONE);
+    assert_eq!(h.commit("deleted", "", -1, "t", 0, 3), codes::NONE);
+    let t = h.send(GroupRequest::DeleteGroups(vec!["deleted".into()]));
+    h.take(t);
+    let t = h.send(GroupRequest::OffsetDelete(OffsetDelete {
+        group_id: "simple".into(),
+        topics: vec![("t".into(), vec![9])],
+    }));
+    h.take(t);
+    let log = h.log.clone();
+
+    let mut h2 = Harness::new();
+    let mut by_partition: BTreeMap<i32, Vec<&OffsetsRecord>> = BTreeMap::new();
+    for (p, r) in &log {
+        by_partition.entry(*p).or_default().push(r);
+    }
+    for (p, records) in by_partition {
+        h2.c.begin_loading(p);
+        for r in records {
+            h2.c.load(p, &r.key, r.value.as_deref()).unwrap();
+        }
+        h2.c.finish_loading(p, h2.now);
+    }
+    assert_eq!(h2.c.group_state("g"), Some(GroupState::Stable));
+    assert_eq!(h2.c.generation("g"), Some(gen));
+    assert_eq!(h2.c.leader("g"), Some(a.clone()));
+    assert_eq!(h2.fetch("g", "t", 0), (codes::NONE, 42));
+    assert_eq!(h2.fetch("g", "t", 1), (codes::NONE, 7));
+    assert_eq!(h2.fetch("simple", "t", 0), (codes::NONE, 3));
+    assert_eq!(h2.c.group_state("deleted"), None);
+    // The member carries on where it was...
+    assert_eq!(h2.heartbeat("g", &a, gen), codes::NONE);
+    let s = h2.sync("g", &a, gen, vec![]);
+    assert_eq!(&h2.sync_result(s).assignment[..], b"A");
+    // ...and expires if it is gone.
+    h2.advance(SESSION as i64);
+    assert_eq!(h2.c.group_state("g"), Some(GroupState::Empty));
+    // Garbage records are errors, not panics.
+    assert!(h2.c.load(0, &[0, 1, 0], Some(&[1])).is_err());
+    assert!(h2
+        .c
+        .load(
+            0,
+            &OffsetsKey::GroupMetadata { group: "x".into() }.encode(),
+            Some(&[0, 3, 0])
+        )
+        .is_err());
+}
+
+#[test]
+fn commit_assignment_uses_consumer_protocol_end_to_end() {
+    // The leader's view through the assignor, as our benchmark client does it.
+    use super::assignor::{AssignorMember, PartitionAssignor, RangeAssignor};
+    let mut h = Harness::new();
+    let (a, _) = h.stable_single("g");
+    let (tb, b) = h.join_new("g");
+    let ta = h.join("g", &a, None, &["range"]);
+    let ra = h.join_result(ta);
+    h.join_result(tb);
+    let members: Vec<AssignorMember> = ra
+        .members
+        .iter()
+        .map(|m| AssignorMember {
+            member_id: m.member_id.clone(),
+            group_instance_id: m.group_instance_id.clone(),
+            subscription: ConsumerSubscription::decode(&m.metadata).unwrap(),
+        })
+        .collect();
+    let plan = RangeAssignor.assign(&[("t".to_string(), 6)].into_iter().collect(), &members);
+    let assignments = plan
+        .iter()
+        .map(|(id, asg)| (id.clone(), asg.encode(3)))
+        .collect();
+    let sb = h.sync("g", &b, ra.generation_id, vec![]);
+    let sa = h.sync("g", &a, ra.generation_id, assignments);
+    let got_a = ConsumerAssignment::decode(&h.sync_result(sa).assignment).unwrap();
+    let got_b = ConsumerAssignment::decode(&h.sync_result(sb).assignment).unwrap();
+    assert_eq!(got_a.len() + got_b.len(), 6);
+    assert_eq!(got_a.len(), 3);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Property test: random schedules of a few clients.
+
+#[derive(Debug, Clone)]
+enum Op {
+    Join(usize),
+    Sync(usize),
+    Heartbeat(usize),
+    Leave(usize),
+    Commit(usize),
+    SimpleCommit,
+    Advance(i64),
+    FailNextAppend,
+    HoldAppends(bool),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0..4usize).prop_map(Op::Join),
+        3 => (0..4usize).prop_map(Op::Sync),
+        3 => (0..4usize).prop_map(Op::Heartbeat),
+        1 => (0..4usize).prop_map(Op::Leave),
+        2 => (0..4usize).prop_map(Op::Commit),
+        1 => Just(Op::SimpleCommit),
+        3 => prop_oneof![Just(1i64), Just(1_000), Just(5_000), Just(12_000), Just(31_000)].prop_map(Op::Advance),
+        1 => Just(Op::FailNextAppend),
+        1 => any::<bool>().prop_map(Op::HoldAppends),
+    ]
+}
+
+#[derive(Debug, Default, Clone)]
+struct Client {
+    member_id: String,
+    generation: i32,
+    is_leader: bool,
+    members: Vec<String>,
+    instance: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+enum Pending {
+    Join(usize),
+    Sync {
+        client: usize,
+        generation: i32,
+        member_id: String,
+    },
+    Commit,
+    Other,
+}
+
+fn run_schedule(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let mut h = Harness::new();
+    let mut clients: Vec<Client> = (0..4)
+        .map(|i| Client {
+            instance: (i == 3).then(|| "static-3".to_string()),
+            ..Default::default()
+        })
+        .collect();
+    let mut pending: HashMap<u64, Pending> = HashMap::new();
+    // What the leader of each generation sent to each member.
+    let mut leader_assignments: HashMap<i32, HashMap<String, Bytes>> = HashMap::new();
+    let mut highest_synced_generation = 0;
+
+    let settle = |h: &mut Harness,
+                  clients: &mut Vec<Client>,
+                  pending: &mut HashMap<u64, Pending>,
+                  leader_assignments: &HashMap<i32, HashMap<String, Bytes>>,
+                  highest: &mut i32|
+     -> Result<(), TestCaseError> {
+        let answered: Vec<u64> = pending
+            .keys()
+            .copied()
+            .filter(|t| h.responses.contains_key(t))
+            .collect();
+        for t in answered {
+            let resp = h.responses.remove(&t).unwrap();
+            match (pending.remove(&t).unwrap(), resp) {
+                (Pending::Join(i), GroupResponse::Join(r)) => {
+                    let c = &mut clients[i];
+                    match r.error {
+                        codes::NONE => {
+                            c.member_id = r.member_id.clone();
+                            c.generation = r.generation_id;
+                            c.is_leader = r.leader == r.member_id;
+                            c.members = r.members.iter().map(|m| m.member_id.clone()).collect();
+                            if c.is_leader {
+                                prop_assert!(
+                                    !r.members.is_empty()
+                                        || r.generation_id == h.c.generation("g").unwrap_or(0)
+                                );
+                            }
+                        }
+                        codes::MEMBER_ID_REQUIRED => c.member_id = r.member_id.clone(),
+                        codes::UNKNOWN_MEMBER_ID | codes::FENCED_INSTANCE_ID => c.member_id.clear(),
+                        _ => {}
+                    }
+                }
+                (
+                    Pending::Sync {
+                        client,
+                        generation,
+                        member_id,
+                    },
+                    GroupResponse::Sync(r),
+                ) => {
+                    if r.error == codes::NONE {
+                        // Invariant: a member's assignment is exactly what its generation's
+                        // leader sent for it.
+                        let expected = leader_assignments
+                            .get(&generation)
+                            .and_then(|m| m.get(&member_id))
+                            .cloned()
+                            .unwrap_or_default();
+                        prop_assert_eq!(&r.assignment, &expected, "assignment not from the leader");
+                        // Invariant: generations become Stable in order, one at a time.
+                        prop_assert!(
+                            generation >= *highest,
+                            "generation {} stable after {}",
+                            generation,
+                            highest
+                        );
+                        *highest = generation;
+                    } else if matches!(
+                        r.error,
+                        codes::UNKNOWN_MEMBER_ID | codes::FENCED_INSTANCE_ID
+                    ) {
+                        clients[client].member_id.clear();
+                    }
+                }
+                (Pending::Commit, GroupResponse::OffsetCommit(_)) => {}
+                (Pending::Other, _) => {}
+                (p, r) => prop_assert!(false, "mismatched response {:?} for {:?}", r, p),
+            }
+        }
+        Ok(())
+    };
+
+    for op in ops {
+        match op {
+            Op::Join(i) => {
+                let c = &clients[i];
+                let mut req = join_req("g", &c.member_id, c.instance.as_deref(), &["range"]);
+                if i == 2 {
+                    req.require_known_member_id = false;
+                }
+                let t = h.send(GroupRequest::Join(req));
+                pending.insert(t, Pending::Join(i));
+            }
+            Op::Sync(i) => {
+                let c = clients[i].clone();
+                if c.member_id.is_empty() {
+                    continue;
+                }
+                let assignments: Vec<(String, Bytes)> = if c.is_leader {
+                    let plan: HashMap<String, Bytes> = c
+                        .members
+                        .iter()
+                        .map(|m| (m.clone(), Bytes::from(format!("{}@{}", m, c.generation))))
+                        .collect();
+                    leader_assignments
+                        .entry(c.generation)
+                        .or_insert_with(|| plan.clone());
+                    leader_assignments[&c.generation]
+                        .clone()
+                        .into_iter()
+                        .collect()
+                } else {
+                    vec![]
+                };
+                let t = h.sync("g", &c.member_id, c.generation, assignments);
+                pending.insert(
+                    t,
+                    Pending::Sync {
+                        client: i,
+                        generation: c.generation,
+                        member_id: c.member_id.clone(),
+                    },
+                );
+            }
+            Op::Heartbeat(i) => {
+                let c = &clients[i];
+                let t = h.send(GroupRequest::Heartbeat(Heartbeat {
+                    group_id: "g".into(),
+                    generation_id: c.generation,
+                    member_id: c.member_id.clone(),
+                    group_instance_id: c.instance.clone(),
+                }));
+                pending.insert(t, Pending::Other);
+            }
+            Op::Leave(i) => {
+                let c = &mut clients[i];
+                let t = h.send(GroupRequest::Leave(LeaveGroup {
+                    group_id: "g".into(),
+                    members: vec![LeavingMember {
+                        member_id: c.member_id.clone(),
+                        group_instance_id: c.instance.clone(),
+                    }],
+                }));
+                c.member_id.clear();
+                pending.insert(t, Pending::Other);
+            }
+            Op::Commit(i) => {
+                let c = &clients[i];
+                let gen_before = h.c.generation("g");
+                let members_before = h.c.member_ids("g");
+                let state_before = h.c.group_state("g");
+                let mut req = commit_req("g", &c.member_id, c.generation, "t", i as i32, 1);
+                req.group_instance_id = c.instance.clone();
+                let held = !h.auto_complete;
+                let t = h.send(GroupRequest::OffsetCommit(req));
+                let accepted_for_write = held && !h.responses.contains_key(&t);
+                if let Some(GroupResponse::OffsetCommit(r)) = h.responses.get(&t) {
+                    if r[0].2 == codes::NONE || accepted_for_write {
+                        // Invariant: only the current generation's members commit.
+                        prop_assert_eq!(gen_before, Some(c.generation));
+                        prop_assert!(members_before.contains(&c.member_id));
+                        prop_assert!(matches!(
+                            state_before,
+                            Some(GroupState::Stable | GroupState::PreparingRebalance)
+                        ));
+                    }
+                }
+                pending.insert(t, Pending::Commit);
+            }
+            Op::SimpleCommit => {
+                let state_before = h.c.group_state("g");
+                let t = h.send(GroupRequest::OffsetCommit(commit_req(
+                    "g", "", -1, "t", 9, 1,
+                )));
+                if let Some(GroupResponse::OffsetCommit(r)) = h.responses.get(&t) {
+                    if r[0].2 == codes::NONE {
+                        prop_assert!(matches!(state_before, None | Some(GroupState::Empty)));
+                    }
+                }
+                pending.insert(t, Pending::Other);
+            }
+            Op::Advance(ms) => h.advance(ms),
+            Op::FailNextAppend => h.fail_next_append = Some(AppendError::Timeout),
+            Op::HoldAppends(hold) => {
+                h.auto_complete = !hold;
+                if !hold {
+                    h.release_held();
+                }
+            }
+        }
+        settle(
+            &mut h,
+            &mut clients,
+            &mut pending,
+            &leader_assignments,
+            &mut highest_synced_generation,
+        )?;
+        // Structural invariants of the coordinator.
+        if let Some(state) = h.c.group_state("g") {
+            let members = h.c.member_ids("g");
+            match state {
+                GroupState::Empty => prop_assert!(members.is_empty()),
+                GroupState::CompletingRebalance | GroupState::Stable => {
+                    prop_assert!(!members.is_empty());
+                    let leader = h.c.leader("g");
+                    prop_assert!(leader.is_some_and(|l| members.contains(&l)));
+                }
+                _ => {}
+            }
+        }
+    }
+    // Every waiting JoinGroup / SyncGroup is eventually answered once clients go quiet.
+    h.auto_complete = true;
+    h.release_held();
+    for _ in 0..20 {
+        h.advance(31_000);
+    }
+    settle(
+        &mut h,
+        &mut clients,
+        &mut pending,
+        &leader_assignments,
+        &mut highest_synced_generation,
+    )?;
+    let waiting: Vec<&Pending> = pending.values().collect();
+    prop_assert!(waiting.is_empty(), "unanswered requests: {:?}", waiting);
+    prop_assert!(
+        h.c.next_deadline().is_none(),
+        "quiet group still has timers"
+    );
+    prop_assert_eq!(h.c.pending_appends(), 0);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #[test]
+    fn random_schedules_keep_group_invariants(ops in proptest::collection::vec(op(), 1..60)) {
+        run_schedule(ops)?;
+    }
+}
