@@ -1,1 +1,21 @@
 //! Idempotent-producer state: per (producer id, partition) sequence tracking, sans-IO.
+//!
+//! - [`producer_id`]: [`ProducerIdManager`], InitProducerId allocation that never reuses an id.
+//! - [`state`]: [`ProducerStateTable`], one per partition: duplicate detection over the last
+//!   five batches of each producer, sequence and epoch checks, expiry, rebuild from the log.
+//! - [`snapshot`]: the table's versioned, CRC-32C protected snapshot files
+//!   (`<20-digit offset>.snapshot` beside the segments).
+
+pub mod producer_id;
+pub mod snapshot;
+pub mod state;
+
+pub use producer_id::{
+    InitProducerId, InitProducerIdResult, ProducerIdAction, ProducerIdManager,
+    DEFAULT_PRODUCER_ID_BLOCK_SIZE,
+};
+pub use snapshot::{parse_snapshot_file_name, snapshot_file_name, SnapshotError};
+pub use state::{
+    AppendTicket, BatchHeader, BatchMetadata, CheckOutcome, ProducerEntry, ProducerStateError,
+    ProducerStateTable, ReplayedBatch, DEFAULT_PRODUCER_ID_EXPIRATION_MS,
+};

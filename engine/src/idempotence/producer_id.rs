@@ -1,0 +1,411 @@
+//! Producer id allocation for InitProducerId, sans-IO.
+//!
+//! Ids are handed out from blocks whose upper bound (the high-water mark) is persisted
+//! *before* any id of the block is used, so a crash can skip ids but never reuse one. The
+//! shell stores the mark in a small file (see [`encode_high_water_mark`]) and reports back
+//! with [`ProducerIdManager::on_persisted`].
+
+use std::collections::VecDeque;
+
+use bytes::{Buf, BufMut};
+
+/// How many ids one persisted reservation covers.
+pub const DEFAULT_PRODUCER_ID_BLOCK_SIZE: i64 = 1000;
+
+/// Error codes InitProducerId answers with.
+pub mod codes {
+    /// No error.
+    pub const NONE: i16 = 0;
+    /// The broker could not reserve ids (disk failure); the client retries.
+    pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+    /// Malformed request (empty transactional id).
+    pub const INVALID_REQUEST: i16 = 42;
+    /// Transactions are not supported.
+    pub const UNSUPPORTED_VERSION: i16 = 35;
+    /// The id space is exhausted.
+    pub const UNKNOWN_SERVER_ERROR: i16 = -1;
+}
+
+/// The InitProducerId fields that matter without transactions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitProducerId {
+    /// Transactional id: None for an idempotent-only producer.
+    pub transactional_id: Option<String>,
+    /// v3+: the producer's current id, -1 if none.
+    pub producer_id: i64,
+    /// v3+: the producer's current epoch, -1 if none.
+    pub producer_epoch: i16,
+}
+
+/// InitProducerId response fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InitProducerIdResult {
+    /// Error code.
+    pub error: i16,
+    /// Allocated producer id, -1 on error.
+    pub producer_id: i64,
+    /// Epoch, -1 on error.
+    pub producer_epoch: i16,
+}
+
+impl InitProducerIdResult {
+    fn error(error: i16) -> Self {
+        InitProducerIdResult {
+            error,
+            producer_id: -1,
+            producer_epoch: -1,
+        }
+    }
+}
+
+/// What the shell must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProducerIdAction {
+    /// Durably store `high_water_mark` (fsync), then call `on_persisted`.
+    PersistHighWaterMark {
+        /// Every id below this may have been handed out.
+        high_water_mark: i64,
+    },
+    /// Answer the InitProducerId identified by `token`.
+    Respond {
+        /// The request's token.
+        token: u64,
+        /// The response.
+        result: InitProducerIdResult,
+    },
+}
+
+/// Allocates producer ids that are never reused, across restarts.
+#[derive(Debug)]
+pub struct ProducerIdManager {
+    next_id: i64,
+    /// Ids below this are durably reserved.
+    reserved_end: i64,
+    block_size: i64,
+    persisting: Option<i64>,
+    waiting: VecDeque<u64>,
+}
+
+impl ProducerIdManager {
+    /// Starts from the persisted high-water mark (None on a fresh broker).
+    pub fn new(persisted_high_water_mark: Option<i64>, block_size: i64) -> Self {
+        let start = persisted_high_water_mark.unwrap_or(0).max(0);
+        ProducerIdManager {
+            next_id: start,
+            reserved_end: start,
+            block_size: block_size.max(1),
+            persisting: None,
+            waiting: VecDeque::new(),
+        }
+    }
+
+    /// The next id that would be handed out.
+    pub fn next_id(&self) -> i64 {
+        self.next_id
+    }
+
+    /// Handles InitProducerId. An idempotent producer always gets a fresh id with epoch 0, as
+    /// Kafka's coordinator does for a null transactional id (the client bumps epochs of its
+    /// own id locally, which the partition's producer state accepts).
+    pub fn init_producer_id(&mut self, token: u64, req: &InitProducerId) -> Vec<ProducerIdAction> {
+        match req.transactional_id.as_deref() {
+            Some("") => {
+                return vec![respond(
+                    token,
+                    InitProducerIdResult::error(codes::INVALID_REQUEST),
+                )]
+            }
+            Some(_) => {
+                return vec![respond(
+                    token,
+                    InitProducerIdResult::error(codes::UNSUPPORTED_VERSION),
+                )]
+            }
+            None => {}
+        }
+        self.waiting.push_back(token);
+        self.drain()
+    }
+
+    /// The shell stored (or failed to store) `high_water_mark`.
+    pub fn on_persisted(
+        &mut self,
+        high_water_mark: i64,
+        result: Result<(), ()>,
+    ) -> Vec<ProducerIdAction> {
+        if self.persisting != Some(high_water_mark) {
+            tracing::warn!(
+                high_water_mark,
+                "unexpected producer id persistence completion"
+            );
+            return Vec::new();
+        }
+        self.persisting = None;
+        match result {
+            Ok(()) => {
+                assert!(
+                    high_water_mark >= self.reserved_end,
+                    "producer id mark went back"
+                );
+                self.reserved_end = high_water_mark;
+                self.drain()
+            }
+            Err(()) => {
+                // Nothing was reserved: fail the waiters, the next request tries again.
+                self.waiting
+                    .drain(..)
+                    .map(|t| {
+                        respond(
+                            t,
+                            InitProducerIdResult::error(codes::COORDINATOR_NOT_AVAILABLE),
+                        )
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    fn drain(&mut self) -> Vec<ProducerIdAction> {
+        let mut out = Vec::new();
+        while let Some(&token) = self.waiting.front() {
+            if self.next_id < self.reserved_end {
+                self.waiting.pop_front();
+                let id = self.next_id;
+                self.next_id += 1;
+                out.push(respond(
+                    token,
+                    InitProducerIdResult {
+                        error: codes::NONE,
+                        producer_id: id,
+                        producer_epoch: 0,
+                    },
+                ));
+                continue;
+            }
+            if self.persisting.is_some() {
+                break;
+            }
+            match self.reserved_end.checked_add(self.block_size) {
+                Some(mark) => {
+                    self.persisting = Some(mark);
+                    out.push(ProducerIdAction::PersistHighWaterMark {
+                        high_water_mark: mark,
+                    });
+                }
+                None => {
+                    self.waiting.pop_front();
+                    out.push(respond(
+                        token,
+                        InitProducerIdResult::error(codes::UNKNOWN_SERVER_ERROR),
+                    ));
+                }
+            }
+            break;
+        }
+        out
+    }
+}
+
+fn respond(token: u64, result: InitProducerIdResult) -> ProducerIdAction {
+    ProducerIdAction::Respond { token, result }
+}
+
+/// Format version of the high-water-mark file.
+const MARK_FILE_VERSION: u16 = 1;
+
+/// Why a high-water-mark file could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MarkFileError {
+    /// Wrong size.
+    #[error("producer id file has {0} bytes, expected 14")]
+    Length(usize),
+    /// Unknown version.
+    #[error("producer id file version {0} is not supported")]
+    Version(u16),
+    /// Checksum mismatch.
+    #[error("producer id file is corrupt (CRC mismatch)")]
+    Crc,
+}
+
+/// Encodes the high-water mark: version u16, mark i64, CRC-32C u32 of the preceding bytes.
+pub fn encode_high_water_mark(mark: i64) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(14);
+    buf.put_u16(MARK_FILE_VERSION);
+    buf.put_i64(mark);
+    let crc = crc32c::crc32c(&buf);
+    buf.put_u32(crc);
+    buf
+}
+
+/// Decodes a high-water-mark file.
+pub fn decode_high_water_mark(bytes: &[u8]) -> Result<i64, MarkFileError> {
+    if bytes.len() != 14 {
+        return Err(MarkFileError::Length(bytes.len()));
+    }
+    let mut b = bytes;
+    let version = b.get_u16();
+    if version != MARK_FILE_VERSION {
+        return Err(MarkFileError::Version(version));
+    }
+    let mark = b.get_i64();
+    let crc = b.get_u32();
+    if crc != crc32c::crc32c(&bytes[..10]) {
+        return Err(MarkFileError::Crc);
+    }
+    Ok(mark)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn idempotent() -> InitProducerId {
+        InitProducerId {
+            transactional_id: None,
+            producer_id: -1,
+            producer_epoch: -1,
+        }
+    }
+
+    fn ids(actions: &[ProducerIdAction]) -> Vec<i64> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                ProducerIdAction::Respond { result, .. } if result.error == codes::NONE => {
+                    Some(result.producer_id)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ids_are_reserved_before_use_and_never_reused_across_restarts() {
+        let mut m = ProducerIdManager::new(None, 3);
+        let a = m.init_producer_id(1, &idempotent());
+        assert_eq!(
+            a,
+            vec![ProducerIdAction::PersistHighWaterMark { high_water_mark: 3 }]
+        );
+        // A second request waits behind the same reservation.
+        assert!(m.init_producer_id(2, &idempotent()).is_empty());
+        let done = m.on_persisted(3, Ok(()));
+        assert_eq!(ids(&done), vec![0, 1]);
+        let a = m.init_producer_id(3, &idempotent());
+        assert_eq!(ids(&a), vec![2]);
+        let a = m.init_producer_id(4, &idempotent());
+        assert_eq!(
+            a,
+            vec![ProducerIdAction::PersistHighWaterMark { high_water_mark: 6 }]
+        );
+        // Crash before the mark 6 is stored: the restart resumes from the stored mark 3, and
+        // id 3 was never handed out, so nothing is reused.
+        let mut restarted = ProducerIdManager::new(Some(3), 3);
+        let a = restarted.init_producer_id(1, &idempotent());
+        let done = restarted.on_persisted(6, Ok(()));
+        assert_eq!(
+            a,
+            vec![ProducerIdAction::PersistHighWaterMark { high_water_mark: 6 }]
+        );
+        assert_eq!(ids(&done), vec![3]);
+    }
+
+    #[test]
+    fn epoch_is_zero_and_old_id_is_not_reused_on_reinit() {
+        let mut m = ProducerIdManager::new(Some(100), 10);
+        m.init_producer_id(1, &idempotent());
+        let first = m.on_persisted(110, Ok(()));
+        let ProducerIdAction::Respond { result, .. } = first[0] else {
+            panic!()
+        };
+        assert_eq!((result.producer_id, result.producer_epoch), (100, 0));
+        let again = m.init_producer_id(
+            2,
+            &InitProducerId {
+                transactional_id: None,
+                producer_id: 100,
+                producer_epoch: 0,
+            },
+        );
+        assert_eq!(ids(&again), vec![101]);
+    }
+
+    #[test]
+    fn persistence_failure_fails_waiters_and_retries_later() {
+        let mut m = ProducerIdManager::new(None, 5);
+        m.init_producer_id(1, &idempotent());
+        let failed = m.on_persisted(5, Err(()));
+        assert_eq!(
+            failed,
+            vec![ProducerIdAction::Respond {
+                token: 1,
+                result: InitProducerIdResult::error(codes::COORDINATOR_NOT_AVAILABLE)
+            }]
+        );
+        let retry = m.init_producer_id(2, &idempotent());
+        assert_eq!(
+            retry,
+            vec![ProducerIdAction::PersistHighWaterMark { high_water_mark: 5 }]
+        );
+        assert!(
+            m.on_persisted(99, Ok(())).is_empty(),
+            "stray completion ignored"
+        );
+    }
+
+    #[test]
+    fn transactional_ids_are_rejected() {
+        let mut m = ProducerIdManager::new(None, 5);
+        let tx = InitProducerId {
+            transactional_id: Some("tx".into()),
+            producer_id: -1,
+            producer_epoch: -1,
+        };
+        assert_eq!(
+            m.init_producer_id(1, &tx),
+            vec![respond(
+                1,
+                InitProducerIdResult::error(codes::UNSUPPORTED_VERSION)
+            )]
+        );
+        let empty = InitProducerId {
+            transactional_id: Some(String::new()),
+            ..tx
+        };
+        assert_eq!(
+            m.init_producer_id(2, &empty),
+            vec![respond(
+                2,
+                InitProducerIdResult::error(codes::INVALID_REQUEST)
+            )]
+        );
+    }
+
+    #[test]
+    fn exhausted_id_space_is_an_error_not_an_overflow() {
+        let mut m = ProducerIdManager::new(Some(i64::MAX - 1), 10);
+        let a = m.init_producer_id(1, &idempotent());
+        assert_eq!(
+            a,
+            vec![respond(
+                1,
+                InitProducerIdResult::error(codes::UNKNOWN_SERVER_ERROR)
+            )]
+        );
+    }
+
+    #[test]
+    fn mark_file_round_trip_and_corruption() {
+        let bytes = encode_high_water_mark(12_345);
+        assert_eq!(decode_high_water_mark(&bytes), Ok(12_345));
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x40;
+            assert!(decode_high_water_mark(&bad).is_err(), "flip at {i}");
+        }
+        assert_eq!(
+            decode_high_water_mark(&bytes[..5]),
+            Err(MarkFileError::Length(5))
+        );
+    }
+}
