@@ -386,11 +386,11 @@ impl Group {
         instance_id: Option<&str>,
     ) -> Option<ErrorCode> {
         if let Some(inst) = instance_id {
-            if let Some(current) = self.static_members.get(inst) {
-                if current != member_id {
-                    return Some(codes::FENCED_INSTANCE_ID);
-                }
-            }
+            return match self.static_members.get(inst) {
+                Some(current) if current != member_id => Some(codes::FENCED_INSTANCE_ID),
+                Some(_) => None,
+                None => Some(codes::UNKNOWN_MEMBER_ID),
+            };
         }
         if !self.members.contains_key(member_id) {
             return Some(codes::UNKNOWN_MEMBER_ID);
@@ -1046,7 +1046,10 @@ impl GroupCoordinator {
                 .as_ref()
                 .is_some_and(|i| g.static_members.contains_key(i));
         if !known && g.members.len() >= max_size {
-            return self.respond(token, err(codes::GROUP_MAX_SIZE_REACHED));
+            return self.respond(
+                token,
+                GroupResponse::Join(JoinGroupResult::error(codes::GROUP_MAX_SIZE_REACHED, "")),
+            );
         }
         if !g.supports_protocols(&req.protocol_type, &req.protocols) {
             return self.respond(token, err(codes::INCONSISTENT_GROUP_PROTOCOL));
@@ -1687,6 +1690,8 @@ impl GroupCoordinator {
         for m in g.members.values_mut() {
             m.assignment = assignments.get(&m.member_id).cloned().unwrap_or_default();
             if let Some(t) = m.awaiting_sync.take() {
+                // Its session may have run out while it waited for the leader.
+                m.heartbeat_deadline_ms = now_ms + m.session_timeout_ms as i64;
                 answers.push((t, m.assignment.clone()));
             }
         }
@@ -1716,7 +1721,12 @@ impl GroupCoordinator {
 
     fn heartbeat_code(&mut self, now_ms: i64, req: &Heartbeat) -> ErrorCode {
         if let Some(code) = self.validate_group_status(&req.group_id, Api::Heartbeat) {
-            return code;
+            // While loading, Kafka answers heartbeats blindly so members are not kicked out.
+            return if code == codes::COORDINATOR_LOAD_IN_PROGRESS {
+                codes::NONE
+            } else {
+                code
+            };
         }
         let Some(g) = self.groups.get_mut(&req.group_id) else {
             return codes::UNKNOWN_MEMBER_ID;
@@ -1796,27 +1806,29 @@ impl GroupCoordinator {
         let Some(g) = self.groups.get_mut(group_id) else {
             return codes::UNKNOWN_MEMBER_ID;
         };
-        let member_id = match (&leaving.group_instance_id, leaving.member_id.is_empty()) {
-            (Some(inst), true) => match g.static_members.get(inst) {
+        let member_id = if leaving.member_id.is_empty() {
+            // Administrative removal of a static member by its instance id.
+            match leaving
+                .group_instance_id
+                .as_ref()
+                .and_then(|inst| g.static_members.get(inst))
+            {
                 Some(id) => id.clone(),
                 None => return codes::UNKNOWN_MEMBER_ID,
-            },
-            (Some(inst), false) => match g.static_members.get(inst) {
-                Some(id) if *id != leaving.member_id => return codes::FENCED_INSTANCE_ID,
-                Some(id) => id.clone(),
-                None => return codes::UNKNOWN_MEMBER_ID,
-            },
-            (None, _) => leaving.member_id.clone(),
-        };
-        if g.pending_members.remove(&member_id).is_some() {
+            }
+        } else if g.pending_members.remove(&leaving.member_id).is_some() {
             if g.state == GroupState::PreparingRebalance {
                 self.maybe_complete_join(group_id, now_ms);
             }
             return codes::NONE;
-        }
-        if !g.members.contains_key(&member_id) {
-            return codes::UNKNOWN_MEMBER_ID;
-        }
+        } else {
+            if let Some(code) =
+                g.validate_current_member(&leaving.member_id, leaving.group_instance_id.as_deref())
+            {
+                return code;
+            }
+            leaving.member_id.clone()
+        };
         info!(group = group_id, member = %member_id, "member left the group");
         self.remove_member_and_update(group_id, &member_id, now_ms);
         codes::NONE
@@ -1869,6 +1881,9 @@ impl GroupCoordinator {
         };
         let validation = if g.state == GroupState::Dead {
             Some(codes::COORDINATOR_NOT_AVAILABLE)
+        } else if req.generation_id < 0 && g.state == GroupState::Empty {
+            // Admin client or a consumer using assign(): allowed while nobody is a member.
+            None
         } else if req.generation_id >= 0
             || !req.member_id.is_empty()
             || req.group_instance_id.is_some()

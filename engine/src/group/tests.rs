@@ -762,6 +762,11 @@ fn simple_commits_and_commit_errors() {
     let mut h = Harness::new();
     // Unknown group, generation -1: allowed, creates an Empty offsets-only group.
     assert_eq!(h.commit("simple", "", -1, "t", 0, 10), codes::NONE);
+    // Generation -1 on an empty group is allowed whatever the member id says.
+    assert_eq!(
+        h.commit("simple", "admin-client", -1, "t", 1, 11),
+        codes::NONE
+    );
     assert_eq!(h.c.group_state("simple"), Some(GroupState::Empty));
     assert_eq!(h.fetch("simple", "t", 0), (codes::NONE, 10));
     // Unknown group with a generation: rejected.
@@ -899,6 +904,15 @@ fn not_coordinator_and_loading() {
     let t = h.join("g", "", None, &["range"]);
     assert_eq!(h.join_result(t).error, codes::COORDINATOR_LOAD_IN_PROGRESS);
     assert_eq!(h.fetch("g", "t", 0).0, codes::COORDINATOR_LOAD_IN_PROGRESS);
+    assert_eq!(
+        h.heartbeat("g", "m", 1),
+        codes::NONE,
+        "heartbeats answered blindly while loading"
+    );
+    assert_eq!(
+        h.commit("g", "", -1, "t", 0, 1),
+        codes::COORDINATOR_LOAD_IN_PROGRESS
+    );
     let t = h.send(GroupRequest::ListGroups(ListGroups::default()));
     let Some(GroupResponse::ListGroups(l)) = h.take(t) else {
         panic!()
