@@ -35,6 +35,11 @@ pub struct CoordinatorConfig {
     pub offsets_partitions: i32,
     /// How long a new member may wait in JoinGroup before it is dropped (Kafka: 5 minutes).
     pub new_member_join_timeout_ms: i64,
+    /// `offsets.retention.minutes` in ms (default 7 days): how long committed offsets of an
+    /// empty group (or of topics a stable group no longer subscribes to) are kept.
+    pub offsets_retention_ms: i64,
+    /// `offsets.retention.check.interval.ms` (default 600000).
+    pub offsets_retention_check_interval_ms: i64,
     /// Seed for member-id generation; the shell passes a random value at start-up so ids do
     /// not collide with ids persisted by a previous run.
     pub member_id_seed: u64,
@@ -50,6 +55,8 @@ impl Default for CoordinatorConfig {
             offset_metadata_max_bytes: 4096,
             offsets_partitions: DEFAULT_OFFSETS_PARTITIONS,
             new_member_join_timeout_ms: 300_000,
+            offsets_retention_ms: 7 * 24 * 60 * 60 * 1000,
+            offsets_retention_check_interval_ms: 600_000,
             member_id_seed: 0x5eed,
         }
     }
@@ -241,6 +248,9 @@ struct Group {
     initial_delay_remaining_ms: Option<i64>,
     new_member_added: bool,
     offsets: BTreeMap<(String, i32), OffsetCommitValue>,
+    /// Commits written but not yet acknowledged, per partition: never expired meanwhile, or
+    /// the expiry tombstone would land after (and erase) the newer commit.
+    pending_commits: BTreeMap<(String, i32), u32>,
     /// Topics the members subscribe to (consumer protocol), None if unknown.
     subscribed_topics: Option<BTreeSet<String>>,
 }
@@ -265,6 +275,7 @@ impl Group {
             initial_delay_remaining_ms: None,
             new_member_added: false,
             offsets: BTreeMap::new(),
+            pending_commits: BTreeMap::new(),
             subscribed_topics: None,
         }
     }
@@ -455,6 +466,7 @@ impl Group {
             && self.members.is_empty()
             && self.pending_members.is_empty()
             && self.offsets.is_empty()
+            && self.pending_commits.is_empty()
             && self.generation == 0
     }
 }
@@ -542,6 +554,7 @@ pub struct GroupCoordinator {
     next_append_id: AppendId,
     rng: u64,
     out: Vec<CoordinatorAction>,
+    next_retention_check_ms: Option<i64>,
 }
 
 impl GroupCoordinator {
@@ -557,6 +570,7 @@ impl GroupCoordinator {
             next_append_id: 1,
             rng,
             out: Vec::new(),
+            next_retention_check_ms: None,
         }
     }
 
@@ -797,12 +811,27 @@ impl GroupCoordinator {
                 }
             }
         }
-        best
+        match (best, self.next_retention_check_ms) {
+            (Some(b), Some(r)) => Some(b.min(r)),
+            (b, r) => b.or(r),
+        }
     }
 
     /// Runs every timer due at `now_ms`: member expiry, pending-member expiry, rebalance and
-    /// sync timeouts.
+    /// sync timeouts, and the periodic expiry of old offsets.
     pub fn tick(&mut self, now_ms: i64) -> Vec<CoordinatorAction> {
+        match self.next_retention_check_ms {
+            None => {
+                self.next_retention_check_ms =
+                    Some(now_ms + self.config.offsets_retention_check_interval_ms)
+            }
+            Some(t) if t <= now_ms => {
+                self.expire_offsets(now_ms);
+                self.next_retention_check_ms =
+                    Some(now_ms + self.config.offsets_retention_check_interval_ms);
+            }
+            Some(_) => {}
+        }
         let mut ids: Vec<String> = self
             .groups
             .values()
@@ -839,10 +868,17 @@ impl GroupCoordinator {
                 mut results,
             } => {
                 let code = error.unwrap_or(codes::NONE);
-                if error.is_none() {
-                    if let Some(g) = self.groups.get_mut(&group) {
-                        for (topic, partition, value) in &written {
-                            g.offsets.insert((topic.clone(), *partition), value.clone());
+                if let Some(g) = self.groups.get_mut(&group) {
+                    for (topic, partition, value) in &written {
+                        let key = (topic.clone(), *partition);
+                        if let Some(n) = g.pending_commits.get_mut(&key) {
+                            *n -= 1;
+                            if *n == 0 {
+                                g.pending_commits.remove(&key);
+                            }
+                        }
+                        if error.is_none() {
+                            g.offsets.insert(key, value.clone());
                         }
                     }
                 }
@@ -1351,6 +1387,8 @@ impl GroupCoordinator {
                 GroupResponse::Sync(SyncGroupResult::error(codes::REBALANCE_IN_PROGRESS)),
             );
         }
+        // Like Kafka's tryCompleteElseWatch: nobody left to wait for completes at once.
+        self.maybe_complete_join(group_id, now_ms);
     }
 
     fn maybe_complete_join(&mut self, group_id: &str, now_ms: i64) {
@@ -1944,6 +1982,11 @@ impl GroupCoordinator {
             self.remove_if_vacant(&group_id);
             return;
         }
+        for (topic, partition, _) in &written {
+            *g.pending_commits
+                .entry((topic.clone(), *partition))
+                .or_default() += 1;
+        }
         let partition = g.partition;
         self.append(
             partition,
@@ -2064,6 +2107,92 @@ impl GroupCoordinator {
                 records,
                 PendingAppend::OffsetDelete { token, result },
             );
+        }
+    }
+
+    /// Kafka's offset expiration (KIP-211): offsets of an empty group expire
+    /// `offsets.retention` after the group became empty; a stable consumer group keeps the
+    /// offsets of topics it subscribes to and expires the others by commit time; an
+    /// offsets-only group expires each offset by commit time. An explicit v1 expire timestamp
+    /// wins. An empty group left without offsets is deleted.
+    fn expire_offsets(&mut self, now_ms: i64) {
+        let retention = self.config.offsets_retention_ms;
+        let mut ids: Vec<String> = self
+            .groups
+            .values()
+            .filter(|g| self.partitions.get(&g.partition) == Some(&PartitionStatus::Active))
+            .map(|g| g.id.clone())
+            .collect();
+        ids.sort();
+        let mut by_partition: BTreeMap<i32, Vec<OffsetsRecord>> = BTreeMap::new();
+        for id in ids {
+            let Some(g) = self.groups.get_mut(&id) else {
+                continue;
+            };
+            let rule: Option<(Option<i64>, Option<&BTreeSet<String>>)> =
+                match (g.protocol_type.as_deref(), g.state) {
+                    (Some(_), GroupState::Empty) => Some((Some(g.state_timestamp_ms), None)),
+                    (Some("consumer"), GroupState::Stable) => {
+                        g.subscribed_topics.as_ref().map(|t| (None, Some(t)))
+                    }
+                    (None, _) => Some((None, None)),
+                    _ => None,
+                };
+            let Some((base, subscribed)) = rule else {
+                continue;
+            };
+            let expired: Vec<(String, i32)> = g
+                .offsets
+                .iter()
+                .filter(|(key, v)| {
+                    !subscribed.is_some_and(|t| t.contains(&key.0))
+                        && !g.pending_commits.contains_key(*key)
+                        && match v.expire_timestamp_ms {
+                            Some(expire) => now_ms >= expire,
+                            None => {
+                                let since = match base {
+                                    Some(b) if b >= 0 => b,
+                                    _ => v.commit_timestamp_ms,
+                                };
+                                now_ms.saturating_sub(since) >= retention
+                            }
+                        }
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            if expired.is_empty() {
+                continue;
+            }
+            let records = by_partition.entry(g.partition).or_default();
+            for (topic, partition) in &expired {
+                g.offsets.remove(&(topic.clone(), *partition));
+                let key = OffsetsKey::Offset {
+                    group: id.clone(),
+                    topic: topic.clone(),
+                    partition: *partition,
+                };
+                records.push(OffsetsRecord {
+                    key: key.encode(),
+                    value: None,
+                });
+            }
+            info!(group = %id, count = expired.len(), "expired committed offsets");
+            if g.state == GroupState::Empty
+                && g.members.is_empty()
+                && g.pending_members.is_empty()
+                && g.offsets.is_empty()
+                && g.pending_commits.is_empty()
+            {
+                records.push(OffsetsRecord {
+                    key: OffsetsKey::GroupMetadata { group: id.clone() }.encode(),
+                    value: None,
+                });
+                self.groups.remove(&id);
+                info!(group = %id, "empty group without offsets removed");
+            }
+        }
+        for (partition, records) in by_partition {
+            self.append(partition, records, PendingAppend::Background);
         }
     }
 

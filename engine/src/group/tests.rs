@@ -425,7 +425,112 @@ fn session_expiry_removes_member_and_rebalances() {
     assert_eq!(h.c.group_state("g"), Some(GroupState::Empty));
     assert_eq!(h.c.generation("g"), Some(gen1 + 1));
     assert_eq!(h.heartbeat("g", &a, gen1), codes::UNKNOWN_MEMBER_ID);
-    assert_eq!(h.c.next_deadline(), None);
+    // Only the periodic offset-retention check remains.
+    assert!(h.c.next_deadline().is_some_and(|d| d > h.now));
+}
+
+#[test]
+fn offsets_expire_after_retention() {
+    let day = 24 * 60 * 60 * 1000;
+    let mut h = Harness::with_config(CoordinatorConfig {
+        initial_rebalance_delay_ms: 0,
+        offsets_retention_ms: day,
+        offsets_retention_check_interval_ms: 60_000,
+        ..Default::default()
+    });
+    h.advance(0); // arms the retention timer
+                  // Offsets-only group: each offset expires a day after its commit.
+    assert_eq!(h.commit("simple", "", -1, "t", 0, 1), codes::NONE);
+    h.advance(day / 2);
+    assert_eq!(h.commit("simple", "", -1, "t", 1, 1), codes::NONE);
+    // Stable consumer group subscribed to "t": its "t" offsets never expire, "old" ones do.
+    let (a, gen) = h.stable_single("g");
+    assert_eq!(h.commit("g", &a, gen, "t", 0, 5), codes::NONE);
+    assert_eq!(h.commit("g", &a, gen, "old", 0, 5), codes::NONE);
+    // An explicit retention (OffsetCommit v2-v4) does not expire a subscribed topic either.
+    let mut explicit = commit_req("g", &a, gen, "t", 1, 6);
+    explicit.retention_time_ms = 1_000;
+    let t = h.send(GroupRequest::OffsetCommit(explicit));
+    assert_eq!(
+        h.take(t),
+        Some(GroupResponse::OffsetCommit(vec![(
+            "t".into(),
+            1,
+            codes::NONE
+        )]))
+    );
+    assert_eq!(h.fetch("g", "t", 1).1, 6);
+    for _ in 0..(day / 2 / 5_000 + 12) {
+        h.advance(5_000);
+        assert_eq!(h.heartbeat("g", &a, gen), codes::NONE);
+    }
+    assert_eq!(h.fetch("simple", "t", 0).1, -1, "expired");
+    assert_eq!(h.fetch("simple", "t", 1).1, 1, "not yet");
+    assert_eq!(h.fetch("g", "t", 0).1, 5, "subscribed topic kept");
+    assert_eq!(
+        h.fetch("g", "t", 1).1,
+        6,
+        "subscribed topic kept despite explicit retention"
+    );
+    for _ in 0..(day / 2 / 5_000 + 12) {
+        h.advance(5_000);
+        assert_eq!(h.heartbeat("g", &a, gen), codes::NONE);
+    }
+    assert_eq!(h.fetch("g", "old", 0).1, -1, "unsubscribed topic expired");
+    assert_eq!(
+        h.c.group_state("simple"),
+        None,
+        "empty group without offsets is deleted"
+    );
+    let tombstone = OffsetsKey::GroupMetadata {
+        group: "simple".into(),
+    }
+    .encode();
+    assert!(h
+        .log
+        .iter()
+        .any(|(_, r)| r.key == tombstone && r.value.is_none()));
+    // An empty consumer group: offsets expire a retention period after it became empty.
+    let t = h.send(GroupRequest::Leave(LeaveGroup {
+        group_id: "g".into(),
+        members: vec![LeavingMember {
+            member_id: a.clone(),
+            group_instance_id: None,
+        }],
+    }));
+    h.take(t);
+    assert_eq!(h.c.group_state("g"), Some(GroupState::Empty));
+    h.advance(day - 120_000);
+    assert_eq!(h.fetch("g", "t", 0).1, 5);
+    h.advance(180_000);
+    assert_eq!(h.fetch("g", "t", 0).1, -1);
+    assert_eq!(h.c.group_state("g"), None);
+}
+
+#[test]
+fn pending_commit_is_not_expired() {
+    let mut h = Harness::with_config(CoordinatorConfig {
+        initial_rebalance_delay_ms: 0,
+        offsets_retention_ms: 1_000,
+        offsets_retention_check_interval_ms: 1_000,
+        ..Default::default()
+    });
+    h.advance(0);
+    assert_eq!(h.commit("s", "", -1, "t", 0, 1), codes::NONE);
+    h.auto_complete = false;
+    let t = h.send(GroupRequest::OffsetCommit(commit_req(
+        "s", "", -1, "t", 0, 2,
+    )));
+    h.advance(5_000);
+    assert!(
+        h.held
+            .iter()
+            .all(|(_, _, recs)| recs.iter().all(|r| r.value.is_some())),
+        "no tombstone while the commit is in flight"
+    );
+    h.release_held();
+    h.take(t);
+    assert_eq!(h.fetch("s", "t", 0).1, 2);
 }
 
 #[test]
@@ -1573,8 +1678,12 @@ fn run_schedule(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let waiting: Vec<&Pending> = pending.values().collect();
     prop_assert!(waiting.is_empty(), "unanswered requests: {:?}", waiting);
     prop_assert!(
-        h.c.next_deadline().is_none(),
-        "quiet group still has timers"
+        h.c.next_deadline().is_none_or(|d| d > h.now),
+        "a timer is overdue after tick"
+    );
+    prop_assert!(
+        h.c.member_ids("g").is_empty(),
+        "silent members must have expired"
     );
     prop_assert_eq!(h.c.pending_appends(), 0);
     Ok(())
