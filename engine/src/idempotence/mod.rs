@@ -11,11 +11,12 @@ pub mod snapshot;
 pub mod state;
 
 pub use producer_id::{
-    InitProducerId, InitProducerIdResult, ProducerIdAction, ProducerIdManager,
-    DEFAULT_PRODUCER_ID_BLOCK_SIZE,
+    init_producer_id_request, init_producer_id_response, InitProducerId, InitProducerIdResult,
+    ProducerIdAction, ProducerIdManager, DEFAULT_PRODUCER_ID_BLOCK_SIZE,
 };
 pub use snapshot::{parse_snapshot_file_name, snapshot_file_name, SnapshotError};
 pub use state::{
-    AppendTicket, BatchHeader, BatchMetadata, CheckOutcome, ProducerEntry, ProducerStateError,
-    ProducerStateTable, ReplayedBatch, DEFAULT_PRODUCER_ID_EXPIRATION_MS,
+    parse_record_batch_header, AppendTicket, BatchHeader, BatchHeaderError, BatchMetadata,
+    CheckOutcome, ProducerEntry, ProducerStateError, ProducerStateTable, ReplayedBatch,
+    DEFAULT_PRODUCER_ID_EXPIRATION_MS,
 };

@@ -210,6 +210,31 @@ fn respond(token: u64, result: InitProducerIdResult) -> ProducerIdAction {
     ProducerIdAction::Respond { token, result }
 }
 
+/// InitProducerId request (v0-5) -> core.
+pub fn init_producer_id_request(
+    req: &kafka_protocol::messages::InitProducerIdRequest,
+    version: i16,
+) -> InitProducerId {
+    InitProducerId {
+        transactional_id: req
+            .transactional_id
+            .as_ref()
+            .map(|t| t.0.as_str().to_owned()),
+        producer_id: if version >= 3 { req.producer_id.0 } else { -1 },
+        producer_epoch: if version >= 3 { req.producer_epoch } else { -1 },
+    }
+}
+
+/// Core -> InitProducerId response.
+pub fn init_producer_id_response(
+    r: &InitProducerIdResult,
+) -> kafka_protocol::messages::InitProducerIdResponse {
+    kafka_protocol::messages::InitProducerIdResponse::default()
+        .with_error_code(r.error)
+        .with_producer_id(kafka_protocol::messages::ProducerId(r.producer_id))
+        .with_producer_epoch(r.producer_epoch)
+}
+
 /// Format version of the high-water-mark file.
 const MARK_FILE_VERSION: u16 = 1;
 
@@ -392,6 +417,33 @@ mod tests {
                 InitProducerIdResult::error(codes::UNKNOWN_SERVER_ERROR)
             )]
         );
+    }
+
+    #[test]
+    fn wire_conversions() {
+        use kafka_protocol::messages::{InitProducerIdRequest, ProducerId, TransactionalId};
+        use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+        let req = InitProducerIdRequest::default()
+            .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str("tx"))))
+            .with_producer_id(ProducerId(5))
+            .with_producer_epoch(2);
+        let core = init_producer_id_request(&req, 4);
+        assert_eq!(core.transactional_id.as_deref(), Some("tx"));
+        assert_eq!((core.producer_id, core.producer_epoch), (5, 2));
+        assert_eq!(init_producer_id_request(&req, 2).producer_id, -1);
+        let resp = init_producer_id_response(&InitProducerIdResult {
+            error: codes::NONE,
+            producer_id: 77,
+            producer_epoch: 0,
+        });
+        for v in 0..=5 {
+            let mut buf = bytes::BytesMut::new();
+            resp.encode(&mut buf, v).unwrap();
+            let back =
+                kafka_protocol::messages::InitProducerIdResponse::decode(&mut buf.freeze(), v)
+                    .unwrap();
+            assert_eq!(back.producer_id.0, 77);
+        }
     }
 
     #[test]

@@ -56,6 +56,53 @@ impl BatchHeader {
     }
 }
 
+/// Length of a RecordBatch v2 header (up to and including the record count).
+pub const RECORD_BATCH_HEADER_LEN: usize = 61;
+
+/// Why a RecordBatch header could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchHeaderError {
+    /// Fewer than 61 bytes.
+    #[error("record batch header truncated ({0} bytes)")]
+    Truncated(usize),
+    /// Not magic 2.
+    #[error("record batch magic {0} is not 2")]
+    Magic(i8),
+}
+
+/// The producer fields of a RecordBatch v2 (`baseOffset`, `lastOffsetDelta`,
+/// `maxTimestamp`, `producerId`, `producerEpoch`, `baseSequence`), for the produce path and
+/// for replaying the log. The batch's CRC is the storage layer's business.
+pub fn parse_record_batch_header(batch: &[u8]) -> Result<ReplayedBatch, BatchHeaderError> {
+    let h = batch
+        .get(..RECORD_BATCH_HEADER_LEN)
+        .ok_or(BatchHeaderError::Truncated(batch.len()))?;
+    let i64_at = |o: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&h[o..o + 8]);
+        i64::from_be_bytes(b)
+    };
+    let i32_at = |o: usize| {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(&h[o..o + 4]);
+        i32::from_be_bytes(b)
+    };
+    let magic = h[16] as i8;
+    if magic != 2 {
+        return Err(BatchHeaderError::Magic(magic));
+    }
+    Ok(ReplayedBatch {
+        header: BatchHeader {
+            producer_id: i64_at(43),
+            producer_epoch: i16::from_be_bytes([h[51], h[52]]),
+            base_sequence: i32_at(53),
+            last_offset_delta: i32_at(23),
+            max_timestamp_ms: i64_at(35),
+        },
+        base_offset: i64_at(0),
+    })
+}
+
 /// `DefaultRecordBatch.incrementSequence`.
 pub fn increment_sequence(sequence: i32, increment: i32) -> i32 {
     if sequence > i32::MAX - increment {
@@ -480,6 +527,40 @@ mod tests {
                 Ok((base, false))
             }
         }
+    }
+
+    #[test]
+    fn parses_record_batch_v2_header() {
+        let mut b = vec![0u8; RECORD_BATCH_HEADER_LEN + 3];
+        b[..8].copy_from_slice(&1234i64.to_be_bytes());
+        b[16] = 2;
+        b[23..27].copy_from_slice(&4i32.to_be_bytes());
+        b[35..43].copy_from_slice(&99i64.to_be_bytes());
+        b[43..51].copy_from_slice(&7i64.to_be_bytes());
+        b[51..53].copy_from_slice(&3i16.to_be_bytes());
+        b[53..57].copy_from_slice(&10i32.to_be_bytes());
+        let r = parse_record_batch_header(&b).unwrap();
+        assert_eq!(r.base_offset, 1234);
+        assert_eq!(
+            r.header,
+            BatchHeader {
+                producer_id: 7,
+                producer_epoch: 3,
+                base_sequence: 10,
+                last_offset_delta: 4,
+                max_timestamp_ms: 99
+            }
+        );
+        assert_eq!(r.header.last_sequence(), 14);
+        assert_eq!(
+            parse_record_batch_header(&b[..60]),
+            Err(BatchHeaderError::Truncated(60))
+        );
+        b[16] = 1;
+        assert_eq!(
+            parse_record_batch_header(&b),
+            Err(BatchHeaderError::Magic(1))
+        );
     }
 
     #[test]
