@@ -2163,37 +2163,44 @@ impl GroupCoordinator {
             if expired.is_empty() {
                 continue;
             }
-            let records = by_partition.entry(g.partition).or_default();
-            for (topic, partition) in &expired {
-                g.offsets.remove(&(topic.clone(), *partition));
-                let key = OffsetsKey::Offset {
-                    group: id.clone(),
-                    topic: topic.clone(),
-                    partition: *partition,
-                };
-                records.push(OffsetsRecord {
-                    key: key.encode(),
-                    value: None,
-                });
-            }
-            info!(group = %id, count = expired.len(), "expired committed offsets");
-            if g.state == GroupState::Empty
-                && g.members.is_empty()
-                && g.pending_members.is_empty()
-                && g.offsets.is_empty()
-                && g.pending_commits.is_empty()
-            {
-                records.push(OffsetsRecord {
-                    key: OffsetsKey::GroupMetadata { group: id.clone() }.encode(),
-                    value: None,
-                });
-                self.groups.remove(&id);
-                info!(group = %id, "empty group without offsets removed");
+            info!(group = %id, count = expired.len(), "expiring committed offsets");
+            remove_offsets(&mut self.groups, &mut by_partition, &id, &expired);
+        }
+        for (partition, records) in by_partition {
+            self.append(partition, records, PendingAppend::Background);
+        }
+    }
+
+    /// Topics were deleted: their committed offsets go too (Kafka's
+    /// `handleDeletedPartitions`), with tombstones, and empty groups left without offsets are
+    /// removed.
+    pub fn on_topics_deleted(&mut self, topics: &[String]) -> Vec<CoordinatorAction> {
+        let mut ids: Vec<String> = self
+            .groups
+            .values()
+            .filter(|g| self.partitions.get(&g.partition) == Some(&PartitionStatus::Active))
+            .map(|g| g.id.clone())
+            .collect();
+        ids.sort();
+        let mut by_partition: BTreeMap<i32, Vec<OffsetsRecord>> = BTreeMap::new();
+        for id in ids {
+            let Some(g) = self.groups.get(&id) else {
+                continue;
+            };
+            let gone: Vec<(String, i32)> = g
+                .offsets
+                .keys()
+                .filter(|(t, _)| topics.contains(t))
+                .cloned()
+                .collect();
+            if !gone.is_empty() {
+                remove_offsets(&mut self.groups, &mut by_partition, &id, &gone);
             }
         }
         for (partition, records) in by_partition {
             self.append(partition, records, PendingAppend::Background);
         }
+        std::mem::take(&mut self.out)
     }
 
     // -----------------------------------------------------------------------------------------
@@ -2347,6 +2354,50 @@ impl GroupCoordinator {
                 PendingAppend::DeleteGroups { token, groups },
             );
         }
+    }
+}
+
+/// Drops `keys` from a group's offsets with tombstones (added to `by_partition`), and the
+/// group itself when it is empty and has nothing left, as Kafka's `cleanupGroupMetadata`.
+fn remove_offsets(
+    groups: &mut HashMap<String, Group>,
+    by_partition: &mut BTreeMap<i32, Vec<OffsetsRecord>>,
+    group_id: &str,
+    keys: &[(String, i32)],
+) {
+    let Some(g) = groups.get_mut(group_id) else {
+        return;
+    };
+    let records = by_partition.entry(g.partition).or_default();
+    for (topic, partition) in keys {
+        if g.offsets.remove(&(topic.clone(), *partition)).is_none() {
+            continue;
+        }
+        let key = OffsetsKey::Offset {
+            group: group_id.to_owned(),
+            topic: topic.clone(),
+            partition: *partition,
+        };
+        records.push(OffsetsRecord {
+            key: key.encode(),
+            value: None,
+        });
+    }
+    if g.state == GroupState::Empty
+        && g.members.is_empty()
+        && g.pending_members.is_empty()
+        && g.offsets.is_empty()
+        && g.pending_commits.is_empty()
+    {
+        records.push(OffsetsRecord {
+            key: OffsetsKey::GroupMetadata {
+                group: group_id.to_owned(),
+            }
+            .encode(),
+            value: None,
+        });
+        groups.remove(group_id);
+        info!(group = group_id, "empty group without offsets removed");
     }
 }
 

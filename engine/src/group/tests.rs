@@ -508,6 +508,21 @@ fn offsets_expire_after_retention() {
 }
 
 #[test]
+fn deleted_topics_lose_their_offsets() {
+    let mut h = Harness::new();
+    assert_eq!(h.commit("a", "", -1, "gone", 0, 1), codes::NONE);
+    assert_eq!(h.commit("b", "", -1, "gone", 0, 1), codes::NONE);
+    assert_eq!(h.commit("b", "", -1, "kept", 0, 2), codes::NONE);
+    let actions = h.c.on_topics_deleted(&["gone".to_string()]);
+    h.process(actions);
+    assert_eq!(h.c.group_state("a"), None, "nothing left: group removed");
+    assert_eq!(h.fetch("b", "gone", 0).1, -1);
+    assert_eq!(h.fetch("b", "kept", 0).1, 2);
+    let tombstones = h.log.iter().filter(|(_, r)| r.value.is_none()).count();
+    assert_eq!(tombstones, 3, "two offsets and group a");
+}
+
+#[test]
 fn pending_commit_is_not_expired() {
     let mut h = Harness::with_config(CoordinatorConfig {
         initial_rebalance_delay_ms: 0,
