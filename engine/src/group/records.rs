@@ -576,6 +576,36 @@ mod tests {
     }
 
     #[test]
+    fn documented_example_layout() {
+        // The example in docs/groups.md.
+        let key = OffsetsKey::Offset {
+            group: "orders".into(),
+            topic: "payments".into(),
+            partition: 3,
+        }
+        .encode();
+        let mut expect = vec![0, 1, 0, 6];
+        expect.extend_from_slice(b"orders");
+        expect.extend_from_slice(&[0, 8]);
+        expect.extend_from_slice(b"payments");
+        expect.extend_from_slice(&[0, 0, 0, 3]);
+        assert_eq!(&key[..], &expect[..]);
+        let value = OffsetCommitValue {
+            offset: 42,
+            leader_epoch: -1,
+            metadata: String::new(),
+            commit_timestamp_ms: 7,
+            expire_timestamp_ms: None,
+        }
+        .encode();
+        let mut expect = vec![
+            0, 3, 0, 0, 0, 0, 0, 0, 0, 0x2a, 0xff, 0xff, 0xff, 0xff, 0, 0,
+        ];
+        expect.extend_from_slice(&7i64.to_be_bytes());
+        assert_eq!(&value[..], &expect[..]);
+    }
+
+    #[test]
     fn offset_value_round_trip() {
         let v = OffsetCommitValue {
             offset: 42,
