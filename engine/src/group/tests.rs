@@ -1711,3 +1711,276 @@ proptest! {
         run_schedule(ops)?;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Consumers speaking the wire protocol (encoded and decoded with kafka-protocol at different
+// versions), the scenario at the core level: three members on a six-partition topic,
+// one dies, its partitions move within the session timeout.
+
+mod wire_consumers {
+    use super::*;
+    use crate::group::assignor::{AssignorMember, PartitionAssignor, RangeAssignor};
+    use crate::group::wire;
+    use bytes::BytesMut;
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+    use kafka_protocol::messages::{
+        GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, SyncGroupRequest,
+        SyncGroupResponse,
+    };
+    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+    /// Encodes with `version` and decodes again, as the bytes would cross the network.
+    fn over_the_wire<M: Encodable + Decodable>(m: &M, version: i16) -> M {
+        let mut buf = BytesMut::new();
+        m.encode(&mut buf, version).expect("encode");
+        M::decode(&mut buf.freeze(), version).expect("decode")
+    }
+
+    fn sb(s: &str) -> StrBytes {
+        StrBytes::from_string(s.to_owned())
+    }
+
+    #[derive(Debug)]
+    enum Phase {
+        Idle,
+        Joining(u64),
+        Syncing(u64),
+        Stable,
+    }
+
+    struct Consumer {
+        version_join: i16,
+        version_sync: i16,
+        member_id: String,
+        generation: i32,
+        phase: Phase,
+        assignment: Vec<i32>,
+        alive: bool,
+        leader_members: Vec<(String, Bytes)>,
+        is_leader: bool,
+        last_heartbeat: i64,
+    }
+
+    impl Consumer {
+        fn new(version_join: i16, version_sync: i16) -> Self {
+            Consumer {
+                version_join,
+                version_sync,
+                member_id: String::new(),
+                generation: -1,
+                phase: Phase::Idle,
+                assignment: Vec::new(),
+                alive: true,
+                leader_members: Vec::new(),
+                is_leader: false,
+                last_heartbeat: 0,
+            }
+        }
+
+        fn step(&mut self, h: &mut Harness) {
+            if !self.alive {
+                return;
+            }
+            match self.phase {
+                Phase::Idle => {
+                    let req = JoinGroupRequest::default()
+                        .with_group_id(GroupId(sb("g")))
+                        .with_session_timeout_ms(SESSION)
+                        .with_rebalance_timeout_ms(REBALANCE)
+                        .with_member_id(sb(&self.member_id))
+                        .with_protocol_type(sb("consumer"))
+                        .with_protocols(vec![JoinGroupRequestProtocol::default()
+                            .with_name(sb("range"))
+                            .with_metadata(ConsumerSubscription::new(["t"]).encode(3))]);
+                    let req = over_the_wire(&req, self.version_join);
+                    let core = wire::join_group_request(&req, self.version_join, "c", "/127.0.0.1");
+                    self.phase = Phase::Joining(h.send(GroupRequest::Join(core)));
+                }
+                Phase::Joining(t) => {
+                    let Some(GroupResponse::Join(r)) = h.take(t) else {
+                        return;
+                    };
+                    let resp = over_the_wire(
+                        &wire::join_group_response(&r, self.version_join),
+                        self.version_join,
+                    );
+                    self.member_id = resp.member_id.to_string();
+                    if resp.error_code != codes::NONE {
+                        if resp.error_code == codes::UNKNOWN_MEMBER_ID {
+                            self.member_id.clear();
+                        }
+                        self.phase = Phase::Idle;
+                        return;
+                    }
+                    self.generation = resp.generation_id;
+                    self.is_leader = resp.leader == resp.member_id;
+                    self.leader_members = resp
+                        .members
+                        .iter()
+                        .map(|m| (m.member_id.to_string(), m.metadata.clone()))
+                        .collect();
+                    let assignments = if self.is_leader {
+                        let members: Vec<AssignorMember> = self
+                            .leader_members
+                            .iter()
+                            .map(|(id, md)| AssignorMember {
+                                member_id: id.clone(),
+                                group_instance_id: None,
+                                subscription: ConsumerSubscription::decode(md)
+                                    .expect("subscription"),
+                            })
+                            .collect();
+                        RangeAssignor
+                            .assign(&[("t".to_string(), 6)].into_iter().collect(), &members)
+                            .into_iter()
+                            .map(|(id, a)| {
+                                SyncGroupRequestAssignment::default()
+                                    .with_member_id(sb(&id))
+                                    .with_assignment(a.encode(3))
+                            })
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
+                    let req = SyncGroupRequest::default()
+                        .with_group_id(GroupId(sb("g")))
+                        .with_generation_id(self.generation)
+                        .with_member_id(sb(&self.member_id))
+                        .with_assignments(assignments);
+                    let req = over_the_wire(&req, self.version_sync);
+                    let core = wire::sync_group_request(&req, self.version_sync);
+                    self.phase = Phase::Syncing(h.send(GroupRequest::Sync(core)));
+                }
+                Phase::Syncing(t) => {
+                    let Some(GroupResponse::Sync(r)) = h.take(t) else {
+                        return;
+                    };
+                    let resp: SyncGroupResponse = over_the_wire(
+                        &wire::sync_group_response(&r, self.version_sync),
+                        self.version_sync,
+                    );
+                    if resp.error_code != codes::NONE {
+                        self.phase = Phase::Idle;
+                        return;
+                    }
+                    let a = ConsumerAssignment::decode(&resp.assignment).expect("assignment");
+                    self.assignment = a.partitions.get("t").cloned().unwrap_or_default();
+                    self.phase = Phase::Stable;
+                    self.last_heartbeat = h.now;
+                }
+                Phase::Stable => {
+                    if h.now - self.last_heartbeat < 3_000 {
+                        return;
+                    }
+                    self.last_heartbeat = h.now;
+                    let req = HeartbeatRequest::default()
+                        .with_group_id(GroupId(sb("g")))
+                        .with_generation_id(self.generation)
+                        .with_member_id(sb(&self.member_id));
+                    let req = over_the_wire(&req, 4);
+                    let t = h.send(GroupRequest::Heartbeat(wire::heartbeat_request(&req, 4)));
+                    let Some(GroupResponse::Heartbeat(code)) = h.take(t) else {
+                        panic!("heartbeat answered at once")
+                    };
+                    let resp: HeartbeatResponse = over_the_wire(&wire::heartbeat_response(code), 4);
+                    if resp.error_code != codes::NONE {
+                        self.assignment.clear();
+                        self.phase = Phase::Idle;
+                    }
+                }
+            }
+        }
+    }
+
+    fn ownership(consumers: &[Consumer]) -> Option<Vec<usize>> {
+        let gens: Vec<i32> = consumers
+            .iter()
+            .filter(|c| c.alive)
+            .map(|c| c.generation)
+            .collect();
+        if consumers
+            .iter()
+            .any(|c| c.alive && !matches!(c.phase, Phase::Stable))
+            || gens.windows(2).any(|w| w[0] != w[1])
+        {
+            return None;
+        }
+        let mut owner = vec![usize::MAX; 6];
+        for (i, c) in consumers.iter().enumerate().filter(|(_, c)| c.alive) {
+            for p in &c.assignment {
+                assert_eq!(owner[*p as usize], usize::MAX, "partition {p} owned twice");
+                owner[*p as usize] = i;
+            }
+        }
+        Some(owner)
+    }
+
+    #[test]
+    fn three_members_six_partitions_one_dies() {
+        let mut h = Harness::with_config(CoordinatorConfig::default());
+        // Mixed client versions: old (v3, no member-id round trip), v5, and the newest.
+        let mut consumers = vec![
+            Consumer::new(3, 2),
+            Consumer::new(5, 3),
+            Consumer::new(9, 5),
+        ];
+        let mut stable_at = None;
+        for _ in 0..100 {
+            for c in consumers.iter_mut() {
+                c.step(&mut h);
+            }
+            if let Some(owner) = ownership(&consumers) {
+                assert!(
+                    owner.iter().all(|o| *o < 3),
+                    "every partition owned: {owner:?}"
+                );
+                stable_at = Some(h.now);
+                break;
+            }
+            h.advance(100);
+        }
+        let stable_at = stable_at.expect("group never stabilised");
+        assert!(
+            consumers.iter().all(|c| c.assignment.len() == 2),
+            "range gives 2 each"
+        );
+        let generation = consumers[0].generation;
+        assert_eq!(
+            generation, 1,
+            "the initial delay gathered everyone in one generation"
+        );
+
+        // Member 1 dies: no more heartbeats, no LeaveGroup.
+        consumers[1].alive = false;
+        let died_at = h.now;
+        let mut moved_at = None;
+        for _ in 0..400 {
+            h.advance(100);
+            for c in consumers.iter_mut() {
+                c.step(&mut h);
+            }
+            if let Some(owner) = ownership(&consumers) {
+                if consumers[0].generation > generation {
+                    assert!(
+                        owner.iter().all(|o| *o == 0 || *o == 2),
+                        "survivors own all: {owner:?}"
+                    );
+                    moved_at = Some(h.now);
+                    break;
+                }
+            }
+        }
+        let moved_at = moved_at.expect("partitions never moved");
+        assert!(stable_at <= died_at);
+        assert!(
+            moved_at - died_at <= SESSION as i64 + 3_000 + 1_000,
+            "moved after {} ms, session timeout is {SESSION} ms",
+            moved_at - died_at
+        );
+        assert_eq!(
+            consumers[0].assignment.len() + consumers[2].assignment.len(),
+            6
+        );
+    }
+}
