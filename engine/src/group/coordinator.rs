@@ -1148,7 +1148,16 @@ impl GroupCoordinator {
                 GroupResponse::Join(JoinGroupResult::error(code, req.member_id.clone())),
             );
         }
-        let member = &g.members[&req.member_id];
+        let Some(member) = g.members.get(&req.member_id) else {
+            // validate_current_member guarantees membership; stay safe if that ever changes.
+            return self.respond(
+                token,
+                GroupResponse::Join(JoinGroupResult::error(
+                    codes::UNKNOWN_MEMBER_ID,
+                    req.member_id.clone(),
+                )),
+            );
+        };
         let matches = member.matches(&req.protocols);
         let is_leader = g.is_leader(&req.member_id);
         match g.state {
