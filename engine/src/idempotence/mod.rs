@@ -16,7 +16,7 @@ pub use producer_id::{
 };
 pub use snapshot::{parse_snapshot_file_name, snapshot_file_name, SnapshotError};
 pub use state::{
-    parse_record_batch_header, AppendTicket, BatchHeader, BatchHeaderError, BatchMetadata,
-    CheckOutcome, ProducerEntry, ProducerStateError, ProducerStateTable, ReplayedBatch,
-    DEFAULT_PRODUCER_ID_EXPIRATION_MS,
+    parse_record_batch_header, snapshots_below_log_start, snapshots_for_truncation, AppendTicket,
+    BatchHeader, BatchHeaderError, BatchMetadata, CheckOutcome, ProducerEntry, ProducerStateError,
+    ProducerStateTable, ReplayedBatch, DEFAULT_PRODUCER_ID_EXPIRATION_MS,
 };

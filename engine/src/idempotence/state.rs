@@ -492,6 +492,20 @@ pub fn snapshots_for_truncation(snapshot_offsets: &[i64], offset: i64) -> (Optio
     (keep, delete)
 }
 
+/// Snapshots that describe only data below the log start offset (deleted by retention),
+/// which Kafka removes (`deleteSnapshotsBefore(logStartOffset)`); the newest one is always
+/// kept so a restart need not replay the whole log.
+pub fn snapshots_below_log_start(snapshot_offsets: &[i64], log_start_offset: i64) -> Vec<i64> {
+    let newest = snapshot_offsets.iter().copied().max();
+    let mut old: Vec<i64> = snapshot_offsets
+        .iter()
+        .copied()
+        .filter(|o| *o < log_start_offset && Some(*o) != newest)
+        .collect();
+    old.sort_unstable();
+    old
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -761,6 +775,12 @@ mod tests {
             (Some(100), vec![200])
         );
         assert_eq!(snapshots_for_truncation(&[50], 10), (None, vec![50]));
+        assert_eq!(snapshots_below_log_start(&[10, 30, 20], 25), vec![10, 20]);
+        assert_eq!(
+            snapshots_below_log_start(&[10], 25),
+            Vec::<i64>::new(),
+            "newest kept"
+        );
     }
 
     #[derive(Debug, Clone)]
