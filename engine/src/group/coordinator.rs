@@ -365,6 +365,19 @@ impl Group {
             .map(|s| (*s).to_owned())
     }
 
+    /// The earliest time at which a timer of this group fires.
+    fn next_deadline(&self) -> Option<i64> {
+        let members = self.members.values().filter_map(Member::expiry_deadline);
+        let pending = self.pending_members.values().copied();
+        let rebalance = self
+            .rebalance_deadline_ms
+            .filter(|_| self.state == GroupState::PreparingRebalance);
+        let sync = self
+            .sync_deadline_ms
+            .filter(|_| !self.pending_sync.is_empty());
+        members.chain(pending).chain(rebalance).chain(sync).min()
+    }
+
     fn max_rebalance_timeout_ms(&self) -> i64 {
         self.members
             .values()
@@ -524,6 +537,19 @@ enum PendingAppend {
     Background,
 }
 
+impl PendingAppend {
+    /// Groups whose state the completion may change.
+    fn groups(&self) -> Vec<String> {
+        match self {
+            PendingAppend::Commit { group, .. }
+            | PendingAppend::SyncStore { group, .. }
+            | PendingAppend::StaticReplace { group, .. } => vec![group.clone()],
+            PendingAppend::DeleteGroups { groups, .. } => groups.clone(),
+            PendingAppend::OffsetDelete { .. } | PendingAppend::Background => Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct MultiDelete {
     remaining: usize,
@@ -555,6 +581,10 @@ pub struct GroupCoordinator {
     rng: u64,
     out: Vec<CoordinatorAction>,
     next_retention_check_ms: Option<i64>,
+    /// Timer index: (deadline, group) for every active group with a timer, so `tick` and
+    /// `next_deadline` do not scan every group.
+    deadlines: BTreeSet<(i64, String)>,
+    group_deadlines: HashMap<String, i64>,
 }
 
 impl GroupCoordinator {
@@ -571,6 +601,8 @@ impl GroupCoordinator {
             rng,
             out: Vec::new(),
             next_retention_check_ms: None,
+            deadlines: BTreeSet::new(),
+            group_deadlines: HashMap::new(),
         }
     }
 
@@ -592,6 +624,7 @@ impl GroupCoordinator {
     pub fn begin_loading(&mut self, partition: i32) {
         self.groups.retain(|_, g| g.partition != partition);
         self.partitions.insert(partition, PartitionStatus::Loading);
+        self.reindex_all();
     }
 
     /// Replays one record of `partition` (in log order). Undecodable records are errors the
@@ -672,6 +705,8 @@ impl GroupCoordinator {
             g.compute_subscribed_topics();
         }
         info!(partition, "__consumer_offsets partition loaded");
+        self.reindex_all();
+        self.debug_check_index();
     }
 
     /// This broker lost `partition`: its groups are dropped and waiting requests answered
@@ -705,6 +740,8 @@ impl GroupCoordinator {
                 }
             }
         }
+        self.reindex_all();
+        self.debug_check_index();
         std::mem::take(&mut self.out)
     }
 
@@ -767,6 +804,18 @@ impl GroupCoordinator {
         request: GroupRequest,
         catalog: &dyn TopicCatalog,
     ) -> Vec<CoordinatorAction> {
+        let touched: Vec<String> = match &request {
+            GroupRequest::Join(r) => vec![r.group_id.clone()],
+            GroupRequest::Sync(r) => vec![r.group_id.clone()],
+            GroupRequest::Heartbeat(r) => vec![r.group_id.clone()],
+            GroupRequest::Leave(r) => vec![r.group_id.clone()],
+            GroupRequest::OffsetCommit(r) => vec![r.group_id.clone()],
+            GroupRequest::DeleteGroups(ids) => ids.clone(),
+            GroupRequest::OffsetDelete(r) => vec![r.group_id.clone()],
+            GroupRequest::OffsetFetch(_)
+            | GroupRequest::ListGroups(_)
+            | GroupRequest::DescribeGroups(_) => Vec::new(),
+        };
         match request {
             GroupRequest::Join(r) => self.join_group(token, now_ms, r),
             GroupRequest::Sync(r) => self.sync_group(token, now_ms, r),
@@ -779,38 +828,62 @@ impl GroupCoordinator {
             GroupRequest::DeleteGroups(ids) => self.delete_groups(token, now_ms, ids),
             GroupRequest::OffsetDelete(r) => self.offset_delete(token, r, catalog),
         }
+        for id in &touched {
+            self.reindex(id);
+        }
+        self.debug_check_index();
         std::mem::take(&mut self.out)
+    }
+
+    /// Recomputes the timer of one group in the index.
+    fn reindex(&mut self, group_id: &str) {
+        let next = self
+            .groups
+            .get(group_id)
+            .filter(|g| self.partitions.get(&g.partition) == Some(&PartitionStatus::Active))
+            .and_then(Group::next_deadline);
+        let old = self.group_deadlines.get(group_id).copied();
+        if old == next {
+            return;
+        }
+        if let Some(old) = old {
+            self.deadlines.remove(&(old, group_id.to_owned()));
+            self.group_deadlines.remove(group_id);
+        }
+        if let Some(next) = next {
+            self.deadlines.insert((next, group_id.to_owned()));
+            self.group_deadlines.insert(group_id.to_owned(), next);
+        }
+    }
+
+    fn reindex_all(&mut self) {
+        self.deadlines.clear();
+        self.group_deadlines.clear();
+        let ids: Vec<String> = self.groups.keys().cloned().collect();
+        for id in ids {
+            self.reindex(&id);
+        }
+    }
+
+    /// Debug builds verify the timer index against a full recomputation after every input.
+    fn debug_check_index(&self) {
+        #[cfg(debug_assertions)]
+        for g in self.groups.values() {
+            let active = self.partitions.get(&g.partition) == Some(&PartitionStatus::Active);
+            let expected = if active { g.next_deadline() } else { None };
+            debug_assert_eq!(
+                self.group_deadlines.get(&g.id).copied(),
+                expected,
+                "stale timer index for group {}",
+                g.id
+            );
+        }
+        debug_assert_eq!(self.deadlines.len(), self.group_deadlines.len());
     }
 
     /// The earliest time at which [`Self::tick`] has something to do.
     pub fn next_deadline(&self) -> Option<i64> {
-        let mut best: Option<i64> = None;
-        let mut consider = |t: i64| best = Some(best.map_or(t, |b| b.min(t)));
-        for g in self.groups.values() {
-            if self.partitions.get(&g.partition) != Some(&PartitionStatus::Active) {
-                continue;
-            }
-            for m in g.members.values() {
-                if let Some(t) = m.expiry_deadline() {
-                    consider(t);
-                } else if m.is_new && m.awaiting_join.is_some() {
-                    consider(m.heartbeat_deadline_ms);
-                }
-            }
-            for t in g.pending_members.values() {
-                consider(*t);
-            }
-            if g.state == GroupState::PreparingRebalance {
-                if let Some(t) = g.rebalance_deadline_ms {
-                    consider(t);
-                }
-            }
-            if !g.pending_sync.is_empty() {
-                if let Some(t) = g.sync_deadline_ms {
-                    consider(t);
-                }
-            }
-        }
+        let best = self.deadlines.first().map(|(t, _)| *t);
         match (best, self.next_retention_check_ms) {
             (Some(b), Some(r)) => Some(b.min(r)),
             (b, r) => b.or(r),
@@ -829,24 +902,45 @@ impl GroupCoordinator {
                 self.expire_offsets(now_ms);
                 self.next_retention_check_ms =
                     Some(now_ms + self.config.offsets_retention_check_interval_ms);
+                self.reindex_all();
             }
             Some(_) => {}
         }
-        let mut ids: Vec<String> = self
-            .groups
-            .values()
-            .filter(|g| self.partitions.get(&g.partition) == Some(&PartitionStatus::Active))
-            .map(|g| g.id.clone())
+        let due: Vec<String> = self
+            .deadlines
+            .iter()
+            .take_while(|(t, _)| *t <= now_ms)
+            .map(|(_, id)| id.clone())
             .collect();
-        ids.sort();
-        for id in ids {
+        for id in due {
             self.tick_group(&id, now_ms);
+            self.reindex(&id);
         }
+        self.debug_check_index();
         std::mem::take(&mut self.out)
     }
 
     /// The append `append_id` finished (`Ok` once replicated as acks=all requires).
     pub fn on_append_complete(
+        &mut self,
+        append_id: AppendId,
+        now_ms: i64,
+        result: Result<(), AppendError>,
+    ) -> Vec<CoordinatorAction> {
+        let touched = self
+            .pending_appends
+            .get(&append_id)
+            .map(PendingAppend::groups)
+            .unwrap_or_default();
+        let actions = self.complete_append(append_id, now_ms, result);
+        for id in &touched {
+            self.reindex(id);
+        }
+        self.debug_check_index();
+        actions
+    }
+
+    fn complete_append(
         &mut self,
         append_id: AppendId,
         now_ms: i64,
@@ -2209,6 +2303,8 @@ impl GroupCoordinator {
         for (partition, records) in by_partition {
             self.append(partition, records, PendingAppend::Background);
         }
+        self.reindex_all();
+        self.debug_check_index();
         std::mem::take(&mut self.out)
     }
 
