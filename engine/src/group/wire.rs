@@ -747,6 +747,120 @@ mod tests {
         );
     }
 
+    /// Encodes a request at `v` and decodes it again, as the broker receives it.
+    fn received<M: Encodable + Decodable>(m: &M, v: i16) -> M {
+        let mut buf = BytesMut::new();
+        m.encode(&mut buf, v)
+            .unwrap_or_else(|e| panic!("encode v{v}: {e}"));
+        M::decode(&mut buf.freeze(), v).unwrap_or_else(|e| panic!("decode v{v}: {e}"))
+    }
+
+    #[test]
+    fn offset_commit_request_every_version() {
+        use kafka_protocol::messages::offset_commit_request::{
+            OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+        };
+        for v in 2..=9 {
+            let mut req = OffsetCommitRequest::default()
+                .with_group_id(GroupId(sb("g")))
+                .with_generation_id_or_member_epoch(4)
+                .with_member_id(sb("m"))
+                .with_topics(vec![OffsetCommitRequestTopic::default()
+                    .with_name(TopicName(sb("t")))
+                    .with_partitions(vec![OffsetCommitRequestPartition::default()
+                        .with_partition_index(2)
+                        .with_committed_offset(99)
+                        .with_committed_leader_epoch(if v >= 6 { 7 } else { -1 })
+                        .with_committed_metadata(Some(sb("md")))])]);
+            if (2..=4).contains(&v) {
+                req = req.with_retention_time_ms(5_000);
+            }
+            if v >= 7 {
+                req = req.with_group_instance_id(Some(sb("i")));
+            }
+            let core = offset_commit_request(&received(&req, v), v);
+            assert_eq!(
+                (core.generation_id, core.member_id.as_str()),
+                (4, "m"),
+                "v{v}"
+            );
+            assert_eq!(core.partitions[0].offset, 99);
+            assert_eq!(core.partitions[0].metadata.as_deref(), Some("md"));
+            assert_eq!(core.partitions[0].leader_epoch, if v >= 6 { 7 } else { -1 });
+            assert_eq!(core.retention_time_ms, if v <= 4 { 5_000 } else { -1 });
+            assert_eq!(core.group_instance_id.is_some(), v >= 7);
+        }
+    }
+
+    #[test]
+    fn admin_requests_every_version() {
+        use kafka_protocol::messages::offset_delete_request::{
+            OffsetDeleteRequestPartition, OffsetDeleteRequestTopic,
+        };
+        for v in 0..=5 {
+            let mut req = ListGroupsRequest::default();
+            if v >= 4 {
+                req = req.with_states_filter(vec![sb("Stable")]);
+            }
+            if v >= 5 {
+                req = req.with_types_filter(vec![sb("classic")]);
+            }
+            let core = list_groups_request(&received(&req, v), v);
+            assert_eq!(core.states_filter.len(), usize::from(v >= 4));
+            assert_eq!(core.types_filter.len(), usize::from(v >= 5));
+        }
+        for v in 0..=6 {
+            let req = DescribeGroupsRequest::default()
+                .with_groups(vec![GroupId(sb("a")), GroupId(sb("b"))]);
+            assert_eq!(describe_groups_request(&received(&req, v)), vec!["a", "b"]);
+        }
+        for v in 0..=2 {
+            let req = DeleteGroupsRequest::default().with_groups_names(vec![GroupId(sb("x"))]);
+            assert_eq!(delete_groups_request(&received(&req, v)), vec!["x"]);
+        }
+        let req = OffsetDeleteRequest::default()
+            .with_group_id(GroupId(sb("g")))
+            .with_topics(vec![OffsetDeleteRequestTopic::default()
+                .with_name(TopicName(sb("t")))
+                .with_partitions(vec![
+                    OffsetDeleteRequestPartition::default().with_partition_index(3)
+                ])]);
+        assert_eq!(
+            offset_delete_request(&received(&req, 0)),
+            OffsetDelete {
+                group_id: "g".into(),
+                topics: vec![("t".into(), vec![3])]
+            }
+        );
+        for v in 0..=4 {
+            let mut req = HeartbeatRequest::default()
+                .with_group_id(GroupId(sb("g")))
+                .with_generation_id(3)
+                .with_member_id(sb("m"));
+            if v >= 3 {
+                req = req.with_group_instance_id(Some(sb("i")));
+            }
+            let core = heartbeat_request(&received(&req, v), v);
+            assert_eq!(
+                (core.generation_id, core.group_instance_id.is_some()),
+                (3, v >= 3)
+            );
+        }
+        for v in 0..=5 {
+            let mut req = SyncGroupRequest::default()
+                .with_group_id(GroupId(sb("g")))
+                .with_generation_id(3)
+                .with_member_id(sb("m"));
+            if v >= 5 {
+                req = req
+                    .with_protocol_type(Some(sb("consumer")))
+                    .with_protocol_name(Some(sb("range")));
+            }
+            let core = sync_group_request(&received(&req, v), v);
+            assert_eq!(core.protocol_name.is_some(), v >= 5);
+        }
+    }
+
     #[test]
     fn leave_request_versions() {
         let v1 = LeaveGroupRequest::default()
