@@ -1470,7 +1470,7 @@ impl GroupCoordinator {
         g.sync_deadline_ms = None;
         let rebalance_timeout = g.max_rebalance_timeout_ms();
         if g.state == GroupState::Empty {
-            let delay = initial_delay.min(rebalance_timeout).max(0);
+            let delay = initial_delay.max(0);
             g.rebalance_deadline_ms = Some(now_ms + delay);
             g.initial_delay_remaining_ms = Some((rebalance_timeout - delay).max(0));
         } else {
