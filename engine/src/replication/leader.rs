@@ -78,6 +78,9 @@ struct FollowerProgress {
 struct PendingIsr {
     request: AlterPartitionRequest,
     sent_ms: Millis,
+    /// The controller refused it for a stale epoch: stop resending, keep counting the
+    /// maximal ISR until a newer record arrives (the proposal may have raced a commit).
+    awaiting_metadata: bool,
 }
 
 /// The leader's state for one partition in one leader epoch.
@@ -342,7 +345,9 @@ impl<P: ReplicationPolicy> LeaderState<P> {
         }
         match &mut self.pending_isr {
             Some(p) => {
-                if now.saturating_sub(p.sent_ms) >= self.config.alter_partition_retry_ms {
+                if !p.awaiting_metadata
+                    && now.saturating_sub(p.sent_ms) >= self.config.alter_partition_retry_ms
+                {
                     p.sent_ms = now;
                     self.actions
                         .push_back(LeaderAction::AlterPartition(p.request.clone()));
@@ -374,9 +379,23 @@ impl<P: ReplicationPolicy> LeaderState<P> {
     ) {
         match response {
             Ok(state) => self.on_partition_state(&state, now),
+            // The controller's record moved on (another change, a new epoch): whether or not
+            // our proposal is part of it, only the new record tells. Until it arrives the
+            // maximal ISR stays counted, so the leader cannot commit on a set the controller
+            // never had (Kafka keeps its pending state on these errors too).
+            Err(
+                e @ (ReplicationError::InvalidUpdateVersion { .. }
+                | ReplicationError::FencedLeaderEpoch { .. }
+                | ReplicationError::UnknownLeaderEpoch { .. }
+                | ReplicationError::NotLeaderOrFollower),
+            ) => {
+                tracing::debug!(error = %e, "AlterPartition refused; awaiting a newer record");
+                if let Some(p) = &mut self.pending_isr {
+                    p.awaiting_metadata = true;
+                }
+            }
             Err(e) => {
-                // The proposal was based on a stale record or a fenced epoch: drop it; a fresh
-                // record arrives with metadata and the next tick proposes again if needed.
+                // Refused outright (an ineligible member): the committed ISR stands.
                 tracing::debug!(error = %e, "AlterPartition rejected");
                 self.pending_isr = None;
             }
@@ -483,6 +502,7 @@ impl<P: ReplicationPolicy> LeaderState<P> {
         self.pending_isr = Some(PendingIsr {
             request,
             sent_ms: now,
+            awaiting_metadata: false,
         });
     }
 
