@@ -48,8 +48,8 @@ use sluice::replication::{
 const EPOCH_MARKER: u64 = 0;
 const HEARTBEAT_EVERY: u64 = 5;
 const SESSION_TIMEOUT: u64 = 25;
-/// Longer than the slowest round trip the fault injector makes (2 x (6 + 40) ticks).
-const REQUEST_TIMEOUT: u64 = 120;
+/// Added to a request's worst-case round trip before a follower gives up on it.
+const REQUEST_SLACK: u64 = 4;
 const BACKOFF: u64 = 5;
 const EMPTY_FETCH_WAIT: u64 = 2;
 const PRODUCE_TIMEOUT: u64 = 300;
@@ -81,6 +81,9 @@ struct Params {
     acks_all_prob: f64,
     /// `min.insync.replicas` (`None`: random per seed, 1 or 2).
     min_insync: Option<usize>,
+    /// Per-tick probability that a live broker crashes / a dead one restarts.
+    crash_prob: f64,
+    restart_prob: f64,
 }
 
 impl Params {
@@ -97,6 +100,17 @@ impl Params {
             produce_prob: 0.5,
             acks_all_prob: 0.7,
             min_insync: None,
+            crash_prob: 0.004,
+            restart_prob: 0.02,
+        }
+    }
+
+    /// Crashes and restarts ten times as often: many short epochs, many elections.
+    fn crash_storm(replicas: usize) -> Self {
+        Params {
+            crash_prob: 0.04,
+            restart_prob: 0.1,
+            ..Params::faulty(replicas)
         }
     }
 }
@@ -234,7 +248,7 @@ struct Client {
     hint_at: u64,
     /// Acknowledged acks=all writes: offset -> value.
     acked: BTreeMap<Offset, u64>,
-    consumed: Vec<u64>,
+    consumed: Vec<(LeaderEpoch, u64)>,
     first_ack_after_heal: Option<u64>,
 }
 
@@ -257,7 +271,7 @@ struct World<P> {
     max_delay: u64,
     client: Client,
     /// The committed history every leader's high watermark must agree with.
-    committed: Vec<u64>,
+    committed: Vec<(LeaderEpoch, u64)>,
     leaders_by_epoch: BTreeMap<LeaderEpoch, usize>,
     hw_by_leader_epoch: BTreeMap<(usize, LeaderEpoch), Offset>,
     /// Per broker: its log agrees with `committed` below this offset.
@@ -432,14 +446,14 @@ impl<P: ReplicationPolicy + Clone> World<P> {
 
     fn inject_faults(&mut self) {
         let n = self.p.replicas;
-        if self.rng.gen_bool(0.004) {
+        if self.rng.gen_bool(self.p.crash_prob) {
             let up: Vec<usize> = (0..n).filter(|&b| self.brokers[b].up).collect();
             if !up.is_empty() {
                 let b = up[self.rng.gen_range(0..up.len())];
                 self.crash(b);
             }
         }
-        if self.rng.gen_bool(0.02) {
+        if self.rng.gen_bool(self.p.restart_prob) {
             let down: Vec<usize> = (0..n).filter(|&b| !self.brokers[b].up).collect();
             if !down.is_empty() {
                 let b = down[self.rng.gen_range(0..down.len())];
@@ -536,7 +550,7 @@ impl<P: ReplicationPolicy + Clone> World<P> {
         if broker
             .inflight
             .as_ref()
-            .is_some_and(|(_, at)| now.saturating_sub(*at) > REQUEST_TIMEOUT)
+            .is_some_and(|(_, deadline)| now > *deadline)
         {
             broker.inflight = None;
         }
@@ -553,7 +567,11 @@ impl<P: ReplicationPolicy + Clone> World<P> {
                 FollowerRequest::Fetch { leader, .. }
                 | FollowerRequest::OffsetForLeaderEpoch { leader, .. } => leader as usize,
             };
-            broker.inflight = Some((req, now));
+            // A lost request is retried after the slowest possible round trip on this link.
+            let slow = self.slow.map_or(0, |(_, extra, _)| extra) + self.p.fixed_slow.unwrap_or(0);
+            let deadline = now + 2 * (self.max_delay + slow) + REQUEST_SLACK;
+            let broker = &mut self.brokers[b];
+            broker.inflight = Some((req, deadline));
             self.send(b, leader, Msg::Replication(req));
         }
         Ok(())
@@ -729,6 +747,9 @@ impl<P: ReplicationPolicy + Clone> World<P> {
         records: &[(LeaderEpoch, u64)],
     ) -> Check {
         let now = self.now;
+        if !matches!(step, FollowerStep::Append { .. }) {
+            self.trace(|| format!("broker {b} follower step {step:?}"));
+        }
         match step {
             FollowerStep::Append { .. } => {
                 let broker = &mut self.brokers[b];
@@ -761,7 +782,7 @@ impl<P: ReplicationPolicy + Clone> World<P> {
                 for off in to..committed_end {
                     let same = log
                         .get(off)
-                        .is_some_and(|(_, v)| *v == self.committed[off as usize]);
+                        .is_some_and(|r| *r == self.committed[off as usize]);
                     if same {
                         return Err(self.fail(format!(
                             "broker {b} truncated committed offset {off} (truncate_to {to}, log end {end})"
@@ -838,10 +859,8 @@ impl<P: ReplicationPolicy + Clone> World<P> {
     /// A new leader must hold every committed record.
     fn check_new_leader_log(&mut self, b: usize) -> Check {
         let log = &self.brokers[b].log;
-        let diverge = (0..self.committed.len()).find(|&i| {
-            log.get(i as Offset)
-                .is_none_or(|(_, v)| *v != self.committed[i])
-        });
+        let diverge = (0..self.committed.len())
+            .find(|&i| log.get(i as Offset).is_none_or(|r| *r != self.committed[i]));
         if let Some(at) = diverge {
             if self.p.unclean {
                 self.record_loss(at);
@@ -916,14 +935,14 @@ impl<P: ReplicationPolicy + Clone> World<P> {
         let from = self.verified[b].max(0) as usize;
         let to = hw as usize;
         for off in from..to.min(self.committed.len()) {
-            let ours = self.brokers[b].log.get(off as Offset).map(|(_, v)| *v);
+            let ours = self.brokers[b].log.get(off as Offset).copied();
             if ours != Some(self.committed[off]) {
                 if self.p.unclean {
                     self.record_loss(off);
                     break;
                 }
                 return Err(self.fail(format!(
-                    "leader {b} epoch {epoch} commits offset {off} = {ours:?} but {} was committed",
+                    "leader {b} epoch {epoch} commits offset {off} = {ours:?} but {:?} was committed",
                     self.committed[off]
                 )));
             }
@@ -933,7 +952,7 @@ impl<P: ReplicationPolicy + Clone> World<P> {
         }
         for off in self.committed.len()..to {
             match self.brokers[b].log.get(off as Offset) {
-                Some((_, v)) => self.committed.push(*v),
+                Some(r) => self.committed.push(*r),
                 None => {
                     return Err(self.fail(format!(
                         "leader {b} HW {hw} beyond its log end {}",
@@ -1124,7 +1143,7 @@ impl<P: ReplicationPolicy + Clone> World<P> {
                 if sent_at >= self.p.heal_at && self.client.first_ack_after_heal.is_none() {
                     self.client.first_ack_after_heal = Some(self.now);
                 }
-                let committed = self.committed.get(offset as usize).copied();
+                let committed = self.committed.get(offset as usize).map(|r| r.1);
                 if committed != Some(value) {
                     if self.p.unclean {
                         self.stats.lost_acked += 1;
@@ -1175,8 +1194,8 @@ impl<P: ReplicationPolicy + Clone> World<P> {
         };
         let from = self.client.consumed.len() as Offset;
         for off in from..limit {
-            if let Some((_, v)) = log.get(off) {
-                self.client.consumed.push(*v);
+            if let Some(r) = log.get(off) {
+                self.client.consumed.push(*r);
             }
         }
     }
@@ -1199,7 +1218,7 @@ impl<P: ReplicationPolicy + Clone> World<P> {
             .find(|&i| consumed[i] != self.committed[i])
         {
             return Err(self.fail(format!(
-                "consumer saw {} at offset {i}, committed is {}",
+                "consumer saw {:?} at offset {i}, committed is {:?}",
                 consumed[i], self.committed[i]
             )));
         }
@@ -1235,10 +1254,10 @@ impl<P: ReplicationPolicy + Clone> World<P> {
                 )));
             }
             for off in self.verified[b].max(0)..hw {
-                let ours = log.get(off).map(|(_, v)| *v);
+                let ours = log.get(off).copied();
                 if ours != Some(self.committed[off as usize]) {
                     return Err(self.fail(format!(
-                        "broker {b} holds {ours:?} at offset {off} below its HW {hw}, committed is {}",
+                        "broker {b} holds {ours:?} at offset {off} below its HW {hw}, committed is {:?}",
                         self.committed[off as usize]
                     )));
                 }
@@ -1539,6 +1558,8 @@ fn latency_params(slow_extra: Option<u64>, lag_max: u64) -> Params {
         produce_prob: 0.5,
         acks_all_prob: 1.0,
         min_insync: Some(1),
+        crash_prob: 0.0,
+        restart_prob: 0.0,
     }
 }
 
@@ -1630,4 +1651,37 @@ fn commit_latency_quorum_ignores_slow_follower_isr_waits_until_shrink() {
         panic!("the slow follower never left the ISR with replica.lag.time.max.ms = 30");
     };
     assert!(percentile(latencies(&i_shrink, t + 10), 0.5) < SLOW);
+}
+
+/// Raft's Figure 8 needs a precise interleaving, so this searches more seeds; it shows the
+/// current-epoch rule in `QuorumPolicy` is load-bearing, not decoration.
+#[test]
+fn simulator_catches_quorum_commit_without_current_epoch_rule() {
+    let seeds = if cfg!(debug_assertions) { 300 } else { 3_000 };
+    let p = Params::crash_storm(3);
+    let found = first_failing_seed(QuorumWithoutEpochRule, &p, seeds);
+    let Some((seed, msg)) = found else {
+        panic!("quorum commit without the current-epoch rule passed {seeds} seeds");
+    };
+    eprintln!("quorum without the current-epoch rule caught at seed {seed}: {msg}");
+}
+
+#[test]
+fn quorum_3_replicas_crash_storm() {
+    sweep(
+        "quorum_3_replicas_crash_storm",
+        QuorumPolicy,
+        Params::crash_storm(3),
+        1_000,
+    );
+}
+
+#[test]
+fn isr_3_replicas_crash_storm() {
+    sweep(
+        "isr_3_replicas_crash_storm",
+        IsrPolicy,
+        Params::crash_storm(3),
+        1_000,
+    );
 }
