@@ -289,7 +289,7 @@ mod tests {
         // Follower: [e1, e1, e2(uncommitted from deposed leader)], HW 1.
         let mut log = log_with(&[1, 1, 2]);
         let mut f = FollowerState::new(Some(3), 3, 1, &log);
-        let req = f.next_request(&mut log.clone());
+        let req = f.next_request(&log);
         assert_eq!(
             req,
             Some(FollowerRequest::OffsetForLeaderEpoch {
@@ -312,7 +312,7 @@ mod tests {
         assert_eq!(step, FollowerStep::Truncate(2));
         apply(&mut log, step);
         assert!(matches!(
-            f.next_request(&mut log.clone()),
+            f.next_request(&log),
             Some(FollowerRequest::Fetch {
                 fetch_offset: 2,
                 ..
@@ -325,7 +325,7 @@ mod tests {
         // Follower epochs 1,2,4; leader has 1,3 (epoch 1 ends at 3 on the leader).
         let mut log = log_with(&[1, 1, 2, 2, 4]);
         let mut f = FollowerState::new(Some(9), 5, 0, &log);
-        let Some(req) = f.next_request(&mut log) else {
+        let Some(req) = f.next_request(&log) else {
             panic!("expected a request")
         };
         // Leader answers for epoch 4: its largest epoch <= 4 is 3, ending at 6.
@@ -340,7 +340,7 @@ mod tests {
         // Our largest epoch <= 3 is 2, ending at 4: cut there and ask again about epoch 2.
         assert_eq!(step, FollowerStep::Truncate(4));
         apply(&mut log, step);
-        let Some(req) = f.next_request(&mut log) else {
+        let Some(req) = f.next_request(&log) else {
             panic!("expected a request")
         };
         assert!(matches!(
@@ -364,9 +364,9 @@ mod tests {
 
     #[test]
     fn stale_and_fenced_responses() {
-        let mut log = log_with(&[]);
+        let log = log_with(&[]);
         let mut f = FollowerState::new(Some(1), 4, 0, &log);
-        let Some(req) = f.next_request(&mut log) else {
+        let Some(req) = f.next_request(&log) else {
             panic!("expected a fetch")
         };
         let older = FollowerRequest::Fetch {
@@ -396,6 +396,6 @@ mod tests {
             f.on_fetch_response(&req, fenced, &log),
             FollowerStep::AwaitMetadata
         );
-        assert_eq!(f.next_request(&mut log), None);
+        assert_eq!(f.next_request(&log), None);
     }
 }

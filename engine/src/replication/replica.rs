@@ -40,8 +40,8 @@ pub enum RoleChange {
 /// The role a replica plays in its current epoch.
 #[derive(Debug)]
 pub enum Role<P> {
-    /// Leading.
-    Leader(LeaderState<P>),
+    /// Leading (boxed: a leader's state is much larger than a follower's).
+    Leader(Box<LeaderState<P>>),
     /// Following (or waiting for a leader).
     Follower(FollowerState),
 }
@@ -165,7 +165,7 @@ impl<P: ReplicationPolicy + Clone> PartitionReplica<P> {
         self.step_down();
         if state.leader == Some(self.broker_id) {
             let leo = log.log_end_offset();
-            self.role = Role::Leader(LeaderState::new(
+            self.role = Role::Leader(Box::new(LeaderState::new(
                 self.broker_id,
                 self.policy.clone(),
                 self.config.clone(),
@@ -173,7 +173,7 @@ impl<P: ReplicationPolicy + Clone> PartitionReplica<P> {
                 leo,
                 hw.min(leo),
                 now,
-            ));
+            )));
             tracing::info!(
                 broker = self.broker_id,
                 epoch = state.leader_epoch,
