@@ -755,7 +755,9 @@ impl<P: ReplicationPolicy + Clone> World<P> {
         match step {
             FollowerStep::Append { .. } => {
                 let broker = &mut self.brokers[b];
-                broker.log.append_follower(records);
+                if let Err(e) = broker.log.append_follower(records) {
+                    return Err(self.fail(format!("broker {b} got records it cannot append: {e}")));
+                }
                 broker.next_request_at = if records.is_empty() {
                     now + EMPTY_FETCH_WAIT
                 } else {

@@ -63,6 +63,14 @@ pub enum ReplicationError {
     /// AlterPartition proposed an ISR member that is fenced or not a replica.
     #[error("INELIGIBLE_REPLICA: broker {0} cannot join the ISR")]
     IneligibleReplica(BrokerId),
+    /// Replicated records carry a leader epoch older than the log's latest one.
+    #[error("records of epoch {epoch} after epoch {latest}: refusing to append")]
+    EpochRegression {
+        /// The epoch of the offending record.
+        epoch: LeaderEpoch,
+        /// The log's latest epoch.
+        latest: LeaderEpoch,
+    },
     /// A configuration value is out of range.
     #[error("invalid replication config: {0}")]
     InvalidConfig(String),
@@ -80,6 +88,7 @@ impl ReplicationError {
                 ResponseError::NotEnoughReplicasAfterAppend
             }
             ReplicationError::InvalidConfig(_) => ResponseError::InvalidRequest,
+            ReplicationError::EpochRegression { .. } => ResponseError::CorruptMessage,
             ReplicationError::FencedLeaderEpoch { .. } => ResponseError::FencedLeaderEpoch,
             ReplicationError::UnknownLeaderEpoch { .. } => ResponseError::UnknownLeaderEpoch,
             ReplicationError::InvalidUpdateVersion { .. } => ResponseError::InvalidUpdateVersion,

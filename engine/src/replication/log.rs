@@ -5,7 +5,7 @@
 //! engine's partition log implements [`EpochLog`] for the broker; [`MemoryLog`] implements it
 //! for tests and the deterministic simulator.
 
-use super::{LeaderEpoch, Offset, UNDEFINED_EPOCH, UNDEFINED_OFFSET};
+use super::{LeaderEpoch, Offset, ReplicationError, UNDEFINED_EPOCH, UNDEFINED_OFFSET};
 
 /// An OffsetForLeaderEpoch answer: the largest epoch <= the requested one and where it ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,13 +101,25 @@ impl<T: Clone> MemoryLog<T> {
         offset
     }
 
-    /// Follower append: records copied verbatim from the leader, epochs included.
-    pub fn append_follower(&mut self, records: &[(LeaderEpoch, T)]) {
+    /// Follower append: records copied verbatim from the leader, epochs included. Records
+    /// whose epoch goes backwards are refused whole (a leader never sends them).
+    pub fn append_follower(
+        &mut self,
+        records: &[(LeaderEpoch, T)],
+    ) -> Result<(), ReplicationError> {
+        let mut latest = self.latest_epoch().unwrap_or(UNDEFINED_EPOCH);
+        for &(epoch, _) in records {
+            if epoch < latest {
+                return Err(ReplicationError::EpochRegression { epoch, latest });
+            }
+            latest = epoch;
+        }
         for (epoch, value) in records {
             let offset = self.log_end_offset();
             self.note_epoch(*epoch, offset);
             self.records.push((*epoch, value.clone()));
         }
+        Ok(())
     }
 
     /// A new leader records where its epoch starts even before it appends anything (as
@@ -225,6 +237,15 @@ mod tests {
         assert_eq!(log.end_offset_for_epoch(5), Some((5, 2)));
         log.append(5, 9);
         assert_eq!(log.epoch_cache(), &[(1, 0), (5, 2)]);
+    }
+
+    #[test]
+    fn follower_append_refuses_epoch_regression() {
+        let mut log = log_with(&[1, 3]);
+        assert!(log.append_follower(&[(3, 7), (2, 8)]).is_err());
+        assert_eq!(log.log_end_offset(), 2);
+        assert!(log.append_follower(&[(3, 7), (4, 8)]).is_ok());
+        assert_eq!(log.epoch_cache(), &[(1, 0), (3, 1), (4, 3)]);
     }
 
     #[test]
