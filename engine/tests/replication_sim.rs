@@ -129,6 +129,9 @@ struct Stats {
     lost_committed: u64,
     lost_acked: u64,
     min_isr_seen: usize,
+    /// ISR changes the controller committed from AlterPartition: (shrinks, expansions).
+    isr_shrinks_committed: u64,
+    isr_expands_committed: u64,
     /// (send tick, ack tick) of every acknowledged acks=all write.
     acks: Vec<(u64, u64)>,
     /// Ticks at which the controller's ISR shrank.
@@ -148,6 +151,8 @@ impl Stats {
         self.committed += o.committed;
         self.lost_committed += o.lost_committed;
         self.lost_acked += o.lost_acked;
+        self.isr_shrinks_committed += o.isr_shrinks_committed;
+        self.isr_expands_committed += o.isr_expands_committed;
     }
 }
 
@@ -1018,6 +1023,7 @@ impl<P: ReplicationPolicy + Clone> World<P> {
             Msg::AlterPartition { incarnation, req } => {
                 let sessions = self.sessions.clone();
                 let before = self.control.state().partition_epoch;
+                let before_len = self.control.state().isr.len();
                 self.trace(|| format!("AlterPartition from {src}: {req:?}"));
                 let resp = self.control.alter_partition(&req, |b| {
                     sessions
@@ -1030,6 +1036,12 @@ impl<P: ReplicationPolicy + Clone> World<P> {
                     Msg::AlterPartitionResponse { incarnation, resp },
                 );
                 if self.control.state().partition_epoch != before {
+                    let after_len = self.control.state().isr.len();
+                    if after_len < before_len {
+                        self.stats.isr_shrinks_committed += 1;
+                    } else if after_len > before_len {
+                        self.stats.isr_expands_committed += 1;
+                    }
                     self.broadcast_state();
                 }
             }
@@ -1380,7 +1392,7 @@ fn sweep<P: ReplicationPolicy + Clone>(
         }
     }
     eprintln!(
-        "{test}: {} seeds ok: {} acks=all acked, {} acks=1 acked, {} errors, {} committed, {} elections ({} unclean), {} crashes, {} partitions, {} truncations, lost {} committed / {} acked",
+        "{test}: {} seeds ok: {} acks=all acked, {} acks=1 acked, {} errors, {} committed, {} elections ({} unclean), {} crashes, {} partitions, {} truncations, ISR -{}/+{}, lost {} committed / {} acked",
         seeds.len(),
         total.acked_all,
         total.acked_one,
@@ -1391,6 +1403,8 @@ fn sweep<P: ReplicationPolicy + Clone>(
         total.crashes,
         total.partitions,
         total.truncations,
+        total.isr_shrinks_committed,
+        total.isr_expands_committed,
         total.lost_committed,
         total.lost_acked
     );
@@ -1406,6 +1420,10 @@ fn sweep<P: ReplicationPolicy + Clone>(
         );
         assert!(total.elections > seeds.len() as u64, "no re-elections");
         assert!(total.truncations > 0, "no follower ever truncated");
+        assert!(
+            total.isr_shrinks_committed > 0 && total.isr_expands_committed > 0,
+            "the ISR never changed through AlterPartition"
+        );
     }
     total
 }

@@ -363,6 +363,18 @@ mod tests {
     }
 
     #[test]
+    fn undefined_answer_falls_back_to_high_watermark() {
+        let log = log_with(&[2, 2, 2, 2]);
+        let mut f = FollowerState::new(Some(1), 5, 3, &log);
+        let Some(req) = f.next_request(&log) else {
+            panic!("expected a request")
+        };
+        let step = f.on_offset_for_leader_epoch_response(&req, Ok(EpochEndOffset::UNDEFINED), &log);
+        assert_eq!(step, FollowerStep::Truncate(3));
+        assert!(f.is_fetching());
+    }
+
+    #[test]
     fn stale_and_fenced_responses() {
         let log = log_with(&[]);
         let mut f = FollowerState::new(Some(1), 4, 0, &log);
