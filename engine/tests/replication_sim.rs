@@ -84,6 +84,9 @@ struct Params {
     /// Per-tick probability that a live broker crashes / a dead one restarts.
     crash_prob: f64,
     restart_prob: f64,
+    /// Pre-KIP-101 behaviour planted in the shell for the negative test: a new follower cuts
+    /// its log at its own high watermark before anything else.
+    legacy_truncate_to_hw: bool,
 }
 
 impl Params {
@@ -102,6 +105,7 @@ impl Params {
             min_insync: None,
             crash_prob: 0.004,
             restart_prob: 0.02,
+            legacy_truncate_to_hw: false,
         }
     }
 
@@ -857,8 +861,12 @@ impl<P: ReplicationPolicy + Clone> World<P> {
                 self.extend_committed(b, leader_epoch, inherited)?;
             }
             RoleChange::BecameFollower { .. } => {
+                let hw = replica.high_watermark();
                 self.brokers[b].inflight = None;
                 self.brokers[b].next_request_at = now;
+                if self.p.legacy_truncate_to_hw {
+                    self.truncate(b, hw)?;
+                }
             }
             RoleChange::IsrChanged | RoleChange::None => {}
         }
@@ -1560,6 +1568,20 @@ fn simulator_catches_leader_only_commit() {
     );
 }
 
+/// KIP-101's motivating bug: truncating to the (possibly stale, here volatile) high watermark
+/// instead of the divergence point throws committed records away.
+#[test]
+fn simulator_catches_truncation_to_high_watermark() {
+    let p = Params {
+        legacy_truncate_to_hw: true,
+        ..Params::faulty(3)
+    };
+    let Some((seed, msg)) = first_failing_seed(IsrPolicy, &p, 300) else {
+        panic!("truncating to the high watermark passed 300 seeds");
+    };
+    eprintln!("truncation to the high watermark caught at seed {seed}: {msg}");
+}
+
 #[test]
 fn runs_are_deterministic() {
     let p = Params::faulty(3);
@@ -1589,6 +1611,7 @@ fn latency_params(slow_extra: Option<u64>, lag_max: u64) -> Params {
         min_insync: Some(1),
         crash_prob: 0.0,
         restart_prob: 0.0,
+        legacy_truncate_to_hw: false,
     }
 }
 
