@@ -80,7 +80,7 @@ struct Params {
     fixed_slow: Option<u64>,
     produce_prob: f64,
     acks_all_prob: f64,
-    /// `min.insync.replicas` (`None`: random per seed, 1 or 2).
+    /// `min.insync.replicas` (`None`: random per seed, 1 up to a majority).
     min_insync: Option<usize>,
     /// Per-tick probability that a live broker crashes / a dead one restarts.
     crash_prob: f64,
@@ -299,7 +299,7 @@ impl<P: ReplicationPolicy + Clone> World<P> {
     fn new(policy: P, p: Params, seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let n = p.replicas;
-        let min_insync = p.min_insync.unwrap_or_else(|| rng.gen_range(1..=2));
+        let min_insync = p.min_insync.unwrap_or_else(|| rng.gen_range(1..=n / 2 + 1));
         let config = ReplicationConfig {
             min_insync_replicas: min_insync,
             replica_lag_time_max_ms: p.lag_max,
