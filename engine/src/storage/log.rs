@@ -241,7 +241,11 @@ impl PartitionLog {
             return;
         }
         let old = self.inner.config.replace(c);
-        if old.flush != c.flush {
+        let interval_ms = |f: FlushPolicy| match f {
+            FlushPolicy::Interval { ms, .. } => ms,
+            _ => 0,
+        };
+        if interval_ms(old.flush) != interval_ms(c.flush) {
             self.inner.spawn_interval_flusher();
         }
     }
@@ -635,6 +639,8 @@ impl PartitionLog {
     pub async fn truncate_to(&self, offset: i64) -> Result<(), StorageError> {
         let inner = &self.inner;
         let _guard = inner.append_lock.lock().await;
+        // Serializes with the background finishing of rolled segments (indexes, recovery point).
+        let _roll = inner.roll_flush_lock.lock().await;
         inner.drain_writes().await?;
         let (log_start, leo) = {
             let st = inner.st.borrow();
@@ -698,6 +704,8 @@ impl PartitionLog {
         }
         let inner = &self.inner;
         let _guard = inner.append_lock.lock().await;
+        // Serializes with the background finishing of rolled segments (indexes, recovery point).
+        let _roll = inner.roll_flush_lock.lock().await;
         inner.drain_writes().await?;
         inner.truncate_fully_locked(offset).await
     }
@@ -730,6 +738,8 @@ impl PartitionLog {
     pub async fn delete_records_before(&self, offset: i64) -> Result<i64, StorageError> {
         let inner = &self.inner;
         let _guard = inner.append_lock.lock().await;
+        // Serializes with the background finishing of rolled segments (indexes, recovery point).
+        let _roll = inner.roll_flush_lock.lock().await;
         let (start, end) = {
             let st = inner.st.borrow();
             inner.check_usable_st(&st)?;
@@ -753,6 +763,8 @@ impl PartitionLog {
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<RetentionOutcome, StorageError> {
         let inner = &self.inner;
         let _guard = inner.append_lock.lock().await;
+        // Serializes with the background finishing of rolled segments (indexes, recovery point).
+        let _roll = inner.roll_flush_lock.lock().await;
         let cfg = inner.config.get();
         let infos: Vec<SegmentInfo> = {
             let st = inner.st.borrow();
@@ -850,6 +862,7 @@ impl PartitionLog {
     pub async fn delete(self) -> Result<(), StorageError> {
         let inner = &self.inner;
         let _guard = inner.append_lock.lock().await;
+        let _roll = inner.roll_flush_lock.lock().await;
         let _ = inner.drain_writes().await;
         inner.st.borrow_mut().closed = true;
         inner.flush_tx.send_modify(|g| *g += 1);
@@ -953,14 +966,19 @@ impl Inner {
     ) -> Result<(), StorageError> {
         let _order = self.roll_flush_lock.lock().await;
         self.wait_visible(next_base).await?;
-        if self.st.borrow().closed
-            || !self
-                .st
-                .borrow()
-                .segments
-                .iter()
-                .any(|s| Rc::ptr_eq(s, &old))
-        {
+        let still_rolled = {
+            let st = self.st.borrow();
+            // A truncation may have removed the old segment or made it active again; then
+            // there is nothing to finish (and the recovery point must not move past it).
+            let pos = st.segments.iter().position(|s| Rc::ptr_eq(s, &old));
+            !st.closed
+                && pos.is_some_and(|p| {
+                    st.segments
+                        .get(p + 1)
+                        .is_some_and(|n| n.base_offset == next_base)
+                })
+        };
+        if !still_rolled {
             return Ok(());
         }
         old.write_indexes(true, true).await?;
