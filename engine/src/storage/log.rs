@@ -652,24 +652,29 @@ impl PartitionLog {
         if offset < log_start {
             return inner.truncate_fully_locked(offset).await;
         }
-        let (target, removed) = {
-            let mut st = inner.st.borrow_mut();
+        let (target, keep) = {
+            let st = inner.st.borrow();
             let keep = st
                 .segments
                 .partition_point(|s| s.base_offset <= offset)
                 .max(1);
-            let removed: Vec<_> = st.segments.drain(keep..).collect();
-            (st.segments.last().cloned(), removed)
+            (st.segments.get(keep - 1).cloned(), keep)
         };
         let target = target.ok_or_else(|| StorageError::Corrupt("log has no segment".into()))?;
-        // Lower the recovery point first: after a crash the truncated segment must be scanned.
-        let lowered = target.base_offset.min(inner.st.borrow().recovery_point);
-        inner.write_recovery_point(lowered).await?;
         let limit = target.size();
         let (position, new_end) = match target.find_batch(offset, limit).await? {
             Some((pos, h)) => (pos, h.base_offset),
             None => (limit, target.st.borrow().next_offset),
         };
+        if new_end < log_start {
+            // The batch holding `offset` straddles the log start (DeleteRecords moved it inside
+            // a batch); dropping it leaves nothing readable, so restart the log at `offset`.
+            return inner.truncate_fully_locked(offset).await;
+        }
+        let removed: Vec<Rc<Segment>> = inner.st.borrow_mut().segments.drain(keep..).collect();
+        // Lower the recovery point first: after a crash the truncated segment must be scanned.
+        let lowered = target.base_offset.min(inner.st.borrow().recovery_point);
+        inner.write_recovery_point(lowered).await?;
         target.truncate_to(position, new_end)?;
         target
             .log
