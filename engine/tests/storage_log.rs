@@ -535,3 +535,49 @@ fn time_based_roll() {
         assert_eq!(log.segment_base_offsets(), vec![0, 1, 2]);
     });
 }
+
+#[test]
+fn read_slices_are_the_longest_whole_batch_prefix() {
+    let tmp = tempfile::tempdir().unwrap();
+    block_on(async {
+        let cfg = LogConfig {
+            index_interval_bytes: 100,
+            ..LogConfig::default()
+        };
+        let log = PartitionLog::open(tmp.path().join("t-0"), cfg)
+            .await
+            .unwrap();
+        for i in 0..300usize {
+            let v = vec![b'v'; (i * 37) % 250];
+            let n = 1 + i % 3;
+            let vals: Vec<&[u8]> = (0..n).map(|_| &v[..]).collect();
+            log.append_leader(batch(&vals, i as i64), 0, 0)
+                .await
+                .unwrap();
+        }
+        let all = read_all(&log, 0).await;
+        let leo = log.log_end_offset();
+        for (k, from) in [0i64, 1, 5, 77, 200, 401, leo - 1].into_iter().enumerate() {
+            for max in [1u32, 100, 500, 1000, 4096, 20_000] {
+                for upper in [leo, from + 1, from + 10, from + 150] {
+                    let upper = upper.min(leo);
+                    let r = log.read(from, max, upper, true).await.unwrap();
+                    // Brute force: the batch holding `from`, then whole batches while they fit.
+                    let i = all.iter().position(|b| b.1 >= from).unwrap();
+                    let mut expect = 0usize;
+                    if all[i].1 < upper {
+                        expect = all[i].2.len();
+                        for b in &all[i + 1..] {
+                            if b.1 >= upper || expect + b.2.len() > max as usize {
+                                break;
+                            }
+                            expect += b.2.len();
+                        }
+                    }
+                    let got = r.slice.map_or(0, |s| s.len() as usize);
+                    assert_eq!(got, expect, "case {k}: from {from} max {max} upper {upper}");
+                }
+            }
+        }
+    });
+}

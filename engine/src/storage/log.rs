@@ -31,7 +31,7 @@ use super::record_batch::{
 };
 use super::recovery;
 use super::retention::{plan_retention, RetentionOutcome, SegmentInfo};
-use super::segment::Segment;
+use super::segment::{HeaderCursor, Segment};
 use super::validate::{validate_follower, validate_leader};
 
 /// Result of a successful append.
@@ -584,11 +584,12 @@ impl PartitionLog {
             if first_size > u64::from(max_bytes) && !min_one_batch {
                 return Ok(empty);
             }
-            let mut end = start + first_size;
+            let max_end = start.saturating_add(u64::from(max_bytes)).min(limit);
+            let mut end = segment.index_jump(start + first_size, max_end, upper);
+            let mut cursor = HeaderCursor::new(&segment, limit);
             while end < limit {
-                let h = segment.read_header(end, limit).await?;
-                if h.last_offset() >= upper || end + h.size() as u64 - start > u64::from(max_bytes)
-                {
+                let h = cursor.header_at(end).await?;
+                if h.last_offset() >= upper || end + h.size() as u64 > max_end {
                     break;
                 }
                 end += h.size() as u64;
