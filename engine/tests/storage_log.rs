@@ -434,6 +434,11 @@ fn concurrent_appends_group_commit() {
         assert_eq!(all, (0..160).map(|i| i * 2).collect::<Vec<_>>());
         assert_eq!(log.durable_offset(), 320);
         assert_eq!(read_all(&log, 0).await.len(), 160);
+        let stats = log.stats();
+        assert_eq!(stats.appends, 160);
+        // Appends arriving while an fsync is in flight share the next one.
+        assert!(stats.fsyncs < 100, "{stats:?}");
+        assert!(stats.fsyncs >= 10, "{stats:?}");
     });
 }
 
@@ -579,5 +584,68 @@ fn read_slices_are_the_longest_whole_batch_prefix() {
                 }
             }
         }
+    });
+}
+
+#[test]
+fn interval_and_os_flush_policies() {
+    let tmp = tempfile::tempdir().unwrap();
+    block_on(async {
+        let cfg = LogConfig {
+            flush: FlushPolicy::Interval { messages: 3, ms: 0 },
+            ..LogConfig::default()
+        };
+        let log = PartitionLog::open(tmp.path().join("m-0"), cfg)
+            .await
+            .unwrap();
+        log.append_leader(batch(&[b"a"], 1), 0, 1).await.unwrap();
+        log.append_leader(batch(&[b"b"], 1), 0, 1).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert_eq!(
+            log.durable_offset(),
+            0,
+            "below flush.messages nothing is synced"
+        );
+        log.append_leader(batch(&[b"c"], 1), 0, 1).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(log.durable_offset(), 3);
+
+        let cfg = LogConfig {
+            flush: FlushPolicy::Interval {
+                messages: 0,
+                ms: 30,
+            },
+            ..LogConfig::default()
+        };
+        let log = PartitionLog::open(tmp.path().join("t-0"), cfg)
+            .await
+            .unwrap();
+        log.append_leader(batch(&[b"a", b"b"], 1), 0, 1)
+            .await
+            .unwrap();
+        assert_eq!(log.durable_offset(), 0);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while log.durable_offset() < 2 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            log.durable_offset(),
+            2,
+            "flush.ms flushed in the background"
+        );
+
+        let log = PartitionLog::open(tmp.path().join("o-0"), LogConfig::default())
+            .await
+            .unwrap();
+        log.append_leader(batch(&[b"a"], 1), 0, 1).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(log.durable_offset(), 0);
+        log.wait_durable(0).await.unwrap();
+        assert_eq!(log.durable_offset(), 1);
+        assert!(
+            log.wait_durable(5).await.is_err(),
+            "waiting for an unassigned offset is an error"
+        );
+        assert_eq!(log.stats().fsyncs, 1);
     });
 }

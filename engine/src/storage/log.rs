@@ -103,6 +103,17 @@ pub struct ReadResult {
     pub log_end_offset: i64,
 }
 
+/// Counters of one log since it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Appends that reserved offsets.
+    pub appends: u64,
+    /// fsync rounds completed (a round syncs every segment with unflushed data).
+    pub fsyncs: u64,
+    /// Segments rolled.
+    pub rolls: u64,
+}
+
 struct PendingWrite {
     seq: u64,
     segment: Rc<Segment>,
@@ -131,6 +142,7 @@ struct LogState {
     dir_dirty: bool,
     offline: bool,
     closed: bool,
+    stats: LogStats,
 }
 
 struct Inner {
@@ -211,6 +223,7 @@ impl PartitionLog {
                 dir_dirty: false,
                 offline: false,
                 closed: false,
+                stats: LogStats::default(),
             }),
             append_lock: Mutex::new(()),
             checkpoint_lock: Mutex::new(()),
@@ -385,6 +398,7 @@ impl PartitionLog {
             );
             let last_offset = next - 1;
             st.next_offset = next;
+            st.stats.appends += 1;
             let seq = st.next_seq;
             st.next_seq += 1;
             st.pending.push_back(PendingWrite {
@@ -472,6 +486,11 @@ impl PartitionLog {
                 }
             }
         }
+    }
+
+    /// Counters since open (appends, fsync rounds, rolls), for metrics.
+    pub fn stats(&self) -> LogStats {
+        self.inner.st.borrow().stats
     }
 
     /// Every offset below this is on disk.
@@ -949,6 +968,7 @@ impl Inner {
             let mut st = self.st.borrow_mut();
             st.segments.push(segment);
             st.dir_dirty = true;
+            st.stats.rolls += 1;
         }
         tracing::debug!(dir = %self.dir.display(), base, "rolled segment");
         if let Some(old) = old {
@@ -1110,6 +1130,7 @@ impl Inner {
                             st.durable_end = watermark;
                         }
                         st.unflushed_messages = 0;
+                        st.stats.fsyncs += 1;
                     }
                     Err(e) => {
                         tracing::error!(dir = %self.dir.display(), error = %e, "fsync failed; log goes offline");
