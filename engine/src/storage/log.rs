@@ -439,10 +439,10 @@ impl PartitionLog {
         }
         match cfg.flush {
             FlushPolicy::EveryAppend => self.wait_durable(info.last_offset).await?,
-            FlushPolicy::Interval { messages, .. } if messages > 0 => {
-                if inner.st.borrow().unflushed_messages >= messages {
-                    inner.clone().start_flush();
-                }
+            FlushPolicy::Interval { messages, .. }
+                if messages > 0 && inner.st.borrow().unflushed_messages >= messages =>
+            {
+                inner.clone().start_flush();
             }
             _ => {}
         }
@@ -462,6 +462,9 @@ impl PartitionLog {
                 }
                 if st.durable_end > offset {
                     return Ok(());
+                }
+                if st.closed {
+                    return Err(StorageError::Closed(inner.dir.clone()));
                 }
                 if offset >= st.next_offset {
                     return Err(StorageError::InvalidArgument(format!(
@@ -501,12 +504,10 @@ impl PartitionLog {
     /// fsyncs everything appended so far.
     pub async fn flush(&self) -> Result<(), StorageError> {
         let end = self.inner.st.borrow().next_offset;
-        if end > self.log_start_offset() || end > 0 {
-            if let Some(last) = end.checked_sub(1).filter(|l| *l >= 0) {
-                return self.wait_durable(last).await;
-            }
+        if end <= 0 {
+            return Ok(());
         }
-        Ok(())
+        self.wait_durable(end - 1).await
     }
 
     /// First offset that can be read.
