@@ -109,7 +109,10 @@ fn kill_9_never_loses_acknowledged_appends() {
             acked.entry(*first).or_insert(*v);
         }
     }
-    eprintln!("crash test: {iterations} kills, {} batches acknowledged and verified", acked.len());
+    eprintln!(
+        "crash test: {iterations} kills, {} batches acknowledged and verified",
+        acked.len()
+    );
     assert!(iterations >= 3, "only {iterations} iterations ran");
     assert!(
         acked.len() > 10,

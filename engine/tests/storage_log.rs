@@ -649,3 +649,25 @@ fn interval_and_os_flush_policies() {
         assert_eq!(log.stats().fsyncs, 1);
     });
 }
+
+#[test]
+fn recovery_restores_epochs_missing_from_the_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t-0");
+    block_on(async {
+        let log = PartitionLog::open(dir.clone(), LogConfig::default())
+            .await
+            .unwrap();
+        log.append_leader(batch(&[b"a"], 1), 2, 1).await.unwrap();
+        log.append_leader(batch(&[b"b"], 1), 4, 1).await.unwrap();
+        log.append_leader(batch(&[b"c"], 1), 4, 1).await.unwrap();
+        drop(log);
+        // A crash between the segment write and the checkpoint write.
+        std::fs::write(dir.join("leader-epoch-checkpoint"), "0\n1\n2 0\n").unwrap();
+        let log = PartitionLog::open(dir.clone(), LogConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(log.epoch_entries(), vec![(2, 0), (4, 1)]);
+        assert_eq!(log.end_offset_for_epoch(2), Some((2, 1)));
+    });
+}

@@ -77,6 +77,9 @@ pub(crate) struct Segment {
 pub(crate) struct ScanOutcome {
     /// Bytes cut off the tail because they were not valid batches.
     pub truncated_bytes: u64,
+    /// (epoch, base offset) of every batch whose leader epoch differs from the previous one,
+    /// so recovery can restore leader-epoch entries a crash kept out of the checkpoint.
+    pub epoch_starts: Vec<(i32, i64)>,
 }
 
 impl Segment {
@@ -275,6 +278,7 @@ impl Segment {
         let mut reader = ChunkReader::new(&self.log, file_len);
         let mut pos = 0u64;
         let mut failure: Option<String> = None;
+        let mut epoch_starts: Vec<(i32, i64)> = Vec::new();
         while pos < file_len {
             let head = reader.get(pos, HEADER_SIZE).await?;
             let h = match BatchHeader::parse(head) {
@@ -312,9 +316,19 @@ impl Segment {
                 break;
             }
             st.note_batch(pos, &h, cfg);
+            if h.partition_leader_epoch >= 0
+                && epoch_starts
+                    .last()
+                    .is_none_or(|&(e, _)| e != h.partition_leader_epoch)
+            {
+                epoch_starts.push((h.partition_leader_epoch, h.base_offset));
+            }
             pos += h.size() as u64;
         }
-        let mut outcome = ScanOutcome::default();
+        let mut outcome = ScanOutcome {
+            truncated_bytes: 0,
+            epoch_starts,
+        };
         if let Some(reason) = failure {
             tracing::warn!(file = %path.display(), position = pos, %reason, "truncating invalid bytes at the log tail");
             outcome.truncated_bytes = file_len - pos;
