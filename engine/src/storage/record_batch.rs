@@ -418,9 +418,19 @@ pub fn uncompressed_records(
     batch: &[u8],
     header: &BatchHeader,
 ) -> Result<Vec<RecordInfo>, BatchError> {
+    let mut out = Vec::with_capacity(header.records_count.max(0).min(1 << 16) as usize);
+    for_each_uncompressed_record(batch, header, |r| out.push(r))?;
+    Ok(out)
+}
+
+/// Like `uncompressed_records` without allocating: calls `visit` for each record.
+pub fn for_each_uncompressed_record(
+    batch: &[u8],
+    header: &BatchHeader,
+    mut visit: impl FnMut(RecordInfo),
+) -> Result<(), BatchError> {
     let end = header.size().min(batch.len());
     let mut pos = HEADER_SIZE;
-    let mut out = Vec::with_capacity(header.records_count.max(0) as usize);
     for i in 0..header.records_count {
         let len = read_varlong(batch, &mut pos)?;
         if len < 0 || pos as i64 + len > end as i64 {
@@ -483,7 +493,7 @@ pub fn uncompressed_records(
             )));
         }
         pos = rec_end;
-        out.push(RecordInfo {
+        visit(RecordInfo {
             offset_delta: offset_delta as i32,
             timestamp_delta,
         });
@@ -494,7 +504,7 @@ pub fn uncompressed_records(
             end - pos
         )));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Builders used by tests, benches and tools to make valid batches.

@@ -3,7 +3,8 @@
 use super::config::LogConfig;
 use super::error::AppendError;
 use super::record_batch::{
-    uncompressed_records, validate_batch, BatchError, BatchHeader, Compression, NO_TIMESTAMP,
+    for_each_uncompressed_record, validate_batch, BatchError, BatchHeader, Compression,
+    NO_TIMESTAMP,
 };
 
 /// Checks that `records` is a sequence of whole, CRC-valid v2 batches within the size limits.
@@ -69,7 +70,7 @@ pub fn validate_leader(
             )));
         }
         if h.compression() == Compression::None {
-            uncompressed_records(&records[pos..pos + h.size()], &h)
+            for_each_uncompressed_record(&records[pos..pos + h.size()], &h, |_| {})
                 .map_err(|e| AppendError::InvalidRecord(format!("batch at byte {pos}: {e}")))?;
         } else if let Compression::Unknown(c) = h.compression() {
             return Err(AppendError::InvalidRecord(format!(
