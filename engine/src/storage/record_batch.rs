@@ -707,4 +707,34 @@ mod tests {
         assert!(it.next().unwrap().is_err());
         assert!(it.next().is_none());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// Arbitrary bytes and mutated batches never panic any decoder.
+        #[test]
+        fn decoders_never_panic(
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            flips in proptest::collection::vec((0usize..400, proptest::prelude::any::<u8>()), 0..8),
+        ) {
+            let _ = validate_batch(&noise);
+            for item in BatchIter::new(&noise) { let _ = item; }
+            if let Ok(h) = BatchHeader::parse(&noise) {
+                let _ = uncompressed_records(&noise, &h);
+                let _ = h.last_sequence();
+            }
+            let mut b = build_batch(&BatchSpec::default(), &[b"key-less", b"values", b""]);
+            for (at, x) in flips {
+                let n = b.len();
+                b[at % n] ^= x;
+            }
+            // Recompute the CRC so the record walker sees the damage too.
+            if b.len() >= HEADER_SIZE {
+                let crc = compute_crc(&b);
+                b[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
+            }
+            if let Ok(h) = validate_batch(&b) {
+                let _ = uncompressed_records(&b, &h);
+            }
+        }
+    }
 }
