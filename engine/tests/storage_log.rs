@@ -671,3 +671,63 @@ fn recovery_restores_epochs_missing_from_the_checkpoint() {
         assert_eq!(log.end_offset_for_epoch(2), Some((2, 1)));
     });
 }
+
+#[test]
+fn rolls_exactly_at_segment_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t-0");
+    block_on(async {
+        let size = batch(&[b"0123456789"], 0).len() as u64;
+        let cfg = LogConfig {
+            segment_bytes: 3 * size,
+            ..LogConfig::default()
+        };
+        let log = PartitionLog::open(dir.clone(), cfg).await.unwrap();
+        assert_eq!(log.size_bytes(), 0);
+        assert!(log
+            .read(0, 100, i64::MAX, true)
+            .await
+            .unwrap()
+            .slice
+            .is_none());
+        for i in 0..7 {
+            log.append_leader(batch(&[b"0123456789"], i), 0, i)
+                .await
+                .unwrap();
+        }
+        // Three batches fill a segment exactly; the fourth rolls.
+        assert_eq!(log.segment_base_offsets(), vec![0, 3, 6]);
+        assert_eq!(
+            std::fs::metadata(dir.join(format!("{:020}.log", 0)))
+                .unwrap()
+                .len(),
+            3 * size
+        );
+        assert_eq!(log.size_bytes(), 7 * size);
+        // A record set larger than a segment is refused.
+        let mut big = BytesMut::new();
+        for _ in 0..4 {
+            big.extend_from_slice(&batch(&[b"0123456789"], 0));
+        }
+        assert_eq!(
+            log.append_leader(big, 0, 0)
+                .await
+                .unwrap_err()
+                .kafka_error_code(),
+            18
+        );
+        log.close().await.unwrap();
+        // Rolled segments have trimmed index files of whole entries.
+        for base in [0, 3] {
+            let idx = std::fs::metadata(dir.join(format!("{base:020}.index")))
+                .unwrap()
+                .len();
+            let tidx = std::fs::metadata(dir.join(format!("{base:020}.timeindex")))
+                .unwrap()
+                .len();
+            assert_eq!(idx % 8, 0);
+            assert_eq!(tidx % 12, 0);
+            assert!(tidx >= 12, "the roll adds the segment's max timestamp");
+        }
+    });
+}
