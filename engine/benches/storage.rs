@@ -16,7 +16,9 @@ use hdrhistogram::Histogram;
 use sluice::io::runtime::{block_on, spawn};
 use sluice::storage::offset_index::OffsetIndex;
 use sluice::storage::record_batch::builder::{build_batch, BatchSpec};
+use sluice::io::file::DiskFile;
 use sluice::storage::time_index::TimeIndex;
+use sluice::storage::validate::validate_leader;
 use sluice::storage::{FlushPolicy, LogConfig, PartitionLog};
 
 /// 16 records of 1 KiB: the 16 KiB batch the issue asks for.
@@ -72,6 +74,37 @@ fn append_vs_raw_write(c: &mut Criterion) {
                 written += batch.len();
             }
             elapsed + start.elapsed()
+        });
+    });
+
+    // Breakdown of the append path: the validation alone and an io_uring write alone.
+    g.bench_function("validate_leader_only", |b| {
+        let cfg = LogConfig::default();
+        b.iter(|| black_box(validate_leader(black_box(&batch), &cfg).map(|v| v.len())))
+    });
+
+    g.bench_function("io_uring_write_only", |b| {
+        let dir = bench_dir("uring");
+        let path = dir.path().join("uring.log");
+        let data = bytes::Bytes::from(batch.clone());
+        b.iter_custom(|iters| {
+            let path = path.clone();
+            let data = data.clone();
+            block_on(async move {
+                let _ = std::fs::remove_file(&path);
+                let file = DiskFile::open_rw(&path, true).expect("open");
+                let mut pos = 0u64;
+                let start = Instant::now();
+                for _ in 0..iters {
+                    if pos as usize + data.len() > WRAP_BYTES {
+                        pos = 0;
+                    }
+                    let (res, _) = file.write_all_at(data.clone(), pos).await;
+                    res.expect("write");
+                    pos += data.len() as u64;
+                }
+                start.elapsed()
+            })
         });
     });
 

@@ -85,6 +85,37 @@ impl DiskFile {
         self.file.write_all_at(buf, pos).await
     }
 
+    /// Writes all of `bufs`, back to back, starting at `pos` with one `writev` per attempt;
+    /// short writes continue where they stopped.
+    pub async fn write_all_vectored_at(
+        &self,
+        mut bufs: Vec<Bytes>,
+        mut pos: u64,
+    ) -> io::Result<()> {
+        while !bufs.is_empty() {
+            let (res, returned) = self.file.writev_at(bufs, pos).await;
+            let mut n = res?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "writev wrote nothing",
+                ));
+            }
+            pos += n as u64;
+            let mut rest = Vec::with_capacity(returned.len());
+            for b in returned {
+                if n >= b.len() {
+                    n -= b.len();
+                } else {
+                    rest.push(b.slice(n..));
+                    n = 0;
+                }
+            }
+            bufs = rest;
+        }
+        Ok(())
+    }
+
     /// Writes all of `buf` (an owned vector) at `pos`.
     pub async fn write_vec_at(&self, buf: Vec<u8>, pos: u64) -> io::Result<()> {
         let (res, _) = self.file.write_all_at(buf, pos).await;
