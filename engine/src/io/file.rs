@@ -44,6 +44,20 @@ impl DiskFile {
         })
     }
 
+    /// Opens (creating if needed) `path` read-write through io_uring's openat.
+    pub async fn open_rw_async(path: &Path) -> io::Result<DiskFile> {
+        let file = tokio_uring::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .open(path)
+            .await?;
+        Ok(DiskFile {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
     /// Creates `path` (failing if it exists) through io_uring's openat.
     pub async fn create_new(path: &Path) -> io::Result<DiskFile> {
         let file = tokio_uring::fs::OpenOptions::new()
@@ -223,12 +237,15 @@ pub fn sync_dir_blocking(path: &Path) -> io::Result<()> {
     std::fs::File::open(path)?.sync_all()
 }
 
-/// The temporary name used by `write_file_atomic`.
+/// A fresh temporary name for `write_file_atomic`: `<name>.<n>.tmp`, unique within the
+/// process, so two writers of the same file never rename each other's temp file.
 pub fn tmp_path(path: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut name = path
         .file_name()
         .map(|n| n.to_os_string())
         .unwrap_or_default();
-    name.push(".tmp");
+    name.push(format!(".{n}.tmp"));
     path.with_file_name(name)
 }

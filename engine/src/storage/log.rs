@@ -911,6 +911,17 @@ impl PartitionLog {
     }
 }
 
+impl Drop for PartitionLog {
+    /// Background tasks (rolled-segment finishing, interval flushes) may outlive the handle;
+    /// marking the log closed stops them from starting new work on a directory that may be
+    /// reopened by a new `PartitionLog`.
+    fn drop(&mut self) {
+        if let Ok(mut st) = self.inner.st.try_borrow_mut() {
+            st.closed = true;
+        }
+    }
+}
+
 impl Inner {
     fn check_usable(&self) -> Result<(), StorageError> {
         self.check_usable_st(&self.st.borrow())
