@@ -213,10 +213,10 @@ pub async fn run_fetcher(
                                 shared.ledger.consume(h.producer, h.sequence);
                                 got += 1;
                                 bytes += value.len() as u64;
+                                let lat = arrived_micros.saturating_sub(h.intended_micros);
+                                record(&mut interval, lat);
                                 if h.intended_micros >= measure_from {
-                                    let lat = arrived_micros.saturating_sub(h.intended_micros);
                                     record(&mut result.e2e, lat);
-                                    record(&mut interval, lat);
                                 }
                             }
                             _ => result.foreign += 1,

@@ -18,4 +18,5 @@ pub mod rate;
 pub mod recorder;
 pub mod report;
 pub mod runner;
+pub mod timer;
 pub mod workload;

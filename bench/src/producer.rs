@@ -12,6 +12,7 @@ use crate::payload::ValueBuilder;
 use crate::rate::RateSchedule;
 use crate::recorder::{new_histogram, record};
 use crate::runner::Shared;
+use crate::timer::PreciseTimer;
 use crate::workload::{CompressionCodec, KeyDistributor, Workload};
 use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
@@ -198,6 +199,8 @@ impl Producer {
         let mut rng = rand::rngs::StdRng::seed_from_u64(self.spec.run_id ^ self.spec.index as u64);
         let timeout = Duration::from_millis(w.request_timeout_ms);
         let hard_stop = self.spec.end + timeout + Duration::from_secs(5);
+        // tokio's timers tick in whole milliseconds; see `timer` for why that matters here.
+        let mut timer = PreciseTimer::new().ok();
 
         loop {
             let now = Instant::now();
@@ -322,7 +325,16 @@ impl Producer {
                         Err(e) => self.note_error(format!("produce task failed: {e}")),
                     }
                 }
-                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
+                _ = async {
+                    match timer.as_mut() {
+                        Some(t) => {
+                            if t.sleep_until(wake).await.is_err() {
+                                tokio::time::sleep_until(tokio::time::Instant::from_std(wake)).await;
+                            }
+                        }
+                        None => tokio::time::sleep_until(tokio::time::Instant::from_std(wake)).await,
+                    }
+                } => {}
             }
         }
         debug_assert!(self.result.sent >= self.result.failed);
@@ -510,14 +522,15 @@ impl Producer {
                 .acked_wire_bytes
                 .fetch_add(b.bytes, Ordering::Relaxed);
             for (_, intended) in &b.records {
+                let corrected = c.acked_at.saturating_duration_since(*intended).as_micros() as u64;
+                // The per-second series covers warm-up too; the run's histograms do not.
+                record(&mut interval, corrected);
                 if *intended < measure_from {
                     continue;
                 }
-                let corrected = c.acked_at.saturating_duration_since(*intended).as_micros() as u64;
                 let actual = c.acked_at.saturating_duration_since(c.sent_at).as_micros() as u64;
                 record(&mut self.result.publish, corrected);
                 record(&mut self.result.publish_uncorrected, actual);
-                record(&mut interval, corrected);
             }
         }
     }
