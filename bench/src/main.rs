@@ -244,6 +244,7 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
         threads: a.threads,
         seed: a.seed,
         progress: !a.no_progress && std::io::stderr().is_terminal(),
+        markers: Vec::new(),
     };
     let outcome = runner::run(&w, &opts)?;
     let summary = report::summarize(

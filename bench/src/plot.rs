@@ -96,6 +96,7 @@ fn draw_spectrum<DB: DrawingBackend>(
             ("sans-serif", 20),
         )
         .margin(15)
+        .margin_right(45)
         .x_label_area_size(40)
         .y_label_area_size(70)
         .build_cartesian_2d(0f64..max_x, 0f64..max_y)
@@ -130,10 +131,49 @@ fn draw_spectrum<DB: DrawingBackend>(
     Ok(())
 }
 
+/// A labelled instant on the time axis (warm-up end, an injected fault...).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Marker {
+    /// Seconds since producers started.
+    pub t: f64,
+    /// What happened.
+    pub label: String,
+}
+
+fn draw_markers<DB: DrawingBackend>(
+    chart: &mut ChartContext<
+        '_,
+        DB,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+    markers: &[Marker],
+    y_max: f64,
+) -> Result<()> {
+    for m in markers {
+        chart
+            .draw_series(DashedLineSeries::new(
+                vec![(m.t, 0.0), (m.t, y_max)],
+                6,
+                4,
+                BLACK.mix(0.6).stroke_width(1),
+            ))
+            .map_err(err)?;
+        chart
+            .draw_series(std::iter::once(Text::new(
+                m.label.clone(),
+                (m.t, y_max * 0.97),
+                ("sans-serif", 13).into_font().color(&BLACK.mix(0.8)),
+            )))
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
 fn draw_throughput<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
     title: &str,
     samples: &[Sample],
+    markers: &[Marker],
 ) -> Result<()> {
     root.fill(&WHITE).map_err(err)?;
     let (top, bottom) = root.split_vertically(SIZE.1 / 2);
@@ -156,6 +196,7 @@ fn draw_throughput<DB: DrawingBackend>(
         .y_desc("msgs/s")
         .draw()
         .map_err(err)?;
+    draw_markers(&mut chart, markers, max_rate)?;
     let lines: [(&str, fn(&Sample) -> f64); 2] = [
         ("publish (acked)", |s| s.publish_rate),
         ("consume", |s| s.consume_rate),
@@ -198,6 +239,7 @@ fn draw_throughput<DB: DrawingBackend>(
         .y_desc("p99 latency per second (ms)")
         .draw()
         .map_err(err)?;
+    draw_markers(&mut chart, markers, max_lat)?;
     let lines: [(&str, fn(&Sample) -> f64); 2] = [
         ("publish p99", |s| s.publish_p99_ms),
         ("end-to-end p99", |s| s.e2e_p99_ms),
@@ -244,18 +286,26 @@ pub fn spectrum_files(dir: &Path, stem: &str, title: &str, series: &[Spectrum]) 
 }
 
 /// Writes `<stem>.svg` and `<stem>.png` with throughput and p99 over time.
-pub fn throughput_files(dir: &Path, stem: &str, title: &str, samples: &[Sample]) -> Result<()> {
+pub fn throughput_files(
+    dir: &Path,
+    stem: &str,
+    title: &str,
+    samples: &[Sample],
+    markers: &[Marker],
+) -> Result<()> {
     let svg = dir.join(format!("{stem}.svg"));
     draw_throughput(
         SVGBackend::new(&svg, SIZE).into_drawing_area(),
         title,
         samples,
+        markers,
     )?;
     let png = dir.join(format!("{stem}.png"));
     draw_throughput(
         BitMapBackend::new(&png, SIZE).into_drawing_area(),
         title,
         samples,
+        markers,
     )?;
     Ok(())
 }

@@ -72,6 +72,8 @@ pub struct Summary {
     pub errors: Vec<String>,
     /// Ratios to a baseline, when one was given.
     pub baseline: Option<BaselineRatio>,
+    /// Events on the time axis (warm-up end, injected faults).
+    pub markers: Vec<plot::Marker>,
 }
 
 /// Builds the summary of a run.
@@ -119,6 +121,7 @@ pub fn summarize(
         unsent: outcome.unsent,
         errors: outcome.errors.clone(),
         baseline: ratio,
+        markers: outcome.markers.clone(),
     }
 }
 
@@ -161,14 +164,24 @@ pub fn write_run(dir: &Path, summary: &Summary, outcome: &RunOutcome) -> Result<
         );
     }
     write("timeseries.csv", csv)?;
-    let title = format!("{} ({})", summary.workload.name, summary.broker.label);
+    let title = if summary.broker.label.is_empty() {
+        summary.workload.name.clone()
+    } else {
+        format!("{} ({})", summary.workload.name, summary.broker.label)
+    };
     let series = vec![
         plot::Spectrum::from_histogram("publish (CO-corrected)", &outcome.publish),
         plot::Spectrum::from_histogram("publish (uncorrected)", &outcome.publish_uncorrected),
         plot::Spectrum::from_histogram("end-to-end", &outcome.e2e),
     ];
     plot::spectrum_files(dir, "latency-spectrum", &title, &series)?;
-    plot::throughput_files(dir, "throughput", &title, &outcome.timeseries)?;
+    plot::throughput_files(
+        dir,
+        "throughput",
+        &title,
+        &outcome.timeseries,
+        &outcome.markers,
+    )?;
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 use crate::client::{cluster, Connection};
 use crate::consumer::{run_fetcher, stop_latency, FetcherSpec};
 use crate::ledger::{Ledger, Reconciliation};
+use crate::plot::Marker;
 use crate::producer::{run_producer, ProducerSpec};
 use crate::recorder::{merge, new_histogram, Percentiles};
 use crate::workload::{PayloadKind, Workload};
@@ -118,6 +119,8 @@ pub struct RunOptions {
     pub seed: u64,
     /// Show a progress bar (only drawn on a terminal).
     pub progress: bool,
+    /// Extra events to mark on the time axis (e.g. faults a scenario injects at known times).
+    pub markers: Vec<Marker>,
 }
 
 /// Everything a run measured.
@@ -143,6 +146,8 @@ pub struct RunOutcome {
     pub errors: Vec<String>,
     /// Messages generated but never sent.
     pub unsent: u64,
+    /// Events on the time axis: warm-up end plus `RunOptions::markers`.
+    pub markers: Vec<Marker>,
 }
 
 /// Average rates over the measured window.
@@ -495,7 +500,18 @@ async fn run_async(w: Workload, opts: RunOptions) -> Result<RunOutcome> {
         consume_mb_per_sec: avg(|s| s.consume_mb),
         max_backlog: timeseries.iter().map(|s| s.backlog).max().unwrap_or(0),
     };
+    let mut markers = opts.markers.clone();
+    if !warmup.is_zero() {
+        markers.insert(
+            0,
+            Marker {
+                t: warmup.as_secs_f64(),
+                label: "warm-up end".into(),
+            },
+        );
+    }
     Ok(RunOutcome {
+        markers,
         workload: (*w).clone(),
         topic: topics.join(","),
         publish,

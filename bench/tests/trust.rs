@@ -15,6 +15,7 @@ fn options(addr: std::net::SocketAddr) -> RunOptions {
         threads: 2,
         seed: 7,
         progress: false,
+        markers: Vec::new(),
     }
 }
 
