@@ -2,7 +2,8 @@
 //! leaders with Fetch, decoding RecordBatch v2 (any compression), recording end-to-end latency
 //! from the intended send time in each value, and marking messages in the run's ledger.
 
-use crate::client::cluster::FETCH_VERSIONS;
+use crate::client::cluster::{self, FETCH_VERSIONS};
+use crate::client::connection::decode_response;
 use crate::client::{ClientError, Connection};
 use crate::clock;
 use crate::payload::Header;
@@ -14,26 +15,29 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::RecordBatchDecoder;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 /// Kafka's `fetch.max.bytes` default.
 const FETCH_MAX_BYTES: i32 = 52_428_800;
 /// Errors kept verbatim for the report.
 const MAX_ERRORS_KEPT: usize = 10;
 
-/// One consumer's assignment on one broker.
-pub struct FetcherSpec {
+/// One consumer: its assigned partitions, where they start, and where their leaders are.
+pub struct ConsumerSpec {
     /// Consumer index (for client ids and logs).
     pub consumer: u32,
     /// Topic.
     pub topic: String,
-    /// Broker address.
-    pub addr: String,
-    /// Partitions led by this broker and their start offsets.
+    /// Broker id to address.
+    pub brokers: HashMap<i32, String>,
+    /// Assigned partition to its leader broker id.
+    pub leaders: HashMap<i32, i32>,
+    /// Assigned partition to the offset to start reading from.
     pub start_offsets: HashMap<i32, i64>,
     /// Run id to accept.
     pub run_id: u64,
@@ -43,9 +47,9 @@ pub struct FetcherSpec {
     pub partition_max_bytes: i32,
 }
 
-/// What a fetcher hands back.
+/// What a consumer hands back.
 #[derive(Debug)]
-pub struct FetcherResult {
+pub struct ConsumerResult {
     /// End-to-end latency from the intended send time, microseconds.
     pub e2e: Histogram<u64>,
     /// Records of this run read (including duplicates).
@@ -74,167 +78,295 @@ pub fn split_batches(mut records: Bytes) -> Vec<Bytes> {
     out
 }
 
-/// Fetches until `stop` turns true; every loop iteration is bounded by the fetch wait plus a
-/// timeout, so the fetcher notices `stop` promptly.
-pub async fn run_fetcher(
-    spec: FetcherSpec,
+/// Kafka error codes after which the leaders are re-read from Metadata.
+const LEADERSHIP_ERRORS: [i16; 5] = [3, 5, 6, 74, 75];
+
+struct FetchDone {
+    broker: i32,
+    version: i16,
+    arrived_micros: u64,
+    result: Result<Bytes, ClientError>,
+}
+
+struct Consumer {
+    spec: ConsumerSpec,
     shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
-) -> FetcherResult {
-    let mut result = FetcherResult {
-        e2e: new_histogram(),
-        records: 0,
-        foreign: 0,
-        errors: Vec::new(),
-    };
-    let mut offsets = spec.start_offsets.clone();
-    let mut conn: Option<Connection> = None;
-    let timeout = Duration::from_millis(spec.max_wait_ms.max(0) as u64) + Duration::from_secs(10);
-    let note = |result: &mut FetcherResult, e: String| {
-        if result.errors.len() < MAX_ERRORS_KEPT {
-            tracing::warn!(consumer = spec.consumer, error = %e, "fetch failed");
-            result.errors.push(e);
+    result: ConsumerResult,
+    offsets: HashMap<i32, i64>,
+    conns: HashMap<i32, Connection>,
+    metadata_stale: bool,
+}
+
+impl Consumer {
+    fn note(&mut self, e: String) {
+        if self.result.errors.len() < MAX_ERRORS_KEPT {
+            tracing::warn!(consumer = self.spec.consumer, error = %e, "fetch failed");
+            self.result.errors.push(e);
         }
-    };
-    while !*stop.borrow() {
-        if conn.is_none() {
-            let client_id = format!("sluice-bench-c{}", spec.consumer);
-            let connect = Connection::connect(&spec.addr, &client_id);
-            tokio::select! {
-                c = connect => match c {
-                    Ok(c) => conn = Some(c),
-                    Err(e) => {
-                        note(&mut result, e.to_string());
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        continue;
-                    }
-                },
-                _ = stop.changed() => break,
-            }
-        }
-        let Some(c) = conn.as_mut() else { continue };
-        let mut parts: Vec<i32> = offsets.keys().copied().collect();
-        parts.sort_unstable();
-        let req = FetchRequest::default()
+    }
+
+    fn fetch_request(&self, partitions: &[i32]) -> FetchRequest {
+        FetchRequest::default()
             .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(spec.max_wait_ms)
+            .with_max_wait_ms(self.spec.max_wait_ms)
             .with_min_bytes(1)
             .with_max_bytes(FETCH_MAX_BYTES)
             .with_isolation_level(0)
             .with_session_id(0)
             .with_session_epoch(-1)
             .with_topics(vec![FetchTopic::default()
-                .with_topic(TopicName(StrBytes::from_string(spec.topic.clone())))
+                .with_topic(TopicName(StrBytes::from_string(self.spec.topic.clone())))
                 .with_partitions(
-                    parts
+                    partitions
                         .iter()
                         .map(|p| {
                             FetchPartition::default()
                                 .with_partition(*p)
                                 .with_current_leader_epoch(-1)
-                                .with_fetch_offset(offsets.get(p).copied().unwrap_or(0))
+                                .with_fetch_offset(self.offsets.get(p).copied().unwrap_or(0))
                                 .with_last_fetched_epoch(-1)
                                 .with_log_start_offset(-1)
-                                .with_partition_max_bytes(spec.partition_max_bytes)
+                                .with_partition_max_bytes(self.spec.partition_max_bytes)
                         })
                         .collect(),
-                )]);
-        let addr = c.addr().to_string();
-        let fetched: Result<_, ClientError> = async {
-            let v = c
-                .versions()
-                .pick(&addr, ApiKey::Fetch, "Fetch", FETCH_VERSIONS)?;
-            c.request::<FetchRequest>(&req, v, timeout).await
+                )])
+    }
+
+    /// Sends one Fetch to `broker` for the assigned partitions it leads.
+    async fn send_fetch(
+        &mut self,
+        broker: i32,
+        tasks: &mut JoinSet<FetchDone>,
+    ) -> Result<(), ClientError> {
+        let mut parts: Vec<i32> = self
+            .spec
+            .leaders
+            .iter()
+            .filter(|(_, l)| **l == broker)
+            .map(|(p, _)| *p)
+            .collect();
+        parts.sort_unstable();
+        let req = self.fetch_request(&parts);
+        if !self.conns.contains_key(&broker) {
+            let addr =
+                self.spec
+                    .brokers
+                    .get(&broker)
+                    .cloned()
+                    .ok_or_else(|| ClientError::Protocol {
+                        addr: format!("broker {broker}"),
+                        message: "no address for leader".into(),
+                    })?;
+            let client_id = format!("sluice-bench-c{}", self.spec.consumer);
+            let c = Connection::connect(&addr, &client_id).await?;
+            self.conns.insert(broker, c);
         }
-        .await;
-        let resp = match fetched {
+        let Some(conn) = self.conns.get_mut(&broker) else {
+            return Err(ClientError::Closed(format!("broker {broker}")));
+        };
+        let addr = conn.addr().to_string();
+        let version = conn
+            .versions()
+            .pick(&addr, ApiKey::Fetch, "Fetch", FETCH_VERSIONS)?;
+        let fut = conn
+            .send(&req, version, true)
+            .await?
+            .ok_or_else(|| ClientError::Closed(addr.clone()))?;
+        let timeout = stop_latency(self.spec.max_wait_ms);
+        tasks.spawn(async move {
+            let result = fut.wait(timeout).await;
+            FetchDone {
+                broker,
+                version,
+                arrived_micros: clock::now_micros(),
+                result,
+            }
+        });
+        Ok(())
+    }
+
+    async fn refresh_metadata(&mut self) {
+        let mut addrs: Vec<String> = self.spec.brokers.values().cloned().collect();
+        addrs.sort();
+        for addr in addrs {
+            let attempt = async {
+                let mut c = Connection::connect(&addr, "sluice-bench-metadata").await?;
+                cluster::metadata(&mut c, std::slice::from_ref(&self.spec.topic)).await
+            };
+            let Ok(Ok(cl)) = tokio::time::timeout(Duration::from_secs(2), attempt).await else {
+                continue;
+            };
+            let Some(parts) = cl.topics.get(&self.spec.topic) else {
+                continue;
+            };
+            for p in parts {
+                if let Some(l) = self.spec.leaders.get_mut(&p.partition) {
+                    *l = p.leader;
+                }
+            }
+            self.spec.brokers.extend(cl.brokers);
+            self.metadata_stale = false;
+            return;
+        }
+    }
+
+    fn process(&mut self, done: FetchDone) {
+        let addr = format!("broker {}", done.broker);
+        let resp = match done
+            .result
+            .and_then(|mut b| decode_response::<FetchRequest>(&addr, &mut b, done.version))
+        {
             Ok(r) => r,
             Err(e) => {
-                note(&mut result, e.to_string());
-                conn = None;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+                self.conns.remove(&done.broker);
+                self.metadata_stale = true;
+                self.note(e.to_string());
+                return;
             }
         };
-        let arrived_micros = clock::now_micros();
-        let measure_from = clock::micros_at(shared.measure_from);
         if resp.error_code != 0 {
-            note(&mut result, format!("fetch error code {}", resp.error_code));
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
+            self.note(format!("fetch error code {}", resp.error_code));
+            return;
         }
+        let measure_from = clock::micros_at(self.shared.measure_from);
+        let shared = self.shared.clone();
         let mut got = 0u64;
         let mut bytes = 0u64;
-        let mut interval = shared.lock_interval_e2e();
-        for t in resp.responses {
-            for p in t.partitions {
-                if p.error_code != 0 {
-                    drop(interval);
-                    note(
-                        &mut result,
-                        format!(
+        let mut errors = Vec::new();
+        {
+            let mut interval = shared.lock_interval_e2e();
+            for t in resp.responses {
+                for p in t.partitions {
+                    if p.error_code != 0 {
+                        if LEADERSHIP_ERRORS.contains(&p.error_code) {
+                            self.metadata_stale = true;
+                        }
+                        errors.push(format!(
                             "partition {}: error code {}",
                             p.partition_index, p.error_code
-                        ),
-                    );
-                    interval = shared.lock_interval_e2e();
-                    continue;
-                }
-                let Some(records) = p.records else { continue };
-                let Some(next) = offsets.get(&p.partition_index).copied() else {
-                    continue;
-                };
-                let mut new_next = next;
-                for mut batch in split_batches(records) {
-                    let set = match RecordBatchDecoder::decode(&mut batch) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            drop(interval);
-                            note(
-                                &mut result,
-                                format!("decoding batch of partition {}: {e}", p.partition_index),
-                            );
-                            interval = shared.lock_interval_e2e();
-                            break;
-                        }
+                        ));
+                        continue;
+                    }
+                    let Some(records) = p.records else { continue };
+                    let Some(next) = self.offsets.get(&p.partition_index).copied() else {
+                        continue;
                     };
-                    for r in set.records {
-                        // Compressed batches come back whole: skip what was already read.
-                        if r.offset < next || r.control {
-                            continue;
-                        }
-                        new_next = new_next.max(r.offset + 1);
-                        let Some(value) = r.value else {
-                            result.foreign += 1;
-                            continue;
-                        };
-                        match Header::parse(&value) {
-                            Some(h) if h.run_id == spec.run_id => {
-                                shared.ledger.consume(h.producer, h.sequence);
-                                got += 1;
-                                bytes += value.len() as u64;
-                                let lat = arrived_micros.saturating_sub(h.intended_micros);
-                                record(&mut interval, lat);
-                                if h.intended_micros >= measure_from {
-                                    record(&mut result.e2e, lat);
-                                }
+                    let mut new_next = next;
+                    for mut batch in split_batches(records) {
+                        let set = match RecordBatchDecoder::decode(&mut batch) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                errors.push(format!(
+                                    "decoding batch of partition {}: {e}",
+                                    p.partition_index
+                                ));
+                                break;
                             }
-                            _ => result.foreign += 1,
+                        };
+                        for r in set.records {
+                            // Compressed batches come back whole: skip what was already read.
+                            if r.offset < next || r.control {
+                                continue;
+                            }
+                            new_next = new_next.max(r.offset + 1);
+                            let Some(value) = r.value else {
+                                self.result.foreign += 1;
+                                continue;
+                            };
+                            match Header::parse(&value) {
+                                Some(h) if h.run_id == self.spec.run_id => {
+                                    shared.ledger.consume(h.producer, h.sequence);
+                                    got += 1;
+                                    bytes += value.len() as u64;
+                                    let lat = done.arrived_micros.saturating_sub(h.intended_micros);
+                                    record(&mut interval, lat);
+                                    if h.intended_micros >= measure_from {
+                                        record(&mut self.result.e2e, lat);
+                                    }
+                                }
+                                _ => self.result.foreign += 1,
+                            }
                         }
                     }
+                    self.offsets.insert(p.partition_index, new_next);
                 }
-                offsets.insert(p.partition_index, new_next);
             }
         }
-        drop(interval);
-        result.records += got;
+        for e in errors {
+            self.note(e);
+        }
+        self.result.records += got;
         shared.counters.consumed.fetch_add(got, Ordering::Relaxed);
         shared
             .counters
             .consumed_bytes
             .fetch_add(bytes, Ordering::Relaxed);
     }
-    result
+}
+
+/// Consumes the assigned partitions until `stop` turns true. Each leader broker has at most
+/// one Fetch outstanding and gets the next one as soon as its response is processed, as in the
+/// Java consumer's fetcher; every wait is bounded by the fetch wait plus a timeout.
+pub async fn run_consumer(
+    spec: ConsumerSpec,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> ConsumerResult {
+    let offsets = spec.start_offsets.clone();
+    let mut c = Consumer {
+        spec,
+        shared,
+        result: ConsumerResult {
+            e2e: new_histogram(),
+            records: 0,
+            foreign: 0,
+            errors: Vec::new(),
+        },
+        offsets,
+        conns: HashMap::new(),
+        metadata_stale: false,
+    };
+    let mut tasks: JoinSet<FetchDone> = JoinSet::new();
+    let mut outstanding: HashSet<i32> = HashSet::new();
+    while !*stop.borrow() {
+        if c.metadata_stale && outstanding.is_empty() {
+            c.refresh_metadata().await;
+        }
+        let mut leaders: Vec<i32> = c.spec.leaders.values().copied().collect();
+        leaders.sort_unstable();
+        leaders.dedup();
+        for b in leaders {
+            if b < 0 || outstanding.contains(&b) || c.metadata_stale {
+                continue;
+            }
+            match c.send_fetch(b, &mut tasks).await {
+                Ok(()) => {
+                    outstanding.insert(b);
+                }
+                Err(e) => {
+                    c.conns.remove(&b);
+                    c.metadata_stale = true;
+                    c.note(e.to_string());
+                }
+            }
+        }
+        tokio::select! {
+            Some(done) = tasks.join_next() => match done {
+                Ok(d) => {
+                    outstanding.remove(&d.broker);
+                    c.process(d);
+                }
+                Err(e) => {
+                    outstanding.clear();
+                    c.note(format!("fetch task failed: {e}"));
+                }
+            },
+            _ = stop.changed() => break,
+            _ = tokio::time::sleep(Duration::from_millis(100)), if outstanding.is_empty() => {}
+        }
+    }
+    tasks.abort_all();
+    c.result
 }
 
 /// How long a fetcher loop may take to notice a stop request (for callers' deadlines).

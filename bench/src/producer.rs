@@ -5,7 +5,7 @@
 use crate::accumulator::{Accumulator, Batch, PendingRecord};
 use crate::client::cluster::PRODUCE_VERSIONS;
 use crate::client::connection::{decode_response, ResponseFuture};
-use crate::client::{ClientError, Connection, PartitionInfo};
+use crate::client::{cluster, ClientError, Connection, PartitionInfo};
 use crate::clock;
 use crate::murmur2::partition_for_key;
 use crate::payload::ValueBuilder;
@@ -31,6 +31,12 @@ use tokio::task::JoinSet;
 
 /// Number of distinct keys cycled through by `KEY_ROUND_ROBIN`.
 const ROUND_ROBIN_KEYS: u64 = 10_000;
+/// Kafka error codes after which the leader map is re-read: UNKNOWN_TOPIC_OR_PARTITION,
+/// LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER, FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH,
+/// NOT_ENOUGH_REPLICAS is not one (the leader is right, the ISR is short).
+const LEADERSHIP_ERRORS: [i16; 5] = [3, 5, 6, 74, 75];
+/// Minimum time between two Metadata refreshes (Java's `retry.backoff.ms` is 100 ms).
+const METADATA_REFRESH_BACKOFF: Duration = Duration::from_millis(100);
 /// Errors kept verbatim for the report.
 const MAX_ERRORS_KEPT: usize = 10;
 
@@ -143,6 +149,9 @@ struct Producer {
     tasks: JoinSet<Completion>,
     result: ProducerResult,
     leaders: Vec<i32>,
+    /// Set by a leadership error or a broken connection: re-read Metadata before sending.
+    metadata_stale: bool,
+    last_refresh: Option<Instant>,
 }
 
 /// Runs one producer until `spec.end`, then flushes and waits for outstanding acks (bounded by
@@ -164,6 +173,8 @@ pub async fn run_producer(spec: ProducerSpec, shared: Arc<Shared>) -> ProducerRe
             errors: Vec::new(),
         },
         leaders,
+        metadata_stale: false,
+        last_refresh: None,
     };
     p.run().await;
     p.result
@@ -205,6 +216,13 @@ impl Producer {
         loop {
             let now = Instant::now();
             let producing = now < self.spec.end;
+            if self.metadata_stale
+                && self
+                    .last_refresh
+                    .is_none_or(|t| now.duration_since(t) >= METADATA_REFRESH_BACKOFF)
+            {
+                self.refresh_metadata().await;
+            }
             if producing {
                 let limit = match schedule {
                     Some(_) => w.buffer_memory,
@@ -340,6 +358,34 @@ impl Producer {
         debug_assert!(self.result.sent >= self.result.failed);
     }
 
+    /// Re-reads partition leaders from any known broker (the Java client does this on
+    /// NOT_LEADER_OR_FOLLOWER and on disconnects); failed messages are not retried.
+    async fn refresh_metadata(&mut self) {
+        self.last_refresh = Some(Instant::now());
+        let mut addrs: Vec<String> = self.spec.brokers.values().cloned().collect();
+        addrs.sort();
+        for addr in addrs {
+            let attempt = async {
+                let mut c = Connection::connect(&addr, "sluice-bench-metadata").await?;
+                cluster::metadata(&mut c, std::slice::from_ref(&self.spec.topic)).await
+            };
+            let Ok(Ok(cl)) = tokio::time::timeout(Duration::from_secs(2), attempt).await else {
+                continue;
+            };
+            let Some(parts) = cl.topics.get(&self.spec.topic) else {
+                continue;
+            };
+            if parts.len() != self.leaders.len() {
+                continue;
+            }
+            self.leaders = parts.iter().map(|p| p.leader).collect();
+            self.spec.brokers.extend(cl.brokers);
+            self.metadata_stale = false;
+            tracing::info!(producer = self.spec.index, leaders = ?self.leaders, "metadata refreshed");
+            return;
+        }
+    }
+
     async fn connection(&mut self, broker: i32) -> Result<&mut Connection, ClientError> {
         if !self.conns.contains_key(&broker) {
             let addr =
@@ -418,6 +464,7 @@ impl Producer {
         match outcome {
             Err(e) => {
                 self.conns.remove(&broker);
+                self.metadata_stale = true;
                 self.fail(sent_count, format!("sending to broker {broker}: {e}"));
             }
             Ok((version, None)) => {
@@ -464,6 +511,7 @@ impl Producer {
         match c.result {
             Err(e) => {
                 self.conns.remove(&c.broker);
+                self.metadata_stale = true;
                 let n = c.batches.iter().map(|b| b.records.len() as u64).sum();
                 self.fail(n, format!("produce to broker {}: {e}", c.broker));
                 return;
@@ -497,6 +545,9 @@ impl Producer {
                 errors.get(&b.partition).copied().unwrap_or(-1)
             };
             if code != 0 {
+                if LEADERSHIP_ERRORS.contains(&code) {
+                    self.metadata_stale = true;
+                }
                 drop(interval);
                 self.fail(
                     b.records.len() as u64,

@@ -2,7 +2,7 @@
 //! warm-up and the measured window, drain consumers, reconcile, and collect the results.
 
 use crate::client::{cluster, Connection};
-use crate::consumer::{run_fetcher, stop_latency, FetcherSpec};
+use crate::consumer::{run_consumer, stop_latency, ConsumerSpec};
 use crate::ledger::{Ledger, Reconciliation};
 use crate::plot::Marker;
 use crate::producer::{run_producer, ProducerSpec};
@@ -288,30 +288,29 @@ async fn run_async(w: Workload, opts: RunOptions) -> Result<RunOutcome> {
         for _sub in 0..w.subscriptions_per_topic {
             let n = w.consumer_per_subscription.max(1) as usize;
             for c in 0..n {
-                let mut mine: HashMap<i32, HashMap<i32, i64>> = HashMap::new();
+                let mut leaders = HashMap::new();
+                let mut offsets = HashMap::new();
                 for (i, p) in parts.iter().enumerate() {
                     if i % n == c {
-                        mine.entry(p.leader).or_default().insert(
+                        leaders.insert(p.partition, p.leader);
+                        offsets.insert(
                             p.partition,
                             start_offsets.get(&p.partition).copied().unwrap_or(0),
                         );
                     }
                 }
-                for (leader, offsets) in mine {
-                    let addr = leaders_addr
-                        .get(&leader)
-                        .cloned()
-                        .ok_or_else(|| anyhow!("no address for broker {leader}"))?;
-                    let spec = FetcherSpec {
+                if !leaders.is_empty() {
+                    let spec = ConsumerSpec {
                         consumer: consumer_index,
                         topic: topic.clone(),
-                        addr,
+                        brokers: leaders_addr.clone(),
+                        leaders,
                         start_offsets: offsets,
                         run_id,
                         max_wait_ms: w.fetch_max_wait_ms,
                         partition_max_bytes: w.max_partition_fetch_bytes,
                     };
-                    fetchers.push(tokio::spawn(run_fetcher(
+                    fetchers.push(tokio::spawn(run_consumer(
                         spec,
                         shared.clone(),
                         stop_rx.clone(),
