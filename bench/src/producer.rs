@@ -122,7 +122,10 @@ pub fn encode_batch(batch: &Batch, codec: CompressionCodec) -> anyhow::Result<By
             producer_epoch: -1,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            sequence: -1,
+            // kafka-protocol starts a new batch whenever `offset - sequence` changes, and
+            // writes the first record's sequence as baseSequence: -1, 0, 1... keeps one batch
+            // with baseSequence -1 (no idempotence).
+            sequence: i as i32 - 1,
             timestamp: timestamp_ms,
             key: r.key.clone(),
             value: Some(r.value.clone()),
@@ -582,6 +585,62 @@ impl Producer {
                 let actual = c.acked_at.saturating_duration_since(c.sent_at).as_micros() as u64;
                 record(&mut self.result.publish, corrected);
                 record(&mut self.result.publish_uncorrected, actual);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::records::RecordBatchDecoder;
+
+    #[test]
+    fn batches_round_trip_through_every_codec() {
+        let t0 = Instant::now();
+        let values = ValueBuilder::new(Bytes::from_static(b"sluice "), 300, 9, 1);
+        for codec in [
+            CompressionCodec::None,
+            CompressionCodec::Gzip,
+            CompressionCodec::Snappy,
+            CompressionCodec::Lz4,
+            CompressionCodec::Zstd,
+        ] {
+            let batch = Batch {
+                partition: 3,
+                created: t0,
+                records: (0..5)
+                    .map(|i| PendingRecord {
+                        key: Some(Bytes::from(format!("k{i}"))),
+                        value: values.build(1000 + i, i),
+                        intended: t0,
+                        sequence: i,
+                    })
+                    .collect(),
+                bytes: 1600,
+            };
+            let mut encoded = encode_batch(&batch, codec).unwrap();
+            // RecordBatch v2: magic 2 at byte 16, codec in the low 3 bits of the attributes.
+            assert_eq!(encoded[16], 2);
+            // One batch of 5 records, non-idempotent (baseSequence -1).
+            assert_eq!(
+                i32::from_be_bytes([encoded[53], encoded[54], encoded[55], encoded[56]]),
+                -1
+            );
+            assert_eq!(
+                i32::from_be_bytes([encoded[57], encoded[58], encoded[59], encoded[60]]),
+                5
+            );
+            assert_eq!(encoded[22] & 0x07, compression(codec) as u8, "{codec:?}");
+            let set = RecordBatchDecoder::decode(&mut encoded).unwrap();
+            assert_eq!(set.records.len(), 5, "{codec:?}");
+            for (i, r) in set.records.iter().enumerate() {
+                assert_eq!(r.offset, i as i64);
+                let h = crate::payload::Header::parse(r.value.as_ref().unwrap()).unwrap();
+                assert_eq!(
+                    (h.sequence, h.intended_micros, h.run_id),
+                    (i as u64, 1000 + i as u64, 9)
+                );
             }
         }
     }
