@@ -384,7 +384,7 @@ mod tests {
         for len in [20i32, 5] {
             blob.extend_from_slice(&7i64.to_be_bytes());
             blob.extend_from_slice(&len.to_be_bytes());
-            blob.extend(std::iter::repeat(1u8).take(len as usize));
+            blob.extend(std::iter::repeat_n(1u8, len as usize));
         }
         // A third batch cut short.
         blob.extend_from_slice(&9i64.to_be_bytes());

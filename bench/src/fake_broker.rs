@@ -98,7 +98,7 @@ impl LatencyModel {
         let mut v: Vec<Duration> = self
             .steps
             .iter()
-            .flat_map(|(d, w)| std::iter::repeat(*d).take(*w as usize))
+            .flat_map(|(d, w)| std::iter::repeat_n(*d, *w as usize))
             .collect();
         v.shuffle(&mut rand::rngs::StdRng::seed_from_u64(0x5eed));
         v
@@ -406,18 +406,18 @@ fn handle(
             if let Ok(mut store) = inner.store.lock() {
                 for t in &req.topics {
                     let name = t.name.0.as_str().to_string();
-                    let code = if store.topics.contains_key(&name) {
-                        36
-                    } else if t.num_partitions <= 0 {
-                        37
-                    } else {
-                        store.topics.insert(
-                            name,
-                            (0..t.num_partitions)
-                                .map(|_| PartitionLog::default())
-                                .collect(),
-                        );
-                        0
+                    // TOPIC_ALREADY_EXISTS (36), INVALID_PARTITIONS (37).
+                    let code = match store.topics.entry(name) {
+                        std::collections::hash_map::Entry::Occupied(_) => 36,
+                        std::collections::hash_map::Entry::Vacant(_) if t.num_partitions <= 0 => 37,
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            v.insert(
+                                (0..t.num_partitions)
+                                    .map(|_| PartitionLog::default())
+                                    .collect(),
+                            );
+                            0
+                        }
                     };
                     results.push(
                         CreatableTopicResult::default()

@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a workload against a broker and write results/<name>/.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Compare runs side by side and overlay their latency spectra.
     Compare {
         /// Result directories (each with summary.json and .hgrm files).
@@ -286,7 +286,7 @@ fn main() {
 
 fn real_main() -> Result<i32> {
     match Cli::parse().command {
-        Command::Run(a) => cmd_run(a),
+        Command::Run(a) => cmd_run(*a),
         Command::Compare { runs, out } => {
             print!("{}", compare::compare(&runs, &out)?);
             println!("plots: {}", out.display());

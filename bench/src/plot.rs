@@ -17,6 +17,8 @@ const PALETTE: [RGBColor; 6] = [
     RGBColor(23, 190, 207),
 ];
 const SIZE: (u32, u32) = (1024, 640);
+
+type SampleField = fn(&Sample) -> f64;
 /// The spectrum's x axis stops at 99.9999%.
 const MAX_NINES: f64 = 6.0;
 
@@ -197,7 +199,7 @@ fn draw_throughput<DB: DrawingBackend>(
         .draw()
         .map_err(err)?;
     draw_markers(&mut chart, markers, max_rate)?;
-    let lines: [(&str, fn(&Sample) -> f64); 2] = [
+    let lines: [(&str, SampleField); 2] = [
         ("publish (acked)", |s| s.publish_rate),
         ("consume", |s| s.consume_rate),
     ];
@@ -240,7 +242,7 @@ fn draw_throughput<DB: DrawingBackend>(
         .draw()
         .map_err(err)?;
     draw_markers(&mut chart, markers, max_lat)?;
-    let lines: [(&str, fn(&Sample) -> f64); 2] = [
+    let lines: [(&str, SampleField); 2] = [
         ("publish p99", |s| s.publish_p99_ms),
         ("end-to-end p99", |s| s.e2e_p99_ms),
     ];
