@@ -37,6 +37,8 @@ const ROUND_ROBIN_KEYS: u64 = 10_000;
 const LEADERSHIP_ERRORS: [i16; 5] = [3, 5, 6, 74, 75];
 /// Minimum time between two Metadata refreshes (Java's `retry.backoff.ms` is 100 ms).
 const METADATA_REFRESH_BACKOFF: Duration = Duration::from_millis(100);
+/// Max-rate queue bound per in-flight request.
+const MAX_RATE_QUEUE_PER_REQUEST: usize = 256 * 1024;
 /// Errors kept verbatim for the report.
 const MAX_ERRORS_KEPT: usize = 10;
 
@@ -206,8 +208,10 @@ impl Producer {
             .spec
             .rate
             .map(|r| RateSchedule::new(self.spec.start, r));
-        // Max rate keeps a bounded queue so that it measures the broker, not its own backlog.
-        let max_rate_queue = (2 * w.batch_size * nparts).clamp(w.message_size * 4, w.buffer_memory);
+        // Max rate keeps a bounded queue, enough to fill every in-flight request with 256 KiB,
+        // so that it measures the broker's saturation rather than the length of its own queue.
+        let max_rate_queue = (w.max_in_flight * MAX_RATE_QUEUE_PER_REQUEST)
+            .clamp(w.message_size * 4, w.buffer_memory);
         let mut seq: u64 = 0;
         let mut rr = self.spec.index as usize % nparts;
         let mut rng = rand::rngs::StdRng::seed_from_u64(self.spec.run_id ^ self.spec.index as u64);
