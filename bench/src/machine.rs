@@ -14,6 +14,9 @@ pub struct Machine {
     pub cpu_model: String,
     /// Total memory in MiB from /proc/meminfo.
     pub mem_mib: u64,
+    /// 1-minute load average when probed: other work sharing the machine during the run.
+    #[serde(default)]
+    pub load_avg_1m: f64,
 }
 
 impl Machine {
@@ -40,6 +43,10 @@ impl Machine {
                 .unwrap_or_default(),
             cpu_model,
             mem_mib,
+            load_avg_1m: std::fs::read_to_string("/proc/loadavg")
+                .ok()
+                .and_then(|l| l.split_whitespace().next().and_then(|v| v.parse().ok()))
+                .unwrap_or(0.0),
         }
     }
 }
