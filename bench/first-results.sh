@@ -43,3 +43,5 @@ for rate in 1000 5000; do run 1-topic-100-partitions-1kb "$rate"; done
 run max-rate-1-topic-100-partitions-1kb 0
 $BENCH compare --out results/bench-compare-16p \
   results/bench-1-topic-16-partitions-1kb-{1000,5000,20000} results/bench-max-rate-1-topic-16-partitions-1kb-max
+$BENCH compare --out results/bench-compare-100p \
+  results/bench-1-topic-100-partitions-1kb-{1000,5000} results/bench-max-rate-1-topic-100-partitions-1kb-max

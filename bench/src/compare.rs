@@ -21,18 +21,24 @@ fn run_label(dir: &Path) -> String {
         .unwrap_or_else(|| dir.display().to_string())
 }
 
-/// Renders the comparison table.
+/// Renders the comparison table; columns are as wide as the longest run name.
 pub fn table(runs: &[(String, Summary)]) -> String {
+    let width = runs
+        .iter()
+        .map(|(l, _)| l.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(12);
     let mut out = String::new();
     let _ = write!(out, "{:<28}", "metric");
     for (label, _) in runs {
-        let _ = write!(out, " {:>22}", truncate(label, 22));
+        let _ = write!(out, " {label:>width$}");
     }
     out.push('\n');
     let mut row = |name: &str, f: &dyn Fn(&Summary) -> String| {
         let _ = write!(out, "{name:<28}");
         for (_, s) in runs {
-            let _ = write!(out, " {:>22}", f(s));
+            let _ = write!(out, " {:>width$}", f(s));
         }
         out.push('\n');
     };
@@ -83,23 +89,10 @@ pub fn table(runs: &[(String, Summary)]) -> String {
             )
         }
     });
+    row("load average (1 min)", &|s| {
+        format!("{:.2}", s.machine.load_avg_1m)
+    });
     out
-}
-
-fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_string()
-    } else {
-        let tail: String = s
-            .chars()
-            .rev()
-            .take(n - 1)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        format!("~{tail}")
-    }
 }
 
 /// Compares runs: returns the table and writes overlaid spectra into `out_dir`.

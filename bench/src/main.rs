@@ -257,13 +257,21 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
         baseline.as_ref().map(|(f, b)| (f.as_str(), b)),
     );
     report::write_run(&dir, &summary, &outcome)?;
-    print!("{}", report::render_text(&summary));
-    println!("results: {}", dir.display());
+    out(&report::render_text(&summary));
+    out(&format!("results: {}\n", dir.display()));
     if !summary.reconciliation.ok && !a.allow_mismatch {
         eprintln!("reconciliation MISMATCH: acknowledged messages were lost or duplicated");
         return Ok(2);
     }
     Ok(0)
+}
+
+/// Writes to stdout, ignoring a closed pipe (`sluice-bench compare ... | head`).
+fn out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
 }
 
 fn main() {
@@ -287,9 +295,10 @@ fn main() {
 fn real_main() -> Result<i32> {
     match Cli::parse().command {
         Command::Run(a) => cmd_run(*a),
-        Command::Compare { runs, out } => {
-            print!("{}", compare::compare(&runs, &out)?);
-            println!("plots: {}", out.display());
+        Command::Compare { runs, out: out_dir } => {
+            let table = compare::compare(&runs, &out_dir)?;
+            out(&table);
+            out(&format!("plots: {}\n", out_dir.display()));
             Ok(0)
         }
         Command::Baseline {
@@ -297,7 +306,7 @@ fn real_main() -> Result<i32> {
             mib,
             chunk_kib,
             repeats,
-            out,
+            out: out_file,
         } => {
             let b = baseline::run(&BaselineOptions {
                 data_dir,
@@ -305,13 +314,13 @@ fn real_main() -> Result<i32> {
                 chunk: chunk_kib << 10,
                 repeats,
             })?;
-            if let Some(parent) = out.parent() {
+            if let Some(parent) = out_file.parent() {
                 std::fs::create_dir_all(parent)
                     .with_context(|| format!("creating {}", parent.display()))?;
             }
-            std::fs::write(&out, serde_json::to_string_pretty(&b)? + "\n")
-                .with_context(|| format!("writing {}", out.display()))?;
-            println!(
+            std::fs::write(&out_file, serde_json::to_string_pretty(&b)? + "\n")
+                .with_context(|| format!("writing {}", out_file.display()))?;
+            out(&format!(
                 "disk write buffered {:.0} MB/s, fdatasync {:.0} MB/s, loopback TCP {:.0} MB/s,\nfile->socket copy {:.0} MB/s, sendfile {:.0} MB/s, splice {:.0} MB/s\nwritten: {}",
                 b.disk_write_buffered_mb_s,
                 b.disk_write_fdatasync_mb_s,
@@ -319,8 +328,8 @@ fn real_main() -> Result<i32> {
                 b.file_to_socket_copy_mb_s,
                 b.file_to_socket_sendfile_mb_s,
                 b.file_to_socket_splice_mb_s,
-                out.display()
-            );
+                out_file.display()
+            ));
             Ok(0)
         }
         Command::FakeBroker {
@@ -338,7 +347,10 @@ fn real_main() -> Result<i32> {
                 )
             });
             let broker = FakeBroker::start(&listen, model)?;
-            println!("fake broker on {} for {duration} s", broker.addr());
+            out(&format!(
+                "fake broker on {} for {duration} s\n",
+                broker.addr()
+            ));
             let end = Instant::now() + Duration::from_secs_f64(duration.max(0.0));
             while Instant::now() < end {
                 std::thread::sleep(Duration::from_millis(100));

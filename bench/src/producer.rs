@@ -230,18 +230,22 @@ impl Producer {
             {
                 self.refresh_metadata().await;
             }
-            if producing {
+            // The schedule is cut at `end`: every message intended before it is sent, even
+            // when the wake-up that notices it comes after `end`.
+            let cutoff = now.min(self.spec.end - Duration::from_micros(1));
+            if producing || schedule.is_some() {
                 let limit = match schedule {
                     Some(_) => w.buffer_memory,
                     None => max_rate_queue,
                 };
                 while acc.buffered_bytes() < limit {
                     let intended = match schedule.as_mut() {
-                        Some(s) => match s.take_due(now) {
+                        Some(s) => match s.take_due(cutoff) {
                             Some(t) => t,
                             None => break,
                         },
-                        None => now,
+                        None if producing => now,
+                        None => break,
                     };
                     let (key, partition) = match w.key_distributor {
                         KeyDistributor::NoKey => {

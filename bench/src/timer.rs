@@ -83,9 +83,9 @@ mod tests {
                 late.push(now - deadline);
             }
             late.sort();
-            // The median wake-up is far better than tokio's 1 ms tick (allowing for a busy
-            // shared machine).
-            assert!(late[10] < Duration::from_micros(700), "{late:?}");
+            // Never early (asserted above), and able to wake well inside tokio's 1 ms tick: the
+            // best case is checked, since a loaded CI machine delays any thread at times.
+            assert!(late[0] < Duration::from_micros(400), "{late:?}");
         });
     }
 }
