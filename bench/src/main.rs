@@ -28,6 +28,8 @@ struct Cli {
 enum Command {
     /// Run a workload against a broker and write results/<name>/.
     Run(Box<RunArgs>),
+    /// Fixed-rate runs at increasing rates up to saturation (and max rate), then a comparison.
+    Sweep(Box<SweepArgs>),
     /// Compare runs side by side and overlay their latency spectra.
     Compare {
         /// Result directories (each with summary.json and .hgrm files).
@@ -73,6 +75,21 @@ enum Command {
         #[arg(long, default_value_t = 60.0)]
         duration: f64,
     },
+}
+
+#[derive(clap::Args)]
+struct SweepArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Rates to try in order, msgs/s (comma-separated).
+    #[arg(long, value_delimiter = ',', required = true)]
+    rates: Vec<f64>,
+    /// Stop when the achieved rate falls below this fraction of the target.
+    #[arg(long, default_value_t = 0.95)]
+    saturation: f64,
+    /// Finish with a max-rate (closed-loop) run.
+    #[arg(long)]
+    with_max: bool,
 }
 
 #[derive(clap::Args)]
@@ -230,10 +247,9 @@ fn default_name(w: &Workload, a: &RunArgs) -> String {
     format!("bench-{stem}-{rate}")
 }
 
-fn cmd_run(a: RunArgs) -> Result<i32> {
-    let w = build_workload(&a)?;
-    let name = a.name.clone().unwrap_or_else(|| default_name(&w, &a));
-    let dir = a.results_dir.join(&name);
+/// Runs one workload and writes `results/<name>/`; returns its summary.
+fn run_once(a: &RunArgs, w: &Workload, name: &str) -> Result<report::Summary> {
+    let dir = a.results_dir.join(name);
     let baseline = match &a.baseline {
         Some(p) => Some((p.display().to_string(), baseline::load(p)?)),
         None => None,
@@ -246,9 +262,9 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
         progress: !a.no_progress && std::io::stderr().is_terminal(),
         markers: Vec::new(),
     };
-    let outcome = runner::run(&w, &opts)?;
+    let outcome = runner::run(w, &opts)?;
     let summary = report::summarize(
-        &name,
+        name,
         &outcome,
         BrokerInfo {
             bootstrap: a.bootstrap.clone(),
@@ -259,11 +275,69 @@ fn cmd_run(a: RunArgs) -> Result<i32> {
     report::write_run(&dir, &summary, &outcome)?;
     out(&report::render_text(&summary));
     out(&format!("results: {}\n", dir.display()));
-    if !summary.reconciliation.ok && !a.allow_mismatch {
+    Ok(summary)
+}
+
+fn mismatch_exit(ok: bool, allow: bool) -> i32 {
+    if ok || allow {
+        0
+    } else {
         eprintln!("reconciliation MISMATCH: acknowledged messages were lost or duplicated");
-        return Ok(2);
+        2
     }
-    Ok(0)
+}
+
+fn cmd_run(a: RunArgs) -> Result<i32> {
+    let w = build_workload(&a)?;
+    let name = a.name.clone().unwrap_or_else(|| default_name(&w, &a));
+    let summary = run_once(&a, &w, &name)?;
+    Ok(mismatch_exit(summary.reconciliation.ok, a.allow_mismatch))
+}
+
+/// Fixed-rate runs at increasing rates until the broker no longer keeps up (achieved rate
+/// below `saturation` x target), optionally followed by a max-rate run; then a comparison.
+fn cmd_sweep(s: SweepArgs) -> Result<i32> {
+    let base = build_workload(&s.run)?;
+    let stem = s.run.name.clone().unwrap_or_else(|| {
+        default_name(&base, &s.run)
+            .trim_end_matches(|c: char| c != '-')
+            .trim_end_matches('-')
+            .to_string()
+    });
+    let mut dirs = Vec::new();
+    let mut all_ok = true;
+    for rate in &s.rates {
+        if *rate <= 0.0 {
+            return Err(anyhow!(
+                "sweep rates must be > 0 (use --with-max for max rate)"
+            ));
+        }
+        let mut w = base.clone();
+        w.producer_rate = *rate;
+        let name = format!("{stem}-{}", rate.round() as u64);
+        let summary = run_once(&s.run, &w, &name)?;
+        all_ok &= summary.reconciliation.ok;
+        dirs.push(s.run.results_dir.join(&name));
+        if summary.rates.publish_msgs_per_sec < s.saturation * rate {
+            out(&format!(
+                "saturated at {rate} msg/s (achieved {:.0}); stopping the sweep\n",
+                summary.rates.publish_msgs_per_sec
+            ));
+            break;
+        }
+    }
+    if s.with_max {
+        let mut w = base.clone();
+        w.producer_rate = 0.0;
+        let name = format!("{stem}-max");
+        let summary = run_once(&s.run, &w, &name)?;
+        all_ok &= summary.reconciliation.ok;
+        dirs.push(s.run.results_dir.join(&name));
+    }
+    let cmp = s.run.results_dir.join(format!("{stem}-sweep"));
+    out(&compare::compare(&dirs, &cmp)?);
+    out(&format!("plots: {}\n", cmp.display()));
+    Ok(mismatch_exit(all_ok, s.run.allow_mismatch))
 }
 
 /// Writes to stdout, ignoring a closed pipe (`sluice-bench compare ... | head`).
@@ -295,6 +369,7 @@ fn main() {
 fn real_main() -> Result<i32> {
     match Cli::parse().command {
         Command::Run(a) => cmd_run(*a),
+        Command::Sweep(s) => cmd_sweep(*s),
         Command::Compare { runs, out: out_dir } => {
             let table = compare::compare(&runs, &out_dir)?;
             out(&table);
