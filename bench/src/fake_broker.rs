@@ -42,7 +42,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -116,12 +116,21 @@ struct PartitionLog {
     next_offset: i64,
 }
 
+/// State shared by the nodes of one fake cluster: the data (one copy, so a leader change loses
+/// nothing) and which node leads every partition.
+struct SharedCluster {
+    store: Mutex<Store>,
+    appended: Condvar,
+    leader: AtomicI32,
+    nodes: Mutex<Vec<(i32, SocketAddr)>>,
+}
+
 struct Inner {
+    node_id: i32,
     addr: SocketAddr,
     started: Instant,
     shutdown: AtomicBool,
-    store: Mutex<Store>,
-    appended: Condvar,
+    cluster: Arc<SharedCluster>,
     delays: Vec<Duration>,
     stall: Option<(Instant, Instant)>,
     counter: AtomicU64,
@@ -135,17 +144,56 @@ pub struct FakeBroker {
 }
 
 impl FakeBroker {
-    /// Starts on `bind` (use "127.0.0.1:0" for an ephemeral port).
+    /// Starts node 0 of a new cluster on `bind` (use "127.0.0.1:0" for an ephemeral port); it
+    /// leads every partition.
     pub fn start(bind: &str, model: LatencyModel) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(bind)?;
-        listener.set_nonblocking(true)?;
-        let started = Instant::now();
-        let inner = Arc::new(Inner {
-            addr: listener.local_addr()?,
-            started,
-            shutdown: AtomicBool::new(false),
+        let cluster = Arc::new(SharedCluster {
             store: Mutex::new(Store::default()),
             appended: Condvar::new(),
+            leader: AtomicI32::new(0),
+            nodes: Mutex::new(Vec::new()),
+        });
+        Self::start_node(bind, model, cluster)
+    }
+
+    /// Starts another node of this broker's cluster (same data); see [`FakeBroker::set_leader`].
+    pub fn join(&self, bind: &str, model: LatencyModel) -> std::io::Result<Self> {
+        Self::start_node(bind, model, self.inner.cluster.clone())
+    }
+
+    /// Moves the leadership of every partition to `node`: the other nodes answer Produce and
+    /// Fetch with NOT_LEADER_OR_FOLLOWER, and Metadata names `node`, as after a failover.
+    pub fn set_leader(&self, node: i32) {
+        self.inner.cluster.leader.store(node, Ordering::SeqCst);
+        self.inner.cluster.appended.notify_all();
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> i32 {
+        self.inner.node_id
+    }
+
+    fn start_node(
+        bind: &str,
+        model: LatencyModel,
+        cluster: Arc<SharedCluster>,
+    ) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(bind)?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let node_id = {
+            let mut nodes = cluster.nodes.lock().unwrap_or_else(|e| e.into_inner());
+            let id = nodes.len() as i32;
+            nodes.push((id, addr));
+            id
+        };
+        let started = Instant::now();
+        let inner = Arc::new(Inner {
+            node_id,
+            addr,
+            started,
+            shutdown: AtomicBool::new(false),
+            cluster,
             delays: model.sequence(),
             stall: model.stall.map(|(s, l)| (started + s, started + s + l)),
             counter: AtomicU64::new(0),
@@ -183,7 +231,7 @@ impl FakeBroker {
     /// Stops accepting and lets every connection thread exit.
     pub fn shutdown(&mut self) {
         self.inner.shutdown.store(true, Ordering::SeqCst);
-        self.inner.appended.notify_all();
+        self.inner.cluster.appended.notify_all();
         if let Some(h) = self.accept.take() {
             let _ = h.join();
         }
@@ -403,7 +451,7 @@ fn handle(
         ApiKey::CreateTopics => {
             let req = CreateTopicsRequest::decode(&mut frame_bytes, version)?;
             let mut results = Vec::new();
-            if let Ok(mut store) = inner.store.lock() {
+            if let Ok(mut store) = inner.cluster.store.lock() {
                 for t in &req.topics {
                     let name = t.name.0.as_str().to_string();
                     // TOPIC_ALREADY_EXISTS (36), INVALID_PARTITIONS (37).
@@ -465,6 +513,7 @@ fn handle(
         ApiKey::ListOffsets => {
             let req = ListOffsetsRequest::decode(&mut frame_bytes, version)?;
             let store = inner
+                .cluster
                 .store
                 .lock()
                 .map_err(|_| anyhow::anyhow!("poisoned"))?;
@@ -519,7 +568,19 @@ fn api_versions_response(error_code: i16) -> ApiVersionsResponse {
 }
 
 fn metadata(inner: &Inner, req: &MetadataRequest) -> MetadataResponse {
-    let store = inner.store.lock().unwrap_or_else(|e| e.into_inner());
+    let leader = BrokerId(inner.cluster.leader.load(Ordering::SeqCst));
+    let nodes = inner
+        .cluster
+        .nodes
+        .lock()
+        .map(|n| n.clone())
+        .unwrap_or_default();
+    let replicas: Vec<BrokerId> = nodes.iter().map(|(id, _)| BrokerId(*id)).collect();
+    let store = inner
+        .cluster
+        .store
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let names: Vec<String> = match &req.topics {
         None => store.topics.keys().cloned().collect(),
         Some(ts) => ts
@@ -539,9 +600,9 @@ fn metadata(inner: &Inner, req: &MetadataRequest) -> MetadataResponse {
                         .map(|i| {
                             MetadataResponsePartition::default()
                                 .with_partition_index(i)
-                                .with_leader_id(BrokerId(0))
-                                .with_replica_nodes(vec![BrokerId(0)])
-                                .with_isr_nodes(vec![BrokerId(0)])
+                                .with_leader_id(leader)
+                                .with_replica_nodes(replicas.clone())
+                                .with_isr_nodes(replicas.clone())
                         })
                         .collect(),
                 ),
@@ -549,10 +610,17 @@ fn metadata(inner: &Inner, req: &MetadataRequest) -> MetadataResponse {
         })
         .collect();
     MetadataResponse::default()
-        .with_brokers(vec![MetadataResponseBroker::default()
-            .with_node_id(BrokerId(0))
-            .with_host(StrBytes::from_string(inner.addr.ip().to_string()))
-            .with_port(inner.addr.port() as i32)])
+        .with_brokers(
+            nodes
+                .iter()
+                .map(|(id, addr)| {
+                    MetadataResponseBroker::default()
+                        .with_node_id(BrokerId(*id))
+                        .with_host(StrBytes::from_string(addr.ip().to_string()))
+                        .with_port(addr.port() as i32)
+                })
+                .collect(),
+        )
         .with_controller_id(BrokerId(0))
         .with_cluster_id(Some(StrBytes::from_static_str("fake")))
         .with_topics(topics)
@@ -562,10 +630,24 @@ fn metadata(inner: &Inner, req: &MetadataRequest) -> MetadataResponse {
 fn produce(inner: &Inner, req: &ProduceRequest, arrived: Instant) -> (ProduceResponse, Instant) {
     let mut anchor: Option<Instant> = None;
     let mut responses = Vec::new();
-    let mut store = inner.store.lock().unwrap_or_else(|e| e.into_inner());
+    let leads = inner.cluster.leader.load(Ordering::SeqCst) == inner.node_id;
+    let mut store = inner
+        .cluster
+        .store
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     for t in &req.topic_data {
         let mut parts = Vec::new();
         for p in &t.partition_data {
+            if !leads {
+                // NOT_LEADER_OR_FOLLOWER: nothing is appended.
+                parts.push(
+                    PartitionProduceResponse::default()
+                        .with_index(p.index)
+                        .with_error_code(6),
+                );
+                continue;
+            }
             let log = store
                 .topics
                 .get_mut(t.name.0.as_str())
@@ -616,7 +698,7 @@ fn produce(inner: &Inner, req: &ProduceRequest, arrived: Instant) -> (ProduceRes
         );
     }
     drop(store);
-    inner.appended.notify_all();
+    inner.cluster.appended.notify_all();
     (
         ProduceResponse::default().with_responses(responses),
         anchor.unwrap_or(arrived),
@@ -625,8 +707,13 @@ fn produce(inner: &Inner, req: &ProduceRequest, arrived: Instant) -> (ProduceRes
 
 fn fetch(inner: &Inner, req: &FetchRequest) -> FetchResponse {
     let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.clamp(0, 30_000) as u64);
-    let mut store = inner.store.lock().unwrap_or_else(|e| e.into_inner());
+    let mut store = inner
+        .cluster
+        .store
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     loop {
+        let leads = inner.cluster.leader.load(Ordering::SeqCst) == inner.node_id;
         let mut total = 0usize;
         let topics: Vec<FetchableTopicResponse> = req
             .topics
@@ -640,6 +727,9 @@ fn fetch(inner: &Inner, req: &FetchRequest) -> FetchResponse {
                             .iter()
                             .map(|p| {
                                 let pd = PartitionData::default().with_partition_index(p.partition);
+                                if !leads {
+                                    return pd.with_error_code(6);
+                                }
                                 let Some(log) = logs.and_then(|l| l.get(p.partition as usize))
                                 else {
                                     return pd.with_error_code(3);
@@ -674,10 +764,10 @@ fn fetch(inner: &Inner, req: &FetchRequest) -> FetchResponse {
             })
             .collect();
         let now = Instant::now();
-        if total > 0 || now >= deadline || inner.shutdown.load(Ordering::SeqCst) {
+        if total > 0 || !leads || now >= deadline || inner.shutdown.load(Ordering::SeqCst) {
             return FetchResponse::default().with_responses(topics);
         }
-        store = match inner.appended.wait_timeout(store, deadline - now) {
+        store = match inner.cluster.appended.wait_timeout(store, deadline - now) {
             Ok((g, _)) => g,
             Err(e) => e.into_inner().0,
         };
