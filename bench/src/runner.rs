@@ -400,7 +400,8 @@ async fn run_async(w: Workload, opts: RunOptions) -> Result<RunOutcome> {
             };
             let s = Sample {
                 t: now.duration_since(start).as_secs_f64(),
-                warmup: now < measure_from,
+                // An interval belongs to the warm-up if it started before the measured window.
+                warmup: last_t < measure_from,
                 publish_rate: (cur.0 - last.0) as f64 / dt,
                 publish_mb: (cur.1 - last.1) as f64 / dt / 1e6,
                 consume_rate: (cur.2 - last.2) as f64 / dt,

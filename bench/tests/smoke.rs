@@ -81,6 +81,34 @@ fn smoke_against_the_fake_broker_and_compare() {
         "fake",
         "fake broker",
     );
+    // Open loop: exactly rate x (warm-up + duration) messages are sent, 2000/s x 3 s.
+    assert_eq!(s.reconciliation.sent, 6000, "{:?}", s.reconciliation);
+    // One warm-up second and two measured seconds in the time series.
+    let csv = std::fs::read_to_string(results.path().join("fake/timeseries.csv")).unwrap();
+    let rows: Vec<(f64, bool)> = csv
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let mut f = l.split(',');
+            let t: f64 = f.next().unwrap().parse().unwrap();
+            (t, f.next() == Some("1"))
+        })
+        .collect();
+    assert_eq!(
+        rows.iter().filter(|(t, w)| *w && *t < 1.5).count(),
+        1,
+        "{csv}"
+    );
+    assert_eq!(
+        rows.iter().filter(|(t, w)| !*w && *t < 3.5).count(),
+        2,
+        "{csv}"
+    );
+    assert!(
+        (s.rates.publish_msgs_per_sec - 2000.0).abs() < 100.0,
+        "{:?}",
+        s.rates
+    );
     // The fake broker acknowledges a request 1 ms after the intended send time of its first
     // record, so at least half of the records (the first of each request) wait 1 ms or more.
     assert!(
