@@ -59,6 +59,9 @@ pub fn table(runs: &[(String, Summary)]) -> String {
         format!("{:.0}", s.rates.consume_msgs_per_sec)
     });
     row("max backlog (msgs)", &|s| s.rates.max_backlog.to_string());
+    row("harness CPU (cores)", &|s| {
+        format!("{:.2}", s.rates.harness_cpu_cores)
+    });
     type Pick = fn(&Percentiles) -> u64;
     let cols: [(&str, Pick); 7] = [
         ("p50", |p| p.p50),

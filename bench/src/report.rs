@@ -192,7 +192,7 @@ pub fn render_text(s: &Summary) -> String {
     let _ = writeln!(out, "{} -> {}", s.workload.name, s.broker.bootstrap);
     let _ = writeln!(
         out,
-        "publish {:.0} msg/s ({:.2} MB/s), consume {:.0} msg/s ({:.2} MB/s), target {}",
+        "publish {:.0} msg/s ({:.2} MB/s), consume {:.0} msg/s ({:.2} MB/s), target {}, harness CPU {:.2} cores",
         r.publish_msgs_per_sec,
         r.publish_mb_per_sec,
         r.consume_msgs_per_sec,
@@ -201,7 +201,8 @@ pub fn render_text(s: &Summary) -> String {
             format!("{:.0} msg/s", r.target_rate)
         } else {
             "max".to_string()
-        }
+        },
+        r.harness_cpu_cores
     );
     let _ = writeln!(
         out,

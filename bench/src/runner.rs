@@ -169,6 +169,19 @@ pub struct Rates {
     pub consume_mb_per_sec: f64,
     /// Largest backlog seen (msgs).
     pub max_backlog: i64,
+    /// CPU time (user + system) the harness process used per second of the run, in cores:
+    /// what the load generator took from a machine it shares with the broker.
+    #[serde(default)]
+    pub harness_cpu_cores: f64,
+}
+
+/// User + system CPU seconds used by this process so far (0 if unavailable).
+fn process_cpu_seconds() -> f64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_SELF).map_or(0.0, |u| {
+        let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+        t(u.user_time()) + t(u.system_time())
+    })
 }
 
 fn payload_template(w: &Workload, seed: u64) -> Result<Bytes> {
@@ -254,6 +267,8 @@ async fn run_async(w: Workload, opts: RunOptions) -> Result<RunOutcome> {
         clusters.push(c);
     }
 
+    let cpu_at_start = process_cpu_seconds();
+    let wall_at_start = Instant::now();
     let total_producers = w.total_producers() as usize;
     let warmup = w.warmup_duration();
     let test = w.test_duration();
@@ -499,6 +514,8 @@ async fn run_async(w: Workload, opts: RunOptions) -> Result<RunOutcome> {
         consume_msgs_per_sec: avg(|s| s.consume_rate),
         consume_mb_per_sec: avg(|s| s.consume_mb),
         max_backlog: timeseries.iter().map(|s| s.backlog).max().unwrap_or(0),
+        harness_cpu_cores: (process_cpu_seconds() - cpu_at_start)
+            / wall_at_start.elapsed().as_secs_f64().max(1e-6),
     };
     let mut markers = opts.markers.clone();
     if !warmup.is_zero() {
