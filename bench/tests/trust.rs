@@ -119,10 +119,11 @@ drainTimeoutSeconds = 5
         uncorrected_p99 < corrected_p99 / 4.0,
         "uncorrected p99 {uncorrected_p99} ms vs corrected {corrected_p99} ms"
     );
-    // The throughput time series shows the hole.
+    // The throughput time series shows the hole: whatever the phase of the one-second
+    // intervals, one of them overlaps at least half of the stall, so it acks at most ~500/s.
     let measured: Vec<_> = out.timeseries.iter().filter(|s| !s.warmup).collect();
     assert!(
-        measured.iter().any(|s| s.publish_rate < 300.0),
+        measured.iter().any(|s| s.publish_rate < 600.0),
         "{measured:?}"
     );
 }
