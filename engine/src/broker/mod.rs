@@ -1,1 +1,20 @@
 //! The Kafka-protocol broker: configuration, shards, connections and request handlers.
+//!
+//! - [`config`]: TOML/env/flag configuration with Kafka key names.
+//! - [`metadata`]: the persistent topic registry (names, ids, partition counts, configs).
+//! - [`protocol`]: served API versions, framing, the zero-copy FetchResponse encoder.
+//! - [`shard`]: per-core shard state, partition ownership, cross-shard jobs.
+//! - [`handlers`]: one function per Kafka API.
+//! - [`connection`]: per-connection read/dispatch/in-order write.
+//! - [`server`]: starting shard threads, two-phase shutdown.
+
+pub mod config;
+pub mod connection;
+pub mod handlers;
+pub mod metadata;
+pub mod protocol;
+pub mod server;
+pub mod shard;
+
+pub use config::{BrokerConfig, ConfigError};
+pub use server::{Event, Server, ServerError};

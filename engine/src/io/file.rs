@@ -1,1 +1,203 @@
 //! Files on io_uring: positioned writes and reads, fsync, fallocate.
+//!
+//! `DiskFile` is the only file handle the storage engine uses on its hot path. Writes, reads,
+//! `fdatasync` and `fallocate` are io_uring operations; `set_len` (ftruncate) and `len` (fstat)
+//! are plain syscalls because io_uring on the kernels we target has no ftruncate opcode, and
+//! both are used only when rolling, truncating or opening a log, never per append.
+
+use std::fs::OpenOptions;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+/// `fallocate` mode that reserves blocks without changing the file length.
+pub const FALLOC_KEEP_SIZE: i32 = libc::FALLOC_FL_KEEP_SIZE;
+
+/// An open file whose data path goes through the shard's io_uring.
+pub struct DiskFile {
+    file: tokio_uring::fs::File,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for DiskFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskFile")
+            .field("path", &self.path)
+            .field("fd", &self.raw_fd())
+            .finish()
+    }
+}
+
+impl DiskFile {
+    /// Opens `path` read-write with std (open time, not the hot path), creating it if asked.
+    pub fn open_rw(path: &Path, create: bool) -> io::Result<DiskFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .open(path)?;
+        Ok(DiskFile {
+            file: tokio_uring::fs::File::from_std(file),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Creates `path` (failing if it exists) through io_uring's openat.
+    pub async fn create_new(path: &Path) -> io::Result<DiskFile> {
+        let file = tokio_uring::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .await?;
+        Ok(DiskFile {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Opens a directory so that it can be fsync'd (making file creations and deletions durable).
+    pub async fn open_dir(path: &Path) -> io::Result<DiskFile> {
+        let file = tokio_uring::fs::OpenOptions::new()
+            .read(true)
+            .open(path)
+            .await?;
+        Ok(DiskFile {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The path this file was opened with.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The raw descriptor, for sendfile/splice by the fetch path.
+    pub fn raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// Writes all of `buf` at `pos`; returns the buffer so callers can reuse it.
+    pub async fn write_all_at(&self, buf: Bytes, pos: u64) -> (io::Result<()>, Bytes) {
+        self.file.write_all_at(buf, pos).await
+    }
+
+    /// Writes all of `buf` (an owned vector) at `pos`.
+    pub async fn write_vec_at(&self, buf: Vec<u8>, pos: u64) -> io::Result<()> {
+        let (res, _) = self.file.write_all_at(buf, pos).await;
+        res
+    }
+
+    /// Reads up to `len` bytes at `pos`; a short result means end of file.
+    pub async fn read_at(&self, len: usize, pos: u64) -> io::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(len);
+        while out.len() < len {
+            let want = len - out.len();
+            let (res, buf) = self
+                .file
+                .read_at(Vec::with_capacity(want), pos + out.len() as u64)
+                .await;
+            let n = res?;
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        Ok(out)
+    }
+
+    /// Reads exactly `len` bytes at `pos`, failing with `UnexpectedEof` on a short file.
+    pub async fn read_exact_at(&self, len: usize, pos: u64) -> io::Result<Vec<u8>> {
+        let (res, buf) = self.file.read_exact_at(Vec::with_capacity(len), pos).await;
+        res?;
+        Ok(buf)
+    }
+
+    /// `fdatasync`: data and the metadata needed to read it back (file length) reach the disk.
+    pub async fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data().await
+    }
+
+    /// `fsync`: data and all metadata.
+    pub async fn sync_all(&self) -> io::Result<()> {
+        self.file.sync_all().await
+    }
+
+    /// `fallocate(mode, offset, len)` through io_uring.
+    pub async fn fallocate(&self, offset: u64, len: u64, mode: i32) -> io::Result<()> {
+        self.file.fallocate(offset, len, mode).await
+    }
+
+    /// Sets the file length (ftruncate). Blocking syscall: roll/truncate/open only.
+    pub fn set_len(&self, len: u64) -> io::Result<()> {
+        let len = libc::off_t::try_from(len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "length overflows off_t"))?;
+        // SAFETY: ftruncate on a descriptor we own; it has no memory-safety preconditions.
+        let rc = unsafe { libc::ftruncate(self.raw_fd(), len) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Current file length (fstat). Blocking syscall: open/inspection only.
+    pub fn len(&self) -> io::Result<u64> {
+        let stat = nix::sys::stat::fstat(self.raw_fd()).map_err(io::Error::from)?;
+        u64::try_from(stat.st_size)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "negative file size"))
+    }
+
+    /// Whether the file is empty (fstat).
+    pub fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+}
+
+/// Replaces `path` with `contents` atomically: write a temp file, fsync it, rename, fsync the dir.
+pub async fn write_file_atomic(path: &Path, contents: Vec<u8>) -> io::Result<()> {
+    let tmp = tmp_path(path);
+    let file = tokio_uring::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .await?;
+    let (res, _) = file.write_all_at(contents, 0).await;
+    res?;
+    file.sync_all().await?;
+    file.close().await?;
+    tokio_uring::fs::rename(&tmp, path).await?;
+    if let Some(parent) = path.parent() {
+        let dir = DiskFile::open_dir(parent).await?;
+        dir.sync_all().await?;
+    }
+    Ok(())
+}
+
+/// Removes a file through io_uring's unlinkat; a missing file is not an error.
+pub async fn remove_file_if_exists(path: &Path) -> io::Result<()> {
+    match tokio_uring::fs::remove_file(path).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// fsyncs a directory with std (open time only).
+pub fn sync_dir_blocking(path: &Path) -> io::Result<()> {
+    std::fs::File::open(path)?.sync_all()
+}
+
+/// The temporary name used by `write_file_atomic`.
+pub fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".tmp");
+    path.with_file_name(name)
+}

@@ -1,0 +1,710 @@
+//! Broker configuration: Kafka key names from a TOML file, `SLUICE_*` environment variables
+//! and command-line overrides, resolved into one typed [`BrokerConfig`].
+//!
+//! Precedence, highest first: flags > environment > file > defaults. Every source is reduced
+//! to `key -> string` first, so a value parses the same way wherever it came from and a bad
+//! value names its key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::storage::{FlushPolicy, LogConfig, TimestampType};
+
+/// A configuration error, always naming the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML file could not be parsed.
+    #[error("config file is not valid TOML: {0}")]
+    Toml(String),
+    /// A key has a value of the wrong type or out of range.
+    #[error("invalid value {value:?} for config key `{key}`: {reason}")]
+    InvalidValue {
+        /// The Kafka key name.
+        key: String,
+        /// The value as given.
+        value: String,
+        /// Why it was refused.
+        reason: String,
+    },
+}
+
+/// Every broker key Sluice understands, with its default (as a string, parsed like any input)
+/// and a one-line description; docs/configuration.md lists the same table.
+pub const BROKER_KEYS: &[(&str, &str, &str)] = &[
+    ("node.id", "1", "broker id reported in Metadata"),
+    (
+        "listeners",
+        "PLAINTEXT://127.0.0.1:9092",
+        "address the Kafka listener binds",
+    ),
+    (
+        "advertised.listeners",
+        "",
+        "address clients are told to connect to (default: listeners)",
+    ),
+    (
+        "log.dirs",
+        "./data",
+        "data directory (one directory; the first of a comma list)",
+    ),
+    (
+        "num.shards",
+        "0",
+        "shard threads, one per core (0 = number of cores)",
+    ),
+    (
+        "num.partitions",
+        "1",
+        "partitions of an auto-created topic or of CreateTopics with -1",
+    ),
+    (
+        "auto.create.topics.enable",
+        "true",
+        "create unknown topics on Metadata requests",
+    ),
+    (
+        "log.segment.bytes",
+        "1073741824",
+        "segment size that triggers a roll",
+    ),
+    (
+        "log.roll.ms",
+        "604800000",
+        "segment age that triggers a roll",
+    ),
+    (
+        "log.retention.ms",
+        "604800000",
+        "delete segments older than this (-1 = never)",
+    ),
+    (
+        "log.retention.hours",
+        "168",
+        "retention in hours, used when log.retention.ms is not set",
+    ),
+    (
+        "log.retention.bytes",
+        "-1",
+        "delete old segments beyond this partition size (-1 = no limit)",
+    ),
+    (
+        "log.retention.check.interval.ms",
+        "300000",
+        "how often each shard enforces retention and segment.ms",
+    ),
+    (
+        "log.index.interval.bytes",
+        "4096",
+        "bytes of log between two offset index entries",
+    ),
+    (
+        "log.index.size.max.bytes",
+        "10485760",
+        "preallocated size of an offset index",
+    ),
+    (
+        "log.flush.interval.messages",
+        "-1",
+        "fsync after this many messages (1 = every append, -1 = never)",
+    ),
+    (
+        "log.flush.interval.ms",
+        "-1",
+        "fsync at this interval (-1 = left to the OS)",
+    ),
+    (
+        "log.message.timestamp.type",
+        "CreateTime",
+        "CreateTime or LogAppendTime",
+    ),
+    (
+        "message.max.bytes",
+        "1048588",
+        "largest record batch accepted",
+    ),
+    (
+        "socket.request.max.bytes",
+        "104857600",
+        "largest request frame accepted",
+    ),
+    (
+        "fetch.zero.copy",
+        "true",
+        "send fetched records with sendfile (false = read and write)",
+    ),
+    (
+        "queued.max.requests.per.connection",
+        "32",
+        "pipelined requests read ahead on one connection",
+    ),
+];
+
+/// Topic-level keys accepted by CreateTopics and IncrementalAlterConfigs, with the broker key
+/// that supplies their default.
+pub const TOPIC_KEYS: &[(&str, &str)] = &[
+    ("cleanup.policy", ""),
+    ("retention.ms", "log.retention.ms"),
+    ("retention.bytes", "log.retention.bytes"),
+    ("segment.bytes", "log.segment.bytes"),
+    ("segment.ms", "log.roll.ms"),
+    ("segment.index.bytes", "log.index.size.max.bytes"),
+    ("index.interval.bytes", "log.index.interval.bytes"),
+    ("max.message.bytes", "message.max.bytes"),
+    ("flush.messages", "log.flush.interval.messages"),
+    ("flush.ms", "log.flush.interval.ms"),
+    ("message.timestamp.type", "log.message.timestamp.type"),
+];
+
+/// The resolved broker configuration.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// `node.id`.
+    pub node_id: i32,
+    /// Bound address of the Kafka listener (`listeners`).
+    pub listen: SocketAddr,
+    /// Host and port given to clients in Metadata (`advertised.listeners`).
+    pub advertised_host: String,
+    /// Advertised port.
+    pub advertised_port: i32,
+    /// `log.dirs` (first entry).
+    pub data_dir: PathBuf,
+    /// Number of shard threads (resolved: never 0).
+    pub shards: usize,
+    /// `num.partitions`.
+    pub num_partitions: i32,
+    /// `auto.create.topics.enable`.
+    pub auto_create_topics: bool,
+    /// `log.retention.check.interval.ms`.
+    pub retention_check_interval_ms: u64,
+    /// `socket.request.max.bytes`.
+    pub socket_request_max_bytes: usize,
+    /// `fetch.zero.copy`.
+    pub fetch_zero_copy: bool,
+    /// `queued.max.requests.per.connection`.
+    pub max_inflight_per_connection: usize,
+    /// Every resolved key as a string, for DescribeConfigs and topic-config defaults.
+    pub raw: BTreeMap<String, String>,
+    /// Where each key's value came from.
+    pub sources: BTreeMap<String, ConfigSource>,
+}
+
+/// Where a configuration value came from (reported by DescribeConfigs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// Built-in default.
+    Default,
+    /// The TOML file.
+    File,
+    /// A `SLUICE_*` environment variable.
+    Env,
+    /// A command-line flag.
+    Flag,
+}
+
+/// The environment variable that overrides `key`: `SLUICE_` + key upper-cased, `.` -> `_`.
+pub fn env_name(key: &str) -> String {
+    format!(
+        "SLUICE_{}",
+        key.to_ascii_uppercase().replace(['.', '-'], "_")
+    )
+}
+
+/// Flattens a TOML document into dotted keys: `node.id = 1` parses as `{node = {id = 1}}`.
+pub fn flatten_toml(text: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError::Toml(e.to_string()))?;
+    let mut out = BTreeMap::new();
+    flatten_into("", &toml::Value::Table(table), &mut out);
+    Ok(out)
+}
+
+fn flatten_into(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, String>) {
+    match value {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten_into(&key, v, out);
+            }
+        }
+        toml::Value::String(s) => {
+            out.insert(prefix.to_string(), s.clone());
+        }
+        toml::Value::Array(items) => {
+            let parts: Vec<String> = items
+                .iter()
+                .map(|v| match v {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect();
+            out.insert(prefix.to_string(), parts.join(","));
+        }
+        other => {
+            out.insert(prefix.to_string(), other.to_string());
+        }
+    }
+}
+
+fn invalid(key: &str, value: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::InvalidValue {
+        key: key.to_string(),
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Parses an integer config value, naming the key on error.
+pub fn parse_int<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, ConfigError> {
+    value
+        .trim()
+        .parse::<T>()
+        .map_err(|_| invalid(key, value, "expected an integer in range"))
+}
+
+/// Parses a boolean config value (`true`/`false`), naming the key on error.
+pub fn parse_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(invalid(key, value, "expected true or false")),
+    }
+}
+
+/// Parses `PLAINTEXT://host:port` or `host:port` (first entry of a comma list).
+fn parse_listener(key: &str, value: &str) -> Result<(String, u16), ConfigError> {
+    let first = value.split(',').next().unwrap_or("").trim();
+    let addr = match first.split_once("://") {
+        Some((proto, rest)) => {
+            if !proto.eq_ignore_ascii_case("PLAINTEXT") {
+                return Err(invalid(
+                    key,
+                    value,
+                    "only PLAINTEXT listeners are supported",
+                ));
+            }
+            rest
+        }
+        None => first,
+    };
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| invalid(key, value, "expected host:port"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| invalid(key, value, "port is not a number in 0..65535"))?;
+    if host.is_empty() {
+        return Err(invalid(key, value, "host is empty"));
+    }
+    Ok((host.trim_matches(['[', ']']).to_string(), port))
+}
+
+impl BrokerConfig {
+    /// Resolves the configuration from its sources. `file` is the TOML text (if any), `env`
+    /// the process environment, `flags` the overrides from the command line (already as Kafka
+    /// keys). Returns the config and warnings for unknown keys.
+    pub fn resolve(
+        file: Option<&str>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &[(String, String)],
+    ) -> Result<(BrokerConfig, Vec<String>), ConfigError> {
+        let mut warnings = Vec::new();
+        let mut raw: BTreeMap<String, String> = BTreeMap::new();
+        let mut sources = BTreeMap::new();
+        for (k, v, _) in BROKER_KEYS {
+            raw.insert((*k).to_string(), (*v).to_string());
+            sources.insert((*k).to_string(), ConfigSource::Default);
+        }
+        let known = |k: &str| BROKER_KEYS.iter().any(|(name, _, _)| *name == k) || k == "log.dir";
+        if let Some(text) = file {
+            for (k, v) in flatten_toml(text)? {
+                if !known(&k) {
+                    warnings.push(format!("unknown config key `{k}` in config file (ignored)"));
+                    continue;
+                }
+                let k = if k == "log.dir" {
+                    "log.dirs".to_string()
+                } else {
+                    k
+                };
+                sources.insert(k.clone(), ConfigSource::File);
+                raw.insert(k, v);
+            }
+        }
+        let env: BTreeMap<String, String> = env.into_iter().collect();
+        for (k, _, _) in BROKER_KEYS {
+            if let Some(v) = env.get(&env_name(k)) {
+                raw.insert((*k).to_string(), v.clone());
+                sources.insert((*k).to_string(), ConfigSource::Env);
+            }
+        }
+        for name in env.keys() {
+            if name.starts_with("SLUICE_")
+                && !BROKER_KEYS.iter().any(|(k, _, _)| env_name(k) == *name)
+            {
+                warnings.push(format!("unknown environment variable `{name}` (ignored)"));
+            }
+        }
+        for (k, v) in flags {
+            if !known(k) {
+                warnings.push(format!(
+                    "unknown config key `{k}` on the command line (ignored)"
+                ));
+                continue;
+            }
+            raw.insert(k.clone(), v.clone());
+            sources.insert(k.clone(), ConfigSource::Flag);
+        }
+        // Kafka: log.retention.ms wins over log.retention.hours when both are set.
+        if sources.get("log.retention.ms") == Some(&ConfigSource::Default)
+            && sources.get("log.retention.hours") != Some(&ConfigSource::Default)
+        {
+            let hours: i64 = parse_int("log.retention.hours", &raw["log.retention.hours"])?;
+            let ms = if hours < 0 {
+                -1
+            } else {
+                hours.saturating_mul(3_600_000)
+            };
+            raw.insert("log.retention.ms".into(), ms.to_string());
+            let src = sources["log.retention.hours"];
+            sources.insert("log.retention.ms".into(), src);
+        }
+        let cfg = Self::from_raw(raw, sources)?;
+        Ok((cfg, warnings))
+    }
+
+    fn from_raw(
+        raw: BTreeMap<String, String>,
+        sources: BTreeMap<String, ConfigSource>,
+    ) -> Result<Self, ConfigError> {
+        let get = |k: &str| raw.get(k).map(String::as_str).unwrap_or("");
+        let node_id: i32 = parse_int("node.id", get("node.id"))?;
+        if node_id < 0 {
+            return Err(invalid("node.id", get("node.id"), "must be >= 0"));
+        }
+        let (host, port) = parse_listener("listeners", get("listeners"))?;
+        let listen: SocketAddr = format!(
+            "{}:{}",
+            if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host.clone()
+            },
+            port
+        )
+        .parse()
+        .map_err(|_| invalid("listeners", get("listeners"), "host must be an IP address"))?;
+        let (adv_host, adv_port) = if get("advertised.listeners").trim().is_empty() {
+            (host, port)
+        } else {
+            parse_listener("advertised.listeners", get("advertised.listeners"))?
+        };
+        let data_dir = get("log.dirs")
+            .split(',')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        if data_dir.is_empty() {
+            return Err(invalid(
+                "log.dirs",
+                get("log.dirs"),
+                "must name a directory",
+            ));
+        }
+        let shards: usize = parse_int("num.shards", get("num.shards"))?;
+        let shards = if shards == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            shards
+        };
+        if shards > 1024 {
+            return Err(invalid(
+                "num.shards",
+                get("num.shards"),
+                "at most 1024 shards",
+            ));
+        }
+        let num_partitions: i32 = parse_int("num.partitions", get("num.partitions"))?;
+        if num_partitions < 1 {
+            return Err(invalid(
+                "num.partitions",
+                get("num.partitions"),
+                "must be >= 1",
+            ));
+        }
+        let auto_create_topics = parse_bool(
+            "auto.create.topics.enable",
+            get("auto.create.topics.enable"),
+        )?;
+        let retention_check_interval_ms: u64 = parse_int(
+            "log.retention.check.interval.ms",
+            get("log.retention.check.interval.ms"),
+        )?;
+        if retention_check_interval_ms == 0 {
+            return Err(invalid(
+                "log.retention.check.interval.ms",
+                "0",
+                "must be > 0",
+            ));
+        }
+        let socket_request_max_bytes: usize =
+            parse_int("socket.request.max.bytes", get("socket.request.max.bytes"))?;
+        if !(64..=i32::MAX as usize).contains(&socket_request_max_bytes) {
+            return Err(invalid(
+                "socket.request.max.bytes",
+                get("socket.request.max.bytes"),
+                "must be in 64..=2147483647",
+            ));
+        }
+        let fetch_zero_copy = parse_bool("fetch.zero.copy", get("fetch.zero.copy"))?;
+        let max_inflight: usize = parse_int(
+            "queued.max.requests.per.connection",
+            get("queued.max.requests.per.connection"),
+        )?;
+        if !(1..=1024).contains(&max_inflight) {
+            return Err(invalid(
+                "queued.max.requests.per.connection",
+                get("queued.max.requests.per.connection"),
+                "must be in 1..=1024",
+            ));
+        }
+        let cfg = BrokerConfig {
+            node_id,
+            listen,
+            advertised_host: adv_host,
+            advertised_port: i32::from(adv_port),
+            data_dir: PathBuf::from(data_dir),
+            shards,
+            num_partitions,
+            auto_create_topics,
+            retention_check_interval_ms,
+            socket_request_max_bytes,
+            fetch_zero_copy,
+            max_inflight_per_connection: max_inflight,
+            raw,
+            sources,
+        };
+        // Validate the log defaults now so a bad value fails at start-up, not on first use.
+        cfg.log_config(&BTreeMap::new())?;
+        Ok(cfg)
+    }
+
+    /// The effective value of a topic-level key: the topic override, else the broker default.
+    pub fn topic_value(&self, key: &str, overrides: &BTreeMap<String, String>) -> Option<String> {
+        if let Some(v) = overrides.get(key) {
+            return Some(v.clone());
+        }
+        let (_, broker_key) = TOPIC_KEYS.iter().find(|(k, _)| *k == key)?;
+        if broker_key.is_empty() {
+            // cleanup.policy has no broker key in Sluice; Kafka's default is delete.
+            return Some("delete".to_string());
+        }
+        self.raw.get(*broker_key).cloned()
+    }
+
+    /// Builds the storage `LogConfig` for a topic from the broker defaults and its overrides.
+    pub fn log_config(
+        &self,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<LogConfig, ConfigError> {
+        let v = |k: &str| self.topic_value(k, overrides).unwrap_or_default();
+        let segment_bytes: u64 = parse_int("segment.bytes", &v("segment.bytes"))?;
+        if segment_bytes < 14 {
+            return Err(invalid(
+                "segment.bytes",
+                &v("segment.bytes"),
+                "must be >= 14",
+            ));
+        }
+        let segment_ms: i64 = parse_int("segment.ms", &v("segment.ms"))?;
+        if segment_ms < 1 {
+            return Err(invalid("segment.ms", &v("segment.ms"), "must be >= 1"));
+        }
+        let segment_index_bytes: u32 = parse_int("segment.index.bytes", &v("segment.index.bytes"))?;
+        if segment_index_bytes < 8 {
+            return Err(invalid(
+                "segment.index.bytes",
+                &v("segment.index.bytes"),
+                "must be >= 8",
+            ));
+        }
+        let index_interval_bytes: u32 =
+            parse_int("index.interval.bytes", &v("index.interval.bytes"))?;
+        let retention_ms: i64 = parse_int("retention.ms", &v("retention.ms"))?;
+        if retention_ms < -1 {
+            return Err(invalid("retention.ms", &v("retention.ms"), "must be >= -1"));
+        }
+        let retention_bytes: i64 = parse_int("retention.bytes", &v("retention.bytes"))?;
+        if retention_bytes < -1 {
+            return Err(invalid(
+                "retention.bytes",
+                &v("retention.bytes"),
+                "must be >= -1",
+            ));
+        }
+        let max_message_bytes: u32 = parse_int("max.message.bytes", &v("max.message.bytes"))?;
+        let flush_messages: i64 = parse_int("flush.messages", &v("flush.messages"))?;
+        let flush_ms: i64 = parse_int("flush.ms", &v("flush.ms"))?;
+        let flush = match (flush_messages, flush_ms) {
+            (1, _) | (_, 0) => FlushPolicy::EveryAppend,
+            (m, ms) if m <= 0 && ms < 0 => FlushPolicy::Os,
+            (m, ms) => FlushPolicy::Interval {
+                messages: if m <= 0 { u64::MAX } else { m as u64 },
+                ms: if ms < 0 { u64::MAX } else { ms as u64 },
+            },
+        };
+        let message_timestamp_type = match v("message.timestamp.type").as_str() {
+            "CreateTime" => TimestampType::CreateTime,
+            "LogAppendTime" => TimestampType::LogAppendTime,
+            other => {
+                return Err(invalid(
+                    "message.timestamp.type",
+                    other,
+                    "expected CreateTime or LogAppendTime",
+                ))
+            }
+        };
+        let policy = v("cleanup.policy");
+        if policy != "delete" {
+            return Err(invalid(
+                "cleanup.policy",
+                &policy,
+                "only `delete` is supported (no log compaction)",
+            ));
+        }
+        Ok(LogConfig {
+            segment_bytes,
+            segment_ms,
+            segment_index_bytes,
+            index_interval_bytes,
+            retention_ms,
+            retention_bytes,
+            max_message_bytes,
+            flush,
+            message_timestamp_type,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(
+        file: Option<&str>,
+        env: &[(&str, &str)],
+        flags: &[(&str, &str)],
+    ) -> Result<BrokerConfig, ConfigError> {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        let flags: Vec<(String, String)> = flags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        BrokerConfig::resolve(file, env, &flags).map(|(c, _)| c)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = resolve(None, &[], &[]).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9092".parse().unwrap());
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.num_partitions, 1);
+        assert!(c.auto_create_topics);
+        assert!(c.shards >= 1);
+        assert_eq!(c.socket_request_max_bytes, 100 * 1024 * 1024);
+        assert_eq!(c.raw["log.retention.ms"], "604800000");
+    }
+
+    #[test]
+    fn toml_nested_tables_flatten_to_dotted_keys() {
+        let c = resolve(
+            Some("node.id = 7\nlog.dirs = \"/tmp/x\"\n[num]\npartitions = 3\n"),
+            &[],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.node_id, 7);
+        assert_eq!(c.num_partitions, 3);
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn precedence_flags_over_env_over_file() {
+        let file = Some("num.partitions = 2\nnode.id = 3\nlog.segment.bytes = 1000\n");
+        let c = resolve(
+            file,
+            &[("SLUICE_NUM_PARTITIONS", "4"), ("SLUICE_NODE_ID", "5")],
+            &[("node.id", "6")],
+        )
+        .unwrap();
+        assert_eq!(c.num_partitions, 4, "env beats file");
+        assert_eq!(c.node_id, 6, "flag beats env");
+        assert_eq!(c.raw["log.segment.bytes"], "1000", "file beats default");
+        assert_eq!(c.sources["node.id"], ConfigSource::Flag);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = resolve(Some("num.partitions = \"many\""), &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("num.partitions"), "{e}");
+        let e = resolve(None, &[("SLUICE_LISTENERS", "nonsense")], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listeners"), "{e}");
+        let e = resolve(None, &[], &[("log.segment.bytes", "-5")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("segment.bytes"), "{e}");
+        assert!(matches!(
+            resolve(Some("= broken"), &[], &[]),
+            Err(ConfigError::Toml(_))
+        ));
+    }
+
+    #[test]
+    fn unknown_keys_warn() {
+        let (_, w) = BrokerConfig::resolve(Some("foo.bar = 1"), Vec::new(), &[]).unwrap();
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("foo.bar"));
+    }
+
+    #[test]
+    fn retention_hours_used_when_ms_unset() {
+        let c = resolve(Some("log.retention.hours = 1"), &[], &[]).unwrap();
+        assert_eq!(c.raw["log.retention.ms"], "3600000");
+        let c = resolve(
+            Some("log.retention.hours = 1\nlog.retention.ms = 5"),
+            &[],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.raw["log.retention.ms"], "5");
+    }
+
+    #[test]
+    fn topic_overrides_and_flush_policy() {
+        let c = resolve(None, &[], &[]).unwrap();
+        let mut o = BTreeMap::new();
+        o.insert("retention.ms".to_string(), "1000".to_string());
+        o.insert("flush.messages".to_string(), "1".to_string());
+        let lc = c.log_config(&o).unwrap();
+        assert_eq!(lc.retention_ms, 1000);
+        assert_eq!(lc.flush, FlushPolicy::EveryAppend);
+        assert_eq!(
+            c.log_config(&BTreeMap::new()).unwrap().flush,
+            FlushPolicy::Os
+        );
+        o.insert("cleanup.policy".to_string(), "compact".to_string());
+        assert!(c.log_config(&o).is_err());
+    }
+}

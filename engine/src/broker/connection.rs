@@ -1,0 +1,158 @@
+//! One client connection: read frames ahead, process them in order, write responses in order.
+//!
+//! Three tasks per connection: the reader reads up to `queued.max.requests.per.connection`
+//! frames ahead (the bounded queue is the back-pressure), the processor handles them one at a
+//! time in arrival order, and the writer sends finished responses while the processor works on
+//! the next request. Requests of one connection are *executed* in order, as in Kafka (which
+//! mutes a connection until its response is sent): pipelined produce requests to one
+//! partition must be appended in the order the client sent them.
+
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::rc::Rc;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::handlers::{handle_request, Response};
+use super::protocol::{FramePart, RecordsSource};
+use super::shard::{Phase, Shard};
+
+/// Why reading the next frame stopped.
+enum ReadEnd {
+    Eof,
+    Io(std::io::Error),
+    BadSize(i32),
+}
+
+/// Serves `stream` until the peer closes it, a request is malformed, or the shard drains.
+pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
+    shard.connections.set(shard.connections.get() + 1);
+    let _ = stream.set_nodelay(true);
+    let (rd, wr) = stream.into_split();
+    let (frames_tx, frames_rx) =
+        mpsc::channel::<BytesMut>(shard.ctx.config.max_inflight_per_connection);
+    let (responses_tx, responses_rx) = mpsc::channel::<Response>(2);
+    let writer = crate::io::runtime::spawn(write_loop(responses_rx, wr, peer));
+    let processor =
+        crate::io::runtime::spawn(process_loop(shard.clone(), frames_rx, responses_tx, peer));
+    read_loop(&shard, rd, frames_tx, peer).await;
+    let _ = processor.await;
+    let _ = writer.await;
+    shard.connections.set(shard.connections.get() - 1);
+    shard.connection_closed.notify_waiters();
+    debug!(%peer, "connection closed");
+}
+
+async fn read_loop(
+    shard: &Rc<Shard>,
+    rd: OwnedReadHalf,
+    tx: mpsc::Sender<BytesMut>,
+    peer: SocketAddr,
+) {
+    let max = shard.ctx.config.socket_request_max_bytes;
+    let mut rd = BufReader::with_capacity(64 * 1024, rd);
+    let mut phase = shard.phase.subscribe();
+    loop {
+        if *phase.borrow() != Phase::Running {
+            return;
+        }
+        let frame = tokio::select! {
+            f = read_frame(&mut rd, max) => f,
+            _ = phase.changed() => return,
+            _ = tx.closed() => return,
+        };
+        let frame = match frame {
+            Ok(f) => f,
+            Err(ReadEnd::Eof) => return,
+            Err(ReadEnd::Io(e)) => {
+                debug!(%peer, "read failed: {e}");
+                return;
+            }
+            Err(ReadEnd::BadSize(size)) => {
+                warn!(%peer, size, max, "closing connection: request frame size out of range");
+                return;
+            }
+        };
+        if tx.send(frame).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads one size-prefixed frame. The size is checked before anything is allocated.
+async fn read_frame(rd: &mut BufReader<OwnedReadHalf>, max: usize) -> Result<BytesMut, ReadEnd> {
+    let size = match rd.read_i32().await {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(ReadEnd::Eof),
+        Err(e) => return Err(ReadEnd::Io(e)),
+    };
+    if size < 8 || size as usize > max {
+        return Err(ReadEnd::BadSize(size));
+    }
+    let size = size as usize;
+    let mut buf = BytesMut::with_capacity(size);
+    let mut limited = rd.take(size as u64);
+    while buf.len() < size {
+        match limited.read_buf(&mut buf).await {
+            Ok(0) => return Err(ReadEnd::Io(std::io::ErrorKind::UnexpectedEof.into())),
+            Ok(_) => {}
+            Err(e) => return Err(ReadEnd::Io(e)),
+        }
+    }
+    debug_assert_eq!(buf.len(), size);
+    Ok(buf)
+}
+
+async fn process_loop(
+    shard: Rc<Shard>,
+    mut frames: mpsc::Receiver<BytesMut>,
+    responses: mpsc::Sender<Response>,
+    peer: SocketAddr,
+) {
+    while let Some(frame) = frames.recv().await {
+        match handle_request(shard.clone(), frame.freeze()).await {
+            Ok(None) => {}
+            Ok(Some(response)) => {
+                if responses.send(response).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                warn!(%peer, "closing connection: {e}");
+                return;
+            }
+        }
+    }
+}
+
+async fn write_loop(mut rx: mpsc::Receiver<Response>, mut wr: OwnedWriteHalf, peer: SocketAddr) {
+    while let Some(response) = rx.recv().await {
+        let result = match response {
+            Response::Frame(bytes) => wr.write_all(&bytes).await,
+            Response::Fetch(frame) => write_fetch(&mut wr, frame.parts).await,
+        };
+        if let Err(e) = result {
+            debug!(%peer, "write failed: {e}");
+            return;
+        }
+    }
+}
+
+async fn write_fetch(wr: &mut OwnedWriteHalf, parts: Vec<FramePart>) -> std::io::Result<()> {
+    for part in parts {
+        match part {
+            FramePart::Head(b) => wr.write_all(&b).await?,
+            FramePart::Records(RecordsSource::Bytes(b)) => wr.write_all(&b).await?,
+            FramePart::Records(RecordsSource::File { fd, position, len }) => {
+                crate::io::net::sendfile_all(wr.as_ref(), fd.as_fd(), position, len as usize)
+                    .await?
+            }
+        }
+    }
+    Ok(())
+}

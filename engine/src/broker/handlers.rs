@@ -1,0 +1,1191 @@
+//! Request handlers: decode with kafka-protocol, route partitions to their owner shards,
+//! gather, encode. One function per API.
+
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::{self as m, ApiKey, BrokerId, RequestHeader, TopicName};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use tracing::{debug, info};
+use uuid::Uuid;
+
+use super::config::{ConfigSource, TOPIC_KEYS};
+use super::metadata::{new_topic_id, validate_topic_name, TopicMeta};
+use super::protocol::{
+    encode_fetch_response, encode_response, error_code as ec, peek_header, served_versions,
+    EncodeError, FetchFrame, FetchPartitionOut, FetchTopicOut, SUPPORTED_APIS,
+};
+use super::shard::{FetchIn, FetchOut, OffsetOut, ProduceIn, ProduceOut, Shard};
+
+/// A response ready for the connection writer.
+#[derive(Debug)]
+pub enum Response {
+    /// A fully encoded frame.
+    Frame(BytesMut),
+    /// A fetch response whose record bytes are still in segment files.
+    Fetch(FetchFrame),
+}
+
+/// A request the connection cannot answer: the connection is closed (with a log line).
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The frame is shorter than a request header.
+    #[error("frame too short for a request header ({0} bytes)")]
+    TooShort(usize),
+    /// The API key is not one Kafka defines.
+    #[error("unknown api key {0}")]
+    UnknownApi(i16),
+    /// The API or version is not served (and not advertised in ApiVersions).
+    #[error("unsupported {api:?} version {version}")]
+    Unsupported {
+        /// The API.
+        api: ApiKey,
+        /// The requested version.
+        version: i16,
+    },
+    /// The header or body does not parse at the requested version.
+    #[error("malformed {api:?} v{version} request: {reason}")]
+    Malformed {
+        /// The API.
+        api: ApiKey,
+        /// The version.
+        version: i16,
+        /// The codec's message.
+        reason: String,
+    },
+    /// The response could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// A shard stopped while the request was in flight (shutdown).
+    #[error(transparent)]
+    ShardGone(#[from] super::shard::ShardGone),
+}
+
+/// Sluice's cap on partitions per topic: each partition is a directory with preallocated
+/// indexes, so an absurd count from a client must not exhaust the disk.
+pub const MAX_PARTITIONS_PER_TOPIC: i32 = 10_000;
+
+fn str_bytes(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}
+
+fn topic_name(s: &str) -> TopicName {
+    TopicName(str_bytes(s))
+}
+
+/// Handles one request frame (without its size prefix). `Ok(None)` means no response is
+/// sent (produce with acks=0).
+pub async fn handle_request(
+    shard: Rc<Shard>,
+    frame: Bytes,
+) -> Result<Option<Response>, RequestError> {
+    let peek = peek_header(&frame).ok_or(RequestError::TooShort(frame.len()))?;
+    let api = ApiKey::try_from(peek.api_key).map_err(|_| RequestError::UnknownApi(peek.api_key))?;
+    let version = peek.api_version;
+    if api == ApiKey::ApiVersions {
+        return api_versions(frame, peek.correlation_id, version).map(|r| Some(Response::Frame(r)));
+    }
+    match served_versions(api) {
+        Some((lo, hi)) if (lo..=hi).contains(&version) => {}
+        _ => return Err(RequestError::Unsupported { api, version }),
+    }
+    let malformed = |e: anyhow::Error| RequestError::Malformed {
+        api,
+        version,
+        reason: e.to_string(),
+    };
+    let mut buf = frame;
+    let header =
+        RequestHeader::decode(&mut buf, api.request_header_version(version)).map_err(malformed)?;
+    let cid = header.correlation_id;
+    macro_rules! decode {
+        ($t:ty) => {
+            <$t>::decode(&mut buf, version).map_err(malformed)?
+        };
+    }
+    let frame = |body: &dyn ErasedEncodable| -> Result<Option<Response>, RequestError> {
+        Ok(Some(Response::Frame(body.encode_frame(api, version, cid)?)))
+    };
+    match api {
+        ApiKey::Produce => {
+            let req = decode!(m::ProduceRequest);
+            match produce(&shard, req).await? {
+                Some(resp) => frame(&resp),
+                None => Ok(None),
+            }
+        }
+        ApiKey::Fetch => {
+            let req = decode!(m::FetchRequest);
+            Ok(Some(Response::Fetch(
+                fetch(&shard, version, cid, req).await?,
+            )))
+        }
+        ApiKey::ListOffsets => {
+            let req = decode!(m::ListOffsetsRequest);
+            frame(&list_offsets(&shard, version, req).await?)
+        }
+        ApiKey::Metadata => {
+            let req = decode!(m::MetadataRequest);
+            frame(&metadata(&shard, version, req).await?)
+        }
+        ApiKey::CreateTopics => {
+            let req = decode!(m::CreateTopicsRequest);
+            frame(&create_topics(&shard, req).await?)
+        }
+        ApiKey::DeleteTopics => {
+            let req = decode!(m::DeleteTopicsRequest);
+            frame(&delete_topics(&shard, version, req).await?)
+        }
+        ApiKey::CreatePartitions => {
+            let req = decode!(m::CreatePartitionsRequest);
+            frame(&create_partitions(&shard, req).await?)
+        }
+        ApiKey::DescribeConfigs => {
+            let req = decode!(m::DescribeConfigsRequest);
+            frame(&describe_configs(&shard, req))
+        }
+        ApiKey::IncrementalAlterConfigs => {
+            let req = decode!(m::IncrementalAlterConfigsRequest);
+            frame(&incremental_alter_configs(&shard, req).await?)
+        }
+        ApiKey::DescribeCluster => {
+            let _req = decode!(m::DescribeClusterRequest);
+            frame(&describe_cluster(&shard))
+        }
+        _ => Err(RequestError::Unsupported { api, version }),
+    }
+}
+
+/// Object-safe wrapper so one closure can encode any response body.
+trait ErasedEncodable {
+    fn encode_frame(&self, api: ApiKey, version: i16, cid: i32) -> Result<BytesMut, EncodeError>;
+}
+
+impl<T: Encodable> ErasedEncodable for T {
+    fn encode_frame(&self, api: ApiKey, version: i16, cid: i32) -> Result<BytesMut, EncodeError> {
+        encode_response(api, version, cid, self)
+    }
+}
+
+/// ApiVersions, including KIP-511's fallback: a version we do not know gets a v0 response
+/// carrying UNSUPPORTED_VERSION and our API list, so the client can retry with a version we do.
+fn api_versions(frame: Bytes, cid: i32, version: i16) -> Result<BytesMut, RequestError> {
+    let api_keys: Vec<m::api_versions_response::ApiVersion> = SUPPORTED_APIS
+        .iter()
+        .map(|(k, lo, hi)| {
+            m::api_versions_response::ApiVersion::default()
+                .with_api_key(*k as i16)
+                .with_min_version(*lo)
+                .with_max_version(*hi)
+        })
+        .collect();
+    let (lo, hi) = served_versions(ApiKey::ApiVersions).unwrap_or((0, 0));
+    if !(lo..=hi).contains(&version) {
+        let resp = m::ApiVersionsResponse::default()
+            .with_error_code(ec::UNSUPPORTED_VERSION)
+            .with_api_keys(api_keys);
+        return Ok(encode_response(ApiKey::ApiVersions, 0, cid, &resp)?);
+    }
+    let api = ApiKey::ApiVersions;
+    let malformed = |e: anyhow::Error| RequestError::Malformed {
+        api,
+        version,
+        reason: e.to_string(),
+    };
+    let mut buf = frame;
+    RequestHeader::decode(&mut buf, api.request_header_version(version)).map_err(malformed)?;
+    let req = m::ApiVersionsRequest::decode(&mut buf, version).map_err(malformed)?;
+    debug!(
+        client = req.client_software_name.as_str(),
+        version = req.client_software_version.as_str(),
+        "ApiVersions"
+    );
+    let resp = m::ApiVersionsResponse::default().with_api_keys(api_keys);
+    Ok(encode_response(api, version, cid, &resp)?)
+}
+
+/// Groups items by owner shard, keeping each item's position so answers can be put back in
+/// request order.
+fn group_by_shard<T>(
+    shard: &Shard,
+    items: Vec<(usize, String, i32, T)>,
+) -> HashMap<usize, (Vec<usize>, Vec<(String, i32, T)>)> {
+    let mut groups: HashMap<usize, (Vec<usize>, Vec<(String, i32, T)>)> = HashMap::new();
+    for (pos, topic, p, item) in items {
+        let owner = shard.ctx.owner(&topic, p);
+        let g = groups.entry(owner).or_default();
+        g.0.push(pos);
+        g.1.push((topic, p, item));
+    }
+    groups
+}
+
+async fn produce(
+    shard: &Rc<Shard>,
+    req: m::ProduceRequest,
+) -> Result<Option<m::ProduceResponse>, RequestError> {
+    let acks = req.acks;
+    let image = shard.ctx.metadata.image();
+    let mut results: Vec<Option<ProduceOut>> = Vec::new();
+    let mut work = Vec::new();
+    let mut layout = Vec::new();
+    for topic in &req.topic_data {
+        let name = topic.name.as_str().to_string();
+        let known = image.topic(&name).cloned();
+        let mut parts = Vec::new();
+        for p in &topic.partition_data {
+            let pos = results.len();
+            parts.push((p.index, pos));
+            let invalid_acks = !matches!(acks, -1..=1);
+            match &known {
+                _ if invalid_acks => results.push(Some(err_out(21, "acks must be -1, 0 or 1"))),
+                Some(t) if (0..t.partitions).contains(&p.index) => {
+                    results.push(None);
+                    // The segment stores the client's bytes; storage needs them mutable to stamp
+                    // the base offset, so the request's records are copied once here.
+                    let records = p.records.as_ref().map(|r| BytesMut::from(&r[..]));
+                    work.push((pos, name.clone(), p.index, records));
+                }
+                _ => results.push(Some(err_out(
+                    ec::UNKNOWN_TOPIC_OR_PARTITION,
+                    "unknown topic or partition",
+                ))),
+            }
+        }
+        layout.push((topic.name.clone(), parts));
+    }
+    let groups = group_by_shard(shard, work);
+    let calls = groups.into_iter().map(|(owner, (positions, items))| {
+        let items: Vec<ProduceIn> = items
+            .into_iter()
+            .map(|(topic, partition, records)| ProduceIn {
+                topic,
+                partition,
+                records,
+            })
+            .collect();
+        let shard = shard.clone();
+        async move {
+            (
+                positions,
+                shard.call(owner, move |s| s.produce_local(items)).await,
+            )
+        }
+    });
+    for (positions, outs) in futures_util::future::join_all(calls).await {
+        let outs = outs?;
+        for (pos, out) in positions.into_iter().zip(outs) {
+            results[pos] = Some(out);
+        }
+    }
+    if acks == 0 {
+        return Ok(None);
+    }
+    let mut resp = m::ProduceResponse::default();
+    for (name, parts) in layout {
+        let mut t = m::produce_response::TopicProduceResponse::default().with_name(name);
+        for (index, pos) in parts {
+            let out = results[pos]
+                .take()
+                .unwrap_or_else(|| err_out(ec::UNKNOWN_SERVER_ERROR, "lost result"));
+            t.partition_responses.push(
+                m::produce_response::PartitionProduceResponse::default()
+                    .with_index(index)
+                    .with_error_code(out.error_code)
+                    .with_base_offset(out.base_offset)
+                    .with_log_append_time_ms(out.log_append_time_ms)
+                    .with_log_start_offset(out.log_start_offset)
+                    .with_error_message(out.error_message.map(StrBytes::from_string)),
+            );
+        }
+        resp.responses.push(t);
+    }
+    Ok(Some(resp))
+}
+
+fn err_out(code: i16, msg: &str) -> ProduceOut {
+    ProduceOut {
+        error_code: code,
+        error_message: Some(msg.to_string()),
+        base_offset: -1,
+        log_append_time_ms: -1,
+        log_start_offset: -1,
+    }
+}
+
+async fn fetch(
+    shard: &Rc<Shard>,
+    version: i16,
+    cid: i32,
+    req: m::FetchRequest,
+) -> Result<FetchFrame, RequestError> {
+    let image = shard.ctx.metadata.image();
+    let zero_copy = shard.ctx.config.fetch_zero_copy;
+    // (name, id, [(partition, pre-set error or None)])
+    let mut layout: Vec<(String, Uuid, Vec<(i32, Option<i16>, usize)>)> = Vec::new();
+    let mut work: Vec<(usize, String, i32, (i64, i32))> = Vec::new();
+    let mut slots = 0usize;
+    for t in &req.topics {
+        let meta = if version >= 13 {
+            image.topic_by_id(&t.topic_id)
+        } else {
+            image.topic(t.topic.as_str())
+        };
+        let unknown = if version >= 13 {
+            ec::UNKNOWN_TOPIC_ID
+        } else {
+            ec::UNKNOWN_TOPIC_OR_PARTITION
+        };
+        let name = meta
+            .map(|m| m.name.clone())
+            .unwrap_or_else(|| t.topic.as_str().to_string());
+        let mut parts = Vec::new();
+        for p in &t.partitions {
+            let pos = slots;
+            slots += 1;
+            match meta {
+                Some(m) if (0..m.partitions).contains(&p.partition) => {
+                    parts.push((p.partition, None, pos));
+                    work.push((
+                        pos,
+                        name.clone(),
+                        p.partition,
+                        (p.fetch_offset, p.partition_max_bytes),
+                    ));
+                }
+                Some(_) => parts.push((p.partition, Some(ec::UNKNOWN_TOPIC_OR_PARTITION), pos)),
+                None => parts.push((p.partition, Some(unknown), pos)),
+            }
+        }
+        layout.push((name, t.topic_id, parts));
+    }
+    let max_wait = Duration::from_millis(u64::try_from(req.max_wait_ms.max(0)).unwrap_or(0));
+    let deadline = tokio::time::Instant::now() + max_wait;
+    let groups = group_by_shard(shard, work);
+    let mut results: Vec<Option<FetchOut>>;
+    loop {
+        results = (0..slots).map(|_| None).collect();
+        let calls = groups.iter().map(|(owner, (positions, items))| {
+            let items: Vec<FetchIn> = items
+                .iter()
+                .map(|(topic, partition, (offset, max_bytes))| FetchIn {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    offset: *offset,
+                    max_bytes: *max_bytes,
+                })
+                .collect();
+            let owner = *owner;
+            let shard = shard.clone();
+            async move {
+                (
+                    positions,
+                    shard
+                        .call(owner, move |s| s.fetch_local(items, zero_copy))
+                        .await,
+                )
+            }
+        });
+        let mut bytes = 0usize;
+        let mut any_error = false;
+        for (positions, outs) in futures_util::future::join_all(calls).await {
+            for (pos, out) in positions.iter().zip(outs?) {
+                bytes += out.records.as_ref().map_or(0, |r| r.len());
+                any_error |= out.error_code != ec::NONE;
+                results[*pos] = Some(out);
+            }
+        }
+        let satisfied = bytes >= usize::try_from(req.min_bytes.max(0)).unwrap_or(0) || any_error;
+        if satisfied || groups.is_empty() || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        // Long poll: wait for an append on any requested partition, then read again.
+        let waits = groups.iter().map(|(owner, (_, items))| {
+            let items: Vec<(String, i32, i64)> = items
+                .iter()
+                .map(|(t, p, (off, _))| (t.clone(), *p, *off))
+                .collect();
+            let owner = *owner;
+            let shard = shard.clone();
+            Box::pin(async move {
+                let _ = shard
+                    .call(owner, move |s| s.wait_for_data(items, deadline))
+                    .await;
+            })
+        });
+        let waits: Vec<_> = waits.collect();
+        tokio::select! {
+            _ = futures_util::future::select_all(waits) => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+    // Response-wide max_bytes, in request order; the first non-empty partition always goes
+    // out whole so a batch larger than the limit can still be consumed (as Kafka does).
+    let mut remaining = if req.max_bytes <= 0 {
+        usize::MAX
+    } else {
+        req.max_bytes as usize
+    };
+    let mut first = true;
+    let mut topics = Vec::with_capacity(layout.len());
+    for (name, topic_id, parts) in layout {
+        let mut out_parts = Vec::with_capacity(parts.len());
+        for (partition, preset, pos) in parts {
+            let out = match preset {
+                Some(code) => FetchPartitionOut {
+                    partition,
+                    error_code: code,
+                    high_watermark: -1,
+                    last_stable_offset: -1,
+                    log_start_offset: -1,
+                    records: None,
+                },
+                None => {
+                    let r = results[pos].take();
+                    let (code, hw, ls, mut records) = match r {
+                        Some(o) => (
+                            o.error_code,
+                            o.high_watermark,
+                            o.log_start_offset,
+                            o.records,
+                        ),
+                        None => (ec::UNKNOWN_SERVER_ERROR, -1, -1, None),
+                    };
+                    if let Some(rec) = &records {
+                        let len = rec.len();
+                        if first || len <= remaining {
+                            remaining = remaining.saturating_sub(len);
+                            first = false;
+                        } else {
+                            records = None;
+                        }
+                    }
+                    FetchPartitionOut {
+                        partition,
+                        error_code: code,
+                        high_watermark: hw,
+                        last_stable_offset: hw,
+                        log_start_offset: ls,
+                        records,
+                    }
+                }
+            };
+            out_parts.push(out);
+        }
+        topics.push(FetchTopicOut {
+            name,
+            topic_id,
+            partitions: out_parts,
+        });
+    }
+    Ok(encode_fetch_response(
+        version,
+        cid,
+        ec::NONE,
+        topics,
+        req.isolation_level == 1,
+    ))
+}
+
+async fn list_offsets(
+    shard: &Rc<Shard>,
+    version: i16,
+    req: m::ListOffsetsRequest,
+) -> Result<m::ListOffsetsResponse, RequestError> {
+    let image = shard.ctx.metadata.image();
+    let mut results: Vec<Option<OffsetOut>> = Vec::new();
+    let mut work = Vec::new();
+    let mut layout = Vec::new();
+    for t in &req.topics {
+        let name = t.name.as_str().to_string();
+        let meta = image.topic(&name);
+        let mut parts = Vec::new();
+        for p in &t.partitions {
+            let pos = results.len();
+            parts.push((p.partition_index, pos));
+            match meta {
+                Some(m) if (0..m.partitions).contains(&p.partition_index) => {
+                    results.push(None);
+                    work.push((pos, name.clone(), p.partition_index, p.timestamp));
+                }
+                _ => results.push(Some(OffsetOut {
+                    error_code: ec::UNKNOWN_TOPIC_OR_PARTITION,
+                    timestamp: -1,
+                    offset: -1,
+                })),
+            }
+        }
+        layout.push((t.name.clone(), parts));
+    }
+    let groups = group_by_shard(shard, work);
+    let calls = groups.into_iter().map(|(owner, (positions, items))| {
+        let shard = shard.clone();
+        async move {
+            (
+                positions,
+                shard
+                    .call(owner, move |s| s.list_offsets_local(items))
+                    .await,
+            )
+        }
+    });
+    for (positions, outs) in futures_util::future::join_all(calls).await {
+        for (pos, out) in positions.into_iter().zip(outs?) {
+            results[pos] = Some(out);
+        }
+    }
+    let mut resp = m::ListOffsetsResponse::default();
+    for (name, parts) in layout {
+        let mut t = m::list_offsets_response::ListOffsetsTopicResponse::default().with_name(name);
+        for (index, pos) in parts {
+            let o = results[pos].take().unwrap_or(OffsetOut {
+                error_code: ec::UNKNOWN_SERVER_ERROR,
+                timestamp: -1,
+                offset: -1,
+            });
+            t.partitions.push(
+                m::list_offsets_response::ListOffsetsPartitionResponse::default()
+                    .with_partition_index(index)
+                    .with_error_code(o.error_code)
+                    .with_timestamp(o.timestamp)
+                    .with_offset(o.offset)
+                    // leader_epoch exists from v4; the only epoch of a single node is 0.
+                    .with_leader_epoch(if version >= 4 && o.offset >= 0 { 0 } else { -1 }),
+            );
+        }
+        resp.topics.push(t);
+    }
+    Ok(resp)
+}
+
+fn describe_topic(shard: &Shard, t: &TopicMeta) -> m::metadata_response::MetadataResponseTopic {
+    let node = BrokerId(shard.ctx.config.node_id);
+    let partitions = (0..t.partitions)
+        .map(|p| {
+            m::metadata_response::MetadataResponsePartition::default()
+                .with_partition_index(p)
+                .with_leader_id(node)
+                .with_leader_epoch(0)
+                .with_replica_nodes(vec![node])
+                .with_isr_nodes(vec![node])
+        })
+        .collect();
+    m::metadata_response::MetadataResponseTopic::default()
+        .with_name(Some(topic_name(&t.name)))
+        .with_topic_id(t.id)
+        .with_partitions(partitions)
+}
+
+/// Creates a topic: persists it, then opens its partitions on their owner shards. Callers
+/// hold the admin lock.
+async fn create_topic(
+    shard: &Rc<Shard>,
+    name: &str,
+    partitions: i32,
+    configs: BTreeMap<String, String>,
+) -> Result<Arc<TopicMeta>, (i16, String)> {
+    let meta = TopicMeta {
+        name: name.to_string(),
+        id: new_topic_id(),
+        partitions,
+        configs,
+    };
+    let image = shard
+        .ctx
+        .metadata
+        .put_topic(meta)
+        .map_err(|e| (ec::KAFKA_STORAGE_ERROR, e.to_string()))?;
+    open_partitions(shard, name, 0, partitions).await?;
+    info!(topic = name, partitions, "created topic");
+    image
+        .topic(name)
+        .cloned()
+        .ok_or((ec::UNKNOWN_SERVER_ERROR, "topic vanished".into()))
+}
+
+async fn open_partitions(
+    shard: &Rc<Shard>,
+    name: &str,
+    from: i32,
+    to: i32,
+) -> Result<(), (i16, String)> {
+    let calls = (0..shard.ctx.shard_count()).map(|s| {
+        let topic = name.to_string();
+        shard.call(s, move |sh| sh.open_topic_partitions(topic, from, to))
+    });
+    for r in futures_util::future::join_all(calls).await {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(code)) => return Err((code, "cannot open a partition".into())),
+            Err(e) => return Err((ec::UNKNOWN_SERVER_ERROR, e.to_string())),
+        }
+    }
+    Ok(())
+}
+
+async fn metadata(
+    shard: &Rc<Shard>,
+    version: i16,
+    req: m::MetadataRequest,
+) -> Result<m::MetadataResponse, RequestError> {
+    let cfg = &shard.ctx.config;
+    let mut image = shard.ctx.metadata.image();
+    let all = match &req.topics {
+        None => true,
+        Some(t) => t.is_empty() && version == 0,
+    };
+    let mut topics = Vec::new();
+    if all {
+        topics.extend(image.topics().map(|t| describe_topic(shard, t)));
+    } else {
+        let allow_auto = cfg.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
+        for rt in req.topics.iter().flatten() {
+            let by_id = rt.name.is_none() && !rt.topic_id.is_nil();
+            if by_id {
+                match image.topic_by_id(&rt.topic_id) {
+                    Some(t) => topics.push(describe_topic(shard, t)),
+                    None => topics.push(
+                        m::metadata_response::MetadataResponseTopic::default()
+                            .with_topic_id(rt.topic_id)
+                            .with_error_code(ec::UNKNOWN_TOPIC_ID),
+                    ),
+                }
+                continue;
+            }
+            let name = rt
+                .name
+                .as_ref()
+                .map(|n| n.as_str().to_string())
+                .unwrap_or_default();
+            if let Some(t) = image.topic(&name) {
+                topics.push(describe_topic(shard, t));
+                continue;
+            }
+            let unknown = |code| {
+                m::metadata_response::MetadataResponseTopic::default()
+                    .with_name(Some(topic_name(&name)))
+                    .with_error_code(code)
+            };
+            if validate_topic_name(&name).is_err() {
+                topics.push(unknown(ec::INVALID_TOPIC_EXCEPTION));
+                continue;
+            }
+            if !allow_auto {
+                topics.push(unknown(ec::UNKNOWN_TOPIC_OR_PARTITION));
+                continue;
+            }
+            let _admin = shard.ctx.metadata.admin_lock.lock().await;
+            image = shard.ctx.metadata.image();
+            let created = match image.topic(&name) {
+                Some(t) => Ok(t.clone()),
+                None => create_topic(shard, &name, cfg.num_partitions, BTreeMap::new()).await,
+            };
+            match created {
+                Ok(t) => topics.push(describe_topic(shard, &t)),
+                Err((code, msg)) => {
+                    tracing::warn!(topic = name, "auto-create failed: {msg}");
+                    topics.push(unknown(code));
+                }
+            }
+        }
+    }
+    let node = BrokerId(cfg.node_id);
+    Ok(m::MetadataResponse::default()
+        .with_brokers(vec![m::metadata_response::MetadataResponseBroker::default(
+        )
+        .with_node_id(node)
+        .with_host(str_bytes(&cfg.advertised_host))
+        .with_port(cfg.advertised_port)])
+        .with_cluster_id(Some(str_bytes(&image.cluster_id)))
+        .with_controller_id(node)
+        .with_topics(topics))
+}
+
+/// Checks topic-level config overrides: known keys, values that parse.
+fn validate_topic_configs(shard: &Shard, configs: &BTreeMap<String, String>) -> Result<(), String> {
+    for k in configs.keys() {
+        if !TOPIC_KEYS.iter().any(|(name, _)| name == k) {
+            return Err(format!("unknown or unsupported topic config `{k}`"));
+        }
+    }
+    shard
+        .ctx
+        .config
+        .log_config(configs)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+fn effective_topic_configs(
+    shard: &Shard,
+    overrides: &BTreeMap<String, String>,
+) -> Vec<(String, String, i8)> {
+    let cfg = &shard.ctx.config;
+    TOPIC_KEYS
+        .iter()
+        .map(|(key, broker_key)| {
+            let value = cfg.topic_value(key, overrides).unwrap_or_default();
+            let source = if overrides.contains_key(*key) {
+                1 // DYNAMIC_TOPIC_CONFIG
+            } else if cfg
+                .sources
+                .get(*broker_key)
+                .is_some_and(|s| *s != ConfigSource::Default)
+            {
+                4 // STATIC_BROKER_CONFIG
+            } else {
+                5 // DEFAULT_CONFIG
+            };
+            (key.to_string(), value, source)
+        })
+        .collect()
+}
+
+async fn create_topics(
+    shard: &Rc<Shard>,
+    req: m::CreateTopicsRequest,
+) -> Result<m::CreateTopicsResponse, RequestError> {
+    let cfg = shard.ctx.config.clone();
+    let _admin = shard.ctx.metadata.admin_lock.lock().await;
+    let mut resp = m::CreateTopicsResponse::default();
+    for t in req.topics {
+        let name = t.name.as_str().to_string();
+        let mut result =
+            m::create_topics_response::CreatableTopicResult::default().with_name(t.name.clone());
+        let mut configs = BTreeMap::new();
+        for c in &t.configs {
+            if let Some(v) = &c.value {
+                configs.insert(c.name.as_str().to_string(), v.as_str().to_string());
+            }
+        }
+        let partitions = if !t.assignments.is_empty() {
+            t.assignments.len() as i32
+        } else {
+            t.num_partitions
+        };
+        let check = || -> Result<i32, (i16, String)> {
+            validate_topic_name(&name).map_err(|e| (ec::INVALID_TOPIC_EXCEPTION, e))?;
+            if shard.ctx.metadata.image().topic(&name).is_some() {
+                return Err((
+                    ec::TOPIC_ALREADY_EXISTS,
+                    format!("topic `{name}` already exists"),
+                ));
+            }
+            if !t.assignments.is_empty() {
+                if t.num_partitions != -1 || t.replication_factor != -1 {
+                    return Err((
+                        ec::INVALID_REQUEST,
+                        "assignments given with num_partitions or replication_factor".into(),
+                    ));
+                }
+                let node = BrokerId(cfg.node_id);
+                if t.assignments.iter().any(|a| a.broker_ids != vec![node]) {
+                    return Err((
+                        ec::INVALID_REPLICA_ASSIGNMENT,
+                        format!("this single node is broker {}", cfg.node_id),
+                    ));
+                }
+            }
+            let partitions = if partitions == -1 {
+                cfg.num_partitions
+            } else {
+                partitions
+            };
+            if !(1..=MAX_PARTITIONS_PER_TOPIC).contains(&partitions) {
+                return Err((
+                    ec::INVALID_PARTITIONS,
+                    format!("number of partitions must be in 1..={MAX_PARTITIONS_PER_TOPIC}"),
+                ));
+            }
+            if !matches!(t.replication_factor, -1 | 1) {
+                return Err((
+                    ec::INVALID_REPLICATION_FACTOR,
+                    "replication factor must be 1 on a single node".into(),
+                ));
+            }
+            validate_topic_configs(shard, &configs).map_err(|e| (ec::INVALID_CONFIG, e))?;
+            Ok(partitions)
+        };
+        let outcome = match check() {
+            Ok(n) if req.validate_only => Ok((n, Uuid::nil())),
+            Ok(n) => create_topic(shard, &name, n, configs.clone())
+                .await
+                .map(|m| (n, m.id)),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok((n, id)) => {
+                let cs = effective_topic_configs(shard, &configs)
+                    .into_iter()
+                    .map(|(k, v, src)| {
+                        m::create_topics_response::CreatableTopicConfigs::default()
+                            .with_name(StrBytes::from_string(k))
+                            .with_value(Some(StrBytes::from_string(v)))
+                            .with_config_source(src)
+                    })
+                    .collect();
+                result = result
+                    .with_topic_id(id)
+                    .with_num_partitions(n)
+                    .with_replication_factor(1)
+                    .with_configs(Some(cs));
+            }
+            Err((code, msg)) => {
+                result = result
+                    .with_error_code(code)
+                    .with_error_message(Some(StrBytes::from_string(msg)))
+                    .with_num_partitions(-1)
+                    .with_replication_factor(-1);
+            }
+        }
+        resp.topics.push(result);
+    }
+    Ok(resp)
+}
+
+async fn delete_topics(
+    shard: &Rc<Shard>,
+    version: i16,
+    req: m::DeleteTopicsRequest,
+) -> Result<m::DeleteTopicsResponse, RequestError> {
+    let _admin = shard.ctx.metadata.admin_lock.lock().await;
+    let targets: Vec<(Option<String>, Uuid)> = if version >= 6 {
+        req.topics
+            .iter()
+            .map(|t| (t.name.as_ref().map(|n| n.as_str().to_string()), t.topic_id))
+            .collect()
+    } else {
+        req.topic_names
+            .iter()
+            .map(|n| (Some(n.as_str().to_string()), Uuid::nil()))
+            .collect()
+    };
+    let mut resp = m::DeleteTopicsResponse::default();
+    for (name, id) in targets {
+        let image = shard.ctx.metadata.image();
+        let meta = match &name {
+            Some(n) => image.topic(n).cloned(),
+            None => image.topic_by_id(&id).cloned(),
+        };
+        let mut r = m::delete_topics_response::DeletableTopicResult::default()
+            .with_name(name.as_deref().map(topic_name))
+            .with_topic_id(id);
+        match meta {
+            None => {
+                let code = if name.is_some() {
+                    ec::UNKNOWN_TOPIC_OR_PARTITION
+                } else {
+                    ec::UNKNOWN_TOPIC_ID
+                };
+                r = r.with_error_code(code);
+            }
+            Some(meta) => {
+                r = r
+                    .with_name(Some(topic_name(&meta.name)))
+                    .with_topic_id(meta.id);
+                match shard.ctx.metadata.remove_topic(&meta.name) {
+                    Err(e) => {
+                        r = r
+                            .with_error_code(ec::KAFKA_STORAGE_ERROR)
+                            .with_error_message(Some(StrBytes::from_string(e.to_string())))
+                    }
+                    Ok(_) => {
+                        let calls = (0..shard.ctx.shard_count()).map(|s| {
+                            let (topic, n) = (meta.name.clone(), meta.partitions);
+                            shard.call(s, move |sh| sh.delete_topic_partitions(topic, n))
+                        });
+                        for c in futures_util::future::join_all(calls).await {
+                            c?;
+                        }
+                        info!(topic = meta.name, "deleted topic");
+                    }
+                }
+            }
+        }
+        resp.responses.push(r);
+    }
+    Ok(resp)
+}
+
+async fn create_partitions(
+    shard: &Rc<Shard>,
+    req: m::CreatePartitionsRequest,
+) -> Result<m::CreatePartitionsResponse, RequestError> {
+    let _admin = shard.ctx.metadata.admin_lock.lock().await;
+    let node = BrokerId(shard.ctx.config.node_id);
+    let mut resp = m::CreatePartitionsResponse::default();
+    for t in req.topics {
+        let name = t.name.as_str().to_string();
+        let image = shard.ctx.metadata.image();
+        let outcome: Result<(), (i16, String)> = async {
+            let meta = image.topic(&name).ok_or((
+                ec::UNKNOWN_TOPIC_OR_PARTITION,
+                format!("topic `{name}` does not exist"),
+            ))?;
+            if t.count > MAX_PARTITIONS_PER_TOPIC {
+                return Err((
+                    ec::INVALID_PARTITIONS,
+                    format!("at most {MAX_PARTITIONS_PER_TOPIC} partitions per topic"),
+                ));
+            }
+            if t.count <= meta.partitions {
+                return Err((
+                    ec::INVALID_PARTITIONS,
+                    format!(
+                        "topic has {} partitions; the new count must be larger",
+                        meta.partitions
+                    ),
+                ));
+            }
+            if let Some(a) = t.assignments.as_ref().filter(|a| !a.is_empty()) {
+                if a.len() as i32 != t.count - meta.partitions
+                    || a.iter().any(|x| x.broker_ids != vec![node])
+                {
+                    return Err((
+                        ec::INVALID_REPLICA_ASSIGNMENT,
+                        "assignments must name this broker once per new partition".into(),
+                    ));
+                }
+            }
+            if req.validate_only {
+                return Ok(());
+            }
+            let old = meta.partitions;
+            let next = TopicMeta {
+                partitions: t.count,
+                ..(**meta).clone()
+            };
+            shard
+                .ctx
+                .metadata
+                .put_topic(next)
+                .map_err(|e| (ec::KAFKA_STORAGE_ERROR, e.to_string()))?;
+            open_partitions(shard, &name, old, t.count).await?;
+            info!(topic = name, from = old, to = t.count, "added partitions");
+            Ok(())
+        }
+        .await;
+        let mut r = m::create_partitions_response::CreatePartitionsTopicResult::default()
+            .with_name(t.name.clone());
+        if let Err((code, msg)) = outcome {
+            r = r
+                .with_error_code(code)
+                .with_error_message(Some(StrBytes::from_string(msg)));
+        }
+        resp.results.push(r);
+    }
+    Ok(resp)
+}
+
+const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
+
+fn config_type(key: &str) -> i8 {
+    match key {
+        "cleanup.policy" => 7, // LIST
+        "message.timestamp.type"
+        | "listeners"
+        | "advertised.listeners"
+        | "log.dirs"
+        | "log.message.timestamp.type" => 2, // STRING
+        "auto.create.topics.enable" | "fetch.zero.copy" => 1, // BOOLEAN
+        "segment.index.bytes"
+        | "index.interval.bytes"
+        | "max.message.bytes"
+        | "node.id"
+        | "num.partitions"
+        | "message.max.bytes"
+        | "socket.request.max.bytes"
+        | "log.index.interval.bytes"
+        | "log.index.size.max.bytes"
+        | "num.shards"
+        | "queued.max.requests.per.connection" => 3, // INT
+        _ => 5,                // LONG
+    }
+}
+
+fn describe_configs(
+    shard: &Rc<Shard>,
+    req: m::DescribeConfigsRequest,
+) -> m::DescribeConfigsResponse {
+    let cfg = &shard.ctx.config;
+    let image = shard.ctx.metadata.image();
+    let mut resp = m::DescribeConfigsResponse::default();
+    for r in req.resources {
+        let mut result = m::describe_configs_response::DescribeConfigsResult::default()
+            .with_resource_type(r.resource_type)
+            .with_resource_name(r.resource_name.clone());
+        let wanted = |k: &str| {
+            r.configuration_keys
+                .as_ref()
+                .is_none_or(|keys| keys.is_empty() || keys.iter().any(|w| w.as_str() == k))
+        };
+        let entries: Result<Vec<(String, String, i8, bool)>, (i16, String)> = match r.resource_type
+        {
+            RESOURCE_TOPIC => match image.topic(r.resource_name.as_str()) {
+                None => Err((ec::UNKNOWN_TOPIC_OR_PARTITION, "unknown topic".into())),
+                Some(t) => Ok(effective_topic_configs(shard, &t.configs)
+                    .into_iter()
+                    .map(|(k, v, s)| (k, v, s, false))
+                    .collect()),
+            },
+            RESOURCE_BROKER
+                if r.resource_name.is_empty()
+                    || r.resource_name.as_str() == cfg.node_id.to_string() =>
+            {
+                Ok(cfg
+                    .raw
+                    .iter()
+                    .map(|(k, v)| {
+                        let s = if cfg
+                            .sources
+                            .get(k)
+                            .is_some_and(|s| *s != ConfigSource::Default)
+                        {
+                            4
+                        } else {
+                            5
+                        };
+                        (k.clone(), v.clone(), s, true)
+                    })
+                    .collect())
+            }
+            RESOURCE_BROKER => Err((
+                ec::INVALID_REQUEST,
+                format!("this is broker {}", cfg.node_id),
+            )),
+            _ => Err((
+                ec::INVALID_REQUEST,
+                "only topic and broker resources are supported".into(),
+            )),
+        };
+        match entries {
+            Ok(list) => {
+                result.configs = list
+                    .into_iter()
+                    .filter(|(k, ..)| wanted(k))
+                    .map(|(k, v, source, read_only)| {
+                        let ty = config_type(&k);
+                        m::describe_configs_response::DescribeConfigsResourceResult::default()
+                            .with_name(StrBytes::from_string(k))
+                            .with_value(Some(StrBytes::from_string(v)))
+                            .with_read_only(read_only)
+                            .with_config_source(source)
+                            .with_config_type(ty)
+                    })
+                    .collect();
+            }
+            Err((code, msg)) => {
+                result = result
+                    .with_error_code(code)
+                    .with_error_message(Some(StrBytes::from_string(msg)));
+            }
+        }
+        resp.results.push(result);
+    }
+    resp
+}
+
+async fn incremental_alter_configs(
+    shard: &Rc<Shard>,
+    req: m::IncrementalAlterConfigsRequest,
+) -> Result<m::IncrementalAlterConfigsResponse, RequestError> {
+    let _admin = shard.ctx.metadata.admin_lock.lock().await;
+    let mut resp = m::IncrementalAlterConfigsResponse::default();
+    for r in req.resources {
+        let name = r.resource_name.as_str().to_string();
+        let outcome: Result<(), (i16, String)> = async {
+            if r.resource_type != RESOURCE_TOPIC {
+                return Err((
+                    ec::INVALID_REQUEST,
+                    "only topic configs can be altered (broker configs are static)".into(),
+                ));
+            }
+            let image = shard.ctx.metadata.image();
+            let meta = image.topic(&name).ok_or((
+                ec::UNKNOWN_TOPIC_OR_PARTITION,
+                format!("topic `{name}` does not exist"),
+            ))?;
+            let mut configs = meta.configs.clone();
+            for c in &r.configs {
+                let key = c.name.as_str().to_string();
+                match c.config_operation {
+                    0 => {
+                        let v = c
+                            .value
+                            .as_ref()
+                            .ok_or((ec::INVALID_CONFIG, format!("SET `{key}` without a value")))?;
+                        configs.insert(key, v.as_str().to_string());
+                    }
+                    1 => {
+                        configs.remove(&key);
+                    }
+                    2 | 3 if key == "cleanup.policy" => {
+                        return Err((
+                            ec::INVALID_CONFIG,
+                            "cleanup.policy supports only `delete`; use SET".into(),
+                        ));
+                    }
+                    op => {
+                        return Err((
+                            ec::INVALID_CONFIG,
+                            format!("operation {op} is not valid for `{key}`"),
+                        ))
+                    }
+                }
+            }
+            validate_topic_configs(shard, &configs).map_err(|e| (ec::INVALID_CONFIG, e))?;
+            if req.validate_only {
+                return Ok(());
+            }
+            let next = TopicMeta {
+                configs,
+                ..(**meta).clone()
+            };
+            shard
+                .ctx
+                .metadata
+                .put_topic(next)
+                .map_err(|e| (ec::KAFKA_STORAGE_ERROR, e.to_string()))?;
+            let calls = (0..shard.ctx.shard_count()).map(|s| {
+                let topic = name.clone();
+                shard.call(s, move |sh| sh.apply_topic_config(topic))
+            });
+            for c in futures_util::future::join_all(calls).await {
+                c.map_err(|e| (ec::UNKNOWN_SERVER_ERROR, e.to_string()))?;
+            }
+            info!(topic = name, "altered topic config");
+            Ok(())
+        }
+        .await;
+        let mut out =
+            m::incremental_alter_configs_response::AlterConfigsResourceResponse::default()
+                .with_resource_type(r.resource_type)
+                .with_resource_name(r.resource_name.clone());
+        if let Err((code, msg)) = outcome {
+            out = out
+                .with_error_code(code)
+                .with_error_message(Some(StrBytes::from_string(msg)));
+        }
+        resp.responses.push(out);
+    }
+    Ok(resp)
+}
+
+fn describe_cluster(shard: &Rc<Shard>) -> m::DescribeClusterResponse {
+    let cfg = &shard.ctx.config;
+    let node = BrokerId(cfg.node_id);
+    m::DescribeClusterResponse::default()
+        .with_cluster_id(str_bytes(&shard.ctx.metadata.image().cluster_id))
+        .with_controller_id(node)
+        .with_endpoint_type(1)
+        .with_brokers(vec![
+            m::describe_cluster_response::DescribeClusterBroker::default()
+                .with_broker_id(node)
+                .with_host(str_bytes(&cfg.advertised_host))
+                .with_port(cfg.advertised_port),
+        ])
+}

@@ -1,0 +1,711 @@
+//! Shards: one pinned thread per core, each owning a disjoint set of partitions.
+//!
+//! A request touching a partition owned by another shard is forwarded as a job over that
+//! shard's crossbeam queue; the owner is woken through an eventfd its runtime awaits, runs the
+//! job on its own thread (so a `PartitionLog` is only ever touched by its owner, without
+//! locks), and answers through a oneshot channel that wakes the requester's runtime.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{oneshot, watch, Notify};
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use super::config::BrokerConfig;
+use super::metadata::{owner_shard, MetadataStore};
+use super::protocol::{error_code, RecordsSource};
+use crate::storage::{PartitionLog, ReadError};
+
+/// A unit of work sent to another shard: builds a (non-`Send`) future on the owner thread.
+pub type Job = Box<dyn FnOnce(Rc<Shard>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+
+/// The target shard has stopped and can no longer answer.
+#[derive(Debug, thiserror::Error)]
+#[error("shard {0} is gone")]
+pub struct ShardGone(pub usize);
+
+/// The sending side of a shard's queue, shared by every shard.
+#[derive(Debug)]
+pub struct Mailbox {
+    tx: crossbeam_channel::Sender<Job>,
+    wake: Arc<EventFd>,
+}
+
+/// The receiving side of a shard's queue, moved onto the shard thread.
+pub struct MailboxReceiver {
+    rx: crossbeam_channel::Receiver<Job>,
+    wake: Arc<EventFd>,
+}
+
+/// Creates a shard's queue and its eventfd.
+pub fn mailbox() -> std::io::Result<(Mailbox, MailboxReceiver)> {
+    let wake = Arc::new(EventFd::from_flags(
+        EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
+    )?);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    Ok((
+        Mailbox {
+            tx,
+            wake: wake.clone(),
+        },
+        MailboxReceiver { rx, wake },
+    ))
+}
+
+/// State shared by all shards (`Send + Sync`): configuration, the topic registry, mailboxes.
+pub struct BrokerContext {
+    /// The resolved configuration.
+    pub config: Arc<BrokerConfig>,
+    /// The topic registry.
+    pub metadata: MetadataStore,
+    mailboxes: Vec<Mailbox>,
+}
+
+impl BrokerContext {
+    /// Builds the context; `mailboxes[i]` belongs to shard `i`.
+    pub fn new(
+        config: Arc<BrokerConfig>,
+        metadata: MetadataStore,
+        mailboxes: Vec<Mailbox>,
+    ) -> Self {
+        BrokerContext {
+            config,
+            metadata,
+            mailboxes,
+        }
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.mailboxes.len()
+    }
+
+    /// Queues `job` on `shard` and wakes it.
+    pub fn post(&self, shard: usize, job: Job) -> Result<(), ShardGone> {
+        let mb = self.mailboxes.get(shard).ok_or(ShardGone(shard))?;
+        mb.tx.send(job).map_err(|_| ShardGone(shard))?;
+        // EAGAIN only when the counter would overflow, in which case the shard is awake anyway.
+        let _ = mb.wake.write(1);
+        Ok(())
+    }
+
+    /// The shard owning `(topic, partition)`.
+    pub fn owner(&self, topic: &str, partition: i32) -> usize {
+        owner_shard(topic, partition, self.shard_count())
+    }
+}
+
+/// Lifecycle phase of a shard, driven by the main thread on shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Accepting and serving.
+    Running,
+    /// Stop accepting and reading new requests; finish in-flight ones.
+    Draining,
+    /// Close every log and exit.
+    Closing,
+}
+
+/// A partition open on its owner shard.
+pub struct Partition {
+    /// The log.
+    pub log: PartitionLog,
+    /// Woken on every append (long-polling fetches wait on it).
+    pub appended: Notify,
+    /// The topic id this log belongs to (a recreated topic gets a new one).
+    pub topic_id: Uuid,
+}
+
+enum Slot {
+    Opening(Rc<Notify>),
+    Open(Rc<Partition>),
+}
+
+/// Per-thread shard state.
+pub struct Shard {
+    /// Shard index.
+    pub id: usize,
+    /// Shared broker state.
+    pub ctx: Arc<BrokerContext>,
+    partitions: RefCell<HashMap<String, HashMap<i32, Slot>>>,
+    /// Current phase (the sender is driven by jobs from the main thread).
+    pub phase: watch::Sender<Phase>,
+    /// Open connections on this shard.
+    pub connections: Cell<usize>,
+    /// Signalled when a connection closes.
+    pub connection_closed: Notify,
+}
+
+/// Input for one partition of a produce.
+pub struct ProduceIn {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// RecordBatch bytes.
+    pub records: Option<BytesMut>,
+}
+
+/// Result for one partition of a produce.
+#[derive(Debug, Clone)]
+pub struct ProduceOut {
+    /// Kafka error code.
+    pub error_code: i16,
+    /// Error message for the client.
+    pub error_message: Option<String>,
+    /// Offset of the first record appended.
+    pub base_offset: i64,
+    /// Append time (LogAppendTime topics) or -1.
+    pub log_append_time_ms: i64,
+    /// Log start offset after the append.
+    pub log_start_offset: i64,
+}
+
+/// Input for one partition of a fetch.
+#[derive(Debug, Clone)]
+pub struct FetchIn {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// First offset wanted.
+    pub offset: i64,
+    /// partition_max_bytes.
+    pub max_bytes: i32,
+}
+
+/// Result for one partition of a fetch.
+#[derive(Debug)]
+pub struct FetchOut {
+    /// Kafka error code.
+    pub error_code: i16,
+    /// High watermark (= log end offset on a single node).
+    pub high_watermark: i64,
+    /// Log start offset.
+    pub log_start_offset: i64,
+    /// Records, if any.
+    pub records: Option<RecordsSource>,
+}
+
+/// Result of a ListOffsets lookup.
+#[derive(Debug, Clone, Copy)]
+pub struct OffsetOut {
+    /// Kafka error code.
+    pub error_code: i16,
+    /// Timestamp of the found record (-1 for earliest/latest).
+    pub timestamp: i64,
+    /// The offset (-1 if none).
+    pub offset: i64,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Shard {
+    /// Creates the state for shard `id`.
+    pub fn new(id: usize, ctx: Arc<BrokerContext>) -> Shard {
+        let (phase, _) = watch::channel(Phase::Running);
+        Shard {
+            id,
+            ctx,
+            partitions: RefCell::new(HashMap::new()),
+            phase,
+            connections: Cell::new(0),
+            connection_closed: Notify::new(),
+        }
+    }
+
+    /// Runs `f` on shard `target` and returns its result: directly when `target` is this
+    /// shard, otherwise through the target's mailbox.
+    pub async fn call<R, F, Fut>(self: &Rc<Self>, target: usize, f: F) -> Result<R, ShardGone>
+    where
+        R: Send + 'static,
+        F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
+        Fut: Future<Output = R> + 'static,
+    {
+        if target == self.id {
+            return Ok(f(self.clone()).await);
+        }
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |shard| {
+            Box::pin(async move {
+                let _ = tx.send(f(shard).await);
+            })
+        });
+        self.ctx.post(target, job)?;
+        rx.await.map_err(|_| ShardGone(target))
+    }
+
+    /// Receives jobs from other shards until the runtime stops.
+    pub async fn run_mailbox(self: Rc<Self>, mailbox: MailboxReceiver) {
+        // SAFETY: the Arc keeps the EventFd (and so its fd) open and unchanged for as long as
+        // the AsyncFd, which owns one of the Arc's references, exists.
+        let registered = unsafe {
+            AsyncFd::register_with_interest(mailbox.wake.clone(), tokio::io::Interest::READABLE)
+        };
+        let fd = match registered.map_err(|e| e.into_parts().1) {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::error!(shard = self.id, "cannot register the mailbox eventfd: {e}");
+                return;
+            }
+        };
+        loop {
+            // Reset the counter before draining: a job queued after the drain re-arms it.
+            match fd.readable().await {
+                Ok(mut guard) => {
+                    let _ =
+                        guard.try_io(|inner| inner.get_ref().read().map_err(std::io::Error::from));
+                }
+                Err(e) => {
+                    tracing::error!(shard = self.id, "mailbox eventfd failed: {e}");
+                    return;
+                }
+            }
+            while let Ok(job) = mailbox.rx.try_recv() {
+                crate::io::runtime::spawn(job(self.clone()));
+            }
+        }
+    }
+
+    fn lookup(&self, topic: &str, partition: i32) -> Option<Result<Rc<Partition>, Rc<Notify>>> {
+        let map = self.partitions.borrow();
+        match map.get(topic)?.get(&partition)? {
+            Slot::Open(p) => Some(Ok(p.clone())),
+            Slot::Opening(n) => Some(Err(n.clone())),
+        }
+    }
+
+    /// The open partition `(topic, partition)`, opening (and recovering) it on first use.
+    /// Fails with a Kafka error code when the topic or partition does not exist.
+    pub async fn partition(&self, topic: &str, partition: i32) -> Result<Rc<Partition>, i16> {
+        debug_assert_eq!(
+            self.ctx.owner(topic, partition),
+            self.id,
+            "partition served by a shard that does not own it"
+        );
+        loop {
+            match self.lookup(topic, partition) {
+                Some(Ok(p)) => return Ok(p),
+                // Created before the opener can finish (no await in between), so not missed.
+                Some(Err(opening)) => opening.notified().await,
+                None => break,
+            }
+        }
+        let image = self.ctx.metadata.image();
+        let meta = image
+            .topic(topic)
+            .filter(|t| (0..t.partitions).contains(&partition))
+            .ok_or(error_code::UNKNOWN_TOPIC_OR_PARTITION)?
+            .clone();
+        let config = self.ctx.config.log_config(&meta.configs).map_err(|e| {
+            warn!(topic, partition, "invalid stored topic config: {e}");
+            error_code::KAFKA_STORAGE_ERROR
+        })?;
+        let opening = Rc::new(Notify::new());
+        self.partitions
+            .borrow_mut()
+            .entry(topic.to_string())
+            .or_default()
+            .insert(partition, Slot::Opening(opening.clone()));
+        let dir = self
+            .ctx
+            .config
+            .data_dir
+            .join(format!("{topic}-{partition}"));
+        let result = PartitionLog::open(dir.clone(), config).await;
+        let out = match result {
+            Ok(log) => {
+                let p = Rc::new(Partition {
+                    log,
+                    appended: Notify::new(),
+                    topic_id: meta.id,
+                });
+                debug!(shard = self.id, dir = %dir.display(), "partition open");
+                self.partitions
+                    .borrow_mut()
+                    .entry(topic.to_string())
+                    .or_default()
+                    .insert(partition, Slot::Open(p.clone()));
+                Ok(p)
+            }
+            Err(e) => {
+                warn!(shard = self.id, dir = %dir.display(), "cannot open partition: {e}");
+                if let Some(m) = self.partitions.borrow_mut().get_mut(topic) {
+                    m.remove(&partition);
+                }
+                Err(error_code::KAFKA_STORAGE_ERROR)
+            }
+        };
+        opening.notify_waiters();
+        out
+    }
+
+    /// Opens every partition this shard owns (start-up recovery).
+    pub async fn open_owned_partitions(&self) {
+        let image = self.ctx.metadata.image();
+        for topic in image.topics() {
+            for p in 0..topic.partitions {
+                if self.ctx.owner(&topic.name, p) == self.id {
+                    let _ = self.partition(&topic.name, p).await;
+                }
+            }
+        }
+    }
+
+    fn open_partitions(&self) -> Vec<Rc<Partition>> {
+        self.partitions
+            .borrow()
+            .values()
+            .flat_map(|m| m.values())
+            .filter_map(|s| match s {
+                Slot::Open(p) => Some(p.clone()),
+                Slot::Opening(_) => None,
+            })
+            .collect()
+    }
+
+    /// Appends to local partitions (acks 1 and -1 behave alike on a single node).
+    pub async fn produce_local(self: Rc<Self>, items: Vec<ProduceIn>) -> Vec<ProduceOut> {
+        let futs = items.into_iter().map(|item| self.produce_one(item));
+        futures_util::future::join_all(futs).await
+    }
+
+    async fn produce_one(&self, item: ProduceIn) -> ProduceOut {
+        let fail = |code: i16, msg: Option<String>| ProduceOut {
+            error_code: code,
+            error_message: msg,
+            base_offset: -1,
+            log_append_time_ms: -1,
+            log_start_offset: -1,
+        };
+        let partition = match self.partition(&item.topic, item.partition).await {
+            Ok(p) => p,
+            Err(code) => return fail(code, None),
+        };
+        let Some(records) = item.records.filter(|r| !r.is_empty()) else {
+            return fail(error_code::CORRUPT_MESSAGE, Some("empty record set".into()));
+        };
+        match partition.log.append_leader(records, 0, now_ms()).await {
+            Ok(info) => {
+                // The log already waited for the fsync if its flush policy syncs every append
+                // (Kafka's flush.messages=1), whatever the acks; acks only matter with replicas.
+                partition.appended.notify_waiters();
+                ProduceOut {
+                    error_code: error_code::NONE,
+                    error_message: None,
+                    base_offset: info.first_offset,
+                    log_append_time_ms: info.log_append_time_ms,
+                    log_start_offset: info.log_start_offset,
+                }
+            }
+            Err(e) => {
+                debug!(
+                    topic = item.topic,
+                    partition = item.partition,
+                    "append rejected: {e}"
+                );
+                fail(e.kafka_error_code(), Some(e.to_string()))
+            }
+        }
+    }
+
+    /// Reads from local partitions. With `zero_copy` the records are a dup'd segment fd and a
+    /// range (sent later with sendfile); otherwise they are copied into memory here.
+    pub async fn fetch_local(
+        self: Rc<Self>,
+        items: Vec<FetchIn>,
+        zero_copy: bool,
+    ) -> Vec<FetchOut> {
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            out.push(self.fetch_one(item, zero_copy).await);
+        }
+        out
+    }
+
+    async fn fetch_one(&self, item: FetchIn, zero_copy: bool) -> FetchOut {
+        let fail = |code: i16, hw: i64, ls: i64| FetchOut {
+            error_code: code,
+            high_watermark: hw,
+            log_start_offset: ls,
+            records: None,
+        };
+        let partition = match self.partition(&item.topic, item.partition).await {
+            Ok(p) => p,
+            Err(code) => return fail(code, -1, -1),
+        };
+        let log = &partition.log;
+        let hw = log.log_end_offset();
+        let max_bytes = u32::try_from(item.max_bytes.max(0)).unwrap_or(0);
+        let read = match log.read(item.offset, max_bytes, hw, true).await {
+            Ok(r) => r,
+            Err(ReadError::OffsetOutOfRange {
+                log_start, log_end, ..
+            }) => {
+                return fail(error_code::OFFSET_OUT_OF_RANGE, log_end, log_start);
+            }
+            Err(e) => {
+                warn!(
+                    topic = item.topic,
+                    partition = item.partition,
+                    "read failed: {e}"
+                );
+                return fail(error_code::KAFKA_STORAGE_ERROR, hw, log.log_start_offset());
+            }
+        };
+        let records = match read.slice {
+            None => None,
+            Some(slice) if zero_copy => {
+                // SAFETY: `slice` keeps the segment file open for the whole borrow, so the
+                // raw fd is valid; we immediately duplicate it into an owned fd.
+                let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(slice.raw_fd()) };
+                match borrowed.try_clone_to_owned() {
+                    Ok(fd) => Some(RecordsSource::File {
+                        fd,
+                        position: slice.position(),
+                        len: slice.len(),
+                    }),
+                    Err(e) => {
+                        warn!("cannot dup segment fd: {e}");
+                        return fail(error_code::KAFKA_STORAGE_ERROR, hw, read.log_start_offset);
+                    }
+                }
+            }
+            Some(slice) => match slice.read_to_vec().await {
+                Ok(v) => Some(RecordsSource::Bytes(v.into())),
+                Err(e) => {
+                    warn!(
+                        topic = item.topic,
+                        partition = item.partition,
+                        "read failed: {e}"
+                    );
+                    return fail(error_code::KAFKA_STORAGE_ERROR, hw, read.log_start_offset);
+                }
+            },
+        };
+        FetchOut {
+            error_code: error_code::NONE,
+            high_watermark: read.log_end_offset,
+            log_start_offset: read.log_start_offset,
+            records,
+        }
+    }
+
+    /// Waits until any of the local partitions has data at or beyond the given offset, or
+    /// until `deadline`. Returns immediately if one already has.
+    pub async fn wait_for_data(
+        self: Rc<Self>,
+        items: Vec<(String, i32, i64)>,
+        deadline: tokio::time::Instant,
+    ) {
+        let mut parts = Vec::with_capacity(items.len());
+        for (topic, p, offset) in items {
+            if let Ok(part) = self.partition(&topic, p).await {
+                parts.push((part, offset));
+            }
+        }
+        let mut waits = Vec::with_capacity(parts.len());
+        for (part, offset) in &parts {
+            let mut n = Box::pin(part.appended.notified());
+            n.as_mut().enable();
+            if part.log.log_end_offset() > *offset {
+                return;
+            }
+            waits.push(n);
+        }
+        if waits.is_empty() {
+            tokio::time::sleep_until(deadline).await;
+            return;
+        }
+        tokio::select! {
+            _ = futures_util::future::select_all(waits) => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+
+    /// ListOffsets on local partitions: -1 latest, -2 earliest, otherwise by timestamp.
+    pub async fn list_offsets_local(
+        self: Rc<Self>,
+        items: Vec<(String, i32, i64)>,
+    ) -> Vec<OffsetOut> {
+        let mut out = Vec::with_capacity(items.len());
+        for (topic, p, ts) in items {
+            let r = match self.partition(&topic, p).await {
+                Err(code) => OffsetOut {
+                    error_code: code,
+                    timestamp: -1,
+                    offset: -1,
+                },
+                Ok(part) => match ts {
+                    -1 => OffsetOut {
+                        error_code: 0,
+                        timestamp: -1,
+                        offset: part.log.log_end_offset(),
+                    },
+                    -2 => OffsetOut {
+                        error_code: 0,
+                        timestamp: -1,
+                        offset: part.log.log_start_offset(),
+                    },
+                    t if t < 0 => OffsetOut {
+                        error_code: error_code::INVALID_REQUEST,
+                        timestamp: -1,
+                        offset: -1,
+                    },
+                    t => match part.log.offset_for_timestamp(t).await {
+                        Ok(Some((offset, timestamp))) => OffsetOut {
+                            error_code: 0,
+                            timestamp,
+                            offset,
+                        },
+                        Ok(None) => OffsetOut {
+                            error_code: 0,
+                            timestamp: -1,
+                            offset: -1,
+                        },
+                        Err(e) => {
+                            warn!(topic, partition = p, "timestamp lookup failed: {e}");
+                            OffsetOut {
+                                error_code: error_code::KAFKA_STORAGE_ERROR,
+                                timestamp: -1,
+                                offset: -1,
+                            }
+                        }
+                    },
+                },
+            };
+            out.push(r);
+        }
+        out
+    }
+
+    /// Opens the given partitions of `topic` that this shard owns (after create).
+    pub async fn open_topic_partitions(
+        self: Rc<Self>,
+        topic: String,
+        from: i32,
+        to: i32,
+    ) -> Result<(), i16> {
+        for p in from..to {
+            if self.ctx.owner(&topic, p) == self.id {
+                self.partition(&topic, p).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the topic's current config to its open partitions on this shard.
+    pub async fn apply_topic_config(self: Rc<Self>, topic: String) {
+        let image = self.ctx.metadata.image();
+        let Some(meta) = image.topic(&topic) else {
+            return;
+        };
+        let Ok(config) = self.ctx.config.log_config(&meta.configs) else {
+            return;
+        };
+        let parts: Vec<Rc<Partition>> = self
+            .partitions
+            .borrow()
+            .get(&topic)
+            .map(|m| {
+                m.values()
+                    .filter_map(|s| match s {
+                        Slot::Open(p) => Some(p.clone()),
+                        Slot::Opening(_) => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for p in parts {
+            p.log.set_config(config.clone());
+        }
+    }
+
+    /// Deletes this shard's partitions of a topic (already removed from the registry).
+    pub async fn delete_topic_partitions(self: Rc<Self>, topic: String, partitions: i32) {
+        let removed = self
+            .partitions
+            .borrow_mut()
+            .remove(&topic)
+            .unwrap_or_default();
+        for (p, slot) in removed {
+            let Slot::Open(mut part) = slot else { continue };
+            // In-flight fetches may still hold the partition; give them a moment to finish.
+            let mut waited = Duration::ZERO;
+            loop {
+                match Rc::try_unwrap(part) {
+                    Ok(owned) => {
+                        if let Err(e) = owned.log.delete().await {
+                            warn!(topic, partition = p, "cannot delete partition: {e}");
+                        }
+                        break;
+                    }
+                    Err(shared) if waited < Duration::from_secs(5) => {
+                        part = shared;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        waited += Duration::from_millis(10);
+                    }
+                    Err(shared) => {
+                        let dir = shared.log.dir().to_path_buf();
+                        let _ = shared.log.close().await;
+                        if let Err(e) = std::fs::remove_dir_all(&dir) {
+                            warn!(dir = %dir.display(), "cannot remove partition dir: {e}");
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        // Directories of partitions that were never opened in this process.
+        for p in 0..partitions {
+            if self.ctx.owner(&topic, p) == self.id {
+                let dir = self.ctx.config.data_dir.join(format!("{topic}-{p}"));
+                if dir.exists() {
+                    if let Err(e) = std::fs::remove_dir_all(&dir) {
+                        warn!(dir = %dir.display(), "cannot remove partition dir: {e}");
+                    }
+                }
+            }
+        }
+        info!(shard = self.id, topic, "deleted topic partitions");
+    }
+
+    /// Enforces retention and time-based rolls on every open partition.
+    pub async fn enforce_retention(&self) {
+        let now = now_ms();
+        for p in self.open_partitions() {
+            if let Err(e) = p.log.enforce_retention(now).await {
+                warn!(dir = %p.log.dir().display(), "retention failed: {e}");
+            }
+            if let Err(e) = p.log.roll_if_due(now).await {
+                warn!(dir = %p.log.dir().display(), "segment roll failed: {e}");
+            }
+        }
+    }
+
+    /// Flushes and closes every open partition (writes the clean-shutdown markers).
+    pub async fn close_all(&self) {
+        let parts = self.open_partitions();
+        self.partitions.borrow_mut().clear();
+        for p in parts {
+            if let Err(e) = p.log.close().await {
+                warn!(dir = %p.log.dir().display(), "close failed: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,596 @@
+//! One segment: a `.log` file of batches plus its in-memory offset and time indexes.
+//!
+//! The segment's sizes, indexes and timestamps live in a `RefCell` that is only borrowed in
+//! synchronous sections; I/O is done on the `DiskFile` outside any borrow.
+
+use std::cell::RefCell;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use crate::io::file::{remove_file_if_exists, DiskFile};
+
+use super::config::LogConfig;
+use super::error::StorageError;
+use super::offset_index::OffsetIndex;
+use super::record_batch::{
+    uncompressed_records, validate_batch, BatchHeader, Compression, TimestampType, HEADER_SIZE,
+};
+use super::time_index::TimeIndex;
+
+/// Log file suffix.
+pub const LOG_SUFFIX: &str = "log";
+/// Offset index suffix.
+pub const INDEX_SUFFIX: &str = "index";
+/// Time index suffix.
+pub const TIME_INDEX_SUFFIX: &str = "timeindex";
+
+/// `<dir>/<20-digit base offset>.<suffix>`, as Kafka names segment files.
+pub fn segment_path(dir: &Path, base_offset: i64, suffix: &str) -> PathBuf {
+    dir.join(format!("{base_offset:020}.{suffix}"))
+}
+
+/// Parses a segment file name into (base offset, suffix).
+pub fn parse_segment_name(name: &str) -> Option<(i64, &str)> {
+    let (stem, suffix) = name.split_once('.')?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((stem.parse().ok()?, suffix))
+}
+
+/// Mutable state of a segment.
+#[derive(Debug)]
+pub(crate) struct SegmentState {
+    /// Bytes handed to writes (submitted or completed).
+    pub reserved_size: u64,
+    /// Bytes whose writes completed contiguously from 0: the readable size.
+    pub size: u64,
+    /// Offset after the last reserved batch.
+    pub next_offset: i64,
+    pub offset_index: OffsetIndex,
+    pub time_index: TimeIndex,
+    pub bytes_since_index_entry: u64,
+    /// Largest batch max timestamp so far (-1 if none).
+    pub max_timestamp: i64,
+    pub offset_of_max_timestamp: i64,
+    /// Max timestamp of the first batch: the clock `segment.ms` rolls by.
+    pub rolling_base_timestamp: Option<i64>,
+    pub created_ms: i64,
+    /// Completed writes not yet fsync'd.
+    pub unflushed: bool,
+    /// In-memory indexes differ from the index files.
+    pub indexes_dirty: bool,
+}
+
+/// A segment of a partition log.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub base_offset: i64,
+    pub log: Rc<DiskFile>,
+    pub dir: PathBuf,
+    pub st: RefCell<SegmentState>,
+}
+
+/// What a full scan of a segment found.
+#[derive(Debug, Default)]
+pub(crate) struct ScanOutcome {
+    /// Bytes cut off the tail because they were not valid batches.
+    pub truncated_bytes: u64,
+}
+
+impl Segment {
+    fn with_file(
+        dir: &Path,
+        base_offset: i64,
+        log: DiskFile,
+        cfg: &LogConfig,
+        now_ms: i64,
+    ) -> Segment {
+        let max = cfg.max_index_entries();
+        Segment {
+            base_offset,
+            log: Rc::new(log),
+            dir: dir.to_path_buf(),
+            st: RefCell::new(SegmentState {
+                reserved_size: 0,
+                size: 0,
+                next_offset: base_offset,
+                offset_index: OffsetIndex::new(base_offset, max),
+                time_index: TimeIndex::new(base_offset, max),
+                bytes_since_index_entry: 0,
+                max_timestamp: -1,
+                offset_of_max_timestamp: base_offset,
+                rolling_base_timestamp: None,
+                created_ms: now_ms,
+                unflushed: false,
+                indexes_dirty: true,
+            }),
+        }
+    }
+
+    /// Creates a new empty segment (io_uring openat), replacing stale files of the same name.
+    pub async fn create(
+        dir: &Path,
+        base_offset: i64,
+        cfg: &LogConfig,
+        now_ms: i64,
+    ) -> Result<Segment, StorageError> {
+        let path = segment_path(dir, base_offset, LOG_SUFFIX);
+        for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+            let p = segment_path(dir, base_offset, suffix);
+            remove_file_if_exists(&p)
+                .await
+                .map_err(|e| StorageError::io(&p, e))?;
+        }
+        let log = DiskFile::create_new(&path)
+            .await
+            .map_err(|e| StorageError::io(&path, e))?;
+        Ok(Segment::with_file(dir, base_offset, log, cfg, now_ms))
+    }
+
+    /// Wraps an existing log file whose state the caller will load or scan.
+    pub fn open_existing(
+        dir: &Path,
+        base_offset: i64,
+        cfg: &LogConfig,
+        now_ms: i64,
+    ) -> Result<Segment, StorageError> {
+        let path = segment_path(dir, base_offset, LOG_SUFFIX);
+        let log = DiskFile::open_rw(&path, false).map_err(|e| StorageError::io(&path, e))?;
+        Ok(Segment::with_file(dir, base_offset, log, cfg, now_ms))
+    }
+
+    /// Path of one of this segment's files.
+    pub fn path(&self, suffix: &str) -> PathBuf {
+        segment_path(&self.dir, self.base_offset, suffix)
+    }
+
+    /// Readable size.
+    pub fn size(&self) -> u64 {
+        self.st.borrow().size
+    }
+
+    /// Records a batch reserved at `position` (synchronous, before its write is submitted):
+    /// sizes, next offset, index entries and timestamps. Kafka's rule: an index entry is added
+    /// for a batch when more than `index.interval.bytes` were appended since the last entry.
+    pub fn note_batch(&self, position: u64, h: &BatchHeader, cfg: &LogConfig) {
+        let mut st = self.st.borrow_mut();
+        debug_assert_eq!(position, st.reserved_size);
+        debug_assert!(h.base_offset >= st.next_offset);
+        st.note_batch(position, h, cfg);
+    }
+
+    /// Reads and parses the header of the batch at `position` (below the readable size).
+    pub async fn read_header(
+        &self,
+        position: u64,
+        limit: u64,
+    ) -> Result<BatchHeader, StorageError> {
+        let avail = limit.saturating_sub(position);
+        let len = (HEADER_SIZE as u64).min(avail) as usize;
+        let bytes = self
+            .log
+            .read_at(len, position)
+            .await
+            .map_err(|e| StorageError::io(self.log.path(), e))?;
+        let h = BatchHeader::parse(&bytes).map_err(|e| {
+            StorageError::Corrupt(format!(
+                "{}: bad batch header at {position}: {e}",
+                self.log.path().display()
+            ))
+        })?;
+        if position + h.size() as u64 > limit {
+            return Err(StorageError::Corrupt(format!(
+                "{}: batch at {position} of {} bytes runs past {limit}",
+                self.log.path().display(),
+                h.size()
+            )));
+        }
+        Ok(h)
+    }
+
+    /// Finds the first batch with last offset >= `target` within the first `limit` bytes,
+    /// starting from the offset index's hint. Returns (position, header).
+    pub async fn find_batch(
+        &self,
+        target: i64,
+        limit: u64,
+    ) -> Result<Option<(u64, BatchHeader)>, StorageError> {
+        let mut pos = {
+            let st = self.st.borrow();
+            st.offset_index
+                .lookup(target)
+                .map_or(0, |(_, p)| u64::from(p))
+        };
+        while pos < limit {
+            let h = self.read_header(pos, limit).await?;
+            if h.last_offset() >= target {
+                return Ok(Some((pos, h)));
+            }
+            pos += h.size() as u64;
+        }
+        Ok(None)
+    }
+
+    /// Finds the first batch with max timestamp >= `ts` (and last offset >= `min_offset`).
+    pub async fn find_timestamp(
+        &self,
+        ts: i64,
+        min_offset: i64,
+        limit: u64,
+    ) -> Result<Option<(u64, BatchHeader)>, StorageError> {
+        let mut pos = {
+            let st = self.st.borrow();
+            let from = st
+                .time_index
+                .lookup(ts)
+                .map_or(self.base_offset, |(_, o)| o)
+                .max(min_offset);
+            st.offset_index
+                .lookup(from)
+                .map_or(0, |(_, p)| u64::from(p))
+        };
+        while pos < limit {
+            let h = self.read_header(pos, limit).await?;
+            if h.max_timestamp >= ts && h.last_offset() >= min_offset {
+                return Ok(Some((pos, h)));
+            }
+            pos += h.size() as u64;
+        }
+        Ok(None)
+    }
+
+    /// Within the batch at `pos` (whose max timestamp is >= `ts`), the first record with
+    /// timestamp >= `ts` and offset >= `min_offset`, as (offset, timestamp).
+    pub async fn first_record_at_or_after(
+        &self,
+        pos: u64,
+        h: &BatchHeader,
+        ts: i64,
+        min_offset: i64,
+    ) -> Result<(i64, i64), StorageError> {
+        let fallback = (h.base_offset.max(min_offset), h.max_timestamp);
+        if h.compression() != Compression::None {
+            return Ok(fallback);
+        }
+        if h.timestamp_type() == TimestampType::LogAppendTime {
+            return Ok(fallback);
+        }
+        let bytes = self
+            .log
+            .read_exact_at(h.size(), pos)
+            .await
+            .map_err(|e| StorageError::io(self.log.path(), e))?;
+        let records = uncompressed_records(&bytes, h).map_err(|e| {
+            StorageError::Corrupt(format!(
+                "{}: batch at {pos}: {e}",
+                self.log.path().display()
+            ))
+        })?;
+        for r in records {
+            let offset = h.base_offset + i64::from(r.offset_delta);
+            let rts = h.base_timestamp.saturating_add(r.timestamp_delta);
+            if rts >= ts && offset >= min_offset {
+                return Ok((offset, rts));
+            }
+        }
+        Ok(fallback)
+    }
+
+    /// Scans the whole log file batch by batch, rebuilding both indexes; a torn or corrupt
+    /// tail is cut at the last valid batch with a warning naming file, position and reason.
+    pub async fn recover(&self, cfg: &LogConfig) -> Result<ScanOutcome, StorageError> {
+        let path = self.log.path().to_path_buf();
+        let file_len = self.log.len().map_err(|e| StorageError::io(&path, e))?;
+        self.st.borrow_mut().reset(self.base_offset, cfg);
+        let mut reader = ChunkReader::new(&self.log, file_len);
+        let mut pos = 0u64;
+        let mut failure: Option<String> = None;
+        while pos < file_len {
+            let head = reader.get(pos, HEADER_SIZE).await?;
+            let h = match BatchHeader::parse(head) {
+                Ok(h) => h,
+                Err(e) => {
+                    failure = Some(e.to_string());
+                    break;
+                }
+            };
+            if pos + h.size() as u64 > file_len {
+                failure = Some(format!(
+                    "batch of {} bytes runs past the end of the file",
+                    h.size()
+                ));
+                break;
+            }
+            let bytes = reader.get(pos, h.size()).await?;
+            if let Err(e) = validate_batch(bytes) {
+                failure = Some(e.to_string());
+                break;
+            }
+            let mut st = self.st.borrow_mut();
+            if h.base_offset < st.next_offset {
+                failure = Some(format!(
+                    "batch base offset {} is below the expected next offset {}",
+                    h.base_offset, st.next_offset
+                ));
+                break;
+            }
+            if h.last_offset() - self.base_offset > i64::from(i32::MAX) {
+                failure = Some(format!(
+                    "batch last offset {} overflows the segment",
+                    h.last_offset()
+                ));
+                break;
+            }
+            st.note_batch(pos, &h, cfg);
+            pos += h.size() as u64;
+        }
+        let mut outcome = ScanOutcome::default();
+        if let Some(reason) = failure {
+            tracing::warn!(file = %path.display(), position = pos, %reason, "truncating invalid bytes at the log tail");
+            outcome.truncated_bytes = file_len - pos;
+            self.log
+                .set_len(pos)
+                .map_err(|e| StorageError::io(&path, e))?;
+        }
+        let mut st = self.st.borrow_mut();
+        st.size = pos;
+        st.reserved_size = pos;
+        st.indexes_dirty = true;
+        Ok(outcome)
+    }
+
+    /// Loads trusted index files; returns false (leaving the state reset) if they are missing
+    /// or fail their sanity checks, in which case the caller rebuilds them with `recover`.
+    pub fn load_indexes(&self, cfg: &LogConfig, next_offset: i64) -> Result<bool, StorageError> {
+        let log_len = self
+            .log
+            .len()
+            .map_err(|e| StorageError::io(self.log.path(), e))?;
+        let max = cfg.max_index_entries();
+        let idx_bytes = match std::fs::read(self.path(INDEX_SUFFIX)) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(StorageError::io(self.path(INDEX_SUFFIX), e)),
+        };
+        let time_bytes = match std::fs::read(self.path(TIME_INDEX_SUFFIX)) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(StorageError::io(self.path(TIME_INDEX_SUFFIX), e)),
+        };
+        // The largest index offset bound makes an index claiming offsets beyond the segment fail.
+        let offset_index = match OffsetIndex::decode(self.base_offset, &idx_bytes, max, log_len) {
+            Ok(i) if i.last().is_none_or(|(o, _)| o < next_offset) => i,
+            Ok(_) => {
+                tracing::warn!(file = %self.path(INDEX_SUFFIX).display(), "index names offsets past the segment; rebuilding");
+                return Ok(false);
+            }
+            Err(e) => {
+                tracing::warn!(file = %self.path(INDEX_SUFFIX).display(), error = %e, "corrupt index; rebuilding");
+                return Ok(false);
+            }
+        };
+        let time_index = match TimeIndex::decode(self.base_offset, &time_bytes, max) {
+            Ok(t) if t.last().is_none_or(|(_, o)| o < next_offset) => t,
+            Ok(_) | Err(_) => {
+                tracing::warn!(file = %self.path(TIME_INDEX_SUFFIX).display(), "corrupt time index; rebuilding");
+                return Ok(false);
+            }
+        };
+        let mut st = self.st.borrow_mut();
+        st.reset(self.base_offset, cfg);
+        if let Some((ts, off)) = time_index.last() {
+            st.max_timestamp = ts;
+            st.offset_of_max_timestamp = off;
+        }
+        st.offset_index = offset_index;
+        st.time_index = time_index;
+        st.size = log_len;
+        st.reserved_size = log_len;
+        // For the last segment (no successor) `read_tail` finds the real end.
+        st.next_offset = if next_offset == i64::MAX {
+            st.offset_index
+                .last()
+                .map_or(self.base_offset, |(o, _)| o + 1)
+        } else {
+            next_offset
+        };
+        st.indexes_dirty = false;
+        if log_len > 0 {
+            st.rolling_base_timestamp = Some(st.max_timestamp);
+        }
+        Ok(true)
+    }
+
+    /// Walks batches after the last index entry to find the segment's next offset (Kafka's
+    /// `readNextOffset`) and its newest timestamps; used for a trusted last segment.
+    pub async fn read_tail(&self, cfg: &LogConfig) -> Result<(), StorageError> {
+        let (mut pos, limit) = {
+            let st = self.st.borrow();
+            (
+                st.offset_index.last().map_or(0, |(_, p)| u64::from(p)),
+                st.size,
+            )
+        };
+        let mut next = self.base_offset;
+        let mut max_ts = (-1i64, self.base_offset);
+        while pos < limit {
+            let h = self.read_header(pos, limit).await?;
+            next = h.next_offset();
+            if h.max_timestamp > max_ts.0 {
+                max_ts = (h.max_timestamp, h.last_offset());
+            }
+            pos += h.size() as u64;
+        }
+        let _ = cfg;
+        let mut st = self.st.borrow_mut();
+        st.next_offset = st.next_offset.max(next);
+        if max_ts.0 > st.max_timestamp {
+            st.max_timestamp = max_ts.0;
+            st.offset_of_max_timestamp = max_ts.1;
+        }
+        Ok(())
+    }
+
+    /// Cuts the segment at `position` (a batch boundary) whose first dropped offset is
+    /// `next_offset`; the caller makes it durable.
+    pub fn truncate_to(&self, position: u64, next_offset: i64) -> Result<(), StorageError> {
+        self.log
+            .set_len(position)
+            .map_err(|e| StorageError::io(self.log.path(), e))?;
+        let mut st = self.st.borrow_mut();
+        st.size = position;
+        st.reserved_size = position;
+        st.next_offset = next_offset;
+        let pos32 = u32::try_from(position).unwrap_or(u32::MAX);
+        st.offset_index.truncate_to_position(pos32);
+        st.time_index.truncate_to_offset(next_offset);
+        match st.time_index.last() {
+            Some((ts, off)) => {
+                st.max_timestamp = ts;
+                st.offset_of_max_timestamp = off;
+            }
+            None => {
+                st.max_timestamp = -1;
+                st.offset_of_max_timestamp = self.base_offset;
+            }
+        }
+        st.bytes_since_index_entry = 0;
+        if position == 0 {
+            st.rolling_base_timestamp = None;
+        }
+        st.indexes_dirty = true;
+        Ok(())
+    }
+
+    /// Writes both index files from memory (exact length) and optionally fsyncs them.
+    /// `final_entry` adds the newest timestamp to the time index first (Kafka does on roll).
+    pub async fn write_indexes(&self, final_entry: bool, sync: bool) -> Result<(), StorageError> {
+        let (idx, tidx) = {
+            let mut st = self.st.borrow_mut();
+            if final_entry && st.max_timestamp >= 0 {
+                let (ts, off) = (st.max_timestamp, st.offset_of_max_timestamp);
+                st.time_index.maybe_append(ts, off, true);
+            }
+            if !st.indexes_dirty && !final_entry {
+                return Ok(());
+            }
+            st.indexes_dirty = false;
+            (st.offset_index.encode(), st.time_index.encode())
+        };
+        for (suffix, bytes) in [(INDEX_SUFFIX, idx), (TIME_INDEX_SUFFIX, tidx)] {
+            let path = self.path(suffix);
+            let len = bytes.len() as u64;
+            let f = DiskFile::open_rw(&path, true).map_err(|e| StorageError::io(&path, e))?;
+            if !bytes.is_empty() {
+                f.write_vec_at(bytes, 0)
+                    .await
+                    .map_err(|e| StorageError::io(&path, e))?;
+            }
+            // Trims a preallocated or previously longer file to exactly its entries.
+            f.set_len(len).map_err(|e| StorageError::io(&path, e))?;
+            if sync {
+                f.sync_data()
+                    .await
+                    .map_err(|e| StorageError::io(&path, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the segment's files.
+    pub async fn delete_files(&self) -> Result<(), StorageError> {
+        for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+            let p = self.path(suffix);
+            remove_file_if_exists(&p)
+                .await
+                .map_err(|e| StorageError::io(&p, e))?;
+        }
+        Ok(())
+    }
+}
+
+impl SegmentState {
+    fn reset(&mut self, base_offset: i64, cfg: &LogConfig) {
+        let max = cfg.max_index_entries();
+        self.reserved_size = 0;
+        self.size = 0;
+        self.next_offset = base_offset;
+        self.offset_index = OffsetIndex::new(base_offset, max);
+        self.time_index = TimeIndex::new(base_offset, max);
+        self.bytes_since_index_entry = 0;
+        self.max_timestamp = -1;
+        self.offset_of_max_timestamp = base_offset;
+        self.rolling_base_timestamp = None;
+    }
+
+    fn note_batch(&mut self, position: u64, h: &BatchHeader, cfg: &LogConfig) {
+        if h.max_timestamp > self.max_timestamp {
+            self.max_timestamp = h.max_timestamp;
+            self.offset_of_max_timestamp = h.last_offset();
+        }
+        if self.rolling_base_timestamp.is_none() {
+            self.rolling_base_timestamp = Some(h.max_timestamp);
+        }
+        if self.bytes_since_index_entry > u64::from(cfg.index_interval_bytes) {
+            if let Ok(pos) = u32::try_from(position) {
+                self.offset_index.append(h.last_offset(), pos);
+            }
+            let (ts, off) = (self.max_timestamp, self.offset_of_max_timestamp);
+            self.time_index.maybe_append(ts, off, false);
+            self.bytes_since_index_entry = 0;
+        }
+        self.bytes_since_index_entry += h.size() as u64;
+        self.reserved_size = position + h.size() as u64;
+        self.next_offset = h.next_offset();
+        self.indexes_dirty = true;
+    }
+}
+
+/// Sequential reader over a file in large chunks, for recovery scans.
+struct ChunkReader<'a> {
+    file: &'a DiskFile,
+    file_len: u64,
+    buf: Vec<u8>,
+    buf_start: u64,
+}
+
+impl<'a> ChunkReader<'a> {
+    const CHUNK: usize = 1 << 20;
+
+    fn new(file: &'a DiskFile, file_len: u64) -> Self {
+        ChunkReader {
+            file,
+            file_len,
+            buf: Vec::new(),
+            buf_start: 0,
+        }
+    }
+
+    /// Up to `len` bytes at `pos` (fewer only at the end of the file); `pos` never decreases.
+    async fn get(&mut self, pos: u64, len: usize) -> Result<&[u8], StorageError> {
+        debug_assert!(pos >= self.buf_start);
+        let want_end = (pos + len as u64).min(self.file_len);
+        if want_end > self.buf_start + self.buf.len() as u64 {
+            let drop = ((pos - self.buf_start) as usize).min(self.buf.len());
+            self.buf.drain(..drop);
+            self.buf_start += drop as u64;
+            let read_pos = self.buf_start + self.buf.len() as u64;
+            let want = ((want_end - read_pos) as usize)
+                .max(Self::CHUNK)
+                .min((self.file_len - read_pos) as usize);
+            let more = self
+                .file
+                .read_at(want, read_pos)
+                .await
+                .map_err(|e| StorageError::io(self.file.path(), e))?;
+            self.buf.extend_from_slice(&more);
+        }
+        let from = ((pos - self.buf_start) as usize).min(self.buf.len());
+        let to = ((want_end.saturating_sub(self.buf_start)) as usize)
+            .min(self.buf.len())
+            .max(from);
+        Ok(&self.buf[from..to])
+    }
+}

@@ -1,0 +1,249 @@
+//! Start-up configuration, clean shutdown, crash and restart of the real `sluice` binary.
+
+#[path = "broker_support.rs"]
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use nix::sys::signal::Signal;
+use support::*;
+
+fn tn(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_string()))
+}
+
+fn partitions_of(c: &mut Client, topic: &str) -> (i16, usize, uuid::Uuid) {
+    let req = MetadataRequest::default()
+        .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default(
+        )
+        .with_name(Some(tn(topic)))]))
+        .with_allow_auto_topic_creation(true);
+    let r: MetadataResponse = c.request(12, &req);
+    (
+        r.topics[0].error_code,
+        r.topics[0].partitions.len(),
+        r.topics[0].topic_id,
+    )
+}
+
+fn produce_ok(c: &mut Client, topic: &str, p: i32, prefix: &str, n: usize) -> i64 {
+    let req = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![produce_request::TopicProduceData::default()
+            .with_name(tn(topic))
+            .with_partition_data(vec![
+                produce_request::PartitionProduceData::default()
+                    .with_index(p)
+                    .with_records(Some(batch(prefix, n, 1))),
+            ])]);
+    let r: ProduceResponse = c.request(9, &req);
+    let pr = &r.responses[0].partition_responses[0];
+    assert_eq!(pr.error_code, 0);
+    pr.base_offset
+}
+
+fn fetch_all(c: &mut Client, topic: &str, p: i32) -> Vec<String> {
+    let req = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(0)
+        .with_min_bytes(1)
+        .with_max_bytes(64 << 20)
+        .with_topics(vec![fetch_request::FetchTopic::default()
+            .with_topic(tn(topic))
+            .with_partitions(vec![fetch_request::FetchPartition::default()
+                .with_partition(p)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(64 << 20)])]);
+    let r: FetchResponse = c.request(11, &req);
+    let part = &r.responses[0].partitions[0];
+    assert_eq!(part.error_code, 0);
+    values(part.records.as_ref().unwrap())
+}
+
+fn expected(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+#[test]
+fn sigterm_shuts_down_cleanly_and_restart_keeps_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut b = Broker::start_in(&dir, &["--num-partitions", "4"], &[]);
+    let mut c = b.client();
+    let (_, n, id) = partitions_of(&mut c, "durable");
+    assert_eq!(n, 4);
+    for p in 0..4 {
+        produce_ok(&mut c, "durable", p, &format!("p{p}"), 50);
+    }
+    drop(c);
+    let status = b.stop_with(Signal::SIGTERM);
+    assert!(status.success(), "exit status {status}: {}", b.log());
+    assert!(b.log().contains("stopped"), "{}", b.log());
+
+    let b = Broker::start_in(&dir, &[], &[]);
+    let mut c = b.client();
+    let (err, n, id2) = partitions_of(&mut c, "durable");
+    assert_eq!((err, n, id2), (0, 4, id), "topic metadata survives restart");
+    for p in 0..4 {
+        assert_eq!(
+            fetch_all(&mut c, "durable", p),
+            expected(&format!("p{p}"), 50)
+        );
+    }
+    // Appends continue after the recovered end.
+    assert_eq!(produce_ok(&mut c, "durable", 0, "more", 1), 50);
+}
+
+#[test]
+fn sigint_with_open_idle_connection_exits_zero() {
+    let mut b = Broker::start(&[]);
+    let _idle = b.client();
+    let start = Instant::now();
+    let status = b.stop_with(Signal::SIGINT);
+    assert!(status.success(), "{status}: {}", b.log());
+    assert!(start.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn kill_9_then_restart_keeps_acknowledged_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut b = Broker::start_in(&dir, &["--set", "log.flush.interval.messages=1"], &[]);
+    let mut c = b.client();
+    partitions_of(&mut c, "crash");
+    for i in 0..20 {
+        produce_ok(&mut c, "crash", 0, &format!("b{i}"), 10);
+    }
+    let status = b.stop_with(Signal::SIGKILL);
+    assert!(!status.success());
+    let b = Broker::start_in(&dir, &["--set", "log.flush.interval.messages=1"], &[]);
+    let mut c = b.client();
+    let got = fetch_all(&mut c, "crash", 0);
+    let want: Vec<String> = (0..20)
+        .flat_map(|i| expected(&format!("b{i}"), 10))
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn config_precedence_flags_over_env_over_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("sluice.toml");
+    std::fs::write(
+        &cfg,
+        "num.partitions = 2\nauto.create.topics.enable = true\n[log]\nsegment.bytes = 1048576\n",
+    )
+    .unwrap();
+    let cfg_s = cfg.to_str().unwrap();
+
+    let b = Broker::start_in(&tmp.path().join("d1"), &["--config", cfg_s], &[]);
+    assert_eq!(partitions_of(&mut b.client(), "t").1, 2, "file value");
+    drop(b);
+    let b = Broker::start_in(
+        &tmp.path().join("d2"),
+        &["--config", cfg_s],
+        &[("SLUICE_NUM_PARTITIONS", "3")],
+    );
+    assert_eq!(partitions_of(&mut b.client(), "t").1, 3, "env beats file");
+    drop(b);
+    let b = Broker::start_in(
+        &tmp.path().join("d3"),
+        &["--config", cfg_s, "--num-partitions", "5"],
+        &[("SLUICE_NUM_PARTITIONS", "3")],
+    );
+    let mut c = b.client();
+    assert_eq!(partitions_of(&mut c, "t").1, 5, "flag beats env");
+    // The file's nested [log] table became log.segment.bytes, the topic default.
+    let r: DescribeConfigsResponse = c.request(
+        4,
+        &DescribeConfigsRequest::default().with_resources(vec![
+            describe_configs_request::DescribeConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from_static_str("t"))
+                .with_configuration_keys(Some(vec![StrBytes::from_static_str("segment.bytes")])),
+        ]),
+    );
+    let e = &r.results[0].configs[0];
+    assert_eq!(
+        e.value.as_ref().map(|v| v.to_string()),
+        Some("1048576".to_string())
+    );
+    assert_eq!(e.config_source, 4, "STATIC_BROKER_CONFIG");
+    // auto.create.topics.enable=false is honoured.
+    drop(c);
+    drop(b);
+    let b = Broker::start_in(
+        &tmp.path().join("d4"),
+        &["--set", "auto.create.topics.enable=false"],
+        &[],
+    );
+    assert_eq!(partitions_of(&mut b.client(), "t").0, 3);
+}
+
+fn run_expect_failure(args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap();
+    let pid = child.id();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(TIMEOUT);
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+    });
+    let out = child.wait_with_output().unwrap();
+    drop(killer);
+    assert!(!out.status.success(), "sluice accepted a bad config");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn bad_config_is_a_clear_error_naming_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("d");
+    let d = d.to_str().unwrap();
+    let port = format!("127.0.0.1:{}", free_port());
+    let cfg = tmp.path().join("bad.toml");
+    std::fs::write(&cfg, "num.partitions = \"lots\"\n").unwrap();
+    let err = run_expect_failure(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--data-dir",
+            d,
+            "--listen",
+            &port,
+        ],
+        &[],
+    );
+    assert!(err.contains("num.partitions"), "{err}");
+    let err = run_expect_failure(
+        &["--data-dir", d, "--listen", &port],
+        &[("SLUICE_LOG_SEGMENT_BYTES", "big")],
+    );
+    assert!(
+        err.contains("log.segment.bytes") || err.contains("segment.bytes"),
+        "{err}"
+    );
+    let err = run_expect_failure(&["--data-dir", d, "--listen", "nonsense"], &[]);
+    assert!(err.contains("listeners"), "{err}");
+    std::fs::write(&cfg, "this is not toml").unwrap();
+    let err = run_expect_failure(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--data-dir",
+            d,
+            "--listen",
+            &port,
+        ],
+        &[],
+    );
+    assert!(err.contains("TOML"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -1,0 +1,501 @@
+//! The broker over the Kafka protocol: ApiVersions, Metadata, Produce/Fetch, ListOffsets,
+//! long polling, acks=0, pipelining and the admin APIs, against the real `sluice` binary.
+
+#[path = "broker_support.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, StrBytes};
+use support::*;
+use uuid::Uuid;
+
+fn tn(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_string()))
+}
+
+fn metadata(c: &mut Client, version: i16, topics: &[&str], auto: bool) -> MetadataResponse {
+    let req = MetadataRequest::default()
+        .with_topics(Some(
+            topics
+                .iter()
+                .map(|t| metadata_request::MetadataRequestTopic::default().with_name(Some(tn(t))))
+                .collect(),
+        ))
+        .with_allow_auto_topic_creation(auto);
+    c.request(version, &req)
+}
+
+fn produce(
+    c: &mut Client,
+    version: i16,
+    acks: i16,
+    topic: &str,
+    partition: i32,
+    records: Bytes,
+) -> Option<ProduceResponse> {
+    let req = ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![produce_request::TopicProduceData::default()
+            .with_name(tn(topic))
+            .with_partition_data(vec![
+                produce_request::PartitionProduceData::default()
+                    .with_index(partition)
+                    .with_records(Some(records)),
+            ])]);
+    if acks == 0 {
+        c.send(version, &req);
+        None
+    } else {
+        Some(c.request(version, &req))
+    }
+}
+
+fn fetch_req(
+    topic: &str,
+    id: Uuid,
+    partition: i32,
+    offset: i64,
+    max_wait: i32,
+    min_bytes: i32,
+) -> FetchRequest {
+    FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(max_wait)
+        .with_min_bytes(min_bytes)
+        .with_max_bytes(50 * 1024 * 1024)
+        .with_topics(vec![fetch_request::FetchTopic::default()
+            .with_topic(tn(topic))
+            .with_topic_id(id)
+            .with_partitions(vec![fetch_request::FetchPartition::default()
+                .with_partition(partition)
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(1024 * 1024)])])
+}
+
+fn list_offset(c: &mut Client, topic: &str, partition: i32, ts: i64) -> (i16, i64, i64) {
+    let req = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
+            .with_name(tn(topic))
+            .with_partitions(vec![
+                list_offsets_request::ListOffsetsPartition::default()
+                    .with_partition_index(partition)
+                    .with_timestamp(ts),
+            ])]);
+    let resp: ListOffsetsResponse = c.request(7, &req);
+    let p = &resp.topics[0].partitions[0];
+    (p.error_code, p.offset, p.timestamp)
+}
+
+#[test]
+fn api_versions_and_unknown_version_fallback() {
+    let broker = Broker::start(&[]);
+    let mut c = broker.client();
+    for version in [0i16, 3] {
+        let resp: ApiVersionsResponse = c.request(
+            version,
+            &ApiVersionsRequest::default()
+                .with_client_software_name(StrBytes::from_static_str("test"))
+                .with_client_software_version(StrBytes::from_static_str("1")),
+        );
+        assert_eq!(resp.error_code, 0);
+        let keys: Vec<i16> = resp.api_keys.iter().map(|k| k.api_key).collect();
+        for k in [
+            ApiKey::Produce,
+            ApiKey::Fetch,
+            ApiKey::Metadata,
+            ApiKey::ListOffsets,
+            ApiKey::CreateTopics,
+        ] {
+            assert!(keys.contains(&(k as i16)), "{k:?} missing");
+        }
+        assert!(
+            !keys.contains(&(ApiKey::JoinGroup as i16)),
+            "group APIs must not be advertised"
+        );
+        assert!(resp.supported_features.is_empty());
+    }
+    // A version from the future: v0-format answer with UNSUPPORTED_VERSION and the list.
+    let mut frame = BytesMut::new();
+    let body = [
+        &18i16.to_be_bytes()[..],
+        &99i16.to_be_bytes(),
+        &42i32.to_be_bytes(),
+        &[0xff, 0xff],
+        &[0, 0, 0],
+    ]
+    .concat();
+    frame.put_i32(body.len() as i32);
+    frame.extend_from_slice(&body);
+    std::io::Write::write_all(&mut c.stream, &frame).unwrap();
+    let mut resp = c.read_frame().unwrap();
+    let header = ResponseHeader::decode(&mut resp, 0).unwrap();
+    assert_eq!(header.correlation_id, 42);
+    let v0 = ApiVersionsResponse::decode(&mut resp, 0).unwrap();
+    assert_eq!(v0.error_code, 35);
+    assert!(v0
+        .api_keys
+        .iter()
+        .any(|k| k.api_key == ApiKey::Fetch as i16));
+}
+
+#[test]
+fn metadata_auto_create_and_produce_fetch_round_trip() {
+    let broker = Broker::start(&["--num-partitions", "3"]);
+    let mut c = broker.client();
+    let md = metadata(&mut c, 12, &["orders"], true);
+    let t = &md.topics[0];
+    assert_eq!(t.error_code, 0);
+    assert_eq!(t.partitions.len(), 3);
+    assert!(!t.topic_id.is_nil());
+    assert_eq!(md.brokers[0].port as u16, broker.addr.port());
+    let id = t.topic_id;
+    // allow_auto_topic_creation=false leaves unknown topics unknown.
+    let md = metadata(&mut c, 12, &["nope"], false);
+    assert_eq!(md.topics[0].error_code, 3);
+
+    for p in 0..3 {
+        let first = batch(&format!("p{p}-a"), 5, 1_000);
+        let resp = produce(&mut c, 9, 1, "orders", p, first.clone()).unwrap();
+        let pr = &resp.responses[0].partition_responses[0];
+        assert_eq!((pr.error_code, pr.base_offset), (0, 0));
+        let second = batch(&format!("p{p}-b"), 3, 2_000);
+        let resp = produce(&mut c, 3, -1, "orders", p, second.clone()).unwrap();
+        assert_eq!(resp.responses[0].partition_responses[0].base_offset, 5);
+
+        // Old (by name) and new (by topic id, flexible) fetch versions see the same bytes.
+        for version in [4i16, 11, 12, 13, 16] {
+            let resp: FetchResponse = c.request(version, &fetch_req("orders", id, p, 0, 100, 1));
+            let part = &resp.responses[0].partitions[0];
+            assert_eq!(part.error_code, 0, "v{version}");
+            assert_eq!(part.high_watermark, 8);
+            let records = part.records.clone().unwrap();
+            // The first batch is stored byte for byte (its base offset was already 0).
+            assert_eq!(&records[..first.len()], &first[..], "v{version}");
+            assert_eq!(records.len(), first.len() + second.len(), "v{version} p{p}");
+            assert_eq!(offsets(&records), (0..8).collect::<Vec<i64>>());
+            let v = values(&records);
+            assert_eq!(v[0], format!("p{p}-a-0"));
+            assert_eq!(v[7], format!("p{p}-b-2"));
+        }
+        let resp: FetchResponse = c.request(12, &fetch_req("orders", id, p, 5, 0, 1));
+        assert_eq!(
+            offsets(resp.responses[0].partitions[0].records.as_ref().unwrap())[0],
+            5
+        );
+        let resp: FetchResponse = c.request(12, &fetch_req("orders", id, p, 6, 0, 1));
+        assert_eq!(
+            offsets(resp.responses[0].partitions[0].records.as_ref().unwrap())[0],
+            5,
+            "whole batch containing 6"
+        );
+        let resp: FetchResponse = c.request(12, &fetch_req("orders", id, p, 99, 0, 1));
+        assert_eq!(
+            resp.responses[0].partitions[0].error_code, 1,
+            "OFFSET_OUT_OF_RANGE"
+        );
+    }
+    let resp: FetchResponse = c.request(12, &fetch_req("missing", Uuid::nil(), 0, 0, 0, 1));
+    assert_eq!(resp.responses[0].partitions[0].error_code, 3);
+    // Produce of a corrupt batch is refused and does not advance the log.
+    let mut bad = BytesMut::from(&batch("x", 2, 0)[..]);
+    let last = bad.len() - 1;
+    bad[last] ^= 0xff;
+    let resp = produce(&mut c, 9, 1, "orders", 0, bad.freeze()).unwrap();
+    assert_ne!(resp.responses[0].partition_responses[0].error_code, 0);
+    assert_eq!(list_offset(&mut c, "orders", 0, -1).1, 8);
+}
+
+#[test]
+fn long_poll_waits_for_data_or_timeout() {
+    let broker = Broker::start(&[]);
+    let mut c = broker.client();
+    let id = metadata(&mut c, 12, &["lp"], true).topics[0].topic_id;
+    // Nothing to read: the fetch waits max_wait_ms, then answers empty.
+    let start = Instant::now();
+    let resp: FetchResponse = c.request(12, &fetch_req("lp", id, 0, 0, 600, 1));
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500),
+        "returned after {waited:?}"
+    );
+    assert!(waited < Duration::from_secs(5), "returned after {waited:?}");
+    assert_eq!(
+        resp.responses[0].partitions[0]
+            .records
+            .as_ref()
+            .map(|r| r.len()),
+        Some(0)
+    );
+
+    // A produce from another connection wakes the waiting fetch well before max_wait_ms.
+    let addr = broker.addr;
+    let producer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        let mut p = Client::connect(addr);
+        produce(&mut p, 9, 1, "lp", 0, batch("late", 2, 5)).unwrap()
+    });
+    let start = Instant::now();
+    let resp: FetchResponse = c.request(12, &fetch_req("lp", id, 0, 0, 10_000, 1));
+    let waited = start.elapsed();
+    producer.join().unwrap();
+    assert!(
+        waited < Duration::from_secs(5),
+        "not woken by the append: {waited:?}"
+    );
+    assert_eq!(
+        values(resp.responses[0].partitions[0].records.as_ref().unwrap()),
+        vec!["late-0", "late-1"]
+    );
+}
+
+#[test]
+fn acks_zero_sends_no_response_and_pipelined_responses_keep_order() {
+    let broker = Broker::start(&[]);
+    let mut c = broker.client();
+    metadata(&mut c, 12, &["quiet"], true);
+    for i in 0..10 {
+        produce(&mut c, 9, 0, "quiet", 0, batch(&format!("q{i}"), 1, 0));
+    }
+    // The next response on the connection is the ListOffsets one: acks=0 produced none.
+    assert_eq!(list_offset(&mut c, "quiet", 0, -1), (0, 10, -1));
+
+    // 40 pipelined requests of mixed kinds, written before any response is read.
+    let mut expected = Vec::new();
+    for i in 0..40 {
+        if i % 2 == 0 {
+            let req = MetadataRequest::default().with_topics(Some(vec![]));
+            expected.push((0, c.send(12, &req)));
+        } else {
+            let req = fetch_req("quiet", Uuid::nil(), 0, 0, 0, 1);
+            expected.push((1, c.send(12, &req)));
+        }
+    }
+    for (kind, cid) in expected {
+        if kind == 0 {
+            c.recv::<MetadataRequest>(12, cid);
+        } else {
+            let r = c.recv::<FetchRequest>(12, cid);
+            assert_eq!(
+                offsets(r.responses[0].partitions[0].records.as_ref().unwrap()).len(),
+                10
+            );
+        }
+    }
+}
+
+#[test]
+fn list_offsets_earliest_latest_and_by_timestamp() {
+    let broker = Broker::start(&[]);
+    let mut c = broker.client();
+    metadata(&mut c, 12, &["times"], true);
+    produce(&mut c, 9, 1, "times", 0, batch("a", 3, 1_000)); // ts 1000..1002, offsets 0..2
+    produce(&mut c, 9, 1, "times", 0, batch("b", 3, 5_000)); // ts 5000..5002, offsets 3..5
+    assert_eq!(list_offset(&mut c, "times", 0, -2), (0, 0, -1));
+    assert_eq!(list_offset(&mut c, "times", 0, -1), (0, 6, -1));
+    let base = now_ms() - 3_600_000; // the helper's batch base timestamp, give or take
+    let (err, off, ts) = list_offset(&mut c, "times", 0, base + 3_000);
+    assert_eq!((err, off), (0, 3));
+    assert!(ts >= base + 3_000);
+    assert_eq!(list_offset(&mut c, "times", 0, now_ms()).1, -1);
+    assert_eq!(list_offset(&mut c, "nosuch", 0, -1).0, 3);
+}
+
+#[test]
+fn admin_apis() {
+    let broker = Broker::start(&[]);
+    let mut c = broker.client();
+    let create = |topics: Vec<(&str, i32, Vec<(&str, &str)>)>, validate_only: bool| {
+        CreateTopicsRequest::default()
+            .with_timeout_ms(5000)
+            .with_validate_only(validate_only)
+            .with_topics(
+                topics
+                    .into_iter()
+                    .map(|(n, p, cfg)| {
+                        create_topics_request::CreatableTopic::default()
+                            .with_name(tn(n))
+                            .with_num_partitions(p)
+                            .with_replication_factor(-1)
+                            .with_configs(
+                                cfg.into_iter()
+                                    .map(|(k, v)| {
+                                        create_topics_request::CreatableTopicConfig::default()
+                                            .with_name(StrBytes::from_string(k.into()))
+                                            .with_value(Some(StrBytes::from_string(v.into())))
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect(),
+            )
+    };
+    let r: CreateTopicsResponse = c.request(7, &create(vec![("dry", 2, vec![])], true));
+    assert_eq!(r.topics[0].error_code, 0);
+    assert!(
+        metadata(&mut c, 12, &["dry"], false).topics[0].error_code == 3,
+        "validate_only must not create"
+    );
+
+    let r: CreateTopicsResponse = c.request(
+        7,
+        &create(
+            vec![
+                ("a1", 2, vec![("retention.ms", "60000")]),
+                ("a2", -1, vec![]),
+                ("bad/name", 1, vec![]),
+                ("a3", 1, vec![("retention.ms", "soon")]),
+            ],
+            false,
+        ),
+    );
+    let codes: Vec<i16> = r.topics.iter().map(|t| t.error_code).collect();
+    assert_eq!(codes, vec![0, 0, 17, 40]);
+    assert_eq!(r.topics[1].num_partitions, 1, "-1 means num.partitions");
+    let r: CreateTopicsResponse = c.request(7, &create(vec![("a1", 1, vec![])], false));
+    assert_eq!(r.topics[0].error_code, 36, "TOPIC_ALREADY_EXISTS");
+
+    let r: CreatePartitionsResponse = c.request(
+        3,
+        &CreatePartitionsRequest::default()
+            .with_timeout_ms(5000)
+            .with_topics(vec![
+                create_partitions_request::CreatePartitionsTopic::default()
+                    .with_name(tn("a1"))
+                    .with_count(4),
+                create_partitions_request::CreatePartitionsTopic::default()
+                    .with_name(tn("a2"))
+                    .with_count(1),
+            ]),
+    );
+    assert_eq!(
+        r.results.iter().map(|x| x.error_code).collect::<Vec<_>>(),
+        vec![0, 37]
+    );
+    assert_eq!(
+        metadata(&mut c, 12, &["a1"], false).topics[0]
+            .partitions
+            .len(),
+        4
+    );
+    assert_eq!(
+        produce(&mut c, 9, 1, "a1", 3, batch("new", 1, 0))
+            .unwrap()
+            .responses[0]
+            .partition_responses[0]
+            .error_code,
+        0
+    );
+
+    let describe = |c: &mut Client, topic: &str| -> Vec<(String, String, i8)> {
+        let r: DescribeConfigsResponse = c.request(
+            4,
+            &DescribeConfigsRequest::default().with_resources(vec![
+                describe_configs_request::DescribeConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(StrBytes::from_string(topic.into())),
+            ]),
+        );
+        assert_eq!(r.results[0].error_code, 0);
+        r.results[0]
+            .configs
+            .iter()
+            .map(|e| {
+                (
+                    e.name.to_string(),
+                    e.value.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+                    e.config_source,
+                )
+            })
+            .collect()
+    };
+    let cfg = describe(&mut c, "a1");
+    assert!(
+        cfg.contains(&("retention.ms".into(), "60000".into(), 1)),
+        "{cfg:?}"
+    );
+    assert!(cfg
+        .iter()
+        .any(|(k, v, _)| k == "segment.bytes" && v == "1073741824"));
+
+    let alter = |c: &mut Client, topic: &str, key: &str, op: i8, value: Option<&str>| -> i16 {
+        let r: IncrementalAlterConfigsResponse = c.request(
+            1,
+            &IncrementalAlterConfigsRequest::default().with_resources(vec![
+                incremental_alter_configs_request::AlterConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(StrBytes::from_string(topic.into()))
+                    .with_configs(vec![
+                        incremental_alter_configs_request::AlterableConfig::default()
+                            .with_name(StrBytes::from_string(key.into()))
+                            .with_config_operation(op)
+                            .with_value(value.map(|v| StrBytes::from_string(v.into()))),
+                    ]),
+            ]),
+        );
+        r.responses[0].error_code
+    };
+    assert_eq!(alter(&mut c, "a1", "segment.bytes", 0, Some("1048576")), 0);
+    assert_eq!(alter(&mut c, "a1", "retention.ms", 1, None), 0);
+    assert_eq!(alter(&mut c, "a1", "retention.ms", 0, Some("-7")), 40);
+    assert_eq!(alter(&mut c, "nosuch", "retention.ms", 0, Some("1")), 3);
+    let cfg = describe(&mut c, "a1");
+    assert!(
+        cfg.contains(&("segment.bytes".into(), "1048576".into(), 1)),
+        "{cfg:?}"
+    );
+    assert!(
+        cfg.iter()
+            .any(|(k, _, src)| k == "retention.ms" && *src == 5),
+        "{cfg:?}"
+    );
+
+    let r: DescribeClusterResponse = c.request(1, &DescribeClusterRequest::default());
+    assert_eq!(r.brokers.len(), 1);
+    assert_eq!(r.brokers[0].port as u16, broker.addr.port());
+    assert!(!r.cluster_id.is_empty());
+
+    // Delete by name (v4) and by id (v6).
+    let a2_id = metadata(&mut c, 12, &["a2"], false).topics[0].topic_id;
+    let r: DeleteTopicsResponse = c.request(
+        4,
+        &DeleteTopicsRequest::default()
+            .with_topic_names(vec![tn("a1"), tn("ghost")])
+            .with_timeout_ms(5000),
+    );
+    assert_eq!(
+        r.responses.iter().map(|x| x.error_code).collect::<Vec<_>>(),
+        vec![0, 3]
+    );
+    let r: DeleteTopicsResponse = c.request(
+        6,
+        &DeleteTopicsRequest::default()
+            .with_topics(vec![
+                delete_topics_request::DeleteTopicState::default().with_topic_id(a2_id)
+            ])
+            .with_timeout_ms(5000),
+    );
+    assert_eq!(r.responses[0].error_code, 0);
+    assert_eq!(
+        r.responses[0].name.as_ref().map(|n| n.to_string()),
+        Some("a2".to_string())
+    );
+    let md = metadata(&mut c, 12, &["a1", "a2"], false);
+    assert!(md.topics.iter().all(|t| t.error_code == 3));
+    assert!(
+        !broker.data_dir.join("a1-0").exists(),
+        "partition directory removed"
+    );
+    assert!(
+        !broker.data_dir.join("a2-0").exists(),
+        "partition directory removed"
+    );
+    // Recreating the name starts an empty log with a new id.
+    let r: CreateTopicsResponse = c.request(7, &create(vec![("a1", 1, vec![])], false));
+    assert_eq!(r.topics[0].error_code, 0);
+    assert_eq!(list_offset(&mut c, "a1", 0, -1), (0, 0, -1));
+}

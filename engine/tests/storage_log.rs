@@ -1,0 +1,537 @@
+//! End-to-end tests of `PartitionLog` on a real io_uring runtime and a temp directory.
+
+use std::path::Path;
+use std::rc::Rc;
+
+use bytes::BytesMut;
+use sluice::io::runtime::{block_on, spawn};
+use sluice::storage::record_batch::builder::{build_batch, BatchSpec};
+use sluice::storage::record_batch::{validate_batch, BatchIter};
+use sluice::storage::{
+    AppendError, FlushPolicy, LogConfig, PartitionLog, ReadError, TimestampType,
+};
+
+fn batch(values: &[&[u8]], ts: i64) -> BytesMut {
+    BytesMut::from(
+        &build_batch(
+            &BatchSpec {
+                base_timestamp: ts,
+                ..Default::default()
+            },
+            values,
+        )[..],
+    )
+}
+
+fn follower_batch(base: i64, epoch: i32, n: usize) -> BytesMut {
+    let vals: Vec<Vec<u8>> = (0..n)
+        .map(|i| format!("f{base}-{i}").into_bytes())
+        .collect();
+    let refs: Vec<&[u8]> = vals.iter().map(|v| &v[..]).collect();
+    let spec = BatchSpec {
+        base_offset: base,
+        partition_leader_epoch: epoch,
+        base_timestamp: 1000 + base,
+        ..Default::default()
+    };
+    BytesMut::from(&build_batch(&spec, &refs)[..])
+}
+
+async fn read_all(log: &PartitionLog, from: i64) -> Vec<(i64, i64, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut next = from;
+    loop {
+        let r = log.read(next, 1 << 20, i64::MAX, true).await.unwrap();
+        let Some(slice) = r.slice else { break };
+        let bytes = slice.read_to_vec().await.unwrap();
+        for item in BatchIter::new(&bytes) {
+            let (pos, h) = item.unwrap();
+            out.push((
+                h.base_offset,
+                h.last_offset(),
+                bytes[pos..pos + h.size()].to_vec(),
+            ));
+            next = h.next_offset();
+        }
+    }
+    out
+}
+
+fn small_config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 1024,
+        index_interval_bytes: 100,
+        retention_ms: -1,
+        ..LogConfig::default()
+    }
+}
+
+#[test]
+fn append_read_and_clean_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("topic-0");
+    block_on(async {
+        let log = PartitionLog::open(dir.clone(), LogConfig::default())
+            .await
+            .unwrap();
+        assert_eq!((log.log_start_offset(), log.log_end_offset()), (0, 0));
+        let a = log
+            .append_leader(batch(&[b"a", b"b", b"c"], 100), 5, 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            (a.first_offset, a.last_offset, a.record_count, a.batch_count),
+            (0, 2, 3, 1)
+        );
+        assert_eq!(a.log_append_time_ms, -1);
+        let mut two = batch(&[b"d"], 200);
+        two.extend_from_slice(&batch(&[b"e", b"f"], 300));
+        let b = log.append_leader(two, 5, 2).await.unwrap();
+        assert_eq!(
+            (
+                b.first_offset,
+                b.last_offset,
+                b.batch_count,
+                b.max_timestamp
+            ),
+            (3, 5, 2, 301)
+        );
+        assert_eq!(log.log_end_offset(), 6);
+        assert_eq!(log.latest_epoch(), Some(5));
+
+        let batches = read_all(&log, 0).await;
+        assert_eq!(
+            batches.iter().map(|b| (b.0, b.1)).collect::<Vec<_>>(),
+            vec![(0, 2), (3, 3), (4, 5)]
+        );
+        for (_, _, bytes) in &batches {
+            assert_eq!(validate_batch(bytes).unwrap().partition_leader_epoch, 5);
+        }
+        // From the middle of a batch: the whole batch comes back.
+        let r = log.read(4, 1 << 20, i64::MAX, true).await.unwrap();
+        let v = r.slice.unwrap().read_to_vec().await.unwrap();
+        assert_eq!(validate_batch(&v).unwrap().base_offset, 4);
+        // Upper bound excludes batches reaching it; max_bytes limits to whole batches.
+        let r = log.read(0, 1 << 20, 4, true).await.unwrap();
+        let v = r.slice.unwrap().read_to_vec().await.unwrap();
+        assert_eq!(BatchIter::new(&v).count(), 2);
+        let first_len = batches[0].2.len() as u32;
+        let r = log.read(0, first_len + 1, i64::MAX, true).await.unwrap();
+        assert_eq!(r.slice.unwrap().len(), first_len);
+        let r = log.read(0, 1, i64::MAX, true).await.unwrap();
+        assert_eq!(
+            r.slice.unwrap().len(),
+            first_len,
+            "min_one_batch returns one whole batch"
+        );
+        assert!(log
+            .read(0, 1, i64::MAX, false)
+            .await
+            .unwrap()
+            .slice
+            .is_none());
+        assert!(log
+            .read(6, 100, i64::MAX, true)
+            .await
+            .unwrap()
+            .slice
+            .is_none());
+        assert!(matches!(
+            log.read(7, 100, i64::MAX, true).await,
+            Err(ReadError::OffsetOutOfRange { log_end: 6, .. })
+        ));
+        log.close().await.unwrap();
+        assert!(dir.join(".sluice_cleanshutdown").exists());
+
+        let log = PartitionLog::open(dir.clone(), LogConfig::default())
+            .await
+            .unwrap();
+        assert!(!dir.join(".sluice_cleanshutdown").exists());
+        assert_eq!(log.log_end_offset(), 6);
+        assert_eq!(log.latest_epoch(), Some(5));
+        assert_eq!(read_all(&log, 0).await, batches);
+        let c = log.append_leader(batch(&[b"g"], 400), 6, 3).await.unwrap();
+        assert_eq!(c.first_offset, 6);
+        assert_eq!(log.end_offset_for_epoch(5), Some((5, 6)));
+        assert_eq!(log.end_offset_for_epoch(6), Some((6, 7)));
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn bad_input_is_rejected_and_nothing_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    block_on(async {
+        let log = PartitionLog::open(tmp.path().join("t-0"), LogConfig::default())
+            .await
+            .unwrap();
+        log.append_leader(batch(&[b"ok"], 1), 0, 1).await.unwrap();
+        let size = log.size_bytes();
+        let good = batch(&[b"x", b"y"], 1);
+        let mut corrupt = good.clone();
+        let n = corrupt.len();
+        corrupt[n - 1] ^= 0xff;
+        let mut good_then_bad = good.clone();
+        good_then_bad.extend_from_slice(&corrupt);
+        let cases: Vec<(BytesMut, i16)> = vec![
+            (corrupt, 2),
+            (good_then_bad, 2),
+            (BytesMut::from(&good[..good.len() - 3]), 2),
+            (
+                BytesMut::from(&b"\x00\x00\x00\x00\x00\x00\x00\x00\x7f\xff\xff\xff"[..]),
+                2,
+            ),
+            (
+                BytesMut::from(&b"\x00\x00\x00\x00\x00\x00\x00\x00\xff\xff\xff\xf0"[..]),
+                2,
+            ),
+        ];
+        for (records, code) in cases {
+            let err = log.append_leader(records, 0, 1).await.unwrap_err();
+            assert_eq!(err.kafka_error_code(), code, "{err}");
+        }
+        let big = LogConfig {
+            max_message_bytes: 10,
+            ..LogConfig::default()
+        };
+        log.set_config(big);
+        assert!(matches!(
+            log.append_leader(good.clone(), 0, 1).await,
+            Err(AppendError::RecordTooLarge { .. })
+        ));
+        log.set_config(LogConfig::default());
+        assert_eq!(log.size_bytes(), size);
+        assert_eq!(log.log_end_offset(), 1);
+        let info = log.append_leader(BytesMut::new(), 0, 1).await.unwrap();
+        assert_eq!((info.first_offset, info.record_count), (-1, 0));
+    });
+}
+
+#[test]
+fn log_append_time_rewrites_timestamp_and_crc() {
+    let tmp = tempfile::tempdir().unwrap();
+    block_on(async {
+        let cfg = LogConfig {
+            message_timestamp_type: TimestampType::LogAppendTime,
+            ..LogConfig::default()
+        };
+        let log = PartitionLog::open(tmp.path().join("t-0"), cfg)
+            .await
+            .unwrap();
+        let info = log
+            .append_leader(batch(&[b"a"], 5), 0, 123_456)
+            .await
+            .unwrap();
+        assert_eq!(info.log_append_time_ms, 123_456);
+        let got = read_all(&log, 0).await;
+        let h = validate_batch(&got[0].2).unwrap();
+        assert_eq!(h.max_timestamp, 123_456);
+        assert_eq!(h.timestamp_type(), TimestampType::LogAppendTime);
+    });
+}
+
+#[test]
+fn rolls_segments_and_reads_across_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t-0");
+    block_on(async {
+        let log = PartitionLog::open(dir.clone(), small_config())
+            .await
+            .unwrap();
+        let payload = [7u8; 100];
+        for i in 0..40 {
+            log.append_leader(batch(&[&payload, &payload], i), 1, i)
+                .await
+                .unwrap();
+        }
+        assert!(log.segment_count() > 5, "{} segments", log.segment_count());
+        let all = read_all(&log, 0).await;
+        assert_eq!(all.len(), 40);
+        for (i, b) in all.iter().enumerate() {
+            assert_eq!(b.0, 2 * i as i64);
+        }
+        for o in [0, 1, 17, 39, 40, 79] {
+            let r = log.read(o, 1, i64::MAX, true).await.unwrap();
+            let h = validate_batch(&r.slice.unwrap().read_to_vec().await.unwrap()).unwrap();
+            assert!(h.base_offset <= o && o <= h.last_offset());
+        }
+        // Batch i holds offsets 2i, 2i+1 with timestamps i, i+1.
+        assert_eq!(log.offset_for_timestamp(10).await.unwrap(), Some((19, 10)));
+        assert_eq!(log.offset_for_timestamp(-5).await.unwrap(), Some((0, 0)));
+        assert_eq!(log.offset_for_timestamp(1000).await.unwrap(), None);
+        for base in log.segment_base_offsets() {
+            assert!(dir.join(format!("{base:020}.log")).exists());
+        }
+        log.close().await.unwrap();
+        let log = PartitionLog::open(dir.clone(), small_config())
+            .await
+            .unwrap();
+        assert_eq!(read_all(&log, 0).await, all);
+        assert_eq!(log.offset_for_timestamp(10).await.unwrap(), Some((19, 10)));
+    });
+}
+
+#[test]
+fn unclean_reopen_truncates_torn_tail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t-0");
+    block_on(async {
+        let log = PartitionLog::open(dir.clone(), small_config())
+            .await
+            .unwrap();
+        for i in 0..20 {
+            log.append_leader(batch(&[b"hello world, this is a record"], i), 2, i)
+                .await
+                .unwrap();
+        }
+        log.flush().await.unwrap();
+        assert_eq!(log.durable_offset(), 20);
+        let all = read_all(&log, 0).await;
+        let bases = log.segment_base_offsets();
+        drop(log);
+        // A torn write: half of a batch at the end of the active segment.
+        let active = dir.join(format!("{:020}.log", bases[bases.len() - 1]));
+        let torn = build_batch(
+            &BatchSpec {
+                base_offset: 20,
+                ..Default::default()
+            },
+            &[b"torn"],
+        );
+        append_bytes(&active, &torn[..torn.len() / 2]);
+        let log = PartitionLog::open(dir.clone(), small_config())
+            .await
+            .unwrap();
+        assert_eq!(log.log_end_offset(), 20);
+        assert_eq!(read_all(&log, 0).await, all);
+        let info = log
+            .append_leader(batch(&[b"after"], 99), 2, 99)
+            .await
+            .unwrap();
+        assert_eq!(info.first_offset, 20);
+        drop(log);
+        // Deleted indexes are rebuilt.
+        for base in &bases {
+            let _ = std::fs::remove_file(dir.join(format!("{base:020}.index")));
+        }
+        let log = PartitionLog::open(dir.clone(), small_config())
+            .await
+            .unwrap();
+        assert_eq!(log.log_end_offset(), 21);
+        assert_eq!(read_all(&log, 0).await.len(), 21);
+    });
+}
+
+fn append_bytes(path: &Path, bytes: &[u8]) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+#[test]
+fn follower_append_truncate_and_epochs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t-0");
+    block_on(async {
+        let log = PartitionLog::open(dir.clone(), small_config())
+            .await
+            .unwrap();
+        let mut off = 0;
+        for (epoch, n) in [(1, 3), (1, 2), (3, 4), (4, 1), (4, 5)] {
+            let info = log
+                .append_follower(follower_batch(off, epoch, n))
+                .await
+                .unwrap();
+            assert_eq!(info.first_offset, off);
+            off += n as i64;
+        }
+        assert_eq!(log.log_end_offset(), 15);
+        assert_eq!(log.epoch_entries(), vec![(1, 0), (3, 5), (4, 9)]);
+        assert_eq!(log.end_offset_for_epoch(2), Some((1, 5)));
+        assert!(matches!(
+            log.append_follower(follower_batch(14, 4, 1)).await,
+            Err(AppendError::NonContiguous {
+                expected: 15,
+                got: 14
+            })
+        ));
+        assert!(matches!(
+            log.append_follower(follower_batch(16, 4, 1)).await,
+            Err(AppendError::NonContiguous {
+                expected: 15,
+                got: 16
+            })
+        ));
+
+        // Truncating mid-batch drops the whole batch.
+        log.truncate_to(7).await.unwrap();
+        assert_eq!(log.log_end_offset(), 5);
+        assert_eq!(log.epoch_entries(), vec![(1, 0)]);
+        assert_eq!(read_all(&log, 0).await.len(), 2);
+        log.append_follower(follower_batch(5, 6, 2)).await.unwrap();
+        assert_eq!(log.epoch_entries(), vec![(1, 0), (6, 5)]);
+        drop(log);
+        // Unclean reopen keeps the truncation.
+        let log = PartitionLog::open(dir.clone(), small_config())
+            .await
+            .unwrap();
+        assert_eq!(log.log_end_offset(), 7);
+        assert_eq!(log.epoch_entries(), vec![(1, 0), (6, 5)]);
+        log.truncate_fully_and_start_at(100).await.unwrap();
+        assert_eq!((log.log_start_offset(), log.log_end_offset()), (100, 100));
+        assert_eq!(log.latest_epoch(), None);
+        assert!(matches!(
+            log.read(5, 100, i64::MAX, true).await,
+            Err(ReadError::OffsetOutOfRange { .. })
+        ));
+        log.append_follower(follower_batch(100, 7, 2))
+            .await
+            .unwrap();
+        log.close().await.unwrap();
+        let log = PartitionLog::open(dir.clone(), small_config())
+            .await
+            .unwrap();
+        assert_eq!((log.log_start_offset(), log.log_end_offset()), (100, 102));
+        assert_eq!(log.segment_base_offsets(), vec![100]);
+    });
+}
+
+#[test]
+fn concurrent_appends_group_commit() {
+    let tmp = tempfile::tempdir().unwrap();
+    block_on(async {
+        let cfg = LogConfig {
+            flush: FlushPolicy::EveryAppend,
+            ..LogConfig::default()
+        };
+        let log = Rc::new(
+            PartitionLog::open(tmp.path().join("t-0"), cfg)
+                .await
+                .unwrap(),
+        );
+        let mut handles = Vec::new();
+        for t in 0..16 {
+            let log = log.clone();
+            handles.push(spawn(async move {
+                let mut offs = Vec::new();
+                for i in 0..10 {
+                    let v = format!("{t}-{i}");
+                    let info = log
+                        .append_leader(batch(&[v.as_bytes(), b"x"], i), 0, i)
+                        .await
+                        .unwrap();
+                    assert!(log.durable_offset() > info.last_offset);
+                    offs.push(info.first_offset);
+                }
+                offs
+            }));
+        }
+        let mut all = Vec::new();
+        for h in handles {
+            all.extend(h.await.unwrap());
+        }
+        all.sort_unstable();
+        assert_eq!(all, (0..160).map(|i| i * 2).collect::<Vec<_>>());
+        assert_eq!(log.durable_offset(), 320);
+        assert_eq!(read_all(&log, 0).await.len(), 160);
+    });
+}
+
+#[test]
+fn retention_and_delete_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t-0");
+    block_on(async {
+        let log = PartitionLog::open(dir.clone(), small_config())
+            .await
+            .unwrap();
+        let payload = [1u8; 200];
+        for i in 0..30 {
+            log.append_leader(batch(&[&payload], i * 1000), 0, i)
+                .await
+                .unwrap();
+        }
+        let segs = log.segment_base_offsets();
+        assert!(segs.len() >= 5);
+        let new_start = log.delete_records_before(segs[1] + 1).await.unwrap();
+        assert_eq!(new_start, segs[1] + 1);
+        assert_eq!(log.segment_base_offsets()[0], segs[1]);
+        assert!(matches!(
+            log.read(segs[1], 100, i64::MAX, true).await,
+            Err(ReadError::OffsetOutOfRange { .. })
+        ));
+        assert!(log
+            .read(segs[1] + 1, 100, i64::MAX, true)
+            .await
+            .unwrap()
+            .slice
+            .is_some());
+        assert!(!dir.join(format!("{:020}.log", segs[0])).exists());
+
+        // retention.ms: everything older than the cut-off, never the active segment.
+        let cfg = LogConfig {
+            retention_ms: 10_000,
+            ..small_config()
+        };
+        log.set_config(cfg);
+        let out = log.enforce_retention(29_000 + 10_001).await.unwrap();
+        assert!(out.deleted_segments >= 1);
+        assert_eq!(log.segment_count(), 1);
+        assert_eq!(out.log_start_offset, *segs.last().unwrap());
+        // retention.bytes keeps at least that many bytes.
+        for i in 30..60 {
+            log.append_leader(batch(&[&payload], i * 1000), 0, i)
+                .await
+                .unwrap();
+        }
+        log.set_config(LogConfig {
+            retention_bytes: 1000,
+            ..small_config()
+        });
+        log.enforce_retention(0).await.unwrap();
+        assert!(
+            log.size_bytes() >= 1000 && log.size_bytes() < 1000 + 1024,
+            "{}",
+            log.size_bytes()
+        );
+        let start = log.log_start_offset();
+        log.close().await.unwrap();
+        let log = PartitionLog::open(dir.clone(), small_config())
+            .await
+            .unwrap();
+        assert_eq!(log.log_start_offset(), start);
+        assert_eq!(log.log_end_offset(), 60);
+    });
+}
+
+#[test]
+fn time_based_roll() {
+    let tmp = tempfile::tempdir().unwrap();
+    block_on(async {
+        let cfg = LogConfig {
+            segment_ms: 1000,
+            ..LogConfig::default()
+        };
+        let log = PartitionLog::open(tmp.path().join("t-0"), cfg)
+            .await
+            .unwrap();
+        assert!(
+            !log.roll_if_due(10_000_000_000_000).await.unwrap(),
+            "empty segment never rolls"
+        );
+        log.append_leader(batch(&[b"a"], 5_000), 0, 5_000)
+            .await
+            .unwrap();
+        assert!(!log.roll_if_due(5_500).await.unwrap());
+        assert!(log.roll_if_due(6_001).await.unwrap());
+        assert_eq!(log.segment_base_offsets(), vec![0, 1]);
+        // An append whose time is past segment.ms also rolls.
+        log.append_leader(batch(&[b"b"], 7_000), 0, 7_000)
+            .await
+            .unwrap();
+        log.append_leader(batch(&[b"c"], 9_000), 0, 9_000)
+            .await
+            .unwrap();
+        assert_eq!(log.segment_base_offsets(), vec![0, 1, 2]);
+    });
+}
