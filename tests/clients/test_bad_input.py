@@ -64,6 +64,8 @@ CASES = {
     "negative-api-key": (kw.request(-7, 0, 6), False, {"answered", "closed"}),
     "metadata-unsupported-version": (kw.request(kw.METADATA, 999, 6, kw.metadata_body_v1(None)), False, {"answered", "closed"}),
     "metadata-array-count-without-elements": (kw.request(kw.METADATA, 1, 6, kw.i32(5)), False, {"answered", "closed"}),
+    # An 18-byte frame whose array length claims 2^31-1 topics: must not be trusted for allocation.
+    "metadata-huge-array-count": (kw.request(kw.METADATA, 1, 6, kw.i32(0x7FFFFFFF)), False, {"answered", "closed"}),
     "metadata-string-length-past-frame": (kw.request(kw.METADATA, 1, 6, kw.i32(1) + kw.i16(30000) + b"ab"), False, {"answered", "closed"}),
     "client-id-length-past-frame": (kw.frame(kw.i16(kw.API_VERSIONS) + kw.i16(0) + kw.i32(6) + kw.i16(500) + b"abc"), False, {"answered", "closed"}),
     "produce-garbage-body": (kw.request(kw.PRODUCE, 3, 6, _rand(100, 300)), False, {"answered", "closed"}),
