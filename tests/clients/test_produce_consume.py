@@ -3,6 +3,7 @@ consumers by assign/seek and by timestamp, watermarks, and compressed batches on
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 
 import pytest
@@ -224,3 +225,69 @@ def test_compressed_batches_pass_through(broker, topic_name, client, codec, code
         assert b.record_count == b.last_offset_delta + 1
         expect += b.record_count
     assert expect == len(msgs)
+
+
+def test_message_size_limits(broker, topic_name):
+    """A 900 KB message round-trips; a message above the topic's max.message.bytes (set at
+    creation) is refused with MSG_SIZE_TOO_LARGE and not stored."""
+    from confluent_kafka import KafkaError, Producer
+
+    ck_create_topic(broker.bootstrap, topic_name, 1)
+    big = make_messages(1, 1, seed=71)[0]
+    big = dataclasses.replace(big, value=bytes(range(256)) * 3500)  # 896,000 bytes
+    ck_produce(broker.bootstrap, topic_name, [big], acks="all")
+    got = ck_consume(broker.bootstrap, topic_name, [0], 1)
+    assert_identical([big], got, "900 KB message")
+
+    small = f"{topic_name}-small"
+    ck_create_topic(broker.bootstrap, small, 1, config={"max.message.bytes": "10000"})
+    p = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all", "enable.idempotence": False,
+                  "message.timeout.ms": 15000, "retries": 0})
+    errs = []
+    p.produce(small, value=b"z" * 50_000, partition=0, on_delivery=lambda err, m: errs.append(err))
+    p.flush(20)
+    assert errs and errs[0] is not None, "a 50 KB message was accepted by a topic with max.message.bytes=10000"
+    assert errs[0].code() == KafkaError.MSG_SIZE_TOO_LARGE, f"got {errs[0]}"
+    c = ck_consumer(broker.bootstrap)
+    try:
+        from confluent_kafka import TopicPartition
+
+        assert c.get_watermark_offsets(TopicPartition(small, 0), timeout=10, cached=False) == (0, 0)
+    finally:
+        c.close()
+
+
+def test_concurrent_producers_keep_per_producer_order(broker, topic_name):
+    """Six producers on their own connections (landing on both shards) write to the same four
+    partitions at once: nothing is lost, and each producer's messages keep their order within
+    every partition."""
+    import threading
+
+    ck_create_topic(broker.bootstrap, topic_name, 4)
+    per_producer = 1500
+    sets = {}
+    errors = []
+
+    def run(i):
+        msgs = [dataclasses.replace(m, value=f"p{i}:{j}:".encode() + (m.value or b""))
+                for j, m in enumerate(make_messages(per_producer, 4, seed=100 + i))]
+        sets[i] = msgs
+        try:
+            ck_produce(broker.bootstrap, topic_name, msgs, acks="1", codec=["none", "lz4", "zstd"][i % 3])
+        except AssertionError as e:
+            errors.append(f"producer {i}: {e}")
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    got = ck_consume(broker.bootstrap, topic_name, range(4), 6 * per_producer)
+    assert len(got) == 6 * per_producer, f"consumed {len(got)} of {6 * per_producer}"
+    for i, msgs in sets.items():
+        prefix = f"p{i}:".encode()
+        mine = by_partition(m for m in got if m.value.startswith(prefix))
+        for part, want in by_partition(msgs).items():
+            have = [m.content() for m in mine.get(part, [])]
+            assert have == [m.content() for m in want], f"producer {i} partition {part}: order or content differs"

@@ -152,3 +152,20 @@ def test_producing_to_a_new_topic_auto_creates_it(broker, topic_name):
     msgs = make_messages(50, 1, seed=63)
     reports = ck_produce(broker.bootstrap, topic_name, msgs, acks="all")
     assert sorted(off for _, off in reports) == list(range(50))
+
+
+def test_fetch_max_bytes_smaller_than_a_batch_still_makes_progress(broker, topic_name):
+    """KIP-74 (Fetch v3+): when the first batch at the fetch offset is larger than max_bytes
+    the broker still returns that whole batch, so a consumer can always make progress."""
+    ck_create_topic(broker.bootstrap, topic_name, 1)
+    ck_produce(broker.bootstrap, topic_name, make_messages(300, 1, seed=64), acks="1", **{"linger.ms": 50})
+    with kw.connect(broker.port) as s:
+        fp = kw.fetch(s, topic_name, 0, 0, max_wait_ms=0, max_bytes=1)
+        assert fp.error_code == kw.NONE
+        batches = kw.parse_batches(fp.records or b"")
+        assert len(batches) >= 1 and batches[0].base_offset == 0, "max_bytes=1 returned no complete batch"
+        assert batches[0].crc_ok
+        # A normal limit returns more than one batch's worth when there is more.
+        fp = kw.fetch(s, topic_name, 0, 0, correlation_id=9, max_wait_ms=0, max_bytes=1 << 20)
+        total = sum(b.record_count for b in kw.parse_batches(fp.records or b""))
+        assert total == 300, f"a 1 MiB fetch returned {total} of 300 records"
