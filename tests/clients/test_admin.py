@@ -244,3 +244,97 @@ def test_kafka_python_describe_and_alter_configs(broker, topic_name):
         assert describe()["retention.ms"]["value"] == DEFAULT_RETENTION_MS
     finally:
         admin.close()
+
+
+def _segment_files(broker, topic: str, partition: int = 0) -> list[str]:
+    d = broker.data_dir / f"{topic}-{partition}"
+    assert d.is_dir(), f"partition directory {d} missing; data dir has {sorted(p.name for p in broker.data_dir.iterdir())}"
+    return sorted(p.name for p in d.glob("*.log"))
+
+
+def test_log_configs_apply_live_segment_bytes_and_retention(make_broker, topic_name):
+    """segment.bytes and retention.ms changed with IncrementalAlterConfigs on a live topic take
+    effect without a restart: new data rolls 1 MiB segments (named by 20-digit base offset),
+    and closed segments older than retention.ms are deleted (log start offset moves up,
+    fetching below it is OFFSET_OUT_OF_RANGE)."""
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
+
+    import kafka_wire as kw
+    from clientutil import ck_consumer
+
+    broker = make_broker(extra_args=["--set", "log.retention.check.interval.ms=300"])
+    ck_create_topic(broker.bootstrap, topic_name, 1)
+    admin = ck_admin(broker.bootstrap)
+
+    def alter(key, value):
+        res = ConfigResource(ResourceType.TOPIC, topic_name,
+                             incremental_configs=[ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET)])
+        [fut] = admin.incremental_alter_configs([res], request_timeout=15).values()
+        assert _ck_error_code(fut) is None, f"alter {key}={value} failed"
+
+    alter("segment.bytes", "1048576")
+    old = int(time.time() * 1000) - 3 * 24 * 3600 * 1000  # three days ago
+    msgs = make_messages(16000, 1, seed=81, base_ts=old, payload=240)
+    ck_produce(broker.bootstrap, topic_name, msgs, acks="1")
+    segs = _segment_files(broker, topic_name)
+    assert len(segs) >= 3, f"~4 MB with segment.bytes=1 MiB gave segments {segs}"
+    assert all(len(s) == len("00000000000000000000.log") and s[:20].isdigit() for s in segs), segs
+
+    alter("retention.ms", str(24 * 3600 * 1000))  # one day: every closed segment is too old
+    deadline = time.monotonic() + 15
+    c = ck_consumer(broker.bootstrap)
+    try:
+        while True:
+            lo, hi = c.get_watermark_offsets(TopicPartition(topic_name, 0), timeout=10, cached=False)
+            if lo > 0:
+                break
+            assert time.monotonic() < deadline, f"retention never deleted a segment: log [{lo}, {hi}), segments {_segment_files(broker, topic_name)}"
+            time.sleep(0.2)
+    finally:
+        c.close()
+    assert hi == len(msgs), "retention changed the log end offset"
+    assert len(_segment_files(broker, topic_name)) < len(segs)
+    with kw.connect(broker.port) as s:
+        fp = kw.fetch(s, topic_name, 0, 0, max_wait_ms=0)
+        assert fp.error_code == kw.OFFSET_OUT_OF_RANGE, f"fetch below the log start: error {fp.error_code}"
+        fp = kw.fetch(s, topic_name, 0, lo, correlation_id=4, max_wait_ms=0)
+        assert fp.error_code == kw.NONE and kw.parse_batches(fp.records or b"")[0].base_offset <= lo
+
+
+def test_kafka_python_create_topic_with_broker_defaults(broker, topic_name):
+    """CreateTopics with num_partitions=-1 and replication_factor=-1 uses num.partitions (1)."""
+    admin = kp_admin(broker.bootstrap)
+    try:
+        admin.create_topics([topic_name], timeout_ms=15000)
+        wait_for_partitions_ck(broker.bootstrap, topic_name, 1)
+        [t] = admin.describe_topics([topic_name])
+        assert len(t["partitions"]) == 1
+    finally:
+        admin.close()
+
+
+def test_delete_topic_by_id(broker, topic_name):
+    """Topics have UUIDs (Metadata v10+); DeleteTopics by id (v6+) deletes the right topic."""
+    import uuid
+
+    from confluent_kafka import TopicCollection
+
+    ck_create_topic(broker.bootstrap, topic_name, 1)
+    other = f"{topic_name}-keep"
+    ck_create_topic(broker.bootstrap, other, 1)
+    admin = ck_admin(broker.bootstrap)
+    descs = {d.name: d for d in (f.result(timeout=15) for f in admin.describe_topics(TopicCollection([topic_name, other]), request_timeout=15).values())}
+    tid = str(descs[topic_name].topic_id)
+    assert tid and tid != str(descs[other].topic_id), f"topic ids {tid} / {descs[other].topic_id}"
+    kp = kp_admin(broker.bootstrap)
+    try:
+        [t] = kp.describe_topics([topic_name])
+        raw = t.get("topic_id")
+        as_uuid = raw if isinstance(raw, uuid.UUID) else uuid.UUID(str(raw))
+        assert as_uuid != uuid.UUID(int=0), "Metadata reports the zero UUID as topic id"
+        kp.delete_topics([as_uuid], timeout_ms=15000)
+        names = kp.list_topics()
+    finally:
+        kp.close()
+    assert topic_name not in names and other in names, names
