@@ -144,8 +144,19 @@ fn api_versions_and_unknown_version_fallback() {
 }
 
 #[test]
-fn metadata_auto_create_and_produce_fetch_round_trip() {
-    let broker = Broker::start(&["--num-partitions", "3"]);
+fn round_trip_zero_copy_fetch() {
+    round_trip(true);
+}
+
+#[test]
+fn round_trip_copy_fetch() {
+    round_trip(false);
+}
+
+/// Metadata auto-creation, produce to every partition, fetch back byte for byte.
+fn round_trip(zero_copy: bool) {
+    let mode = format!("fetch.zero.copy={zero_copy}");
+    let broker = Broker::start(&["--num-partitions", "3", "--set", &mode]);
     let mut c = broker.client();
     let md = metadata(&mut c, 12, &["orders"], true);
     let t = &md.topics[0];

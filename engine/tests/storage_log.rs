@@ -434,6 +434,11 @@ fn concurrent_appends_group_commit() {
         assert_eq!(all, (0..160).map(|i| i * 2).collect::<Vec<_>>());
         assert_eq!(log.durable_offset(), 320);
         assert_eq!(read_all(&log, 0).await.len(), 160);
+        let stats = log.stats();
+        assert_eq!(stats.appends, 160);
+        // Appends arriving while an fsync is in flight share the next one.
+        assert!(stats.fsyncs < 100, "{stats:?}");
+        assert!(stats.fsyncs >= 10, "{stats:?}");
     });
 }
 
@@ -533,5 +538,196 @@ fn time_based_roll() {
             .await
             .unwrap();
         assert_eq!(log.segment_base_offsets(), vec![0, 1, 2]);
+    });
+}
+
+#[test]
+fn read_slices_are_the_longest_whole_batch_prefix() {
+    let tmp = tempfile::tempdir().unwrap();
+    block_on(async {
+        let cfg = LogConfig {
+            index_interval_bytes: 100,
+            ..LogConfig::default()
+        };
+        let log = PartitionLog::open(tmp.path().join("t-0"), cfg)
+            .await
+            .unwrap();
+        for i in 0..300usize {
+            let v = vec![b'v'; (i * 37) % 250];
+            let n = 1 + i % 3;
+            let vals: Vec<&[u8]> = (0..n).map(|_| &v[..]).collect();
+            log.append_leader(batch(&vals, i as i64), 0, 0)
+                .await
+                .unwrap();
+        }
+        let all = read_all(&log, 0).await;
+        let leo = log.log_end_offset();
+        for (k, from) in [0i64, 1, 5, 77, 200, 401, leo - 1].into_iter().enumerate() {
+            for max in [1u32, 100, 500, 1000, 4096, 20_000] {
+                for upper in [leo, from + 1, from + 10, from + 150] {
+                    let upper = upper.min(leo);
+                    let r = log.read(from, max, upper, true).await.unwrap();
+                    // Brute force: the batch holding `from`, then whole batches while they fit.
+                    let i = all.iter().position(|b| b.1 >= from).unwrap();
+                    let mut expect = 0usize;
+                    if all[i].1 < upper {
+                        expect = all[i].2.len();
+                        for b in &all[i + 1..] {
+                            if b.1 >= upper || expect + b.2.len() > max as usize {
+                                break;
+                            }
+                            expect += b.2.len();
+                        }
+                    }
+                    let got = r.slice.map_or(0, |s| s.len() as usize);
+                    assert_eq!(got, expect, "case {k}: from {from} max {max} upper {upper}");
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn interval_and_os_flush_policies() {
+    let tmp = tempfile::tempdir().unwrap();
+    block_on(async {
+        let cfg = LogConfig {
+            flush: FlushPolicy::Interval { messages: 3, ms: 0 },
+            ..LogConfig::default()
+        };
+        let log = PartitionLog::open(tmp.path().join("m-0"), cfg)
+            .await
+            .unwrap();
+        log.append_leader(batch(&[b"a"], 1), 0, 1).await.unwrap();
+        log.append_leader(batch(&[b"b"], 1), 0, 1).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert_eq!(
+            log.durable_offset(),
+            0,
+            "below flush.messages nothing is synced"
+        );
+        log.append_leader(batch(&[b"c"], 1), 0, 1).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(log.durable_offset(), 3);
+
+        let cfg = LogConfig {
+            flush: FlushPolicy::Interval {
+                messages: 0,
+                ms: 30,
+            },
+            ..LogConfig::default()
+        };
+        let log = PartitionLog::open(tmp.path().join("t-0"), cfg)
+            .await
+            .unwrap();
+        log.append_leader(batch(&[b"a", b"b"], 1), 0, 1)
+            .await
+            .unwrap();
+        assert_eq!(log.durable_offset(), 0);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while log.durable_offset() < 2 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            log.durable_offset(),
+            2,
+            "flush.ms flushed in the background"
+        );
+
+        let log = PartitionLog::open(tmp.path().join("o-0"), LogConfig::default())
+            .await
+            .unwrap();
+        log.append_leader(batch(&[b"a"], 1), 0, 1).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(log.durable_offset(), 0);
+        log.wait_durable(0).await.unwrap();
+        assert_eq!(log.durable_offset(), 1);
+        assert!(
+            log.wait_durable(5).await.is_err(),
+            "waiting for an unassigned offset is an error"
+        );
+        assert_eq!(log.stats().fsyncs, 1);
+    });
+}
+
+#[test]
+fn recovery_restores_epochs_missing_from_the_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t-0");
+    block_on(async {
+        let log = PartitionLog::open(dir.clone(), LogConfig::default())
+            .await
+            .unwrap();
+        log.append_leader(batch(&[b"a"], 1), 2, 1).await.unwrap();
+        log.append_leader(batch(&[b"b"], 1), 4, 1).await.unwrap();
+        log.append_leader(batch(&[b"c"], 1), 4, 1).await.unwrap();
+        drop(log);
+        // A crash between the segment write and the checkpoint write.
+        std::fs::write(dir.join("leader-epoch-checkpoint"), "0\n1\n2 0\n").unwrap();
+        let log = PartitionLog::open(dir.clone(), LogConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(log.epoch_entries(), vec![(2, 0), (4, 1)]);
+        assert_eq!(log.end_offset_for_epoch(2), Some((2, 1)));
+    });
+}
+
+#[test]
+fn rolls_exactly_at_segment_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t-0");
+    block_on(async {
+        let size = batch(&[b"0123456789"], 0).len() as u64;
+        let cfg = LogConfig {
+            segment_bytes: 3 * size,
+            ..LogConfig::default()
+        };
+        let log = PartitionLog::open(dir.clone(), cfg).await.unwrap();
+        assert_eq!(log.size_bytes(), 0);
+        assert!(log
+            .read(0, 100, i64::MAX, true)
+            .await
+            .unwrap()
+            .slice
+            .is_none());
+        for i in 0..7 {
+            log.append_leader(batch(&[b"0123456789"], i), 0, i)
+                .await
+                .unwrap();
+        }
+        // Three batches fill a segment exactly; the fourth rolls.
+        assert_eq!(log.segment_base_offsets(), vec![0, 3, 6]);
+        assert_eq!(
+            std::fs::metadata(dir.join(format!("{:020}.log", 0)))
+                .unwrap()
+                .len(),
+            3 * size
+        );
+        assert_eq!(log.size_bytes(), 7 * size);
+        // A record set larger than a segment is refused.
+        let mut big = BytesMut::new();
+        for _ in 0..4 {
+            big.extend_from_slice(&batch(&[b"0123456789"], 0));
+        }
+        assert_eq!(
+            log.append_leader(big, 0, 0)
+                .await
+                .unwrap_err()
+                .kafka_error_code(),
+            18
+        );
+        log.close().await.unwrap();
+        // Rolled segments have trimmed index files of whole entries.
+        for base in [0, 3] {
+            let idx = std::fs::metadata(dir.join(format!("{base:020}.index")))
+                .unwrap()
+                .len();
+            let tidx = std::fs::metadata(dir.join(format!("{base:020}.timeindex")))
+                .unwrap()
+                .len();
+            assert_eq!(idx % 8, 0);
+            assert_eq!(tidx % 12, 0);
+            assert!(tidx >= 12, "the roll adds the segment's max timestamp");
+        }
     });
 }

@@ -672,6 +672,22 @@ mod tests {
     }
 
     #[test]
+    fn example_file_is_valid_and_complete() {
+        let text = include_str!("../../../sluice.example.toml");
+        let (c, warnings) = BrokerConfig::resolve(Some(text), Vec::new(), &[]).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(c.listen, "127.0.0.1:9092".parse().unwrap());
+        for (key, _, _) in BROKER_KEYS {
+            let documented =
+                text.contains(&format!("{key} =")) || text.contains(&format!("# {key} ="));
+            assert!(
+                documented || *key == "advertised.listeners",
+                "{key} missing from sluice.example.toml"
+            );
+        }
+    }
+
+    #[test]
     fn unknown_keys_warn() {
         let (_, w) = BrokerConfig::resolve(Some("foo.bar = 1"), Vec::new(), &[]).unwrap();
         assert_eq!(w.len(), 1);

@@ -417,9 +417,15 @@ async fn fetch(
             })
         });
         let waits: Vec<_> = waits.collect();
-        tokio::select! {
-            _ = futures_util::future::select_all(waits) => {}
-            _ = tokio::time::sleep_until(deadline) => {}
+        let mut phase = shard.phase.subscribe();
+        let draining = tokio::select! {
+            _ = futures_util::future::select_all(waits) => false,
+            _ = tokio::time::sleep_until(deadline) => false,
+            // Shutdown: answer with what we have rather than hold the drain up.
+            _ = phase.changed() => true,
+        };
+        if draining {
+            break;
         }
     }
     // Response-wide max_bytes, in request order; the first non-empty partition always goes

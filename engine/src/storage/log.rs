@@ -31,7 +31,7 @@ use super::record_batch::{
 };
 use super::recovery;
 use super::retention::{plan_retention, RetentionOutcome, SegmentInfo};
-use super::segment::Segment;
+use super::segment::{HeaderCursor, Segment};
 use super::validate::{validate_follower, validate_leader};
 
 /// Result of a successful append.
@@ -103,6 +103,17 @@ pub struct ReadResult {
     pub log_end_offset: i64,
 }
 
+/// Counters of one log since it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Appends that reserved offsets.
+    pub appends: u64,
+    /// fsync rounds completed (a round syncs every segment with unflushed data).
+    pub fsyncs: u64,
+    /// Segments rolled.
+    pub rolls: u64,
+}
+
 struct PendingWrite {
     seq: u64,
     segment: Rc<Segment>,
@@ -131,6 +142,7 @@ struct LogState {
     dir_dirty: bool,
     offline: bool,
     closed: bool,
+    stats: LogStats,
 }
 
 struct Inner {
@@ -211,6 +223,7 @@ impl PartitionLog {
                 dir_dirty: false,
                 offline: false,
                 closed: false,
+                stats: LogStats::default(),
             }),
             append_lock: Mutex::new(()),
             checkpoint_lock: Mutex::new(()),
@@ -241,7 +254,11 @@ impl PartitionLog {
             return;
         }
         let old = self.inner.config.replace(c);
-        if old.flush != c.flush {
+        let interval_ms = |f: FlushPolicy| match f {
+            FlushPolicy::Interval { ms, .. } => ms,
+            _ => 0,
+        };
+        if interval_ms(old.flush) != interval_ms(c.flush) {
             self.inner.spawn_interval_flusher();
         }
     }
@@ -381,6 +398,7 @@ impl PartitionLog {
             );
             let last_offset = next - 1;
             st.next_offset = next;
+            st.stats.appends += 1;
             let seq = st.next_seq;
             st.next_seq += 1;
             st.pending.push_back(PendingWrite {
@@ -421,10 +439,10 @@ impl PartitionLog {
         }
         match cfg.flush {
             FlushPolicy::EveryAppend => self.wait_durable(info.last_offset).await?,
-            FlushPolicy::Interval { messages, .. } if messages > 0 => {
-                if inner.st.borrow().unflushed_messages >= messages {
-                    inner.clone().start_flush();
-                }
+            FlushPolicy::Interval { messages, .. }
+                if messages > 0 && inner.st.borrow().unflushed_messages >= messages =>
+            {
+                inner.clone().start_flush();
             }
             _ => {}
         }
@@ -444,6 +462,9 @@ impl PartitionLog {
                 }
                 if st.durable_end > offset {
                     return Ok(());
+                }
+                if st.closed {
+                    return Err(StorageError::Closed(inner.dir.clone()));
                 }
                 if offset >= st.next_offset {
                     return Err(StorageError::InvalidArgument(format!(
@@ -470,6 +491,11 @@ impl PartitionLog {
         }
     }
 
+    /// Counters since open (appends, fsync rounds, rolls), for metrics.
+    pub fn stats(&self) -> LogStats {
+        self.inner.st.borrow().stats
+    }
+
     /// Every offset below this is on disk.
     pub fn durable_offset(&self) -> i64 {
         self.inner.st.borrow().durable_end
@@ -478,12 +504,10 @@ impl PartitionLog {
     /// fsyncs everything appended so far.
     pub async fn flush(&self) -> Result<(), StorageError> {
         let end = self.inner.st.borrow().next_offset;
-        if end > self.log_start_offset() || end > 0 {
-            if let Some(last) = end.checked_sub(1).filter(|l| *l >= 0) {
-                return self.wait_durable(last).await;
-            }
+        if end <= 0 {
+            return Ok(());
         }
-        Ok(())
+        self.wait_durable(end - 1).await
     }
 
     /// First offset that can be read.
@@ -580,11 +604,12 @@ impl PartitionLog {
             if first_size > u64::from(max_bytes) && !min_one_batch {
                 return Ok(empty);
             }
-            let mut end = start + first_size;
+            let max_end = start.saturating_add(u64::from(max_bytes)).min(limit);
+            let mut end = segment.index_jump(start + first_size, max_end, upper);
+            let mut cursor = HeaderCursor::new(&segment, limit);
             while end < limit {
-                let h = segment.read_header(end, limit).await?;
-                if h.last_offset() >= upper || end + h.size() as u64 - start > u64::from(max_bytes)
-                {
+                let h = cursor.header_at(end).await?;
+                if h.last_offset() >= upper || end + h.size() as u64 > max_end {
                     break;
                 }
                 end += h.size() as u64;
@@ -635,6 +660,8 @@ impl PartitionLog {
     pub async fn truncate_to(&self, offset: i64) -> Result<(), StorageError> {
         let inner = &self.inner;
         let _guard = inner.append_lock.lock().await;
+        // Serializes with the background finishing of rolled segments (indexes, recovery point).
+        let _roll = inner.roll_flush_lock.lock().await;
         inner.drain_writes().await?;
         let (log_start, leo) = {
             let st = inner.st.borrow();
@@ -646,24 +673,29 @@ impl PartitionLog {
         if offset < log_start {
             return inner.truncate_fully_locked(offset).await;
         }
-        let (target, removed) = {
-            let mut st = inner.st.borrow_mut();
+        let (target, keep) = {
+            let st = inner.st.borrow();
             let keep = st
                 .segments
                 .partition_point(|s| s.base_offset <= offset)
                 .max(1);
-            let removed: Vec<_> = st.segments.drain(keep..).collect();
-            (st.segments.last().cloned(), removed)
+            (st.segments.get(keep - 1).cloned(), keep)
         };
         let target = target.ok_or_else(|| StorageError::Corrupt("log has no segment".into()))?;
-        // Lower the recovery point first: after a crash the truncated segment must be scanned.
-        let lowered = target.base_offset.min(inner.st.borrow().recovery_point);
-        inner.write_recovery_point(lowered).await?;
         let limit = target.size();
         let (position, new_end) = match target.find_batch(offset, limit).await? {
             Some((pos, h)) => (pos, h.base_offset),
             None => (limit, target.st.borrow().next_offset),
         };
+        if new_end < log_start {
+            // The batch holding `offset` straddles the log start (DeleteRecords moved it inside
+            // a batch); dropping it leaves nothing readable, so restart the log at `offset`.
+            return inner.truncate_fully_locked(offset).await;
+        }
+        let removed: Vec<Rc<Segment>> = inner.st.borrow_mut().segments.drain(keep..).collect();
+        // Lower the recovery point first: after a crash the truncated segment must be scanned.
+        let lowered = target.base_offset.min(inner.st.borrow().recovery_point);
+        inner.write_recovery_point(lowered).await?;
         target.truncate_to(position, new_end)?;
         target
             .log
@@ -698,6 +730,8 @@ impl PartitionLog {
         }
         let inner = &self.inner;
         let _guard = inner.append_lock.lock().await;
+        // Serializes with the background finishing of rolled segments (indexes, recovery point).
+        let _roll = inner.roll_flush_lock.lock().await;
         inner.drain_writes().await?;
         inner.truncate_fully_locked(offset).await
     }
@@ -730,6 +764,8 @@ impl PartitionLog {
     pub async fn delete_records_before(&self, offset: i64) -> Result<i64, StorageError> {
         let inner = &self.inner;
         let _guard = inner.append_lock.lock().await;
+        // Serializes with the background finishing of rolled segments (indexes, recovery point).
+        let _roll = inner.roll_flush_lock.lock().await;
         let (start, end) = {
             let st = inner.st.borrow();
             inner.check_usable_st(&st)?;
@@ -753,6 +789,8 @@ impl PartitionLog {
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<RetentionOutcome, StorageError> {
         let inner = &self.inner;
         let _guard = inner.append_lock.lock().await;
+        // Serializes with the background finishing of rolled segments (indexes, recovery point).
+        let _roll = inner.roll_flush_lock.lock().await;
         let cfg = inner.config.get();
         let infos: Vec<SegmentInfo> = {
             let st = inner.st.borrow();
@@ -850,6 +888,7 @@ impl PartitionLog {
     pub async fn delete(self) -> Result<(), StorageError> {
         let inner = &self.inner;
         let _guard = inner.append_lock.lock().await;
+        let _roll = inner.roll_flush_lock.lock().await;
         let _ = inner.drain_writes().await;
         inner.st.borrow_mut().closed = true;
         inner.flush_tx.send_modify(|g| *g += 1);
@@ -930,6 +969,7 @@ impl Inner {
             let mut st = self.st.borrow_mut();
             st.segments.push(segment);
             st.dir_dirty = true;
+            st.stats.rolls += 1;
         }
         tracing::debug!(dir = %self.dir.display(), base, "rolled segment");
         if let Some(old) = old {
@@ -953,14 +993,19 @@ impl Inner {
     ) -> Result<(), StorageError> {
         let _order = self.roll_flush_lock.lock().await;
         self.wait_visible(next_base).await?;
-        if self.st.borrow().closed
-            || !self
-                .st
-                .borrow()
-                .segments
-                .iter()
-                .any(|s| Rc::ptr_eq(s, &old))
-        {
+        let still_rolled = {
+            let st = self.st.borrow();
+            // A truncation may have removed the old segment or made it active again; then
+            // there is nothing to finish (and the recovery point must not move past it).
+            let pos = st.segments.iter().position(|s| Rc::ptr_eq(s, &old));
+            !st.closed
+                && pos.is_some_and(|p| {
+                    st.segments
+                        .get(p + 1)
+                        .is_some_and(|n| n.base_offset == next_base)
+                })
+        };
+        if !still_rolled {
             return Ok(());
         }
         old.write_indexes(true, true).await?;
@@ -1086,6 +1131,7 @@ impl Inner {
                             st.durable_end = watermark;
                         }
                         st.unflushed_messages = 0;
+                        st.stats.fsyncs += 1;
                     }
                     Err(e) => {
                         tracing::error!(dir = %self.dir.display(), error = %e, "fsync failed; log goes offline");

@@ -19,7 +19,7 @@ pub mod validate;
 
 pub use config::{FlushPolicy, LogConfig, TimestampType};
 pub use error::{AppendError, ReadError, StorageError};
-pub use log::{FileSlice, LogAppendInfo, PartitionLog, ReadResult};
+pub use log::{FileSlice, LogAppendInfo, LogStats, PartitionLog, ReadResult};
 pub use record_batch::{BatchHeader, BatchIter};
 pub use retention::RetentionOutcome;
 pub use segment_names::{parse_segment_name, segment_path};

@@ -58,7 +58,7 @@ impl OffsetIndex {
         max_entries: usize,
         log_size: u64,
     ) -> Result<Self, IndexError> {
-        if bytes.len() % ENTRY_SIZE != 0 {
+        if !bytes.chunks_exact(ENTRY_SIZE).remainder().is_empty() {
             return Err(IndexError::BadLength(bytes.len()));
         }
         let mut idx = OffsetIndex::new(base_offset, max_entries);

@@ -418,9 +418,19 @@ pub fn uncompressed_records(
     batch: &[u8],
     header: &BatchHeader,
 ) -> Result<Vec<RecordInfo>, BatchError> {
+    let mut out = Vec::with_capacity(header.records_count.max(0).min(1 << 16) as usize);
+    for_each_uncompressed_record(batch, header, |r| out.push(r))?;
+    Ok(out)
+}
+
+/// Like `uncompressed_records` without allocating: calls `visit` for each record.
+pub fn for_each_uncompressed_record(
+    batch: &[u8],
+    header: &BatchHeader,
+    mut visit: impl FnMut(RecordInfo),
+) -> Result<(), BatchError> {
     let end = header.size().min(batch.len());
     let mut pos = HEADER_SIZE;
-    let mut out = Vec::with_capacity(header.records_count.max(0) as usize);
     for i in 0..header.records_count {
         let len = read_varlong(batch, &mut pos)?;
         if len < 0 || pos as i64 + len > end as i64 {
@@ -483,7 +493,7 @@ pub fn uncompressed_records(
             )));
         }
         pos = rec_end;
-        out.push(RecordInfo {
+        visit(RecordInfo {
             offset_delta: offset_delta as i32,
             timestamp_delta,
         });
@@ -494,7 +504,7 @@ pub fn uncompressed_records(
             end - pos
         )));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Builders used by tests, benches and tools to make valid batches.
@@ -696,5 +706,35 @@ mod tests {
         assert_eq!(it.position(), whole);
         assert!(it.next().unwrap().is_err());
         assert!(it.next().is_none());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// Arbitrary bytes and mutated batches never panic any decoder.
+        #[test]
+        fn decoders_never_panic(
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            flips in proptest::collection::vec((0usize..400, proptest::prelude::any::<u8>()), 0..8),
+        ) {
+            let _ = validate_batch(&noise);
+            for item in BatchIter::new(&noise) { let _ = item; }
+            if let Ok(h) = BatchHeader::parse(&noise) {
+                let _ = uncompressed_records(&noise, &h);
+                let _ = h.last_sequence();
+            }
+            let mut b = build_batch(&BatchSpec::default(), &[b"key-less", b"values", b""]);
+            for (at, x) in flips {
+                let n = b.len();
+                b[at % n] ^= x;
+            }
+            // Recompute the CRC so the record walker sees the damage too.
+            if b.len() >= HEADER_SIZE {
+                let crc = compute_crc(&b);
+                b[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
+            }
+            if let Ok(h) = validate_batch(&b) {
+                let _ = uncompressed_records(&b, &h);
+            }
+        }
     }
 }

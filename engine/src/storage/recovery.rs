@@ -96,6 +96,7 @@ pub(crate) async fn load(dir: &Path, cfg: &LogConfig, now_ms: i64) -> Result<Loa
         }
     }
 
+    let mut epochs_from_scan = false;
     let mut segments: Vec<Rc<Segment>> = Vec::new();
     let mut scanned: Vec<Rc<Segment>> = Vec::new();
     let mut i = 0;
@@ -125,6 +126,13 @@ pub(crate) async fn load(dir: &Path, cfg: &LogConfig, now_ms: i64) -> Result<Loa
         let mut drop_rest = false;
         if scan {
             let outcome = seg.recover(cfg).await?;
+            // As Kafka's segment recovery does: epochs newer than the cache's latest come back
+            // from the batches themselves (the checkpoint may not have been written).
+            for &(epoch, start) in &outcome.epoch_starts {
+                if epochs.latest_epoch().is_none_or(|latest| epoch > latest) {
+                    epochs_from_scan |= epochs.assign(epoch, start);
+                }
+            }
             let next = seg.st.borrow().next_offset;
             if outcome.truncated_bytes > 0 && next_base.is_some() {
                 drop_rest = true;
@@ -187,7 +195,7 @@ pub(crate) async fn load(dir: &Path, cfg: &LogConfig, now_ms: i64) -> Result<Loa
             .map_err(|e| StorageError::io(s.log.path(), e))?;
         s.write_indexes(false, true).await?;
     }
-    let mut epochs_changed = epochs.truncate_from_end(next_offset);
+    let mut epochs_changed = epochs_from_scan | epochs.truncate_from_end(next_offset);
     epochs_changed |= epochs.truncate_from_start(log_start);
     if epochs_changed {
         write_file_atomic(&dir.join(LEADER_EPOCH_FILE), epochs.encode())

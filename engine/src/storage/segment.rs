@@ -77,6 +77,9 @@ pub(crate) struct Segment {
 pub(crate) struct ScanOutcome {
     /// Bytes cut off the tail because they were not valid batches.
     pub truncated_bytes: u64,
+    /// (epoch, base offset) of every batch whose leader epoch differs from the previous one,
+    /// so recovery can restore leader-epoch entries a crash kept out of the checkpoint.
+    pub epoch_starts: Vec<(i32, i64)>,
 }
 
 impl Segment {
@@ -161,35 +164,6 @@ impl Segment {
         st.note_batch(position, h, cfg);
     }
 
-    /// Reads and parses the header of the batch at `position` (below the readable size).
-    pub async fn read_header(
-        &self,
-        position: u64,
-        limit: u64,
-    ) -> Result<BatchHeader, StorageError> {
-        let avail = limit.saturating_sub(position);
-        let len = (HEADER_SIZE as u64).min(avail) as usize;
-        let bytes = self
-            .log
-            .read_at(len, position)
-            .await
-            .map_err(|e| StorageError::io(self.log.path(), e))?;
-        let h = BatchHeader::parse(&bytes).map_err(|e| {
-            StorageError::Corrupt(format!(
-                "{}: bad batch header at {position}: {e}",
-                self.log.path().display()
-            ))
-        })?;
-        if position + h.size() as u64 > limit {
-            return Err(StorageError::Corrupt(format!(
-                "{}: batch at {position} of {} bytes runs past {limit}",
-                self.log.path().display(),
-                h.size()
-            )));
-        }
-        Ok(h)
-    }
-
     /// Finds the first batch with last offset >= `target` within the first `limit` bytes,
     /// starting from the offset index's hint. Returns (position, header).
     pub async fn find_batch(
@@ -203,14 +177,30 @@ impl Segment {
                 .lookup(target)
                 .map_or(0, |(_, p)| u64::from(p))
         };
+        let mut cursor = HeaderCursor::new(self, limit);
         while pos < limit {
-            let h = self.read_header(pos, limit).await?;
+            let h = cursor.header_at(pos).await?;
             if h.last_offset() >= target {
                 return Ok(Some((pos, h)));
             }
             pos += h.size() as u64;
         }
         Ok(None)
+    }
+
+    /// The furthest batch start reachable by the offset index from `from` without passing
+    /// `max_end` (a byte position) or including a batch with last offset >= `upper`: every
+    /// batch between `from` and the returned position can go into a read slice unchecked.
+    pub fn index_jump(&self, from: u64, max_end: u64, upper: i64) -> u64 {
+        let st = self.st.borrow();
+        let by_size = st
+            .offset_index
+            .lookup_position(u32::try_from(max_end).unwrap_or(u32::MAX));
+        let by_offset = st.offset_index.lookup(upper - 1);
+        match (by_size, by_offset) {
+            (Some((_, a)), Some((_, b))) => u64::from(a.min(b)).max(from),
+            _ => from,
+        }
     }
 
     /// Finds the first batch with max timestamp >= `ts` (and last offset >= `min_offset`).
@@ -231,8 +221,9 @@ impl Segment {
                 .lookup(from)
                 .map_or(0, |(_, p)| u64::from(p))
         };
+        let mut cursor = HeaderCursor::new(self, limit);
         while pos < limit {
-            let h = self.read_header(pos, limit).await?;
+            let h = cursor.header_at(pos).await?;
             if h.max_timestamp >= ts && h.last_offset() >= min_offset {
                 return Ok(Some((pos, h)));
             }
@@ -287,6 +278,7 @@ impl Segment {
         let mut reader = ChunkReader::new(&self.log, file_len);
         let mut pos = 0u64;
         let mut failure: Option<String> = None;
+        let mut epoch_starts: Vec<(i32, i64)> = Vec::new();
         while pos < file_len {
             let head = reader.get(pos, HEADER_SIZE).await?;
             let h = match BatchHeader::parse(head) {
@@ -324,9 +316,19 @@ impl Segment {
                 break;
             }
             st.note_batch(pos, &h, cfg);
+            if h.partition_leader_epoch >= 0
+                && epoch_starts
+                    .last()
+                    .is_none_or(|&(e, _)| e != h.partition_leader_epoch)
+            {
+                epoch_starts.push((h.partition_leader_epoch, h.base_offset));
+            }
             pos += h.size() as u64;
         }
-        let mut outcome = ScanOutcome::default();
+        let mut outcome = ScanOutcome {
+            truncated_bytes: 0,
+            epoch_starts,
+        };
         if let Some(reason) = failure {
             tracing::warn!(file = %path.display(), position = pos, %reason, "truncating invalid bytes at the log tail");
             outcome.truncated_bytes = file_len - pos;
@@ -415,8 +417,9 @@ impl Segment {
         };
         let mut next = self.base_offset;
         let mut max_ts = (-1i64, self.base_offset);
+        let mut cursor = HeaderCursor::new(self, limit);
         while pos < limit {
-            let h = self.read_header(pos, limit).await?;
+            let h = cursor.header_at(pos).await?;
             next = h.next_offset();
             if h.max_timestamp > max_ts.0 {
                 max_ts = (h.max_timestamp, h.last_offset());
@@ -592,5 +595,61 @@ impl<'a> ChunkReader<'a> {
             .min(self.buf.len())
             .max(from);
         Ok(&self.buf[from..to])
+    }
+}
+
+/// Reads batch headers of one segment through a small read-ahead buffer, so walking many
+/// small batches costs one read per `READ_AHEAD` bytes instead of one per batch.
+pub(crate) struct HeaderCursor<'a> {
+    segment: &'a Segment,
+    limit: u64,
+    buf: Vec<u8>,
+    buf_pos: u64,
+}
+
+impl<'a> HeaderCursor<'a> {
+    const READ_AHEAD: u64 = 8192;
+
+    /// A cursor over the first `limit` bytes (the readable size) of `segment`.
+    pub fn new(segment: &'a Segment, limit: u64) -> Self {
+        HeaderCursor {
+            segment,
+            limit,
+            buf: Vec::new(),
+            buf_pos: 0,
+        }
+    }
+
+    /// The header of the batch starting at `pos`, checked to end within the limit.
+    pub async fn header_at(&mut self, pos: u64) -> Result<BatchHeader, StorageError> {
+        let path = self.segment.log.path();
+        let buffered =
+            pos >= self.buf_pos && pos + HEADER_SIZE as u64 <= self.buf_pos + self.buf.len() as u64;
+        if !buffered {
+            let len = Self::READ_AHEAD.min(self.limit.saturating_sub(pos)) as usize;
+            self.buf = self
+                .segment
+                .log
+                .read_at(len, pos)
+                .await
+                .map_err(|e| StorageError::io(path, e))?;
+            self.buf_pos = pos;
+        }
+        let off = (pos - self.buf_pos) as usize;
+        let h = BatchHeader::parse(&self.buf[off..]).map_err(|e| {
+            StorageError::Corrupt(format!(
+                "{}: bad batch header at {pos}: {e}",
+                path.display()
+            ))
+        })?;
+        if pos + h.size() as u64 > self.limit {
+            return Err(StorageError::Corrupt(format!(
+                "{}: batch at {pos} of {} bytes runs past {}",
+                path.display(),
+                h.size(),
+                self.limit
+            )));
+        }
+        Ok(h)
     }
 }

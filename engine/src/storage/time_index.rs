@@ -28,7 +28,7 @@ impl TimeIndex {
 
     /// Decodes file bytes; `next_offset` bounds the offsets entries may name.
     pub fn decode(base_offset: i64, bytes: &[u8], max_entries: usize) -> Result<Self, IndexError> {
-        if bytes.len() % ENTRY_SIZE != 0 {
+        if !bytes.chunks_exact(ENTRY_SIZE).remainder().is_empty() {
             return Err(IndexError::BadLength(bytes.len()));
         }
         let mut idx = TimeIndex::new(base_offset, max_entries);

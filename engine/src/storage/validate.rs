@@ -3,7 +3,8 @@
 use super::config::LogConfig;
 use super::error::AppendError;
 use super::record_batch::{
-    uncompressed_records, validate_batch, BatchError, BatchHeader, Compression, NO_TIMESTAMP,
+    for_each_uncompressed_record, validate_batch, BatchError, BatchHeader, Compression,
+    NO_TIMESTAMP,
 };
 
 /// Checks that `records` is a sequence of whole, CRC-valid v2 batches within the size limits.
@@ -11,6 +12,7 @@ use super::record_batch::{
 fn split_batches(
     records: &[u8],
     cfg: &LogConfig,
+    check_message_size: bool,
 ) -> Result<Vec<(usize, BatchHeader)>, AppendError> {
     if records.len() as u64 > cfg.segment_bytes {
         return Err(AppendError::RecordListTooLarge {
@@ -41,7 +43,7 @@ fn split_batches(
                 })
             }
         };
-        if h.size() > cfg.max_message_bytes as usize {
+        if check_message_size && h.size() > cfg.max_message_bytes as usize {
             return Err(AppendError::RecordTooLarge {
                 size: h.size(),
                 max: cfg.max_message_bytes,
@@ -59,7 +61,7 @@ pub fn validate_leader(
     records: &[u8],
     cfg: &LogConfig,
 ) -> Result<Vec<(usize, BatchHeader)>, AppendError> {
-    let batches = split_batches(records, cfg)?;
+    let batches = split_batches(records, cfg, true)?;
     for &(pos, h) in &batches {
         if h.records_count < 1 || h.records_count != h.last_offset_delta + 1 {
             return Err(AppendError::InvalidRecord(format!(
@@ -68,7 +70,7 @@ pub fn validate_leader(
             )));
         }
         if h.compression() == Compression::None {
-            uncompressed_records(&records[pos..pos + h.size()], &h)
+            for_each_uncompressed_record(&records[pos..pos + h.size()], &h, |_| {})
                 .map_err(|e| AppendError::InvalidRecord(format!("batch at byte {pos}: {e}")))?;
         } else if let Compression::Unknown(c) = h.compression() {
             return Err(AppendError::InvalidRecord(format!(
@@ -92,7 +94,9 @@ pub fn validate_follower(
     cfg: &LogConfig,
     log_end_offset: i64,
 ) -> Result<Vec<(usize, BatchHeader)>, AppendError> {
-    let batches = split_batches(records, cfg)?;
+    // Like Kafka, a follower does not apply max.message.bytes: it must copy whatever the
+    // leader accepted, even if the topic config changed since.
+    let batches = split_batches(records, cfg, false)?;
     let mut expected = log_end_offset;
     for &(_, h) in &batches {
         if h.base_offset != expected {
