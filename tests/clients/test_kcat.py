@@ -87,9 +87,11 @@ def _check_offsets(rows) -> dict[int, list]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_kcat_100k_keyed_messages(broker, topic_name, tmp_path):
+@pytest.mark.parametrize("zero_copy", ["true", "false"])
+def test_kcat_100k_keyed_messages(make_broker, topic_name, tmp_path, zero_copy):
     """100,000 keyed messages produced by kcat from a file come back complete, each key in one
-    partition and each key's values in the order they were produced."""
+    partition and each key's values in the order they were produced (both fetch paths)."""
+    broker = make_broker(extra_args=["--set", f"fetch.zero.copy={zero_copy}"])
     partitions = 4
     ck_create_topic(broker.bootstrap, topic_name, partitions)
     rng = random.Random(2026)
