@@ -169,3 +169,34 @@ def test_fetch_max_bytes_smaller_than_a_batch_still_makes_progress(broker, topic
         fp = kw.fetch(s, topic_name, 0, 0, correlation_id=9, max_wait_ms=0, max_bytes=1 << 20)
         total = sum(b.record_count for b in kw.parse_batches(fp.records or b""))
         assert total == 300, f"a 1 MiB fetch returned {total} of 300 records"
+
+
+def test_produce_acks_0_sends_no_response(broker, topic_name):
+    """acks=0: the broker answers nothing, so the next response on the connection belongs to
+    the next request; the data is still appended."""
+    from test_bad_input import _valid_batch
+
+    ck_create_topic(broker.bootstrap, topic_name, 1)
+    batch = _valid_batch()
+    body = kw.string(None) + kw.i16(0) + kw.i32(5000) + kw.array(
+        [kw.string(topic_name) + kw.array([kw.i32(0) + kw.i32(len(batch)) + batch])]
+    )
+    with kw.connect(broker.port) as s:
+        s.sendall(kw.request(kw.PRODUCE, 3, 31, body) + kw.api_versions_request(0, 32))
+        corr, _ = kw.read_response(s)
+        assert corr == 32, f"first response has correlation id {corr}: acks=0 Produce was answered"
+        deadline = time.monotonic() + 5
+        while True:
+            fp = kw.fetch(s, topic_name, 0, 0, correlation_id=33, max_wait_ms=200)
+            if fp.high_watermark == 1:
+                break
+            assert time.monotonic() < deadline, "acks=0 record never appended"
+
+
+def test_advertised_listener_is_what_metadata_returns(make_broker):
+    broker = make_broker(start=False)
+    broker.extra_args += ["--advertised-listener", f"localhost:{broker.port}"]
+    broker.start()
+    with kw.connect(broker.port) as s:
+        md = kw.metadata(s, None)
+    assert [(b[1], b[2]) for b in md.brokers] == [("localhost", broker.port)], md.brokers
