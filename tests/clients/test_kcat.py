@@ -168,3 +168,19 @@ def test_kcat_reads_what_confluent_wrote(broker, topic_name):
         # kcat prints no headers as an empty field or a placeholder depending on the version.
         norm = [(ts, k, h if h not in ("", "NULL") else "", v) for ts, k, h, v in got[p]]
         assert norm == want, f"partition {p}: kcat read differs from what confluent-kafka wrote"
+
+
+def test_kcat_consume_from_timestamp(broker, topic_name):
+    """`kcat -o s@TS` (ListOffsets by timestamp from librdkafka 2.0.2) starts at the first
+    message whose timestamp is >= TS."""
+    ck_create_topic(broker.bootstrap, topic_name, 1)
+    base = 1_650_000_000_000
+    msgs = [m for m in make_messages(800, 1, seed=23, base_ts=base) if m.key is not None and m.value is not None]
+    ck_produce(broker.bootstrap, topic_name, msgs, acks="1", codec="none", **{"linger.ms": 50})
+    for idx in (0, 333, len(msgs) - 1):
+        ts = msgs[idx].timestamp
+        out = kcat_ok("-b", broker.bootstrap, "-C", "-t", topic_name, "-p", "0", "-o", f"s@{ts}", "-e", "-q", "-f", "%o\t%T\n")
+        rows = [tuple(map(int, line.split("\t"))) for line in out.splitlines()]
+        assert rows, f"nothing consumed from s@{ts}"
+        assert rows[0] == (idx, ts), f"s@{ts}: first message (offset, ts) {rows[0]}, expected {(idx, ts)}"
+        assert len(rows) == len(msgs) - idx
