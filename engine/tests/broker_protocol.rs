@@ -320,7 +320,8 @@ fn list_offsets_earliest_latest_and_by_timestamp() {
 fn admin_apis() {
     let broker = Broker::start(&[]);
     let mut c = broker.client();
-    let create = |topics: Vec<(&str, i32, Vec<(&str, &str)>)>, validate_only: bool| {
+    type TopicSpec<'a> = (&'a str, i32, Vec<(&'a str, &'a str)>);
+    let create = |topics: Vec<TopicSpec>, validate_only: bool| {
         CreateTopicsRequest::default()
             .with_timeout_ms(5000)
             .with_validate_only(validate_only)

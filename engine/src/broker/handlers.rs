@@ -207,13 +207,23 @@ fn api_versions(frame: Bytes, cid: i32, version: i16) -> Result<BytesMut, Reques
     Ok(encode_response(api, version, cid, &resp)?)
 }
 
+/// Work for one owner shard: positions in the response, and (topic, partition, input) items.
+type ShardWork<T> = (Vec<usize>, Vec<(String, i32, T)>);
+
+/// A topic in a fetch response being assembled: name, id, and per partition its id, an error
+/// decided before reading (unknown topic/partition), and its slot in the results.
+type FetchLayout = (String, Uuid, Vec<(i32, Option<i16>, usize)>);
+
+/// One config entry for DescribeConfigs: name, value, source, read-only.
+type ConfigEntry = (String, String, i8, bool);
+
 /// Groups items by owner shard, keeping each item's position so answers can be put back in
 /// request order.
 fn group_by_shard<T>(
     shard: &Shard,
     items: Vec<(usize, String, i32, T)>,
-) -> HashMap<usize, (Vec<usize>, Vec<(String, i32, T)>)> {
-    let mut groups: HashMap<usize, (Vec<usize>, Vec<(String, i32, T)>)> = HashMap::new();
+) -> HashMap<usize, ShardWork<T>> {
+    let mut groups: HashMap<usize, ShardWork<T>> = HashMap::new();
     for (pos, topic, p, item) in items {
         let owner = shard.ctx.owner(&topic, p);
         let g = groups.entry(owner).or_default();
@@ -324,8 +334,7 @@ async fn fetch(
 ) -> Result<FetchFrame, RequestError> {
     let image = shard.ctx.metadata.image();
     let zero_copy = shard.ctx.config.fetch_zero_copy;
-    // (name, id, [(partition, pre-set error or None)])
-    let mut layout: Vec<(String, Uuid, Vec<(i32, Option<i16>, usize)>)> = Vec::new();
+    let mut layout: Vec<FetchLayout> = Vec::new();
     let mut work: Vec<(usize, String, i32, (i64, i32))> = Vec::new();
     let mut slots = 0usize;
     for t in &req.topics {
@@ -1029,8 +1038,7 @@ fn describe_configs(
                 .as_ref()
                 .is_none_or(|keys| keys.is_empty() || keys.iter().any(|w| w.as_str() == k))
         };
-        let entries: Result<Vec<(String, String, i8, bool)>, (i16, String)> = match r.resource_type
-        {
+        let entries: Result<Vec<ConfigEntry>, (i16, String)> = match r.resource_type {
             RESOURCE_TOPIC => match image.topic(r.resource_name.as_str()) {
                 None => Err((ec::UNKNOWN_TOPIC_OR_PARTITION, "unknown topic".into())),
                 Some(t) => Ok(effective_topic_configs(shard, &t.configs)

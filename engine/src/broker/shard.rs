@@ -632,7 +632,7 @@ impl Shard {
             })
             .unwrap_or_default();
         for p in parts {
-            p.log.set_config(config.clone());
+            p.log.set_config(config);
         }
     }
 
