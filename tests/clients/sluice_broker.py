@@ -57,7 +57,8 @@ class Broker:
         self.log_path = Path(log_path)
         self.port = free_port()
         self.shards = shards
-        self.extra_args = list(extra_args or []) + shlex.split(os.environ.get("SLUICE_TEST_ARGS", ""))
+        # $SLUICE_TEST_ARGS first, so a test's own flags (e.g. a fetch path it is about) win.
+        self.extra_args = shlex.split(os.environ.get("SLUICE_TEST_ARGS", "")) + list(extra_args or [])
         self.proc: subprocess.Popen | None = None
         self.starts = 0
         # Exit codes of every process we stopped or killed on purpose, in order.
