@@ -129,3 +129,77 @@ fn truncated_and_random_frames_never_take_the_broker_down() {
     still_serving(&b);
     assert!(!b.log().contains("panicked"), "{}", b.log());
 }
+
+/// Frames whose arrays claim ~2^31 elements (kafka-protocol pre-allocates by that count).
+#[test]
+fn huge_array_counts_do_not_abort_the_broker() {
+    let b = Broker::start(&[]);
+    let header = |key: i16, version: i16, flexible: bool| {
+        let mut h = [
+            &key.to_be_bytes()[..],
+            &version.to_be_bytes(),
+            &6i32.to_be_bytes(),
+            &16i16.to_be_bytes(),
+            b"sluice-raw-tests",
+        ]
+        .concat();
+        if flexible {
+            h.push(0); // header tagged fields
+        }
+        h
+    };
+    let frame = |body: Vec<u8>| [&(body.len() as i32).to_be_bytes()[..], &body].concat();
+    let huge_i32 = 0x7fff_ffffi32.to_be_bytes();
+    let huge_uvarint = [0xff, 0xff, 0xff, 0xff, 0x0f];
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "metadata v1",
+            [header(3, 1, false), huge_i32.to_vec()].concat(),
+        ),
+        (
+            "metadata v9 compact",
+            [header(3, 9, true), huge_uvarint.to_vec()].concat(),
+        ),
+        (
+            "create topics v2",
+            [header(19, 2, false), huge_i32.to_vec()].concat(),
+        ),
+        (
+            "describe configs v1",
+            [header(32, 1, false), huge_i32.to_vec()].concat(),
+        ),
+        (
+            "produce v3",
+            [
+                header(0, 3, false),
+                vec![0xff, 0xff, 0, 1, 0, 0, 0x13, 0x88],
+                huge_i32.to_vec(),
+            ]
+            .concat(),
+        ),
+        (
+            "fetch v4",
+            [
+                header(1, 4, false),
+                vec![
+                    0xff, 0xff, 0xff, 0xff, 0, 0, 1, 0xf4, 0, 0, 0, 1, 0, 0x10, 0, 0, 0,
+                ],
+                huge_i32.to_vec(),
+            ]
+            .concat(),
+        ),
+        (
+            "delete topics v1",
+            [header(20, 1, false), huge_i32.to_vec()].concat(),
+        ),
+    ];
+    for (name, body) in cases {
+        assert!(
+            send_and_expect_close(&b, &frame(body)),
+            "{name}: connection not closed"
+        );
+        still_serving(&b);
+    }
+    let log = b.log();
+    assert!(!log.contains("memory allocation"), "{log}");
+}

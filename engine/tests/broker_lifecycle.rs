@@ -247,3 +247,107 @@ fn bad_config_is_a_clear_error_naming_the_key() {
     assert!(err.contains("TOML"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn retention_runs_on_the_shard_timer_with_live_topic_configs() {
+    let b = Broker::start(&["--set", "log.retention.check.interval.ms=200"]);
+    let mut c = b.client();
+    let r: CreateTopicsResponse = c.request(
+        7,
+        &CreateTopicsRequest::default()
+            .with_timeout_ms(5000)
+            .with_topics(vec![create_topics_request::CreatableTopic::default()
+                .with_name(tn("ret"))
+                .with_num_partitions(1)
+                .with_replication_factor(1)
+                .with_configs(vec![
+                    create_topics_request::CreatableTopicConfig::default()
+                        .with_name(StrBytes::from_static_str("segment.bytes"))
+                        .with_value(Some(StrBytes::from_static_str("4096"))),
+                ])]),
+    );
+    assert_eq!(r.topics[0].error_code, 0);
+    // ~260-byte batches: 60 of them fill 4 segments of 4 KiB.
+    for i in 0..60 {
+        produce_ok(&mut c, "ret", 0, &format!("r{i}"), 10);
+    }
+    let earliest = |c: &mut Client| -> i64 {
+        let req = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
+                .with_name(tn("ret"))
+                .with_partitions(vec![
+                    list_offsets_request::ListOffsetsPartition::default()
+                        .with_partition_index(0)
+                        .with_timestamp(-2),
+                ])]);
+        let r: ListOffsetsResponse = c.request(7, &req);
+        r.topics[0].partitions[0].offset
+    };
+    // Unlimited retention: nothing is deleted however often the timer runs.
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(earliest(&mut c), 0);
+    // Shrink retention.bytes live: the next timer tick deletes whole old segments.
+    let r: IncrementalAlterConfigsResponse = c.request(
+        1,
+        &IncrementalAlterConfigsRequest::default().with_resources(vec![
+            incremental_alter_configs_request::AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from_static_str("ret"))
+                .with_configs(vec![
+                    incremental_alter_configs_request::AlterableConfig::default()
+                        .with_name(StrBytes::from_static_str("retention.bytes"))
+                        .with_config_operation(0)
+                        .with_value(Some(StrBytes::from_static_str("4096"))),
+                ]),
+        ]),
+    );
+    assert_eq!(r.responses[0].error_code, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut start = 0;
+    while Instant::now() < deadline {
+        start = earliest(&mut c);
+        if start > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        start > 0,
+        "retention never advanced the log start offset: {}",
+        b.log()
+    );
+    assert!(start < 600, "the active segment is never deleted");
+    // Data from the new log start on is still readable, and a fetch below it is out of range.
+    let latest = {
+        let req = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
+                .with_name(tn("ret"))
+                .with_partitions(vec![
+                    list_offsets_request::ListOffsetsPartition::default()
+                        .with_partition_index(0)
+                        .with_timestamp(-1),
+                ])]);
+        let r: ListOffsetsResponse = c.request(7, &req);
+        r.topics[0].partitions[0].offset
+    };
+    assert_eq!(latest, 600);
+    let req = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(0)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![fetch_request::FetchTopic::default()
+            .with_topic(tn("ret"))
+            .with_partitions(vec![fetch_request::FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(1 << 20)])]);
+    let r: FetchResponse = c.request(11, &req);
+    assert_eq!(
+        r.responses[0].partitions[0].error_code, 1,
+        "OFFSET_OUT_OF_RANGE below the log start"
+    );
+    assert_eq!(r.responses[0].partitions[0].log_start_offset, start);
+}

@@ -511,3 +511,54 @@ fn admin_apis() {
     assert_eq!(r.topics[0].error_code, 0);
     assert_eq!(list_offset(&mut c, "a1", 0, -1), (0, 0, -1));
 }
+
+#[test]
+fn fetch_max_bytes_limits_the_response_but_never_starves_the_first_partition() {
+    let broker = Broker::start(&["--num-partitions", "2"]);
+    let mut c = broker.client();
+    metadata(&mut c, 12, &["mb"], true);
+    let a = batch("a", 4, 0);
+    let b = batch("b", 4, 0);
+    produce(&mut c, 9, 1, "mb", 0, a.clone());
+    produce(&mut c, 9, 1, "mb", 1, b.clone());
+    let both = |max_bytes: i32| {
+        FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(0)
+            .with_min_bytes(1)
+            .with_max_bytes(max_bytes)
+            .with_topics(vec![fetch_request::FetchTopic::default()
+                .with_topic(tn("mb"))
+                .with_partitions(
+                    (0..2)
+                        .map(|p| {
+                            fetch_request::FetchPartition::default()
+                                .with_partition(p)
+                                .with_fetch_offset(0)
+                                .with_partition_max_bytes(1 << 20)
+                        })
+                        .collect(),
+                )])
+    };
+    let sizes = |r: &FetchResponse| -> Vec<usize> {
+        r.responses[0]
+            .partitions
+            .iter()
+            .map(|p| p.records.as_ref().map_or(0, |x| x.len()))
+            .collect()
+    };
+    let r: FetchResponse = c.request(11, &both(1 << 20));
+    assert_eq!(sizes(&r), vec![a.len(), b.len()]);
+    // A limit below one batch: the first partition still gets its whole batch, the second none.
+    let r: FetchResponse = c.request(11, &both(1));
+    assert_eq!(sizes(&r), vec![a.len(), 0]);
+    assert!(r.responses[0]
+        .partitions
+        .iter()
+        .all(|p| p.error_code == 0 && p.high_watermark == 4));
+    // Per-partition limit below one batch: still one whole batch (Kafka's min-one-batch rule).
+    let mut one = fetch_req("mb", Uuid::nil(), 1, 0, 0, 1);
+    one.topics[0].partitions[0].partition_max_bytes = 1;
+    let r: FetchResponse = c.request(11, &one);
+    assert_eq!(sizes(&r), vec![b.len()]);
+}

@@ -516,43 +516,35 @@ impl BrokerConfig {
         overrides: &BTreeMap<String, String>,
     ) -> Result<LogConfig, ConfigError> {
         let v = |k: &str| self.topic_value(k, overrides).unwrap_or_default();
-        let segment_bytes: u64 = parse_int("segment.bytes", &v("segment.bytes"))?;
-        if segment_bytes < 14 {
-            return Err(invalid(
-                "segment.bytes",
-                &v("segment.bytes"),
-                "must be >= 14",
-            ));
-        }
-        let segment_ms: i64 = parse_int("segment.ms", &v("segment.ms"))?;
-        if segment_ms < 1 {
-            return Err(invalid("segment.ms", &v("segment.ms"), "must be >= 1"));
-        }
-        let segment_index_bytes: u32 = parse_int("segment.index.bytes", &v("segment.index.bytes"))?;
-        if segment_index_bytes < 8 {
-            return Err(invalid(
-                "segment.index.bytes",
-                &v("segment.index.bytes"),
-                "must be >= 8",
-            ));
-        }
-        let index_interval_bytes: u32 =
-            parse_int("index.interval.bytes", &v("index.interval.bytes"))?;
-        let retention_ms: i64 = parse_int("retention.ms", &v("retention.ms"))?;
-        if retention_ms < -1 {
-            return Err(invalid("retention.ms", &v("retention.ms"), "must be >= -1"));
-        }
-        let retention_bytes: i64 = parse_int("retention.bytes", &v("retention.bytes"))?;
-        if retention_bytes < -1 {
-            return Err(invalid(
-                "retention.bytes",
-                &v("retention.bytes"),
-                "must be >= -1",
-            ));
-        }
-        let max_message_bytes: u32 = parse_int("max.message.bytes", &v("max.message.bytes"))?;
-        let flush_messages: i64 = parse_int("flush.messages", &v("flush.messages"))?;
-        let flush_ms: i64 = parse_int("flush.ms", &v("flush.ms"))?;
+        // Errors name the key the operator wrote: the topic key when it is a topic override,
+        // else the broker key that supplied the default.
+        let key_name = |k: &'static str| -> &'static str {
+            if overrides.contains_key(k) {
+                return k;
+            }
+            TOPIC_KEYS
+                .iter()
+                .find(|(t, b)| *t == k && !b.is_empty())
+                .map_or(k, |(_, b)| *b)
+        };
+        let num = |k: &'static str, lo: i64, hi: i64| -> Result<i64, ConfigError> {
+            let raw = v(k);
+            let reason = format!("expected an integer in {lo}..={hi}");
+            match raw.trim().parse::<i64>() {
+                Ok(n) if (lo..=hi).contains(&n) => Ok(n),
+                _ => Err(invalid(key_name(k), &raw, reason)),
+            }
+        };
+        let i32_max = i64::from(i32::MAX);
+        let segment_bytes = num("segment.bytes", 14, i32_max)? as u64;
+        let segment_ms = num("segment.ms", 1, i64::MAX)?;
+        let segment_index_bytes = num("segment.index.bytes", 8, i32_max)? as u32;
+        let index_interval_bytes = num("index.interval.bytes", 0, i32_max)? as u32;
+        let retention_ms = num("retention.ms", -1, i64::MAX)?;
+        let retention_bytes = num("retention.bytes", -1, i64::MAX)?;
+        let max_message_bytes = num("max.message.bytes", 0, i32_max)? as u32;
+        let flush_messages = num("flush.messages", -1, i64::MAX)?;
+        let flush_ms = num("flush.ms", -1, i64::MAX)?;
         let flush = match (flush_messages, flush_ms) {
             (1, _) | (_, 0) => FlushPolicy::EveryAppend,
             (m, ms) if m <= 0 && ms < 0 => FlushPolicy::Os,
@@ -566,7 +558,7 @@ impl BrokerConfig {
             "LogAppendTime" => TimestampType::LogAppendTime,
             other => {
                 return Err(invalid(
-                    "message.timestamp.type",
+                    key_name("message.timestamp.type"),
                     other,
                     "expected CreateTime or LogAppendTime",
                 ))
@@ -685,6 +677,22 @@ mod tests {
                 "{key} missing from sluice.example.toml"
             );
         }
+    }
+
+    #[test]
+    fn bad_broker_log_default_names_the_broker_key_and_range() {
+        let e = resolve(None, &[], &[("log.segment.bytes", "-5")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`log.segment.bytes`") && e.contains("14..=2147483647"),
+            "{e}"
+        );
+        let c = resolve(None, &[], &[]).unwrap();
+        let mut o = BTreeMap::new();
+        o.insert("segment.bytes".to_string(), "3000000000".to_string());
+        let e = c.log_config(&o).unwrap_err().to_string();
+        assert!(e.contains("`segment.bytes`"), "{e}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! One client connection: read frames ahead, process them in order, write responses in order.
 //!
 //! Three tasks per connection: the reader reads up to `queued.max.requests.per.connection`
-//! frames ahead (the bounded queue is the back-pressure), the processor handles them one at a
+//! frames, and at most `socket.request.max.bytes` bytes of them, ahead (a bounded queue and a
+//! byte budget are the back-pressure), the processor handles them one at a
 //! time in arrival order, and the writer sends finished responses while the processor works on
 //! the next request. Requests of one connection are *executed* in order, as in Kafka (which
 //! mutes a connection until its response is sent): pipelined produce requests to one
@@ -11,16 +12,22 @@ use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::rc::Rc;
 
+use std::sync::Arc;
+
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
 use super::handlers::{handle_request, Response};
 use super::protocol::{FramePart, RecordsSource};
 use super::shard::{Phase, Shard};
+
+/// A request frame and the read-ahead budget it holds until it has been handled.
+type Frame = (BytesMut, OwnedSemaphorePermit);
 
 /// Why reading the next frame stopped.
 enum ReadEnd {
@@ -35,7 +42,7 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: SocketA
     let _ = stream.set_nodelay(true);
     let (rd, wr) = stream.into_split();
     let (frames_tx, frames_rx) =
-        mpsc::channel::<BytesMut>(shard.ctx.config.max_inflight_per_connection);
+        mpsc::channel::<Frame>(shard.ctx.config.max_inflight_per_connection);
     let (responses_tx, responses_rx) = mpsc::channel::<Response>(2);
     let writer = crate::io::runtime::spawn(write_loop(responses_rx, wr, peer));
     let processor =
@@ -51,18 +58,19 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: SocketA
 async fn read_loop(
     shard: &Rc<Shard>,
     rd: OwnedReadHalf,
-    tx: mpsc::Sender<BytesMut>,
+    tx: mpsc::Sender<Frame>,
     peer: SocketAddr,
 ) {
     let max = shard.ctx.config.socket_request_max_bytes;
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
+    let budget = Arc::new(Semaphore::new(max));
     let mut phase = shard.phase.subscribe();
     loop {
         if *phase.borrow() != Phase::Running {
             return;
         }
         let frame = tokio::select! {
-            f = read_frame(&mut rd, max) => f,
+            f = read_frame(&mut rd, max, &budget) => f,
             _ = phase.changed() => return,
             _ = tx.closed() => return,
         };
@@ -85,7 +93,11 @@ async fn read_loop(
 }
 
 /// Reads one size-prefixed frame. The size is checked before anything is allocated.
-async fn read_frame(rd: &mut BufReader<OwnedReadHalf>, max: usize) -> Result<BytesMut, ReadEnd> {
+async fn read_frame(
+    rd: &mut BufReader<OwnedReadHalf>,
+    max: usize,
+    budget: &Arc<Semaphore>,
+) -> Result<Frame, ReadEnd> {
     let size = match rd.read_i32().await {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(ReadEnd::Eof),
@@ -95,6 +107,12 @@ async fn read_frame(rd: &mut BufReader<OwnedReadHalf>, max: usize) -> Result<Byt
         return Err(ReadEnd::BadSize(size));
     }
     let size = size as usize;
+    // Wait for read-ahead budget before allocating; `max` fits in u32 (config checks it).
+    let permit = budget
+        .clone()
+        .acquire_many_owned(size as u32)
+        .await
+        .map_err(|_| ReadEnd::Eof)?;
     let mut buf = BytesMut::with_capacity(size);
     let mut limited = rd.take(size as u64);
     while buf.len() < size {
@@ -105,17 +123,20 @@ async fn read_frame(rd: &mut BufReader<OwnedReadHalf>, max: usize) -> Result<Byt
         }
     }
     debug_assert_eq!(buf.len(), size);
-    Ok(buf)
+    Ok((buf, permit))
 }
 
 async fn process_loop(
     shard: Rc<Shard>,
-    mut frames: mpsc::Receiver<BytesMut>,
+    mut frames: mpsc::Receiver<Frame>,
     responses: mpsc::Sender<Response>,
     peer: SocketAddr,
 ) {
-    while let Some(frame) = frames.recv().await {
-        match handle_request(shard.clone(), frame.freeze()).await {
+    while let Some((frame, budget)) = frames.recv().await {
+        let result = handle_request(shard.clone(), frame.freeze()).await;
+        // The request's bytes are gone once it is handled: let the reader read ahead again.
+        drop(budget);
+        match result {
             Ok(None) => {}
             Ok(Some(response)) => {
                 if responses.send(response).await.is_err() {

@@ -439,11 +439,8 @@ async fn fetch(
     }
     // Response-wide max_bytes, in request order; the first non-empty partition always goes
     // out whole so a batch larger than the limit can still be consumed (as Kafka does).
-    let mut remaining = if req.max_bytes <= 0 {
-        usize::MAX
-    } else {
-        req.max_bytes as usize
-    };
+    // max_bytes <= 0 still returns the first batch, like any limit smaller than a batch.
+    let mut remaining = usize::try_from(req.max_bytes).unwrap_or(0);
     let mut first = true;
     let mut topics = Vec::with_capacity(layout.len());
     for (name, topic_id, parts) in layout {
