@@ -28,19 +28,14 @@ def pytest_runtest_makereport(item, call):
             report.sections.append((f"sluice log #{i} ({b.log_path})", b.log_tail(200)))
 
 
-# Tests that fail today because of a broker defect reported in /work/briefs/broker-bugs.md.
+# Tests that fail today (broker 7b227bc) because of a broker defect reported in /work/briefs/broker-bugs.md.
 # They run (and fail) normally. With SLUICE_XFAIL_KNOWN_BUGS=1 they become strict xfails, so a
 # tree with those defects can pass CI while the list stays visible; strict means a fixed bug
 # turns its test into a failure (XPASS) until its line here is removed.
 KNOWN_BROKER_BUGS = {
-    "test_bad_input.py::test_bad_input_answered_or_closed_and_broker_keeps_serving[metadata-huge-array-count]": "B1",
-    "test_bad_input.py::test_bad_input_answered_or_closed_and_broker_keeps_serving[create-topics-garbage-body]": "B1",
-    "test_bad_input.py::test_bad_input_answered_or_closed_and_broker_keeps_serving[describe-configs-garbage-body]": "B1",
-    "test_bad_input.py::test_random_frames_with_plausible_headers": "B1",
     "test_produce_consume.py::test_compressed_batches_pass_through[confluent-lz4-3]": "B2",
     "test_produce_consume.py::test_offsets_for_times_confluent[gzip]": "B3",
     "test_produce_consume.py::test_offsets_for_times_kafka_python[snappy]": "B3",
-    "test_startup.py::test_bad_config_is_a_clear_error[args1-log.segment.bytes]": "B4",
 }
 
 

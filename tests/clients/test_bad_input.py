@@ -208,14 +208,15 @@ def test_abrupt_resets_mid_frame(broker):
 
 def test_random_frames_with_plausible_headers(broker):
     """Seeded fuzz: frames with a correct size prefix and a real API key/version in the header
-    but a random body. Each is answered or closed; the broker survives all of them."""
+    but a random body (half of them starting with a small array count, to get deeper into
+    the decoder). Each is answered or closed; the broker survives all of them."""
     rng = random.Random(1234)
     keys = [kw.PRODUCE, kw.FETCH, kw.LIST_OFFSETS, kw.METADATA, kw.API_VERSIONS, kw.CREATE_TOPICS, kw.DELETE_TOPICS,
             kw.DESCRIBE_CONFIGS, kw.CREATE_PARTITIONS, kw.INCREMENTAL_ALTER_CONFIGS, kw.DESCRIBE_CLUSTER]
     with kw.connect(broker.port) as s:
         served = kw.api_versions(s, version=0).apis
     deadline = time.monotonic() + 30
-    for i in range(120):
+    for i in range(300):
         if time.monotonic() > deadline:
             break
         key = rng.choice(keys)
@@ -223,7 +224,10 @@ def test_random_frames_with_plausible_headers(broker):
         version = rng.randint(lo, hi)
         # Flexible versions take a header v2 (tagged fields after client id); sometimes add it.
         header = kw.request_header(key, version, 500 + i) + (b"\x00" if rng.random() < 0.5 else b"")
-        payload = kw.frame(header + rng.randbytes(rng.randrange(0, 200)))
+        body = rng.randbytes(rng.randrange(0, 200))
+        if len(body) >= 4 and rng.random() < 0.5:
+            body = kw.i32(rng.randrange(0, 4)) + body[4:]  # a small first count gets the decoder further
+        payload = kw.frame(header + body)
         outcome = send_and_outcome(broker, payload, True)
         assert outcome in ("answered", "closed"), f"frame #{i} (api {key} v{version}): {outcome}"
         assert broker.alive(), f"broker died on frame #{i} (api {key} v{version})"
