@@ -200,3 +200,20 @@ def test_advertised_listener_is_what_metadata_returns(make_broker):
     with kw.connect(broker.port) as s:
         md = kw.metadata(s, None)
     assert [(b[1], b[2]) for b in md.brokers] == [("localhost", broker.port)], md.brokers
+
+
+def test_fetch_min_bytes_waits_for_more_data(broker, topic_name):
+    """min.bytes above what is available: the fetch waits out max.wait.ms, then returns what
+    there is; min.bytes=1 with data available returns at once."""
+    ck_create_topic(broker.bootstrap, topic_name, 1)
+    ck_produce(broker.bootstrap, topic_name, make_messages(5, 1, seed=65), acks="1")
+    with kw.connect(broker.port) as s:
+        t0 = time.monotonic()
+        fp = kw.fetch(s, topic_name, 0, 0, max_wait_ms=700, min_bytes=10 << 20)
+        took = time.monotonic() - t0
+        assert fp.error_code == kw.NONE and sum(b.record_count for b in kw.parse_batches(fp.records or b"")) == 5
+        assert 0.5 <= took <= 4.0, f"min.bytes=10 MiB with 1 KiB available answered after {took:.2f}s (max.wait.ms=700)"
+        t0 = time.monotonic()
+        fp = kw.fetch(s, topic_name, 0, 0, correlation_id=4, max_wait_ms=5000, min_bytes=1)
+        took = time.monotonic() - t0
+        assert fp.records and took < 1.0, f"min.bytes=1 with data available took {took:.2f}s"
