@@ -562,3 +562,60 @@ fn fetch_max_bytes_limits_the_response_but_never_starves_the_first_partition() {
     let r: FetchResponse = c.request(11, &one);
     assert_eq!(sizes(&r), vec![b.len()]);
 }
+
+#[test]
+fn pipelined_produces_are_appended_in_request_order() {
+    let broker = Broker::start(&["--num-partitions", "2"]);
+    let mut c = broker.client();
+    metadata(&mut c, 12, &["order"], true);
+    // 200 requests written before any response is read, alternating partitions (two shards
+    // own them), 3 records each; every 50th request carries both partitions.
+    let mut sent = Vec::new();
+    for i in 0..200 {
+        let parts: Vec<i32> = if i % 50 == 0 { vec![0, 1] } else { vec![i % 2] };
+        let req = ProduceRequest::default()
+            .with_acks(1)
+            .with_timeout_ms(5000)
+            .with_topic_data(vec![produce_request::TopicProduceData::default()
+                .with_name(tn("order"))
+                .with_partition_data(
+                    parts
+                        .iter()
+                        .map(|p| {
+                            produce_request::PartitionProduceData::default()
+                                .with_index(*p)
+                                .with_records(Some(batch(&format!("m{i}"), 3, i64::from(i))))
+                        })
+                        .collect(),
+                )]);
+        sent.push((c.send(9, &req), parts));
+    }
+    let mut next = [0i64, 0];
+    for (cid, parts) in sent {
+        let r = c.recv::<ProduceRequest>(9, cid);
+        for (p, pr) in parts.iter().zip(&r.responses[0].partition_responses) {
+            assert_eq!(pr.error_code, 0);
+            assert_eq!(
+                pr.base_offset, next[*p as usize],
+                "partition {p} appended out of order"
+            );
+            next[*p as usize] += 3;
+        }
+    }
+    for p in 0..2 {
+        let mut got = Vec::new();
+        let mut offset = 0;
+        while offset < next[p as usize] {
+            let r: FetchResponse = c.request(12, &fetch_req("order", Uuid::nil(), p, offset, 0, 1));
+            let records = r.responses[0].partitions[0].records.clone().unwrap();
+            let v = values(&records);
+            offset += v.len() as i64;
+            got.extend(v);
+        }
+        let want: Vec<String> = (0..200)
+            .filter(|i| i % 50 == 0 || i % 2 == p)
+            .flat_map(|i| (0..3).map(move |j| format!("m{i}-{j}")))
+            .collect();
+        assert_eq!(got, want, "partition {p}");
+    }
+}

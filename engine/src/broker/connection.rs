@@ -1,12 +1,16 @@
 //! One client connection: read frames ahead, process them in order, write responses in order.
 //!
-//! Three tasks per connection: the reader reads up to `queued.max.requests.per.connection`
-//! frames, and at most `socket.request.max.bytes` bytes of them, ahead (a bounded queue and a
-//! byte budget are the back-pressure), the processor handles them one at a
-//! time in arrival order, and the writer sends finished responses while the processor works on
-//! the next request. Requests of one connection are *executed* in order, as in Kafka (which
-//! mutes a connection until its response is sent): pipelined produce requests to one
-//! partition must be appended in the order the client sent them.
+//! Per connection: the reader reads up to `queued.max.requests.per.connection` frames, and at
+//! most `socket.request.max.bytes` bytes of them, ahead (a bounded queue and a byte budget are
+//! the back-pressure); the processor starts each request as a task in arrival order; the
+//! writer awaits those tasks in the same order and sends their responses.
+//!
+//! Requests take effect in the order the client sent them, as in Kafka (which mutes a
+//! connection until its response is sent): a non-produce request starts only after every
+//! earlier request has completed, and runs to completion before the next starts. Consecutive
+//! produce requests are pipelined: the next one starts as soon as the previous one's appends
+//! have taken their place in their logs' order, so they are appended in request order while
+//! their writes (and fsyncs) overlap.
 
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
@@ -18,13 +22,17 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-use super::handlers::{handle_request, Response};
+use super::handlers::{handle_request, RequestError, Response};
 use super::protocol::{FramePart, RecordsSource};
 use super::shard::{Phase, Shard};
+
+/// A started request, awaited by the writer in request order.
+type InFlight = JoinHandle<Result<Option<Response>, RequestError>>;
 
 /// A request frame and the read-ahead budget it holds until it has been handled.
 type Frame = (BytesMut, OwnedSemaphorePermit);
@@ -43,7 +51,8 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: SocketA
     let (rd, wr) = stream.into_split();
     let (frames_tx, frames_rx) =
         mpsc::channel::<Frame>(shard.ctx.config.max_inflight_per_connection);
-    let (responses_tx, responses_rx) = mpsc::channel::<Response>(2);
+    let (responses_tx, responses_rx) =
+        mpsc::channel::<InFlight>(shard.ctx.config.max_inflight_per_connection);
     let writer = crate::io::runtime::spawn(write_loop(responses_rx, wr, peer));
     let processor =
         crate::io::runtime::spawn(process_loop(shard.clone(), frames_rx, responses_tx, peer));
@@ -129,33 +138,61 @@ async fn read_frame(
 async fn process_loop(
     shard: Rc<Shard>,
     mut frames: mpsc::Receiver<Frame>,
-    responses: mpsc::Sender<Response>,
-    peer: SocketAddr,
+    responses: mpsc::Sender<InFlight>,
+    _peer: SocketAddr,
 ) {
+    // Completion signals of produce requests started but maybe not finished.
+    let mut produces: Vec<oneshot::Receiver<bool>> = Vec::new();
     while let Some((frame, budget)) = frames.recv().await {
-        let result = handle_request(shard.clone(), frame.freeze()).await;
-        // The request's bytes are gone once it is handled: let the reader read ahead again.
-        drop(budget);
-        match result {
-            Ok(None) => {}
-            Ok(Some(response)) => {
-                if responses.send(response).await.is_err() {
-                    return;
-                }
+        let is_produce = frame.len() >= 2 && i16::from_be_bytes([frame[0], frame[1]]) == 0;
+        if !is_produce {
+            // A fetch, metadata or admin request sees every earlier produce's effect.
+            for done in produces.drain(..) {
+                let _ = done.await;
             }
-            Err(e) => {
-                warn!(%peer, "closing connection: {e}");
-                return;
-            }
+        }
+        let (submitted_tx, submitted_rx) = oneshot::channel();
+        let (done_tx, done_rx) = oneshot::channel();
+        let task_shard = shard.clone();
+        let task = crate::io::runtime::spawn(async move {
+            let result = handle_request(task_shard, frame.freeze(), Some(submitted_tx)).await;
+            // The request's bytes are gone once it is handled: let the reader read ahead.
+            drop(budget);
+            let _ = done_tx.send(result.is_ok());
+            result
+        });
+        if responses.send(task).await.is_err() {
+            return;
+        }
+        // A request that fails closes the connection: nothing after it may take effect.
+        if is_produce && submitted_rx.await.is_ok() {
+            // Its appends are ordered; let it finish in the background.
+            produces
+                .retain_mut(|rx| matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
+            produces.push(done_rx);
+        } else if !matches!(done_rx.await, Ok(true)) {
+            return;
         }
     }
 }
 
-async fn write_loop(mut rx: mpsc::Receiver<Response>, mut wr: OwnedWriteHalf, peer: SocketAddr) {
-    while let Some(response) = rx.recv().await {
+async fn write_loop(mut rx: mpsc::Receiver<InFlight>, mut wr: OwnedWriteHalf, peer: SocketAddr) {
+    while let Some(task) = rx.recv().await {
+        let response = match task.await {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => {
+                warn!(%peer, "closing connection: {e}");
+                return;
+            }
+            Err(e) => {
+                warn!(%peer, "closing connection: request task failed: {e}");
+                return;
+            }
+        };
         let result = match response {
-            Response::Frame(bytes) => wr.write_all(&bytes).await,
-            Response::Fetch(frame) => write_fetch(&mut wr, frame.parts).await,
+            None => Ok(()),
+            Some(Response::Frame(bytes)) => wr.write_all(&bytes).await,
+            Some(Response::Fetch(frame)) => write_fetch(&mut wr, frame.parts).await,
         };
         if let Err(e) = result {
             debug!(%peer, "write failed: {e}");

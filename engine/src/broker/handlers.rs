@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{self as m, ApiKey, BrokerId, RequestHeader, TopicName};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use tokio::sync::oneshot;
 use tracing::{debug, info};
 use uuid::Uuid;
 
@@ -78,9 +79,14 @@ fn topic_name(s: &str) -> TopicName {
 
 /// Handles one request frame (without its size prefix). `Ok(None)` means no response is
 /// sent (produce with acks=0).
+///
+/// For a Produce, `submitted` fires once every partition's append has taken its place in its
+/// log's order (the connection may then start the next produce); for other requests it is
+/// dropped when the request completes.
 pub async fn handle_request(
     shard: Rc<Shard>,
     frame: Bytes,
+    submitted: Option<oneshot::Sender<()>>,
 ) -> Result<Option<Response>, RequestError> {
     let peek = peek_header(&frame).ok_or(RequestError::TooShort(frame.len()))?;
     let api = ApiKey::try_from(peek.api_key).map_err(|_| RequestError::UnknownApi(peek.api_key))?;
@@ -112,7 +118,7 @@ pub async fn handle_request(
     match api {
         ApiKey::Produce => {
             let req = decode!(m::ProduceRequest);
-            match produce(&shard, req).await? {
+            match produce(&shard, req, submitted).await? {
                 Some(resp) => frame(&resp),
                 None => Ok(None),
             }
@@ -236,6 +242,7 @@ fn group_by_shard<T>(
 async fn produce(
     shard: &Rc<Shard>,
     req: m::ProduceRequest,
+    submitted: Option<oneshot::Sender<()>>,
 ) -> Result<Option<m::ProduceResponse>, RequestError> {
     let acks = req.acks;
     let image = shard.ctx.metadata.image();
@@ -268,6 +275,7 @@ async fn produce(
         layout.push((topic.name.clone(), parts));
     }
     let groups = group_by_shard(shard, work);
+    let mut submissions = Vec::with_capacity(groups.len());
     let calls = groups.into_iter().map(|(owner, (positions, items))| {
         let items: Vec<ProduceIn> = items
             .into_iter()
@@ -277,15 +285,31 @@ async fn produce(
                 records,
             })
             .collect();
+        let (tx, rx) = oneshot::channel();
+        submissions.push(rx);
         let shard = shard.clone();
         async move {
             (
                 positions,
-                shard.call(owner, move |s| s.produce_local(items)).await,
+                shard
+                    .call(owner, move |s| s.produce_local(items, Some(tx)))
+                    .await,
             )
         }
     });
-    for (positions, outs) in futures_util::future::join_all(calls).await {
+    let calls: Vec<_> = calls.collect();
+    // The request counts as submitted once every owner has ordered its appends (or failed).
+    let all_submitted = async move {
+        for rx in submissions {
+            let _ = rx.await;
+        }
+        if let Some(tx) = submitted {
+            let _ = tx.send(());
+        }
+    };
+    let (outcomes, ()) =
+        futures_util::future::join(futures_util::future::join_all(calls), all_submitted).await;
+    for (positions, outs) in outcomes {
         let outs = outs?;
         for (pos, out) in positions.into_iter().zip(outs) {
             results[pos] = Some(out);

@@ -11,6 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
@@ -168,6 +169,50 @@ pub struct ProduceOut {
     pub log_append_time_ms: i64,
     /// Log start offset after the append.
     pub log_start_offset: i64,
+}
+
+/// A produce to one partition, started in order (see [`Shard::produce_local`]).
+enum Started {
+    Done(ProduceOut),
+    Pending(Pin<Box<dyn Future<Output = ProduceOut>>>),
+}
+
+fn produce_error(code: i16, msg: Option<String>) -> ProduceOut {
+    ProduceOut {
+        error_code: code,
+        error_message: msg,
+        base_offset: -1,
+        log_append_time_ms: -1,
+        log_start_offset: -1,
+    }
+}
+
+async fn append_one(partition: Rc<Partition>, item: ProduceIn) -> ProduceOut {
+    let Some(records) = item.records.filter(|r| !r.is_empty()) else {
+        return produce_error(error_code::CORRUPT_MESSAGE, Some("empty record set".into()));
+    };
+    match partition.log.append_leader(records, 0, now_ms()).await {
+        Ok(info) => {
+            // The log already waited for the fsync if its flush policy syncs every append
+            // (Kafka's flush.messages=1), whatever the acks; acks only matter with replicas.
+            partition.appended.notify_waiters();
+            ProduceOut {
+                error_code: error_code::NONE,
+                error_message: None,
+                base_offset: info.first_offset,
+                log_append_time_ms: info.log_append_time_ms,
+                log_start_offset: info.log_start_offset,
+            }
+        }
+        Err(e) => {
+            debug!(
+                topic = item.topic,
+                partition = item.partition,
+                "append rejected: {e}"
+            );
+            produce_error(e.kafka_error_code(), Some(e.to_string()))
+        }
+    }
 }
 
 /// Input for one partition of a fetch.
@@ -380,48 +425,43 @@ impl Shard {
     }
 
     /// Appends to local partitions (acks 1 and -1 behave alike on a single node).
-    pub async fn produce_local(self: Rc<Self>, items: Vec<ProduceIn>) -> Vec<ProduceOut> {
-        let futs = items.into_iter().map(|item| self.produce_one(item));
-        futures_util::future::join_all(futs).await
-    }
-
-    async fn produce_one(&self, item: ProduceIn) -> ProduceOut {
-        let fail = |code: i16, msg: Option<String>| ProduceOut {
-            error_code: code,
-            error_message: msg,
-            base_offset: -1,
-            log_append_time_ms: -1,
-            log_start_offset: -1,
-        };
-        let partition = match self.partition(&item.topic, item.partition).await {
-            Ok(p) => p,
-            Err(code) => return fail(code, None),
-        };
-        let Some(records) = item.records.filter(|r| !r.is_empty()) else {
-            return fail(error_code::CORRUPT_MESSAGE, Some("empty record set".into()));
-        };
-        match partition.log.append_leader(records, 0, now_ms()).await {
-            Ok(info) => {
-                // The log already waited for the fsync if its flush policy syncs every append
-                // (Kafka's flush.messages=1), whatever the acks; acks only matter with replicas.
-                partition.appended.notify_waiters();
-                ProduceOut {
-                    error_code: error_code::NONE,
-                    error_message: None,
-                    base_offset: info.first_offset,
-                    log_append_time_ms: info.log_append_time_ms,
-                    log_start_offset: info.log_start_offset,
+    ///
+    /// Two phases. First, in request order, each partition's append is started and polled
+    /// once: the log takes its FIFO append lock at the first poll, so this fixes the order of
+    /// the offsets (the storage contract: appends to a partition are ordered by call). Then
+    /// `submitted` fires, which lets the connection start its next produce request, and the
+    /// appends are awaited together.
+    pub async fn produce_local(
+        self: Rc<Self>,
+        items: Vec<ProduceIn>,
+        submitted: Option<oneshot::Sender<()>>,
+    ) -> Vec<ProduceOut> {
+        let mut started = Vec::with_capacity(items.len());
+        for item in items {
+            let partition = match self.partition(&item.topic, item.partition).await {
+                Ok(p) => p,
+                Err(code) => {
+                    started.push(Started::Done(produce_error(code, None)));
+                    continue;
                 }
-            }
-            Err(e) => {
-                debug!(
-                    topic = item.topic,
-                    partition = item.partition,
-                    "append rejected: {e}"
-                );
-                fail(e.kafka_error_code(), Some(e.to_string()))
-            }
+            };
+            let mut append = Box::pin(append_one(partition, item));
+            let first = std::future::poll_fn(|cx| Poll::Ready(append.as_mut().poll(cx))).await;
+            started.push(match first {
+                Poll::Ready(out) => Started::Done(out),
+                Poll::Pending => Started::Pending(append),
+            });
         }
+        if let Some(tx) = submitted {
+            let _ = tx.send(());
+        }
+        let finish = started.into_iter().map(|s| async move {
+            match s {
+                Started::Done(out) => out,
+                Started::Pending(append) => append.await,
+            }
+        });
+        futures_util::future::join_all(finish).await
     }
 
     /// Reads from local partitions. With `zero_copy` the records are a dup'd segment fd and a

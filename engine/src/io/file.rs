@@ -44,6 +44,20 @@ impl DiskFile {
         })
     }
 
+    /// Opens (creating if needed) `path` read-write through io_uring's openat.
+    pub async fn open_rw_async(path: &Path) -> io::Result<DiskFile> {
+        let file = tokio_uring::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .open(path)
+            .await?;
+        Ok(DiskFile {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
     /// Creates `path` (failing if it exists) through io_uring's openat.
     pub async fn create_new(path: &Path) -> io::Result<DiskFile> {
         let file = tokio_uring::fs::OpenOptions::new()
@@ -83,6 +97,37 @@ impl DiskFile {
     /// Writes all of `buf` at `pos`; returns the buffer so callers can reuse it.
     pub async fn write_all_at(&self, buf: Bytes, pos: u64) -> (io::Result<()>, Bytes) {
         self.file.write_all_at(buf, pos).await
+    }
+
+    /// Writes all of `bufs`, back to back, starting at `pos` with one `writev` per attempt;
+    /// short writes continue where they stopped.
+    pub async fn write_all_vectored_at(
+        &self,
+        mut bufs: Vec<Bytes>,
+        mut pos: u64,
+    ) -> io::Result<()> {
+        while !bufs.is_empty() {
+            let (res, returned) = self.file.writev_at(bufs, pos).await;
+            let mut n = res?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "writev wrote nothing",
+                ));
+            }
+            pos += n as u64;
+            let mut rest = Vec::with_capacity(returned.len());
+            for b in returned {
+                if n >= b.len() {
+                    n -= b.len();
+                } else {
+                    rest.push(b.slice(n..));
+                    n = 0;
+                }
+            }
+            bufs = rest;
+        }
+        Ok(())
     }
 
     /// Writes all of `buf` (an owned vector) at `pos`.
@@ -192,12 +237,15 @@ pub fn sync_dir_blocking(path: &Path) -> io::Result<()> {
     std::fs::File::open(path)?.sync_all()
 }
 
-/// The temporary name used by `write_file_atomic`.
+/// A fresh temporary name for `write_file_atomic`: `<name>.<n>.tmp`, unique within the
+/// process, so two writers of the same file never rename each other's temp file.
 pub fn tmp_path(path: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut name = path
         .file_name()
         .map(|n| n.to_os_string())
         .unwrap_or_default();
-    name.push(".tmp");
+    name.push(format!(".{n}.tmp"));
     path.with_file_name(name)
 }

@@ -418,7 +418,7 @@ pub fn uncompressed_records(
     batch: &[u8],
     header: &BatchHeader,
 ) -> Result<Vec<RecordInfo>, BatchError> {
-    let mut out = Vec::with_capacity(header.records_count.max(0).min(1 << 16) as usize);
+    let mut out = Vec::with_capacity(header.records_count.clamp(0, 1 << 16) as usize);
     for_each_uncompressed_record(batch, header, |r| out.push(r))?;
     Ok(out)
 }

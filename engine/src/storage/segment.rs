@@ -485,7 +485,9 @@ impl Segment {
         for (suffix, bytes) in [(INDEX_SUFFIX, idx), (TIME_INDEX_SUFFIX, tidx)] {
             let path = self.path(suffix);
             let len = bytes.len() as u64;
-            let f = DiskFile::open_rw(&path, true).map_err(|e| StorageError::io(&path, e))?;
+            let f = DiskFile::open_rw_async(&path)
+                .await
+                .map_err(|e| StorageError::io(&path, e))?;
             if !bytes.is_empty() {
                 f.write_vec_at(bytes, 0)
                     .await
