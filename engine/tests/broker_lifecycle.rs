@@ -351,3 +351,40 @@ fn retention_runs_on_the_shard_timer_with_live_topic_configs() {
     );
     assert_eq!(r.responses[0].partitions[0].log_start_offset, start);
 }
+
+#[test]
+fn sigterm_answers_a_waiting_long_poll_and_exits_promptly() {
+    let mut b = Broker::start(&[]);
+    let mut c = b.client();
+    partitions_of(&mut c, "idle");
+    let req = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(30_000)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![fetch_request::FetchTopic::default()
+            .with_topic(tn("idle"))
+            .with_partitions(vec![fetch_request::FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(1 << 20)])]);
+    let cid = c.send(11, &req);
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    let status = b.stop_with(Signal::SIGTERM);
+    assert!(status.success(), "{status}: {}", b.log());
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "shutdown waited for the long poll"
+    );
+    // The in-flight fetch was answered (empty) before the connection closed.
+    let r = c.recv::<FetchRequest>(11, cid);
+    assert_eq!(r.responses[0].partitions[0].error_code, 0);
+    assert_eq!(
+        r.responses[0].partitions[0]
+            .records
+            .as_ref()
+            .map(|x| x.len()),
+        Some(0)
+    );
+}

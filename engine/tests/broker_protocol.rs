@@ -274,6 +274,19 @@ fn acks_zero_sends_no_response_and_pipelined_responses_keep_order() {
     }
     // The next response on the connection is the ListOffsets one: acks=0 produced none.
     assert_eq!(list_offset(&mut c, "quiet", 0, -1), (0, 10, -1));
+    // A failed acks=0 produce has no response to report it: the broker closes the connection.
+    let mut doomed = broker.client();
+    produce(&mut doomed, 9, 0, "no-such-topic", 0, batch("x", 1, 0));
+    let err = doomed
+        .read_frame()
+        .expect_err("connection should be closed");
+    assert!(
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+        ),
+        "expected a close, got {err:?}"
+    );
 
     // 40 pipelined requests of mixed kinds, written before any response is read.
     let mut expected = Vec::new();

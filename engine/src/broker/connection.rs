@@ -54,8 +54,7 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: SocketA
     let (responses_tx, responses_rx) =
         mpsc::channel::<InFlight>(shard.ctx.config.max_inflight_per_connection);
     let writer = crate::io::runtime::spawn(write_loop(responses_rx, wr, peer));
-    let processor =
-        crate::io::runtime::spawn(process_loop(shard.clone(), frames_rx, responses_tx, peer));
+    let processor = crate::io::runtime::spawn(process_loop(shard.clone(), frames_rx, responses_tx));
     read_loop(&shard, rd, frames_tx, peer).await;
     let _ = processor.await;
     let _ = writer.await;
@@ -139,7 +138,6 @@ async fn process_loop(
     shard: Rc<Shard>,
     mut frames: mpsc::Receiver<Frame>,
     responses: mpsc::Sender<InFlight>,
-    _peer: SocketAddr,
 ) {
     // Completion signals of produce requests started but maybe not finished.
     let mut produces: Vec<oneshot::Receiver<bool>> = Vec::new();

@@ -60,6 +60,9 @@ pub enum RequestError {
     /// The response could not be encoded.
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    /// An acks=0 produce failed; the connection is closed to tell the client.
+    #[error("acks=0 produce failed with error code {0}")]
+    AcksZeroFailed(i16),
     /// A shard stopped while the request was in flight (shutdown).
     #[error(transparent)]
     ShardGone(#[from] super::shard::ShardGone),
@@ -316,6 +319,16 @@ async fn produce(
         }
     }
     if acks == 0 {
+        // No response to carry the error: close the connection instead, so the producer
+        // refreshes its metadata (what Kafka does).
+        if let Some(code) = results
+            .iter()
+            .flatten()
+            .map(|o| o.error_code)
+            .find(|c| *c != ec::NONE)
+        {
+            return Err(RequestError::AcksZeroFailed(code));
+        }
         return Ok(None);
     }
     let mut resp = m::ProduceResponse::default();
