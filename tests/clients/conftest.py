@@ -1,0 +1,113 @@
+"""Fixtures for the real-client suite: a fresh sluice broker per test, its log on failure."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import shutil
+
+import pytest
+
+from sluice_broker import Broker, sluice_binary
+
+_topic_counter = itertools.count()
+
+# A Rust panic anywhere in the broker is a bug even if the process survives it (a shard task
+# that panicked has dropped its connections or partitions).
+_PANIC = re.compile(r"panicked at")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Attach the log of every broker a failing test used to its report."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for i, b in enumerate(getattr(item, "_sluice_brokers", [])):
+            report.sections.append((f"sluice log #{i} ({b.log_path})", b.log_tail(200)))
+
+
+# Tests that fail today (broker 7f862c2) because of a broker defect reported in /work/briefs/broker-bugs.md.
+# They run (and fail) normally. With SLUICE_XFAIL_KNOWN_BUGS=1 they become strict xfails, so a
+# tree with those defects can pass CI while the list stays visible; strict means a fixed bug
+# turns its test into a failure (XPASS) until its line here is removed.
+KNOWN_BROKER_BUGS = {
+    "test_produce_consume.py::test_compressed_batches_pass_through[confluent-lz4-3]": "B2",
+    "test_produce_consume.py::test_offsets_for_times_confluent[gzip]": "B3",
+    "test_produce_consume.py::test_offsets_for_times_kafka_python[snappy]": "B3",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("SLUICE_XFAIL_KNOWN_BUGS") != "1":
+        return
+    for item in items:
+        key = item.nodeid.split("tests/clients/")[-1]
+        bug = KNOWN_BROKER_BUGS.get(key)
+        if bug:
+            item.add_marker(pytest.mark.xfail(reason=f"known broker bug {bug} (broker-bugs.md)", strict=True))
+
+
+def pytest_sessionstart(session):
+    # Fail fast and loudly (never skip) when the binary is missing.
+    try:
+        sluice_binary()
+    except FileNotFoundError as e:
+        raise pytest.UsageError(str(e)) from e
+
+
+def _check_after_test(b: Broker) -> list[str]:
+    problems = []
+    died = b.proc is not None and b.proc.poll() is not None and len(b.exit_codes) < b.starts
+    if died:
+        problems.append(f"broker (pid {b.pid}) died during the test with exit code {b.proc.returncode}")
+    if b.alive():
+        b.stop()
+    panics = [line for line in b.log_text().splitlines() if _PANIC.search(line)]
+    if panics:
+        problems.append("broker log shows a panic: " + panics[0])
+    return problems
+
+
+@pytest.fixture
+def make_broker(request, tmp_path):
+    """Factory: make_broker(shards=2, extra_args=[...], start=True) -> Broker.
+
+    Every broker made is stopped after the test; the test fails if one died by itself or
+    panicked.
+    """
+    brokers: list[Broker] = []
+    request.node._sluice_brokers = brokers
+
+    def make(shards: int = 2, extra_args: list[str] | None = None, start: bool = True) -> Broker:
+        n = len(brokers)
+        b = Broker(tmp_path / f"data{n}", tmp_path / f"sluice{n}.log", shards=shards, extra_args=extra_args)
+        brokers.append(b)
+        if start:
+            b.start()
+        return b
+
+    yield make
+
+    problems = []
+    for b in brokers:
+        problems += _check_after_test(b)
+    if problems:
+        pytest.fail("; ".join(problems), pytrace=False)
+    # Data dirs can be large (100k-message tests); free them as soon as the test passes.
+    for b in brokers:
+        shutil.rmtree(b.data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def broker(make_broker) -> Broker:
+    """A running 2-shard broker on a free port with a fresh data dir."""
+    return make_broker()
+
+
+@pytest.fixture
+def topic_name(request) -> str:
+    """A topic name unique within the session, readable in broker logs."""
+    base = re.sub(r"[^A-Za-z0-9._-]", "-", request.node.name)[:120]
+    return f"{base}-{next(_topic_counter)}"
