@@ -987,3 +987,500 @@ fn validate_topic_configs(configs: &BTreeMap<String, String>) -> Result<(), Meta
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn register(image: &mut MetadataImage, index: &mut u64, id: BrokerId) -> i64 {
+        *index += 1;
+        let cmd = MetadataCommand::RegisterBroker {
+            broker_id: id,
+            incarnation: Uuid::from_u128(id as u128 + 1 + *index as u128 * 1000),
+            listeners: vec![Endpoint {
+                name: "PLAINTEXT".into(),
+                host: "127.0.0.1".into(),
+                port: 9092 + id as u16,
+            }],
+            rack: None,
+        };
+        let Ok(Applied::BrokerRegistered { broker_epoch }) = image.apply(*index, &cmd) else {
+            panic!("registration failed");
+        };
+        *index += 1;
+        let unfence = MetadataCommand::UnfenceBroker {
+            broker_id: id,
+            broker_epoch,
+        };
+        assert_eq!(image.apply(*index, &unfence), Ok(Applied::Done));
+        broker_epoch
+    }
+
+    fn cluster(n: i32) -> (MetadataImage, u64, Vec<i64>) {
+        let mut image = MetadataImage::new();
+        let mut index = 0;
+        let epochs = (1..=n).map(|b| register(&mut image, &mut index, b)).collect();
+        (image, index, epochs)
+    }
+
+    fn create(
+        image: &mut MetadataImage,
+        index: &mut u64,
+        name: &str,
+        partitions: i32,
+        rf: i16,
+        mode: &str,
+        start: u32,
+    ) -> ApplyResult {
+        *index += 1;
+        let mut configs = BTreeMap::new();
+        configs.insert(REPLICATION_MODE_CONFIG.to_string(), mode.to_string());
+        image.apply(
+            *index,
+            &MetadataCommand::CreateTopic {
+                name: name.into(),
+                topic_id: Uuid::from_u128(0xabc0 + *index as u128),
+                partitions,
+                replication_factor: rf,
+                configs,
+                placement_start: start,
+            },
+        )
+    }
+
+    #[test]
+    fn placement_follows_the_seed_rule() {
+        let brokers = [1, 2, 3];
+        let placed = place_replicas(&brokers, 0, 4, 2, 1);
+        // start 1: partition i leads on brokers[(1 + i) % 3], replica j on (1 + i + j) % 3.
+        assert_eq!(placed, vec![vec![2, 3], vec![3, 1], vec![1, 2], vec![2, 3]]);
+        let more = place_replicas(&brokers, 4, 2, 3, 0);
+        assert_eq!(more, vec![vec![2, 3, 1], vec![3, 1, 2]]);
+    }
+
+    #[test]
+    fn new_topic_gets_preferred_leaders_in_both_modes() {
+        let (mut image, mut index, _) = cluster(3);
+        assert!(create(&mut image, &mut index, "a", 3, 3, "isr", 0).is_ok());
+        assert!(create(&mut image, &mut index, "q", 3, 3, "quorum", 0).is_ok());
+        for name in ["a", "q"] {
+            let t = image.topic(name).unwrap();
+            for p in &t.partitions {
+                assert_eq!(p.leader, Some(p.replicas[0]));
+                assert_eq!(p.leader_epoch, 0);
+                assert_eq!(p.isr, p.replicas);
+            }
+        }
+        assert_eq!(
+            create(&mut image, &mut index, "a", 1, 1, "isr", 0),
+            Err(MetadataError::TopicAlreadyExists("a".into()))
+        );
+        assert!(matches!(
+            create(&mut image, &mut index, "big", 1, 4, "isr", 0),
+            Err(MetadataError::InvalidReplicationFactor { .. })
+        ));
+        assert!(matches!(
+            create(&mut image, &mut index, "bad/name", 1, 1, "isr", 0),
+            Err(MetadataError::InvalidTopic(_))
+        ));
+        assert!(matches!(
+            create(&mut image, &mut index, "m", 1, 1, "raft", 0),
+            Err(MetadataError::InvalidConfig(_))
+        ));
+    }
+
+    #[test]
+    fn fencing_moves_isr_leadership_and_bumps_epochs() {
+        let (mut image, mut index, epochs) = cluster(3);
+        create(&mut image, &mut index, "t", 3, 3, "isr", 0).unwrap();
+        let before = image.partition("t", 0).unwrap().clone();
+        let leader = before.leader.unwrap();
+        index += 1;
+        let fence = MetadataCommand::FenceBroker {
+            broker_id: leader,
+            broker_epoch: epochs[(leader - 1) as usize],
+        };
+        assert_eq!(image.apply(index, &fence), Ok(Applied::Done));
+        let after = image.partition("t", 0).unwrap();
+        assert_ne!(after.leader, Some(leader));
+        assert!(after.leader.is_some());
+        assert!(!after.isr.contains(&leader));
+        assert!(after.leader_epoch > before.leader_epoch);
+        assert!(after.partition_epoch > before.partition_epoch);
+        for p in &image.topic("t").unwrap().partitions {
+            assert_ne!(p.leader, Some(leader), "fenced broker still leads");
+        }
+        // A stale broker epoch cannot fence or unfence the new registration.
+        index += 1;
+        let stale = MetadataCommand::UnfenceBroker {
+            broker_id: leader,
+            broker_epoch: -5,
+        };
+        assert!(matches!(
+            image.apply(index, &stale),
+            Err(MetadataError::StaleBrokerEpoch { .. })
+        ));
+    }
+
+    #[test]
+    fn isr_partition_without_live_isr_stays_offline_unless_unclean() {
+        let (mut image, mut index, epochs) = cluster(2);
+        create(&mut image, &mut index, "t", 1, 2, "isr", 0).unwrap();
+        let p = image.partition("t", 0).unwrap().clone();
+        let leader = p.leader.unwrap();
+        let follower = p.replicas[1];
+        // The leader shrinks the ISR to itself, then dies.
+        index += 1;
+        let shrink = MetadataCommand::AlterPartition {
+            topic: "t".into(),
+            partition: 0,
+            broker_id: leader,
+            broker_epoch: epochs[(leader - 1) as usize],
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            new_isr: vec![leader],
+        };
+        assert!(image.apply(index, &shrink).is_ok());
+        index += 1;
+        let fence = MetadataCommand::FenceBroker {
+            broker_id: leader,
+            broker_epoch: epochs[(leader - 1) as usize],
+        };
+        image.apply(index, &fence).unwrap();
+        let p = image.partition("t", 0).unwrap();
+        assert_eq!(p.leader, None, "out-of-sync follower must not lead");
+        assert_eq!(p.isr, vec![leader], "last ISR member stays");
+        // Enabling unclean election lets the follower lead on the next chance.
+        index += 1;
+        let mut changes = BTreeMap::new();
+        changes.insert(
+            UNCLEAN_LEADER_ELECTION_CONFIG.to_string(),
+            Some("true".to_string()),
+        );
+        image
+            .apply(
+                index,
+                &MetadataCommand::ConfigChange {
+                    resource: ConfigResource::Topic("t".into()),
+                    changes,
+                },
+            )
+            .unwrap();
+        index += 1;
+        let refence = MetadataCommand::FenceBroker {
+            broker_id: follower,
+            broker_epoch: epochs[(follower - 1) as usize],
+        };
+        image.apply(index, &refence).unwrap();
+        index += 1;
+        image
+            .apply(
+                index,
+                &MetadataCommand::UnfenceBroker {
+                    broker_id: follower,
+                    broker_epoch: epochs[(follower - 1) as usize],
+                },
+            )
+            .unwrap();
+        let p = image.partition("t", 0).unwrap();
+        assert_eq!(p.leader, Some(follower));
+        assert_eq!(p.isr, vec![follower]);
+        assert_eq!(image.unclean_elections, 1);
+    }
+
+    #[test]
+    fn stale_alter_partition_is_rejected() {
+        let (mut image, mut index, epochs) = cluster(3);
+        create(&mut image, &mut index, "t", 1, 3, "isr", 0).unwrap();
+        let p = image.partition("t", 0).unwrap().clone();
+        let leader = p.leader.unwrap();
+        let alter = |leader_epoch, partition_epoch, isr: Vec<i32>| MetadataCommand::AlterPartition {
+            topic: "t".into(),
+            partition: 0,
+            broker_id: leader,
+            broker_epoch: epochs[(leader - 1) as usize],
+            leader_epoch,
+            partition_epoch,
+            new_isr: isr,
+        };
+        let shrunk: Vec<i32> = p.replicas[..2].to_vec();
+        index += 1;
+        let Ok(Applied::Partition(after)) =
+            image.apply(index, &alter(p.leader_epoch, p.partition_epoch, shrunk.clone()))
+        else {
+            panic!("valid AlterPartition rejected");
+        };
+        assert_eq!(after.partition_epoch, p.partition_epoch + 1);
+        // Same proposal retried: answered with the current state.
+        index += 1;
+        assert!(image
+            .apply(index, &alter(p.leader_epoch, p.partition_epoch, shrunk))
+            .is_ok());
+        // A different proposal on the old partition epoch: INVALID_UPDATE_VERSION.
+        index += 1;
+        let err = image
+            .apply(index, &alter(p.leader_epoch, p.partition_epoch, vec![leader]))
+            .unwrap_err();
+        assert_eq!(err.code(), 108);
+        // An old leader epoch: FENCED_LEADER_EPOCH.
+        index += 1;
+        let err = image
+            .apply(index, &alter(p.leader_epoch - 1, after.partition_epoch, vec![leader]))
+            .unwrap_err();
+        assert_eq!(err.code(), 74);
+        // A fenced broker may not join the ISR.
+        let outsider = p.replicas[2];
+        index += 1;
+        image
+            .apply(
+                index,
+                &MetadataCommand::FenceBroker {
+                    broker_id: outsider,
+                    broker_epoch: epochs[(outsider - 1) as usize],
+                },
+            )
+            .unwrap();
+        let current = image.partition("t", 0).unwrap().clone();
+        index += 1;
+        let err = image
+            .apply(
+                index,
+                &alter(current.leader_epoch, current.partition_epoch, p.replicas.clone()),
+            )
+            .unwrap_err();
+        assert_eq!(err, MetadataError::IneligibleReplica(outsider));
+    }
+
+    #[test]
+    fn quorum_election_waits_for_a_majority_of_reports_and_picks_the_longest_log() {
+        let (mut image, mut index, epochs) = cluster(3);
+        create(&mut image, &mut index, "q", 1, 3, "quorum", 0).unwrap();
+        let p = image.partition("q", 0).unwrap().clone();
+        let leader = p.leader.unwrap();
+        index += 1;
+        image
+            .apply(
+                index,
+                &MetadataCommand::FenceBroker {
+                    broker_id: leader,
+                    broker_epoch: epochs[(leader - 1) as usize],
+                },
+            )
+            .unwrap();
+        let offline = image.partition("q", 0).unwrap().clone();
+        assert_eq!(offline.leader, None, "quorum mode waits for log reports");
+        let election_epoch = offline.next_leader_epoch();
+        let others: Vec<i32> = p.replicas.iter().copied().filter(|&b| b != leader).collect();
+        let report = |b: i32, epoch, leo| MetadataCommand::ReportReplicaLog {
+            topic: "q".into(),
+            partition: 0,
+            broker_id: b,
+            election_epoch: epoch,
+            position: ReplicaLogPosition {
+                last_epoch: 0,
+                log_end_offset: leo,
+            },
+        };
+        // A report for a stale election is refused.
+        index += 1;
+        assert!(image
+            .apply(index, &report(others[0], election_epoch - 1, 5))
+            .is_err());
+        index += 1;
+        image
+            .apply(index, &report(others[0], election_epoch, 5))
+            .unwrap();
+        assert_eq!(image.partition("q", 0).unwrap().leader, None, "one of three");
+        index += 1;
+        image
+            .apply(index, &report(others[1], election_epoch, 9))
+            .unwrap();
+        let elected = image.partition("q", 0).unwrap();
+        assert_eq!(elected.leader, Some(others[1]), "most up-to-date log leads");
+        assert_eq!(elected.leader_epoch, election_epoch);
+        assert_eq!(elected.isr, vec![others[1]]);
+    }
+
+    #[test]
+    fn reregistration_with_new_incarnation_fences_and_moves_leaderships() {
+        let (mut image, mut index, _) = cluster(3);
+        create(&mut image, &mut index, "t", 3, 2, "isr", 0).unwrap();
+        let victim = image.partition("t", 0).unwrap().leader.unwrap();
+        let new_epoch = register(&mut image, &mut index, victim);
+        assert_eq!(image.broker(victim).unwrap().broker_epoch, new_epoch);
+        let p = image.partition("t", 0).unwrap();
+        assert_ne!(p.leader, Some(victim));
+    }
+
+    #[test]
+    fn delete_and_create_partitions() {
+        let (mut image, mut index, _) = cluster(3);
+        create(&mut image, &mut index, "t", 2, 2, "isr", 2).unwrap();
+        index += 1;
+        let grow = MetadataCommand::CreatePartitions {
+            name: "t".into(),
+            total_count: 5,
+            placement_start: 1,
+        };
+        assert_eq!(image.apply(index, &grow), Ok(Applied::Done));
+        let t = image.topic("t").unwrap();
+        assert_eq!(t.partitions.len(), 5);
+        assert!(t.partitions.iter().all(|p| p.leader.is_some() && p.replicas.len() == 2));
+        index += 1;
+        assert!(image.apply(index, &grow).is_err(), "shrinking or same count refused");
+        index += 1;
+        let delete = MetadataCommand::DeleteTopic { name: "t".into() };
+        assert_eq!(image.apply(index, &delete), Ok(Applied::Done));
+        index += 1;
+        assert_eq!(
+            image.apply(index, &delete).unwrap_err().code(),
+            3,
+            "UNKNOWN_TOPIC_OR_PARTITION"
+        );
+    }
+
+    fn arb_command() -> impl Strategy<Value = MetadataCommand> {
+        let broker = 1..=4i32;
+        prop_oneof![
+            (broker.clone(), 0u128..3).prop_map(|(b, inc)| MetadataCommand::RegisterBroker {
+                broker_id: b,
+                incarnation: Uuid::from_u128(b as u128 * 10 + inc + 1),
+                listeners: vec![],
+                rack: None,
+            }),
+            (broker.clone(), 0i64..40).prop_map(|(b, e)| MetadataCommand::UnfenceBroker {
+                broker_id: b,
+                broker_epoch: e
+            }),
+            (broker.clone(), 0i64..40).prop_map(|(b, e)| MetadataCommand::FenceBroker {
+                broker_id: b,
+                broker_epoch: e
+            }),
+            (0u8..3, 1i32..4, 1i16..4, any::<bool>(), any::<u32>(), any::<u16>()).prop_map(
+                |(t, parts, rf, quorum, start, id)| {
+                    let mut configs = BTreeMap::new();
+                    configs.insert(
+                        REPLICATION_MODE_CONFIG.to_string(),
+                        if quorum { "quorum" } else { "isr" }.to_string(),
+                    );
+                    MetadataCommand::CreateTopic {
+                        name: format!("t{t}"),
+                        topic_id: Uuid::from_u128(id as u128 + 1),
+                        partitions: parts,
+                        replication_factor: rf,
+                        configs,
+                        placement_start: start,
+                    }
+                }
+            ),
+            (0u8..3).prop_map(|t| MetadataCommand::DeleteTopic {
+                name: format!("t{t}")
+            }),
+            (0u8..3, 1i32..6, any::<u32>()).prop_map(|(t, n, s)| {
+                MetadataCommand::CreatePartitions {
+                    name: format!("t{t}"),
+                    total_count: n,
+                    placement_start: s,
+                }
+            }),
+            (
+                0u8..3,
+                0i32..3,
+                broker.clone(),
+                0i64..40,
+                -1i32..4,
+                0i32..6,
+                proptest::collection::vec(broker.clone(), 0..4)
+            )
+                .prop_map(|(t, p, b, be, le, pe, isr)| MetadataCommand::AlterPartition {
+                    topic: format!("t{t}"),
+                    partition: p,
+                    broker_id: b,
+                    broker_epoch: be,
+                    leader_epoch: le,
+                    partition_epoch: pe,
+                    new_isr: isr,
+                }),
+            (0u8..3, 0i32..3, broker, -1i32..5, -1i32..3, 0i64..20).prop_map(
+                |(t, p, b, e, le, leo)| MetadataCommand::ReportReplicaLog {
+                    topic: format!("t{t}"),
+                    partition: p,
+                    broker_id: b,
+                    election_epoch: e,
+                    position: ReplicaLogPosition {
+                        last_epoch: le,
+                        log_end_offset: leo,
+                    },
+                }
+            ),
+        ]
+    }
+
+    /// Checks what every image must satisfy whatever was applied.
+    fn check_invariants(image: &MetadataImage) {
+        for t in image.topics.values() {
+            for (i, p) in t.partitions.iter().enumerate() {
+                assert_eq!(p.partition, i as i32);
+                let mut unique = p.replicas.clone();
+                unique.sort_unstable();
+                unique.dedup();
+                assert_eq!(unique.len(), p.replicas.len(), "duplicate replica");
+                assert!(!p.isr.is_empty(), "empty ISR");
+                assert!(p.isr.iter().all(|b| p.replicas.contains(b)));
+                if let Some(l) = p.leader {
+                    assert!(p.replicas.contains(&l));
+                    assert!(p.isr.contains(&l), "leader outside the ISR");
+                    assert!(
+                        image.broker(l).is_some_and(|b| !b.fenced),
+                        "fenced broker leads"
+                    );
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn arbitrary_commands_keep_invariants_epochs_monotonic_and_replay_deterministic(
+            commands in proptest::collection::vec(arb_command(), 1..60)
+        ) {
+            let mut image = MetadataImage::new();
+            let mut replay = MetadataImage::new();
+            for (i, command) in commands.iter().enumerate() {
+                let before = image.clone();
+                let r1 = image.apply(i as u64 + 1, command);
+                let r2 = replay.apply(i as u64 + 1, command);
+                prop_assert_eq!(&r1, &r2);
+                if r1.is_err() {
+                    let mut unchanged = before.clone();
+                    unchanged.metadata_offset = image.metadata_offset;
+                    prop_assert_eq!(&unchanged, &image, "a rejected command changed the image");
+                }
+                check_invariants(&image);
+                for (name, t) in &image.topics {
+                    let Some(old) = before.topics.get(name) else { continue };
+                    if old.topic_id != t.topic_id { continue; }
+                    for (p, q) in old.partitions.iter().zip(&t.partitions) {
+                        prop_assert!(q.leader_epoch >= p.leader_epoch);
+                        prop_assert!(q.partition_epoch >= p.partition_epoch);
+                        if q.leader != p.leader {
+                            prop_assert!(q.leader_epoch > p.leader_epoch, "leader changed without an epoch bump");
+                        }
+                    }
+                }
+            }
+            let bytes = image.to_snapshot().unwrap();
+            let restored = MetadataImage::from_snapshot(&bytes).unwrap();
+            prop_assert_eq!(restored, image);
+        }
+    }
+
+    #[test]
+    fn garbage_snapshot_is_an_error_not_a_panic() {
+        assert!(MetadataImage::from_snapshot(b"{not json").is_err());
+        assert!(MetadataImage::from_snapshot(&[0xff, 0x00]).is_err());
+    }
+}
