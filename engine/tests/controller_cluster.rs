@@ -78,6 +78,10 @@ fn heartbeat_loop(ctl: Arc<Controller>, broker_id: i32, broker_epoch: i64, alive
 
 #[tokio::test(flavor = "current_thread")]
 async fn three_voters_elect_create_fence_fail_over_and_restart() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let root = tempfile::tempdir().expect("tempdir");
     let ports = free_ports(3);
     let spec = format!(
@@ -279,5 +283,67 @@ async fn three_voters_elect_create_fence_fail_over_and_restart() {
     restarted.shutdown();
     for ctl in nodes.values() {
         ctl.shutdown();
+    }
+}
+
+/// A voter that was down while the controller snapshotted and purged its log catches up from
+/// the leader's snapshot (InstallSnapshot) and the log after it.
+#[tokio::test(flavor = "current_thread")]
+async fn lagging_voter_catches_up_through_a_snapshot() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let root = tempfile::tempdir().expect("tempdir");
+    let ports = free_ports(3);
+    let spec = format!(
+        "1@127.0.0.1:{},2@127.0.0.1:{},3@127.0.0.1:{}",
+        ports[0], ports[1], ports[2]
+    );
+    let voters = parse_voters(&spec).expect("voters parse");
+    let mut nodes: BTreeMap<NodeId, Arc<Controller>> = voters
+        .iter()
+        .map(|v| (v.id, start(v.id, &voters, root.path())))
+        .collect();
+    let all: Vec<&Arc<Controller>> = nodes.values().collect();
+    wait_for("a controller", Duration::from_secs(15), || {
+        agreed_leader(&all).is_some()
+    })
+    .await;
+    let leader = agreed_leader(&all).expect("leader");
+    let ctl = nodes[&leader].clone();
+    let epoch = ctl
+        .register_broker(leader as i32, Uuid::new_v4(), vec![], None)
+        .await
+        .expect("register");
+    let alive = Arc::new(AtomicBool::new(true));
+    heartbeat_loop(ctl.clone(), leader as i32, epoch, alive.clone());
+    wait_for("a live broker", Duration::from_secs(10), || {
+        !ctl.metadata().live_brokers().is_empty()
+    })
+    .await;
+
+    let lagging = *nodes.keys().find(|&&id| id != leader).expect("follower");
+    let down = nodes.remove(&lagging).expect("follower node");
+    down.shutdown();
+    drop(down);
+    // Far more entries than `snapshot_every_entries`: the leader snapshots and purges.
+    for i in 0..24 {
+        ctl.create_topic(&format!("t{i}"), 1, 1, BTreeMap::new())
+            .await
+            .expect("create while a voter is down");
+    }
+    let restarted = start(lagging, &voters, root.path());
+    let reference = ctl.metadata();
+    wait_for("lagging voter catches up", Duration::from_secs(15), || {
+        let image = restarted.metadata();
+        image.topics == reference.topics && image.brokers == reference.brokers
+    })
+    .await;
+    assert_eq!(restarted.metadata().topics.len(), 24);
+    alive.store(false, Ordering::SeqCst);
+    restarted.shutdown();
+    for node in nodes.values() {
+        node.shutdown();
     }
 }
