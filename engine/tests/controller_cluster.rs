@@ -69,6 +69,7 @@ fn heartbeat_loop(ctl: Arc<Controller>, broker_id: i32, broker_epoch: i64, alive
                 broker_id,
                 broker_epoch,
                 metadata_offset: ctl.metadata().metadata_offset,
+                want_shutdown: false,
             };
             let _ = tokio::time::timeout(Duration::from_secs(2), ctl.heartbeat(request)).await;
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -343,6 +344,119 @@ async fn lagging_voter_catches_up_through_a_snapshot() {
     assert_eq!(restarted.metadata().topics.len(), 24);
     alive.store(false, Ordering::SeqCst);
     restarted.shutdown();
+    for node in nodes.values() {
+        node.shutdown();
+    }
+}
+
+/// A node that is not a voter runs broker-only: it forwards writes to the controller, pulls
+/// the metadata image, and a controlled shutdown moves its leaderships at once.
+#[tokio::test(flavor = "current_thread")]
+async fn broker_only_node_forwards_pulls_metadata_and_shuts_down_cleanly() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let ports = free_ports(3);
+    let spec = format!(
+        "1@127.0.0.1:{},2@127.0.0.1:{},3@127.0.0.1:{}",
+        ports[0], ports[1], ports[2]
+    );
+    let voters = parse_voters(&spec).expect("voters parse");
+    let nodes: BTreeMap<NodeId, Arc<Controller>> = voters
+        .iter()
+        .map(|v| (v.id, start(v.id, &voters, root.path())))
+        .collect();
+    let observer = start(4, &voters, root.path());
+    assert!(!observer.is_controller());
+    let all: Vec<&Arc<Controller>> = nodes.values().collect();
+    wait_for("a controller", Duration::from_secs(15), || {
+        agreed_leader(&all).is_some()
+    })
+    .await;
+    let leader = agreed_leader(&all).expect("leader");
+
+    // Brokers 1 (on a voter) and 4 (broker-only) register and heartbeat.
+    let mut flags = Vec::new();
+    for (broker_id, ctl) in [(1, nodes[&1].clone()), (4, observer.clone())] {
+        let epoch = ctl
+            .register_broker(broker_id, Uuid::new_v4(), vec![], None)
+            .await
+            .expect("register");
+        let flag = Arc::new(AtomicBool::new(true));
+        heartbeat_loop(ctl, broker_id, epoch, flag.clone());
+        flags.push((broker_id, epoch, flag));
+    }
+    wait_for("both brokers unfenced", Duration::from_secs(10), || {
+        observer.metadata().live_brokers() == vec![1, 4]
+    })
+    .await;
+    wait_for(
+        "the observer learns the controller",
+        Duration::from_secs(10),
+        || observer.controller_id() == Some(leader),
+    )
+    .await;
+
+    // A topic created through the broker-only node shows up in its pulled image.
+    let topic_id = observer
+        .create_topic("obs", 4, 2, BTreeMap::new())
+        .await
+        .expect("create through a broker-only node");
+    wait_for(
+        "the topic in the pulled image",
+        Duration::from_secs(10),
+        || observer.metadata().topic("obs").map(|t| t.topic_id) == Some(topic_id),
+    )
+    .await;
+    let image = observer.metadata();
+    let led_by_4 = image
+        .topic("obs")
+        .expect("topic")
+        .partitions
+        .iter()
+        .filter(|p| p.leader == Some(4))
+        .count();
+    assert_eq!(led_by_4, 2, "placement alternates leaders over two brokers");
+
+    // Controlled shutdown of broker 4: fenced and its leaderships moved well before the
+    // 1.5 s session timeout.
+    let (_, epoch4, flag4) = &flags[1];
+    flag4.store(false, Ordering::SeqCst);
+    let asked = Instant::now();
+    let answer = observer
+        .heartbeat(HeartbeatRequest {
+            broker_id: 4,
+            broker_epoch: *epoch4,
+            metadata_offset: 0,
+            want_shutdown: true,
+        })
+        .await
+        .expect("controlled shutdown heartbeat");
+    assert!(answer.fenced);
+    let image = nodes[&leader].metadata();
+    assert!(image.broker(4).is_some_and(|b| b.fenced));
+    assert!(image
+        .topic("obs")
+        .expect("topic")
+        .partitions
+        .iter()
+        .all(|p| p.leader == Some(1) && p.isr == vec![1]));
+    assert!(asked.elapsed() < Duration::from_millis(1_500));
+
+    // A heartbeat with a stale broker epoch is refused (STALE_BROKER_EPOCH).
+    let stale = observer
+        .heartbeat(HeartbeatRequest {
+            broker_id: 4,
+            broker_epoch: *epoch4 - 1,
+            metadata_offset: 0,
+            want_shutdown: false,
+        })
+        .await
+        .expect_err("stale epoch");
+    assert_eq!(stale.code(), 77);
+
+    for (_, _, flag) in &flags {
+        flag.store(false, Ordering::SeqCst);
+    }
+    observer.shutdown();
     for node in nodes.values() {
         node.shutdown();
     }

@@ -1020,7 +1020,9 @@ mod tests {
     fn cluster(n: i32) -> (MetadataImage, u64, Vec<i64>) {
         let mut image = MetadataImage::new();
         let mut index = 0;
-        let epochs = (1..=n).map(|b| register(&mut image, &mut index, b)).collect();
+        let epochs = (1..=n)
+            .map(|b| register(&mut image, &mut index, b))
+            .collect();
         (image, index, epochs)
     }
 
@@ -1195,20 +1197,22 @@ mod tests {
         create(&mut image, &mut index, "t", 1, 3, "isr", 0).unwrap();
         let p = image.partition("t", 0).unwrap().clone();
         let leader = p.leader.unwrap();
-        let alter = |leader_epoch, partition_epoch, isr: Vec<i32>| MetadataCommand::AlterPartition {
-            topic: "t".into(),
-            partition: 0,
-            broker_id: leader,
-            broker_epoch: epochs[(leader - 1) as usize],
-            leader_epoch,
-            partition_epoch,
-            new_isr: isr,
-        };
+        let alter =
+            |leader_epoch, partition_epoch, isr: Vec<i32>| MetadataCommand::AlterPartition {
+                topic: "t".into(),
+                partition: 0,
+                broker_id: leader,
+                broker_epoch: epochs[(leader - 1) as usize],
+                leader_epoch,
+                partition_epoch,
+                new_isr: isr,
+            };
         let shrunk: Vec<i32> = p.replicas[..2].to_vec();
         index += 1;
-        let Ok(Applied::Partition(after)) =
-            image.apply(index, &alter(p.leader_epoch, p.partition_epoch, shrunk.clone()))
-        else {
+        let Ok(Applied::Partition(after)) = image.apply(
+            index,
+            &alter(p.leader_epoch, p.partition_epoch, shrunk.clone()),
+        ) else {
             panic!("valid AlterPartition rejected");
         };
         assert_eq!(after.partition_epoch, p.partition_epoch + 1);
@@ -1220,13 +1224,19 @@ mod tests {
         // A different proposal on the old partition epoch: INVALID_UPDATE_VERSION.
         index += 1;
         let err = image
-            .apply(index, &alter(p.leader_epoch, p.partition_epoch, vec![leader]))
+            .apply(
+                index,
+                &alter(p.leader_epoch, p.partition_epoch, vec![leader]),
+            )
             .unwrap_err();
         assert_eq!(err.code(), 108);
         // An old leader epoch: FENCED_LEADER_EPOCH.
         index += 1;
         let err = image
-            .apply(index, &alter(p.leader_epoch - 1, after.partition_epoch, vec![leader]))
+            .apply(
+                index,
+                &alter(p.leader_epoch - 1, after.partition_epoch, vec![leader]),
+            )
             .unwrap_err();
         assert_eq!(err.code(), 74);
         // A fenced broker may not join the ISR.
@@ -1246,7 +1256,11 @@ mod tests {
         let err = image
             .apply(
                 index,
-                &alter(current.leader_epoch, current.partition_epoch, p.replicas.clone()),
+                &alter(
+                    current.leader_epoch,
+                    current.partition_epoch,
+                    p.replicas.clone(),
+                ),
             )
             .unwrap_err();
         assert_eq!(err, MetadataError::IneligibleReplica(outsider));
@@ -1271,7 +1285,12 @@ mod tests {
         let offline = image.partition("q", 0).unwrap().clone();
         assert_eq!(offline.leader, None, "quorum mode waits for log reports");
         let election_epoch = offline.next_leader_epoch();
-        let others: Vec<i32> = p.replicas.iter().copied().filter(|&b| b != leader).collect();
+        let others: Vec<i32> = p
+            .replicas
+            .iter()
+            .copied()
+            .filter(|&b| b != leader)
+            .collect();
         let report = |b: i32, epoch, leo| MetadataCommand::ReportReplicaLog {
             topic: "q".into(),
             partition: 0,
@@ -1291,7 +1310,11 @@ mod tests {
         image
             .apply(index, &report(others[0], election_epoch, 5))
             .unwrap();
-        assert_eq!(image.partition("q", 0).unwrap().leader, None, "one of three");
+        assert_eq!(
+            image.partition("q", 0).unwrap().leader,
+            None,
+            "one of three"
+        );
         index += 1;
         image
             .apply(index, &report(others[1], election_epoch, 9))
@@ -1326,9 +1349,15 @@ mod tests {
         assert_eq!(image.apply(index, &grow), Ok(Applied::Done));
         let t = image.topic("t").unwrap();
         assert_eq!(t.partitions.len(), 5);
-        assert!(t.partitions.iter().all(|p| p.leader.is_some() && p.replicas.len() == 2));
+        assert!(t
+            .partitions
+            .iter()
+            .all(|p| p.leader.is_some() && p.replicas.len() == 2));
         index += 1;
-        assert!(image.apply(index, &grow).is_err(), "shrinking or same count refused");
+        assert!(
+            image.apply(index, &grow).is_err(),
+            "shrinking or same count refused"
+        );
         index += 1;
         let delete = MetadataCommand::DeleteTopic { name: "t".into() };
         assert_eq!(image.apply(index, &delete), Ok(Applied::Done));
@@ -1357,8 +1386,15 @@ mod tests {
                 broker_id: b,
                 broker_epoch: e
             }),
-            (0u8..3, 1i32..4, 1i16..4, any::<bool>(), any::<u32>(), any::<u16>()).prop_map(
-                |(t, parts, rf, quorum, start, id)| {
+            (
+                0u8..3,
+                1i32..4,
+                1i16..4,
+                any::<bool>(),
+                any::<u32>(),
+                any::<u16>()
+            )
+                .prop_map(|(t, parts, rf, quorum, start, id)| {
                     let mut configs = BTreeMap::new();
                     configs.insert(
                         REPLICATION_MODE_CONFIG.to_string(),
@@ -1372,8 +1408,7 @@ mod tests {
                         configs,
                         placement_start: start,
                     }
-                }
-            ),
+                }),
             (0u8..3).prop_map(|t| MetadataCommand::DeleteTopic {
                 name: format!("t{t}")
             }),
@@ -1393,14 +1428,16 @@ mod tests {
                 0i32..6,
                 proptest::collection::vec(broker.clone(), 0..4)
             )
-                .prop_map(|(t, p, b, be, le, pe, isr)| MetadataCommand::AlterPartition {
-                    topic: format!("t{t}"),
-                    partition: p,
-                    broker_id: b,
-                    broker_epoch: be,
-                    leader_epoch: le,
-                    partition_epoch: pe,
-                    new_isr: isr,
+                .prop_map(|(t, p, b, be, le, pe, isr)| {
+                    MetadataCommand::AlterPartition {
+                        topic: format!("t{t}"),
+                        partition: p,
+                        broker_id: b,
+                        broker_epoch: be,
+                        leader_epoch: le,
+                        partition_epoch: pe,
+                        new_isr: isr,
+                    }
                 }),
             (0u8..3, 0i32..3, broker, -1i32..5, -1i32..3, 0i64..20).prop_map(
                 |(t, p, b, e, le, leo)| MetadataCommand::ReportReplicaLog {

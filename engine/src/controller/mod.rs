@@ -23,6 +23,7 @@ pub mod store;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -115,6 +116,50 @@ pub struct ControllerConfig {
     pub snapshot_every_entries: u64,
     /// Cluster default of `replication.mode` for new topics.
     pub default_replication_mode: ReplicationMode,
+    /// Broker-only nodes: how often the metadata image is pulled from the controller.
+    pub metadata_poll_ms: u64,
+}
+
+impl ControllerConfig {
+    /// Applies one `key=value` setting from the broker's config; `Ok(false)` if the key is not
+    /// a controller setting.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<bool, ControllerError> {
+        let number = || {
+            value
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| {
+                    ControllerError::InvalidConfig(format!(
+                        "{key} must be a positive integer, got `{value}`"
+                    ))
+                })
+        };
+        match key {
+            "broker.session.timeout.ms" => self.broker_session_timeout_ms = number()?,
+            "controller.quorum.election.timeout.ms" => self.raft_election_timeout_ms = number()?,
+            "controller.quorum.heartbeat.interval.ms" => self.raft_heartbeat_ms = number()?,
+            "controller.quorum.request.timeout.ms" => self.request_timeout_ms = number()?,
+            "metadata.snapshot.interval.entries" => self.snapshot_every_entries = number()?,
+            "metadata.poll.interval.ms" => self.metadata_poll_ms = number()?,
+            "replication.mode" => {
+                self.default_replication_mode =
+                    value
+                        .parse()
+                        .map_err(|e: crate::replication::ReplicationError| {
+                            ControllerError::InvalidConfig(e.to_string())
+                        })?
+            }
+            _ => return Ok(false),
+        }
+        if self.raft_heartbeat_ms >= self.raft_election_timeout_ms {
+            return Err(ControllerError::InvalidConfig(
+                "the Raft heartbeat interval must be below the election timeout".into(),
+            ));
+        }
+        Ok(true)
+    }
 }
 
 impl Default for ControllerConfig {
@@ -126,6 +171,7 @@ impl Default for ControllerConfig {
             request_timeout_ms: 10_000,
             snapshot_every_entries: 1_000,
             default_replication_mode: ReplicationMode::Isr,
+            metadata_poll_ms: 200,
         }
     }
 }
@@ -133,8 +179,13 @@ impl Default for ControllerConfig {
 /// State shared by the controller thread's tasks.
 struct Core {
     node_id: NodeId,
-    raft: Raft<TypeConfig>,
+    /// `None` on a broker-only node (not a voter): it forwards calls and pulls metadata.
+    raft: Option<Raft<TypeConfig>>,
     voters: BTreeMap<NodeId, String>,
+    /// The controller a broker-only node last heard of.
+    observed_leader: Mutex<Option<NodeId>>,
+    /// Round-robin cursor over voters for a broker-only node that knows no controller.
+    next_voter: AtomicUsize,
     sessions: Mutex<BrokerSessions>,
     image: watch::Receiver<Arc<MetadataImage>>,
     config: ControllerConfig,
@@ -157,7 +208,31 @@ impl Core {
     }
 
     fn leader(&self) -> Option<NodeId> {
-        self.raft.metrics().borrow().current_leader
+        match &self.raft {
+            Some(raft) => raft.metrics().borrow().current_leader,
+            None => *self
+                .observed_leader
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        }
+    }
+
+    fn observe_leader(&self, leader: Option<NodeId>) {
+        if self.raft.is_none() {
+            *self
+                .observed_leader
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = leader;
+        }
+    }
+
+    /// The next voter to try when no controller is known (broker-only nodes).
+    fn any_voter(&self) -> Option<NodeId> {
+        if self.voters.is_empty() {
+            return None;
+        }
+        let i = self.next_voter.fetch_add(1, AtomicOrdering::Relaxed) % self.voters.len();
+        self.voters.keys().nth(i).copied()
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, BrokerSessions> {
@@ -165,7 +240,10 @@ impl Core {
     }
 
     async fn propose_local(&self, command: MetadataCommand) -> Result<ApplyResult, Redirect> {
-        match self.raft.client_write(command).await {
+        let Some(raft) = &self.raft else {
+            return Err(Redirect::NotController(self.leader()));
+        };
+        match raft.client_write(command).await {
             Ok(response) => Ok(response.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(Redirect::NotController(f.leader_id))
@@ -191,6 +269,24 @@ impl Core {
                 broker_id: request.broker_id,
                 request: request.broker_epoch,
                 current: broker.broker_epoch,
+            }));
+        }
+        if request.want_shutdown {
+            // Controlled shutdown: move the broker's leaderships now rather than after its
+            // session expires, as Kafka does for a broker that asks to shut down.
+            self.sessions().remove(request.broker_id);
+            if !broker.fenced {
+                let fence = MetadataCommand::FenceBroker {
+                    broker_id: request.broker_id,
+                    broker_epoch: request.broker_epoch,
+                };
+                if let Err(e) = self.propose_local(fence).await? {
+                    return Ok(Err(e));
+                }
+            }
+            return Ok(Ok(HeartbeatResponse {
+                fenced: true,
+                metadata_offset: self.image.borrow().metadata_offset,
             }));
         }
         self.sessions()
@@ -228,7 +324,13 @@ impl Core {
         let mut hint: Option<NodeId> = None;
         let mut last_error = String::from("no controller elected");
         while Instant::now() < deadline {
-            let target = hint.take().or_else(|| self.leader());
+            let target = hint.take().or_else(|| self.leader()).or_else(|| {
+                if self.raft.is_none() {
+                    self.any_voter()
+                } else {
+                    None
+                }
+            });
             let redirect = match target {
                 None => None,
                 Some(id) if id == self.node_id => match self.serve_local(&call).await {
@@ -249,13 +351,17 @@ impl Core {
                         Ok(RpcResponse::Propose(Ok(r))) => return Ok(Answer::Applied(r)),
                         Ok(RpcResponse::Heartbeat(Ok(r))) => return Ok(Answer::Heartbeat(r)),
                         Ok(RpcResponse::Propose(Err(Redirect::NotController(h))))
-                        | Ok(RpcResponse::Heartbeat(Err(Redirect::NotController(h)))) => h,
+                        | Ok(RpcResponse::Heartbeat(Err(Redirect::NotController(h)))) => {
+                            self.observe_leader(h);
+                            h
+                        }
                         Ok(other) => {
                             last_error = format!("unexpected response {other:?}");
                             None
                         }
                         Err(e) => {
                             last_error = format!("controller {id} at {addr}: {e}");
+                            self.observe_leader(None);
                             None
                         }
                     }
@@ -271,18 +377,47 @@ impl Core {
     }
 
     async fn handle_rpc(self: &Arc<Self>, request: RpcRequest) -> RpcResponse {
+        let Some(raft) = &self.raft else {
+            return RpcResponse::NotAVoter;
+        };
         match request {
             RpcRequest::AppendEntries(r) => {
-                RpcResponse::AppendEntries(self.raft.append_entries(r).await)
+                RpcResponse::AppendEntries(raft.append_entries(r).await)
             }
-            RpcRequest::Vote(r) => RpcResponse::Vote(self.raft.vote(r).await),
+            RpcRequest::Vote(r) => RpcResponse::Vote(raft.vote(r).await),
             RpcRequest::InstallSnapshot(r) => {
-                RpcResponse::InstallSnapshot(self.raft.install_snapshot(r).await)
+                RpcResponse::InstallSnapshot(raft.install_snapshot(r).await)
             }
             RpcRequest::Propose(c) => RpcResponse::Propose(self.propose_local(c).await),
             RpcRequest::Heartbeat(h) => RpcResponse::Heartbeat(self.heartbeat_local(h).await),
-            RpcRequest::ReadMetadata => {
-                RpcResponse::Metadata(Box::new((**self.image.borrow()).clone()))
+            RpcRequest::ReadMetadata => RpcResponse::Metadata {
+                image: Box::new((**self.image.borrow()).clone()),
+                controller: self.leader(),
+            },
+        }
+    }
+
+    /// Broker-only nodes: fetch the image from the controller (or any voter while none is
+    /// known) and publish it when it moved forward.
+    async fn pull_metadata(&self, publish: &watch::Sender<Arc<MetadataImage>>) {
+        let Some(id) = self.leader().or_else(|| self.any_voter()) else {
+            return;
+        };
+        let Some(addr) = self.voters.get(&id) else {
+            return;
+        };
+        let timeout = Duration::from_millis(self.config.request_timeout_ms.clamp(100, 2_000));
+        match network::call(addr, &RpcRequest::ReadMetadata, timeout).await {
+            Ok(RpcResponse::Metadata { image, controller }) => {
+                self.observe_leader(controller);
+                if image.metadata_offset > publish.borrow().metadata_offset {
+                    publish.send_replace(Arc::new(*image));
+                }
+            }
+            Ok(other) => tracing::debug!(voter = id, "unexpected metadata answer {other:?}"),
+            Err(e) => {
+                tracing::debug!(voter = id, error = %e, "metadata pull failed");
+                self.observe_leader(None);
             }
         }
     }
@@ -370,12 +505,16 @@ impl Controller {
         data_dir: &Path,
         config: ControllerConfig,
     ) -> Result<Controller, ControllerError> {
-        let Some(me) = voters.iter().find(|v| v.id == node_id) else {
-            return Err(ControllerError::InvalidConfig(format!(
-                "node {node_id} is not among the controller voters"
-            )));
-        };
-        let listen_addr = me.addr.clone();
+        if voters.is_empty() {
+            return Err(ControllerError::InvalidConfig(
+                "controller.quorum.voters is empty".into(),
+            ));
+        }
+        // A node that is not a voter runs as a broker-only observer of the quorum.
+        let listen_addr = voters
+            .iter()
+            .find(|v| v.id == node_id)
+            .map(|v| v.addr.clone());
         let voters: BTreeMap<NodeId, String> =
             voters.iter().map(|v| (v.id, v.addr.clone())).collect();
         let dir: PathBuf = data_dir.join(METADATA_DIR);
@@ -566,68 +705,106 @@ type Ready = (
 
 async fn run_controller(
     node_id: NodeId,
-    listen_addr: String,
+    listen_addr: Option<String>,
     voters: BTreeMap<NodeId, String>,
     dir: PathBuf,
     config: ControllerConfig,
     ready: std::sync::mpsc::Sender<Result<Ready, ControllerError>>,
     shutdown: oneshot::Receiver<()>,
 ) {
-    let started = async {
-        let log_store = LogStore::open(&dir)?;
-        let (image_tx, image_rx) = watch::channel(Arc::new(MetadataImage::new()));
-        let state_machine = StateMachineStore::open(&dir, image_tx)?;
-        let raft_config = openraft::Config {
-            cluster_name: "sluice".into(),
-            heartbeat_interval: config.raft_heartbeat_ms,
-            election_timeout_min: config.raft_election_timeout_ms,
-            election_timeout_max: config.raft_election_timeout_ms * 2,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
-            max_in_snapshot_log_to_keep: config.snapshot_every_entries / 2,
-            ..Default::default()
-        }
-        .validate()
-        .map_err(|e| ControllerError::InvalidConfig(e.to_string()))?;
-        let listener = TcpListener::bind(&listen_addr).await?;
-        let raft = Raft::new(
-            node_id,
-            Arc::new(raft_config),
-            network::Network,
-            log_store,
-            state_machine,
-        )
-        .await
-        .map_err(|e| ControllerError::NotAvailable(format!("raft start: {e}")))?;
-        let members: BTreeMap<NodeId, BasicNode> = voters
-            .iter()
-            .map(|(&id, addr)| (id, BasicNode::new(addr)))
-            .collect();
-        // Every voter initialises with the same voter set, which openraft allows; a node with
-        // a log (restart) answers NotAllowed, which is the normal case.
-        match raft.initialize(members).await {
-            Ok(()) => tracing::info!(node_id, "metadata quorum initialised"),
-            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-            Err(e) => return Err(ControllerError::NotAvailable(format!("raft init: {e}"))),
-        }
-        let core = Arc::new(Core {
-            node_id,
-            raft,
-            voters,
-            sessions: Mutex::new(BrokerSessions::new(config.broker_session_timeout_ms)),
-            image: image_rx.clone(),
-            config,
-            epoch: Instant::now(),
-        });
-        Ok::<_, ControllerError>((core, listener, image_rx))
-    }
-    .await;
-    let (core, listener, image_rx) = match started {
+    let started = match listen_addr {
+        Some(addr) => start_voter(node_id, addr, voters, dir, config).await,
+        None => Ok(start_observer(node_id, voters, config)),
+    };
+    let (core, tasks, image_rx) = match started {
         Ok(s) => s,
         Err(e) => {
             let _ = ready.send(Err(e));
             return;
         }
     };
+    let ready_sent = ready
+        .send(Ok((
+            core.clone(),
+            tokio::runtime::Handle::current(),
+            image_rx,
+        )))
+        .is_ok();
+    if ready_sent {
+        let _ = shutdown.await;
+    }
+    for task in tasks {
+        task.abort();
+    }
+    if let Some(raft) = &core.raft {
+        if let Err(e) = raft.shutdown().await {
+            tracing::warn!(node_id, error = %e, "raft shutdown");
+        }
+    }
+    tracing::info!(node_id, "controller stopped");
+}
+
+type Started = (
+    Arc<Core>,
+    Vec<tokio::task::JoinHandle<()>>,
+    watch::Receiver<Arc<MetadataImage>>,
+);
+
+/// A voter: Raft over the metadata log, the RPC listener, and the session ticker (which acts
+/// only while this node leads).
+async fn start_voter(
+    node_id: NodeId,
+    listen_addr: String,
+    voters: BTreeMap<NodeId, String>,
+    dir: PathBuf,
+    config: ControllerConfig,
+) -> Result<Started, ControllerError> {
+    let log_store = LogStore::open(&dir)?;
+    let (image_tx, image_rx) = watch::channel(Arc::new(MetadataImage::new()));
+    let state_machine = StateMachineStore::open(&dir, image_tx)?;
+    let raft_config = openraft::Config {
+        cluster_name: "sluice".into(),
+        heartbeat_interval: config.raft_heartbeat_ms,
+        election_timeout_min: config.raft_election_timeout_ms,
+        election_timeout_max: config.raft_election_timeout_ms * 2,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
+        max_in_snapshot_log_to_keep: config.snapshot_every_entries / 2,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| ControllerError::InvalidConfig(e.to_string()))?;
+    let listener = TcpListener::bind(&listen_addr).await?;
+    let raft = Raft::new(
+        node_id,
+        Arc::new(raft_config),
+        network::Network,
+        log_store,
+        state_machine,
+    )
+    .await
+    .map_err(|e| ControllerError::NotAvailable(format!("raft start: {e}")))?;
+    let members: BTreeMap<NodeId, BasicNode> = voters
+        .iter()
+        .map(|(&id, addr)| (id, BasicNode::new(addr)))
+        .collect();
+    // Every voter initialises with the same voter set, which openraft allows; a node with a
+    // log (restart) answers NotAllowed, which is the normal case.
+    match raft.initialize(members).await {
+        Ok(()) => tracing::info!(node_id, "metadata quorum initialised"),
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+        Err(e) => return Err(ControllerError::NotAvailable(format!("raft init: {e}"))),
+    }
+    let core = Arc::new(Core {
+        node_id,
+        raft: Some(raft),
+        voters,
+        observed_leader: Mutex::new(None),
+        next_voter: AtomicUsize::new(0),
+        sessions: Mutex::new(BrokerSessions::new(config.broker_session_timeout_ms)),
+        image: image_rx.clone(),
+        config,
+        epoch: Instant::now(),
+    });
     let accept_core = core.clone();
     let accept = tokio::spawn(async move {
         loop {
@@ -651,23 +828,81 @@ async fn run_controller(
             tick_core.tick_sessions().await;
         }
     });
-    if ready
-        .send(Ok((
-            core.clone(),
-            tokio::runtime::Handle::current(),
-            image_rx,
-        )))
-        .is_err()
-    {
-        accept.abort();
-        ticker.abort();
-        return;
+    Ok((core, vec![accept, ticker], image_rx))
+}
+
+/// A broker-only node: no Raft, no listener; calls go to the controller and the metadata
+/// image is pulled from it every `metadata_poll_ms`.
+fn start_observer(
+    node_id: NodeId,
+    voters: BTreeMap<NodeId, String>,
+    config: ControllerConfig,
+) -> Started {
+    let (image_tx, image_rx) = watch::channel(Arc::new(MetadataImage::new()));
+    let poll_every = Duration::from_millis(config.metadata_poll_ms.max(10));
+    let core = Arc::new(Core {
+        node_id,
+        raft: None,
+        voters,
+        observed_leader: Mutex::new(None),
+        next_voter: AtomicUsize::new(0),
+        sessions: Mutex::new(BrokerSessions::new(config.broker_session_timeout_ms)),
+        image: image_rx.clone(),
+        config,
+        epoch: Instant::now(),
+    });
+    let poll_core = core.clone();
+    let poller = tokio::spawn(async move {
+        loop {
+            poll_core.pull_metadata(&image_tx).await;
+            tokio::time::sleep(poll_every).await;
+        }
+    });
+    (core, vec![poller], image_rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn voters_parse_and_reject_malformed_entries() {
+        let voters = parse_voters("1@127.0.0.1:19091, 2@localhost:19092,3@[::1]:19093").unwrap();
+        assert_eq!(voters.len(), 3);
+        assert_eq!(
+            voters[1],
+            Voter {
+                id: 2,
+                addr: "localhost:19092".into()
+            }
+        );
+        assert_eq!(voters[2].addr, "[::1]:19093");
+        for bad in [
+            "",
+            "1@",
+            "x@127.0.0.1:1",
+            "1@127.0.0.1",
+            "1@127.0.0.1:0",
+            "1@:9",
+            "1@h:1,1@h:2",
+            "1@h:70000",
+        ] {
+            assert!(parse_voters(bad).is_err(), "accepted `{bad}`");
+        }
     }
-    let _ = shutdown.await;
-    accept.abort();
-    ticker.abort();
-    if let Err(e) = core.raft.shutdown().await {
-        tracing::warn!(node_id, error = %e, "raft shutdown");
+
+    #[test]
+    fn config_keys_apply_and_validate() {
+        let mut c = ControllerConfig::default();
+        assert_eq!(c.set("broker.session.timeout.ms", "1500").ok(), Some(true));
+        assert_eq!(c.broker_session_timeout_ms, 1500);
+        assert_eq!(c.set("replication.mode", "quorum").ok(), Some(true));
+        assert_eq!(c.default_replication_mode, ReplicationMode::Quorum);
+        assert_eq!(c.set("log.dirs", "/tmp").ok(), Some(false));
+        assert!(c.set("broker.session.timeout.ms", "-1").is_err());
+        assert!(c.set("replication.mode", "paxos").is_err());
+        assert!(c
+            .set("controller.quorum.heartbeat.interval.ms", "5000")
+            .is_err());
     }
-    tracing::info!(node_id, "controller stopped");
 }

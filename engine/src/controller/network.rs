@@ -34,6 +34,9 @@ pub struct HeartbeatRequest {
     pub broker_epoch: i64,
     /// The metadata offset the broker has applied.
     pub metadata_offset: u64,
+    /// Controlled shutdown: fence the broker now so its leaderships move before it stops.
+    #[serde(default)]
+    pub want_shutdown: bool,
 }
 
 /// The controller's answer to a heartbeat.
@@ -84,8 +87,15 @@ pub enum RpcResponse {
     Propose(Result<ApplyResult, Redirect>),
     /// A heartbeat's answer (rejected by the state machine, or redirected).
     Heartbeat(Result<ApplyHeartbeat, Redirect>),
-    /// The metadata image.
-    Metadata(Box<MetadataImage>),
+    /// The metadata image and the controller the answering voter follows.
+    Metadata {
+        /// The voter's applied image.
+        image: Box<MetadataImage>,
+        /// The controller it knows of.
+        controller: Option<NodeId>,
+    },
+    /// The receiving node is not a controller voter.
+    NotAVoter,
 }
 
 /// A heartbeat answer or the metadata error that refused it.
