@@ -167,6 +167,27 @@ impl LogInner {
         write_atomic(&self.dir.join(META_FILE), &bytes)
     }
 
+    /// Appends and fsyncs `batch`; the entries become readable only once they are durable.
+    fn append(&mut self, batch: Vec<Entry<TypeConfig>>) -> io::Result<()> {
+        let mut buf = Vec::new();
+        for entry in &batch {
+            encode_frame(entry, &mut buf)?;
+        }
+        self.file.write_all(&buf)?;
+        self.file.sync_data()?;
+        for entry in batch {
+            debug_assert!(
+                self.entries
+                    .keys()
+                    .next_back()
+                    .is_none_or(|&last| entry.log_id.index == last + 1),
+                "metadata log would get a hole"
+            );
+            self.entries.insert(entry.log_id.index, entry);
+        }
+        Ok(())
+    }
+
     /// Rewrites the log file from memory after a truncate or purge (the metadata log is small).
     fn rewrite(&mut self) -> io::Result<()> {
         let mut buf = Vec::new();
@@ -266,23 +287,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut inner = self.lock();
-        let mut buf = Vec::new();
-        let mut batch = Vec::new();
-        for entry in entries {
-            encode_frame(&entry, &mut buf).map_err(write_err)?;
-            batch.push(entry);
-        }
-        let result = inner
-            .file
-            .write_all(&buf)
-            .and_then(|()| inner.file.sync_data());
+        let batch: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let result = self.lock().append(batch);
         if let Err(e) = &result {
             tracing::error!(error = %e, "metadata log append failed");
-        } else {
-            for entry in batch {
-                inner.entries.insert(entry.log_id.index, entry);
-            }
         }
         let failed = result
             .as_ref()
@@ -509,6 +517,35 @@ mod tests {
             log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
             payload: EntryPayload::Blank,
         }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn log_vote_truncate_and_purge_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::open(dir.path()).unwrap();
+        store
+            .lock()
+            .append((1..=6).map(|i| entry(1, i)).collect())
+            .unwrap();
+        let vote = Vote::new(3, 2);
+        store.save_vote(&vote).await.unwrap();
+        store.truncate(entry(1, 6).log_id).await.unwrap();
+        store.purge(entry(1, 2).log_id).await.unwrap();
+        store.lock().append(vec![entry(2, 6)]).unwrap();
+        drop(store);
+
+        let mut reopened = LogStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.read_vote().await.unwrap(), Some(vote));
+        let state = reopened.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(entry(1, 2).log_id));
+        assert_eq!(state.last_log_id, Some(entry(2, 6).log_id));
+        let entries = reopened.try_get_log_entries(0..100).await.unwrap();
+        let ids: Vec<_> = entries.iter().map(|e| e.log_id).collect();
+        let expected: Vec<_> = (3..=5)
+            .map(|i| entry(1, i).log_id)
+            .chain([entry(2, 6).log_id])
+            .collect();
+        assert_eq!(ids, expected);
     }
 
     #[test]
