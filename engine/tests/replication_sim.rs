@@ -25,7 +25,8 @@
 //!
 //! With `unclean.leader.election.enable` the losses are counted instead of asserted.
 //! Liveness: after `heal_at` every fault stops and every broker restarts; an acks=all write
-//! sent after that must be acknowledged within the remaining ticks.
+//! sent after that must be acknowledged, and the ISR must be back to every replica, within
+//! the remaining ticks.
 //!
 //! Replay one seed: `SLUICE_SIM_SEED=N cargo test --release -p engine --test replication_sim
 //! <test name> -- --nocapture`. `SLUICE_SIM_SEEDS=K` changes how many seeds a sweep runs.
@@ -79,7 +80,7 @@ struct Params {
     fixed_slow: Option<u64>,
     produce_prob: f64,
     acks_all_prob: f64,
-    /// `min.insync.replicas` (`None`: random per seed, 1 or 2).
+    /// `min.insync.replicas` (`None`: random per seed, 1 up to a majority).
     min_insync: Option<usize>,
     /// Per-tick probability that a live broker crashes / a dead one restarts.
     crash_prob: f64,
@@ -188,6 +189,7 @@ enum Msg {
     },
     AlterPartitionResponse {
         incarnation: u64,
+        req: AlterPartitionRequest,
         resp: Result<PartitionState, ReplicationError>,
     },
     Produce {
@@ -297,7 +299,7 @@ impl<P: ReplicationPolicy + Clone> World<P> {
     fn new(policy: P, p: Params, seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let n = p.replicas;
-        let min_insync = p.min_insync.unwrap_or_else(|| rng.gen_range(1..=2));
+        let min_insync = p.min_insync.unwrap_or_else(|| rng.gen_range(1..=n / 2 + 1));
         let config = ReplicationConfig {
             min_insync_replicas: min_insync,
             replica_lag_time_max_ms: p.lag_max,
@@ -692,7 +694,7 @@ impl<P: ReplicationPolicy + Clone> World<P> {
             // An answer to an earlier incarnation's request died with its connection.
             Msg::AlterPartitionResponse { incarnation, .. }
                 if incarnation != self.brokers[b].incarnation => {}
-            Msg::AlterPartitionResponse { resp, .. } => match resp {
+            Msg::AlterPartitionResponse { req, resp, .. } => match resp {
                 Ok(state) => self.apply_state(b, &state)?,
                 Err(e) => {
                     if let Some(l) = self.brokers[b]
@@ -700,7 +702,7 @@ impl<P: ReplicationPolicy + Clone> World<P> {
                         .as_mut()
                         .and_then(|r| r.leader_mut())
                     {
-                        l.on_alter_partition_response(Err(e), now);
+                        l.on_alter_partition_response(&req, Err(e), now);
                     }
                     self.drain_actions(b)?;
                 }
@@ -1041,7 +1043,11 @@ impl<P: ReplicationPolicy + Clone> World<P> {
                 self.send(
                     self.controller(),
                     src,
-                    Msg::AlterPartitionResponse { incarnation, resp },
+                    Msg::AlterPartitionResponse {
+                        incarnation,
+                        req,
+                        resp,
+                    },
                 );
                 if self.control.state().partition_epoch != before {
                     let after_len = self.control.state().isr.len();
@@ -1300,6 +1306,14 @@ impl<P: ReplicationPolicy + Clone> World<P> {
                 self.control.state().leader,
                 self.control.state().leader_epoch,
                 self.control.state().isr
+            )));
+        }
+        // Every broker is back: every replica must have caught up and rejoined the ISR.
+        let state = self.control.state();
+        if self.p.faults && state.isr.len() != self.p.replicas {
+            return Err(self.fail(format!(
+                "ISR {:?} did not recover to all {} replicas after the heal at tick {} (leader {:?}, epoch {})",
+                state.isr, self.p.replicas, self.p.heal_at, state.leader, state.leader_epoch
             )));
         }
         if self.p.unclean {

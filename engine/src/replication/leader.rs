@@ -371,12 +371,24 @@ impl<P: ReplicationPolicy> LeaderState<P> {
         self.maybe_advance_high_watermark(now);
     }
 
-    /// The controller answered our AlterPartition.
+    /// The controller answered `request`, an AlterPartition we sent. An answer to an older
+    /// proposal than the pending one is only used for the record it carries.
     pub fn on_alter_partition_response(
         &mut self,
+        request: &AlterPartitionRequest,
         response: Result<PartitionState, ReplicationError>,
         now: Millis,
     ) {
+        let current = self
+            .pending_isr
+            .as_ref()
+            .is_some_and(|p| p.request == *request);
+        if !current {
+            if let Ok(state) = response {
+                self.on_partition_state(&state, now);
+            }
+            return;
+        }
         match response {
             Ok(state) => self.on_partition_state(&state, now),
             // The controller's record moved on (another change, a new epoch): whether or not
@@ -665,9 +677,27 @@ mod tests {
         assert_eq!(req.new_isr, vec![1, 2]);
         // Until the controller commits, broker 3 still counts.
         assert_eq!(l.high_watermark(), 0);
+        // A late refusal of some older proposal does not touch the pending one.
+        let older = AlterPartitionRequest {
+            partition_epoch: 4,
+            ..req.clone()
+        };
+        l.on_alter_partition_response(
+            &older,
+            Err(ReplicationError::InvalidUpdateVersion {
+                request: 4,
+                current: 5,
+            }),
+            150,
+        );
+        l.on_tick(150 + 50);
+        assert!(
+            drain(&mut l).contains(&LeaderAction::AlterPartition(req.clone())),
+            "the pending proposal must still be retried"
+        );
         let mut committed = state(&[1, 2]);
         committed.partition_epoch = 6;
-        l.on_alter_partition_response(Ok(committed), 151);
+        l.on_alter_partition_response(&req, Ok(committed), 201);
         assert_eq!(l.high_watermark(), 4);
     }
 

@@ -248,6 +248,37 @@ mod tests {
         assert_eq!(log.epoch_cache(), &[(1, 0), (3, 1), (4, 3)]);
     }
 
+    /// The answer computed straight from the records' epochs, without the cache.
+    fn brute_force(
+        epochs: &[LeaderEpoch],
+        requested: LeaderEpoch,
+    ) -> Option<(LeaderEpoch, Offset)> {
+        let latest = *epochs.last()?;
+        if requested == UNDEFINED_EPOCH || requested > latest {
+            return None;
+        }
+        let end_of =
+            |e: LeaderEpoch| epochs.iter().position(|&x| x > e).unwrap_or(epochs.len()) as Offset;
+        match epochs.iter().copied().filter(|&e| e <= requested).max() {
+            Some(floor) => Some((floor, end_of(floor))),
+            None => Some((requested, 0)),
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn end_offset_for_epoch_matches_brute_force(
+            steps in proptest::collection::vec(0i32..3, 0..40),
+            requested in -1i32..20,
+        ) {
+            // Non-decreasing epochs with gaps, as leaders hand them out.
+            let mut epoch = 0;
+            let epochs: Vec<LeaderEpoch> = steps.iter().map(|s| { epoch += s; epoch }).collect();
+            let log = log_with(&epochs);
+            proptest::prop_assert_eq!(log.end_offset_for_epoch(requested), brute_force(&epochs, requested));
+        }
+    }
+
     #[test]
     fn read_is_bounded() {
         let log = log_with(&[1, 1, 1]);

@@ -299,8 +299,28 @@ mod tests {
         let log: MemoryLog<u64> = MemoryLog::new();
         let mut r = PartitionReplica::new(1, IsrPolicy, ReplicationConfig::default(), 0, &log);
         r.apply_partition_state(&state(Some(1), 3), &log, 0);
+        if let Ok(l) = r.leader_for_request(None) {
+            l.on_append(
+                1,
+                Some(crate::replication::ProduceWaiter {
+                    id: 4,
+                    base_offset: 0,
+                    required_offset: 1,
+                    deadline: 100,
+                }),
+                0,
+            );
+        }
         r.fence_for_election(5, &log);
         assert!(!r.is_leader());
+        // The deposed leader's waiting acks=all write fails so the client retries elsewhere.
+        assert_eq!(
+            r.poll_action(),
+            Some(LeaderAction::CompleteProduce {
+                id: 4,
+                result: Err(ReplicationError::NotLeaderOrFollower)
+            })
+        );
         // The record of epoch 4 lost the race; epoch 5's winner is accepted.
         assert_eq!(
             r.apply_partition_state(&state(Some(1), 4), &log, 0),
