@@ -461,3 +461,155 @@ async fn broker_only_node_forwards_pulls_metadata_and_shuts_down_cleanly() {
         node.shutdown();
     }
 }
+
+/// Quorum mode end to end through the controller: the leader's broker shuts down, the
+/// partition waits for log reports, and the most up-to-date live replica of a majority leads.
+/// A stale AlterPartition from the deposed leader is refused.
+#[tokio::test(flavor = "current_thread")]
+async fn quorum_partition_elects_the_longest_log_from_replica_reports() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let ports = free_ports(3);
+    let spec = format!(
+        "1@127.0.0.1:{},2@127.0.0.1:{},3@127.0.0.1:{}",
+        ports[0], ports[1], ports[2]
+    );
+    let voters = parse_voters(&spec).expect("voters parse");
+    let nodes: BTreeMap<NodeId, Arc<Controller>> = voters
+        .iter()
+        .map(|v| (v.id, start(v.id, &voters, root.path())))
+        .collect();
+    let all: Vec<&Arc<Controller>> = nodes.values().collect();
+    wait_for("a controller", Duration::from_secs(15), || {
+        agreed_leader(&all).is_some()
+    })
+    .await;
+    let mut epochs = BTreeMap::new();
+    let mut flags = Vec::new();
+    for (&id, ctl) in &nodes {
+        let broker_id = id as i32;
+        let epoch = ctl
+            .register_broker(broker_id, Uuid::new_v4(), vec![], None)
+            .await
+            .expect("register");
+        let flag = Arc::new(AtomicBool::new(true));
+        heartbeat_loop(ctl.clone(), broker_id, epoch, flag.clone());
+        epochs.insert(broker_id, epoch);
+        flags.push((broker_id, flag));
+    }
+    let ctl = nodes[&1].clone();
+    wait_for("three live brokers", Duration::from_secs(10), || {
+        ctl.metadata().live_brokers() == vec![1, 2, 3]
+    })
+    .await;
+    let mut configs = BTreeMap::new();
+    configs.insert("replication.mode".to_string(), "quorum".to_string());
+    ctl.create_topic("q", 1, 3, configs)
+        .await
+        .expect("quorum topic");
+    // Node 1 may be a follower: its image catches up with the controller shortly after.
+    wait_for("the topic on node 1", Duration::from_secs(10), || {
+        ctl.metadata().partition("q", 0).is_some()
+    })
+    .await;
+    let before = ctl
+        .metadata()
+        .partition("q", 0)
+        .cloned()
+        .expect("partition");
+    let old_leader = before.leader.expect("initial leader");
+
+    // The leader's broker shuts down in a controlled way.
+    for (b, flag) in &flags {
+        if *b == old_leader {
+            flag.store(false, Ordering::SeqCst);
+        }
+    }
+    ctl.heartbeat(HeartbeatRequest {
+        broker_id: old_leader,
+        broker_epoch: epochs[&old_leader],
+        metadata_offset: 0,
+        want_shutdown: true,
+    })
+    .await
+    .expect("controlled shutdown");
+    wait_for("the fence on node 1", Duration::from_secs(10), || {
+        ctl.metadata()
+            .partition("q", 0)
+            .is_some_and(|p| p.leader_epoch > before.leader_epoch)
+    })
+    .await;
+    let offline = ctl
+        .metadata()
+        .partition("q", 0)
+        .cloned()
+        .expect("partition");
+    assert_eq!(offline.leader, None, "quorum mode waits for log reports");
+
+    // The deposed leader's ISR change is refused: FENCED_LEADER_EPOCH.
+    let stale = ctl
+        .alter_partition(
+            "q",
+            0,
+            old_leader,
+            epochs[&old_leader],
+            before.leader_epoch,
+            before.partition_epoch,
+            vec![old_leader],
+        )
+        .await
+        .expect_err("stale AlterPartition");
+    assert_eq!(stale.code(), 74);
+
+    // The two survivors report; the one with the longer log leads.
+    let survivors: Vec<i32> = before
+        .replicas
+        .iter()
+        .copied()
+        .filter(|&b| b != old_leader)
+        .collect();
+    let election_epoch = offline.next_leader_epoch();
+    let first = nodes[&(survivors[0] as u64)]
+        .report_replica_log(
+            "q",
+            0,
+            survivors[0],
+            election_epoch,
+            sluice::controller::ReplicaLogPosition {
+                last_epoch: 0,
+                log_end_offset: 40,
+            },
+        )
+        .await
+        .expect("first report");
+    assert_eq!(first.leader, None, "one report of three is no majority");
+    let second = nodes[&(survivors[1] as u64)]
+        .report_replica_log(
+            "q",
+            0,
+            survivors[1],
+            election_epoch,
+            sluice::controller::ReplicaLogPosition {
+                last_epoch: 0,
+                log_end_offset: 42,
+            },
+        )
+        .await
+        .expect("second report");
+    assert_eq!(second.leader, Some(survivors[1]));
+    assert_eq!(second.leader_epoch, election_epoch);
+    for node in nodes.values() {
+        wait_for(
+            "the election on every voter",
+            Duration::from_secs(10),
+            || node.metadata().partition("q", 0).and_then(|p| p.leader) == Some(survivors[1]),
+        )
+        .await;
+    }
+
+    for (_, flag) in &flags {
+        flag.store(false, Ordering::SeqCst);
+    }
+    for node in nodes.values() {
+        node.shutdown();
+    }
+}

@@ -58,6 +58,9 @@ openraft::declare_raft_types!(
         AsyncRuntime = openraft::TokioRuntime,
 );
 
+/// A server-side controller connection idle this long is closed.
+const IDLE_CONNECTION: Duration = Duration::from_secs(60);
+
 /// The directory under a node's data dir that holds the metadata quorum's files.
 pub const METADATA_DIR: &str = "__cluster_metadata";
 
@@ -459,11 +462,21 @@ impl Core {
 async fn serve_connection(core: Arc<Core>, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     loop {
-        let request = match network::read_frame::<RpcRequest>(&mut stream).await {
-            Ok(Some(r)) => r,
-            Ok(None) => return,
-            Err(e) => {
+        // Voters reuse connections and the leader heartbeats every few hundred milliseconds,
+        // so a connection silent this long belongs to a peer that vanished without a FIN.
+        let read = tokio::time::timeout(
+            IDLE_CONNECTION,
+            network::read_frame::<RpcRequest>(&mut stream),
+        );
+        let request = match read.await {
+            Ok(Ok(Some(r))) => r,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
                 tracing::debug!(error = %e, "controller connection closed on a bad frame");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("idle controller connection closed");
                 return;
             }
         };
@@ -668,6 +681,61 @@ impl Controller {
             Applied::TopicCreated { topic_id } => Ok(topic_id),
             other => Err(ControllerError::NotAvailable(format!(
                 "unexpected create-topic answer {other:?}"
+            ))),
+        }
+    }
+
+    /// A partition leader's ISR change (Kafka's AlterPartition); returns the committed record.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn alter_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+        broker_id: BrokerId,
+        broker_epoch: i64,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        new_isr: Vec<BrokerId>,
+    ) -> Result<PartitionImage, ControllerError> {
+        let command = MetadataCommand::AlterPartition {
+            topic: topic.to_string(),
+            partition,
+            broker_id,
+            broker_epoch,
+            leader_epoch,
+            partition_epoch,
+            new_isr,
+        };
+        match self.propose(command).await? {
+            Applied::Partition(p) => Ok(p),
+            other => Err(ControllerError::NotAvailable(format!(
+                "unexpected AlterPartition answer {other:?}"
+            ))),
+        }
+    }
+
+    /// A replica's answer to a quorum-mode election: it has fenced itself to `election_epoch`
+    /// (the partition's `next_leader_epoch()`) and its log ends at `position`. Returns the
+    /// partition record after the report (with a leader once a majority has reported).
+    pub async fn report_replica_log(
+        &self,
+        topic: &str,
+        partition: i32,
+        broker_id: BrokerId,
+        election_epoch: i32,
+        position: ReplicaLogPosition,
+    ) -> Result<PartitionImage, ControllerError> {
+        let command = MetadataCommand::ReportReplicaLog {
+            topic: topic.to_string(),
+            partition,
+            broker_id,
+            election_epoch,
+            position,
+        };
+        match self.propose(command).await? {
+            Applied::Partition(p) => Ok(p),
+            other => Err(ControllerError::NotAvailable(format!(
+                "unexpected election report answer {other:?}"
             ))),
         }
     }
