@@ -17,6 +17,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Cursor, Read, Write};
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
@@ -54,7 +55,9 @@ fn read_err(e: io::Error) -> StorageError<NodeId> {
 
 /// Replaces `path` with `bytes` so a crash leaves either the old or the new content.
 fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
+    // A unique temporary name: a snapshot build and a snapshot install may overlap.
+    static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
+    let tmp = path.with_extension(format!("tmp{}", NEXT_TMP.fetch_add(1, Ordering::Relaxed)));
     {
         let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -368,9 +371,19 @@ fn read_snapshot(dir: &Path) -> io::Result<Option<StoredSnapshot>> {
     }
 }
 
+/// Persists `stored` unless the snapshot on disk is already newer (a build that started
+/// before an install finished must not replace it), and returns the snapshot payload.
 fn write_snapshot(dir: &Path, stored: &StoredSnapshot) -> io::Result<Vec<u8>> {
-    let bytes = serde_json::to_vec(stored).map_err(io_err)?;
-    write_atomic(&dir.join(SNAPSHOT_FILE), &bytes)?;
+    let newer_on_disk = read_snapshot(dir)
+        .ok()
+        .flatten()
+        .is_some_and(|current| current.meta.last_log_id > stored.meta.last_log_id);
+    if newer_on_disk {
+        tracing::debug!(last_log_id = ?stored.meta.last_log_id, "older snapshot not persisted");
+    } else {
+        let bytes = serde_json::to_vec(stored).map_err(io_err)?;
+        write_atomic(&dir.join(SNAPSHOT_FILE), &bytes)?;
+    }
     stored.image.to_snapshot().map_err(io_err)
 }
 
