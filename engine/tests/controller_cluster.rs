@@ -104,6 +104,16 @@ async fn three_voters_elect_create_fence_fail_over_and_restart() {
     let leader = agreed_leader(&all).expect("leader");
     eprintln!("controller {leader} elected in {took:?}");
     assert_eq!(all.iter().filter(|n| n.is_controller()).count(), 1);
+    // Garbage on a voter's port closes that connection only; the voter keeps serving.
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut junk = tokio::net::TcpStream::connect(&voters[0].addr)
+            .await
+            .expect("connect");
+        let _ = junk
+            .write_all(b"\x00\x00\x00\x05{bad}GET / HTTP/1.1\r\n")
+            .await;
+    }
 
     // 2. Brokers 1..3 register through their own node and heartbeat; they get unfenced.
     let mut alive: BTreeMap<i32, Arc<AtomicBool>> = BTreeMap::new();

@@ -294,3 +294,67 @@ impl RaftNetwork<TypeConfig> for VoterConnection {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn frames_round_trip_and_bad_frames_are_errors() {
+        let (mut a, mut b) = pair().await;
+        let request = RpcRequest::Heartbeat(HeartbeatRequest {
+            broker_id: 3,
+            broker_epoch: 17,
+            metadata_offset: 99,
+            want_shutdown: true,
+        });
+        write_frame(&mut a, &request).await.unwrap();
+        match read_frame::<RpcRequest>(&mut b).await.unwrap() {
+            Some(RpcRequest::Heartbeat(h)) => {
+                assert_eq!(
+                    (h.broker_id, h.broker_epoch, h.want_shutdown),
+                    (3, 17, true)
+                )
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // Oversized length prefix: refused before allocating.
+        a.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        assert!(read_frame::<RpcRequest>(&mut b).await.is_err());
+
+        let (mut a, mut b) = pair().await;
+        a.write_all(&5u32.to_be_bytes()).await.unwrap();
+        a.write_all(b"{bad}").await.unwrap();
+        assert!(read_frame::<RpcRequest>(&mut b).await.is_err());
+
+        let (a, mut b) = pair().await;
+        drop(a);
+        assert!(read_frame::<RpcRequest>(&mut b).await.unwrap().is_none());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn exchange_times_out_on_a_silent_peer() {
+        let (mut a, _b) = pair().await;
+        let started = std::time::Instant::now();
+        let result = exchange(
+            &mut a,
+            &RpcRequest::ReadMetadata,
+            Duration::from_millis(100),
+        )
+        .await;
+        assert_eq!(
+            result.err().map(|e| e.kind()),
+            Some(std::io::ErrorKind::TimedOut)
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+}
