@@ -3,6 +3,7 @@
 //! See `ARCHITECTURE.md` at the repository root for the map of this crate.
 
 pub mod broker;
+pub mod controller;
 pub mod group;
 pub mod idempotence;
 pub mod io;

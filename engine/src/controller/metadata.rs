@@ -1,0 +1,1523 @@
+//! The cluster metadata state machine: brokers, topics, partition assignment, leaders, leader
+//! epochs and ISRs, as KRaft's `__cluster_metadata` keeps them.
+//!
+//! Sans-IO and deterministic: [`MetadataImage::apply`] takes one committed
+//! [`MetadataCommand`] and the Raft log index it was committed at, validates it against the
+//! current image and either changes the image or rejects it with a Kafka error. Every voter
+//! applies the same commands in the same order, so every voter holds the same image. Nothing
+//! here reads a clock or a random number generator: what must be random (the placement start,
+//! the topic id) is chosen by the proposer and carried in the command, and what depends on
+//! time (broker session expiry) is decided by the controller leader ([`super::session`]) and
+//! written as an explicit [`MetadataCommand::FenceBroker`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::replication::policy::{
+    ElectionCandidate, ElectionOutcome, IsrPolicy, LogPosition, QuorumPolicy, ReplicationPolicy,
+};
+use crate::replication::{BrokerId, LeaderEpoch, ReplicationConfig, ReplicationMode};
+
+use super::error::MetadataError;
+
+/// Topic config key selecting the replication rule (`isr` or `quorum`).
+pub const REPLICATION_MODE_CONFIG: &str = "replication.mode";
+/// Topic config key: smallest ISR accepting acks=all writes.
+pub const MIN_INSYNC_REPLICAS_CONFIG: &str = "min.insync.replicas";
+/// Topic config key: let an out-of-sync replica lead.
+pub const UNCLEAN_LEADER_ELECTION_CONFIG: &str = "unclean.leader.election.enable";
+/// Topic config key: lag after which a follower leaves the ISR.
+pub const REPLICA_LAG_TIME_MAX_MS_CONFIG: &str = "replica.lag.time.max.ms";
+
+/// Kafka's longest topic name.
+const MAX_TOPIC_NAME_LEN: usize = 249;
+
+/// A listener a broker serves clients on (Kafka's `listeners` entry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// Listener name, e.g. `PLAINTEXT`.
+    pub name: String,
+    /// Host clients connect to.
+    pub host: String,
+    /// Port clients connect to.
+    pub port: u16,
+}
+
+/// A registered broker (Kafka's `RegisterBrokerRecord` plus fencing state).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerRegistration {
+    /// `broker.id` / `node.id`.
+    pub broker_id: BrokerId,
+    /// The broker epoch: the metadata offset of the registration; a restart gets a new one.
+    pub broker_epoch: i64,
+    /// Random id of one process lifetime, so a retried registration is recognised.
+    pub incarnation: Uuid,
+    /// Client listeners.
+    pub listeners: Vec<Endpoint>,
+    /// Optional rack (`broker.rack`).
+    pub rack: Option<String>,
+    /// A fenced broker leads nothing and is not eligible for the ISR.
+    pub fenced: bool,
+}
+
+/// Where a replica's log ends, as reported for a quorum election (the replication core's
+/// [`LogPosition`], in a form the metadata log can store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaLogPosition {
+    /// Epoch of the last record; -1 for an empty log.
+    pub last_epoch: LeaderEpoch,
+    /// Log end offset.
+    pub log_end_offset: i64,
+}
+
+impl ReplicaLogPosition {
+    /// The replication core's view of this position.
+    pub fn to_log_position(self) -> LogPosition {
+        LogPosition {
+            last_epoch: self.last_epoch,
+            log_end_offset: self.log_end_offset,
+        }
+    }
+}
+
+impl From<LogPosition> for ReplicaLogPosition {
+    fn from(p: LogPosition) -> Self {
+        ReplicaLogPosition {
+            last_epoch: p.last_epoch,
+            log_end_offset: p.log_end_offset,
+        }
+    }
+}
+
+/// One partition's controller record (Kafka's `PartitionRecord`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionImage {
+    /// Partition index.
+    pub partition: i32,
+    /// Assigned replicas, preferred leader first.
+    pub replicas: Vec<BrokerId>,
+    /// Committed in-sync replicas.
+    pub isr: Vec<BrokerId>,
+    /// Current leader, `None` while offline (Kafka's -1).
+    pub leader: Option<BrokerId>,
+    /// Bumped on every leadership change (to "no leader" included).
+    pub leader_epoch: LeaderEpoch,
+    /// Bumped on every change of this record; AlterPartition's version check.
+    pub partition_epoch: i32,
+    /// Quorum elections: log positions reported by replicas fenced to the next leader epoch.
+    pub election_reports: BTreeMap<BrokerId, ReplicaLogPosition>,
+}
+
+impl PartitionImage {
+    /// The epoch the next elected leader gets; quorum elections collect reports for it.
+    pub fn next_leader_epoch(&self) -> LeaderEpoch {
+        self.leader_epoch + 1
+    }
+}
+
+/// One topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicImage {
+    /// Topic name.
+    pub name: String,
+    /// Topic id (KIP-516).
+    pub topic_id: Uuid,
+    /// Topic config overrides, `replication.mode` always present.
+    pub configs: BTreeMap<String, String>,
+    /// Partitions by index.
+    pub partitions: Vec<PartitionImage>,
+}
+
+impl TopicImage {
+    /// The replication rule of this topic.
+    pub fn replication_mode(&self) -> ReplicationMode {
+        self.configs
+            .get(REPLICATION_MODE_CONFIG)
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(ReplicationMode::Isr)
+    }
+
+    /// The replication settings of this topic (Kafka defaults where unset).
+    pub fn replication_config(&self) -> ReplicationConfig {
+        let mut config = ReplicationConfig::default();
+        if let Some(v) = self.configs.get(MIN_INSYNC_REPLICAS_CONFIG) {
+            if let Ok(n) = v.parse() {
+                config.min_insync_replicas = n;
+            }
+        }
+        if let Some(v) = self.configs.get(UNCLEAN_LEADER_ELECTION_CONFIG) {
+            config.unclean_leader_election_enable = v == "true";
+        }
+        if let Some(v) = self.configs.get(REPLICA_LAG_TIME_MAX_MS_CONFIG) {
+            if let Ok(n) = v.parse() {
+                config.replica_lag_time_max_ms = n;
+            }
+        }
+        config
+    }
+}
+
+/// What a config change applies to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ConfigResource {
+    /// A topic's overrides.
+    Topic(String),
+    /// One broker's dynamic configs.
+    Broker(BrokerId),
+    /// Cluster-wide dynamic defaults.
+    Cluster,
+}
+
+/// A command in the metadata log. Validation happens at apply time, on every voter alike.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetadataCommand {
+    /// A broker (re)starts and registers; it starts fenced until its first heartbeat.
+    RegisterBroker {
+        /// Broker id.
+        broker_id: BrokerId,
+        /// Process lifetime id.
+        incarnation: Uuid,
+        /// Client listeners.
+        listeners: Vec<Endpoint>,
+        /// Rack.
+        rack: Option<String>,
+    },
+    /// The controller saw a heartbeat from a fenced broker: it may lead again.
+    UnfenceBroker {
+        /// Broker id.
+        broker_id: BrokerId,
+        /// Epoch of the registration being unfenced.
+        broker_epoch: i64,
+    },
+    /// The broker's session expired (or it shut down): its leaderships move.
+    FenceBroker {
+        /// Broker id.
+        broker_id: BrokerId,
+        /// Epoch of the registration being fenced.
+        broker_epoch: i64,
+    },
+    /// Create a topic; replicas are placed on the unfenced brokers at apply time.
+    CreateTopic {
+        /// Topic name.
+        name: String,
+        /// Topic id chosen by the proposer.
+        topic_id: Uuid,
+        /// Partition count.
+        partitions: i32,
+        /// Replication factor.
+        replication_factor: i16,
+        /// Config overrides (the proposer fills in `replication.mode`).
+        configs: BTreeMap<String, String>,
+        /// Random placement start chosen by the proposer (Kafka's random start index).
+        placement_start: u32,
+    },
+    /// Delete a topic.
+    DeleteTopic {
+        /// Topic name.
+        name: String,
+    },
+    /// Grow a topic to `total_count` partitions.
+    CreatePartitions {
+        /// Topic name.
+        name: String,
+        /// New total partition count.
+        total_count: i32,
+        /// Random placement start for the new partitions.
+        placement_start: u32,
+    },
+    /// A partition leader proposes a new ISR (Kafka's AlterPartition).
+    AlterPartition {
+        /// Topic name.
+        topic: String,
+        /// Partition index.
+        partition: i32,
+        /// The proposing leader.
+        broker_id: BrokerId,
+        /// The proposer's broker epoch.
+        broker_epoch: i64,
+        /// The leader epoch the proposer leads in.
+        leader_epoch: LeaderEpoch,
+        /// The partition epoch the proposal is based on.
+        partition_epoch: i32,
+        /// Proposed ISR.
+        new_isr: Vec<BrokerId>,
+    },
+    /// A replica fenced itself to a quorum election's epoch and reports its log position.
+    ReportReplicaLog {
+        /// Topic name.
+        topic: String,
+        /// Partition index.
+        partition: i32,
+        /// Reporting replica.
+        broker_id: BrokerId,
+        /// The election epoch the replica fenced itself to.
+        election_epoch: LeaderEpoch,
+        /// Its log position.
+        position: ReplicaLogPosition,
+    },
+    /// Set (`Some`) or delete (`None`) dynamic configs.
+    ConfigChange {
+        /// Target.
+        resource: ConfigResource,
+        /// Changes.
+        changes: BTreeMap<String, Option<String>>,
+    },
+}
+
+/// What an applied command did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    /// A broker registered with this epoch.
+    BrokerRegistered {
+        /// The broker epoch.
+        broker_epoch: i64,
+    },
+    /// A topic exists with this id.
+    TopicCreated {
+        /// Topic id.
+        topic_id: Uuid,
+    },
+    /// A partition record now reads so (AlterPartition answer).
+    Partition(PartitionImage),
+    /// The command changed what it said (or was already in effect).
+    Done,
+}
+
+/// The result of applying a command, as replicated to the proposer.
+pub type ApplyResult = Result<Applied, MetadataError>;
+
+/// The whole cluster metadata at one log offset. Cheap to share behind an `Arc`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataImage {
+    /// Raft log index of the last applied command (Kafka's metadata offset).
+    pub metadata_offset: u64,
+    /// Registered brokers.
+    pub brokers: BTreeMap<BrokerId, BrokerRegistration>,
+    /// Topics by name.
+    pub topics: BTreeMap<String, TopicImage>,
+    /// Dynamic configs by resource.
+    pub configs: BTreeMap<ConfigResource, BTreeMap<String, String>>,
+    /// Elections that chose a leader outside the ISR (data loss possible).
+    pub unclean_elections: u64,
+}
+
+impl MetadataImage {
+    /// An empty image.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A topic by name.
+    pub fn topic(&self, name: &str) -> Option<&TopicImage> {
+        self.topics.get(name)
+    }
+
+    /// A topic by id.
+    pub fn topic_by_id(&self, id: Uuid) -> Option<&TopicImage> {
+        self.topics.values().find(|t| t.topic_id == id)
+    }
+
+    /// A partition record.
+    pub fn partition(&self, topic: &str, partition: i32) -> Option<&PartitionImage> {
+        let index = usize::try_from(partition).ok()?;
+        self.topics.get(topic)?.partitions.get(index)
+    }
+
+    /// A broker's registration.
+    pub fn broker(&self, id: BrokerId) -> Option<&BrokerRegistration> {
+        self.brokers.get(&id)
+    }
+
+    /// Ids of registered, unfenced brokers in id order.
+    pub fn live_brokers(&self) -> Vec<BrokerId> {
+        self.brokers
+            .values()
+            .filter(|b| !b.fenced)
+            .map(|b| b.broker_id)
+            .collect()
+    }
+
+    fn is_live(&self, id: BrokerId) -> bool {
+        self.brokers.get(&id).is_some_and(|b| !b.fenced)
+    }
+
+    /// Applies one committed command at Raft log `index`. Rejected commands leave the image
+    /// unchanged apart from the metadata offset.
+    pub fn apply(&mut self, index: u64, command: &MetadataCommand) -> ApplyResult {
+        debug_assert!(
+            index > self.metadata_offset || index == 0,
+            "metadata log applied out of order"
+        );
+        self.metadata_offset = index;
+        match command {
+            MetadataCommand::RegisterBroker {
+                broker_id,
+                incarnation,
+                listeners,
+                rack,
+            } => Ok(self.register_broker(index, *broker_id, *incarnation, listeners, rack)),
+            MetadataCommand::UnfenceBroker {
+                broker_id,
+                broker_epoch,
+            } => self.unfence_broker(*broker_id, *broker_epoch),
+            MetadataCommand::FenceBroker {
+                broker_id,
+                broker_epoch,
+            } => self.fence_broker(*broker_id, *broker_epoch),
+            MetadataCommand::CreateTopic {
+                name,
+                topic_id,
+                partitions,
+                replication_factor,
+                configs,
+                placement_start,
+            } => self.create_topic(
+                name,
+                *topic_id,
+                *partitions,
+                *replication_factor,
+                configs,
+                *placement_start,
+            ),
+            MetadataCommand::DeleteTopic { name } => {
+                if self.topics.remove(name).is_none() {
+                    return Err(MetadataError::UnknownTopicOrPartition(name.clone()));
+                }
+                self.configs.remove(&ConfigResource::Topic(name.clone()));
+                Ok(Applied::Done)
+            }
+            MetadataCommand::CreatePartitions {
+                name,
+                total_count,
+                placement_start,
+            } => self.create_partitions(name, *total_count, *placement_start),
+            MetadataCommand::AlterPartition {
+                topic,
+                partition,
+                broker_id,
+                broker_epoch,
+                leader_epoch,
+                partition_epoch,
+                new_isr,
+            } => self.alter_partition(
+                topic,
+                *partition,
+                *broker_id,
+                *broker_epoch,
+                *leader_epoch,
+                *partition_epoch,
+                new_isr,
+            ),
+            MetadataCommand::ReportReplicaLog {
+                topic,
+                partition,
+                broker_id,
+                election_epoch,
+                position,
+            } => self.report_replica_log(topic, *partition, *broker_id, *election_epoch, *position),
+            MetadataCommand::ConfigChange { resource, changes } => {
+                self.config_change(resource, changes)
+            }
+        }
+    }
+
+    fn register_broker(
+        &mut self,
+        index: u64,
+        broker_id: BrokerId,
+        incarnation: Uuid,
+        listeners: &[Endpoint],
+        rack: &Option<String>,
+    ) -> Applied {
+        if let Some(existing) = self.brokers.get_mut(&broker_id) {
+            if existing.incarnation == incarnation {
+                // A retried registration of the same process keeps its epoch.
+                existing.listeners = listeners.to_vec();
+                existing.rack = rack.clone();
+                return Applied::BrokerRegistered {
+                    broker_epoch: existing.broker_epoch,
+                };
+            }
+        }
+        let was_live = self.is_live(broker_id);
+        let broker_epoch = i64::try_from(index).unwrap_or(i64::MAX);
+        self.brokers.insert(
+            broker_id,
+            BrokerRegistration {
+                broker_id,
+                broker_epoch,
+                incarnation,
+                listeners: listeners.to_vec(),
+                rack: rack.clone(),
+                fenced: true,
+            },
+        );
+        if was_live {
+            // A new incarnation replaces a live one: the old process is gone, so are its
+            // leaderships (Kafka fences the previous registration the same way).
+            self.move_leaderships_off(broker_id);
+        }
+        Applied::BrokerRegistered { broker_epoch }
+    }
+
+    fn checked_broker(
+        &mut self,
+        broker_id: BrokerId,
+        broker_epoch: i64,
+    ) -> Result<&mut BrokerRegistration, MetadataError> {
+        let broker = self
+            .brokers
+            .get_mut(&broker_id)
+            .ok_or(MetadataError::BrokerIdNotRegistered(broker_id))?;
+        if broker.broker_epoch != broker_epoch {
+            return Err(MetadataError::StaleBrokerEpoch {
+                broker_id,
+                request: broker_epoch,
+                current: broker.broker_epoch,
+            });
+        }
+        Ok(broker)
+    }
+
+    fn unfence_broker(&mut self, broker_id: BrokerId, broker_epoch: i64) -> ApplyResult {
+        let broker = self.checked_broker(broker_id, broker_epoch)?;
+        if !broker.fenced {
+            return Ok(Applied::Done);
+        }
+        broker.fenced = false;
+        tracing::info!(broker_id, broker_epoch, "broker unfenced");
+        // Offline partitions this broker replicates may elect now.
+        let policy_elections: Vec<(String, usize)> = self
+            .topics
+            .iter()
+            .flat_map(|(name, t)| {
+                t.partitions
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.leader.is_none() && p.replicas.contains(&broker_id))
+                    .map(move |(i, _)| (name.clone(), i))
+            })
+            .collect();
+        for (topic, index) in policy_elections {
+            self.try_elect(&topic, index);
+        }
+        Ok(Applied::Done)
+    }
+
+    fn fence_broker(&mut self, broker_id: BrokerId, broker_epoch: i64) -> ApplyResult {
+        let broker = self.checked_broker(broker_id, broker_epoch)?;
+        if broker.fenced {
+            return Ok(Applied::Done);
+        }
+        broker.fenced = true;
+        tracing::info!(broker_id, broker_epoch, "broker fenced");
+        self.move_leaderships_off(broker_id);
+        Ok(Applied::Done)
+    }
+
+    /// Drops `broker` from every ISR (the last member stays, so a clean election can wait for
+    /// it), takes its leaderships away and elects new leaders where the policy allows.
+    fn move_leaderships_off(&mut self, broker: BrokerId) {
+        let names: Vec<String> = self.topics.keys().cloned().collect();
+        for name in names {
+            let count = self.topics.get(&name).map_or(0, |t| t.partitions.len());
+            for index in 0..count {
+                let Some(p) = self
+                    .topics
+                    .get_mut(&name)
+                    .and_then(|t| t.partitions.get_mut(index))
+                else {
+                    continue;
+                };
+                if !p.replicas.contains(&broker) {
+                    continue;
+                }
+                let mut changed = false;
+                if p.isr.len() > 1 && p.isr.contains(&broker) {
+                    p.isr.retain(|&b| b != broker);
+                    changed = true;
+                }
+                p.election_reports.remove(&broker);
+                if p.leader == Some(broker) {
+                    p.leader = None;
+                    p.leader_epoch += 1;
+                    p.election_reports.clear();
+                    changed = true;
+                }
+                if changed {
+                    p.partition_epoch += 1;
+                }
+                if p.leader.is_none() {
+                    self.try_elect(&name, index);
+                }
+            }
+        }
+    }
+
+    /// Elects a leader for an offline partition through its topic's replication policy.
+    /// ISR: the first live ISR member (or any live replica if unclean election is enabled).
+    /// Quorum: the most up-to-date reported log among a live majority; a partition that never
+    /// had a leader has empty logs everywhere, so its first live replica leads once a live
+    /// majority exists.
+    fn try_elect(&mut self, topic: &str, index: usize) {
+        let live: Vec<BrokerId> = self.live_brokers();
+        let Some(t) = self.topics.get_mut(topic) else {
+            return;
+        };
+        let mode = t.replication_mode();
+        let config = t.replication_config();
+        let Some(p) = t.partitions.get_mut(index) else {
+            return;
+        };
+        if p.leader.is_some() {
+            return;
+        }
+        let never_led = p.leader_epoch < 0;
+        let candidates: Vec<ElectionCandidate> = p
+            .replicas
+            .iter()
+            .map(|&b| ElectionCandidate {
+                broker_id: b,
+                alive: live.contains(&b),
+                in_isr: p.isr.contains(&b),
+                log: if never_led {
+                    live.contains(&b).then_some(LogPosition {
+                        last_epoch: -1,
+                        log_end_offset: 0,
+                    })
+                } else {
+                    p.election_reports.get(&b).map(|r| r.to_log_position())
+                },
+            })
+            .collect();
+        let policy: &dyn ReplicationPolicy = match mode {
+            ReplicationMode::Isr => &IsrPolicy,
+            ReplicationMode::Quorum => &QuorumPolicy,
+        };
+        let outcome = policy.elect_leader(&candidates, &config);
+        let ElectionOutcome::Elected {
+            mut leader,
+            unclean,
+        } = outcome
+        else {
+            return;
+        };
+        if never_led && policy.election_reads_logs() {
+            // Every log is empty, so all live replicas tie: keep the preferred replica first,
+            // as placement intended, rather than the highest id the tie-break would pick.
+            if let Some(first) = candidates.iter().find(|c| c.alive) {
+                leader = first.broker_id;
+            }
+        }
+        p.leader = Some(leader);
+        p.leader_epoch += 1;
+        p.partition_epoch += 1;
+        p.election_reports.clear();
+        if unclean || (policy.election_reads_logs() && !never_led) {
+            // Unclean: nobody is known to match the new leader. Quorum: the ISR is bookkeeping
+            // only; members rejoin through AlterPartition as they catch up.
+            p.isr = vec![leader];
+        } else if !p.isr.contains(&leader) {
+            p.isr.push(leader);
+        }
+        let epoch = p.leader_epoch;
+        if unclean {
+            self.unclean_elections += 1;
+            tracing::warn!(
+                topic,
+                partition = index,
+                leader,
+                epoch,
+                "unclean leader election"
+            );
+        } else {
+            tracing::info!(topic, partition = index, leader, epoch, "leader elected");
+        }
+    }
+
+    fn create_topic(
+        &mut self,
+        name: &str,
+        topic_id: Uuid,
+        partitions: i32,
+        replication_factor: i16,
+        configs: &BTreeMap<String, String>,
+        placement_start: u32,
+    ) -> ApplyResult {
+        validate_topic_name(name)?;
+        if let Some(existing) = self.topics.get(name) {
+            if existing.topic_id == topic_id {
+                // A forwarded proposal retried after a failover: already done.
+                return Ok(Applied::TopicCreated { topic_id });
+            }
+            return Err(MetadataError::TopicAlreadyExists(name.to_string()));
+        }
+        if topic_id.is_nil() || self.topic_by_id(topic_id).is_some() {
+            return Err(MetadataError::InvalidTopic(format!(
+                "topic id {topic_id} is nil or in use"
+            )));
+        }
+        if partitions < 1 {
+            return Err(MetadataError::InvalidPartitions(format!(
+                "partition count must be positive, got {partitions}"
+            )));
+        }
+        validate_topic_configs(configs)?;
+        let brokers = self.live_brokers();
+        if replication_factor < 1 || replication_factor as usize > brokers.len() {
+            return Err(MetadataError::InvalidReplicationFactor {
+                requested: replication_factor,
+                available: brokers.len(),
+            });
+        }
+        let assignment = place_replicas(
+            &brokers,
+            0,
+            partitions,
+            replication_factor as usize,
+            placement_start,
+        );
+        let topic = TopicImage {
+            name: name.to_string(),
+            topic_id,
+            configs: configs.clone(),
+            partitions: assignment
+                .into_iter()
+                .enumerate()
+                .map(|(i, replicas)| new_partition(i as i32, replicas))
+                .collect(),
+        };
+        self.topics.insert(name.to_string(), topic);
+        for index in 0..partitions as usize {
+            self.try_elect(name, index);
+        }
+        tracing::info!(topic = name, %topic_id, partitions, replication_factor, "topic created");
+        Ok(Applied::TopicCreated { topic_id })
+    }
+
+    fn create_partitions(&mut self, name: &str, total: i32, placement_start: u32) -> ApplyResult {
+        let brokers = self.live_brokers();
+        let topic = self
+            .topics
+            .get_mut(name)
+            .ok_or_else(|| MetadataError::UnknownTopicOrPartition(name.to_string()))?;
+        let current = topic.partitions.len() as i32;
+        if total <= current {
+            return Err(MetadataError::InvalidPartitions(format!(
+                "topic {name} has {current} partitions; the new count must be larger, got {total}"
+            )));
+        }
+        let rf = topic.partitions.first().map_or(1, |p| p.replicas.len());
+        if rf > brokers.len() {
+            return Err(MetadataError::InvalidReplicationFactor {
+                requested: rf as i16,
+                available: brokers.len(),
+            });
+        }
+        let assignment = place_replicas(&brokers, current, total - current, rf, placement_start);
+        for (k, replicas) in assignment.into_iter().enumerate() {
+            topic
+                .partitions
+                .push(new_partition(current + k as i32, replicas));
+        }
+        for index in current as usize..total as usize {
+            self.try_elect(name, index);
+        }
+        Ok(Applied::Done)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn alter_partition(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        broker_id: BrokerId,
+        broker_epoch: i64,
+        leader_epoch: LeaderEpoch,
+        partition_epoch: i32,
+        new_isr: &[BrokerId],
+    ) -> ApplyResult {
+        self.checked_broker(broker_id, broker_epoch)?;
+        let live = self.live_brokers();
+        let p = self
+            .topics
+            .get_mut(topic)
+            .and_then(|t| {
+                usize::try_from(partition)
+                    .ok()
+                    .and_then(|i| t.partitions.get_mut(i))
+            })
+            .ok_or_else(|| {
+                MetadataError::UnknownTopicOrPartition(format!("{topic}-{partition}"))
+            })?;
+        if leader_epoch < p.leader_epoch {
+            return Err(MetadataError::FencedLeaderEpoch {
+                request: leader_epoch,
+                current: p.leader_epoch,
+            });
+        }
+        if leader_epoch > p.leader_epoch {
+            return Err(MetadataError::UnknownLeaderEpoch {
+                request: leader_epoch,
+                current: p.leader_epoch,
+            });
+        }
+        if p.leader != Some(broker_id) {
+            return Err(MetadataError::NotLeaderOrFollower(broker_id));
+        }
+        if partition_epoch != p.partition_epoch {
+            if same_members(new_isr, &p.isr) {
+                // A retried proposal that already went through.
+                return Ok(Applied::Partition(p.clone()));
+            }
+            return Err(MetadataError::InvalidUpdateVersion {
+                request: partition_epoch,
+                current: p.partition_epoch,
+            });
+        }
+        if !new_isr.contains(&broker_id) {
+            return Err(MetadataError::IneligibleReplica(broker_id));
+        }
+        for &member in new_isr {
+            let joining = !p.isr.contains(&member);
+            if !p.replicas.contains(&member) || (joining && !live.contains(&member)) {
+                return Err(MetadataError::IneligibleReplica(member));
+            }
+        }
+        p.isr = p
+            .replicas
+            .iter()
+            .copied()
+            .filter(|r| new_isr.contains(r))
+            .collect();
+        p.partition_epoch += 1;
+        Ok(Applied::Partition(p.clone()))
+    }
+
+    fn report_replica_log(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        broker_id: BrokerId,
+        election_epoch: LeaderEpoch,
+        position: ReplicaLogPosition,
+    ) -> ApplyResult {
+        let live = self.is_live(broker_id);
+        let p = self
+            .topics
+            .get_mut(topic)
+            .and_then(|t| {
+                usize::try_from(partition)
+                    .ok()
+                    .and_then(|i| t.partitions.get_mut(i))
+            })
+            .ok_or_else(|| {
+                MetadataError::UnknownTopicOrPartition(format!("{topic}-{partition}"))
+            })?;
+        if p.leader.is_some() || election_epoch != p.next_leader_epoch() {
+            // The election this report was for is over (or not this one).
+            return Err(MetadataError::FencedLeaderEpoch {
+                request: election_epoch,
+                current: p.leader_epoch,
+            });
+        }
+        if !p.replicas.contains(&broker_id) || !live {
+            return Err(MetadataError::IneligibleReplica(broker_id));
+        }
+        p.election_reports.insert(broker_id, position);
+        let index = partition as usize;
+        self.try_elect(topic, index);
+        match self.partition(topic, partition) {
+            Some(p) => Ok(Applied::Partition(p.clone())),
+            None => Ok(Applied::Done),
+        }
+    }
+
+    fn config_change(
+        &mut self,
+        resource: &ConfigResource,
+        changes: &BTreeMap<String, Option<String>>,
+    ) -> ApplyResult {
+        match resource {
+            ConfigResource::Topic(name) => {
+                let topic = self
+                    .topics
+                    .get(name)
+                    .ok_or_else(|| MetadataError::UnknownTopicOrPartition(name.clone()))?;
+                let mut next = topic.configs.clone();
+                for (k, v) in changes {
+                    match v {
+                        Some(v) => next.insert(k.clone(), v.clone()),
+                        None if k == REPLICATION_MODE_CONFIG => {
+                            return Err(MetadataError::InvalidConfig(
+                                "replication.mode cannot be removed from a topic".into(),
+                            ))
+                        }
+                        None => next.remove(k),
+                    };
+                }
+                if next.get(REPLICATION_MODE_CONFIG) != topic.configs.get(REPLICATION_MODE_CONFIG) {
+                    // Switching rules under live replicas would break both rules' invariants.
+                    return Err(MetadataError::InvalidConfig(
+                        "replication.mode is fixed at topic creation".into(),
+                    ));
+                }
+                validate_topic_configs(&next)?;
+                if let Some(t) = self.topics.get_mut(name) {
+                    t.configs = next;
+                }
+            }
+            ConfigResource::Broker(_) | ConfigResource::Cluster => {
+                let entry = self.configs.entry(resource.clone()).or_default();
+                for (k, v) in changes {
+                    match v {
+                        Some(v) => entry.insert(k.clone(), v.clone()),
+                        None => entry.remove(k),
+                    };
+                }
+            }
+        }
+        Ok(Applied::Done)
+    }
+
+    /// Serialises the whole image (the Raft snapshot payload).
+    pub fn to_snapshot(&self) -> Result<Vec<u8>, MetadataError> {
+        serde_json::to_vec(self).map_err(|e| MetadataError::Snapshot(e.to_string()))
+    }
+
+    /// Restores an image from [`MetadataImage::to_snapshot`] bytes.
+    pub fn from_snapshot(bytes: &[u8]) -> Result<Self, MetadataError> {
+        serde_json::from_slice(bytes).map_err(|e| MetadataError::Snapshot(e.to_string()))
+    }
+}
+
+fn new_partition(partition: i32, replicas: Vec<BrokerId>) -> PartitionImage {
+    PartitionImage {
+        partition,
+        isr: replicas.clone(),
+        replicas,
+        leader: None,
+        leader_epoch: -1,
+        partition_epoch: 0,
+        election_reports: BTreeMap::new(),
+    }
+}
+
+/// Replica placement from the seeds, with Kafka's random start: partition `i` on broker
+/// `(start + i) mod n`, its `j`-th replica on `(start + i + j) mod n`, over `brokers` sorted by
+/// id. `first` is the index of the first new partition (non-zero for CreatePartitions).
+pub fn place_replicas(
+    brokers: &[BrokerId],
+    first: i32,
+    count: i32,
+    replication_factor: usize,
+    start: u32,
+) -> Vec<Vec<BrokerId>> {
+    let n = brokers.len();
+    if n == 0 || count <= 0 {
+        return Vec::new();
+    }
+    debug_assert!(replication_factor <= n);
+    let start = start as usize % n;
+    (0..count as usize)
+        .map(|k| {
+            let i = first as usize + k;
+            (0..replication_factor)
+                .map(|j| brokers[(start + i + j) % n])
+                .collect()
+        })
+        .collect()
+}
+
+fn same_members(a: &[BrokerId], b: &[BrokerId]) -> bool {
+    a.len() == b.len() && a.iter().all(|x| b.contains(x))
+}
+
+/// Kafka's topic name rule: 1..=249 chars of `[a-zA-Z0-9._-]`, not `.` or `..`.
+pub fn validate_topic_name(name: &str) -> Result<(), MetadataError> {
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-');
+    if name.is_empty()
+        || name.len() > MAX_TOPIC_NAME_LEN
+        || name == "."
+        || name == ".."
+        || !ok_chars
+    {
+        return Err(MetadataError::InvalidTopic(format!(
+            "invalid topic name `{name}`"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_topic_configs(configs: &BTreeMap<String, String>) -> Result<(), MetadataError> {
+    if let Some(mode) = configs.get(REPLICATION_MODE_CONFIG) {
+        mode.parse::<ReplicationMode>()
+            .map_err(|e| MetadataError::InvalidConfig(e.to_string()))?;
+    }
+    if let Some(v) = configs.get(MIN_INSYNC_REPLICAS_CONFIG) {
+        match v.parse::<usize>() {
+            Ok(n) if n >= 1 => {}
+            _ => {
+                return Err(MetadataError::InvalidConfig(format!(
+                    "min.insync.replicas must be a positive integer, got `{v}`"
+                )))
+            }
+        }
+    }
+    if let Some(v) = configs.get(UNCLEAN_LEADER_ELECTION_CONFIG) {
+        if v != "true" && v != "false" {
+            return Err(MetadataError::InvalidConfig(format!(
+                "unclean.leader.election.enable must be true or false, got `{v}`"
+            )));
+        }
+    }
+    if let Some(v) = configs.get(REPLICA_LAG_TIME_MAX_MS_CONFIG) {
+        match v.parse::<u64>() {
+            Ok(n) if n >= 1 => {}
+            _ => {
+                return Err(MetadataError::InvalidConfig(format!(
+                    "replica.lag.time.max.ms must be a positive integer, got `{v}`"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn register(image: &mut MetadataImage, index: &mut u64, id: BrokerId) -> i64 {
+        *index += 1;
+        let cmd = MetadataCommand::RegisterBroker {
+            broker_id: id,
+            incarnation: Uuid::from_u128(id as u128 + 1 + *index as u128 * 1000),
+            listeners: vec![Endpoint {
+                name: "PLAINTEXT".into(),
+                host: "127.0.0.1".into(),
+                port: 9092 + id as u16,
+            }],
+            rack: None,
+        };
+        let Ok(Applied::BrokerRegistered { broker_epoch }) = image.apply(*index, &cmd) else {
+            panic!("registration failed");
+        };
+        *index += 1;
+        let unfence = MetadataCommand::UnfenceBroker {
+            broker_id: id,
+            broker_epoch,
+        };
+        assert_eq!(image.apply(*index, &unfence), Ok(Applied::Done));
+        broker_epoch
+    }
+
+    fn cluster(n: i32) -> (MetadataImage, u64, Vec<i64>) {
+        let mut image = MetadataImage::new();
+        let mut index = 0;
+        let epochs = (1..=n)
+            .map(|b| register(&mut image, &mut index, b))
+            .collect();
+        (image, index, epochs)
+    }
+
+    fn create(
+        image: &mut MetadataImage,
+        index: &mut u64,
+        name: &str,
+        partitions: i32,
+        rf: i16,
+        mode: &str,
+        start: u32,
+    ) -> ApplyResult {
+        *index += 1;
+        let mut configs = BTreeMap::new();
+        configs.insert(REPLICATION_MODE_CONFIG.to_string(), mode.to_string());
+        image.apply(
+            *index,
+            &MetadataCommand::CreateTopic {
+                name: name.into(),
+                topic_id: Uuid::from_u128(0xabc0 + *index as u128),
+                partitions,
+                replication_factor: rf,
+                configs,
+                placement_start: start,
+            },
+        )
+    }
+
+    #[test]
+    fn placement_follows_the_seed_rule() {
+        let brokers = [1, 2, 3];
+        let placed = place_replicas(&brokers, 0, 4, 2, 1);
+        // start 1: partition i leads on brokers[(1 + i) % 3], replica j on (1 + i + j) % 3.
+        assert_eq!(placed, vec![vec![2, 3], vec![3, 1], vec![1, 2], vec![2, 3]]);
+        let more = place_replicas(&brokers, 4, 2, 3, 0);
+        assert_eq!(more, vec![vec![2, 3, 1], vec![3, 1, 2]]);
+    }
+
+    #[test]
+    fn new_topic_gets_preferred_leaders_in_both_modes() {
+        let (mut image, mut index, _) = cluster(3);
+        assert!(create(&mut image, &mut index, "a", 3, 3, "isr", 0).is_ok());
+        assert!(create(&mut image, &mut index, "q", 3, 3, "quorum", 0).is_ok());
+        for name in ["a", "q"] {
+            let t = image.topic(name).unwrap();
+            for p in &t.partitions {
+                assert_eq!(p.leader, Some(p.replicas[0]));
+                assert_eq!(p.leader_epoch, 0);
+                assert_eq!(p.isr, p.replicas);
+            }
+        }
+        assert_eq!(
+            create(&mut image, &mut index, "a", 1, 1, "isr", 0),
+            Err(MetadataError::TopicAlreadyExists("a".into()))
+        );
+        assert!(matches!(
+            create(&mut image, &mut index, "big", 1, 4, "isr", 0),
+            Err(MetadataError::InvalidReplicationFactor { .. })
+        ));
+        assert!(matches!(
+            create(&mut image, &mut index, "bad/name", 1, 1, "isr", 0),
+            Err(MetadataError::InvalidTopic(_))
+        ));
+        assert!(matches!(
+            create(&mut image, &mut index, "m", 1, 1, "raft", 0),
+            Err(MetadataError::InvalidConfig(_))
+        ));
+    }
+
+    #[test]
+    fn fencing_moves_isr_leadership_and_bumps_epochs() {
+        let (mut image, mut index, epochs) = cluster(3);
+        create(&mut image, &mut index, "t", 3, 3, "isr", 0).unwrap();
+        let before = image.partition("t", 0).unwrap().clone();
+        let leader = before.leader.unwrap();
+        index += 1;
+        let fence = MetadataCommand::FenceBroker {
+            broker_id: leader,
+            broker_epoch: epochs[(leader - 1) as usize],
+        };
+        assert_eq!(image.apply(index, &fence), Ok(Applied::Done));
+        let after = image.partition("t", 0).unwrap();
+        assert_ne!(after.leader, Some(leader));
+        assert!(after.leader.is_some());
+        assert!(!after.isr.contains(&leader));
+        assert!(after.leader_epoch > before.leader_epoch);
+        assert!(after.partition_epoch > before.partition_epoch);
+        for p in &image.topic("t").unwrap().partitions {
+            assert_ne!(p.leader, Some(leader), "fenced broker still leads");
+        }
+        // A stale broker epoch cannot fence or unfence the new registration.
+        index += 1;
+        let stale = MetadataCommand::UnfenceBroker {
+            broker_id: leader,
+            broker_epoch: -5,
+        };
+        assert!(matches!(
+            image.apply(index, &stale),
+            Err(MetadataError::StaleBrokerEpoch { .. })
+        ));
+    }
+
+    #[test]
+    fn isr_partition_without_live_isr_stays_offline_unless_unclean() {
+        let (mut image, mut index, epochs) = cluster(2);
+        create(&mut image, &mut index, "t", 1, 2, "isr", 0).unwrap();
+        let p = image.partition("t", 0).unwrap().clone();
+        let leader = p.leader.unwrap();
+        let follower = p.replicas[1];
+        // The leader shrinks the ISR to itself, then dies.
+        index += 1;
+        let shrink = MetadataCommand::AlterPartition {
+            topic: "t".into(),
+            partition: 0,
+            broker_id: leader,
+            broker_epoch: epochs[(leader - 1) as usize],
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            new_isr: vec![leader],
+        };
+        assert!(image.apply(index, &shrink).is_ok());
+        index += 1;
+        let fence = MetadataCommand::FenceBroker {
+            broker_id: leader,
+            broker_epoch: epochs[(leader - 1) as usize],
+        };
+        image.apply(index, &fence).unwrap();
+        let p = image.partition("t", 0).unwrap();
+        assert_eq!(p.leader, None, "out-of-sync follower must not lead");
+        assert_eq!(p.isr, vec![leader], "last ISR member stays");
+        // Enabling unclean election lets the follower lead on the next chance.
+        index += 1;
+        let mut changes = BTreeMap::new();
+        changes.insert(
+            UNCLEAN_LEADER_ELECTION_CONFIG.to_string(),
+            Some("true".to_string()),
+        );
+        image
+            .apply(
+                index,
+                &MetadataCommand::ConfigChange {
+                    resource: ConfigResource::Topic("t".into()),
+                    changes,
+                },
+            )
+            .unwrap();
+        index += 1;
+        let refence = MetadataCommand::FenceBroker {
+            broker_id: follower,
+            broker_epoch: epochs[(follower - 1) as usize],
+        };
+        image.apply(index, &refence).unwrap();
+        index += 1;
+        image
+            .apply(
+                index,
+                &MetadataCommand::UnfenceBroker {
+                    broker_id: follower,
+                    broker_epoch: epochs[(follower - 1) as usize],
+                },
+            )
+            .unwrap();
+        let p = image.partition("t", 0).unwrap();
+        assert_eq!(p.leader, Some(follower));
+        assert_eq!(p.isr, vec![follower]);
+        assert_eq!(image.unclean_elections, 1);
+    }
+
+    #[test]
+    fn stale_alter_partition_is_rejected() {
+        let (mut image, mut index, epochs) = cluster(3);
+        create(&mut image, &mut index, "t", 1, 3, "isr", 0).unwrap();
+        let p = image.partition("t", 0).unwrap().clone();
+        let leader = p.leader.unwrap();
+        let alter =
+            |leader_epoch, partition_epoch, isr: Vec<i32>| MetadataCommand::AlterPartition {
+                topic: "t".into(),
+                partition: 0,
+                broker_id: leader,
+                broker_epoch: epochs[(leader - 1) as usize],
+                leader_epoch,
+                partition_epoch,
+                new_isr: isr,
+            };
+        let shrunk: Vec<i32> = p.replicas[..2].to_vec();
+        index += 1;
+        let Ok(Applied::Partition(after)) = image.apply(
+            index,
+            &alter(p.leader_epoch, p.partition_epoch, shrunk.clone()),
+        ) else {
+            panic!("valid AlterPartition rejected");
+        };
+        assert_eq!(after.partition_epoch, p.partition_epoch + 1);
+        // Same proposal retried: answered with the current state.
+        index += 1;
+        assert!(image
+            .apply(index, &alter(p.leader_epoch, p.partition_epoch, shrunk))
+            .is_ok());
+        // A different proposal on the old partition epoch: INVALID_UPDATE_VERSION.
+        index += 1;
+        let err = image
+            .apply(
+                index,
+                &alter(p.leader_epoch, p.partition_epoch, vec![leader]),
+            )
+            .unwrap_err();
+        assert_eq!(err.code(), 108);
+        // An old leader epoch: FENCED_LEADER_EPOCH.
+        index += 1;
+        let err = image
+            .apply(
+                index,
+                &alter(p.leader_epoch - 1, after.partition_epoch, vec![leader]),
+            )
+            .unwrap_err();
+        assert_eq!(err.code(), 74);
+        // A fenced broker may not join the ISR.
+        let outsider = p.replicas[2];
+        index += 1;
+        image
+            .apply(
+                index,
+                &MetadataCommand::FenceBroker {
+                    broker_id: outsider,
+                    broker_epoch: epochs[(outsider - 1) as usize],
+                },
+            )
+            .unwrap();
+        let current = image.partition("t", 0).unwrap().clone();
+        index += 1;
+        let err = image
+            .apply(
+                index,
+                &alter(
+                    current.leader_epoch,
+                    current.partition_epoch,
+                    p.replicas.clone(),
+                ),
+            )
+            .unwrap_err();
+        assert_eq!(err, MetadataError::IneligibleReplica(outsider));
+    }
+
+    #[test]
+    fn quorum_election_waits_for_a_majority_of_reports_and_picks_the_longest_log() {
+        let (mut image, mut index, epochs) = cluster(3);
+        create(&mut image, &mut index, "q", 1, 3, "quorum", 0).unwrap();
+        let p = image.partition("q", 0).unwrap().clone();
+        let leader = p.leader.unwrap();
+        index += 1;
+        image
+            .apply(
+                index,
+                &MetadataCommand::FenceBroker {
+                    broker_id: leader,
+                    broker_epoch: epochs[(leader - 1) as usize],
+                },
+            )
+            .unwrap();
+        let offline = image.partition("q", 0).unwrap().clone();
+        assert_eq!(offline.leader, None, "quorum mode waits for log reports");
+        let election_epoch = offline.next_leader_epoch();
+        let others: Vec<i32> = p
+            .replicas
+            .iter()
+            .copied()
+            .filter(|&b| b != leader)
+            .collect();
+        let report = |b: i32, epoch, leo| MetadataCommand::ReportReplicaLog {
+            topic: "q".into(),
+            partition: 0,
+            broker_id: b,
+            election_epoch: epoch,
+            position: ReplicaLogPosition {
+                last_epoch: 0,
+                log_end_offset: leo,
+            },
+        };
+        // A report for a stale election is refused.
+        index += 1;
+        assert!(image
+            .apply(index, &report(others[0], election_epoch - 1, 5))
+            .is_err());
+        index += 1;
+        image
+            .apply(index, &report(others[0], election_epoch, 5))
+            .unwrap();
+        assert_eq!(
+            image.partition("q", 0).unwrap().leader,
+            None,
+            "one of three"
+        );
+        index += 1;
+        image
+            .apply(index, &report(others[1], election_epoch, 9))
+            .unwrap();
+        let elected = image.partition("q", 0).unwrap();
+        assert_eq!(elected.leader, Some(others[1]), "most up-to-date log leads");
+        assert_eq!(elected.leader_epoch, election_epoch);
+        assert_eq!(elected.isr, vec![others[1]]);
+    }
+
+    #[test]
+    fn reregistration_with_new_incarnation_fences_and_moves_leaderships() {
+        let (mut image, mut index, _) = cluster(3);
+        create(&mut image, &mut index, "t", 3, 2, "isr", 0).unwrap();
+        let victim = image.partition("t", 0).unwrap().leader.unwrap();
+        let new_epoch = register(&mut image, &mut index, victim);
+        assert_eq!(image.broker(victim).unwrap().broker_epoch, new_epoch);
+        let p = image.partition("t", 0).unwrap();
+        assert_ne!(p.leader, Some(victim));
+    }
+
+    #[test]
+    fn delete_and_create_partitions() {
+        let (mut image, mut index, _) = cluster(3);
+        create(&mut image, &mut index, "t", 2, 2, "isr", 2).unwrap();
+        index += 1;
+        let grow = MetadataCommand::CreatePartitions {
+            name: "t".into(),
+            total_count: 5,
+            placement_start: 1,
+        };
+        assert_eq!(image.apply(index, &grow), Ok(Applied::Done));
+        let t = image.topic("t").unwrap();
+        assert_eq!(t.partitions.len(), 5);
+        assert!(t
+            .partitions
+            .iter()
+            .all(|p| p.leader.is_some() && p.replicas.len() == 2));
+        index += 1;
+        assert!(
+            image.apply(index, &grow).is_err(),
+            "shrinking or same count refused"
+        );
+        index += 1;
+        let delete = MetadataCommand::DeleteTopic { name: "t".into() };
+        assert_eq!(image.apply(index, &delete), Ok(Applied::Done));
+        index += 1;
+        assert_eq!(
+            image.apply(index, &delete).unwrap_err().code(),
+            3,
+            "UNKNOWN_TOPIC_OR_PARTITION"
+        );
+    }
+
+    fn arb_command() -> impl Strategy<Value = MetadataCommand> {
+        let broker = 1..=4i32;
+        prop_oneof![
+            (broker.clone(), 0u128..3).prop_map(|(b, inc)| MetadataCommand::RegisterBroker {
+                broker_id: b,
+                incarnation: Uuid::from_u128(b as u128 * 10 + inc + 1),
+                listeners: vec![],
+                rack: None,
+            }),
+            (broker.clone(), 0i64..40).prop_map(|(b, e)| MetadataCommand::UnfenceBroker {
+                broker_id: b,
+                broker_epoch: e
+            }),
+            (broker.clone(), 0i64..40).prop_map(|(b, e)| MetadataCommand::FenceBroker {
+                broker_id: b,
+                broker_epoch: e
+            }),
+            (
+                0u8..3,
+                1i32..4,
+                1i16..4,
+                any::<bool>(),
+                any::<u32>(),
+                any::<u16>()
+            )
+                .prop_map(|(t, parts, rf, quorum, start, id)| {
+                    let mut configs = BTreeMap::new();
+                    configs.insert(
+                        REPLICATION_MODE_CONFIG.to_string(),
+                        if quorum { "quorum" } else { "isr" }.to_string(),
+                    );
+                    MetadataCommand::CreateTopic {
+                        name: format!("t{t}"),
+                        topic_id: Uuid::from_u128(id as u128 + 1),
+                        partitions: parts,
+                        replication_factor: rf,
+                        configs,
+                        placement_start: start,
+                    }
+                }),
+            (0u8..3).prop_map(|t| MetadataCommand::DeleteTopic {
+                name: format!("t{t}")
+            }),
+            (0u8..3, 1i32..6, any::<u32>()).prop_map(|(t, n, s)| {
+                MetadataCommand::CreatePartitions {
+                    name: format!("t{t}"),
+                    total_count: n,
+                    placement_start: s,
+                }
+            }),
+            (
+                0u8..3,
+                0i32..3,
+                broker.clone(),
+                0i64..40,
+                -1i32..4,
+                0i32..6,
+                proptest::collection::vec(broker.clone(), 0..4)
+            )
+                .prop_map(|(t, p, b, be, le, pe, isr)| {
+                    MetadataCommand::AlterPartition {
+                        topic: format!("t{t}"),
+                        partition: p,
+                        broker_id: b,
+                        broker_epoch: be,
+                        leader_epoch: le,
+                        partition_epoch: pe,
+                        new_isr: isr,
+                    }
+                }),
+            (0u8..3, 0i32..3, broker, -1i32..5, -1i32..3, 0i64..20).prop_map(
+                |(t, p, b, e, le, leo)| MetadataCommand::ReportReplicaLog {
+                    topic: format!("t{t}"),
+                    partition: p,
+                    broker_id: b,
+                    election_epoch: e,
+                    position: ReplicaLogPosition {
+                        last_epoch: le,
+                        log_end_offset: leo,
+                    },
+                }
+            ),
+        ]
+    }
+
+    /// Checks what every image must satisfy whatever was applied.
+    fn check_invariants(image: &MetadataImage) {
+        for t in image.topics.values() {
+            for (i, p) in t.partitions.iter().enumerate() {
+                assert_eq!(p.partition, i as i32);
+                let mut unique = p.replicas.clone();
+                unique.sort_unstable();
+                unique.dedup();
+                assert_eq!(unique.len(), p.replicas.len(), "duplicate replica");
+                assert!(!p.isr.is_empty(), "empty ISR");
+                assert!(p.isr.iter().all(|b| p.replicas.contains(b)));
+                if let Some(l) = p.leader {
+                    assert!(p.replicas.contains(&l));
+                    assert!(p.isr.contains(&l), "leader outside the ISR");
+                    assert!(
+                        image.broker(l).is_some_and(|b| !b.fenced),
+                        "fenced broker leads"
+                    );
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn arbitrary_commands_keep_invariants_epochs_monotonic_and_replay_deterministic(
+            commands in proptest::collection::vec(arb_command(), 1..60)
+        ) {
+            let mut image = MetadataImage::new();
+            let mut replay = MetadataImage::new();
+            for (i, command) in commands.iter().enumerate() {
+                let before = image.clone();
+                let r1 = image.apply(i as u64 + 1, command);
+                let r2 = replay.apply(i as u64 + 1, command);
+                prop_assert_eq!(&r1, &r2);
+                if r1.is_err() {
+                    let mut unchanged = before.clone();
+                    unchanged.metadata_offset = image.metadata_offset;
+                    prop_assert_eq!(&unchanged, &image, "a rejected command changed the image");
+                }
+                check_invariants(&image);
+                for (name, t) in &image.topics {
+                    let Some(old) = before.topics.get(name) else { continue };
+                    if old.topic_id != t.topic_id { continue; }
+                    for (p, q) in old.partitions.iter().zip(&t.partitions) {
+                        prop_assert!(q.leader_epoch >= p.leader_epoch);
+                        prop_assert!(q.partition_epoch >= p.partition_epoch);
+                        if q.leader != p.leader {
+                            prop_assert!(q.leader_epoch > p.leader_epoch, "leader changed without an epoch bump");
+                        }
+                    }
+                }
+            }
+            let bytes = image.to_snapshot().unwrap();
+            let restored = MetadataImage::from_snapshot(&bytes).unwrap();
+            prop_assert_eq!(restored, image);
+        }
+    }
+
+    #[test]
+    fn garbage_snapshot_is_an_error_not_a_panic() {
+        assert!(MetadataImage::from_snapshot(b"{not json").is_err());
+        assert!(MetadataImage::from_snapshot(&[0xff, 0x00]).is_err());
+    }
+}
