@@ -7,11 +7,6 @@ use clap::Parser;
 use nix::sys::signal::{SigSet, Signal};
 use sluice::broker::{BrokerConfig, Event, Server};
 
-/// Keeps a request that claims billions of array elements from aborting the process (see
-/// `sluice::broker::alloc`).
-#[global_allocator]
-static ALLOC: sluice::broker::alloc::GuardedAlloc = sluice::broker::alloc::GuardedAlloc;
-
 /// Sluice: a Kafka-compatible, thread-per-core streaming broker.
 ///
 /// Configuration precedence: flags > SLUICE_* environment variables > --config file > defaults.

@@ -632,3 +632,36 @@ fn pipelined_produces_are_appended_in_request_order() {
         assert_eq!(got, want, "partition {p}");
     }
 }
+
+#[test]
+fn find_coordinator_is_served_and_says_no_coordinator_yet() {
+    // librdkafka turns LZ4 on only when ApiVersions lists FindCoordinator, so it is served;
+    // until the group coordinator is wired, every key truthfully has no coordinator.
+    let broker = Broker::start(&[]);
+    let mut c = broker.client();
+    let versions: ApiVersionsResponse = c.request(3, &ApiVersionsRequest::default());
+    let fc = versions
+        .api_keys
+        .iter()
+        .find(|k| k.api_key == ApiKey::FindCoordinator as i16)
+        .expect("FindCoordinator advertised");
+    assert_eq!((fc.min_version, fc.max_version), (0, 6));
+    for version in [0i16, 1, 3] {
+        let r: FindCoordinatorResponse = c.request(
+            version,
+            &FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("g")),
+        );
+        assert_eq!(r.error_code, 15, "v{version}");
+        assert_eq!(r.node_id.0, -1);
+    }
+    let r: FindCoordinatorResponse = c.request(
+        6,
+        &FindCoordinatorRequest::default().with_coordinator_keys(vec![
+            StrBytes::from_static_str("g1"),
+            StrBytes::from_static_str("g2"),
+        ]),
+    );
+    let got: Vec<(String, i16)> =
+        r.coordinators.iter().map(|x| (x.key.to_string(), x.error_code)).collect();
+    assert_eq!(got, vec![("g1".into(), 15), ("g2".into(), 15)]);
+}

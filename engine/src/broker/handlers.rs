@@ -164,6 +164,10 @@ pub async fn handle_request(
             let _req = decode!(m::DescribeClusterRequest);
             frame(&describe_cluster(&shard))
         }
+        ApiKey::FindCoordinator => {
+            let req = decode!(m::FindCoordinatorRequest);
+            frame(&find_coordinator(version, req))
+        }
         _ => Err(RequestError::Unsupported { api, version }),
     }
 }
@@ -1236,4 +1240,39 @@ fn describe_cluster(shard: &Rc<Shard>) -> m::DescribeClusterResponse {
                 .with_host(str_bytes(&cfg.advertised_host))
                 .with_port(cfg.advertised_port),
         ])
+}
+
+/// FindCoordinator, answered truthfully while the group coordinator is not wired into the
+/// broker: no key has a coordinator (COORDINATOR_NOT_AVAILABLE, retriable). It is served at
+/// all because librdkafka enables LZ4 (and other features) only when ApiVersions lists it.
+fn find_coordinator(version: i16, req: m::FindCoordinatorRequest) -> m::FindCoordinatorResponse {
+    const REASON: &str = "consumer groups and transactions are not served by this broker yet";
+    let resp = m::FindCoordinatorResponse::default();
+    if version >= 4 {
+        let coordinators = req
+            .coordinator_keys
+            .into_iter()
+            .map(|key| {
+                m::find_coordinator_response::Coordinator::default()
+                    .with_key(key)
+                    .with_node_id(BrokerId(-1))
+                    .with_host(str_bytes(""))
+                    .with_port(-1)
+                    .with_error_code(ec::COORDINATOR_NOT_AVAILABLE)
+                    .with_error_message(Some(str_bytes(REASON)))
+            })
+            .collect();
+        resp.with_coordinators(coordinators)
+    } else {
+        let resp = resp
+            .with_error_code(ec::COORDINATOR_NOT_AVAILABLE)
+            .with_node_id(BrokerId(-1))
+            .with_host(str_bytes(""))
+            .with_port(-1);
+        if version >= 1 {
+            resp.with_error_message(Some(str_bytes(REASON)))
+        } else {
+            resp
+        }
+    }
 }

@@ -1,6 +1,5 @@
 //! The Kafka-protocol broker: configuration, shards, connections and request handlers.
 //!
-//! - [`alloc`]: the global allocator that turns wire-length pre-allocations into address space.
 //! - [`config`]: TOML/env/flag configuration with Kafka key names.
 //! - [`metadata`]: the persistent topic registry (names, ids, partition counts, configs).
 //! - [`protocol`]: served API versions, framing, the zero-copy FetchResponse encoder.
@@ -9,7 +8,6 @@
 //! - [`connection`]: per-connection read/dispatch/in-order write.
 //! - [`server`]: starting shard threads, two-phase shutdown.
 
-pub mod alloc;
 pub mod config;
 pub mod connection;
 pub mod handlers;
