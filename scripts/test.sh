@@ -13,5 +13,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 cargo build --release --workspace --bins
 # The bench smoke test must find and drive the broker binary built above, not skip.
-SLUICE_SMOKE_REQUIRED=1 cargo test --release --workspace
+SLUICE_SMOKE_REQUIRED=1 cargo test --release --workspace --no-fail-fast
 SLUICE_BIN="$PWD/target/release/sluice" .venv/bin/python -m pytest -q tests/clients

