@@ -661,7 +661,10 @@ fn find_coordinator_is_served_and_says_no_coordinator_yet() {
             StrBytes::from_static_str("g2"),
         ]),
     );
-    let got: Vec<(String, i16)> =
-        r.coordinators.iter().map(|x| (x.key.to_string(), x.error_code)).collect();
+    let got: Vec<(String, i16)> = r
+        .coordinators
+        .iter()
+        .map(|x| (x.key.to_string(), x.error_code))
+        .collect();
     assert_eq!(got, vec![("g1".into(), 15), ("g2".into(), 15)]);
 }
