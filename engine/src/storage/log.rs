@@ -680,12 +680,11 @@ impl PartitionLog {
                 continue;
             }
             let limit = segment.size();
-            if let Some((pos, h)) = segment.find_timestamp(ts, log_start, limit).await? {
-                return Ok(Some(
-                    segment
-                        .first_record_at_or_after(pos, &h, ts, log_start, max_decompressed)
-                        .await?,
-                ));
+            if let Some(found) = segment
+                .offset_for_timestamp(ts, log_start, limit, max_decompressed)
+                .await?
+            {
+                return Ok(Some(found));
             }
         }
         Ok(None)

@@ -205,13 +205,16 @@ impl Segment {
         }
     }
 
-    /// Finds the first batch with max timestamp >= `ts` (and last offset >= `min_offset`).
-    pub async fn find_timestamp(
+    /// Kafka's `findOffsetByTimestamp` within this segment: the first record (offset order)
+    /// with timestamp >= `ts` and offset >= `min_offset`, as (offset, timestamp), looking at
+    /// batches with max timestamp >= `ts` from the time index's hint onwards.
+    pub async fn offset_for_timestamp(
         &self,
         ts: i64,
         min_offset: i64,
         limit: u64,
-    ) -> Result<Option<(u64, BatchHeader)>, StorageError> {
+        max_decompressed: usize,
+    ) -> Result<Option<(i64, i64)>, StorageError> {
         let mut pos = {
             let st = self.st.borrow();
             let from = st
@@ -227,7 +230,12 @@ impl Segment {
         while pos < limit {
             let h = cursor.header_at(pos).await?;
             if h.max_timestamp >= ts && h.last_offset() >= min_offset {
-                return Ok(Some((pos, h)));
+                let found = self
+                    .first_record_at_or_after(pos, &h, ts, min_offset, max_decompressed)
+                    .await?;
+                if found.is_some() {
+                    return Ok(found);
+                }
             }
             pos += h.size() as u64;
         }
@@ -238,18 +246,18 @@ impl Segment {
     /// timestamp >= `ts` and offset >= `min_offset`, as (offset, timestamp). A compressed batch
     /// is decompressed (at most `max_decompressed` bytes), as Kafka does for this admin-path
     /// lookup; one that cannot be decoded answers with its base offset and max timestamp.
-    pub async fn first_record_at_or_after(
+    async fn first_record_at_or_after(
         &self,
         pos: u64,
         h: &BatchHeader,
         ts: i64,
         min_offset: i64,
         max_decompressed: usize,
-    ) -> Result<(i64, i64), StorageError> {
+    ) -> Result<Option<(i64, i64)>, StorageError> {
         let fallback = (h.base_offset.max(min_offset), h.max_timestamp);
         // LogAppendTime: every record carries the batch's max timestamp.
         if h.timestamp_type() == TimestampType::LogAppendTime {
-            return Ok(fallback);
+            return Ok(Some(fallback));
         }
         let bytes = self
             .log
@@ -269,7 +277,7 @@ impl Segment {
                     self.log.path().display()
                 ))
             })?;
-            return Ok(records.into_iter().find_map(pick).unwrap_or(fallback));
+            return Ok(records.into_iter().find_map(pick));
         }
         let body = bytes.get(HEADER_SIZE..).unwrap_or_default();
         let decoded = decompress_records(codec, body, max_decompressed)
@@ -285,7 +293,7 @@ impl Segment {
                 Ok(found)
             });
         match decoded {
-            Ok(found) => Ok(found.unwrap_or(fallback)),
+            Ok(found) => Ok(found),
             Err(reason) => {
                 tracing::warn!(
                     file = %self.log.path().display(),
@@ -295,7 +303,7 @@ impl Segment {
                     %reason,
                     "cannot decode compressed batch for a timestamp lookup; answering with its base offset"
                 );
-                Ok(fallback)
+                Ok(Some(fallback))
             }
         }
     }
