@@ -11,6 +11,12 @@ use sluice::storage::{
     AppendError, FlushPolicy, LogConfig, PartitionLog, ReadError, TimestampType,
 };
 
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 fn batch(values: &[&[u8]], ts: i64) -> BytesMut {
     BytesMut::from(
         &build_batch(
@@ -517,9 +523,11 @@ fn time_based_roll() {
             segment_ms: 1000,
             ..LogConfig::default()
         };
+        let opened_after = wall_clock_ms();
         let log = PartitionLog::open(tmp.path().join("t-0"), cfg)
             .await
             .unwrap();
+        let opened_before = wall_clock_ms();
         assert!(
             !log.roll_if_due(10_000_000_000_000).await.unwrap(),
             "empty segment never rolls"
@@ -527,8 +535,9 @@ fn time_based_roll() {
         log.append_leader(batch(&[b"a"], 5_000), 0, 5_000)
             .await
             .unwrap();
-        assert!(!log.roll_if_due(5_500).await.unwrap());
-        assert!(log.roll_if_due(6_001).await.unwrap());
+        // The timer path measures wall-clock time since the segment was created (at open).
+        assert!(!log.roll_if_due(opened_after + 500).await.unwrap());
+        assert!(log.roll_if_due(opened_before + 1_001).await.unwrap());
         assert_eq!(log.segment_base_offsets(), vec![0, 1]);
         // An append whose time is past segment.ms also rolls.
         log.append_leader(batch(&[b"b"], 7_000), 0, 7_000)
@@ -729,5 +738,160 @@ fn rolls_exactly_at_segment_bytes() {
             assert_eq!(tidx % 12, 0);
             assert!(tidx >= 12, "the roll adds the segment's max timestamp");
         }
+    });
+}
+
+#[test]
+fn old_create_times_do_not_roll_every_append() {
+    let tmp = tempfile::tempdir().unwrap();
+    block_on(async {
+        let cfg = LogConfig {
+            segment_ms: 1000,
+            ..LogConfig::default()
+        };
+        let log = PartitionLog::open(tmp.path().join("t-0"), cfg)
+            .await
+            .unwrap();
+        // 2023-07-22: years behind the broker's clock.
+        let t2023 = 1_690_000_000_000i64;
+        for i in 0..20 {
+            log.append_leader(batch(&[b"old"], t2023 + i * 10), 0, wall_clock_ms())
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            log.segment_base_offsets(),
+            vec![0],
+            "record time advanced 190 ms only"
+        );
+        assert!(
+            !log.roll_if_due(wall_clock_ms()).await.unwrap(),
+            "the timer measures the segment's wall-clock age, not record timestamps"
+        );
+        // Exactly segment.ms after the first batch is not yet past it.
+        log.append_leader(batch(&[b"edge"], t2023 + 1_000), 0, wall_clock_ms())
+            .await
+            .unwrap();
+        assert_eq!(log.segment_base_offsets(), vec![0]);
+        log.append_leader(batch(&[b"later"], t2023 + 1_001), 0, wall_clock_ms())
+            .await
+            .unwrap();
+        assert_eq!(log.segment_base_offsets(), vec![0, 21]);
+        // The new segment measures from its own first batch.
+        log.append_leader(batch(&[b"x"], t2023 + 1_500), 0, wall_clock_ms())
+            .await
+            .unwrap();
+        log.append_leader(batch(&[b"y"], t2023 + 2_002), 0, wall_clock_ms())
+            .await
+            .unwrap();
+        assert_eq!(log.segment_base_offsets(), vec![0, 21, 23]);
+    });
+}
+
+/// One batch encoded by kafka-protocol with `codec`, records at offsets 0.. with `timestamps`.
+fn kp_batch(codec: kafka_protocol::records::Compression, timestamps: &[i64]) -> BytesMut {
+    use kafka_protocol::records::{
+        Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType as KpTimestampType,
+    };
+    let records: Vec<Record> = timestamps
+        .iter()
+        .enumerate()
+        .map(|(i, &ts)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: KpTimestampType::Creation,
+            offset: i as i64,
+            // kafka-protocol starts a new batch when offset - sequence changes.
+            sequence: i as i32 - 1,
+            timestamp: ts,
+            key: Some(bytes::Bytes::from(format!("k{i}"))),
+            value: Some(bytes::Bytes::from(vec![b'v'; 64 + i])),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: codec,
+        },
+    )
+    .unwrap();
+    let h = validate_batch(&buf).unwrap();
+    assert_eq!(
+        (h.size(), h.records_count),
+        (buf.len(), timestamps.len() as i32)
+    );
+    buf
+}
+
+#[test]
+fn offset_for_timestamp_is_exact_inside_compressed_batches() {
+    use kafka_protocol::records::Compression as Kp;
+    for codec in [Kp::Gzip, Kp::Zstd, Kp::Snappy, Kp::Lz4] {
+        let tmp = tempfile::tempdir().unwrap();
+        block_on(async {
+            let log = PartitionLog::open(tmp.path().join("t-0"), LogConfig::default())
+                .await
+                .unwrap();
+            // Offsets 0..=4, 5..=9, 10..=11; timestamps are not monotonic inside a batch.
+            let first = kp_batch(codec, &[100, 300, 200, 400, 500]);
+            let h = validate_batch(&first).unwrap();
+            assert_ne!(h.compression().to_string(), "none", "{codec:?}");
+            log.append_leader(first, 0, 0).await.unwrap();
+            log.append_leader(kp_batch(codec, &[600, 640, 610, 620, 630]), 0, 0)
+                .await
+                .unwrap();
+            log.append_leader(kp_batch(codec, &[700, 710]), 0, 0)
+                .await
+                .unwrap();
+            let at = |ts| {
+                let log = &log;
+                async move { log.offset_for_timestamp(ts).await.unwrap() }
+            };
+            assert_eq!(at(50).await, Some((0, 100)), "{codec:?}");
+            assert_eq!(at(150).await, Some((1, 300)), "{codec:?}");
+            assert_eq!(at(250).await, Some((1, 300)), "{codec:?}");
+            assert_eq!(at(301).await, Some((3, 400)), "{codec:?}");
+            assert_eq!(at(500).await, Some((4, 500)), "{codec:?}");
+            assert_eq!(at(601).await, Some((6, 640)), "{codec:?}");
+            assert_eq!(at(640).await, Some((6, 640)), "{codec:?}");
+            assert_eq!(at(641).await, Some((10, 700)), "{codec:?}");
+            assert_eq!(at(705).await, Some((11, 710)), "{codec:?}");
+            assert_eq!(at(711).await, None, "{codec:?}");
+            // Records before the log start offset are skipped, as in Kafka; a batch whose
+            // only matching record lies below it is passed over for the next one.
+            log.delete_records_before(7).await.unwrap();
+            assert_eq!(at(601).await, Some((7, 610)), "{codec:?}");
+            assert_eq!(at(635).await, Some((10, 700)), "{codec:?}");
+        });
+    }
+}
+
+#[test]
+fn undecodable_compressed_batch_falls_back_to_base_offset() {
+    use kafka_protocol::records::Compression as Kp;
+    let tmp = tempfile::tempdir().unwrap();
+    block_on(async {
+        let log = PartitionLog::open(tmp.path().join("t-0"), LogConfig::default())
+            .await
+            .unwrap();
+        let mut b = kp_batch(Kp::Gzip, &[100, 300, 200]);
+        // Corrupt the gzip stream after the header, then fix the CRC so the batch is accepted.
+        let size = validate_batch(&b).unwrap().size();
+        assert_eq!(size, b.len());
+        for byte in &mut b[size - 8..size] {
+            *byte ^= 0x5a;
+        }
+        let crc = sluice::storage::record_batch::compute_crc(&b[..size]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        log.append_leader(b, 0, 0).await.unwrap();
+        assert_eq!(log.offset_for_timestamp(150).await.unwrap(), Some((0, 300)));
     });
 }

@@ -125,6 +125,9 @@ struct QueuedWrite {
 /// Most buffers and bytes the writer puts in one `writev`.
 const MAX_WRITEV_BUFS: usize = 256;
 const MAX_WRITEV_BYTES: usize = 8 << 20;
+/// A timestamp lookup decompresses a batch into at most this many times `max.message.bytes`
+/// (codecs rarely beat 4:1 on real data; more than that is a hostile or corrupt batch).
+const DECOMPRESS_LIMIT_FACTOR: usize = 4;
 
 struct PendingWrite {
     seq: u64,
@@ -370,7 +373,23 @@ impl PartitionLog {
                 ),
             }
         };
-        if inner.should_roll(total, last_offset_guess, now_ms, &cfg) {
+        // Kafka's `maxTimestampInMessages`: what `segment.ms` is measured against on append.
+        let incoming_max_timestamp = if log_append_time >= 0 {
+            log_append_time
+        } else {
+            batches
+                .iter()
+                .map(|(_, h)| h.max_timestamp)
+                .max()
+                .unwrap_or(-1)
+        };
+        if inner.should_roll(
+            total,
+            last_offset_guess,
+            incoming_max_timestamp,
+            now_ms,
+            &cfg,
+        ) {
             inner.roll_locked(now_ms).await?;
         }
 
@@ -644,8 +663,8 @@ impl PartitionLog {
     }
 
     /// Kafka's ListOffsets by timestamp: the first record with timestamp >= `ts`, as
-    /// (offset, timestamp). Uncompressed batches are searched record by record; for a
-    /// compressed batch (never decompressed here) the batch base offset and max timestamp.
+    /// (offset, timestamp). Batches are searched record by record; a compressed batch is
+    /// decompressed for this (bounded by `DECOMPRESS_LIMIT_FACTOR` x `max.message.bytes`).
     pub async fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>, StorageError> {
         let inner = &self.inner;
         let (segments, log_start) = {
@@ -653,17 +672,19 @@ impl PartitionLog {
             inner.check_usable_st(&st)?;
             (st.segments.clone(), st.log_start_offset)
         };
+        let max_decompressed = usize::try_from(inner.config.get().max_message_bytes)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(DECOMPRESS_LIMIT_FACTOR);
         for segment in segments {
             if segment.st.borrow().max_timestamp < ts {
                 continue;
             }
             let limit = segment.size();
-            if let Some((pos, h)) = segment.find_timestamp(ts, log_start, limit).await? {
-                return Ok(Some(
-                    segment
-                        .first_record_at_or_after(pos, &h, ts, log_start)
-                        .await?,
-                ));
+            if let Some(found) = segment
+                .offset_for_timestamp(ts, log_start, limit, max_decompressed)
+                .await?
+            {
+                return Ok(Some(found));
             }
         }
         Ok(None)
@@ -847,7 +868,9 @@ impl PartitionLog {
         Ok(outcome)
     }
 
-    /// Rolls the active segment if `segment.ms` elapsed since its first batch.
+    /// Rolls a non-empty active segment once `segment.ms` of wall-clock time has passed since
+    /// it was created. Kafka has no such timer (it only rolls on append); record timestamps
+    /// are not used here because a producer sending old timestamps would roll on every tick.
     pub async fn roll_if_due(&self, now_ms: i64) -> Result<bool, StorageError> {
         let inner = &self.inner;
         let _guard = inner.append_lock.lock().await;
@@ -857,7 +880,7 @@ impl PartitionLog {
             let st = inner.st.borrow();
             st.segments
                 .last()
-                .is_some_and(|s| inner.time_roll_due(s, now_ms, &cfg))
+                .is_some_and(|s| inner.time_roll_due(s, None, now_ms, &cfg))
         };
         if due {
             inner.roll_locked(now_ms).await?;
@@ -937,20 +960,37 @@ impl Inner {
         }
     }
 
-    fn time_roll_due(&self, s: &Segment, now_ms: i64, cfg: &LogConfig) -> bool {
+    /// Kafka's `timeWaitedForRoll` against `segment.ms`. With an incoming batch and a segment
+    /// whose first batch has a timestamp, the wait is measured in record time (incoming max
+    /// timestamp minus the first batch's max timestamp), so old timestamps do not roll on
+    /// every append; otherwise it is wall-clock time since the segment was created.
+    fn time_roll_due(
+        &self,
+        s: &Segment,
+        incoming_max_timestamp: Option<i64>,
+        now_ms: i64,
+        cfg: &LogConfig,
+    ) -> bool {
         let ss = s.st.borrow();
         if ss.reserved_size == 0 {
             return false;
         }
-        let base = match ss.rolling_base_timestamp {
-            Some(ts) if ts >= 0 => ts,
-            _ => ss.created_ms,
+        let waited = match (ss.rolling_base_timestamp, incoming_max_timestamp) {
+            (Some(base), Some(incoming)) if base >= 0 => incoming.saturating_sub(base),
+            _ => now_ms.saturating_sub(ss.created_ms),
         };
-        now_ms.saturating_sub(base) > cfg.segment_ms
+        waited > cfg.segment_ms
     }
 
     /// Kafka's `shouldRoll`: size, full indexes, relative offset overflow, or segment.ms.
-    fn should_roll(&self, add_bytes: u64, last_offset: i64, now_ms: i64, cfg: &LogConfig) -> bool {
+    fn should_roll(
+        &self,
+        add_bytes: u64,
+        last_offset: i64,
+        incoming_max_timestamp: i64,
+        now_ms: i64,
+        cfg: &LogConfig,
+    ) -> bool {
         let st = self.st.borrow();
         let Some(active) = st.segments.last() else {
             return false;
@@ -968,7 +1008,7 @@ impl Inner {
                 return true;
             }
         }
-        self.time_roll_due(active, now_ms, cfg)
+        self.time_roll_due(active, Some(incoming_max_timestamp), now_ms, cfg)
     }
 
     /// Starts a new segment at the next offset; the old one is finished (final time index

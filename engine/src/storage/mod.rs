@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod decompress;
 pub mod error;
 pub mod leader_epoch;
 pub mod log;

@@ -427,11 +427,30 @@ pub fn uncompressed_records(
 pub fn for_each_uncompressed_record(
     batch: &[u8],
     header: &BatchHeader,
-    mut visit: impl FnMut(RecordInfo),
+    visit: impl FnMut(RecordInfo),
 ) -> Result<(), BatchError> {
     let end = header.size().min(batch.len());
-    let mut pos = HEADER_SIZE;
-    for i in 0..header.records_count {
+    if end < HEADER_SIZE {
+        return Err(BatchError::Truncated {
+            need: HEADER_SIZE,
+            have: end,
+        });
+    }
+    for_each_record(&batch[HEADER_SIZE..end], header.records_count, visit)
+}
+
+/// Walks `count` records laid out back to back in `records` (the records section of an
+/// uncompressed batch, or the decompressed payload of a compressed one), with the same checks
+/// as `for_each_uncompressed_record`.
+pub fn for_each_record(
+    records: &[u8],
+    count: i32,
+    mut visit: impl FnMut(RecordInfo),
+) -> Result<(), BatchError> {
+    let batch = records;
+    let end = records.len();
+    let mut pos = 0;
+    for i in 0..count {
         let len = read_varlong(batch, &mut pos)?;
         if len < 0 || pos as i64 + len > end as i64 {
             return Err(BatchError::InvalidRecord(format!(

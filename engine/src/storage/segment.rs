@@ -11,10 +11,12 @@ use std::rc::Rc;
 use crate::io::file::{remove_file_if_exists, DiskFile};
 
 use super::config::LogConfig;
+use super::decompress::decompress_records;
 use super::error::StorageError;
 use super::offset_index::OffsetIndex;
 use super::record_batch::{
-    uncompressed_records, validate_batch, BatchHeader, Compression, TimestampType, HEADER_SIZE,
+    for_each_record, uncompressed_records, validate_batch, BatchHeader, Compression, RecordInfo,
+    TimestampType, HEADER_SIZE,
 };
 use super::time_index::TimeIndex;
 
@@ -203,13 +205,16 @@ impl Segment {
         }
     }
 
-    /// Finds the first batch with max timestamp >= `ts` (and last offset >= `min_offset`).
-    pub async fn find_timestamp(
+    /// Kafka's `findOffsetByTimestamp` within this segment: the first record (offset order)
+    /// with timestamp >= `ts` and offset >= `min_offset`, as (offset, timestamp), looking at
+    /// batches with max timestamp >= `ts` from the time index's hint onwards.
+    pub async fn offset_for_timestamp(
         &self,
         ts: i64,
         min_offset: i64,
         limit: u64,
-    ) -> Result<Option<(u64, BatchHeader)>, StorageError> {
+        max_decompressed: usize,
+    ) -> Result<Option<(i64, i64)>, StorageError> {
         let mut pos = {
             let st = self.st.borrow();
             let from = st
@@ -225,7 +230,12 @@ impl Segment {
         while pos < limit {
             let h = cursor.header_at(pos).await?;
             if h.max_timestamp >= ts && h.last_offset() >= min_offset {
-                return Ok(Some((pos, h)));
+                let found = self
+                    .first_record_at_or_after(pos, &h, ts, min_offset, max_decompressed)
+                    .await?;
+                if found.is_some() {
+                    return Ok(found);
+                }
             }
             pos += h.size() as u64;
         }
@@ -233,40 +243,69 @@ impl Segment {
     }
 
     /// Within the batch at `pos` (whose max timestamp is >= `ts`), the first record with
-    /// timestamp >= `ts` and offset >= `min_offset`, as (offset, timestamp).
-    pub async fn first_record_at_or_after(
+    /// timestamp >= `ts` and offset >= `min_offset`, as (offset, timestamp). A compressed batch
+    /// is decompressed (at most `max_decompressed` bytes), as Kafka does for this admin-path
+    /// lookup; one that cannot be decoded answers with its base offset and max timestamp.
+    async fn first_record_at_or_after(
         &self,
         pos: u64,
         h: &BatchHeader,
         ts: i64,
         min_offset: i64,
-    ) -> Result<(i64, i64), StorageError> {
+        max_decompressed: usize,
+    ) -> Result<Option<(i64, i64)>, StorageError> {
         let fallback = (h.base_offset.max(min_offset), h.max_timestamp);
-        if h.compression() != Compression::None {
-            return Ok(fallback);
-        }
+        // LogAppendTime: every record carries the batch's max timestamp.
         if h.timestamp_type() == TimestampType::LogAppendTime {
-            return Ok(fallback);
+            return Ok(Some(fallback));
         }
         let bytes = self
             .log
             .read_exact_at(h.size(), pos)
             .await
             .map_err(|e| StorageError::io(self.log.path(), e))?;
-        let records = uncompressed_records(&bytes, h).map_err(|e| {
-            StorageError::Corrupt(format!(
-                "{}: batch at {pos}: {e}",
-                self.log.path().display()
-            ))
-        })?;
-        for r in records {
+        let pick = |r: RecordInfo| {
             let offset = h.base_offset + i64::from(r.offset_delta);
             let rts = h.base_timestamp.saturating_add(r.timestamp_delta);
-            if rts >= ts && offset >= min_offset {
-                return Ok((offset, rts));
+            (rts >= ts && offset >= min_offset).then_some((offset, rts))
+        };
+        let codec = h.compression();
+        if codec == Compression::None {
+            let records = uncompressed_records(&bytes, h).map_err(|e| {
+                StorageError::Corrupt(format!(
+                    "{}: batch at {pos}: {e}",
+                    self.log.path().display()
+                ))
+            })?;
+            return Ok(records.into_iter().find_map(pick));
+        }
+        let body = bytes.get(HEADER_SIZE..).unwrap_or_default();
+        let decoded = decompress_records(codec, body, max_decompressed)
+            .map_err(|e| e.to_string())
+            .and_then(|records| {
+                let mut found = None;
+                for_each_record(&records, h.records_count, |r| {
+                    if found.is_none() {
+                        found = pick(r);
+                    }
+                })
+                .map_err(|e| e.to_string())?;
+                Ok(found)
+            });
+        match decoded {
+            Ok(found) => Ok(found),
+            Err(reason) => {
+                tracing::warn!(
+                    file = %self.log.path().display(),
+                    position = pos,
+                    base_offset = h.base_offset,
+                    %codec,
+                    %reason,
+                    "cannot decode compressed batch for a timestamp lookup; answering with its base offset"
+                );
+                Ok(Some(fallback))
             }
         }
-        Ok(fallback)
     }
 
     /// Scans the whole log file batch by batch, rebuilding both indexes; a torn or corrupt
