@@ -895,3 +895,113 @@ fn undecodable_compressed_batch_falls_back_to_base_offset() {
         assert_eq!(log.offset_for_timestamp(150).await.unwrap(), Some((0, 300)));
     });
 }
+
+/// (relative offset, position) entries of `.index` bytes, stopping at the first zero entry
+/// (preallocated space).
+fn index_file_entries(bytes: &[u8]) -> Vec<(u32, u32)> {
+    bytes
+        .chunks_exact(8)
+        .map(|c| {
+            (
+                u32::from_be_bytes([c[0], c[1], c[2], c[3]]),
+                u32::from_be_bytes([c[4], c[5], c[6], c[7]]),
+            )
+        })
+        .take_while(|&(rel, pos)| rel != 0 || pos != 0)
+        .collect()
+}
+
+#[test]
+fn index_files_are_preallocated_written_per_entry_and_trimmed_at_roll() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t-0");
+    let cfg = LogConfig {
+        segment_bytes: 1 << 20,
+        segment_index_bytes: 4096,
+        index_interval_bytes: 100,
+        retention_ms: -1,
+        ..LogConfig::default()
+    };
+    block_on(async {
+        let log = PartitionLog::open(dir.clone(), cfg).await.unwrap();
+        for i in 0..30 {
+            log.append_leader(
+                batch(&[b"a record of some forty bytes or so....."], i),
+                2,
+                i,
+            )
+            .await
+            .unwrap();
+        }
+        let index_path = dir.join(format!("{:020}.index", 0));
+        let time_path = dir.join(format!("{:020}.timeindex", 0));
+        let bytes = std::fs::read(&index_path).unwrap();
+        assert_eq!(bytes.len(), 4096, "active .index is preallocated");
+        assert_eq!(std::fs::metadata(&time_path).unwrap().len(), 4092);
+        let entries = index_file_entries(&bytes);
+        assert!(entries.len() >= 5, "entries written as added: {entries:?}");
+        // Every entry points at a batch start whose last offset is the entry's offset.
+        let log_bytes = std::fs::read(dir.join(format!("{:020}.log", 0))).unwrap();
+        let starts: Vec<(u32, i64)> = BatchIter::new(&log_bytes)
+            .map(|r| {
+                let (pos, h) = r.unwrap();
+                (pos as u32, h.last_offset())
+            })
+            .collect();
+        for &(rel, pos) in &entries {
+            assert!(
+                starts.contains(&(pos, i64::from(rel))),
+                "entry ({rel}, {pos}) is not a batch start"
+            );
+        }
+        // Roll: the old segment's index is trimmed to its entries.
+        log.set_config(LogConfig {
+            segment_bytes: 200,
+            ..cfg
+        });
+        log.append_leader(batch(&[b"after roll"], 30), 2, 30)
+            .await
+            .unwrap();
+        assert_eq!(log.segment_base_offsets(), vec![0, 30]);
+        let mut trimmed = 0;
+        for _ in 0..250 {
+            trimmed = std::fs::metadata(&index_path).unwrap().len();
+            if trimmed != 4096 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(trimmed, 8 * entries.len() as u64);
+        assert_eq!(
+            index_file_entries(&std::fs::read(&index_path).unwrap()),
+            entries
+        );
+        assert_eq!(
+            std::fs::metadata(dir.join(format!("{:020}.index", 30)))
+                .unwrap()
+                .len(),
+            4096
+        );
+        for i in 31..40 {
+            log.append_leader(batch(&[b"in the new segment"], i), 2, i)
+                .await
+                .unwrap();
+        }
+        let before = read_all(&log, 0).await;
+        assert_eq!(before.len(), 40);
+        // Kill-style: no close, so the active segment's index stays preallocated.
+        drop(log);
+        let log = PartitionLog::open(dir.clone(), cfg).await.unwrap();
+        assert_eq!(read_all(&log, 0).await, before);
+        assert_eq!(log.log_end_offset(), 40);
+        log.close().await.unwrap();
+        let active = std::fs::metadata(dir.join(format!("{:020}.index", 30)))
+            .unwrap()
+            .len();
+        assert_eq!(active % 8, 0);
+        assert!(active < 4096, "clean close trims the active index");
+        let log = PartitionLog::open(dir.clone(), cfg).await.unwrap();
+        assert_eq!(read_all(&log, 0).await, before);
+        log.close().await.unwrap();
+    });
+}

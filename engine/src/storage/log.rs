@@ -732,6 +732,8 @@ impl PartitionLog {
         let lowered = target.base_offset.min(inner.st.borrow().recovery_point);
         inner.write_recovery_point(lowered).await?;
         target.truncate_to(position, new_end)?;
+        // Keeps the index files equal to the in-memory indexes (no stale entries past the end).
+        target.write_indexes(false, false).await?;
         target
             .log
             .sync_data()
@@ -1135,7 +1137,8 @@ impl Inner {
                     run
                 };
                 let Some(first) = run.first() else { continue };
-                let file = first.segment.log.clone();
+                let segment = first.segment.clone();
+                let file = segment.log.clone();
                 let position = first.position;
                 let seqs: Vec<u64> = run.iter().map(|w| w.seq).collect();
                 let res = if run.len() == 1 {
@@ -1144,6 +1147,15 @@ impl Inner {
                 } else {
                     let bufs = run.into_iter().map(|w| w.bytes).collect();
                     file.write_all_vectored_at(bufs, position).await
+                };
+                // Index entries for these batches go to the index files before the batches
+                // become visible, so a roll or close that waits for visibility sees them.
+                let res = match res {
+                    Ok(()) => segment
+                        .write_new_index_entries()
+                        .await
+                        .map_err(|e| io::Error::other(e.to_string())),
+                    Err(e) => Err(e),
                 };
                 let failed = res.is_err();
                 self.complete_writes(&seqs, res);

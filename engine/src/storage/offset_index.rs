@@ -1,7 +1,8 @@
 //! The sparse offset index (`.index`): 8-byte entries of (offset - base offset, file position).
 //!
-//! Sans-IO: entries live in memory, the segment writes `encode()` to the file when it rolls,
-//! closes or is recovered. Entry offsets are batch last offsets and entry positions are batch
+//! Sans-IO: entries live in memory (the lookup structure); the segment writes each new entry
+//! to its preallocated file (`encode_from`) and the whole, trimmed index (`encode()`) when it
+//! rolls, closes, truncates or is recovered. Entry offsets are batch last offsets and entry positions are batch
 //! start positions, so every entry points at a batch boundary.
 
 use thiserror::Error;
@@ -87,8 +88,14 @@ impl OffsetIndex {
 
     /// Encodes all entries in file format.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.entries.len() * ENTRY_SIZE);
-        for &(rel, pos) in &self.entries {
+        self.encode_from(0)
+    }
+
+    /// Encodes entries `start..` in file format (they belong at byte `start * ENTRY_SIZE`).
+    pub fn encode_from(&self, start: usize) -> Vec<u8> {
+        let tail = self.entries.get(start..).unwrap_or_default();
+        let mut out = Vec::with_capacity(tail.len() * ENTRY_SIZE);
+        for &(rel, pos) in tail {
             out.extend_from_slice(&rel.to_be_bytes());
             out.extend_from_slice(&pos.to_be_bytes());
         }

@@ -63,6 +63,17 @@ pub(crate) struct SegmentState {
     pub unflushed: bool,
     /// In-memory indexes differ from the index files.
     pub indexes_dirty: bool,
+    /// Offset index entries already written to the `.index` file.
+    pub index_entries_on_disk: usize,
+    /// Time index entries already written to the `.timeindex` file.
+    pub time_entries_on_disk: usize,
+}
+
+/// Open `.index` and `.timeindex` handles that new entries are written through.
+#[derive(Debug)]
+pub(crate) struct IndexFiles {
+    offset: DiskFile,
+    time: DiskFile,
 }
 
 /// A segment of a partition log.
@@ -72,6 +83,8 @@ pub(crate) struct Segment {
     pub log: Rc<DiskFile>,
     pub dir: PathBuf,
     pub st: RefCell<SegmentState>,
+    /// Index file handles, opened at creation (preallocated) or on the first new entry.
+    index_files: RefCell<Option<Rc<IndexFiles>>>,
 }
 
 /// What a full scan of a segment found.
@@ -110,7 +123,10 @@ impl Segment {
                 created_ms: now_ms,
                 unflushed: false,
                 indexes_dirty: true,
+                index_entries_on_disk: 0,
+                time_entries_on_disk: 0,
             }),
+            index_files: RefCell::new(None),
         }
     }
 
@@ -131,7 +147,79 @@ impl Segment {
         let log = DiskFile::create_new(&path)
             .await
             .map_err(|e| StorageError::io(&path, e))?;
-        Ok(Segment::with_file(dir, base_offset, log, cfg, now_ms))
+        let segment = Segment::with_file(dir, base_offset, log, cfg, now_ms);
+        // As Kafka does: both index files start at `segment.index.bytes` (the time index
+        // rounded down to whole entries) and are trimmed to their entries at roll and close.
+        let index_bytes = u64::from(cfg.segment_index_bytes);
+        let time_bytes = index_bytes - index_bytes % super::time_index::ENTRY_SIZE as u64;
+        let offset = preallocated(&segment.path(INDEX_SUFFIX), index_bytes).await?;
+        let time = preallocated(&segment.path(TIME_INDEX_SUFFIX), time_bytes).await?;
+        *segment.index_files.borrow_mut() = Some(Rc::new(IndexFiles { offset, time }));
+        Ok(segment)
+    }
+
+    /// Writes index entries added since the last call to their positions in the index files
+    /// (opening them on first use). Called by the log's writer after the batch write that
+    /// the entries point into, so one task orders all of a segment's entry writes.
+    pub async fn write_new_index_entries(&self) -> Result<(), StorageError> {
+        let (idx_from, idx_bytes, time_from, time_bytes) = {
+            let st = self.st.borrow();
+            if st.offset_index.len() <= st.index_entries_on_disk
+                && st.time_index.len() <= st.time_entries_on_disk
+            {
+                return Ok(());
+            }
+            (
+                st.index_entries_on_disk,
+                st.offset_index.encode_from(st.index_entries_on_disk),
+                st.time_entries_on_disk,
+                st.time_index.encode_from(st.time_entries_on_disk),
+            )
+        };
+        let files = self.index_files().await?;
+        let (idx_count, time_count) = (
+            idx_bytes.len() / super::offset_index::ENTRY_SIZE,
+            time_bytes.len() / super::time_index::ENTRY_SIZE,
+        );
+        if !idx_bytes.is_empty() {
+            let pos = (idx_from * super::offset_index::ENTRY_SIZE) as u64;
+            files
+                .offset
+                .write_vec_at(idx_bytes, pos)
+                .await
+                .map_err(|e| StorageError::io(files.offset.path(), e))?;
+        }
+        if !time_bytes.is_empty() {
+            let pos = (time_from * super::time_index::ENTRY_SIZE) as u64;
+            files
+                .time
+                .write_vec_at(time_bytes, pos)
+                .await
+                .map_err(|e| StorageError::io(files.time.path(), e))?;
+        }
+        let mut st = self.st.borrow_mut();
+        // Truncation and full rewrites happen only with no write in flight, so the counts
+        // cannot have moved under us.
+        debug_assert_eq!(st.index_entries_on_disk, idx_from);
+        st.index_entries_on_disk = idx_from + idx_count;
+        st.time_entries_on_disk = time_from + time_count;
+        Ok(())
+    }
+
+    async fn index_files(&self) -> Result<Rc<IndexFiles>, StorageError> {
+        if let Some(f) = self.index_files.borrow().as_ref() {
+            return Ok(f.clone());
+        }
+        let open = |p: PathBuf| async move {
+            DiskFile::open_rw_async(&p)
+                .await
+                .map_err(|e| StorageError::io(&p, e))
+        };
+        let offset = open(self.path(INDEX_SUFFIX)).await?;
+        let time = open(self.path(TIME_INDEX_SUFFIX)).await?;
+        let files = Rc::new(IndexFiles { offset, time });
+        *self.index_files.borrow_mut() = Some(files.clone());
+        Ok(files)
     }
 
     /// Wraps an existing log file whose state the caller will load or scan.
@@ -379,6 +467,9 @@ impl Segment {
         st.size = pos;
         st.reserved_size = pos;
         st.indexes_dirty = true;
+        // The files may hold stale or zero entries: the next full write replaces them.
+        st.index_entries_on_disk = 0;
+        st.time_entries_on_disk = 0;
         Ok(outcome)
     }
 
@@ -438,6 +529,8 @@ impl Segment {
             next_offset
         };
         st.indexes_dirty = false;
+        st.index_entries_on_disk = st.offset_index.len();
+        st.time_entries_on_disk = st.time_index.len();
         if log_len > 0 {
             st.rolling_base_timestamp = Some(st.max_timestamp);
         }
@@ -503,6 +596,8 @@ impl Segment {
             st.rolling_base_timestamp = None;
         }
         st.indexes_dirty = true;
+        st.index_entries_on_disk = st.index_entries_on_disk.min(st.offset_index.len());
+        st.time_entries_on_disk = st.time_entries_on_disk.min(st.time_index.len());
         Ok(())
     }
 
@@ -519,6 +614,8 @@ impl Segment {
                 return Ok(());
             }
             st.indexes_dirty = false;
+            st.index_entries_on_disk = st.offset_index.len();
+            st.time_entries_on_disk = st.time_index.len();
             (st.offset_index.encode(), st.time_index.encode())
         };
         for (suffix, bytes) in [(INDEX_SUFFIX, idx), (TIME_INDEX_SUFFIX, tidx)] {
@@ -540,6 +637,8 @@ impl Segment {
                     .map_err(|e| StorageError::io(&path, e))?;
             }
         }
+        // The files now hold exactly the entries; a later entry reopens them on demand.
+        *self.index_files.borrow_mut() = None;
         Ok(())
     }
 
@@ -590,6 +689,24 @@ impl SegmentState {
         self.next_offset = h.next_offset();
         self.indexes_dirty = true;
     }
+}
+
+/// Creates (io_uring openat) an index file of `len` reserved, zero-filled bytes. Where the
+/// filesystem has no `fallocate`, the file is extended sparsely instead.
+async fn preallocated(path: &Path, len: u64) -> Result<DiskFile, StorageError> {
+    let f = DiskFile::open_rw_async(path)
+        .await
+        .map_err(|e| StorageError::io(path, e))?;
+    if len > 0 {
+        match f.fallocate(0, len, 0).await {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                f.set_len(len).map_err(|e| StorageError::io(path, e))?;
+            }
+            Err(e) => return Err(StorageError::io(path, e)),
+        }
+    }
+    Ok(f)
 }
 
 /// Sequential reader over a file in large chunks, for recovery scans.

@@ -50,8 +50,14 @@ impl TimeIndex {
 
     /// Encodes all entries in file format.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.entries.len() * ENTRY_SIZE);
-        for &(ts, rel) in &self.entries {
+        self.encode_from(0)
+    }
+
+    /// Encodes entries `start..` in file format (they belong at byte `start * ENTRY_SIZE`).
+    pub fn encode_from(&self, start: usize) -> Vec<u8> {
+        let tail = self.entries.get(start..).unwrap_or_default();
+        let mut out = Vec::with_capacity(tail.len() * ENTRY_SIZE);
+        for &(ts, rel) in tail {
             out.extend_from_slice(&ts.to_be_bytes());
             out.extend_from_slice(&rel.to_be_bytes());
         }
