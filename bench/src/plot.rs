@@ -171,6 +171,42 @@ fn draw_markers<DB: DrawingBackend>(
     Ok(())
 }
 
+/// Draws one line per `(label, field)` of the per-second samples, colours from `PALETTE`
+/// starting at `first_color`, with a legend at `legend`.
+fn draw_sample_lines<'a, DB: DrawingBackend + 'a>(
+    chart: &mut ChartContext<
+        'a,
+        DB,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+    samples: &[Sample],
+    lines: &[(&str, SampleField)],
+    first_color: usize,
+    legend: SeriesLabelPosition,
+) -> Result<()> {
+    for (i, (label, f)) in lines.iter().enumerate() {
+        let color = PALETTE[first_color + i];
+        chart
+            .draw_series(LineSeries::new(
+                samples.iter().map(|s| (s.t, f(s))),
+                color.stroke_width(2),
+            ))
+            .map_err(err)?
+            .label(*label)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .position(legend)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    Ok(())
+}
+
 fn draw_throughput<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
     title: &str,
@@ -199,30 +235,16 @@ fn draw_throughput<DB: DrawingBackend>(
         .draw()
         .map_err(err)?;
     draw_markers(&mut chart, markers, max_rate)?;
-    let lines: [(&str, SampleField); 2] = [
-        ("publish (acked)", |s| s.publish_rate),
-        ("consume", |s| s.consume_rate),
-    ];
-    for (i, (label, f)) in lines.iter().enumerate() {
-        let color = PALETTE[i];
-        chart
-            .draw_series(LineSeries::new(
-                samples.iter().map(|s| (s.t, f(s))),
-                color.stroke_width(2),
-            ))
-            .map_err(err)?
-            .label(*label)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
+    draw_sample_lines(
+        &mut chart,
+        samples,
+        &[
+            ("publish (acked)", |s| s.publish_rate),
+            ("consume", |s| s.consume_rate),
+        ],
+        0,
+        SeriesLabelPosition::LowerRight,
+    )?;
 
     let max_lat = samples
         .iter()
@@ -242,30 +264,16 @@ fn draw_throughput<DB: DrawingBackend>(
         .draw()
         .map_err(err)?;
     draw_markers(&mut chart, markers, max_lat)?;
-    let lines: [(&str, SampleField); 2] = [
-        ("publish p99", |s| s.publish_p99_ms),
-        ("end-to-end p99", |s| s.e2e_p99_ms),
-    ];
-    for (i, (label, f)) in lines.iter().enumerate() {
-        let color = PALETTE[i + 2];
-        chart
-            .draw_series(LineSeries::new(
-                samples.iter().map(|s| (s.t, f(s))),
-                color.stroke_width(2),
-            ))
-            .map_err(err)?
-            .label(*label)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
+    draw_sample_lines(
+        &mut chart,
+        samples,
+        &[
+            ("publish p99", |s| s.publish_p99_ms),
+            ("end-to-end p99", |s| s.e2e_p99_ms),
+        ],
+        2,
+        SeriesLabelPosition::UpperRight,
+    )?;
     root.present().map_err(err)?;
     Ok(())
 }
