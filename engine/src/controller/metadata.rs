@@ -304,6 +304,22 @@ pub struct MetadataImage {
 }
 
 impl MetadataImage {
+    /// The partition `topic`-`partition`, or UNKNOWN_TOPIC_OR_PARTITION.
+    fn partition_mut(
+        &mut self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<&mut PartitionImage, MetadataError> {
+        self.topics
+            .get_mut(topic)
+            .and_then(|t| {
+                usize::try_from(partition)
+                    .ok()
+                    .and_then(|i| t.partitions.get_mut(i))
+            })
+            .ok_or_else(|| MetadataError::UnknownTopicOrPartition(format!("{topic}-{partition}")))
+    }
+
     /// An empty image.
     pub fn new() -> Self {
         Self::default()
@@ -741,17 +757,7 @@ impl MetadataImage {
     ) -> ApplyResult {
         self.checked_broker(broker_id, broker_epoch)?;
         let live = self.live_brokers();
-        let p = self
-            .topics
-            .get_mut(topic)
-            .and_then(|t| {
-                usize::try_from(partition)
-                    .ok()
-                    .and_then(|i| t.partitions.get_mut(i))
-            })
-            .ok_or_else(|| {
-                MetadataError::UnknownTopicOrPartition(format!("{topic}-{partition}"))
-            })?;
+        let p = self.partition_mut(topic, partition)?;
         if leader_epoch < p.leader_epoch {
             return Err(MetadataError::FencedLeaderEpoch {
                 request: leader_epoch,
@@ -805,17 +811,7 @@ impl MetadataImage {
         position: ReplicaLogPosition,
     ) -> ApplyResult {
         let live = self.is_live(broker_id);
-        let p = self
-            .topics
-            .get_mut(topic)
-            .and_then(|t| {
-                usize::try_from(partition)
-                    .ok()
-                    .and_then(|i| t.partitions.get_mut(i))
-            })
-            .ok_or_else(|| {
-                MetadataError::UnknownTopicOrPartition(format!("{topic}-{partition}"))
-            })?;
+        let p = self.partition_mut(topic, partition)?;
         if p.leader.is_some() || election_epoch != p.next_leader_epoch() {
             // The election this report was for is over (or not this one).
             return Err(MetadataError::FencedLeaderEpoch {
