@@ -138,6 +138,51 @@ pub const BROKER_KEYS: &[(&str, &str, &str)] = &[
         "32",
         "pipelined requests read ahead on one connection",
     ),
+    (
+        "offsets.topic.num.partitions",
+        "50",
+        "partitions of __consumer_offsets, set when it is created",
+    ),
+    (
+        "offsets.topic.segment.bytes",
+        "104857600",
+        "segment size of __consumer_offsets",
+    ),
+    (
+        "offsets.retention.minutes",
+        "10080",
+        "keep committed offsets of empty groups this long",
+    ),
+    (
+        "offsets.retention.check.interval.ms",
+        "600000",
+        "how often old committed offsets are expired",
+    ),
+    (
+        "offset.metadata.max.bytes",
+        "4096",
+        "largest metadata string of a committed offset",
+    ),
+    (
+        "group.initial.rebalance.delay.ms",
+        "3000",
+        "wait for more members before a new group's first rebalance",
+    ),
+    (
+        "group.min.session.timeout.ms",
+        "6000",
+        "smallest session timeout a member may ask for",
+    ),
+    (
+        "group.max.session.timeout.ms",
+        "1800000",
+        "largest session timeout a member may ask for",
+    ),
+    (
+        "group.max.size",
+        "2147483647",
+        "most members in one consumer group",
+    ),
 ];
 
 /// Topic-level keys accepted by CreateTopics and IncrementalAlterConfigs, with the broker key
@@ -565,11 +610,14 @@ impl BrokerConfig {
             }
         };
         let policy = v("cleanup.policy");
-        if policy != "delete" {
+        if !matches!(
+            policy.as_str(),
+            "delete" | "compact" | "compact,delete" | "delete,compact"
+        ) {
             return Err(invalid(
                 "cleanup.policy",
                 &policy,
-                "only `delete` is supported (no log compaction)",
+                "expected delete, compact or compact,delete",
             ));
         }
         Ok(LogConfig {
@@ -729,6 +777,8 @@ mod tests {
             FlushPolicy::Os
         );
         o.insert("cleanup.policy".to_string(), "compact".to_string());
+        assert!(c.log_config(&o).is_ok());
+        o.insert("cleanup.policy".to_string(), "shred".to_string());
         assert!(c.log_config(&o).is_err());
     }
 }

@@ -54,7 +54,8 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: SocketA
     let (responses_tx, responses_rx) =
         mpsc::channel::<InFlight>(shard.ctx.config.max_inflight_per_connection);
     let writer = crate::io::runtime::spawn(write_loop(responses_rx, wr, peer));
-    let processor = crate::io::runtime::spawn(process_loop(shard.clone(), frames_rx, responses_tx));
+    let processor =
+        crate::io::runtime::spawn(process_loop(shard.clone(), frames_rx, responses_tx, peer));
     read_loop(&shard, rd, frames_tx, peer).await;
     let _ = processor.await;
     let _ = writer.await;
@@ -138,6 +139,7 @@ async fn process_loop(
     shard: Rc<Shard>,
     mut frames: mpsc::Receiver<Frame>,
     responses: mpsc::Sender<InFlight>,
+    peer: SocketAddr,
 ) {
     // Completion signals of produce requests started but maybe not finished.
     let mut produces: Vec<oneshot::Receiver<bool>> = Vec::new();
@@ -153,7 +155,8 @@ async fn process_loop(
         let (done_tx, done_rx) = oneshot::channel();
         let task_shard = shard.clone();
         let task = crate::io::runtime::spawn(async move {
-            let result = handle_request(task_shard, frame.freeze(), Some(submitted_tx)).await;
+            let handled = handle_request(task_shard, frame.freeze(), Some(submitted_tx));
+            let result = super::groups::CLIENT_ADDR.scope(peer, handled).await;
             // The request's bytes are gone once it is handled: let the reader read ahead.
             drop(budget);
             let _ = done_tx.send(result.is_ok());

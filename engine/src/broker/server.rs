@@ -38,6 +38,9 @@ pub enum ServerError {
     /// Creating a shard's queue or thread failed.
     #[error("cannot start shard: {0}")]
     Shard(std::io::Error),
+    /// The group coordinator's configuration or `__consumer_offsets` could not be set up.
+    #[error(transparent)]
+    Groups(#[from] super::groups::ServerSetupError),
     /// A shard thread stopped before it was ready.
     #[error("shard {0} stopped during start-up")]
     StartFailed(usize),
@@ -71,6 +74,7 @@ impl Server {
     /// waits until every shard has opened its partitions.
     pub fn start(config: BrokerConfig) -> Result<Server, ServerError> {
         let metadata = MetadataStore::open(&config.data_dir)?;
+        super::groups::ensure_offsets_topic(&metadata, &config)?;
         let shards = config.shards;
         let mut listeners = Vec::with_capacity(shards);
         let first = crate::io::net::reuseport_listener(config.listen, 1024).map_err(|source| {
@@ -224,6 +228,8 @@ fn shard_main(
 ) {
     crate::io::runtime::block_on(async move {
         let shard = Rc::new(Shard::new(id, ctx));
+        // Before the mailbox runs: other shards may forward group requests at once.
+        super::groups::start(&shard);
         crate::io::runtime::spawn(shard.clone().run_mailbox(rx));
         shard.open_owned_partitions().await;
         let listener = match tokio::net::TcpListener::from_std(listener) {

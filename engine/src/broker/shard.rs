@@ -144,6 +144,8 @@ pub struct Shard {
     pub connections: Cell<usize>,
     /// Signalled when a connection closes.
     pub connection_closed: Notify,
+    /// The group coordinator of this shard's `__consumer_offsets` partitions.
+    pub groups: super::groups::ShardGroups,
 }
 
 /// Input for one partition of a produce.
@@ -264,6 +266,7 @@ impl Shard {
     /// Creates the state for shard `id`.
     pub fn new(id: usize, ctx: Arc<BrokerContext>) -> Shard {
         let (phase, _) = watch::channel(Phase::Running);
+        let groups = super::groups::ShardGroups::new(&ctx.config, &ctx.metadata);
         Shard {
             id,
             ctx,
@@ -271,6 +274,7 @@ impl Shard {
             phase,
             connections: Cell::new(0),
             connection_closed: Notify::new(),
+            groups,
         }
     }
 
