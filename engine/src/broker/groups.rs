@@ -248,9 +248,22 @@ pub fn start(shard: &Rc<Shard>) {
     }
     let s = shard.clone();
     crate::io::runtime::spawn(async move {
+        let started = std::time::Instant::now();
+        let (mut records, mut skipped) = (0, 0);
+        let count = owned.len();
         for p in owned {
-            load_partition(&s, p).await;
+            let (r, s_) = load_partition(&s, p).await;
+            records += r;
+            skipped += s_;
         }
+        info!(
+            shard = s.id,
+            partitions = count,
+            records,
+            skipped,
+            ms = started.elapsed().as_millis() as u64,
+            "loaded {OFFSETS_TOPIC}"
+        );
         s.groups.timer.notify_one();
     });
     crate::io::runtime::spawn(timer_loop(shard.clone()));
@@ -263,8 +276,9 @@ fn owned_offsets_partitions(shard: &Shard) -> Vec<i32> {
         .collect()
 }
 
-/// Replays one offsets partition from log start to log end into the coordinator.
-async fn load_partition(shard: &Rc<Shard>, p: i32) {
+/// Replays one offsets partition from log start to log end into the coordinator; returns
+/// (records loaded, records skipped).
+async fn load_partition(shard: &Rc<Shard>, p: i32) -> (u64, u64) {
     let started = std::time::Instant::now();
     let mut loaded = 0u64;
     let mut skipped = 0u64;
@@ -358,6 +372,7 @@ async fn load_partition(shard: &Rc<Shard>, p: i32) {
         ms = started.elapsed().as_millis() as u64,
         "offsets partition loaded"
     );
+    (loaded, skipped)
 }
 
 /// Decodes one stored batch into records, decompressing through storage's bounded codecs.
