@@ -134,6 +134,11 @@ pub const BROKER_KEYS: &[(&str, &str, &str)] = &[
         "send fetched records with sendfile (false = read and write)",
     ),
     (
+        "producer.id.expiration.ms",
+        "86400000",
+        "forget a partition's idle producer after this",
+    ),
+    (
         "queued.max.requests.per.connection",
         "32",
         "pipelined requests read ahead on one connection",
@@ -465,6 +470,7 @@ impl BrokerConfig {
             ));
         }
         let fetch_zero_copy = parse_bool("fetch.zero.copy", get("fetch.zero.copy"))?;
+        parse_int::<u32>("producer.id.expiration.ms", get("producer.id.expiration.ms"))?;
         let max_inflight: usize = parse_int(
             "queued.max.requests.per.connection",
             get("queued.max.requests.per.connection"),

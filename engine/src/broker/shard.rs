@@ -144,6 +144,8 @@ pub struct Shard {
     pub connections: Cell<usize>,
     /// Signalled when a connection closes.
     pub connection_closed: Notify,
+    /// The broker's producer-id manager (used on shard 0 only).
+    pub producer_ids: super::producer_ids::ProducerIds,
 }
 
 /// Input for one partition of a produce.
@@ -271,6 +273,7 @@ impl Shard {
             phase,
             connections: Cell::new(0),
             connection_closed: Notify::new(),
+            producer_ids: Default::default(),
         }
     }
 
@@ -728,7 +731,9 @@ impl Shard {
     /// Enforces retention and time-based rolls on every open partition.
     pub async fn enforce_retention(&self) {
         let now = now_ms();
+        let producer_expiration = super::producer_ids::producer_id_expiration_ms(self);
         for p in self.open_partitions() {
+            p.log.expire_producers(now, producer_expiration);
             if let Err(e) = p.log.enforce_retention(now).await {
                 warn!(dir = %p.log.dir().display(), "retention failed: {e}");
             }
