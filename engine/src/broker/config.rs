@@ -470,7 +470,10 @@ impl BrokerConfig {
             ));
         }
         let fetch_zero_copy = parse_bool("fetch.zero.copy", get("fetch.zero.copy"))?;
-        parse_int::<u32>("producer.id.expiration.ms", get("producer.id.expiration.ms"))?;
+        parse_int::<u32>(
+            "producer.id.expiration.ms",
+            get("producer.id.expiration.ms"),
+        )?;
         let max_inflight: usize = parse_int(
             "queued.max.requests.per.connection",
             get("queued.max.requests.per.connection"),
