@@ -470,10 +470,14 @@ impl BrokerConfig {
             ));
         }
         let fetch_zero_copy = parse_bool("fetch.zero.copy", get("fetch.zero.copy"))?;
-        parse_int::<u32>(
+        let producer_expiry: i32 = parse_int(
             "producer.id.expiration.ms",
             get("producer.id.expiration.ms"),
         )?;
+        if producer_expiry < 1 {
+            let v = get("producer.id.expiration.ms");
+            return Err(invalid("producer.id.expiration.ms", v, "must be >= 1"));
+        }
         let max_inflight: usize = parse_int(
             "queued.max.requests.per.connection",
             get("queued.max.requests.per.connection"),
