@@ -297,3 +297,125 @@ fn retention_removes_old_snapshots_and_forgotten_producers_and_expiry() {
         log.close().await.unwrap();
     });
 }
+
+/// A tiny deterministic generator (no external RNG needed for a fixed schedule).
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// What the log must hold: every accepted batch as (producer, first seq, records, base offset).
+#[derive(Default)]
+struct Model {
+    batches: Vec<(i64, i32, usize, i64)>,
+    next_seq: [i32; 3],
+}
+
+impl Model {
+    fn end(&self) -> i64 {
+        self.batches
+            .last()
+            .map_or(0, |(_, _, n, base)| base + *n as i64)
+    }
+
+    fn last_five(&self, pid: i64) -> Vec<(i64, i32, usize, i64)> {
+        let mine: Vec<_> = self
+            .batches
+            .iter()
+            .filter(|b| b.0 == pid)
+            .copied()
+            .collect();
+        mine[mine.len().saturating_sub(5)..].to_vec()
+    }
+}
+
+/// Random schedules of new batches, retries, gaps, clean and crash reopens and truncations
+/// against a model: a retry of one of the last five batches is always acknowledged with its
+/// original offset and never stored twice, whatever happened to the process in between.
+#[test]
+fn random_schedule_against_a_model() {
+    for seed in 1..=6u64 {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("t-0");
+        let mut rng = Lcg(seed);
+        let mut model = Model::default();
+        let mut log = Some(block_on(PartitionLog::open(dir.clone(), small_segments())).unwrap());
+        for step in 0..150 {
+            let pid = rng.below(3) as i64;
+            let p = pid as usize;
+            let op = rng.below(20);
+            let ctx = format!("seed {seed} step {step} op {op}");
+            let l = log.take().unwrap();
+            let l = block_on(async {
+                match op {
+                    0..=9 => {
+                        let n = 1 + rng.below(4) as usize;
+                        let seq = model.next_seq[p];
+                        let got = append(&l, idem(pid, 0, seq, n)).await.unwrap();
+                        assert_eq!(got, (model.end(), n as u32), "{ctx}: new batch");
+                        model.batches.push((pid, seq, n, got.0));
+                        model.next_seq[p] += n as i32;
+                    }
+                    10..=13 => {
+                        let five = model.last_five(pid);
+                        if let Some(b) = five.get(rng.below(5) as usize) {
+                            let end = model.end();
+                            let got = append(&l, idem(pid, 0, b.1, b.2)).await.unwrap();
+                            assert_eq!(got, (b.3, 0), "{ctx}: retry of {b:?}");
+                            assert_eq!(l.log_end_offset(), end, "{ctx}: retry stored");
+                        }
+                    }
+                    14 => {
+                        if !model.last_five(pid).is_empty() {
+                            let e = append(&l, idem(pid, 0, model.next_seq[p] + 1, 1))
+                                .await
+                                .unwrap_err();
+                            assert_eq!(e.kafka_error_code(), 45, "{ctx}: gap");
+                        }
+                    }
+                    15..=16 => {
+                        l.close().await.unwrap();
+                        drop(l);
+                        return PartitionLog::open(dir.clone(), small_segments())
+                            .await
+                            .unwrap();
+                    }
+                    17..=18 => {
+                        l.flush().await.unwrap();
+                        drop(l);
+                        return PartitionLog::open(dir.clone(), small_segments())
+                            .await
+                            .unwrap();
+                    }
+                    _ => {
+                        if !model.batches.is_empty() {
+                            let keep = rng.below(model.batches.len() as u64) as usize;
+                            let cut = model.batches[keep].3;
+                            l.truncate_to(cut).await.unwrap();
+                            model.batches.truncate(keep);
+                            for q in 0..3 {
+                                model.next_seq[q] = model
+                                    .batches
+                                    .iter()
+                                    .filter(|b| b.0 == q as i64)
+                                    .last()
+                                    .map_or(0, |b| b.1 + b.2 as i32);
+                            }
+                            assert_eq!(l.log_end_offset(), model.end(), "{ctx}: truncate");
+                        }
+                    }
+                }
+                l
+            });
+            log = Some(l);
+        }
+        block_on(log.take().unwrap().close()).unwrap();
+    }
+}

@@ -72,24 +72,29 @@ impl ProducerStateTable {
                 stamps.push((h.producer_id, self.stamp_of(h.producer_id)));
             }
         }
-        if idempotent == 1 {
+        let single = placed
+            .iter()
+            .filter(|(h, _)| h.producer_id != NO_PRODUCER_ID)
+            .map(|(h, _)| *h)
+            .next();
+        match single {
             // The common case (one batch per partition per request): no scratch copy.
-            let (h, _) = placed
-                .iter()
-                .find(|(h, _)| h.producer_id != NO_PRODUCER_ID)
-                .copied()
-                .ok_or(ProducerStateError::StaleTicket(NO_PRODUCER_ID))?;
-            if let CheckOutcome::Duplicate(meta) = self.check(&h)? {
-                return Ok(AppendAnalysis::Duplicate(meta));
+            Some(h) if idempotent == 1 => {
+                if let CheckOutcome::Duplicate(meta) = self.check(&h)? {
+                    return Ok(AppendAnalysis::Duplicate(meta));
+                }
             }
-        } else {
-            let mut scratch = self.subset(stamps.iter().map(|(p, _)| *p));
-            for (h, base) in &placed {
-                match scratch.check(h)? {
-                    CheckOutcome::NotIdempotent => {}
-                    CheckOutcome::Duplicate(meta) => return Ok(AppendAnalysis::Duplicate(meta)),
-                    CheckOutcome::Append(ticket) => {
-                        scratch.update(ticket, *base)?;
+            _ => {
+                let mut scratch = self.subset(stamps.iter().map(|(p, _)| *p));
+                for (h, base) in &placed {
+                    match scratch.check(h)? {
+                        CheckOutcome::NotIdempotent => {}
+                        CheckOutcome::Duplicate(meta) => {
+                            return Ok(AppendAnalysis::Duplicate(meta))
+                        }
+                        CheckOutcome::Append(ticket) => {
+                            scratch.update(ticket, *base)?;
+                        }
                     }
                 }
             }

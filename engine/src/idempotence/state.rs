@@ -839,6 +839,24 @@ mod tests {
         );
     }
 
+    #[test]
+    fn eviction_below_the_log_start_and_reset() {
+        let mut t = ProducerStateTable::new(DEFAULT_PRODUCER_ID_EXPIRATION_MS);
+        let mut next = 0;
+        append(&mut t, &mut next, batch(1, 0, 0, 4)).unwrap();
+        append(&mut t, &mut next, batch(2, 0, 0, 4)).unwrap();
+        append(&mut t, &mut next, batch(1, 0, 4, 1)).unwrap();
+        // Producer 2's only batch is 4..=7; producer 1's last is 8.
+        assert_eq!(t.evict_below(8), 1);
+        assert!(t.entry(2).is_none());
+        assert_eq!(t.evict_below(9), 1);
+        assert!(t.is_empty());
+        t.advance_end_offset(5);
+        assert_eq!(t.end_offset(), 9, "never backwards");
+        t.reset_to(100);
+        assert_eq!((t.len(), t.end_offset()), (0, 100));
+    }
+
     #[derive(Debug, Clone)]
     enum Send {
         /// Send the producer's next new batch of `n` records.

@@ -236,7 +236,8 @@ impl Inner {
             }
             self.delete_producer_snapshot(offset).await?;
         }
-        let from = table.as_ref().map_or(i64::MIN, |t| t.end_offset());
+        let log_start = self.st.borrow().log_start_offset;
+        let from = table.as_ref().map_or(log_start, |t| t.end_offset());
         let mut table = ProducerStateTable::rebuild(expiration_ms, table, std::iter::empty(), end);
         self.replay_headers(&mut table, from, end).await?;
         table.advance_end_offset(end);
