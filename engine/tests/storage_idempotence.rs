@@ -404,8 +404,8 @@ fn random_schedule_against_a_model() {
                                 model.next_seq[q] = model
                                     .batches
                                     .iter()
-                                    .filter(|b| b.0 == q as i64)
-                                    .last()
+                                    .rev()
+                                    .find(|b| b.0 == q as i64)
                                     .map_or(0, |b| b.1 + b.2 as i32);
                             }
                             assert_eq!(l.log_end_offset(), model.end(), "{ctx}: truncate");
