@@ -360,3 +360,29 @@ fn transactional_apis_get_unsupported_version_and_the_connection_stays_open() {
         (0, 0)
     );
 }
+
+#[test]
+fn producer_ids_are_never_reused_and_a_corrupt_mark_file_is_not_ignored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut b = Broker::start_in(&dir, &[], &[]);
+    let mut c = b.client();
+    let first = init_producer_id(&mut c, 4, None).producer_id.0;
+    drop(c);
+    // A crash right after the first id: the next start resumes after the persisted block.
+    assert!(!b.stop_with(Signal::SIGKILL).success());
+    let mark = dir.join("producer-id-high-water-mark");
+    assert_eq!(std::fs::metadata(&mark).unwrap().len(), 14);
+    let mut b = Broker::start_in(&dir, &[], &[]);
+    let mut c = b.client();
+    let after = init_producer_id(&mut c, 4, None);
+    assert_eq!(after.error_code, 0);
+    assert!(after.producer_id.0 > first);
+    drop(c);
+    assert!(b.stop_with(Signal::SIGTERM).success());
+    // A damaged mark: refusing ids (retriable) beats handing out one a live producer holds.
+    std::fs::write(&mark, b"garbage").unwrap();
+    let b = Broker::start_in(&dir, &[], &[]);
+    let mut c = b.client();
+    assert_eq!(init_producer_id(&mut c, 4, None).error_code, 15);
+}
