@@ -1095,7 +1095,8 @@ fn config_type(key: &str) -> i8 {
         | "log.index.interval.bytes"
         | "log.index.size.max.bytes"
         | "num.shards"
-        | "queued.max.requests.per.connection" => 3, // INT
+        | "queued.max.requests.per.connection"
+        | "producer.id.expiration.ms" => 3, // INT
         _ => 5,                // LONG
     }
 }
