@@ -1122,8 +1122,7 @@ impl Inner {
             .await
             .map_err(|e| StorageError::io(old.log.path(), e))?;
         self.sync_dir().await?;
-        self.write_producer_snapshot(next_base, producer_snapshot)
-            .await?;
+        self.write_roll_snapshot(next_base, producer_snapshot).await;
         {
             let mut st = self.st.borrow_mut();
             // Earlier segments were finished in order before this one, so all of [.., next_base) is durable.

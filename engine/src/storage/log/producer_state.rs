@@ -103,6 +103,14 @@ impl Inner {
         Ok(())
     }
 
+    /// The snapshot taken at a roll. A failure is logged, not fatal: the snapshot only
+    /// shortens the replay at the next open, and the log itself is intact.
+    pub(super) async fn write_roll_snapshot(&self, offset: i64, bytes: Vec<u8>) {
+        if let Err(e) = self.write_producer_snapshot(offset, bytes).await {
+            tracing::warn!(dir = %self.dir.display(), offset, error = %e, "cannot write the producer snapshot at a roll");
+        }
+    }
+
     /// Snapshot at clean close, so the next open replays nothing.
     pub(super) async fn snapshot_producers_at_close(&self, leo: i64) -> Result<(), StorageError> {
         let bytes = {
