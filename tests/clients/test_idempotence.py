@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+import kafka_wire as kw
 from clientutil import (
     assert_identical,
     by_partition,
@@ -21,6 +22,32 @@ from clientutil import (
 )
 
 PARTITIONS = 3
+
+
+def assert_batches_idempotent_and_in_sequence(broker, topic: str, partitions: int) -> None:
+    """Read every stored batch header with a raw Fetch: each batch carries a producer id, and
+    per (producer id, epoch) the sequences run on without overlap or hole: the proof that the
+    client really produced idempotently and the broker stored each batch once."""
+    with kw.connect(broker.port) as sock:
+        for p in range(partitions):
+            offset, hw, headers = 0, None, []
+            while hw is None or offset < hw:
+                part = kw.fetch(sock, topic, p, offset, max_wait_ms=0)
+                assert part.error_code == 0, f"partition {p}: fetch error {part.error_code}"
+                hw = part.high_watermark
+                batches = kw.parse_batches(part.records or b"")
+                assert batches, f"partition {p}: no batch at offset {offset} below {hw}"
+                headers += batches
+                offset = batches[-1].base_offset + batches[-1].last_offset_delta + 1
+            next_seq: dict[tuple[int, int], int] = {}
+            for h in headers:
+                assert h.crc_ok and h.producer_id >= 0, f"partition {p}: batch at {h.base_offset} is not idempotent"
+                key = (h.producer_id, h.producer_epoch)
+                want = next_seq.get(key, 0)  # a fresh producer id (or epoch) starts at 0
+                assert h.base_sequence == want, (
+                    f"partition {p}: batch at {h.base_offset} has sequence {h.base_sequence}, expected {want}"
+                )
+                next_seq[key] = h.base_sequence + h.record_count
 
 
 @pytest.mark.timeout(150)
@@ -99,6 +126,7 @@ def test_confluent_idempotent_producer_across_kill9_restart(make_broker, topic_n
     assert not wrong, f"{len(wrong)} messages not at their acknowledged offset, e.g. {wrong[:5]}"
     for part, ms in by_partition(got).items():
         assert ms[0].offset == 0, f"partition {part} starts at {ms[0].offset}"
+    assert_batches_idempotent_and_in_sequence(broker, topic_name, PARTITIONS)
 
 
 @pytest.mark.timeout(60)
@@ -120,3 +148,4 @@ def test_kafka_python_idempotent_producer(broker, topic_name):
     assert_identical(msgs, got, "kafka-python idempotent produce")
     at = {(m.partition, m.offset): m.content() for m in got}
     assert all(at.get((m.partition, off)) == m.content() for m, off in offsets)
+    assert_batches_idempotent_and_in_sequence(broker, topic_name, PARTITIONS)
