@@ -134,6 +134,11 @@ pub const BROKER_KEYS: &[(&str, &str, &str)] = &[
         "send fetched records with sendfile (false = read and write)",
     ),
     (
+        "producer.id.expiration.ms",
+        "86400000",
+        "forget a partition's idle producer after this",
+    ),
+    (
         "queued.max.requests.per.connection",
         "32",
         "pipelined requests read ahead on one connection",
@@ -510,6 +515,14 @@ impl BrokerConfig {
             ));
         }
         let fetch_zero_copy = parse_bool("fetch.zero.copy", get("fetch.zero.copy"))?;
+        let producer_expiry: i32 = parse_int(
+            "producer.id.expiration.ms",
+            get("producer.id.expiration.ms"),
+        )?;
+        if producer_expiry < 1 {
+            let v = get("producer.id.expiration.ms");
+            return Err(invalid("producer.id.expiration.ms", v, "must be >= 1"));
+        }
         let max_inflight: usize = parse_int(
             "queued.max.requests.per.connection",
             get("queued.max.requests.per.connection"),

@@ -16,6 +16,7 @@ use uuid::Uuid;
 use super::config::{ConfigSource, TOPIC_KEYS};
 use super::groups;
 use super::metadata::{new_topic_id, validate_topic_name, TopicMeta};
+use super::producer_ids;
 use super::protocol::{
     encode_fetch_response, encode_response, error_code as ec, peek_header, served_versions,
     EncodeError, FetchFrame, FetchPartitionOut, FetchTopicOut, SUPPORTED_APIS,
@@ -98,6 +99,9 @@ pub async fn handle_request(
     let version = peek.api_version;
     if api == ApiKey::ApiVersions {
         return api_versions(frame, peek.correlation_id, version).map(|r| Some(Response::Frame(r)));
+    }
+    if producer_ids::is_transactional_api(api) && producer_ids::txn_version_known(api, version) {
+        return refuse_transactional(frame, api, version).map(Some);
     }
     match served_versions(api) {
         Some((lo, hi)) if (lo..=hi).contains(&version) => {}
@@ -210,8 +214,44 @@ pub async fn handle_request(
             let req = decode!(m::OffsetDeleteRequest);
             frame(&groups::offset_delete(&shard, req).await?)
         }
+        ApiKey::InitProducerId => {
+            let req = decode!(m::InitProducerIdRequest);
+            let req = crate::idempotence::init_producer_id_request(&req, version);
+            let result = shard
+                .call(producer_ids::PRODUCER_ID_SHARD, move |s| {
+                    producer_ids::init_producer_id(s, req)
+                })
+                .await?;
+            frame(&crate::idempotence::init_producer_id_response(&result))
+        }
         _ => Err(RequestError::Unsupported { api, version }),
     }
+}
+
+/// A transactional API sent although not advertised: a well-formed UNSUPPORTED_VERSION answer.
+fn refuse_transactional(frame: Bytes, api: ApiKey, version: i16) -> Result<Response, RequestError> {
+    use producer_ids::TxnRefusal as T;
+    let malformed = |e: anyhow::Error| RequestError::Malformed {
+        api,
+        version,
+        reason: e.to_string(),
+    };
+    let mut buf = frame;
+    let header =
+        RequestHeader::decode(&mut buf, api.request_header_version(version)).map_err(malformed)?;
+    let cid = header.correlation_id;
+    debug!(?api, version, "transactional API refused");
+    let body: Box<dyn ErasedEncodable> =
+        match producer_ids::refuse_transactional(api, version, &mut buf).map_err(malformed)? {
+            T::AddPartitionsToTxn(r) => Box::new(r),
+            T::AddOffsetsToTxn(r) => Box::new(r),
+            T::EndTxn(r) => Box::new(r),
+            T::TxnOffsetCommit(r) => Box::new(r),
+            T::WriteTxnMarkers(r) => Box::new(r),
+            T::DescribeTransactions(r) => Box::new(r),
+            T::ListTransactions(r) => Box::new(r),
+        };
+    Ok(Response::Frame(body.encode_frame(api, version, cid)?))
 }
 
 /// Object-safe wrapper so one closure can encode any response body.
@@ -1111,7 +1151,8 @@ fn config_type(key: &str) -> i8 {
         | "log.index.interval.bytes"
         | "log.index.size.max.bytes"
         | "num.shards"
-        | "queued.max.requests.per.connection" => 3, // INT
+        | "queued.max.requests.per.connection"
+        | "producer.id.expiration.ms" => 3, // INT
         _ => 5,                // LONG
     }
 }

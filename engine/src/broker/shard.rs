@@ -146,6 +146,8 @@ pub struct Shard {
     pub connection_closed: Notify,
     /// The group coordinator of this shard's `__consumer_offsets` partitions.
     pub groups: super::groups::ShardGroups,
+    /// The broker's producer-id manager (used on shard 0 only).
+    pub producer_ids: super::producer_ids::ProducerIds,
 }
 
 /// Input for one partition of a produce.
@@ -275,6 +277,7 @@ impl Shard {
             connections: Cell::new(0),
             connection_closed: Notify::new(),
             groups,
+            producer_ids: Default::default(),
         }
     }
 
@@ -732,7 +735,9 @@ impl Shard {
     /// Enforces retention and time-based rolls on every open partition.
     pub async fn enforce_retention(&self) {
         let now = now_ms();
+        let producer_expiration = super::producer_ids::producer_id_expiration_ms(self);
         for p in self.open_partitions() {
+            p.log.expire_producers(now, producer_expiration);
             if let Err(e) = p.log.enforce_retention(now).await {
                 warn!(dir = %p.log.dir().display(), "retention failed: {e}");
             }
