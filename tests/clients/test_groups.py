@@ -238,6 +238,7 @@ def test_three_members_share_partitions_and_survive_a_crash(make_broker, topic_n
         killed_at = time.monotonic()
         _wait(lambda: _partitioned(survivors, 6), 30, "the survivors to take over")
         moved_after = time.monotonic() - killed_at
+        print(f"partitions {sorted(lost)} moved {moved_after:.1f}s after SIGKILL ({lib})")
         # Expiry after the session timeout, then one heartbeat interval and a rebalance.
         assert moved_after < SESSION_TIMEOUT_MS / 1000 + 5, f"partitions {lost} moved after {moved_after:.1f}s"
 

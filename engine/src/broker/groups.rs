@@ -169,6 +169,10 @@ pub fn ensure_offsets_topic(
             "segment.index.bytes".to_string(),
             OFFSETS_SEGMENT_INDEX_BYTES.to_string(),
         ),
+        // Compaction, never age or size, may remove records: the latest commit of a group
+        // that stopped committing must outlive log.retention.ms.
+        ("retention.ms".to_string(), "-1".to_string()),
+        ("retention.bytes".to_string(), "-1".to_string()),
     ]);
     cfg.log_config(&configs)?;
     metadata.put_topic(TopicMeta {
