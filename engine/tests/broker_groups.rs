@@ -601,3 +601,19 @@ fn offsets_of_many_groups_survive_kill_9() {
     assert_eq!(d.groups[0].members[0].member_id.as_str(), m);
     assert_eq!(heartbeat(&mut c, "restart-managed", 1, &m), NONE);
 }
+
+#[test]
+fn bad_group_setting_stops_the_broker_naming_the_key() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .args(["--set", "offsets.topic.num.partitions=0"])
+        .output()
+        .expect("run sluice");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("offsets.topic.num.partitions"), "{stderr}");
+}

@@ -146,16 +146,17 @@ pub fn coordinator_config(
     })
 }
 
-/// Creates `__consumer_offsets` if it does not exist (compacted, 100 MiB segments, as Kafka
-/// creates it), before any shard starts.
+/// Checks the group keys and creates `__consumer_offsets` if it does not exist (compacted,
+/// 100 MiB segments, as Kafka creates it), before any shard starts.
 pub fn ensure_offsets_topic(
     metadata: &MetadataStore,
     cfg: &BrokerConfig,
-) -> Result<(), ServerSetupError> {
+) -> Result<(), GroupSetupError> {
+    // Validated here, at every start, so a bad group key stops the broker naming the key.
+    let conf = coordinator_config(cfg, offsets_partitions(&metadata.image()))?;
     if metadata.image().topic(OFFSETS_TOPIC).is_some() {
         return Ok(());
     }
-    let conf = coordinator_config(cfg, None)?;
     let segment_bytes = cfg
         .raw
         .get("offsets.topic.segment.bytes")
@@ -190,7 +191,7 @@ pub fn ensure_offsets_topic(
 
 /// Why the group coordinator could not be set up at start-up.
 #[derive(Debug, thiserror::Error)]
-pub enum ServerSetupError {
+pub enum GroupSetupError {
     /// A `group.*` / `offsets.*` key has a bad value.
     #[error(transparent)]
     Config(#[from] ConfigError),
