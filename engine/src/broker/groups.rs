@@ -49,10 +49,10 @@ const LOAD_BUFFER_BYTES: u32 = 5 * 1024 * 1024;
 /// Largest decompressed records section accepted while loading (bounds a hostile batch).
 const LOAD_MAX_DECOMPRESSED: usize = 64 * 1024 * 1024;
 
-/// Offset index size of `__consumer_offsets` segments: enough for a full 100 MiB segment at
-/// the default index interval (25,600 entries), instead of preallocating the 10 MiB broker
-/// default fifty times over.
-const OFFSETS_SEGMENT_INDEX_BYTES: &str = "1048576";
+/// Index size of `__consumer_offsets` segments: room for a full 100 MiB segment at the default
+/// index interval (25,600 entries: 200 KiB of offset index, 300 KiB of time index), instead of
+/// preallocating the 10 MiB broker default twice for each of fifty partitions.
+const OFFSETS_SEGMENT_INDEX_BYTES: &str = "524288";
 
 tokio::task_local! {
     /// The peer address of the connection whose request is being handled (JoinGroup records
