@@ -257,9 +257,9 @@ pub fn start(shard: &Rc<Shard>) {
         let (mut records, mut skipped) = (0, 0);
         let count = owned.len();
         for p in owned {
-            let (r, s_) = load_partition(&s, p).await;
-            records += r;
-            skipped += s_;
+            let (loaded, failed) = load_partition(&s, p).await;
+            records += loaded;
+            skipped += failed;
         }
         info!(
             shard = s.id,
