@@ -617,3 +617,32 @@ fn bad_group_setting_stops_the_broker_naming_the_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("offsets.topic.num.partitions"), "{stderr}");
 }
+
+#[test]
+fn shutdown_answers_waiting_joins_not_coordinator() {
+    let mut broker = start();
+    let mut a = broker.client();
+    let mut b = broker.client();
+    create_topic(&mut a, "st", 1);
+    let g = "shutdown-group";
+    let (ma, cid) = join_new(&mut a, g, &["st"]);
+    let ja: JoinGroupResponse = a.recv::<JoinGroupRequest>(JOIN_V, cid);
+    assert_eq!(ja.error_code, NONE);
+    assert_eq!(sync(&mut a, g, 1, &ma, &[(&ma, b"x")]).error_code, NONE);
+    // B waits in JoinGroup for A, which never rejoins (10 s rebalance timeout).
+    let (_mb, cid_b) = join_new(&mut b, g, &["st"]);
+    wait_state(&mut a, g, "PreparingRebalance");
+    let stopped = std::time::Instant::now();
+    let status = broker.stop_with(Signal::SIGTERM);
+    assert!(status.success(), "{status}");
+    let jb: JoinGroupResponse = b.recv::<JoinGroupRequest>(JOIN_V, cid_b);
+    assert_eq!(
+        jb.error_code, 16,
+        "NOT_COORDINATOR: look the coordinator up again"
+    );
+    assert!(
+        stopped.elapsed() < std::time::Duration::from_secs(8),
+        "the waiting JoinGroup held the shutdown for {:?}",
+        stopped.elapsed()
+    );
+}
