@@ -43,7 +43,25 @@ fn tn(s: &str) -> TopicName {
 
 /// Starts a broker whose groups rebalance without the initial delay.
 fn start() -> Broker {
-    Broker::start(&["--set", "group.initial.rebalance.delay.ms=0"])
+    let broker = Broker::start(&["--set", "group.initial.rebalance.delay.ms=0"]);
+    wait_loaded(&broker);
+    broker
+}
+
+/// Waits (bounded) until every shard replayed `__consumer_offsets`: ListGroups answers
+/// COORDINATOR_LOAD_IN_PROGRESS (14) until then.
+fn wait_loaded(broker: &Broker) {
+    let mut c = broker.client();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let l: ListGroupsResponse = c.request(4, &ListGroupsRequest::default());
+        if l.error_code == NONE {
+            return;
+        }
+        assert_eq!(l.error_code, 14, "ListGroups during start-up");
+        assert!(std::time::Instant::now() < deadline, "offsets never loaded");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 fn create_topic(c: &mut Client, name: &str, partitions: i32) {
@@ -222,6 +240,33 @@ fn apis_are_advertised_and_offsets_topic_is_internal() {
     assert!(md.topics[0].is_internal);
     assert_eq!(md.topics[0].partitions.len(), 50);
 
+    // Compacted, as Kafka creates it.
+    let r: DescribeConfigsResponse = c.request(
+        4,
+        &DescribeConfigsRequest::default().with_resources(vec![
+            describe_configs_request::DescribeConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(sb("__consumer_offsets"))
+                .with_configuration_keys(Some(vec![sb("cleanup.policy"), sb("segment.bytes")])),
+        ]),
+    );
+    let configs: Vec<(String, String)> = r.results[0]
+        .configs
+        .iter()
+        .map(|c| {
+            let v = c.value.as_ref().map(|v| v.to_string()).unwrap_or_default();
+            (c.name.to_string(), v)
+        })
+        .collect();
+    assert!(
+        configs.contains(&("cleanup.policy".into(), "compact".into())),
+        "{configs:?}"
+    );
+    assert!(
+        configs.contains(&("segment.bytes".into(), "104857600".into())),
+        "{configs:?}"
+    );
+
     // Clients may neither write it nor delete it.
     let req = ProduceRequest::default()
         .with_acks(-1)
@@ -385,7 +430,15 @@ fn group_lifecycle_and_commit_errors() {
         .iter()
         .all(|m| m.client_host.as_str() == "/127.0.0.1"));
     assert_eq!(d.groups[1].group_state.as_str(), "Dead");
-    let l: ListGroupsResponse = a.request(4, &ListGroupsRequest::default());
+    // COORDINATOR_LOAD_IN_PROGRESS (14) while a shard still replays its partitions.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let l: ListGroupsResponse = loop {
+        let l: ListGroupsResponse = a.request(4, &ListGroupsRequest::default());
+        if l.error_code != 14 || std::time::Instant::now() > deadline {
+            break l;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     assert_eq!(l.error_code, NONE);
     let listed: Vec<(String, String)> = l
         .groups
@@ -462,6 +515,7 @@ fn offsets_of_many_groups_survive_kill_9() {
     let dir = tmp.path().join("data");
     let flags = ["--set", "group.initial.rebalance.delay.ms=0"];
     let mut broker = Broker::start_in(&dir, &flags, &[]);
+    wait_loaded(&broker);
     let mut c = broker.client();
     create_topic(&mut c, "kt", 3);
     // Simple (assign-style) commits for many groups, spread over offsets partitions and shards.
@@ -492,6 +546,8 @@ fn offsets_of_many_groups_survive_kill_9() {
     broker.stop_with(Signal::SIGKILL);
     let broker = Broker::start_in(&dir, &flags, &[]);
     let mut c = broker.client();
+    // Ask right away: groups on partitions still replaying answer LOAD_IN_PROGRESS and the
+    // request is retried below; once loaded, every group is back.
 
     // OffsetFetch v8 asks for every group at once: they live on different shards.
     let req = OffsetFetchRequest::default().with_groups(
@@ -536,6 +592,7 @@ fn offsets_of_many_groups_survive_kill_9() {
             "{g}"
         );
     }
+    wait_loaded(&broker);
     assert_eq!(fetch_offset(&mut c, "restart-managed", "kt", 2), 99);
     // The managed group came back Stable with its member, generation and protocol.
     let d = describe(&mut c, &["restart-managed"]);
@@ -543,4 +600,49 @@ fn offsets_of_many_groups_survive_kill_9() {
     assert_eq!(d.groups[0].members.len(), 1);
     assert_eq!(d.groups[0].members[0].member_id.as_str(), m);
     assert_eq!(heartbeat(&mut c, "restart-managed", 1, &m), NONE);
+}
+
+#[test]
+fn bad_group_setting_stops_the_broker_naming_the_key() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .args(["--set", "offsets.topic.num.partitions=0"])
+        .output()
+        .expect("run sluice");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("offsets.topic.num.partitions"), "{stderr}");
+}
+
+#[test]
+fn shutdown_answers_waiting_joins_not_coordinator() {
+    let mut broker = start();
+    let mut a = broker.client();
+    let mut b = broker.client();
+    create_topic(&mut a, "st", 1);
+    let g = "shutdown-group";
+    let (ma, cid) = join_new(&mut a, g, &["st"]);
+    let ja: JoinGroupResponse = a.recv::<JoinGroupRequest>(JOIN_V, cid);
+    assert_eq!(ja.error_code, NONE);
+    assert_eq!(sync(&mut a, g, 1, &ma, &[(&ma, b"x")]).error_code, NONE);
+    // B waits in JoinGroup for A, which never rejoins (10 s rebalance timeout).
+    let (_mb, cid_b) = join_new(&mut b, g, &["st"]);
+    wait_state(&mut a, g, "PreparingRebalance");
+    let stopped = std::time::Instant::now();
+    let status = broker.stop_with(Signal::SIGTERM);
+    assert!(status.success(), "{status}");
+    let jb: JoinGroupResponse = b.recv::<JoinGroupRequest>(JOIN_V, cid_b);
+    assert_eq!(
+        jb.error_code, 16,
+        "NOT_COORDINATOR: look the coordinator up again"
+    );
+    assert!(
+        stopped.elapsed() < std::time::Duration::from_secs(8),
+        "the waiting JoinGroup held the shutdown for {:?}",
+        stopped.elapsed()
+    );
 }

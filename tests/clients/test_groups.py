@@ -7,7 +7,8 @@
 - committed offsets survive a broker kill -9 and a clean restart;
 - a static member (group.instance.id) that restarts gets its partitions back without a
   rebalance;
-- ListGroups / DescribeGroups / OffsetFetch through both clients' admin APIs.
+- ListGroups / DescribeGroups / OffsetFetch through both clients' admin APIs;
+- kcat -G (librdkafka 2.0.2) resumes from its commit.
 
 Group members run as subprocesses of this file (`python test_groups.py member ...`), so a
 member can be killed like a crashed application. Each prints JSON lines (assignments and
@@ -238,6 +239,7 @@ def test_three_members_share_partitions_and_survive_a_crash(make_broker, topic_n
         killed_at = time.monotonic()
         _wait(lambda: _partitioned(survivors, 6), 30, "the survivors to take over")
         moved_after = time.monotonic() - killed_at
+        print(f"partitions {sorted(lost)} moved {moved_after:.1f}s after SIGKILL ({lib})")
         # Expiry after the session timeout, then one heartbeat interval and a rebalance.
         assert moved_after < SESSION_TIMEOUT_MS / 1000 + 5, f"partitions {lost} moved after {moved_after:.1f}s"
 
@@ -417,6 +419,37 @@ def test_static_member_restart_does_not_rebalance(make_broker, topic_name):
         for m in (a, b, b2):
             if m is not None:
                 m.stop()
+
+
+@pytest.mark.timeout(60)
+def test_kcat_balanced_consumer_resumes_from_its_commit(make_broker, topic_name):
+    """kcat -G (librdkafka 2.0.2, the old-client target): a balanced consumer commits on exit
+    and the next run of the same group reads only what was produced since."""
+    import shutil
+
+    from clientutil import ck_create_topic
+
+    kcat = shutil.which("kcat")
+    if kcat is None:
+        pytest.fail("kcat is not installed (Debian package `kcat`; .ci/run installs it)")
+    broker = make_broker(extra_args=["--set", "group.initial.rebalance.delay.ms=0"])
+    ck_create_topic(broker.bootstrap, topic_name, 2)
+    group = f"kcat-{topic_name}"
+
+    def consume() -> list[str]:
+        r = subprocess.run(
+            [kcat, "-b", broker.bootstrap, "-G", group, "-X", "auto.offset.reset=earliest", "-e", "-q", topic_name],
+            capture_output=True,
+            timeout=40,
+            check=False,
+        )
+        assert r.returncode == 0, r.stderr.decode(errors="replace")[-2000:]
+        return r.stdout.decode().split()
+
+    first = _produce(broker.bootstrap, topic_name, 2, 0, 20)
+    assert sorted(consume()) == sorted(v for _, v in first)
+    second = _produce(broker.bootstrap, topic_name, 2, 20, 6)
+    assert sorted(consume()) == sorted(v for _, v in second)
 
 
 if __name__ == "__main__":

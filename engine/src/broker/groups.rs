@@ -49,10 +49,10 @@ const LOAD_BUFFER_BYTES: u32 = 5 * 1024 * 1024;
 /// Largest decompressed records section accepted while loading (bounds a hostile batch).
 const LOAD_MAX_DECOMPRESSED: usize = 64 * 1024 * 1024;
 
-/// Offset index size of `__consumer_offsets` segments: enough for a full 100 MiB segment at
-/// the default index interval (25,600 entries), instead of preallocating the 10 MiB broker
-/// default fifty times over.
-const OFFSETS_SEGMENT_INDEX_BYTES: &str = "1048576";
+/// Index size of `__consumer_offsets` segments: room for a full 100 MiB segment at the default
+/// index interval (25,600 entries: 200 KiB of offset index, 300 KiB of time index), instead of
+/// preallocating the 10 MiB broker default twice for each of fifty partitions.
+const OFFSETS_SEGMENT_INDEX_BYTES: &str = "524288";
 
 tokio::task_local! {
     /// The peer address of the connection whose request is being handled (JoinGroup records
@@ -146,16 +146,17 @@ pub fn coordinator_config(
     })
 }
 
-/// Creates `__consumer_offsets` if it does not exist (compacted, 100 MiB segments, as Kafka
-/// creates it), before any shard starts.
+/// Checks the group keys and creates `__consumer_offsets` if it does not exist (compacted,
+/// 100 MiB segments, as Kafka creates it), before any shard starts.
 pub fn ensure_offsets_topic(
     metadata: &MetadataStore,
     cfg: &BrokerConfig,
-) -> Result<(), ServerSetupError> {
+) -> Result<(), GroupSetupError> {
+    // Validated here, at every start, so a bad group key stops the broker naming the key.
+    let conf = coordinator_config(cfg, offsets_partitions(&metadata.image()))?;
     if metadata.image().topic(OFFSETS_TOPIC).is_some() {
         return Ok(());
     }
-    let conf = coordinator_config(cfg, None)?;
     let segment_bytes = cfg
         .raw
         .get("offsets.topic.segment.bytes")
@@ -169,6 +170,10 @@ pub fn ensure_offsets_topic(
             "segment.index.bytes".to_string(),
             OFFSETS_SEGMENT_INDEX_BYTES.to_string(),
         ),
+        // Compaction, never age or size, may remove records: the latest commit of a group
+        // that stopped committing must outlive log.retention.ms.
+        ("retention.ms".to_string(), "-1".to_string()),
+        ("retention.bytes".to_string(), "-1".to_string()),
     ]);
     cfg.log_config(&configs)?;
     metadata.put_topic(TopicMeta {
@@ -186,7 +191,7 @@ pub fn ensure_offsets_topic(
 
 /// Why the group coordinator could not be set up at start-up.
 #[derive(Debug, thiserror::Error)]
-pub enum ServerSetupError {
+pub enum GroupSetupError {
     /// A `group.*` / `offsets.*` key has a bad value.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -252,9 +257,9 @@ pub fn start(shard: &Rc<Shard>) {
         let (mut records, mut skipped) = (0, 0);
         let count = owned.len();
         for p in owned {
-            let (r, s_) = load_partition(&s, p).await;
-            records += r;
-            skipped += s_;
+            let (loaded, failed) = load_partition(&s, p).await;
+            records += loaded;
+            skipped += failed;
         }
         info!(
             shard = s.id,
@@ -409,7 +414,10 @@ fn encode_batch(records: &[OffsetsRecord], now: i64) -> Result<BytesMut, String>
             producer_epoch: -1,
             timestamp_type: WireTimestampType::Creation,
             offset: i as i64,
-            sequence: -1,
+            // The encoder starts a new batch whenever `offset - sequence` changes; keeping it
+            // constant makes one batch (written atomically, as Kafka's coordinator does) whose
+            // base sequence, the first record's, is -1 (no producer).
+            sequence: i as i32 - 1,
             timestamp: now,
             key: Some(r.key.clone()),
             value: r.value.clone(),
@@ -1052,4 +1060,154 @@ pub async fn offset_delete(
         }
     };
     Ok(wire::offset_delete_response(&result))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(flags: &[(&str, &str)]) -> BrokerConfig {
+        let flags: Vec<(String, String)> = flags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        BrokerConfig::resolve(None, Vec::new(), &flags)
+            .expect("valid config")
+            .0
+    }
+
+    #[test]
+    fn batches_round_trip_with_tombstones() {
+        let records = vec![
+            OffsetsRecord {
+                key: Bytes::from_static(b"k1"),
+                value: Some(Bytes::from_static(b"v1")),
+            },
+            OffsetsRecord {
+                key: Bytes::from_static(b"k2"),
+                value: None,
+            },
+        ];
+        let batch = encode_batch(&records, 1234).expect("encode");
+        let header = crate::storage::record_batch::validate_batch(&batch).expect("valid v2 batch");
+        assert_eq!(header.records_count, 2);
+        assert_eq!(header.size(), batch.len(), "one batch");
+        assert_eq!(header.producer_id, -1);
+        assert_eq!(header.base_sequence, -1);
+        let decoded = decode_batch(batch.freeze()).expect("decode");
+        let got: Vec<(Option<Bytes>, Option<Bytes>)> =
+            decoded.into_iter().map(|r| (r.key, r.value)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    Some(Bytes::from_static(b"k1")),
+                    Some(Bytes::from_static(b"v1"))
+                ),
+                (Some(Bytes::from_static(b"k2")), None),
+            ]
+        );
+    }
+
+    #[test]
+    fn compressed_batches_decode_through_storage_codecs() {
+        for compression in [
+            WireCompression::Gzip,
+            WireCompression::Snappy,
+            WireCompression::Lz4,
+            WireCompression::Zstd,
+        ] {
+            let records: Vec<Record> = (0..3)
+                .map(|i| Record {
+                    transactional: false,
+                    control: false,
+                    delete_horizon: false,
+                    partition_leader_epoch: -1,
+                    producer_id: -1,
+                    producer_epoch: -1,
+                    timestamp_type: WireTimestampType::Creation,
+                    offset: i,
+                    sequence: i as i32 - 1,
+                    timestamp: 0,
+                    key: Some(Bytes::from(format!("key-{i}"))),
+                    value: Some(Bytes::from(vec![b'x'; 1000])),
+                    headers: Default::default(),
+                })
+                .collect();
+            let mut buf = BytesMut::new();
+            RecordBatchEncoder::encode(
+                &mut buf,
+                &records,
+                &RecordEncodeOptions {
+                    version: 2,
+                    compression,
+                },
+            )
+            .expect("encode");
+            let header =
+                crate::storage::record_batch::BatchHeader::parse(&buf).expect("batch header");
+            assert_eq!(header.size(), buf.len(), "one batch");
+            let decoded = decode_batch(buf.freeze()).expect("decode");
+            assert_eq!(decoded.len(), 3, "{compression:?}");
+            assert_eq!(decoded[2].key.as_deref(), Some(&b"key-2"[..]));
+        }
+    }
+
+    #[test]
+    fn garbage_batches_are_errors_not_panics() {
+        assert!(decode_batch(Bytes::from_static(&[0u8; 70])).is_err());
+        assert!(decode_batch(Bytes::new()).is_err());
+    }
+
+    #[test]
+    fn coordinator_config_reads_broker_keys() {
+        let c = coordinator_config(
+            &config(&[
+                ("group.initial.rebalance.delay.ms", "0"),
+                ("offsets.topic.num.partitions", "7"),
+                ("offsets.retention.minutes", "2"),
+                ("group.max.size", "3"),
+            ]),
+            None,
+        )
+        .expect("config");
+        assert_eq!(c.initial_rebalance_delay_ms, 0);
+        assert_eq!(c.offsets_partitions, 7);
+        assert_eq!(c.offsets_retention_ms, 120_000);
+        assert_eq!(c.max_group_size, 3);
+        assert_eq!(c.min_session_timeout_ms, 6000);
+        // The existing topic's partition count wins.
+        let c = coordinator_config(&config(&[("offsets.topic.num.partitions", "7")]), Some(50))
+            .expect("config");
+        assert_eq!(c.offsets_partitions, 50);
+    }
+
+    #[test]
+    fn bad_group_keys_name_the_key() {
+        for (k, v) in [
+            ("offsets.topic.num.partitions", "0"),
+            ("group.min.session.timeout.ms", "-1"),
+            ("group.max.session.timeout.ms", "99999999999"),
+            ("group.initial.rebalance.delay.ms", "soon"),
+        ] {
+            let e = coordinator_config(&config(&[(k, v)]), None)
+                .expect_err(k)
+                .to_string();
+            assert!(e.contains(k), "{e}");
+        }
+    }
+
+    #[test]
+    fn storage_errors_map_to_coordinator_errors() {
+        assert_eq!(append_error(10), AppendError::RecordTooLarge);
+        assert_eq!(append_error(ec::KAFKA_STORAGE_ERROR), AppendError::Storage);
+        assert_eq!(
+            append_error(ec::KAFKA_STORAGE_ERROR).to_coordinator_error(),
+            codes::NOT_COORDINATOR
+        );
+        assert_eq!(
+            append_error(ec::UNKNOWN_TOPIC_OR_PARTITION).to_coordinator_error(),
+            codes::COORDINATOR_NOT_AVAILABLE
+        );
+    }
 }

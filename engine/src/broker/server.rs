@@ -40,7 +40,7 @@ pub enum ServerError {
     Shard(std::io::Error),
     /// The group coordinator's configuration or `__consumer_offsets` could not be set up.
     #[error(transparent)]
-    Groups(#[from] super::groups::ServerSetupError),
+    Groups(#[from] super::groups::GroupSetupError),
     /// A shard thread stopped before it was ready.
     #[error("shard {0} stopped during start-up")]
     StartFailed(usize),
