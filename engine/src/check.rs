@@ -284,7 +284,7 @@ pub fn run(data_dir: &Path) -> Vec<Check> {
         Err(e) => out.push(unknown("disk_free", &e.to_string())),
     }
     match nix::sys::statfs::statfs(&dir) {
-        Ok(s) => out.push(eval_fs_type(fs_name(i64::from(s.filesystem_type().0)))),
+        Ok(s) => out.push(eval_fs_type(fs_name(s.filesystem_type().0))),
         Err(e) => out.push(unknown("fs_type", &e.to_string())),
     }
 
@@ -319,8 +319,9 @@ pub fn run(data_dir: &Path) -> Vec<Check> {
     out
 }
 
-fn fs_name(magic: i64) -> &'static str {
-    match magic {
+/// Name of a `statfs` magic number (its width differs between architectures).
+fn fs_name(magic: impl Into<i64>) -> &'static str {
+    match magic.into() {
         0x5846_5342 => "xfs",
         0xEF53 => "ext4",
         0x0102_1994 => "tmpfs",
@@ -419,8 +420,8 @@ mod tests {
         assert_eq!(eval_fs_type("xfs").status, Status::Pass);
         assert_eq!(eval_fs_type("tmpfs").status, Status::Warn);
         assert_eq!(eval_fs_type("nfs").status, Status::Fail);
-        assert_eq!(fs_name(0x5846_5342), "xfs");
-        assert_eq!(fs_name(0xEF53), "ext4");
+        assert_eq!(fs_name(0x5846_5342i64), "xfs");
+        assert_eq!(fs_name(0xEF53i64), "ext4");
     }
 
     #[test]
