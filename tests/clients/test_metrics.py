@@ -324,3 +324,53 @@ def test_sluice_check_reports_every_check(tmp_path, fmt):
     else:
         for n in names:
             assert n in r.stdout
+
+
+def run_briefly(tmp_path, name: str, args: list[str], env_extra: dict | None = None) -> str:
+    """Start the broker without RUST_LOG, wait for /ready, SIGTERM it; return its stderr."""
+    import os
+
+    port, kafka = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RUST_LOG" and not k.startswith("SLUICE_")}
+    env.update(env_extra or {})
+    log = tmp_path / f"{name}.log"
+    with open(log, "wb") as out:
+        p = subprocess.Popen(
+            [str(sluice_binary()), "--data-dir", str(tmp_path / name), "--listen", f"127.0.0.1:{kafka}",
+             "--shards", "2", "--set", f"admin.listener=127.0.0.1:{port}", *args],
+            stdout=out, stderr=subprocess.STDOUT, env=env,
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                try:
+                    if http_get(port, "/ready")[0] == 200:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.05)
+            with kw.connect(kafka) as s:  # a client connection (logged at debug level)
+                kw.api_versions(s)
+            time.sleep(0.2)
+            p.send_signal(15)
+            assert p.wait(timeout=20) == 0
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+    return log.read_text()
+
+
+def test_log_format_json_and_log_level(tmp_path):
+    """log.format=json: every log line is one JSON object; log.level filters; RUST_LOG wins."""
+    text = run_briefly(tmp_path, "json", ["--set", "log.format=json", "--set", "log.level=debug"])
+    events = [json.loads(line) for line in text.splitlines() if line]
+    listening = [e for e in events if e["message"] == "sluice listening"]
+    assert len(listening) == 1 and listening[0]["level"] == "INFO"
+    assert listening[0]["fields"]["shards"] == 2 and listening[0]["timestamp"]
+    assert any(e["level"] == "DEBUG" for e in events)
+
+    quiet = run_briefly(tmp_path, "quiet", ["--set", "log.level=warn"])
+    assert "sluice listening" not in quiet
+    loud = run_briefly(tmp_path, "loud", ["--set", "log.level=warn"], {"RUST_LOG": "info"})
+    assert "sluice listening" in loud
