@@ -130,6 +130,7 @@ def test_counters_move_by_what_real_clients_sent(admin, topic_name):
     submitted = total(after, "sluice_io_uring_submitted_total")
     assert submitted > 0
     assert total(after, "sluice_io_uring_completed_total") <= submitted
+    assert total(after, "sluice_shard_busy_seconds_total") > 0
     for shard in range(2):
         assert ("sluice_shard_busy_seconds_total", frozenset({("shard", str(shard))})) in after
         assert ("sluice_shard_mailbox_jobs", frozenset({("shard", str(shard))})) in after

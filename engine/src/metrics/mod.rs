@@ -574,18 +574,6 @@ impl Metrics {
             }
         }
         e.family(
-            "sluice_shard_tasks",
-            "Tasks alive on the shard's runtime (connections, requests, log writers).",
-            Kind::Gauge,
-        );
-        for m in &self.shards {
-            if let Some(h) = m.runtime.get() {
-                let shard = m.shard.to_string();
-                let n = h.metrics().num_alive_tasks() as f64;
-                e.sample("sluice_shard_tasks", &[("shard", &shard)], n);
-            }
-        }
-        e.family(
             "sluice_shard_mailbox_jobs",
             "Cross-shard jobs queued for the shard and not yet started.",
             Kind::Gauge,
