@@ -226,7 +226,9 @@ fn accept_loop(listener: TcpListener, ctx: Arc<BrokerContext>, stop: Arc<AtomicB
         let (stream, peer) = match listener.accept() {
             Ok(s) => s,
             Err(e) => {
+                // EMFILE and friends: back off instead of spinning on a readable listener.
                 debug!("admin accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
         };
