@@ -188,6 +188,17 @@ pub const BROKER_KEYS: &[(&str, &str, &str)] = &[
         "2147483647",
         "most members in one consumer group",
     ),
+    (
+        "admin.listener",
+        "127.0.0.1:9644",
+        "HTTP /metrics /health /ready address (empty = disabled)",
+    ),
+    (
+        "log.level",
+        "info",
+        "log filter (tracing EnvFilter syntax); RUST_LOG wins",
+    ),
+    ("log.format", "text", "log line format: text or json"),
 ];
 
 /// Topic-level keys accepted by CreateTopics and IncrementalAlterConfigs, with the broker key
@@ -233,6 +244,12 @@ pub struct BrokerConfig {
     pub fetch_zero_copy: bool,
     /// `queued.max.requests.per.connection`.
     pub max_inflight_per_connection: usize,
+    /// `admin.listener` (None = disabled).
+    pub admin_listener: Option<SocketAddr>,
+    /// `log.level`.
+    pub log_level: String,
+    /// `log.format` is `json`.
+    pub log_json: bool,
     /// Every resolved key as a string, for DescribeConfigs and topic-config defaults.
     pub raw: BTreeMap<String, String>,
     /// Where each key's value came from.
@@ -534,6 +551,21 @@ impl BrokerConfig {
                 "must be in 1..=1024",
             ));
         }
+        let admin_listener = match get("admin.listener").trim() {
+            "" => None,
+            a => Some(a.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "admin.listener",
+                    a,
+                    "expected ip:port (or empty to disable)",
+                )
+            })?),
+        };
+        let log_json = match get("log.format").trim() {
+            "text" => false,
+            "json" => true,
+            other => return Err(invalid("log.format", other, "expected text or json")),
+        };
         let cfg = BrokerConfig {
             node_id,
             listen,
@@ -547,6 +579,9 @@ impl BrokerConfig {
             socket_request_max_bytes,
             fetch_zero_copy,
             max_inflight_per_connection: max_inflight,
+            admin_listener,
+            log_level: get("log.level").trim().to_string(),
+            log_json,
             raw,
             sources,
         };

@@ -128,7 +128,10 @@ pub async fn handle_request(
         ApiKey::Produce => {
             let req = decode!(m::ProduceRequest);
             match produce(&shard, req, submitted).await? {
-                Some(resp) => frame(&resp),
+                Some(resp) => {
+                    crate::metrics::record_produce_errors(&resp);
+                    frame(&resp)
+                }
                 None => Ok(None),
             }
         }
@@ -613,6 +616,7 @@ async fn fetch(
                     }
                 }
             };
+            crate::metrics::record_error_code(ApiKey::Fetch as i16, out.error_code);
             out_parts.push(out);
         }
         topics.push(FetchTopicOut {

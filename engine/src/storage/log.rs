@@ -559,6 +559,11 @@ impl PartitionLog {
         }
     }
 
+    /// Whether an earlier write or fsync failed and the log refuses further work.
+    pub fn is_offline(&self) -> bool {
+        self.inner.st.borrow().offline
+    }
+
     /// Counters since open (appends, fsync rounds, rolls), for metrics.
     pub fn stats(&self) -> LogStats {
         self.inner.st.borrow().stats
