@@ -480,23 +480,32 @@ impl Member {
             message: format!("unknown api key {}", R::KEY),
         })?;
         let version = conn.versions().pick(&addr, key, name, versions)?;
-        let fut = conn
-            .send(req, version, true)
-            .await?
-            .ok_or_else(|| ClientError::Closed(addr.clone()))?;
+        let fut = match conn.send(req, version, true).await {
+            Ok(Some(f)) => f,
+            Ok(None) => return Err(self.drop_coordinator(ClientError::Closed(addr))),
+            Err(e) => return Err(self.drop_coordinator(e)),
+        };
         let body = match stop {
             Some(stop) => tokio::select! {
                 r = fut.wait(timeout) => r,
-                _ = stop.changed() => return Err(GroupError::Stopped),
+                _ = stop.changed() => {
+                    // The coordinator still owes this response (a parked JoinGroup); a fresh
+                    // connection keeps the LeaveGroup that follows from queueing behind it.
+                    self.coordinator = None;
+                    return Err(GroupError::Stopped);
+                }
             },
             None => fut.wait(timeout).await,
         };
-        let result = body.and_then(|mut b| decode_response::<R>(&addr, &mut b, version));
-        if result.is_err() {
-            // A connection that timed out or garbled a response is not reused.
-            self.coordinator = None;
-        }
-        Ok(result?)
+        body.and_then(|mut b| decode_response::<R>(&addr, &mut b, version))
+            .map_err(|e| self.drop_coordinator(e))
+    }
+
+    /// Forgets the coordinator connection after `e`: one that failed, timed out or garbled a
+    /// response is not reused.
+    fn drop_coordinator(&mut self, e: ClientError) -> GroupError {
+        self.coordinator = None;
+        GroupError::Client(e)
     }
 
     /// The negotiated version the coordinator connection will use for `api`.
@@ -812,7 +821,12 @@ impl Member {
                 None,
             )
             .await?;
-        Ok(classify(resp.error_code))
+        let action = classify(resp.error_code);
+        if action == GroupAction::Fail {
+            self.fetcher
+                .note(format!("Heartbeat: kafka error code {}", resp.error_code));
+        }
+        Ok(action)
     }
 
     /// Gives every partition up (eager rebalancing): optionally commits first, then stops
