@@ -130,7 +130,7 @@ pub const BROKER_KEYS: &[(&str, &str, &str)] = &[
     ),
     (
         "fetch.zero.copy",
-        "true",
+        "false",
         "send fetched records with sendfile (false = read and write)",
     ),
     (
