@@ -91,31 +91,40 @@ pub fn encode_batch(
     Ok(buf.freeze())
 }
 
-/// The prefix of `records` made of whole batches: a broker may cut the last batch of a Fetch
-/// response at the size limit, and the client asks again from where it stopped.
-pub fn whole_batches(records: &Bytes) -> Bytes {
+/// Byte offset of `lastOffsetDelta` in a v2 batch header.
+const LAST_OFFSET_DELTA_AT: usize = 23;
+
+/// The prefix of `records` made of whole batches (a broker may cut the last batch of a Fetch
+/// response at the size limit; the client asks again from where it stopped), and the offset
+/// after the last whole batch.
+pub fn whole_batches(records: &Bytes) -> (Bytes, Option<i64>) {
     let mut end = 0usize;
-    while records.len() >= end + 12 {
-        let len = i32::from_be_bytes([
-            records[end + 8],
-            records[end + 9],
-            records[end + 10],
-            records[end + 11],
-        ]);
+    let mut next_offset = None;
+    while records.len() >= end + LAST_OFFSET_DELTA_AT + 4 {
+        let h = &records[end..];
+        let len = i32::from_be_bytes([h[8], h[9], h[10], h[11]]);
         let Ok(len) = usize::try_from(len) else { break };
         let size = 12 + len;
-        if end + size > records.len() {
+        if end + size > records.len() || size < LAST_OFFSET_DELTA_AT + 4 {
             break;
         }
+        let base = i64::from_be_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]);
+        let delta = i32::from_be_bytes([h[23], h[24], h[25], h[26]]);
+        next_offset = Some(base + i64::from(delta) + 1);
         end += size;
     }
-    records.slice(..end)
+    (records.slice(..end), next_offset)
 }
 
-/// Decodes the whole batches of a fetched record set, skipping control records and records
-/// below `from_offset` (a fetch returns the whole batch that holds the requested offset).
-pub fn decode_records(records: &Bytes, from_offset: i64) -> anyhow::Result<Vec<InRecord>> {
-    let mut buf = whole_batches(records);
+/// The records of a fetched record set at or after `from_offset` (a fetch returns the whole
+/// batch holding the requested offset), control records left out, and the position after
+/// the last whole batch. That position moves past batches with nothing to show (transaction
+/// markers, batches emptied by compaction), so a consumer never fetches them again.
+pub fn decode_records(
+    records: &Bytes,
+    from_offset: i64,
+) -> anyhow::Result<(Vec<InRecord>, Option<i64>)> {
+    let (mut buf, next_offset) = whole_batches(records);
     let mut out = Vec::new();
     for set in RecordBatchDecoder::decode_all(&mut buf)? {
         for r in set.records {
@@ -135,7 +144,7 @@ pub fn decode_records(records: &Bytes, from_offset: i64) -> anyhow::Result<Vec<I
             });
         }
     }
-    Ok(out)
+    Ok((out, next_offset))
 }
 
 #[cfg(test)]
@@ -156,7 +165,8 @@ mod tests {
     fn round_trips_keys_values_and_headers() {
         for c in ["none", "gzip", "snappy", "lz4", "zstd"] {
             let b = encode_batch(&sample(3), parse_compression(c).unwrap(), 1000).unwrap();
-            let got = decode_records(&b, 1).unwrap();
+            let (got, next) = decode_records(&b, 1).unwrap();
+            assert_eq!(next, Some(3));
             assert_eq!(got.len(), 2, "{c}");
             assert_eq!(got[0].offset, 1);
             assert_eq!(got[0].key.as_deref(), Some(&b"k1"[..]));
@@ -181,9 +191,13 @@ mod tests {
                 .len(),
             1
         );
-        assert_eq!(whole_batches(&both).len(), a.len());
-        assert_eq!(decode_records(&both, 0).unwrap().len(), 2);
-        assert!(whole_batches(&Bytes::from_static(b"short")).is_empty());
+        assert_eq!(whole_batches(&both).0.len(), a.len());
+        assert_eq!(whole_batches(&both).1, Some(2));
+        assert_eq!(decode_records(&both, 0).unwrap().0.len(), 2);
+        assert_eq!(
+            whole_batches(&Bytes::from_static(b"short")),
+            (Bytes::new(), None)
+        );
     }
 
     #[test]

@@ -216,7 +216,8 @@ pub fn run(ctx: &Ctx, args: Args, out: &mut impl Write) -> anyhow::Result<()> {
                 let Some(position) = positions.get(&f.partition).copied() else {
                     continue;
                 };
-                for r in decode_records(&f.records, position)? {
+                let (records, next_offset) = decode_records(&f.records, position)?;
+                for r in records {
                     print(&args, f.partition, &r, out)?;
                     positions.insert(f.partition, r.offset + 1);
                     consumed += 1;
@@ -224,6 +225,9 @@ pub fn run(ctx: &Ctx, args: Args, out: &mut impl Write) -> anyhow::Result<()> {
                     if consumed >= max {
                         break 'outer;
                     }
+                }
+                if let Some(next) = next_offset.filter(|n| *n > position) {
+                    positions.insert(f.partition, next);
                 }
             }
         }
