@@ -352,6 +352,18 @@ fn error_exit_codes() {
     );
     let shrink = ctl(&b, &["topics", "add-partitions", "dup", "--total", "1"]);
     assert_eq!(shrink.code, 1, "{}", shrink.stderr);
+    let bad_line = ctl_in(
+        &b.addr,
+        &["produce", "dup", "--format", "json"],
+        "{\"value\":\"kept\"}\nnot json\n",
+    );
+    assert_eq!(bad_line.code, 1);
+    assert!(bad_line.stderr.contains("line 2"), "{}", bad_line.stderr);
+    let d = ok(ctl(&b, &["topics", "describe", "dup", "--output", "json"])).json();
+    assert_eq!(
+        d["partitions"][0]["log_end_offset"], 1,
+        "the line before the bad one is sent"
+    );
     let no_partition = ctl(
         &b,
         &["consume", "dup", "--partition", "7", "--timeout-ms", "100"],

@@ -291,8 +291,14 @@ pub fn run(ctx: &Ctx, args: Args, out: &mut impl Write) -> anyhow::Result<()> {
                 if args.format == LineFormat::Json && line.trim().is_empty() {
                     continue;
                 }
-                let (rec, explicit) = parse_line(&args, &fixed_headers, &line, line_no)?;
-                producer.add(rec, explicit)?;
+                match parse_line(&args, &fixed_headers, &line, line_no) {
+                    Ok((rec, explicit)) => producer.add(rec, explicit)?,
+                    Err(e) => {
+                        // The lines before the bad one are sent, as a pipeline would expect.
+                        producer.flush()?;
+                        return Err(e);
+                    }
+                }
             }
             Err(RecvTimeoutError::Timeout) => producer.flush()?,
             Err(RecvTimeoutError::Disconnected) => {
