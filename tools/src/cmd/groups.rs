@@ -445,13 +445,17 @@ fn describe(
     match ctx.format {
         Format::Json => write_json(out, &desc)?,
         Format::Table => {
+            let assignor = if desc.protocol.is_empty() {
+                String::new()
+            } else {
+                format!(", assignor '{}'", desc.protocol)
+            };
             writeln!(
                 out,
-                "Group {} is {} (protocol type '{}', assignor '{}'), {} members.",
+                "Group {} is {} (protocol type '{}'{assignor}), {} members.",
                 desc.group,
                 desc.state,
                 desc.protocol_type,
-                desc.protocol,
                 desc.members.len()
             )?;
             writeln!(out)?;
