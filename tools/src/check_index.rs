@@ -56,26 +56,13 @@ pub fn run(args: &Args, format: Format, out: &mut impl Write) -> anyhow::Result<
         let unindexed_active = i == last
             && !path.with_extension(INDEX_SUFFIX).exists()
             && !path.with_extension(TIME_INDEX_SUFFIX).exists();
-        let mut text = Vec::new();
-        let ok = dump_log::run(
-            &dump_log::Args {
-                segment: path.clone(),
-                index: !unindexed_active,
-                deep: false,
-            },
-            &mut text,
-        )?;
-        let problems: Vec<String> = String::from_utf8_lossy(&text)
-            .lines()
-            .filter(|l| {
-                l.contains("INVALID")
-                    || l.contains("MISMATCH")
-                    || l.contains("INCONSISTENT:")
-                    || l.contains("cannot read")
-                    || l.contains("(BAD)")
-            })
-            .map(|l| l.trim().to_string())
-            .collect();
+        let report = dump_log::inspect(&dump_log::Args {
+            segment: path.clone(),
+            index: !unindexed_active,
+            deep: false,
+        })?;
+        let ok = report.ok();
+        let problems = report.problems().to_vec();
         if unindexed_active {
             notes.push(format!(
                 "{}: active segment without index files yet; batches and CRCs checked",

@@ -108,7 +108,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Produce(a) => cmd::produce::run(&ctx, a, &mut out).map(|()| true),
         Command::Consume(a) => cmd::consume::run(&ctx, a, &mut out).map(|()| true),
         Command::Cluster(c) => cmd::cluster::run(&ctx, c, &mut out).map(|()| true),
-        Command::DumpLog(a) => dump_log::run(&a, &mut out),
+        Command::DumpLog(a) => dump_log::run(&a, ctx.format, &mut out),
         Command::CheckIndex(a) => check_index::run(&a, ctx.format, &mut out),
     }?;
     out.flush()?;
