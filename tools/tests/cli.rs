@@ -384,6 +384,40 @@ fn error_exit_codes() {
         down.stderr
     );
 
+    // A dead address first in the bootstrap list is skipped; SLUICE_BOOTSTRAP is honoured.
+    let both = ctl_in(
+        &format!("127.0.0.1:{port},{}", b.addr),
+        &["topics", "list"],
+        "",
+    );
+    assert_eq!(both.code, 0, "{}", both.stderr);
+    let mut env_cmd = Command::new(CTL);
+    env_cmd
+        .env("SLUICE_BOOTSTRAP", &b.addr)
+        .args(["topics", "list"]);
+    let via_env = run_program(env_cmd, "");
+    assert_eq!(via_env.code, 0, "{}", via_env.stderr);
+    assert!(via_env.stdout.lines().any(|l| l == "dup"));
+
+    // A peer that accepts but never answers: the request timeout ends it with exit code 3.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    let mut cmd = Command::new(CTL);
+    cmd.args([
+        "--bootstrap",
+        &silent_addr,
+        "--request-timeout-ms",
+        "300",
+        "topics",
+        "list",
+    ]);
+    let started = Instant::now();
+    let hung = run_program(cmd, "");
+    assert_eq!(hung.code, 3, "{}", hung.stderr);
+    assert!(hung.stderr.contains("did not answer"), "{}", hung.stderr);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    drop(silent);
+
     assert_eq!(ctl(&b, &["topics", "create"]).code, 2);
     assert_eq!(ctl(&b, &["topics", "frobnicate"]).code, 2);
     assert_eq!(ctl(&b, &["produce", "dup", "--acks", "2"]).code, 2);
