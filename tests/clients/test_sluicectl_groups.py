@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -176,6 +177,23 @@ def test_console_consumer_with_group_commits_its_position(broker, topic_name):
     second = ctl(broker, "consume", topic_name, "--group", group, "--max-messages", "3", "--timeout-ms", "5000")
     assert second.stdout.split() == ["m4", "m5", "m6"]
     assert _committed(ctl_json(broker, "groups", "describe", group), topic_name) == {0: 7}
+
+    # Unbounded, stopped with Ctrl-C: the position is still committed.
+    proc = subprocess.Popen(
+        [str(sluicectl_binary()), "--bootstrap", broker.bootstrap, "consume", topic_name, "--group", group],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert [proc.stdout.readline().strip() for _ in range(3)] == ["m7", "m8", "m9"]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert _committed(ctl_json(broker, "groups", "describe", group), topic_name) == {0: 10}
 
 
 @pytest.mark.parametrize("missing", ["describe", "delete"])

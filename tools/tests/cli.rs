@@ -644,6 +644,43 @@ fn consume_positions_and_pipes() {
     let latest = ok(ctl(&b, &["consume", "log", "--timeout-ms", "300"]));
     assert_eq!(latest.stdout, "");
 
+    // Ctrl-C (SIGINT) ends an unbounded consumer cleanly: exit 0 and the count on stderr.
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("out");
+    let err_path = dir.path().join("err");
+    let mut child = Command::new(CTL)
+        .args(["--bootstrap", &b.addr, "consume", "log", "--from-beginning"])
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + LIMIT;
+    while std::fs::read_to_string(&out_path).unwrap().lines().count() < 200 {
+        assert!(
+            Instant::now() < deadline,
+            "consumer did not print 200 lines"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("consumer ignored SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    let err = std::fs::read_to_string(&err_path).unwrap();
+    assert!(err.contains("Processed a total of 200 messages"), "{err}");
+
     // The reader closing the pipe early is a normal end: exit 0, nothing on stderr but the count.
     let pipe = format!(
         "set -o pipefail; {CTL} --bootstrap {} consume log --from-beginning --timeout-ms 5000 | head -n 2",

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,6 +22,30 @@ use crate::{Ctx, UsageError};
 
 /// Longest single long-poll, so the idle timeout and Ctrl-C are noticed promptly.
 const POLL_WAIT: Duration = Duration::from_millis(500);
+
+/// Set by SIGINT/SIGTERM: stop reading, commit (with --group), report, exit 0.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: nix::libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    STOP.store(true, Ordering::Relaxed);
+}
+
+/// Ctrl-C ends the consumer like --max-messages does, so a --group position is committed.
+fn install_stop_handler() -> anyhow::Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(
+        SigHandler::Handler(on_stop_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe, and no
+        // other code in this process installs handlers for these signals.
+        unsafe { sigaction(sig, &action) }?;
+    }
+    Ok(())
+}
 
 /// Output line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -170,11 +195,12 @@ pub fn run(ctx: &Ctx, args: Args, out: &mut impl Write) -> anyhow::Result<()> {
         pos
     };
 
+    install_stop_handler()?;
     let mut consumed = 0u64;
     let mut last_record = Instant::now();
     let max = args.max_messages.unwrap_or(u64::MAX);
     let idle = args.timeout_ms.map(Duration::from_millis);
-    'outer: while consumed < max {
+    'outer: while consumed < max && !STOP.load(Ordering::Relaxed) {
         let wait = match idle {
             Some(idle) => {
                 let left = idle.saturating_sub(last_record.elapsed());
