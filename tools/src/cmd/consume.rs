@@ -17,7 +17,7 @@ use super::groups::{commit_offsets, committed_offsets};
 use super::parse_time_ms;
 use crate::client::ops::{EARLIEST, LATEST};
 use crate::client::records::{decode_records, InRecord};
-use crate::client::Cluster;
+use crate::client::{ClientError, Cluster};
 use crate::{Ctx, UsageError};
 
 /// Longest single long-poll, so the idle timeout and Ctrl-C are noticed promptly.
@@ -162,6 +162,11 @@ pub fn run(ctx: &Ctx, args: Args, out: &mut impl Write) -> anyhow::Result<()> {
         }
         None => meta.partitions.iter().map(|p| p.partition).collect(),
     };
+    if partitions.is_empty() {
+        return Err(
+            ClientError::Cluster(format!("topic '{}' has no partitions", args.topic)).into(),
+        );
+    }
     let reset = if args.from_beginning {
         EARLIEST
     } else {

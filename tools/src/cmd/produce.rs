@@ -157,7 +157,11 @@ impl Producer<'_> {
         match &rec.key {
             Some(k) => partition_for_key(k, n) as i32,
             // Sticky (KIP-480): unkeyed records fill one partition's batch, then move on.
-            None => self.meta.partitions[self.sticky % n as usize].partition,
+            None => self
+                .meta
+                .partitions
+                .get(self.sticky % n as usize)
+                .map_or(-1, |p| p.partition),
         }
     }
 
