@@ -277,7 +277,7 @@ struct Described {
 
 fn describe_group(cluster: &mut Cluster, group: &str) -> Result<Described, ClientError> {
     let req = DescribeGroupsRequest::default().with_groups(vec![gid(group)]);
-    let resp = call_coordinator(cluster, group, &req, 5, |r| {
+    let resp = call_coordinator(cluster, group, &req, 6, |r| {
         r.groups.first().map_or(0, |g| g.error_code)
     })?;
     let g = resp.groups.into_iter().next().ok_or_else(|| {
@@ -352,7 +352,7 @@ fn list(ctx: &Ctx, cluster: &mut Cluster, out: &mut impl Write) -> anyhow::Resul
     let nodes: Vec<i32> = cluster.brokers().map(|b| b.node_id).collect();
     let mut groups: BTreeMap<String, (String, String)> = BTreeMap::new();
     for n in nodes {
-        let resp = cluster.node(n)?.call(&ListGroupsRequest::default(), 4)?;
+        let resp = cluster.node(n)?.call(&ListGroupsRequest::default(), 5)?;
         check(
             resp.error_code,
             || format!("listing groups on broker {n}"),
