@@ -2,10 +2,14 @@
 //!
 //! See `ARCHITECTURE.md` at the repository root for the map of this crate.
 
+pub mod admin;
 pub mod broker;
+pub mod check;
 pub mod controller;
 pub mod group;
 pub mod idempotence;
 pub mod io;
+pub mod logging;
+pub mod metrics;
 pub mod replication;
 pub mod storage;

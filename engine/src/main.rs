@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand, ValueEnum};
 use nix::sys::signal::{SigSet, Signal};
 use sluice::broker::{BrokerConfig, Event, Server};
 
@@ -37,17 +37,32 @@ struct Args {
     /// Any config key: `--set log.segment.bytes=1048576` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check whether this host is ready to run a broker (io_uring, limits, disk, clock,
+    /// sysctls). Exits 1 when a check fails.
+    Check {
+        /// Data directory to check (default: `log.dirs` from --config / flags / defaults).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
 
     let mut flags: Vec<(String, String)> = Vec::new();
     let named = [
@@ -77,6 +92,18 @@ fn main() -> anyhow::Result<()> {
         None => None,
     };
     let (config, warnings) = BrokerConfig::resolve(file.as_deref(), std::env::vars(), &flags)?;
+    if let Some(Command::Check { data_dir, output }) = &args.command {
+        let dir = data_dir.clone().unwrap_or_else(|| config.data_dir.clone());
+        let checks = sluice::check::run(&dir);
+        let text = match output {
+            Output::Json => sluice::check::to_json(&checks) + "\n",
+            Output::Table => sluice::check::to_table(&checks),
+        };
+        // A closed pipe (`sluice check | head`) is not an error worth a panic.
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
+        std::process::exit(if sluice::check::all_ok(&checks) { 0 } else { 1 });
+    }
+    sluice::logging::init(&config.log_level, config.log_json)?;
     for w in warnings {
         tracing::warn!("{w}");
     }

@@ -114,8 +114,8 @@ fn api_versions_and_unknown_version_fallback() {
             assert!(keys.contains(&(k as i16)), "{k:?} missing");
         }
         assert!(
-            !keys.contains(&(ApiKey::JoinGroup as i16)),
-            "group APIs must not be advertised"
+            keys.contains(&(ApiKey::JoinGroup as i16)),
+            "group APIs are advertised"
         );
         assert!(resp.supported_features.is_empty());
     }
@@ -634,9 +634,9 @@ fn pipelined_produces_are_appended_in_request_order() {
 }
 
 #[test]
-fn find_coordinator_is_served_and_says_no_coordinator_yet() {
-    // librdkafka turns LZ4 on only when ApiVersions lists FindCoordinator, so it is served;
-    // until the group coordinator is wired, every key truthfully has no coordinator.
+fn find_coordinator_is_served_and_names_this_broker_for_groups() {
+    // librdkafka turns LZ4 on only when ApiVersions lists FindCoordinator. Groups are
+    // coordinated by this broker; transactions (key type 1) have no coordinator.
     let broker = Broker::start(&[]);
     let mut c = broker.client();
     let versions: ApiVersionsResponse = c.request(3, &ApiVersionsRequest::default());
@@ -651,8 +651,9 @@ fn find_coordinator_is_served_and_says_no_coordinator_yet() {
             version,
             &FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("g")),
         );
-        assert_eq!(r.error_code, 15, "v{version}");
-        assert_eq!(r.node_id.0, -1);
+        assert_eq!(r.error_code, 0, "v{version}");
+        assert_eq!(r.node_id.0, 1);
+        assert_eq!(r.port, i32::from(broker.addr.port()));
     }
     let r: FindCoordinatorResponse = c.request(
         6,
@@ -666,5 +667,12 @@ fn find_coordinator_is_served_and_says_no_coordinator_yet() {
         .iter()
         .map(|x| (x.key.to_string(), x.error_code))
         .collect();
-    assert_eq!(got, vec![("g1".into(), 15), ("g2".into(), 15)]);
+    assert_eq!(got, vec![("g1".into(), 0), ("g2".into(), 0)]);
+    let r: FindCoordinatorResponse = c.request(
+        6,
+        &FindCoordinatorRequest::default()
+            .with_key_type(1)
+            .with_coordinator_keys(vec![StrBytes::from_static_str("t1")]),
+    );
+    assert_eq!(r.coordinators[0].error_code, 15);
 }

@@ -135,7 +135,9 @@ def ck_produce(bootstrap: str, topic: str, msgs: list[Msg], acks: str = "all", c
         "bootstrap.servers": bootstrap,
         "acks": acks,
         "compression.type": codec,
-        "enable.idempotence": False,  # InitProducerId is not served by this broker yet
+        # Plain produce by default (what these tests are about); test_idempotence.py covers
+        # enable.idempotence, and a caller can pass it in `extra`.
+        "enable.idempotence": False,
         "linger.ms": 5,
         "message.timeout.ms": int(PHASE_TIMEOUT_S * 1000),
         **extra,
@@ -248,7 +250,8 @@ def kp_producer(bootstrap: str, acks="all", codec: str = "none", **extra):
         bootstrap_servers=bootstrap,
         acks={"0": 0, "1": 1, "all": "all"}[acks],
         compression_type=None if codec == "none" else codec,
-        enable_idempotence=False,  # InitProducerId is not served by this broker yet
+        # Plain produce by default; test_idempotence.py passes enable_idempotence=True.
+        enable_idempotence=extra.pop("enable_idempotence", False),
         linger_ms=5,
         request_timeout_ms=20000,
         max_block_ms=20000,

@@ -134,10 +134,71 @@ pub const BROKER_KEYS: &[(&str, &str, &str)] = &[
         "send fetched records with sendfile (false = read and write)",
     ),
     (
+        "producer.id.expiration.ms",
+        "86400000",
+        "forget a partition's idle producer after this",
+    ),
+    (
         "queued.max.requests.per.connection",
         "32",
         "pipelined requests read ahead on one connection",
     ),
+    (
+        "offsets.topic.num.partitions",
+        "50",
+        "partitions of __consumer_offsets, set when it is created",
+    ),
+    (
+        "offsets.topic.segment.bytes",
+        "104857600",
+        "segment size of __consumer_offsets",
+    ),
+    (
+        "offsets.retention.minutes",
+        "10080",
+        "keep committed offsets of empty groups this long",
+    ),
+    (
+        "offsets.retention.check.interval.ms",
+        "600000",
+        "how often old committed offsets are expired",
+    ),
+    (
+        "offset.metadata.max.bytes",
+        "4096",
+        "largest metadata string of a committed offset",
+    ),
+    (
+        "group.initial.rebalance.delay.ms",
+        "3000",
+        "wait for more members before a new group's first rebalance",
+    ),
+    (
+        "group.min.session.timeout.ms",
+        "6000",
+        "smallest session timeout a member may ask for",
+    ),
+    (
+        "group.max.session.timeout.ms",
+        "1800000",
+        "largest session timeout a member may ask for",
+    ),
+    (
+        "group.max.size",
+        "2147483647",
+        "most members in one consumer group",
+    ),
+    (
+        "admin.listener",
+        "127.0.0.1:9644",
+        "HTTP /metrics /health /ready address (empty = disabled)",
+    ),
+    (
+        "log.level",
+        "info",
+        "log filter (tracing EnvFilter syntax); RUST_LOG wins",
+    ),
+    ("log.format", "text", "log line format: text or json"),
 ];
 
 /// Topic-level keys accepted by CreateTopics and IncrementalAlterConfigs, with the broker key
@@ -183,6 +244,12 @@ pub struct BrokerConfig {
     pub fetch_zero_copy: bool,
     /// `queued.max.requests.per.connection`.
     pub max_inflight_per_connection: usize,
+    /// `admin.listener` (None = disabled).
+    pub admin_listener: Option<SocketAddr>,
+    /// `log.level`.
+    pub log_level: String,
+    /// `log.format` is `json`.
+    pub log_json: bool,
     /// Every resolved key as a string, for DescribeConfigs and topic-config defaults.
     pub raw: BTreeMap<String, String>,
     /// Where each key's value came from.
@@ -465,6 +532,14 @@ impl BrokerConfig {
             ));
         }
         let fetch_zero_copy = parse_bool("fetch.zero.copy", get("fetch.zero.copy"))?;
+        let producer_expiry: i32 = parse_int(
+            "producer.id.expiration.ms",
+            get("producer.id.expiration.ms"),
+        )?;
+        if producer_expiry < 1 {
+            let v = get("producer.id.expiration.ms");
+            return Err(invalid("producer.id.expiration.ms", v, "must be >= 1"));
+        }
         let max_inflight: usize = parse_int(
             "queued.max.requests.per.connection",
             get("queued.max.requests.per.connection"),
@@ -476,6 +551,21 @@ impl BrokerConfig {
                 "must be in 1..=1024",
             ));
         }
+        let admin_listener = match get("admin.listener").trim() {
+            "" => None,
+            a => Some(a.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "admin.listener",
+                    a,
+                    "expected ip:port (or empty to disable)",
+                )
+            })?),
+        };
+        let log_json = match get("log.format").trim() {
+            "text" => false,
+            "json" => true,
+            other => return Err(invalid("log.format", other, "expected text or json")),
+        };
         let cfg = BrokerConfig {
             node_id,
             listen,
@@ -489,6 +579,9 @@ impl BrokerConfig {
             socket_request_max_bytes,
             fetch_zero_copy,
             max_inflight_per_connection: max_inflight,
+            admin_listener,
+            log_level: get("log.level").trim().to_string(),
+            log_json,
             raw,
             sources,
         };
@@ -565,11 +658,14 @@ impl BrokerConfig {
             }
         };
         let policy = v("cleanup.policy");
-        if policy != "delete" {
+        if !matches!(
+            policy.as_str(),
+            "delete" | "compact" | "compact,delete" | "delete,compact"
+        ) {
             return Err(invalid(
                 "cleanup.policy",
                 &policy,
-                "only `delete` is supported (no log compaction)",
+                "expected delete, compact or compact,delete",
             ));
         }
         Ok(LogConfig {
@@ -729,6 +825,8 @@ mod tests {
             FlushPolicy::Os
         );
         o.insert("cleanup.policy".to_string(), "compact".to_string());
+        assert!(c.log_config(&o).is_ok());
+        o.insert("cleanup.policy".to_string(), "shred".to_string());
         assert!(c.log_config(&o).is_err());
     }
 }

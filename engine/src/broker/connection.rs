@@ -47,6 +47,7 @@ enum ReadEnd {
 /// Serves `stream` until the peer closes it, a request is malformed, or the shard drains.
 pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     shard.connections.set(shard.connections.get() + 1);
+    crate::metrics::connection_opened();
     let _ = stream.set_nodelay(true);
     let (rd, wr) = stream.into_split();
     let (frames_tx, frames_rx) =
@@ -54,11 +55,13 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: SocketA
     let (responses_tx, responses_rx) =
         mpsc::channel::<InFlight>(shard.ctx.config.max_inflight_per_connection);
     let writer = crate::io::runtime::spawn(write_loop(responses_rx, wr, peer));
-    let processor = crate::io::runtime::spawn(process_loop(shard.clone(), frames_rx, responses_tx));
+    let processor =
+        crate::io::runtime::spawn(process_loop(shard.clone(), frames_rx, responses_tx, peer));
     read_loop(&shard, rd, frames_tx, peer).await;
     let _ = processor.await;
     let _ = writer.await;
     shard.connections.set(shard.connections.get() - 1);
+    crate::metrics::connection_closed();
     shard.connection_closed.notify_waiters();
     debug!(%peer, "connection closed");
 }
@@ -83,7 +86,10 @@ async fn read_loop(
             _ = tx.closed() => return,
         };
         let frame = match frame {
-            Ok(f) => f,
+            Ok(f) => {
+                crate::metrics::record_received(4 + f.0.len() as u64);
+                f
+            }
             Err(ReadEnd::Eof) => return,
             Err(ReadEnd::Io(e)) => {
                 debug!(%peer, "read failed: {e}");
@@ -138,6 +144,7 @@ async fn process_loop(
     shard: Rc<Shard>,
     mut frames: mpsc::Receiver<Frame>,
     responses: mpsc::Sender<InFlight>,
+    peer: SocketAddr,
 ) {
     // Completion signals of produce requests started but maybe not finished.
     let mut produces: Vec<oneshot::Receiver<bool>> = Vec::new();
@@ -152,8 +159,19 @@ async fn process_loop(
         let (submitted_tx, submitted_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
         let task_shard = shard.clone();
+        let api_key = i16::from_be_bytes([
+            frame.first().copied().unwrap_or(0xff),
+            frame.get(1).copied().unwrap_or(0xff),
+        ]);
         let task = crate::io::runtime::spawn(async move {
-            let result = handle_request(task_shard, frame.freeze(), Some(submitted_tx)).await;
+            let started = std::time::Instant::now();
+            let handled = handle_request(task_shard, frame.freeze(), Some(submitted_tx));
+            let result = super::groups::CLIENT_ADDR.scope(peer, handled).await;
+            crate::metrics::record_request(
+                api_key,
+                started.elapsed(),
+                result.as_ref().err().and_then(request_error_name),
+            );
             // The request's bytes are gone once it is handled: let the reader read ahead.
             drop(budget);
             let _ = done_tx.send(result.is_ok());
@@ -187,16 +205,47 @@ async fn write_loop(mut rx: mpsc::Receiver<InFlight>, mut wr: OwnedWriteHalf, pe
                 return;
             }
         };
+        let (len, records) = match &response {
+            None => (0, 0),
+            Some(Response::Frame(bytes)) => (bytes.len(), 0),
+            Some(Response::Fetch(frame)) => {
+                let records = frame
+                    .parts
+                    .iter()
+                    .map(|p| match p {
+                        FramePart::Head(_) => 0,
+                        FramePart::Records(r) => r.len(),
+                    })
+                    .sum();
+                (frame.total_len, records)
+            }
+        };
         let result = match response {
             None => Ok(()),
             Some(Response::Frame(bytes)) => wr.write_all(&bytes).await,
             Some(Response::Fetch(frame)) => write_fetch(&mut wr, frame.parts).await,
         };
+        if result.is_ok() {
+            crate::metrics::record_sent(len as u64);
+            crate::metrics::record_fetch(records as u64);
+        }
         if let Err(e) = result {
             debug!(%peer, "write failed: {e}");
             return;
         }
     }
+}
+
+/// The Kafka error name a request that closed its connection is counted under in
+/// `sluice_request_errors_total` (an acks=0 produce's partition errors are counted already).
+fn request_error_name(e: &RequestError) -> Option<&'static str> {
+    Some(match e {
+        RequestError::TooShort(_) | RequestError::Malformed { .. } => "INVALID_REQUEST",
+        RequestError::UnknownApi(_) | RequestError::Unsupported { .. } => "UNSUPPORTED_VERSION",
+        RequestError::ShardGone(_) => "BROKER_NOT_AVAILABLE",
+        RequestError::AcksZeroFailed(_) => return None,
+        _ => "UNKNOWN_SERVER_ERROR",
+    })
 }
 
 async fn write_fetch(wr: &mut OwnedWriteHalf, parts: Vec<FramePart>) -> std::io::Result<()> {

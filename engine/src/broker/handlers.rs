@@ -14,12 +14,15 @@ use tracing::{debug, info};
 use uuid::Uuid;
 
 use super::config::{ConfigSource, TOPIC_KEYS};
+use super::groups;
 use super::metadata::{new_topic_id, validate_topic_name, TopicMeta};
+use super::producer_ids;
 use super::protocol::{
     encode_fetch_response, encode_response, error_code as ec, peek_header, served_versions,
     EncodeError, FetchFrame, FetchPartitionOut, FetchTopicOut, SUPPORTED_APIS,
 };
 use super::shard::{FetchIn, FetchOut, OffsetOut, ProduceIn, ProduceOut, Shard};
+use crate::group::OFFSETS_TOPIC;
 
 /// A response ready for the connection writer.
 #[derive(Debug)]
@@ -97,6 +100,9 @@ pub async fn handle_request(
     if api == ApiKey::ApiVersions {
         return api_versions(frame, peek.correlation_id, version).map(|r| Some(Response::Frame(r)));
     }
+    if producer_ids::is_transactional_api(api) && producer_ids::txn_version_known(api, version) {
+        return refuse_transactional(frame, api, version).map(Some);
+    }
     match served_versions(api) {
         Some((lo, hi)) if (lo..=hi).contains(&version) => {}
         _ => return Err(RequestError::Unsupported { api, version }),
@@ -122,7 +128,10 @@ pub async fn handle_request(
         ApiKey::Produce => {
             let req = decode!(m::ProduceRequest);
             match produce(&shard, req, submitted).await? {
-                Some(resp) => frame(&resp),
+                Some(resp) => {
+                    crate::metrics::record_produce_errors(&resp);
+                    frame(&resp)
+                }
                 None => Ok(None),
             }
         }
@@ -166,10 +175,86 @@ pub async fn handle_request(
         }
         ApiKey::FindCoordinator => {
             let req = decode!(m::FindCoordinatorRequest);
-            frame(&find_coordinator(version, req))
+            frame(&groups::find_coordinator(&shard, version, req))
+        }
+        ApiKey::JoinGroup => {
+            let req = decode!(m::JoinGroupRequest);
+            frame(&groups::join_group(&shard, version, &header, req).await?)
+        }
+        ApiKey::SyncGroup => {
+            let req = decode!(m::SyncGroupRequest);
+            frame(&groups::sync_group(&shard, version, req).await?)
+        }
+        ApiKey::Heartbeat => {
+            let req = decode!(m::HeartbeatRequest);
+            frame(&groups::heartbeat(&shard, version, req).await?)
+        }
+        ApiKey::LeaveGroup => {
+            let req = decode!(m::LeaveGroupRequest);
+            frame(&groups::leave_group(&shard, version, req).await?)
+        }
+        ApiKey::OffsetCommit => {
+            let req = decode!(m::OffsetCommitRequest);
+            frame(&groups::offset_commit(&shard, version, req).await?)
+        }
+        ApiKey::OffsetFetch => {
+            let req = decode!(m::OffsetFetchRequest);
+            frame(&groups::offset_fetch(&shard, version, req).await?)
+        }
+        ApiKey::ListGroups => {
+            let req = decode!(m::ListGroupsRequest);
+            frame(&groups::list_groups(&shard, version, req).await?)
+        }
+        ApiKey::DescribeGroups => {
+            let req = decode!(m::DescribeGroupsRequest);
+            frame(&groups::describe_groups(&shard, version, req).await?)
+        }
+        ApiKey::DeleteGroups => {
+            let req = decode!(m::DeleteGroupsRequest);
+            frame(&groups::delete_groups(&shard, req).await?)
+        }
+        ApiKey::OffsetDelete => {
+            let req = decode!(m::OffsetDeleteRequest);
+            frame(&groups::offset_delete(&shard, req).await?)
+        }
+        ApiKey::InitProducerId => {
+            let req = decode!(m::InitProducerIdRequest);
+            let req = crate::idempotence::init_producer_id_request(&req, version);
+            let result = shard
+                .call(producer_ids::PRODUCER_ID_SHARD, move |s| {
+                    producer_ids::init_producer_id(s, req)
+                })
+                .await?;
+            frame(&crate::idempotence::init_producer_id_response(&result))
         }
         _ => Err(RequestError::Unsupported { api, version }),
     }
+}
+
+/// A transactional API sent although not advertised: a well-formed UNSUPPORTED_VERSION answer.
+fn refuse_transactional(frame: Bytes, api: ApiKey, version: i16) -> Result<Response, RequestError> {
+    use producer_ids::TxnRefusal as T;
+    let malformed = |e: anyhow::Error| RequestError::Malformed {
+        api,
+        version,
+        reason: e.to_string(),
+    };
+    let mut buf = frame;
+    let header =
+        RequestHeader::decode(&mut buf, api.request_header_version(version)).map_err(malformed)?;
+    let cid = header.correlation_id;
+    debug!(?api, version, "transactional API refused");
+    let body: Box<dyn ErasedEncodable> =
+        match producer_ids::refuse_transactional(api, version, &mut buf).map_err(malformed)? {
+            T::AddPartitionsToTxn(r) => Box::new(r),
+            T::AddOffsetsToTxn(r) => Box::new(r),
+            T::EndTxn(r) => Box::new(r),
+            T::TxnOffsetCommit(r) => Box::new(r),
+            T::WriteTxnMarkers(r) => Box::new(r),
+            T::DescribeTransactions(r) => Box::new(r),
+            T::ListTransactions(r) => Box::new(r),
+        };
+    Ok(Response::Frame(body.encode_frame(api, version, cid)?))
 }
 
 /// Object-safe wrapper so one closure can encode any response body.
@@ -266,6 +351,11 @@ async fn produce(
             let invalid_acks = !matches!(acks, -1..=1);
             match &known {
                 _ if invalid_acks => results.push(Some(err_out(21, "acks must be -1, 0 or 1"))),
+                // Only the group coordinator writes the offsets topic (Kafka's answer).
+                Some(_) if name == OFFSETS_TOPIC => results.push(Some(err_out(
+                    ec::INVALID_TOPIC_EXCEPTION,
+                    "cannot append to internal topic __consumer_offsets",
+                ))),
                 Some(t) if (0..t.partitions).contains(&p.index) => {
                     results.push(None);
                     // The segment stores the client's bytes; storage needs them mutable to stamp
@@ -526,6 +616,7 @@ async fn fetch(
                     }
                 }
             };
+            crate::metrics::record_error_code(ApiKey::Fetch as i16, out.error_code);
             out_parts.push(out);
         }
         topics.push(FetchTopicOut {
@@ -629,6 +720,7 @@ fn describe_topic(shard: &Shard, t: &TopicMeta) -> m::metadata_response::Metadat
     m::metadata_response::MetadataResponseTopic::default()
         .with_name(Some(topic_name(&t.name)))
         .with_topic_id(t.id)
+        .with_is_internal(t.name == OFFSETS_TOPIC)
         .with_partitions(partitions)
 }
 
@@ -935,6 +1027,13 @@ async fn delete_topics(
                 };
                 r = r.with_error_code(code);
             }
+            Some(meta) if meta.name == OFFSETS_TOPIC => {
+                r = r
+                    .with_name(Some(topic_name(&meta.name)))
+                    .with_topic_id(meta.id)
+                    .with_error_code(ec::INVALID_TOPIC_EXCEPTION)
+                    .with_error_message(Some(str_bytes("the internal topic cannot be deleted")));
+            }
             Some(meta) => {
                 r = r
                     .with_name(Some(topic_name(&meta.name)))
@@ -953,6 +1052,7 @@ async fn delete_topics(
                         for c in futures_util::future::join_all(calls).await {
                             c?;
                         }
+                        groups::topics_deleted(shard, vec![meta.name.clone()]).await?;
                         info!(topic = meta.name, "deleted topic");
                     }
                 }
@@ -1055,7 +1155,8 @@ fn config_type(key: &str) -> i8 {
         | "log.index.interval.bytes"
         | "log.index.size.max.bytes"
         | "num.shards"
-        | "queued.max.requests.per.connection" => 3, // INT
+        | "queued.max.requests.per.connection"
+        | "producer.id.expiration.ms" => 3, // INT
         _ => 5,                // LONG
     }
 }
@@ -1240,39 +1341,4 @@ fn describe_cluster(shard: &Rc<Shard>) -> m::DescribeClusterResponse {
                 .with_host(str_bytes(&cfg.advertised_host))
                 .with_port(cfg.advertised_port),
         ])
-}
-
-/// FindCoordinator, answered truthfully while the group coordinator is not wired into the
-/// broker: no key has a coordinator (COORDINATOR_NOT_AVAILABLE, retriable). It is served at
-/// all because librdkafka enables LZ4 (and other features) only when ApiVersions lists it.
-fn find_coordinator(version: i16, req: m::FindCoordinatorRequest) -> m::FindCoordinatorResponse {
-    const REASON: &str = "consumer groups and transactions are not served by this broker yet";
-    let resp = m::FindCoordinatorResponse::default();
-    if version >= 4 {
-        let coordinators = req
-            .coordinator_keys
-            .into_iter()
-            .map(|key| {
-                m::find_coordinator_response::Coordinator::default()
-                    .with_key(key)
-                    .with_node_id(BrokerId(-1))
-                    .with_host(str_bytes(""))
-                    .with_port(-1)
-                    .with_error_code(ec::COORDINATOR_NOT_AVAILABLE)
-                    .with_error_message(Some(str_bytes(REASON)))
-            })
-            .collect();
-        resp.with_coordinators(coordinators)
-    } else {
-        let resp = resp
-            .with_error_code(ec::COORDINATOR_NOT_AVAILABLE)
-            .with_node_id(BrokerId(-1))
-            .with_host(str_bytes(""))
-            .with_port(-1);
-        if version >= 1 {
-            resp.with_error_message(Some(str_bytes(REASON)))
-        } else {
-            resp
-        }
-    }
 }

@@ -5,13 +5,17 @@
 //! - [`protocol`]: served API versions, framing, the zero-copy FetchResponse encoder.
 //! - [`shard`]: per-core shard state, partition ownership, cross-shard jobs.
 //! - [`handlers`]: one function per Kafka API.
+//! - [`groups`]: the consumer-group coordinator of each shard, `__consumer_offsets`.
+//! - [`producer_ids`]: InitProducerId (owned by shard 0), refusals of the transactional APIs.
 //! - [`connection`]: per-connection read/dispatch/in-order write.
 //! - [`server`]: starting shard threads, two-phase shutdown.
 
 pub mod config;
 pub mod connection;
+pub mod groups;
 pub mod handlers;
 pub mod metadata;
+pub mod producer_ids;
 pub mod protocol;
 pub mod server;
 pub mod shard;

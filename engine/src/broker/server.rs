@@ -38,6 +38,9 @@ pub enum ServerError {
     /// Creating a shard's queue or thread failed.
     #[error("cannot start shard: {0}")]
     Shard(std::io::Error),
+    /// The group coordinator's configuration or `__consumer_offsets` could not be set up.
+    #[error(transparent)]
+    Groups(#[from] super::groups::GroupSetupError),
     /// A shard thread stopped before it was ready.
     #[error("shard {0} stopped during start-up")]
     StartFailed(usize),
@@ -64,6 +67,8 @@ pub struct Server {
     events_tx: mpsc::Sender<Event>,
     /// The bound listener address (the real port when 0 was configured).
     pub local_addr: SocketAddr,
+    /// The admin HTTP listener, if enabled and bound.
+    pub admin: Option<crate::admin::AdminServer>,
 }
 
 impl Server {
@@ -71,6 +76,7 @@ impl Server {
     /// waits until every shard has opened its partitions.
     pub fn start(config: BrokerConfig) -> Result<Server, ServerError> {
         let metadata = MetadataStore::open(&config.data_dir)?;
+        super::groups::ensure_offsets_topic(&metadata, &config)?;
         let shards = config.shards;
         let mut listeners = Vec::with_capacity(shards);
         let first = crate::io::net::reuseport_listener(config.listen, 1024).map_err(|source| {
@@ -105,6 +111,7 @@ impl Server {
             config.advertised_port = i32::from(local_addr.port());
         }
         let ctx = Arc::new(BrokerContext::new(Arc::new(config), metadata, mailboxes));
+        let admin = start_admin(&ctx)?;
         let (events_tx, events) = mpsc::channel();
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
@@ -132,6 +139,7 @@ impl Server {
                 Err(_) => return Err(ServerError::StartFailed(0)),
             }
         }
+        ctx.metrics.set_readiness(crate::metrics::Readiness::Ready);
         info!(addr = %local_addr, shards, data_dir = %ctx.config.data_dir.display(), "sluice listening");
         Ok(Server {
             ctx,
@@ -139,6 +147,7 @@ impl Server {
             events,
             events_tx,
             local_addr,
+            admin,
         })
     }
 
@@ -180,6 +189,9 @@ impl Server {
 
     fn shutdown(self) {
         info!("shutting down: draining connections");
+        self.ctx
+            .metrics
+            .set_readiness(crate::metrics::Readiness::Draining);
         self.set_phase(Phase::Draining);
         let deadline = std::time::Instant::now() + DRAIN_TIMEOUT + Duration::from_secs(1);
         let mut drained = 0;
@@ -205,6 +217,26 @@ impl Server {
     }
 }
 
+/// Starts the admin listener. A bind failure on the default address is only a warning (a
+/// second broker on the host, or a test, must still start); an address the operator chose
+/// must bind.
+fn start_admin(ctx: &Arc<BrokerContext>) -> Result<Option<crate::admin::AdminServer>, ServerError> {
+    let Some(addr) = ctx.config.admin_listener else {
+        return Ok(None);
+    };
+    match crate::admin::AdminServer::start(addr, ctx.clone()) {
+        Ok(a) => Ok(Some(a)),
+        Err(source)
+            if ctx.config.sources.get("admin.listener")
+                == Some(&super::config::ConfigSource::Default) =>
+        {
+            warn!(%addr, "admin listener disabled: cannot bind the default address: {source}");
+            Ok(None)
+        }
+        Err(source) => Err(ServerError::Listen { addr, source }),
+    }
+}
+
 fn pin_to_core(core: usize) {
     let mut set = nix::sched::CpuSet::new();
     if let Err(e) = set
@@ -223,7 +255,10 @@ fn shard_main(
     events: mpsc::Sender<Event>,
 ) {
     crate::io::runtime::block_on(async move {
+        ctx.metrics.attach_shard(id);
         let shard = Rc::new(Shard::new(id, ctx));
+        // Before the mailbox runs: other shards may forward group requests at once.
+        super::groups::start(&shard);
         crate::io::runtime::spawn(shard.clone().run_mailbox(rx));
         shard.open_owned_partitions().await;
         let listener = match tokio::net::TcpListener::from_std(listener) {

@@ -69,6 +69,8 @@ pub struct BrokerContext {
     /// The topic registry.
     pub metadata: MetadataStore,
     mailboxes: Vec<Mailbox>,
+    /// Per-shard counters and readiness, read by the admin listener.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl BrokerContext {
@@ -78,11 +80,18 @@ impl BrokerContext {
         metadata: MetadataStore,
         mailboxes: Vec<Mailbox>,
     ) -> Self {
+        let metrics = Arc::new(crate::metrics::Metrics::new(mailboxes.len()));
         BrokerContext {
             config,
             metadata,
             mailboxes,
+            metrics,
         }
+    }
+
+    /// Jobs queued for `shard` and not yet started (its load, for /metrics).
+    pub fn mailbox_len(&self, shard: usize) -> usize {
+        self.mailboxes.get(shard).map_or(0, |m| m.tx.len())
     }
 
     /// Number of shards.
@@ -144,6 +153,10 @@ pub struct Shard {
     pub connections: Cell<usize>,
     /// Signalled when a connection closes.
     pub connection_closed: Notify,
+    /// The group coordinator of this shard's `__consumer_offsets` partitions.
+    pub groups: super::groups::ShardGroups,
+    /// The broker's producer-id manager (used on shard 0 only).
+    pub producer_ids: super::producer_ids::ProducerIds,
 }
 
 /// Input for one partition of a produce.
@@ -191,8 +204,10 @@ async fn append_one(partition: Rc<Partition>, item: ProduceIn) -> ProduceOut {
     let Some(records) = item.records.filter(|r| !r.is_empty()) else {
         return produce_error(error_code::CORRUPT_MESSAGE, Some("empty record set".into()));
     };
+    let bytes = records.len() as u64;
     match partition.log.append_leader(records, 0, now_ms()).await {
         Ok(info) => {
+            crate::metrics::record_produce(u64::from(info.record_count), bytes);
             // The log already waited for the fsync if its flush policy syncs every append
             // (Kafka's flush.messages=1), whatever the acks; acks only matter with replicas.
             partition.appended.notify_waiters();
@@ -264,6 +279,7 @@ impl Shard {
     /// Creates the state for shard `id`.
     pub fn new(id: usize, ctx: Arc<BrokerContext>) -> Shard {
         let (phase, _) = watch::channel(Phase::Running);
+        let groups = super::groups::ShardGroups::new(&ctx.config, &ctx.metadata);
         Shard {
             id,
             ctx,
@@ -271,6 +287,8 @@ impl Shard {
             phase,
             connections: Cell::new(0),
             connection_closed: Notify::new(),
+            groups,
+            producer_ids: Default::default(),
         }
     }
 
@@ -410,6 +428,50 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// The state of every partition this shard owns, for /metrics: open logs, and owned
+    /// partitions that are not open (their open failed) as offline.
+    pub fn partition_snapshots(&self) -> Vec<crate::metrics::PartitionSnapshot> {
+        let image = self.ctx.metadata.image();
+        let map = self.partitions.borrow();
+        let mut out = Vec::new();
+        for topic in image.topics() {
+            for p in 0..topic.partitions {
+                if self.ctx.owner(&topic.name, p) != self.id {
+                    continue;
+                }
+                let slot = map.get(&topic.name).and_then(|m| m.get(&p));
+                let mut snap = crate::metrics::PartitionSnapshot {
+                    topic: topic.name.clone(),
+                    partition: p,
+                    log_start_offset: -1,
+                    log_end_offset: -1,
+                    high_watermark: -1,
+                    size_bytes: 0,
+                    segments: 0,
+                    replicas: 1,
+                    in_sync_replicas: 1,
+                    offline: true,
+                };
+                match slot {
+                    Some(Slot::Opening(_)) => continue,
+                    None => {}
+                    Some(Slot::Open(part)) => {
+                        let log = &part.log;
+                        snap.log_start_offset = log.log_start_offset();
+                        snap.log_end_offset = log.log_end_offset();
+                        // Single node: everything appended is committed.
+                        snap.high_watermark = snap.log_end_offset;
+                        snap.size_bytes = log.size_bytes();
+                        snap.segments = log.segment_count() as u64;
+                        snap.offline = log.is_offline();
+                    }
+                }
+                out.push(snap);
+            }
+        }
+        out
     }
 
     fn open_partitions(&self) -> Vec<Rc<Partition>> {
@@ -728,7 +790,9 @@ impl Shard {
     /// Enforces retention and time-based rolls on every open partition.
     pub async fn enforce_retention(&self) {
         let now = now_ms();
+        let producer_expiration = super::producer_ids::producer_id_expiration_ms(self);
         for p in self.open_partitions() {
+            p.log.expire_producers(now, producer_expiration);
             if let Err(e) = p.log.enforce_retention(now).await {
                 warn!(dir = %p.log.dir().display(), "retention failed: {e}");
             }

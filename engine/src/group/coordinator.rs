@@ -704,7 +704,7 @@ impl GroupCoordinator {
             }
             g.compute_subscribed_topics();
         }
-        info!(partition, "__consumer_offsets partition loaded");
+        debug!(partition, "__consumer_offsets partition loaded");
         self.reindex_all();
         self.debug_check_index();
     }

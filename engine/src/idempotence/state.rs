@@ -426,6 +426,62 @@ impl ProducerStateTable {
         meta
     }
 
+    /// The change stamp of a producer's entry (None: no entry).
+    pub(crate) fn stamp_of(&self, producer_id: i64) -> Option<u64> {
+        self.producers.get(&producer_id).map(|e| e.stamp)
+    }
+
+    /// A table holding copies of the given producers' entries only (a scratch copy).
+    pub(crate) fn subset(&self, producer_ids: impl Iterator<Item = i64>) -> Self {
+        let mut producers = BTreeMap::new();
+        for pid in producer_ids {
+            if let Some(e) = self.producers.get(&pid) {
+                producers.insert(pid, e.clone());
+            }
+        }
+        ProducerStateTable {
+            producers,
+            end_offset: self.end_offset,
+            expiration_ms: self.expiration_ms,
+            next_stamp: self.next_stamp,
+        }
+    }
+
+    /// Records a batch that was checked against the current state.
+    pub(crate) fn apply_checked(&mut self, h: &BatchHeader, base_offset: i64) -> BatchMetadata {
+        self.apply(h, base_offset)
+    }
+
+    /// Moves the end offset forward (non-idempotent batches appended after the last tracked
+    /// one); never backwards.
+    pub fn advance_end_offset(&mut self, end_offset: i64) {
+        self.end_offset = self.end_offset.max(end_offset);
+    }
+
+    /// Sets `producer.id.expiration.ms` (a broker config that can change at runtime).
+    pub fn set_expiration_ms(&mut self, expiration_ms: i64) {
+        self.expiration_ms = expiration_ms;
+    }
+
+    /// Forgets producers whose last batch ends below `log_start_offset` (Kafka's
+    /// `truncateHead`: their batches were deleted by retention or DeleteRecords); returns how
+    /// many.
+    pub fn evict_below(&mut self, log_start_offset: i64) -> usize {
+        let before = self.producers.len();
+        self.producers.retain(|_, e| {
+            e.batches
+                .back()
+                .is_some_and(|b| b.last_offset >= log_start_offset)
+        });
+        before - self.producers.len()
+    }
+
+    /// An empty table starting at `offset` (the log was emptied and restarted there).
+    pub fn reset_to(&mut self, offset: i64) {
+        self.producers.clear();
+        self.end_offset = offset;
+    }
+
     /// Applies a batch read back from the log, without validation: the log is the truth.
     pub fn replay(&mut self, batch: &ReplayedBatch) {
         if batch.header.producer_id == NO_PRODUCER_ID {
@@ -781,6 +837,24 @@ mod tests {
             Vec::<i64>::new(),
             "newest kept"
         );
+    }
+
+    #[test]
+    fn eviction_below_the_log_start_and_reset() {
+        let mut t = ProducerStateTable::new(DEFAULT_PRODUCER_ID_EXPIRATION_MS);
+        let mut next = 0;
+        append(&mut t, &mut next, batch(1, 0, 0, 4)).unwrap();
+        append(&mut t, &mut next, batch(2, 0, 0, 4)).unwrap();
+        append(&mut t, &mut next, batch(1, 0, 4, 1)).unwrap();
+        // Producer 2's only batch is 4..=7; producer 1's last is 8.
+        assert_eq!(t.evict_below(8), 1);
+        assert!(t.entry(2).is_none());
+        assert_eq!(t.evict_below(9), 1);
+        assert!(t.is_empty());
+        t.advance_end_offset(5);
+        assert_eq!(t.end_offset(), 9, "never backwards");
+        t.reset_to(100);
+        assert_eq!((t.len(), t.end_offset()), (0, 100));
     }
 
     #[derive(Debug, Clone)]

@@ -46,12 +46,9 @@ impl DiskFile {
 
     /// Opens (creating if needed) `path` read-write through io_uring's openat.
     pub async fn open_rw_async(path: &Path) -> io::Result<DiskFile> {
-        let file = tokio_uring::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .open(path)
-            .await?;
+        let mut opts = tokio_uring::fs::OpenOptions::new();
+        opts.read(true).write(true).create(true);
+        let file = uring(opts.open(path)).await?;
         Ok(DiskFile {
             file,
             path: path.to_path_buf(),
@@ -60,12 +57,9 @@ impl DiskFile {
 
     /// Creates `path` (failing if it exists) through io_uring's openat.
     pub async fn create_new(path: &Path) -> io::Result<DiskFile> {
-        let file = tokio_uring::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .await?;
+        let mut opts = tokio_uring::fs::OpenOptions::new();
+        opts.read(true).write(true).create_new(true);
+        let file = uring(opts.open(path)).await?;
         Ok(DiskFile {
             file,
             path: path.to_path_buf(),
@@ -74,10 +68,9 @@ impl DiskFile {
 
     /// Opens a directory so that it can be fsync'd (making file creations and deletions durable).
     pub async fn open_dir(path: &Path) -> io::Result<DiskFile> {
-        let file = tokio_uring::fs::OpenOptions::new()
-            .read(true)
-            .open(path)
-            .await?;
+        let mut opts = tokio_uring::fs::OpenOptions::new();
+        opts.read(true);
+        let file = uring(opts.open(path)).await?;
         Ok(DiskFile {
             file,
             path: path.to_path_buf(),
@@ -96,7 +89,7 @@ impl DiskFile {
 
     /// Writes all of `buf` at `pos`; returns the buffer so callers can reuse it.
     pub async fn write_all_at(&self, buf: Bytes, pos: u64) -> (io::Result<()>, Bytes) {
-        self.file.write_all_at(buf, pos).await
+        uring(self.file.write_all_at(buf, pos)).await
     }
 
     /// Writes all of `bufs`, back to back, starting at `pos` with one `writev` per attempt;
@@ -107,7 +100,7 @@ impl DiskFile {
         mut pos: u64,
     ) -> io::Result<()> {
         while !bufs.is_empty() {
-            let (res, returned) = self.file.writev_at(bufs, pos).await;
+            let (res, returned) = uring(self.file.writev_at(bufs, pos)).await;
             let mut n = res?;
             if n == 0 {
                 return Err(io::Error::new(
@@ -132,7 +125,7 @@ impl DiskFile {
 
     /// Writes all of `buf` (an owned vector) at `pos`.
     pub async fn write_vec_at(&self, buf: Vec<u8>, pos: u64) -> io::Result<()> {
-        let (res, _) = self.file.write_all_at(buf, pos).await;
+        let (res, _) = uring(self.file.write_all_at(buf, pos)).await;
         res
     }
 
@@ -141,10 +134,11 @@ impl DiskFile {
         let mut out = Vec::with_capacity(len);
         while out.len() < len {
             let want = len - out.len();
-            let (res, buf) = self
-                .file
-                .read_at(Vec::with_capacity(want), pos + out.len() as u64)
-                .await;
+            let (res, buf) = uring(
+                self.file
+                    .read_at(Vec::with_capacity(want), pos + out.len() as u64),
+            )
+            .await;
             let n = res?;
             if n == 0 {
                 break;
@@ -156,24 +150,24 @@ impl DiskFile {
 
     /// Reads exactly `len` bytes at `pos`, failing with `UnexpectedEof` on a short file.
     pub async fn read_exact_at(&self, len: usize, pos: u64) -> io::Result<Vec<u8>> {
-        let (res, buf) = self.file.read_exact_at(Vec::with_capacity(len), pos).await;
+        let (res, buf) = uring(self.file.read_exact_at(Vec::with_capacity(len), pos)).await;
         res?;
         Ok(buf)
     }
 
     /// `fdatasync`: data and the metadata needed to read it back (file length) reach the disk.
     pub async fn sync_data(&self) -> io::Result<()> {
-        self.file.sync_data().await
+        fsync(uring(self.file.sync_data())).await
     }
 
     /// `fsync`: data and all metadata.
     pub async fn sync_all(&self) -> io::Result<()> {
-        self.file.sync_all().await
+        fsync(uring(self.file.sync_all())).await
     }
 
     /// `fallocate(mode, offset, len)` through io_uring.
     pub async fn fallocate(&self, offset: u64, len: u64, mode: i32) -> io::Result<()> {
-        self.file.fallocate(offset, len, mode).await
+        uring(self.file.fallocate(offset, len, mode)).await
     }
 
     /// Sets the file length (ftruncate). Blocking syscall: roll/truncate/open only.
@@ -205,17 +199,19 @@ impl DiskFile {
 /// Replaces `path` with `contents` atomically: write a temp file, fsync it, rename, fsync the dir.
 pub async fn write_file_atomic(path: &Path, contents: Vec<u8>) -> io::Result<()> {
     let tmp = tmp_path(path);
-    let file = tokio_uring::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .await?;
-    let (res, _) = file.write_all_at(contents, 0).await;
+    let file = uring(
+        tokio_uring::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp),
+    )
+    .await?;
+    let (res, _) = uring(file.write_all_at(contents, 0)).await;
     res?;
-    file.sync_all().await?;
-    file.close().await?;
-    tokio_uring::fs::rename(&tmp, path).await?;
+    fsync(uring(file.sync_all())).await?;
+    uring(file.close()).await?;
+    uring(tokio_uring::fs::rename(&tmp, path)).await?;
     if let Some(parent) = path.parent() {
         let dir = DiskFile::open_dir(parent).await?;
         dir.sync_all().await?;
@@ -225,7 +221,7 @@ pub async fn write_file_atomic(path: &Path, contents: Vec<u8>) -> io::Result<()>
 
 /// Removes a file through io_uring's unlinkat; a missing file is not an error.
 pub async fn remove_file_if_exists(path: &Path) -> io::Result<()> {
-    match tokio_uring::fs::remove_file(path).await {
+    match uring(tokio_uring::fs::remove_file(path)).await {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
@@ -234,7 +230,27 @@ pub async fn remove_file_if_exists(path: &Path) -> io::Result<()> {
 
 /// fsyncs a directory with std (open time only).
 pub fn sync_dir_blocking(path: &Path) -> io::Result<()> {
-    std::fs::File::open(path)?.sync_all()
+    let dir = std::fs::File::open(path)?;
+    let started = std::time::Instant::now();
+    let res = dir.sync_all();
+    crate::metrics::record_fsync(started.elapsed());
+    res
+}
+
+/// Counts one io_uring operation of ours in /metrics (submitted, then completed).
+async fn uring<T>(op: impl std::future::Future<Output = T>) -> T {
+    crate::metrics::uring_submitted();
+    let out = op.await;
+    crate::metrics::uring_completed();
+    out
+}
+
+/// Times an fsync/fdatasync for the `sluice_fsync_duration_seconds` histogram.
+async fn fsync<T>(op: impl std::future::Future<Output = T>) -> T {
+    let started = std::time::Instant::now();
+    let out = op.await;
+    crate::metrics::record_fsync(started.elapsed());
+    out
 }
 
 /// A fresh temporary name for `write_file_atomic`: `<name>.<n>.tmp`, unique within the

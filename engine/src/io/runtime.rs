@@ -14,3 +14,10 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
 pub fn spawn<T: Future + 'static>(task: T) -> tokio::task::JoinHandle<T::Output> {
     tokio_uring::spawn(task)
 }
+
+/// Creates and drops a small io_uring, to tell whether this process may use io_uring at all
+/// (`sluice check`): fails when the kernel lacks it, it is disabled by sysctl or seccomp, or
+/// locked memory is too small for the ring on older kernels.
+pub fn probe_io_uring() -> std::io::Result<()> {
+    io_uring::IoUring::new(8).map(drop)
+}

@@ -25,6 +25,8 @@ pub mod codes {
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
     /// INVALID_RECORD.
     pub const INVALID_RECORD: i16 = 87;
+    /// INVALID_TXN_STATE.
+    pub const INVALID_TXN_STATE: i16 = 48;
     /// UNKNOWN_SERVER_ERROR.
     pub const UNKNOWN_SERVER_ERROR: i16 = -1;
 }
@@ -111,6 +113,12 @@ pub enum AppendError {
         /// The offset the batch carries.
         got: i64,
     },
+    /// The idempotent-producer checks refused a batch (sequence gap, fenced epoch).
+    #[error(transparent)]
+    ProducerState(#[from] crate::idempotence::ProducerStateError),
+    /// A transactional batch: no transaction coordinator runs, so none can be ongoing.
+    #[error("transactional batch refused: transactions are not supported")]
+    TransactionalBatch,
     /// The storage failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -127,6 +135,8 @@ impl AppendError {
             AppendError::RecordListTooLarge { .. } => codes::RECORD_LIST_TOO_LARGE,
             AppendError::InvalidTimestamp(_) => codes::INVALID_TIMESTAMP,
             AppendError::NonContiguous { .. } => codes::UNKNOWN_SERVER_ERROR,
+            AppendError::ProducerState(e) => e.error_code(),
+            AppendError::TransactionalBatch => codes::INVALID_TXN_STATE,
             AppendError::Storage(_) => codes::KAFKA_STORAGE_ERROR,
         }
     }

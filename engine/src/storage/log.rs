@@ -8,7 +8,7 @@
 //! in reservation order; fsyncs advance the durable end.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::io;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
@@ -17,6 +17,7 @@ use std::rc::Rc;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{watch, Mutex};
 
+use crate::idempotence::{AppendAnalysis, ProducerStateTable, DEFAULT_PRODUCER_ID_EXPIRATION_MS};
 use crate::io::file::{write_file_atomic, DiskFile};
 use crate::io::runtime::spawn;
 
@@ -33,6 +34,9 @@ use super::recovery;
 use super::retention::{plan_retention, RetentionOutcome, SegmentInfo};
 use super::segment::{HeaderCursor, Segment};
 use super::validate::{validate_follower, validate_leader};
+
+mod producer_state;
+use producer_state::replay_producer_batch;
 
 /// Result of a successful append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,6 +166,11 @@ struct LogState {
     write_queue: VecDeque<QueuedWrite>,
     /// The writer task is running (at most one per log).
     writer_running: bool,
+    /// Idempotent-producer state; checked and updated with offset assignment, in one
+    /// synchronous section under the append lock (see `producer_state`).
+    producers: ProducerStateTable,
+    /// Offsets of the producer-state snapshot files in the directory.
+    producer_snapshots: BTreeSet<i64>,
 }
 
 struct Inner {
@@ -245,6 +254,8 @@ impl PartitionLog {
                 stats: LogStats::default(),
                 write_queue: VecDeque::new(),
                 writer_running: false,
+                producers: ProducerStateTable::new(DEFAULT_PRODUCER_ID_EXPIRATION_MS),
+                producer_snapshots: BTreeSet::new(),
             }),
             append_lock: Mutex::new(()),
             checkpoint_lock: Mutex::new(()),
@@ -253,6 +264,7 @@ impl PartitionLog {
             flush_tx,
         });
         let log = PartitionLog { inner };
+        log.inner.load_producer_state().await?;
         log.inner.spawn_interval_flusher();
         Ok(log)
     }
@@ -394,8 +406,27 @@ impl PartitionLog {
         }
 
         // Reserve: everything below is synchronous, so offsets and positions follow the lock order.
+        let producer_append = match mode {
+            Mode::Leader { .. } => {
+                match inner.analyze_producers(&batches, first_offset, log_append_time)? {
+                    AppendAnalysis::Duplicate(dup) => {
+                        drop(guard);
+                        return self.acknowledge_duplicate(dup, log_append_time, &cfg).await;
+                    }
+                    AppendAnalysis::NotIdempotent => None,
+                    AppendAnalysis::Append(a) => Some(a),
+                }
+            }
+            Mode::Follower => None,
+        };
         let (segment, position, seq, epochs_changed, info) = {
             let mut st = inner.st.borrow_mut();
+            if let Some(a) = producer_append {
+                // Cannot fail: the analysis above ran in this same synchronous section.
+                st.producers
+                    .commit_append(a)
+                    .map_err(|e| StorageError::Corrupt(format!("producer state: {e}")))?;
+            }
             let segment = st
                 .segments
                 .last()
@@ -424,6 +455,9 @@ impl PartitionLog {
                     epochs_changed |= st.epochs.assign(h.partition_leader_epoch, h.base_offset);
                 }
                 segment.note_batch(position + *pos as u64, &h, &cfg);
+                if let Mode::Follower = mode {
+                    replay_producer_batch(&mut st.producers, &h);
+                }
                 record_count = record_count.saturating_add(h.records_count.max(0) as u32);
                 max_timestamp = max_timestamp.max(h.max_timestamp);
                 next = h.next_offset();
@@ -434,6 +468,7 @@ impl PartitionLog {
                 "segment reservation drifted"
             );
             let last_offset = next - 1;
+            st.producers.advance_end_offset(next);
             st.next_offset = next;
             st.stats.appends += 1;
             let seq = st.next_seq;
@@ -522,6 +557,11 @@ impl PartitionLog {
                 }
             }
         }
+    }
+
+    /// Whether an earlier write or fsync failed and the log refuses further work.
+    pub fn is_offline(&self) -> bool {
+        self.inner.st.borrow().offline
     }
 
     /// Counters since open (appends, fsync rounds, rolls), for metrics.
@@ -754,7 +794,7 @@ impl PartitionLog {
         if changed {
             inner.persist_epochs().await?;
         }
-        Ok(())
+        inner.rebuild_producer_state(new_end).await
     }
 
     /// Deletes every segment and starts an empty log at `offset` (a follower far behind the
@@ -818,6 +858,7 @@ impl PartitionLog {
         }
         inner.advance_log_start(offset).await?;
         inner.delete_segments_below_start().await?;
+        inner.retain_producer_state().await?;
         Ok(self.log_start_offset())
     }
 
@@ -865,6 +906,7 @@ impl PartitionLog {
             let (n, bytes) = inner.delete_segments_below_start().await?;
             outcome.deleted_segments = n;
             outcome.deleted_bytes = bytes;
+            inner.retain_producer_state().await?;
         }
         outcome.log_start_offset = self.log_start_offset();
         Ok(outcome)
@@ -915,6 +957,7 @@ impl PartitionLog {
             .write_checkpoint(LOG_START_FILE, encode_offset(start))
             .await?;
         inner.persist_epochs().await?;
+        inner.snapshot_producers_at_close(leo).await?;
         inner
             .write_checkpoint(CLEAN_SHUTDOWN_FILE, Vec::new())
             .await?;
@@ -1041,8 +1084,9 @@ impl Inner {
         tracing::debug!(dir = %self.dir.display(), base, "rolled segment");
         if let Some(old) = old {
             let inner = self.clone();
+            let snapshot = self.capture_producer_snapshot();
             spawn(async move {
-                if let Err(e) = inner.finish_rolled(old, base).await {
+                if let Err(e) = inner.finish_rolled(old, base, snapshot).await {
                     tracing::error!(dir = %inner.dir.display(), error = %e, "flushing a rolled segment failed");
                     inner.st.borrow_mut().offline = true;
                     inner.visible_tx.send_modify(|_| {});
@@ -1057,6 +1101,7 @@ impl Inner {
         self: &Rc<Self>,
         old: Rc<Segment>,
         next_base: i64,
+        producer_snapshot: Vec<u8>,
     ) -> Result<(), StorageError> {
         let _order = self.roll_flush_lock.lock().await;
         self.wait_visible(next_base).await?;
@@ -1082,6 +1127,7 @@ impl Inner {
             .await
             .map_err(|e| StorageError::io(old.log.path(), e))?;
         self.sync_dir().await?;
+        self.write_roll_snapshot(next_base, producer_snapshot).await;
         {
             let mut st = self.st.borrow_mut();
             // Earlier segments were finished in order before this one, so all of [.., next_base) is durable.
@@ -1403,7 +1449,9 @@ impl Inner {
             st.visible_end = offset;
             st.durable_end = offset;
             st.epochs.clear();
+            st.producers.reset_to(offset);
         }
+        self.delete_producer_snapshots_above(-1).await?;
         self.visible_tx.send_replace(offset);
         {
             let _g = self.checkpoint_lock.lock().await;

@@ -1,0 +1,1213 @@
+//! Consumer groups in the broker: the IO shell around the sans-IO [`GroupCoordinator`].
+//!
+//! Each shard runs one coordinator holding the groups of the `__consumer_offsets` partitions
+//! that shard owns. A group request is routed to the owner shard of its offsets partition
+//! (`Shard::call`), handed to the coordinator with a token, and answered when the coordinator
+//! emits `Respond` for that token (JoinGroup and SyncGroup wait for the rebalance, commits for
+//! their append). `Append` actions become RecordBatch v2 appends to the offsets partition,
+//! started in the order the coordinator emitted them. A per-shard timer task drives `tick`,
+//! and on start-up each shard replays its offsets partitions into its coordinator.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::{self as m, BrokerId, RequestHeader};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{
+    Compression as WireCompression, Record, RecordBatchDecoder, RecordBatchEncoder,
+    RecordEncodeOptions, TimestampType as WireTimestampType,
+};
+use tokio::sync::{oneshot, Notify};
+use tracing::{debug, info, warn};
+
+use super::config::{parse_int, BrokerConfig, ConfigError};
+use super::metadata::{new_topic_id, MetadataError, MetadataImage, MetadataStore, TopicMeta};
+use super::protocol::error_code as ec;
+use super::shard::{now_ms, Phase, Shard, ShardGone};
+use crate::group::api::{
+    codes, DescribedGroup, ListGroupsResult, OffsetFetch, OffsetFetchGroupResult,
+};
+use crate::group::{
+    offsets_partition_for, wire, AppendError, AppendId, CoordinatorAction, CoordinatorConfig,
+    GroupCoordinator, GroupRequest, GroupResponse, OffsetsRecord, RequestToken, OFFSETS_TOPIC,
+};
+use crate::storage::decompress::decompress_records;
+use crate::storage::record_batch::Compression as StoredCompression;
+use crate::storage::BatchIter;
+
+/// Bytes read per step while loading an offsets partition (Kafka's
+/// `offsets.load.buffer.size` default).
+const LOAD_BUFFER_BYTES: u32 = 5 * 1024 * 1024;
+
+/// Largest decompressed records section accepted while loading (bounds a hostile batch).
+const LOAD_MAX_DECOMPRESSED: usize = 64 * 1024 * 1024;
+
+/// Index size of `__consumer_offsets` segments: room for a full 100 MiB segment at the default
+/// index interval (25,600 entries: 200 KiB of offset index, 300 KiB of time index), instead of
+/// preallocating the 10 MiB broker default twice for each of fifty partitions.
+const OFFSETS_SEGMENT_INDEX_BYTES: &str = "524288";
+
+tokio::task_local! {
+    /// The peer address of the connection whose request is being handled (JoinGroup records
+    /// it as the member's `client_host`).
+    pub static CLIENT_ADDR: SocketAddr;
+}
+
+/// Reads the `group.*` / `offset*` broker keys into the coordinator's configuration.
+/// `offsets_partitions` is the partition count of the existing `__consumer_offsets` topic,
+/// which wins over the configured one (the group -> partition mapping must not change).
+pub fn coordinator_config(
+    cfg: &BrokerConfig,
+    offsets_partitions: Option<i32>,
+) -> Result<CoordinatorConfig, ConfigError> {
+    let d = CoordinatorConfig::default();
+    let get = |k: &str| cfg.raw.get(k).cloned();
+    let int = |k: &str, default: i64| -> Result<i64, ConfigError> {
+        match get(k) {
+            Some(v) => parse_int::<i64>(k, &v),
+            None => Ok(default),
+        }
+    };
+    let positive = |k: &str, default: i64| -> Result<i64, ConfigError> {
+        let v = int(k, default)?;
+        if v < 0 {
+            return Err(ConfigError::InvalidValue {
+                key: k.to_string(),
+                value: v.to_string(),
+                reason: "must not be negative".into(),
+            });
+        }
+        Ok(v)
+    };
+    let configured_partitions = positive(
+        "offsets.topic.num.partitions",
+        i64::from(d.offsets_partitions),
+    )?;
+    if configured_partitions == 0 || configured_partitions > i64::from(i32::MAX) {
+        return Err(ConfigError::InvalidValue {
+            key: "offsets.topic.num.partitions".into(),
+            value: configured_partitions.to_string(),
+            reason: "expected 1..=2147483647".into(),
+        });
+    }
+    let to_i32 = |k: &str, v: i64| {
+        i32::try_from(v).map_err(|_| ConfigError::InvalidValue {
+            key: k.to_string(),
+            value: v.to_string(),
+            reason: "does not fit a 32-bit integer".into(),
+        })
+    };
+    let min_session = to_i32(
+        "group.min.session.timeout.ms",
+        positive(
+            "group.min.session.timeout.ms",
+            i64::from(d.min_session_timeout_ms),
+        )?,
+    )?;
+    let max_session = to_i32(
+        "group.max.session.timeout.ms",
+        positive(
+            "group.max.session.timeout.ms",
+            i64::from(d.max_session_timeout_ms),
+        )?,
+    )?;
+    let retention_minutes = positive("offsets.retention.minutes", 7 * 24 * 60)?;
+    Ok(CoordinatorConfig {
+        initial_rebalance_delay_ms: positive(
+            "group.initial.rebalance.delay.ms",
+            d.initial_rebalance_delay_ms,
+        )?,
+        min_session_timeout_ms: min_session,
+        max_session_timeout_ms: max_session,
+        max_group_size: usize::try_from(positive("group.max.size", i64::from(i32::MAX))?)
+            .unwrap_or(usize::MAX),
+        offset_metadata_max_bytes: usize::try_from(positive(
+            "offset.metadata.max.bytes",
+            d.offset_metadata_max_bytes as i64,
+        )?)
+        .unwrap_or(usize::MAX),
+        offsets_partitions: offsets_partitions.unwrap_or(configured_partitions as i32),
+        new_member_join_timeout_ms: d.new_member_join_timeout_ms,
+        offsets_retention_ms: retention_minutes.saturating_mul(60_000),
+        offsets_retention_check_interval_ms: positive(
+            "offsets.retention.check.interval.ms",
+            d.offsets_retention_check_interval_ms,
+        )?
+        .max(1),
+        // Random per process: member ids generated now must not collide with persisted ones.
+        member_id_seed: rand::random(),
+    })
+}
+
+/// Checks the group keys and creates `__consumer_offsets` if it does not exist (compacted,
+/// 100 MiB segments, as Kafka creates it), before any shard starts.
+pub fn ensure_offsets_topic(
+    metadata: &MetadataStore,
+    cfg: &BrokerConfig,
+) -> Result<(), GroupSetupError> {
+    // Validated here, at every start, so a bad group key stops the broker naming the key.
+    let conf = coordinator_config(cfg, offsets_partitions(&metadata.image()))?;
+    if metadata.image().topic(OFFSETS_TOPIC).is_some() {
+        return Ok(());
+    }
+    let segment_bytes = cfg
+        .raw
+        .get("offsets.topic.segment.bytes")
+        .cloned()
+        .unwrap_or_else(|| "104857600".into());
+    parse_int::<i32>("offsets.topic.segment.bytes", &segment_bytes)?;
+    let configs = BTreeMap::from([
+        ("cleanup.policy".to_string(), "compact".to_string()),
+        ("segment.bytes".to_string(), segment_bytes),
+        (
+            "segment.index.bytes".to_string(),
+            OFFSETS_SEGMENT_INDEX_BYTES.to_string(),
+        ),
+        // Compaction, never age or size, may remove records: the latest commit of a group
+        // that stopped committing must outlive log.retention.ms.
+        ("retention.ms".to_string(), "-1".to_string()),
+        ("retention.bytes".to_string(), "-1".to_string()),
+    ]);
+    cfg.log_config(&configs)?;
+    metadata.put_topic(TopicMeta {
+        name: OFFSETS_TOPIC.to_string(),
+        id: new_topic_id(),
+        partitions: conf.offsets_partitions,
+        configs,
+    })?;
+    info!(
+        partitions = conf.offsets_partitions,
+        "created internal topic {OFFSETS_TOPIC}"
+    );
+    Ok(())
+}
+
+/// Why the group coordinator could not be set up at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupSetupError {
+    /// A `group.*` / `offsets.*` key has a bad value.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// `__consumer_offsets` could not be created.
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+}
+
+/// The `__consumer_offsets` partition count in effect (the topic's, once it exists).
+fn offsets_partitions(image: &MetadataImage) -> Option<i32> {
+    image.topic(OFFSETS_TOPIC).map(|t| t.partitions)
+}
+
+type Waiter = oneshot::Sender<GroupResponse>;
+
+/// Per-shard group state: the coordinator, the requests waiting for its answers, and the
+/// signal that re-arms the timer task.
+pub struct ShardGroups {
+    coordinator: RefCell<GroupCoordinator>,
+    waiters: RefCell<HashMap<RequestToken, Waiter>>,
+    next_token: Cell<RequestToken>,
+    timer: Notify,
+}
+
+impl ShardGroups {
+    /// The group state of a shard (the config was validated by `Server::start`).
+    pub fn new(cfg: &BrokerConfig, metadata: &MetadataStore) -> ShardGroups {
+        let conf =
+            coordinator_config(cfg, offsets_partitions(&metadata.image())).unwrap_or_else(|e| {
+                warn!("invalid group coordinator config ({e}); using defaults");
+                CoordinatorConfig::default()
+            });
+        ShardGroups {
+            coordinator: RefCell::new(GroupCoordinator::new(conf)),
+            waiters: RefCell::new(HashMap::new()),
+            next_token: Cell::new(1),
+            timer: Notify::new(),
+        }
+    }
+
+    /// The `__consumer_offsets` partition count the coordinator maps groups onto.
+    pub fn offsets_partitions(&self) -> i32 {
+        self.coordinator.borrow().config().offsets_partitions
+    }
+}
+
+/// Begins loading this shard's offsets partitions (requests for their groups answer
+/// COORDINATOR_LOAD_IN_PROGRESS meanwhile), then replays them and runs the timer, in tasks.
+/// Call when the shard starts, before its mailbox runs: other shards may forward group
+/// requests as soon as they accept connections, and must get LOAD_IN_PROGRESS, not
+/// NOT_COORDINATOR.
+pub fn start(shard: &Rc<Shard>) {
+    let owned = owned_offsets_partitions(shard);
+    {
+        let mut c = shard.groups.coordinator.borrow_mut();
+        for p in &owned {
+            c.begin_loading(*p);
+        }
+    }
+    let s = shard.clone();
+    crate::io::runtime::spawn(async move {
+        let started = std::time::Instant::now();
+        let (mut records, mut skipped) = (0, 0);
+        let count = owned.len();
+        for p in owned {
+            let (loaded, failed) = load_partition(&s, p).await;
+            records += loaded;
+            skipped += failed;
+        }
+        info!(
+            shard = s.id,
+            partitions = count,
+            records,
+            skipped,
+            ms = started.elapsed().as_millis() as u64,
+            "loaded {OFFSETS_TOPIC}"
+        );
+        s.groups.timer.notify_one();
+    });
+    crate::io::runtime::spawn(timer_loop(shard.clone()));
+}
+
+fn owned_offsets_partitions(shard: &Shard) -> Vec<i32> {
+    let n = shard.groups.offsets_partitions();
+    (0..n)
+        .filter(|p| shard.ctx.owner(OFFSETS_TOPIC, *p) == shard.id)
+        .collect()
+}
+
+/// Replays one offsets partition from log start to log end into the coordinator; returns
+/// (records loaded, records skipped).
+async fn load_partition(shard: &Rc<Shard>, p: i32) -> (u64, u64) {
+    let started = std::time::Instant::now();
+    let mut loaded = 0u64;
+    let mut skipped = 0u64;
+    match shard.partition(OFFSETS_TOPIC, p).await {
+        Err(code) => warn!(
+            partition = p,
+            code, "cannot open {OFFSETS_TOPIC} partition; its groups start empty"
+        ),
+        Ok(part) => {
+            let end = part.log.log_end_offset();
+            let mut offset = part.log.log_start_offset();
+            while offset < end {
+                let read = match part.log.read(offset, LOAD_BUFFER_BYTES, end, true).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        warn!(partition = p, offset, "offsets load stopped: {e}");
+                        break;
+                    }
+                };
+                let Some(slice) = read.slice else { break };
+                let bytes = match slice.read_to_vec().await {
+                    Ok(v) => Bytes::from(v),
+                    Err(e) => {
+                        warn!(partition = p, offset, "offsets load stopped: {e}");
+                        break;
+                    }
+                };
+                let mut next = offset;
+                let mut c = shard.groups.coordinator.borrow_mut();
+                for item in BatchIter::new(&bytes) {
+                    let (pos, h) = match item {
+                        Ok(x) => x,
+                        Err(e) => {
+                            warn!(partition = p, offset = next, "bad batch while loading: {e}");
+                            break;
+                        }
+                    };
+                    next = h.next_offset();
+                    if h.is_control() {
+                        continue;
+                    }
+                    let batch = bytes.slice(pos..pos + h.size());
+                    let records = match decode_batch(batch) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            warn!(
+                                partition = p,
+                                base_offset = h.base_offset,
+                                "undecodable batch skipped while loading: {e}"
+                            );
+                            skipped += 1;
+                            continue;
+                        }
+                    };
+                    for r in records {
+                        let Some(key) = r.key else {
+                            skipped += 1;
+                            continue;
+                        };
+                        match c.load(p, &key, r.value.as_deref()) {
+                            Ok(()) => loaded += 1,
+                            Err(e) => {
+                                debug!(partition = p, offset = r.offset, "record skipped: {e}");
+                                skipped += 1;
+                            }
+                        }
+                    }
+                }
+                drop(c);
+                if next <= offset {
+                    warn!(
+                        partition = p,
+                        offset, "offsets load made no progress; stopping"
+                    );
+                    break;
+                }
+                offset = next;
+            }
+        }
+    }
+    shard
+        .groups
+        .coordinator
+        .borrow_mut()
+        .finish_loading(p, now_ms());
+    debug!(
+        shard = shard.id,
+        partition = p,
+        loaded,
+        skipped,
+        ms = started.elapsed().as_millis() as u64,
+        "offsets partition loaded"
+    );
+    (loaded, skipped)
+}
+
+/// Decodes one stored batch into records, decompressing through storage's bounded codecs.
+fn decode_batch(batch: Bytes) -> Result<Vec<Record>, String> {
+    let mut buf = batch;
+    let decompress = |data: &mut Bytes, c: WireCompression| -> anyhow::Result<Bytes> {
+        let codec = match c {
+            WireCompression::None => StoredCompression::None,
+            WireCompression::Gzip => StoredCompression::Gzip,
+            WireCompression::Snappy => StoredCompression::Snappy,
+            WireCompression::Lz4 => StoredCompression::Lz4,
+            WireCompression::Zstd => StoredCompression::Zstd,
+        };
+        let out = decompress_records(codec, data, LOAD_MAX_DECOMPRESSED)?;
+        Ok(Bytes::from(out))
+    };
+    RecordBatchDecoder::decode_with_custom_compression(&mut buf, Some(decompress))
+        .map(|set| set.records)
+        .map_err(|e| e.to_string())
+}
+
+/// Encodes coordinator records as one uncompressed RecordBatch v2 (offsets are assigned by
+/// the log; a `None` value is a tombstone).
+fn encode_batch(records: &[OffsetsRecord], now: i64) -> Result<BytesMut, String> {
+    let records: Vec<Record> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: WireTimestampType::Creation,
+            offset: i as i64,
+            // The encoder starts a new batch whenever `offset - sequence` changes; keeping it
+            // constant makes one batch (written atomically, as Kafka's coordinator does) whose
+            // base sequence, the first record's, is -1 (no producer).
+            sequence: i as i32 - 1,
+            timestamp: now,
+            key: Some(r.key.clone()),
+            value: r.value.clone(),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: WireCompression::None,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(buf)
+}
+
+/// Maps a storage append failure to what the coordinator expects from the replica manager.
+fn append_error(code: i16) -> AppendError {
+    match code {
+        // MESSAGE_TOO_LARGE, RECORD_LIST_TOO_LARGE
+        10 | 18 => AppendError::RecordTooLarge,
+        ec::KAFKA_STORAGE_ERROR => AppendError::Storage,
+        ec::UNKNOWN_TOPIC_OR_PARTITION => AppendError::NotEnoughReplicas,
+        _ => AppendError::Other(codes::UNKNOWN_SERVER_ERROR),
+    }
+}
+
+type Completion = Pin<Box<dyn Future<Output = Result<(), AppendError>>>>;
+
+/// Starts one append; its place in the partition's order is taken before this returns.
+async fn start_append(
+    shard: &Rc<Shard>,
+    partition: i32,
+    records: &[OffsetsRecord],
+) -> Result<Result<(), AppendError>, Completion> {
+    let batch = match encode_batch(records, now_ms()) {
+        Ok(b) => b,
+        Err(e) => {
+            warn!(partition, "cannot encode {OFFSETS_TOPIC} batch: {e}");
+            return Ok(Err(AppendError::Other(codes::UNKNOWN_SERVER_ERROR)));
+        }
+    };
+    let s = shard.clone();
+    let mut fut: Completion = Box::pin(async move {
+        let part = s
+            .partition(OFFSETS_TOPIC, partition)
+            .await
+            .map_err(append_error)?;
+        match part.log.append_leader(batch, 0, now_ms()).await {
+            Ok(_) => {
+                part.appended.notify_waiters();
+                Ok(())
+            }
+            Err(e) => {
+                warn!(partition, "{OFFSETS_TOPIC} append failed: {e}");
+                Err(append_error(e.kafka_error_code()))
+            }
+        }
+    });
+    // One poll takes the log's FIFO append lock (the partition is open, so the lookup does
+    // not wait): appends reach the log in the order the coordinator asked for them.
+    match std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+        Poll::Ready(r) => Ok(r),
+        Poll::Pending => Err(fut),
+    }
+}
+
+/// Carries out coordinator actions: answers waiting requests and starts appends, feeding
+/// completions back in.
+fn execute(
+    shard: &Rc<Shard>,
+    actions: Vec<CoordinatorAction>,
+) -> Pin<Box<dyn Future<Output = ()>>> {
+    let shard = shard.clone();
+    Box::pin(async move {
+        let mut queue: VecDeque<CoordinatorAction> = actions.into();
+        while let Some(action) = queue.pop_front() {
+            match action {
+                CoordinatorAction::Respond { token, response } => {
+                    if let Some(tx) = shard.groups.waiters.borrow_mut().remove(&token) {
+                        // The requester may have gone (connection closed): nothing to do.
+                        let _ = tx.send(response);
+                    }
+                }
+                CoordinatorAction::Append {
+                    append_id,
+                    partition,
+                    records,
+                } => match start_append(&shard, partition, &records).await {
+                    Ok(result) => {
+                        let more = complete(&shard, append_id, result);
+                        queue.extend(more);
+                    }
+                    Err(pending) => {
+                        let s = shard.clone();
+                        crate::io::runtime::spawn(async move {
+                            let result = pending.await;
+                            let more = complete(&s, append_id, result);
+                            execute(&s, more).await;
+                        });
+                    }
+                },
+            }
+        }
+        shard.groups.timer.notify_one();
+    })
+}
+
+fn complete(
+    shard: &Shard,
+    append_id: AppendId,
+    result: Result<(), AppendError>,
+) -> Vec<CoordinatorAction> {
+    shard
+        .groups
+        .coordinator
+        .borrow_mut()
+        .on_append_complete(append_id, now_ms(), result)
+}
+
+/// The coordinator's answer, or the error code to give when it cannot answer (the shard is
+/// shutting down and dropped the request).
+type Answer = Result<GroupResponse, i16>;
+
+/// Runs `request` on this shard's coordinator and waits for its answer.
+async fn submit_local(shard: Rc<Shard>, request: GroupRequest) -> Answer {
+    let token = shard.groups.next_token.get();
+    shard.groups.next_token.set(token.wrapping_add(1));
+    let (tx, rx) = oneshot::channel();
+    shard.groups.waiters.borrow_mut().insert(token, tx);
+    let image = shard.ctx.metadata.image();
+    let catalog = |topic: &str, p: i32| {
+        image
+            .topic(topic)
+            .is_some_and(|t| (0..t.partitions).contains(&p))
+    };
+    let actions = shard
+        .groups
+        .coordinator
+        .borrow_mut()
+        .handle(token, now_ms(), request, &catalog);
+    execute(&shard, actions).await;
+    // Dropped only on shutdown, when the runtime drops the coordinator's waiters.
+    rx.await.map_err(|_| codes::NOT_COORDINATOR)
+}
+
+/// The shard hosting `group_id`'s coordinator.
+fn coordinator_shard(shard: &Shard, group_id: &str) -> usize {
+    let p = offsets_partition_for(group_id, shard.groups.offsets_partitions());
+    shard.ctx.owner(OFFSETS_TOPIC, p)
+}
+
+/// Sends `request` to the coordinator of `group_id`.
+async fn submit(
+    shard: &Rc<Shard>,
+    group_id: &str,
+    request: GroupRequest,
+) -> Result<Answer, ShardGone> {
+    let owner = coordinator_shard(shard, group_id);
+    shard.call(owner, move |s| submit_local(s, request)).await
+}
+
+/// Drives the coordinator's timers: sleeps until `next_deadline`, re-armed whenever an input
+/// may have moved it. On drain, unloads every partition so waiting members are told
+/// NOT_COORDINATOR (as a Kafka broker does when it shuts down) instead of holding the drain.
+async fn timer_loop(shard: Rc<Shard>) {
+    let mut phase = shard.phase.subscribe();
+    // The first tick arms the periodic offset-retention check.
+    let actions = shard.groups.coordinator.borrow_mut().tick(now_ms());
+    execute(&shard, actions).await;
+    loop {
+        let next = shard.groups.coordinator.borrow().next_deadline();
+        let wait = match next {
+            Some(t) => Duration::from_millis(u64::try_from(t - now_ms()).unwrap_or(0)),
+            None => Duration::from_secs(3600),
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {
+                let actions = shard.groups.coordinator.borrow_mut().tick(now_ms());
+                execute(&shard, actions).await;
+            }
+            _ = shard.groups.timer.notified() => {}
+            changed = phase.changed() => {
+                if changed.is_err() || *phase.borrow() != Phase::Running {
+                    let owned = owned_offsets_partitions(&shard);
+                    let mut actions = Vec::new();
+                    for p in owned {
+                        actions.extend(shard.groups.coordinator.borrow_mut().unload(p));
+                    }
+                    execute(&shard, actions).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Tells every shard's coordinator that `topics` were deleted (their offsets go too).
+pub async fn topics_deleted(shard: &Rc<Shard>, topics: Vec<String>) -> Result<(), ShardGone> {
+    let calls = (0..shard.ctx.shard_count()).map(|s| {
+        let topics = topics.clone();
+        shard.call(s, move |sh| async move {
+            let actions = sh
+                .groups
+                .coordinator
+                .borrow_mut()
+                .on_topics_deleted(&topics);
+            execute(&sh, actions).await;
+        })
+    });
+    for r in futures_util::future::join_all(calls).await {
+        r?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request handlers (called from `handlers::handle_request`).
+
+fn client_id(header: &RequestHeader) -> String {
+    header
+        .client_id
+        .as_ref()
+        .map(|c| c.as_str().to_string())
+        .unwrap_or_default()
+}
+
+fn client_host() -> String {
+    CLIENT_ADDR
+        .try_with(|a| format!("/{}", a.ip()))
+        .unwrap_or_else(|_| "/".to_string())
+}
+
+/// A response of the wrong kind means a coordinator bug; answer with a generic error rather
+/// than panic on a client's request.
+fn mismatch(what: &str) {
+    tracing::error!("group coordinator answered {what} with a different response kind");
+}
+
+/// FindCoordinator v0-6: groups are coordinated by this broker; transactions are not served.
+pub fn find_coordinator(
+    shard: &Shard,
+    version: i16,
+    req: m::FindCoordinatorRequest,
+) -> m::FindCoordinatorResponse {
+    const NO_TXN: &str = "transactions are not served by this broker";
+    let cfg = &shard.ctx.config;
+    let answer = |key_type: i8| -> (i16, Option<&'static str>, i32, String, i32) {
+        match key_type {
+            0 => (
+                ec::NONE,
+                None,
+                cfg.node_id,
+                cfg.advertised_host.clone(),
+                cfg.advertised_port,
+            ),
+            1 => (
+                ec::COORDINATOR_NOT_AVAILABLE,
+                Some(NO_TXN),
+                -1,
+                String::new(),
+                -1,
+            ),
+            _ => (
+                ec::INVALID_REQUEST,
+                Some("unknown coordinator key type"),
+                -1,
+                String::new(),
+                -1,
+            ),
+        }
+    };
+    let (code, msg, node, host, port) = answer(req.key_type);
+    let str_bytes = |s: &str| StrBytes::from_string(s.to_string());
+    let resp = m::FindCoordinatorResponse::default();
+    if version >= 4 {
+        let coordinators = req
+            .coordinator_keys
+            .into_iter()
+            .map(|key| {
+                m::find_coordinator_response::Coordinator::default()
+                    .with_key(key)
+                    .with_node_id(BrokerId(node))
+                    .with_host(str_bytes(&host))
+                    .with_port(port)
+                    .with_error_code(code)
+                    .with_error_message(msg.map(str_bytes))
+            })
+            .collect();
+        resp.with_coordinators(coordinators)
+    } else {
+        let resp = resp
+            .with_error_code(code)
+            .with_node_id(BrokerId(node))
+            .with_host(str_bytes(&host))
+            .with_port(port);
+        if version >= 1 {
+            resp.with_error_message(msg.map(str_bytes))
+        } else {
+            resp
+        }
+    }
+}
+
+/// JoinGroup.
+pub async fn join_group(
+    shard: &Rc<Shard>,
+    version: i16,
+    header: &RequestHeader,
+    req: m::JoinGroupRequest,
+) -> Result<m::JoinGroupResponse, ShardGone> {
+    let r = wire::join_group_request(&req, version, &client_id(header), &client_host());
+    let group = r.group_id.clone();
+    let member = r.member_id.clone();
+    let result = match submit(shard, &group, GroupRequest::Join(r)).await? {
+        Ok(GroupResponse::Join(j)) => j,
+        Err(code) => crate::group::api::JoinGroupResult::error(code, member),
+        Ok(_) => {
+            mismatch("JoinGroup");
+            crate::group::api::JoinGroupResult::error(codes::UNKNOWN_SERVER_ERROR, member)
+        }
+    };
+    Ok(wire::join_group_response(&result, version))
+}
+
+/// SyncGroup.
+pub async fn sync_group(
+    shard: &Rc<Shard>,
+    version: i16,
+    req: m::SyncGroupRequest,
+) -> Result<m::SyncGroupResponse, ShardGone> {
+    let r = wire::sync_group_request(&req, version);
+    let group = r.group_id.clone();
+    let result = match submit(shard, &group, GroupRequest::Sync(r)).await? {
+        Ok(GroupResponse::Sync(s)) => s,
+        Err(code) => crate::group::api::SyncGroupResult::error(code),
+        Ok(_) => {
+            mismatch("SyncGroup");
+            crate::group::api::SyncGroupResult::error(codes::UNKNOWN_SERVER_ERROR)
+        }
+    };
+    Ok(wire::sync_group_response(&result, version))
+}
+
+/// Heartbeat.
+pub async fn heartbeat(
+    shard: &Rc<Shard>,
+    version: i16,
+    req: m::HeartbeatRequest,
+) -> Result<m::HeartbeatResponse, ShardGone> {
+    let r = wire::heartbeat_request(&req, version);
+    let group = r.group_id.clone();
+    let code = match submit(shard, &group, GroupRequest::Heartbeat(r)).await? {
+        Ok(GroupResponse::Heartbeat(code)) | Err(code) => code,
+        Ok(_) => {
+            mismatch("Heartbeat");
+            codes::UNKNOWN_SERVER_ERROR
+        }
+    };
+    Ok(wire::heartbeat_response(code))
+}
+
+/// LeaveGroup.
+pub async fn leave_group(
+    shard: &Rc<Shard>,
+    version: i16,
+    req: m::LeaveGroupRequest,
+) -> Result<m::LeaveGroupResponse, ShardGone> {
+    let r = wire::leave_group_request(&req, version);
+    let group = r.group_id.clone();
+    let result = match submit(shard, &group, GroupRequest::Leave(r)).await? {
+        Ok(GroupResponse::Leave(l)) => l,
+        other => {
+            let code = match other {
+                Err(code) => code,
+                Ok(_) => {
+                    mismatch("LeaveGroup");
+                    codes::UNKNOWN_SERVER_ERROR
+                }
+            };
+            crate::group::api::LeaveGroupResult {
+                error: code,
+                members: Vec::new(),
+            }
+        }
+    };
+    Ok(wire::leave_group_response(&result, version))
+}
+
+/// OffsetCommit.
+pub async fn offset_commit(
+    shard: &Rc<Shard>,
+    version: i16,
+    req: m::OffsetCommitRequest,
+) -> Result<m::OffsetCommitResponse, ShardGone> {
+    let r = wire::offset_commit_request(&req, version);
+    let group = r.group_id.clone();
+    let fallback: Vec<(String, i32, i16)> = r
+        .partitions
+        .iter()
+        .map(|p| (p.topic.clone(), p.partition, codes::UNKNOWN_SERVER_ERROR))
+        .collect();
+    let result = match submit(shard, &group, GroupRequest::OffsetCommit(r)).await? {
+        Ok(GroupResponse::OffsetCommit(v)) => v,
+        Err(code) => fallback.into_iter().map(|(t, p, _)| (t, p, code)).collect(),
+        Ok(_) => {
+            mismatch("OffsetCommit");
+            fallback
+        }
+    };
+    Ok(wire::offset_commit_response(&result))
+}
+
+/// OffsetFetch, including v8+ with several groups that may live on different shards.
+pub async fn offset_fetch(
+    shard: &Rc<Shard>,
+    version: i16,
+    req: m::OffsetFetchRequest,
+) -> Result<m::OffsetFetchResponse, ShardGone> {
+    let request = wire::offset_fetch_request(&req, version);
+    // Split by coordinator shard, keeping each group's position.
+    let mut by_shard: HashMap<usize, (Vec<usize>, OffsetFetch)> = HashMap::new();
+    for (pos, g) in request.groups.iter().enumerate() {
+        let owner = coordinator_shard(shard, &g.group_id);
+        let e = by_shard
+            .entry(owner)
+            .or_insert_with(|| (Vec::new(), OffsetFetch { groups: Vec::new() }));
+        e.0.push(pos);
+        e.1.groups.push(g.clone());
+    }
+    let mut results: Vec<Option<OffsetFetchGroupResult>> = vec![None; request.groups.len()];
+    let calls = by_shard.into_iter().map(|(owner, (positions, part))| {
+        let shard = shard.clone();
+        async move {
+            let r = shard
+                .call(owner, move |s| {
+                    submit_local(s, GroupRequest::OffsetFetch(part))
+                })
+                .await;
+            (positions, r)
+        }
+    });
+    for (positions, r) in futures_util::future::join_all(calls).await {
+        match r? {
+            Ok(GroupResponse::OffsetFetch(groups)) => {
+                for (pos, g) in positions.into_iter().zip(groups) {
+                    results[pos] = Some(g);
+                }
+            }
+            other => {
+                let code = match other {
+                    Err(code) => code,
+                    Ok(_) => {
+                        mismatch("OffsetFetch");
+                        codes::UNKNOWN_SERVER_ERROR
+                    }
+                };
+                for pos in positions {
+                    results[pos] = Some(OffsetFetchGroupResult {
+                        group_id: request.groups[pos].group_id.clone(),
+                        error: code,
+                        offsets: Vec::new(),
+                    });
+                }
+            }
+        }
+    }
+    let results: Vec<OffsetFetchGroupResult> = results
+        .into_iter()
+        .zip(&request.groups)
+        .map(|(r, g)| {
+            r.unwrap_or_else(|| OffsetFetchGroupResult {
+                group_id: g.group_id.clone(),
+                error: codes::UNKNOWN_SERVER_ERROR,
+                offsets: Vec::new(),
+            })
+        })
+        .collect();
+    Ok(wire::offset_fetch_response(&request, &results, version))
+}
+
+/// ListGroups: every shard's groups.
+pub async fn list_groups(
+    shard: &Rc<Shard>,
+    version: i16,
+    req: m::ListGroupsRequest,
+) -> Result<m::ListGroupsResponse, ShardGone> {
+    let r = wire::list_groups_request(&req, version);
+    let calls = (0..shard.ctx.shard_count()).map(|s| {
+        let r = r.clone();
+        shard.call(s, move |sh| submit_local(sh, GroupRequest::ListGroups(r)))
+    });
+    let mut merged = ListGroupsResult {
+        error: codes::NONE,
+        groups: Vec::new(),
+    };
+    for r in futures_util::future::join_all(calls).await {
+        match r? {
+            Ok(GroupResponse::ListGroups(l)) => {
+                if merged.error == codes::NONE {
+                    merged.error = l.error;
+                }
+                merged.groups.extend(l.groups);
+            }
+            Err(code) => {
+                if merged.error == codes::NONE {
+                    merged.error = code;
+                }
+            }
+            Ok(_) => mismatch("ListGroups"),
+        }
+    }
+    merged.groups.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+    Ok(wire::list_groups_response(&merged, version))
+}
+
+/// Splits group ids by coordinator shard, runs `make(ids)` on each, and puts the per-group
+/// answers back in request order.
+async fn per_group<T: Send + 'static>(
+    shard: &Rc<Shard>,
+    ids: Vec<String>,
+    make: fn(Vec<String>) -> GroupRequest,
+    extract: fn(GroupResponse) -> Option<Vec<T>>,
+    fail: impl Fn(&str, i16) -> T,
+) -> Result<Vec<T>, ShardGone> {
+    let mut by_shard: HashMap<usize, (Vec<usize>, Vec<String>)> = HashMap::new();
+    for (pos, id) in ids.iter().enumerate() {
+        let e = by_shard.entry(coordinator_shard(shard, id)).or_default();
+        e.0.push(pos);
+        e.1.push(id.clone());
+    }
+    let mut out: Vec<Option<T>> = (0..ids.len()).map(|_| None).collect();
+    let calls = by_shard.into_iter().map(|(owner, (positions, part))| {
+        let shard = shard.clone();
+        async move {
+            let r = shard
+                .call(owner, move |s| submit_local(s, make(part)))
+                .await;
+            (positions, r)
+        }
+    });
+    for (positions, r) in futures_util::future::join_all(calls).await {
+        let (code, items) = match r? {
+            Ok(resp) => (codes::UNKNOWN_SERVER_ERROR, extract(resp)),
+            Err(code) => (code, None),
+        };
+        match items {
+            Some(items) => {
+                for (pos, item) in positions.into_iter().zip(items) {
+                    out[pos] = Some(item);
+                }
+            }
+            None => {
+                for pos in positions {
+                    out[pos] = Some(fail(&ids[pos], code));
+                }
+            }
+        }
+    }
+    Ok(out
+        .into_iter()
+        .zip(&ids)
+        .map(|(o, id)| o.unwrap_or_else(|| fail(id, codes::UNKNOWN_SERVER_ERROR)))
+        .collect())
+}
+
+/// DescribeGroups (groups may live on different shards).
+pub async fn describe_groups(
+    shard: &Rc<Shard>,
+    version: i16,
+    req: m::DescribeGroupsRequest,
+) -> Result<m::DescribeGroupsResponse, ShardGone> {
+    let ids = wire::describe_groups_request(&req);
+    let groups = per_group(
+        shard,
+        ids,
+        GroupRequest::DescribeGroups,
+        |r| match r {
+            GroupResponse::DescribeGroups(g) => Some(g),
+            _ => None,
+        },
+        |id, code| DescribedGroup {
+            error: code,
+            group_id: id.to_string(),
+            exists: false,
+            state: "Dead".into(),
+            protocol_type: String::new(),
+            protocol: String::new(),
+            members: Vec::new(),
+        },
+    )
+    .await?;
+    Ok(wire::describe_groups_response(&groups, version))
+}
+
+/// DeleteGroups (fanned out over the shards that coordinate the groups).
+pub async fn delete_groups(
+    shard: &Rc<Shard>,
+    req: m::DeleteGroupsRequest,
+) -> Result<m::DeleteGroupsResponse, ShardGone> {
+    let ids = wire::delete_groups_request(&req);
+    let results = per_group(
+        shard,
+        ids,
+        GroupRequest::DeleteGroups,
+        |r| match r {
+            GroupResponse::DeleteGroups(g) => Some(g),
+            _ => None,
+        },
+        |id, code| (id.to_string(), code),
+    )
+    .await?;
+    Ok(wire::delete_groups_response(&results))
+}
+
+/// OffsetDelete.
+pub async fn offset_delete(
+    shard: &Rc<Shard>,
+    req: m::OffsetDeleteRequest,
+) -> Result<m::OffsetDeleteResponse, ShardGone> {
+    let r = wire::offset_delete_request(&req);
+    let group = r.group_id.clone();
+    let result = match submit(shard, &group, GroupRequest::OffsetDelete(r)).await? {
+        Ok(GroupResponse::OffsetDelete(d)) => d,
+        other => {
+            let code = match other {
+                Err(code) => code,
+                Ok(_) => {
+                    mismatch("OffsetDelete");
+                    codes::UNKNOWN_SERVER_ERROR
+                }
+            };
+            crate::group::api::OffsetDeleteResult {
+                error: code,
+                partitions: Vec::new(),
+            }
+        }
+    };
+    Ok(wire::offset_delete_response(&result))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(flags: &[(&str, &str)]) -> BrokerConfig {
+        let flags: Vec<(String, String)> = flags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        BrokerConfig::resolve(None, Vec::new(), &flags)
+            .expect("valid config")
+            .0
+    }
+
+    #[test]
+    fn batches_round_trip_with_tombstones() {
+        let records = vec![
+            OffsetsRecord {
+                key: Bytes::from_static(b"k1"),
+                value: Some(Bytes::from_static(b"v1")),
+            },
+            OffsetsRecord {
+                key: Bytes::from_static(b"k2"),
+                value: None,
+            },
+        ];
+        let batch = encode_batch(&records, 1234).expect("encode");
+        let header = crate::storage::record_batch::validate_batch(&batch).expect("valid v2 batch");
+        assert_eq!(header.records_count, 2);
+        assert_eq!(header.size(), batch.len(), "one batch");
+        assert_eq!(header.producer_id, -1);
+        assert_eq!(header.base_sequence, -1);
+        let decoded = decode_batch(batch.freeze()).expect("decode");
+        let got: Vec<(Option<Bytes>, Option<Bytes>)> =
+            decoded.into_iter().map(|r| (r.key, r.value)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    Some(Bytes::from_static(b"k1")),
+                    Some(Bytes::from_static(b"v1"))
+                ),
+                (Some(Bytes::from_static(b"k2")), None),
+            ]
+        );
+    }
+
+    #[test]
+    fn compressed_batches_decode_through_storage_codecs() {
+        for compression in [
+            WireCompression::Gzip,
+            WireCompression::Snappy,
+            WireCompression::Lz4,
+            WireCompression::Zstd,
+        ] {
+            let records: Vec<Record> = (0..3)
+                .map(|i| Record {
+                    transactional: false,
+                    control: false,
+                    delete_horizon: false,
+                    partition_leader_epoch: -1,
+                    producer_id: -1,
+                    producer_epoch: -1,
+                    timestamp_type: WireTimestampType::Creation,
+                    offset: i,
+                    sequence: i as i32 - 1,
+                    timestamp: 0,
+                    key: Some(Bytes::from(format!("key-{i}"))),
+                    value: Some(Bytes::from(vec![b'x'; 1000])),
+                    headers: Default::default(),
+                })
+                .collect();
+            let mut buf = BytesMut::new();
+            RecordBatchEncoder::encode(
+                &mut buf,
+                &records,
+                &RecordEncodeOptions {
+                    version: 2,
+                    compression,
+                },
+            )
+            .expect("encode");
+            let header =
+                crate::storage::record_batch::BatchHeader::parse(&buf).expect("batch header");
+            assert_eq!(header.size(), buf.len(), "one batch");
+            let decoded = decode_batch(buf.freeze()).expect("decode");
+            assert_eq!(decoded.len(), 3, "{compression:?}");
+            assert_eq!(decoded[2].key.as_deref(), Some(&b"key-2"[..]));
+        }
+    }
+
+    #[test]
+    fn garbage_batches_are_errors_not_panics() {
+        assert!(decode_batch(Bytes::from_static(&[0u8; 70])).is_err());
+        assert!(decode_batch(Bytes::new()).is_err());
+    }
+
+    #[test]
+    fn coordinator_config_reads_broker_keys() {
+        let c = coordinator_config(
+            &config(&[
+                ("group.initial.rebalance.delay.ms", "0"),
+                ("offsets.topic.num.partitions", "7"),
+                ("offsets.retention.minutes", "2"),
+                ("group.max.size", "3"),
+            ]),
+            None,
+        )
+        .expect("config");
+        assert_eq!(c.initial_rebalance_delay_ms, 0);
+        assert_eq!(c.offsets_partitions, 7);
+        assert_eq!(c.offsets_retention_ms, 120_000);
+        assert_eq!(c.max_group_size, 3);
+        assert_eq!(c.min_session_timeout_ms, 6000);
+        // The existing topic's partition count wins.
+        let c = coordinator_config(&config(&[("offsets.topic.num.partitions", "7")]), Some(50))
+            .expect("config");
+        assert_eq!(c.offsets_partitions, 50);
+    }
+
+    #[test]
+    fn bad_group_keys_name_the_key() {
+        for (k, v) in [
+            ("offsets.topic.num.partitions", "0"),
+            ("group.min.session.timeout.ms", "-1"),
+            ("group.max.session.timeout.ms", "99999999999"),
+            ("group.initial.rebalance.delay.ms", "soon"),
+        ] {
+            let e = coordinator_config(&config(&[(k, v)]), None)
+                .expect_err(k)
+                .to_string();
+            assert!(e.contains(k), "{e}");
+        }
+    }
+
+    #[test]
+    fn storage_errors_map_to_coordinator_errors() {
+        assert_eq!(append_error(10), AppendError::RecordTooLarge);
+        assert_eq!(append_error(ec::KAFKA_STORAGE_ERROR), AppendError::Storage);
+        assert_eq!(
+            append_error(ec::KAFKA_STORAGE_ERROR).to_coordinator_error(),
+            codes::NOT_COORDINATOR
+        );
+        assert_eq!(
+            append_error(ec::UNKNOWN_TOPIC_OR_PARTITION).to_coordinator_error(),
+            codes::COORDINATOR_NOT_AVAILABLE
+        );
+    }
+}
