@@ -33,7 +33,7 @@ for _ in $(seq 100); do
 done
 
 run() { # workload rate
-  $BENCH run --no-progress --bootstrap "127.0.0.1:$PORT" --broker-label "sluice single node" \
+  $BENCH run --no-progress --bootstrap "127.0.0.1:$PORT" --broker-label "sluice single node" --consumer-mode assign \
     --baseline results/baseline/baseline.json --workload "bench/workloads/$1.toml" \
     --rate "$2" --warmup "$WARMUP" --duration "$DURATION" || echo "run $1 at $2 exited with $?" >&2
 }

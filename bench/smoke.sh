@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Smoke run of sluice-bench against a local single-node Sluice broker (a few seconds of load):
 # starts target/release/sluice on a free 127.0.0.1 port, runs bench/workloads/smoke.toml,
-# checks the output files and the reconciliation (sluice-bench exits non-zero on a mismatch),
+# checks the output files, the reconciliation (sluice-bench exits non-zero on a mismatch) and
+# the consumer group's partition ownership (one owner at a time),
 # then stops the broker by its PID. `cargo test -p bench --test smoke` does the same from Rust
 # when the binary exists; this script is for a shell-driven CI step.
 set -euo pipefail
@@ -29,4 +30,8 @@ for f in summary.json publish.hgrm publish-uncorrected.hgrm e2e.hgrm timeseries.
   [ -s "$WORK/results/smoke/$f" ] || { echo "missing or empty: $f" >&2; exit 1; }
 done
 grep -q '"ok": true' "$WORK/results/smoke/summary.json"
+# smoke.toml runs in group mode (OMB's default): its two consumers form one group on four
+# partitions; each partition must have had one owner at a time and every one an owner.
+grep -q '"overlaps": \[\]' "$WORK/results/smoke/summary.json"
+grep -q '"never_owned": \[\]' "$WORK/results/smoke/summary.json"
 echo "smoke OK"

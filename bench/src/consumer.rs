@@ -1,6 +1,8 @@
-//! Consumers by assignment: each consumer owns a set of partitions and long-polls their
-//! leaders with Fetch, decoding RecordBatch v2 (any compression), recording end-to-end latency
-//! from the intended send time in each value, and marking messages in the run's ledger.
+//! The fetch path both consumer modes share: a [`Fetcher`] owns a set of partitions and
+//! long-polls their leaders with Fetch, decoding RecordBatch v2 (any compression), recording
+//! end-to-end latency from the intended send time in each value, and marking messages in the
+//! run's ledger. [`run_consumer`] drives one by assignment; `group_consumer` drives one as a
+//! member of a consumer group.
 
 use crate::client::cluster::{self, FETCH_VERSIONS};
 use crate::client::connection::decode_response;
@@ -27,15 +29,18 @@ const FETCH_MAX_BYTES: i32 = 52_428_800;
 /// Errors kept verbatim for the report.
 const MAX_ERRORS_KEPT: usize = 10;
 
-/// One consumer: its assigned partitions, where they start, and where their leaders are.
+/// One consumer: its assigned partitions, where they start, and where their leaders are
+/// (in group mode: the leaders of every partition, and no start offsets).
 pub struct ConsumerSpec {
     /// Consumer index (for client ids and logs).
     pub consumer: u32,
+    /// Subscription index within the topic (each subscription reads every message).
+    pub subscription: u32,
     /// Topic.
     pub topic: String,
     /// Broker id to address.
     pub brokers: HashMap<i32, String>,
-    /// Assigned partition to its leader broker id.
+    /// Partition to its leader broker id.
     pub leaders: HashMap<i32, i32>,
     /// Assigned partition to the offset to start reading from.
     pub start_offsets: HashMap<i32, i64>,
@@ -88,34 +93,109 @@ struct FetchDone {
     result: Result<Bytes, ClientError>,
 }
 
-struct Consumer {
-    spec: ConsumerSpec,
+/// Where a fetcher reads: the topic, its brokers, and the partitions it owns now. Both
+/// consumer modes drive one: by assignment it owns a fixed set for the whole run; in a group
+/// the membership hands partitions in and takes them back at each rebalance.
+pub struct Fetcher {
+    consumer: u32,
+    subscription: u32,
+    topic: String,
+    brokers: HashMap<i32, String>,
+    /// Leader of every partition of the topic this fetcher knows about.
+    leaders: HashMap<i32, i32>,
+    /// Owned partitions to their next offset to read (the fetch position).
+    positions: HashMap<i32, i64>,
+    /// Owned partitions whose offsets below the bound were read before by another member:
+    /// reading them again is a replay after a rebalance, not a duplicate delivery.
+    replay_below: HashMap<i32, i64>,
+    run_id: u64,
+    max_wait_ms: i32,
+    partition_max_bytes: i32,
     shared: Arc<Shared>,
     result: ConsumerResult,
-    offsets: HashMap<i32, i64>,
     conns: HashMap<i32, Connection>,
     metadata_stale: bool,
+    tasks: JoinSet<FetchDone>,
+    outstanding: HashSet<i32>,
 }
 
-impl Consumer {
-    fn note(&mut self, e: String) {
+impl Fetcher {
+    /// A fetcher owning `spec.start_offsets` (possibly none yet).
+    pub fn new(spec: ConsumerSpec, shared: Arc<Shared>) -> Self {
+        Fetcher {
+            consumer: spec.consumer,
+            subscription: spec.subscription,
+            topic: spec.topic,
+            brokers: spec.brokers,
+            leaders: spec.leaders,
+            positions: spec.start_offsets,
+            replay_below: HashMap::new(),
+            run_id: spec.run_id,
+            max_wait_ms: spec.max_wait_ms,
+            partition_max_bytes: spec.partition_max_bytes,
+            shared,
+            result: ConsumerResult {
+                e2e: new_histogram(),
+                records: 0,
+                foreign: 0,
+                errors: Vec::new(),
+            },
+            conns: HashMap::new(),
+            metadata_stale: false,
+            tasks: JoinSet::new(),
+            outstanding: HashSet::new(),
+        }
+    }
+
+    /// Starts owning `partition` at `offset`; offsets below `replay_below` were consumed by
+    /// a previous owner.
+    pub fn assign(&mut self, partition: i32, offset: i64, replay_below: i64) {
+        self.positions.insert(partition, offset);
+        if replay_below > offset {
+            self.replay_below.insert(partition, replay_below);
+        }
+    }
+
+    /// Stops owning every partition and returns their positions. Fetches in flight are
+    /// dropped unprocessed, so a position is exactly what was recorded as consumed.
+    pub fn revoke_all(&mut self) -> HashMap<i32, i64> {
+        // Dropping the set aborts its tasks; their responses are never processed.
+        self.tasks = JoinSet::new();
+        self.outstanding.clear();
+        self.replay_below.clear();
+        std::mem::take(&mut self.positions)
+    }
+
+    /// The positions of the owned partitions.
+    pub fn positions(&self) -> &HashMap<i32, i64> {
+        &self.positions
+    }
+
+    /// Records an error for the report (the first few are kept).
+    pub fn note(&mut self, e: String) {
         if self.result.errors.len() < MAX_ERRORS_KEPT {
-            tracing::warn!(consumer = self.spec.consumer, error = %e, "fetch failed");
+            tracing::warn!(consumer = self.consumer, error = %e, "consumer error");
             self.result.errors.push(e);
         }
+    }
+
+    /// Ends the fetcher and hands back what it measured.
+    pub fn finish(mut self) -> ConsumerResult {
+        self.tasks.abort_all();
+        self.result
     }
 
     fn fetch_request(&self, partitions: &[i32]) -> FetchRequest {
         FetchRequest::default()
             .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(self.spec.max_wait_ms)
+            .with_max_wait_ms(self.max_wait_ms)
             .with_min_bytes(1)
             .with_max_bytes(FETCH_MAX_BYTES)
             .with_isolation_level(0)
             .with_session_id(0)
             .with_session_epoch(-1)
             .with_topics(vec![FetchTopic::default()
-                .with_topic(TopicName(StrBytes::from_string(self.spec.topic.clone())))
+                .with_topic(TopicName(StrBytes::from_string(self.topic.clone())))
                 .with_partitions(
                     partitions
                         .iter()
@@ -123,41 +203,47 @@ impl Consumer {
                             FetchPartition::default()
                                 .with_partition(*p)
                                 .with_current_leader_epoch(-1)
-                                .with_fetch_offset(self.offsets.get(p).copied().unwrap_or(0))
+                                .with_fetch_offset(self.positions.get(p).copied().unwrap_or(0))
                                 .with_last_fetched_epoch(-1)
                                 .with_log_start_offset(-1)
-                                .with_partition_max_bytes(self.spec.partition_max_bytes)
+                                .with_partition_max_bytes(self.partition_max_bytes)
                         })
                         .collect(),
                 )])
     }
 
-    /// Sends one Fetch to `broker` for the assigned partitions it leads.
-    async fn send_fetch(
-        &mut self,
-        broker: i32,
-        tasks: &mut JoinSet<FetchDone>,
-    ) -> Result<(), ClientError> {
+    /// Leaders of the owned partitions, deduplicated; -1 when unknown.
+    fn owned_leaders(&self) -> Vec<i32> {
+        let mut out: Vec<i32> = self
+            .positions
+            .keys()
+            .map(|p| self.leaders.get(p).copied().unwrap_or(-1))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Sends one Fetch to `broker` for the owned partitions it leads.
+    async fn send_fetch(&mut self, broker: i32) -> Result<(), ClientError> {
         let mut parts: Vec<i32> = self
-            .spec
-            .leaders
-            .iter()
-            .filter(|(_, l)| **l == broker)
-            .map(|(p, _)| *p)
+            .positions
+            .keys()
+            .filter(|p| self.leaders.get(p) == Some(&broker))
+            .copied()
             .collect();
         parts.sort_unstable();
         let req = self.fetch_request(&parts);
         if !self.conns.contains_key(&broker) {
-            let addr =
-                self.spec
-                    .brokers
-                    .get(&broker)
-                    .cloned()
-                    .ok_or_else(|| ClientError::Protocol {
-                        addr: format!("broker {broker}"),
-                        message: "no address for leader".into(),
-                    })?;
-            let client_id = format!("sluice-bench-c{}", self.spec.consumer);
+            let addr = self
+                .brokers
+                .get(&broker)
+                .cloned()
+                .ok_or_else(|| ClientError::Protocol {
+                    addr: format!("broker {broker}"),
+                    message: "no address for leader".into(),
+                })?;
+            let client_id = format!("sluice-bench-c{}", self.consumer);
             let c = Connection::connect(&addr, &client_id).await?;
             self.conns.insert(broker, c);
         }
@@ -172,8 +258,8 @@ impl Consumer {
             .send(&req, version, true)
             .await?
             .ok_or_else(|| ClientError::Closed(addr.clone()))?;
-        let timeout = stop_latency(self.spec.max_wait_ms);
-        tasks.spawn(async move {
+        let timeout = stop_latency(self.max_wait_ms);
+        self.tasks.spawn(async move {
             let result = fut.wait(timeout).await;
             FetchDone {
                 broker,
@@ -186,27 +272,73 @@ impl Consumer {
     }
 
     async fn refresh_metadata(&mut self) {
-        let mut addrs: Vec<String> = self.spec.brokers.values().cloned().collect();
+        let mut addrs: Vec<String> = self.brokers.values().cloned().collect();
         addrs.sort();
         for addr in addrs {
             let attempt = async {
                 let mut c = Connection::connect(&addr, "sluice-bench-metadata").await?;
-                cluster::metadata(&mut c, std::slice::from_ref(&self.spec.topic)).await
+                cluster::metadata(&mut c, std::slice::from_ref(&self.topic)).await
             };
             let Ok(Ok(cl)) = tokio::time::timeout(Duration::from_secs(2), attempt).await else {
                 continue;
             };
-            let Some(parts) = cl.topics.get(&self.spec.topic) else {
+            let Some(parts) = cl.topics.get(&self.topic) else {
                 continue;
             };
             for p in parts {
-                if let Some(l) = self.spec.leaders.get_mut(&p.partition) {
-                    *l = p.leader;
-                }
+                self.leaders.insert(p.partition, p.leader);
             }
-            self.spec.brokers.extend(cl.brokers);
+            self.brokers.extend(cl.brokers);
             self.metadata_stale = false;
             return;
+        }
+    }
+
+    /// One round of the fetch loop: a Fetch to every leader of an owned partition that has
+    /// none outstanding, then the first response processed, or nothing by `until` (or when
+    /// `stop` changes). Each leader has at most one Fetch outstanding and gets the next as soon
+    /// as its response is processed, as in the Java consumer's fetcher.
+    pub async fn step(&mut self, until: tokio::time::Instant, stop: &mut watch::Receiver<bool>) {
+        if self.metadata_stale && self.outstanding.is_empty() {
+            self.refresh_metadata().await;
+        }
+        for b in self.owned_leaders() {
+            if b < 0 || self.outstanding.contains(&b) || self.metadata_stale {
+                continue;
+            }
+            match self.send_fetch(b).await {
+                Ok(()) => {
+                    self.outstanding.insert(b);
+                }
+                Err(e) => {
+                    self.conns.remove(&b);
+                    self.metadata_stale = true;
+                    self.note(e.to_string());
+                }
+            }
+        }
+        // Nothing in flight (no partitions, or leaders unknown): retry after a short pause.
+        let idle = tokio::time::Instant::now() + Duration::from_millis(100);
+        let until = if self.outstanding.is_empty() {
+            until.min(idle)
+        } else {
+            until
+        };
+        tokio::select! {
+            Some(done) = self.tasks.join_next(), if !self.outstanding.is_empty() => match done {
+                Ok(d) => {
+                    self.outstanding.remove(&d.broker);
+                    self.process(d);
+                }
+                Err(e) => {
+                    if !e.is_cancelled() {
+                        self.outstanding.clear();
+                        self.note(format!("fetch task failed: {e}"));
+                    }
+                }
+            },
+            _ = stop.changed() => {}
+            _ = tokio::time::sleep_until(until) => {}
         }
     }
 
@@ -228,7 +360,7 @@ impl Consumer {
             self.note(format!("fetch error code {}", resp.error_code));
             return;
         }
-        let measure_from = clock::micros_at(self.shared.measure_from);
+        let measure_from = clock::micros_at(self.shared.measure_from());
         let shared = self.shared.clone();
         let mut got = 0u64;
         let mut bytes = 0u64;
@@ -248,9 +380,15 @@ impl Consumer {
                         continue;
                     }
                     let Some(records) = p.records else { continue };
-                    let Some(next) = self.offsets.get(&p.partition_index).copied() else {
+                    // A partition revoked while its fetch was in flight is not read.
+                    let Some(next) = self.positions.get(&p.partition_index).copied() else {
                         continue;
                     };
+                    let replay_below = self
+                        .replay_below
+                        .get(&p.partition_index)
+                        .copied()
+                        .unwrap_or(i64::MIN);
                     let mut new_next = next;
                     for mut batch in split_batches(records) {
                         let set = match RecordBatchDecoder::decode(&mut batch) {
@@ -274,8 +412,13 @@ impl Consumer {
                                 continue;
                             };
                             match Header::parse(&value) {
-                                Some(h) if h.run_id == self.spec.run_id => {
-                                    shared.ledger.consume(h.producer, h.sequence);
+                                Some(h) if h.run_id == self.run_id => {
+                                    shared.ledger.consume_at(
+                                        self.subscription,
+                                        h.producer,
+                                        h.sequence,
+                                        r.offset < replay_below,
+                                    );
                                     got += 1;
                                     bytes += value.len() as u64;
                                     let lat = done.arrived_micros.saturating_sub(h.intended_micros);
@@ -288,7 +431,8 @@ impl Consumer {
                             }
                         }
                     }
-                    self.offsets.insert(p.partition_index, new_next);
+                    debug_assert!(new_next >= next, "a fetch position never moves back");
+                    self.positions.insert(p.partition_index, new_next);
                 }
             }
         }
@@ -304,69 +448,19 @@ impl Consumer {
     }
 }
 
-/// Consumes the assigned partitions until `stop` turns true. Each leader broker has at most
-/// one Fetch outstanding and gets the next one as soon as its response is processed, as in the
-/// Java consumer's fetcher; every wait is bounded by the fetch wait plus a timeout.
+/// Consumes the assigned partitions until `stop` turns true; every wait is bounded by the
+/// fetch wait plus a timeout.
 pub async fn run_consumer(
     spec: ConsumerSpec,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) -> ConsumerResult {
-    let offsets = spec.start_offsets.clone();
-    let mut c = Consumer {
-        spec,
-        shared,
-        result: ConsumerResult {
-            e2e: new_histogram(),
-            records: 0,
-            foreign: 0,
-            errors: Vec::new(),
-        },
-        offsets,
-        conns: HashMap::new(),
-        metadata_stale: false,
-    };
-    let mut tasks: JoinSet<FetchDone> = JoinSet::new();
-    let mut outstanding: HashSet<i32> = HashSet::new();
+    let mut f = Fetcher::new(spec, shared);
     while !*stop.borrow() {
-        if c.metadata_stale && outstanding.is_empty() {
-            c.refresh_metadata().await;
-        }
-        let mut leaders: Vec<i32> = c.spec.leaders.values().copied().collect();
-        leaders.sort_unstable();
-        leaders.dedup();
-        for b in leaders {
-            if b < 0 || outstanding.contains(&b) || c.metadata_stale {
-                continue;
-            }
-            match c.send_fetch(b, &mut tasks).await {
-                Ok(()) => {
-                    outstanding.insert(b);
-                }
-                Err(e) => {
-                    c.conns.remove(&b);
-                    c.metadata_stale = true;
-                    c.note(e.to_string());
-                }
-            }
-        }
-        tokio::select! {
-            Some(done) = tasks.join_next() => match done {
-                Ok(d) => {
-                    outstanding.remove(&d.broker);
-                    c.process(d);
-                }
-                Err(e) => {
-                    outstanding.clear();
-                    c.note(format!("fetch task failed: {e}"));
-                }
-            },
-            _ = stop.changed() => break,
-            _ = tokio::time::sleep(Duration::from_millis(100)), if outstanding.is_empty() => {}
-        }
+        let until = tokio::time::Instant::now() + Duration::from_secs(1);
+        f.step(until, &mut stop).await;
     }
-    tasks.abort_all();
-    c.result
+    f.finish()
 }
 
 /// How long a fetcher loop may take to notice a stop request (for callers' deadlines).

@@ -8,6 +8,7 @@ pub mod clock;
 pub mod compare;
 pub mod consumer;
 pub mod fake_broker;
+pub mod group_consumer;
 pub mod ledger;
 pub mod machine;
 pub mod murmur2;

@@ -7,7 +7,7 @@ use sluice_bench::baseline::{self, BaselineOptions};
 use sluice_bench::fake_broker::{FakeBroker, LatencyModel};
 use sluice_bench::report::{self, BrokerInfo};
 use sluice_bench::runner::{self, RunOptions};
-use sluice_bench::workload::{CompressionCodec, Workload};
+use sluice_bench::workload::{CompressionCodec, ConsumerMode, Workload};
 use sluice_bench::{compare, payload};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -133,6 +133,15 @@ struct RunArgs {
     /// Consumers per subscription.
     #[arg(long)]
     consumers: Option<u32>,
+    /// Subscriptions per topic (each reads every message; one consumer group each).
+    #[arg(long)]
+    subscriptions: Option<u32>,
+    /// Consumers in a group per subscription ("group", OMB's model) or by assignment ("assign").
+    #[arg(long)]
+    consumer_mode: Option<ConsumerMode>,
+    /// Group mode: preferred assignor, "range" or "roundrobin".
+    #[arg(long)]
+    assignor: Option<String>,
     /// acks: 0, 1 or -1/all.
     #[arg(long, allow_hyphen_values = true)]
     acks: Option<String>,
@@ -201,6 +210,15 @@ fn build_workload(a: &RunArgs) -> Result<Workload> {
     }
     if let Some(v) = a.consumers {
         w.consumer_per_subscription = v;
+    }
+    if let Some(v) = a.subscriptions {
+        w.subscriptions_per_topic = v;
+    }
+    if let Some(v) = a.consumer_mode {
+        w.consumer_mode = v;
+    }
+    if let Some(v) = &a.assignor {
+        w.partition_assignor = v.clone();
     }
     if let Some(v) = &a.acks {
         w.acks = match v.as_str() {

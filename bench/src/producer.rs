@@ -546,7 +546,7 @@ impl Producer {
             }
             Ok(_) => {}
         }
-        let measure_from = self.shared.measure_from;
+        let measure_from = self.shared.measure_from();
         let mut interval = self.shared.lock_interval_publish();
         for b in &c.batches {
             let code = if acks_zero {

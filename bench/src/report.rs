@@ -2,6 +2,7 @@
 //! e2e.hgrm, timeseries.csv and the plots.
 
 use crate::baseline::Baseline;
+use crate::group_consumer::GroupReport;
 use crate::ledger::Reconciliation;
 use crate::machine::{command_line, git_commit, Machine};
 use crate::plot;
@@ -74,6 +75,9 @@ pub struct Summary {
     pub baseline: Option<BaselineRatio>,
     /// Events on the time axis (warm-up end, injected faults).
     pub markers: Vec<plot::Marker>,
+    /// Consumer groups of a group-mode run: generations and partition ownership over time.
+    #[serde(default)]
+    pub groups: Vec<GroupReport>,
 }
 
 /// Builds the summary of a run.
@@ -122,6 +126,7 @@ pub fn summarize(
         errors: outcome.errors.clone(),
         baseline: ratio,
         markers: outcome.markers.clone(),
+        groups: outcome.groups.clone(),
     }
 }
 
@@ -231,16 +236,37 @@ pub fn render_text(s: &Summary) -> String {
     let c = &s.reconciliation;
     let _ = writeln!(
         out,
-        "reconciliation: sent {} acked {} failed {} consumed {} lost {} duplicates {} consumed-unacked {} => {}",
+        "reconciliation: sent {} acked {} failed {} consumed {} lost {} duplicates {} (after rebalance {}) consumed-unacked {} => {}",
         c.sent,
         c.acked,
         c.failed,
         c.consumed,
         c.lost,
         c.duplicates,
+        c.rebalance_duplicates,
         c.consumed_unacked,
         if c.ok { "OK" } else { "MISMATCH" }
     );
+    for g in &s.groups {
+        let _ = writeln!(
+            out,
+            "group {}: {} members, generations {:?}, {} ownership intervals, {} => {}",
+            g.group_id,
+            g.members,
+            g.generations,
+            g.ownership.len(),
+            if g.never_owned.is_empty() {
+                "every partition owned".to_string()
+            } else {
+                format!("partitions never owned {:?}", g.never_owned)
+            },
+            if g.overlaps.is_empty() {
+                "one owner at a time"
+            } else {
+                "OVERLAPPING OWNERS"
+            }
+        );
+    }
     if let Some(b) = &s.baseline {
         let _ = writeln!(
             out,

@@ -3,11 +3,14 @@
 
 use crate::client::{cluster, Connection};
 use crate::consumer::{run_consumer, stop_latency, ConsumerSpec};
+use crate::group_consumer::{
+    run_group_consumer, GroupConsumerSpec, GroupReport, GroupShared, GROUP_REQUEST_TIMEOUT,
+};
 use crate::ledger::{Ledger, Reconciliation};
 use crate::plot::Marker;
 use crate::producer::{run_producer, ProducerSpec};
 use crate::recorder::{merge, new_histogram, Percentiles};
-use crate::workload::{PayloadKind, Workload};
+use crate::workload::{ConsumerMode, PayloadKind, Workload};
 use anyhow::{anyhow, Context, Result};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
@@ -16,9 +19,13 @@ use rand::{Rng, RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+
+/// How long a run waits for its consumer groups to be stable before producing (covers the
+/// broker's `group.initial.rebalance.delay.ms`, 3 s by default, and a rebalance or two).
+const GROUP_SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Monotonic counters shared by producers, consumers and the sampler.
 #[derive(Debug, Default)]
@@ -46,22 +53,45 @@ pub struct Shared {
     pub counters: Counters,
     /// Acked/consumed ledger.
     pub ledger: Ledger,
-    /// Samples whose intended time is before this are warm-up and not recorded.
-    pub measure_from: Instant,
+    /// Samples whose intended time is before this are warm-up and not recorded; set once,
+    /// when the schedule is fixed (after consumer groups are stable).
+    measure_from: OnceLock<Instant>,
+    /// Stands for "not scheduled yet": later than any sample.
+    never: Instant,
     interval_publish: Mutex<Histogram<u64>>,
     interval_e2e: Mutex<Histogram<u64>>,
 }
 
 impl Shared {
-    /// Shared state for `producers` producers, measuring from `measure_from`.
+    /// Shared state for `producers` producers read by one subscription, measuring from
+    /// `measure_from`.
     pub fn new(producers: usize, measure_from: Instant) -> Self {
+        let s = Self::unscheduled(producers, 1);
+        s.schedule(measure_from);
+        s
+    }
+
+    /// Shared state for `producers` producers each read by `subscriptions` subscriptions,
+    /// whose measured window is not known yet (see [`Shared::schedule`]).
+    pub fn unscheduled(producers: usize, subscriptions: usize) -> Self {
         Shared {
             counters: Counters::default(),
-            ledger: Ledger::new(producers),
-            measure_from,
+            ledger: Ledger::with_subscriptions(producers, subscriptions),
+            measure_from: OnceLock::new(),
+            never: Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600),
             interval_publish: Mutex::new(new_histogram()),
             interval_e2e: Mutex::new(new_histogram()),
         }
+    }
+
+    /// Fixes the start of the measured window (the first call wins).
+    pub fn schedule(&self, measure_from: Instant) {
+        let _ = self.measure_from.set(measure_from);
+    }
+
+    /// Samples whose intended time is before this are warm-up and not recorded.
+    pub fn measure_from(&self) -> Instant {
+        self.measure_from.get().copied().unwrap_or(self.never)
     }
 
     /// The publish-latency histogram of the current one-second interval.
@@ -148,6 +178,8 @@ pub struct RunOutcome {
     pub unsent: u64,
     /// Events on the time axis: warm-up end plus `RunOptions::markers`.
     pub markers: Vec<Marker>,
+    /// Consumer groups (group mode): members, generations, who owned which partition when.
+    pub groups: Vec<GroupReport>,
 }
 
 /// Average rates over the measured window.
@@ -272,16 +304,17 @@ async fn run_async(w: Workload, opts: RunOptions) -> Result<RunOutcome> {
     let total_producers = w.total_producers() as usize;
     let warmup = w.warmup_duration();
     let test = w.test_duration();
-    // Give connections a moment to be set up before the schedule's time zero.
-    let start = Instant::now() + Duration::from_millis(200);
-    let measure_from = start + warmup;
-    let end = measure_from + test;
-    let shared = Arc::new(Shared::new(total_producers, measure_from));
+    let shared = Arc::new(Shared::unscheduled(
+        total_producers,
+        w.subscriptions_per_topic as usize,
+    ));
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    // Consumers: each subscription reads everything; its consumers split the partitions
-    // round-robin, and each consumer runs one fetcher per leader broker.
+    // Consumers: each subscription reads everything. By assignment its consumers split the
+    // partitions round-robin; in group mode it is one consumer group whose members split them
+    // as the group leader's assignor decides.
     let mut fetchers = Vec::new();
+    let mut groups: Vec<(String, String, u32, i32, Arc<GroupShared>)> = Vec::new();
     let mut consumer_index = 0u32;
     for (ti, topic) in topics.iter().enumerate() {
         let cl = &clusters[ti];
@@ -300,13 +333,27 @@ async fn run_async(w: Workload, opts: RunOptions) -> Result<RunOutcome> {
             let mut conn = Connection::connect(addr, "sluice-bench-admin").await?;
             start_offsets.extend(cluster::list_offsets(&mut conn, topic, ps, -1).await?);
         }
-        for _sub in 0..w.subscriptions_per_topic {
+        for sub in 0..w.subscriptions_per_topic {
             let n = w.consumer_per_subscription.max(1) as usize;
+            let group = match w.consumer_mode {
+                ConsumerMode::Group => {
+                    let g = Arc::new(GroupShared::default());
+                    groups.push((
+                        format!("{topic}-sub{sub}"),
+                        topic.clone(),
+                        n as u32,
+                        parts.len() as i32,
+                        g.clone(),
+                    ));
+                    Some(g)
+                }
+                ConsumerMode::Assign => None,
+            };
             for c in 0..n {
                 let mut leaders = HashMap::new();
                 let mut offsets = HashMap::new();
                 for (i, p) in parts.iter().enumerate() {
-                    if i % n == c {
+                    if group.is_some() || i % n == c {
                         leaders.insert(p.partition, p.leader);
                         offsets.insert(
                             p.partition,
@@ -314,27 +361,84 @@ async fn run_async(w: Workload, opts: RunOptions) -> Result<RunOutcome> {
                         );
                     }
                 }
-                if !leaders.is_empty() {
-                    let spec = ConsumerSpec {
-                        consumer: consumer_index,
-                        topic: topic.clone(),
-                        brokers: leaders_addr.clone(),
-                        leaders,
-                        start_offsets: offsets,
-                        run_id,
-                        max_wait_ms: w.fetch_max_wait_ms,
-                        partition_max_bytes: w.max_partition_fetch_bytes,
+                let mut spec = ConsumerSpec {
+                    consumer: consumer_index,
+                    subscription: sub,
+                    topic: topic.clone(),
+                    brokers: leaders_addr.clone(),
+                    leaders,
+                    start_offsets: HashMap::new(),
+                    run_id,
+                    max_wait_ms: w.fetch_max_wait_ms,
+                    partition_max_bytes: w.max_partition_fetch_bytes,
+                };
+                consumer_index += 1;
+                if let Some(g) = &group {
+                    let gspec = GroupConsumerSpec {
+                        fetch: spec,
+                        bootstrap: opts.bootstrap.clone(),
+                        group_id: format!("{topic}-sub{sub}"),
+                        partition_count: parts.len() as i32,
+                        default_offsets: offsets,
+                        assignor: w.partition_assignor.clone(),
                     };
+                    fetchers.push(tokio::spawn(run_group_consumer(
+                        gspec,
+                        shared.clone(),
+                        g.clone(),
+                        stop_rx.clone(),
+                    )));
+                } else if !offsets.is_empty() {
+                    spec.start_offsets = offsets;
                     fetchers.push(tokio::spawn(run_consumer(
                         spec,
                         shared.clone(),
                         stop_rx.clone(),
                     )));
                 }
-                consumer_index += 1;
             }
         }
     }
+
+    // As OMB waits for its consumers before producing: every group stable, with all members
+    // synced in one generation, so that the first rebalance does not land in the measurement.
+    let mut errors = Vec::new();
+    let mut stable: Vec<Option<i32>> = vec![None; groups.len()];
+    let settle_deadline = Instant::now() + GROUP_SETTLE_TIMEOUT;
+    while !groups.is_empty() {
+        for (i, (_, _, members, _, g)) in groups.iter().enumerate() {
+            stable[i] = g.stable_generation(*members as usize);
+        }
+        if stable.iter().all(Option::is_some) {
+            break;
+        }
+        // A member that ended before producing could start has failed to join for good.
+        if let Some(i) = fetchers.iter().position(|f| f.is_finished()) {
+            let why = match fetchers.swap_remove(i).await {
+                Ok(r) => r.errors.join("; "),
+                Err(e) => e.to_string(),
+            };
+            let _ = stop_tx.send(true);
+            return Err(anyhow!(
+                "a group consumer stopped before the run started: {why} \
+                 (brokers without consumer groups need --consumer-mode assign)"
+            ));
+        }
+        if Instant::now() >= settle_deadline {
+            errors.push(format!(
+                "consumer groups not stable after {} s; producing anyway",
+                GROUP_SETTLE_TIMEOUT.as_secs()
+            ));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Give connections a moment to be set up before the schedule's time zero.
+    let start = Instant::now() + Duration::from_millis(200);
+    let measure_from = start + warmup;
+    let end = measure_from + test;
+    shared.schedule(measure_from);
 
     let rate_per_producer = if w.is_max_rate() {
         None
@@ -378,6 +482,7 @@ async fn run_async(w: Workload, opts: RunOptions) -> Result<RunOutcome> {
     let (sampler_stop_tx, mut sampler_stop_rx) = watch::channel(false);
     let sampler_shared = shared.clone();
     let sampler_bar = bar.clone();
+    let subscriptions = u64::from(w.subscriptions_per_topic.max(1));
     let sampler = tokio::spawn(async move {
         let mut samples = Vec::new();
         let mut tick = tokio::time::interval_at(
@@ -421,7 +526,8 @@ async fn run_async(w: Workload, opts: RunOptions) -> Result<RunOutcome> {
                 publish_mb: (cur.1 - last.1) as f64 / dt / 1e6,
                 consume_rate: (cur.2 - last.2) as f64 / dt,
                 consume_mb: (cur.3 - last.3) as f64 / dt / 1e6,
-                backlog: cur.0 as i64 - cur.2 as i64,
+                // Every subscription reads every acknowledged message.
+                backlog: (cur.0 * subscriptions) as i64 - cur.2 as i64,
                 failed: cur.4 - last.4,
                 publish_p50_ms: pp50,
                 publish_p99_ms: pp99,
@@ -445,7 +551,6 @@ async fn run_async(w: Workload, opts: RunOptions) -> Result<RunOutcome> {
     let mut sent = 0;
     let mut failed = 0;
     let mut unsent = 0;
-    let mut errors = Vec::new();
     for p in producers {
         let r = p.await.context("producer task panicked")?;
         publish_parts.push(r.publish);
@@ -464,7 +569,14 @@ async fn run_async(w: Workload, opts: RunOptions) -> Result<RunOutcome> {
     }
     let _ = stop_tx.send(true);
     let mut e2e_parts = Vec::new();
-    let stop_bound = stop_latency(w.fetch_max_wait_ms) + Duration::from_secs(1);
+    // Group members also commit and leave when they stop (two bounded requests).
+    let stop_bound = stop_latency(w.fetch_max_wait_ms)
+        + Duration::from_secs(1)
+        + if groups.is_empty() {
+            Duration::ZERO
+        } else {
+            GROUP_REQUEST_TIMEOUT * 2
+        };
     for f in fetchers {
         match tokio::time::timeout(stop_bound, f).await {
             Ok(Ok(r)) => {
@@ -477,6 +589,16 @@ async fn run_async(w: Workload, opts: RunOptions) -> Result<RunOutcome> {
     }
     let _ = sampler_stop_tx.send(true);
     let timeseries = sampler.await.unwrap_or_default();
+    let groups: Vec<GroupReport> = groups
+        .iter()
+        .zip(&stable)
+        .map(|((id, topic, members, partitions, g), st)| {
+            GroupReport::of(id, topic, *members, *partitions, *st, g)
+        })
+        .collect();
+    for g in &groups {
+        errors.extend(g.overlaps.iter().cloned());
+    }
     bar.finish_and_clear();
 
     let reconciliation = shared.ledger.reconcile(sent, failed);
@@ -539,6 +661,7 @@ async fn run_async(w: Workload, opts: RunOptions) -> Result<RunOutcome> {
         rates,
         errors,
         unsent,
+        groups,
     })
 }
 

@@ -82,6 +82,29 @@ pub enum PayloadKind {
     Text,
 }
 
+/// How consumers get their partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsumerMode {
+    /// Each subscription is a consumer group (OMB's model): the members join, the leader
+    /// assigns, offsets are committed, and partitions move at rebalances.
+    #[default]
+    Group,
+    /// Partitions are dealt to the consumers by the harness (`assign()`), no group.
+    Assign,
+}
+
+impl std::str::FromStr for ConsumerMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "group" => Ok(Self::Group),
+            "assign" => Ok(Self::Assign),
+            other => Err(format!("unknown consumer mode {other:?} (group or assign)")),
+        }
+    }
+}
+
 /// One benchmark workload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -116,6 +139,13 @@ pub struct Workload {
     /// Consumers per subscription (partitions are split among them).
     #[serde(default = "one")]
     pub consumer_per_subscription: u32,
+    /// Whether each subscription is a consumer group or a fixed assignment.
+    #[serde(default)]
+    pub consumer_mode: ConsumerMode,
+    /// Group mode: the assignor the members propose first ("range" or "roundrobin"; both
+    /// are offered, as the Java consumer offers its list).
+    #[serde(default = "default_assignor")]
+    pub partition_assignor: String,
     /// Total publish rate over all producers, msgs/s; 0 or negative = max rate.
     pub producer_rate: f64,
     /// Warm-up in seconds (its samples are not recorded; reconciliation still covers them).
@@ -199,6 +229,9 @@ fn default_fetch_wait() -> i32 {
 fn default_partition_fetch() -> i32 {
     1_048_576
 }
+fn default_assignor() -> String {
+    "range".to_string()
+}
 fn default_drain() -> f64 {
     15.0
 }
@@ -240,6 +273,9 @@ impl Workload {
         }
         if ![0, 1, -1].contains(&self.acks) {
             return bad("acks must be 0, 1 or -1 (all)");
+        }
+        if sluice::group::assignor::assignor_by_name(&self.partition_assignor).is_none() {
+            return bad("partitionAssignor must be \"range\" or \"roundrobin\"");
         }
         if self.replication_factor < 1 {
             return bad("replicationFactor must be >= 1");
@@ -326,6 +362,25 @@ compression = "lz4"
         assert_eq!(w.compression, CompressionCodec::Lz4);
         assert!(!w.is_max_rate());
         assert_eq!(w.total_producers(), 2);
+        assert_eq!(w.consumer_mode, ConsumerMode::Group);
+        assert_eq!(w.partition_assignor, "range");
+    }
+
+    #[test]
+    fn parses_consumer_mode_and_assignor() {
+        let base = "name='x'\npartitionsPerTopic=4\nmessageSize=1024\nproducerRate=1\ntestDurationSeconds=1\n";
+        let w = Workload::from_toml(
+            &format!("{base}consumerMode='assign'\npartitionAssignor='roundrobin'\nsubscriptionsPerTopic=2\n"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(w.consumer_mode, ConsumerMode::Assign);
+        assert_eq!(w.partition_assignor, "roundrobin");
+        assert_eq!(w.subscriptions_per_topic, 2);
+        assert!(Workload::from_toml(&format!("{base}consumerMode='both'\n"), "t").is_err());
+        assert!(Workload::from_toml(&format!("{base}partitionAssignor='sticky'\n"), "t").is_err());
+        assert_eq!("group".parse::<ConsumerMode>(), Ok(ConsumerMode::Group));
+        assert!("x".parse::<ConsumerMode>().is_err());
     }
 
     #[test]

@@ -26,6 +26,8 @@ producerRate = 1000
 testDurationSeconds = 4
 lingerMs = 1
 drainTimeoutSeconds = 5
+# The fake broker serves no consumer groups.
+consumerMode = "assign"
 "#,
         "failover",
     )

@@ -4,12 +4,12 @@
 //! `SLUICE_SMOKE_REQUIRED=1` turns a missing binary into a failure). Each checks every output
 //! file and the reconciliation; no timing is asserted.
 
+mod support;
+
 use sluice_bench::fake_broker::{FakeBroker, LatencyModel};
 use sluice_bench::report::Summary;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 const OUTPUTS: &[&str] = &[
     "summary.json",
@@ -27,10 +27,12 @@ fn workload() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads/smoke.toml")
 }
 
-/// Runs the smoke workload through the binary and checks its results directory.
-fn smoke_run(bootstrap: &str, results: &Path, name: &str, label: &str) -> Summary {
+/// Runs the smoke workload through the binary (with `extra` flags) and checks its results
+/// directory.
+fn smoke_run(bootstrap: &str, results: &Path, name: &str, label: &str, extra: &[&str]) -> Summary {
     let out = Command::new(env!("CARGO_BIN_EXE_sluice-bench"))
         .args(["run", "--no-progress", "--threads", "2", "--duration", "2"])
+        .args(extra)
         .arg("--workload")
         .arg(workload())
         .args([
@@ -60,7 +62,11 @@ fn smoke_run(bootstrap: &str, results: &Path, name: &str, label: &str) -> Summar
     let summary: Summary =
         serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
     let r = &summary.reconciliation;
-    assert!(r.ok && r.lost == 0 && r.duplicates == 0, "{r:?}");
+    // Duplicates are allowed only as replays after a rebalance (group mode, at-least-once).
+    assert!(
+        r.ok && r.lost == 0 && r.duplicates == r.rebalance_duplicates,
+        "{r:?}"
+    );
     assert!(r.acked > 0 && r.consumed >= r.acked, "{r:?}");
     assert!(summary.publish_latency_us.count > 0 && summary.e2e_latency_us.count > 0);
     assert!(summary.machine.nproc > 0 && !summary.command.is_empty());
@@ -80,7 +86,10 @@ fn smoke_against_the_fake_broker_and_compare() {
         results.path(),
         "fake",
         "fake broker",
+        // The fake broker serves no consumer groups.
+        &["--consumer-mode", "assign"],
     );
+    assert!(s.groups.is_empty());
     // Open loop: exactly rate x (warm-up + duration) messages are sent, 2000/s x 3 s.
     assert_eq!(s.reconciliation.sent, 6000, "{:?}", s.reconciliation);
     // One warm-up second and two measured seconds in the time series.
@@ -137,72 +146,47 @@ fn smoke_against_the_fake_broker_and_compare() {
     }
 }
 
-fn sluice_binary() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("SLUICE_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
-    ["release", "debug"]
-        .iter()
-        .map(|profile| target.join(profile).join("sluice"))
-        .filter(|p| p.is_file())
-        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn smoke_against_a_local_sluice_broker() {
-    // A binary that does not take --listen is not a broker build (e.g. the workspace skeleton).
-    let bin = sluice_binary().filter(|b| {
-        Command::new(b)
-            .arg("--help")
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--listen"))
-    });
-    let Some(bin) = bin else {
-        assert!(
-            std::env::var("SLUICE_SMOKE_REQUIRED").is_err(),
-            "SLUICE_SMOKE_REQUIRED is set but no sluice broker binary was found"
-        );
-        eprintln!("skipping: no sluice binary (cargo build --release -p engine --bin sluice)");
+    let Some(broker) = support::start_sluice() else {
         return;
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let data = tempfile::tempdir().unwrap();
-    let child = Command::new(&bin)
-        .arg("--listen")
-        .arg(&addr)
-        .arg("--data-dir")
-        .arg(data.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-    let mut broker = KillOnDrop(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(&addr).is_err() {
-        if let Ok(Some(status)) = broker.0.try_wait() {
-            panic!(
-                "{} exited ({status}) before listening on {addr}",
-                bin.display()
-            );
-        }
-        assert!(Instant::now() < deadline, "sluice did not listen on {addr}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let addr = broker.addr.clone();
     let results = tempfile::tempdir().unwrap();
-    smoke_run(&addr, results.path(), "sluice", "sluice single node");
+    // OMB's model: the smoke workload's two consumers form one group on four partitions.
+    let s = smoke_run(
+        &addr,
+        results.path(),
+        "sluice",
+        "sluice single node",
+        &["--consumer-mode", "group"],
+    );
+    assert_eq!(s.groups.len(), 1, "{:?}", s.groups);
+    let g = &s.groups[0];
+    assert_eq!(g.members, 2, "{g:?}");
+    assert!(g.stable_generation >= 1, "{g:?}");
+    // Each partition consumed by exactly one member at a time, and every one consumed.
+    assert!(g.overlaps.is_empty(), "{g:?}");
+    assert!(g.never_owned.is_empty(), "{g:?}");
+    // In the generation the run measured, the four partitions are split between both members.
+    let mut owners: Vec<(i32, u32)> = g
+        .ownership
+        .iter()
+        .filter(|o| o.generation == g.stable_generation)
+        .map(|o| (o.partition, o.member))
+        .collect();
+    owners.sort_unstable();
+    owners.dedup();
+    assert_eq!(
+        owners.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3],
+        "{g:?}"
+    );
+    let members: std::collections::BTreeSet<u32> = owners.iter().map(|(_, m)| *m).collect();
+    assert_eq!(members.len(), 2, "{g:?}");
+    // Members read forward: each interval ends at or after where it started.
+    assert!(
+        g.ownership.iter().all(|o| o.end_offset >= o.start_offset),
+        "{g:?}"
+    );
 }

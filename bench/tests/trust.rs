@@ -40,6 +40,8 @@ lingerMs = 0
 batchSize = 1
 maxInFlight = 1000
 drainTimeoutSeconds = 5
+# The fake broker serves no consumer groups.
+consumerMode = "assign"
 "#,
         "trust",
     )
@@ -95,6 +97,8 @@ testDurationSeconds = 5
 lingerMs = 1
 maxInFlight = 5
 drainTimeoutSeconds = 5
+# The fake broker serves no consumer groups.
+consumerMode = "assign"
 "#,
         "stall",
     )

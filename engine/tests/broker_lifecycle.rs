@@ -388,3 +388,28 @@ fn sigterm_answers_a_waiting_long_poll_and_exits_promptly() {
         Some(0)
     );
 }
+
+#[test]
+fn a_second_broker_on_a_taken_port_refuses_to_start() {
+    // SO_REUSEPORT would let a second process bind the port and silently take half of the
+    // first broker's new connections; the start-up probe must refuse instead.
+    let first = Broker::start(&[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("second");
+    let err = run_expect_failure(
+        &[
+            "--data-dir",
+            d.to_str().unwrap(),
+            "--listen",
+            &first.addr.to_string(),
+            "--set",
+            "admin.listener=",
+        ],
+        &[],
+    );
+    assert!(err.contains("in use"), "unexpected error: {err}");
+    // The first broker still answers.
+    let mut c = first.client();
+    let (error, partitions, _) = partitions_of(&mut c, "__consumer_offsets");
+    assert_eq!((error, partitions), (0, 50));
+}

@@ -69,6 +69,8 @@ pub struct Server {
     pub local_addr: SocketAddr,
     /// The admin HTTP listener, if enabled and bound.
     pub admin: Option<crate::admin::AdminServer>,
+    /// Set to true once every shard is ready: shards listen only then.
+    _serve: tokio::sync::watch::Sender<bool>,
 }
 
 impl Server {
@@ -79,24 +81,18 @@ impl Server {
         super::groups::ensure_offsets_topic(&metadata, &config)?;
         let shards = config.shards;
         let mut listeners = Vec::with_capacity(shards);
-        let first = crate::io::net::reuseport_listener(config.listen, 1024).map_err(|source| {
-            ServerError::Listen {
-                addr: config.listen,
-                source,
-            }
-        })?;
-        let local_addr = first.local_addr().map_err(|source| ServerError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+        let listen_err = |addr, source| ServerError::Listen { addr, source };
+        crate::io::net::ensure_port_free(config.listen)
+            .map_err(|e| listen_err(config.listen, e))?;
+        let first = crate::io::net::reuseport_socket(config.listen)
+            .map_err(|e| listen_err(config.listen, e))?;
+        let local_addr = first
+            .local_addr()
+            .map_err(|e| listen_err(config.listen, e))?;
         listeners.push(first);
         for _ in 1..shards {
-            let l = crate::io::net::reuseport_listener(local_addr, 1024).map_err(|source| {
-                ServerError::Listen {
-                    addr: local_addr,
-                    source,
-                }
-            })?;
+            let l = crate::io::net::reuseport_socket(local_addr)
+                .map_err(|e| listen_err(local_addr, e))?;
             listeners.push(l);
         }
         let mut mailboxes = Vec::with_capacity(shards);
@@ -113,6 +109,7 @@ impl Server {
         let ctx = Arc::new(BrokerContext::new(Arc::new(config), metadata, mailboxes));
         let admin = start_admin(&ctx)?;
         let (events_tx, events) = mpsc::channel();
+        let (serve, serve_rx) = tokio::sync::watch::channel(false);
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
@@ -120,11 +117,12 @@ impl Server {
         for (id, (listener, rx)) in listeners.into_iter().zip(receivers).enumerate() {
             let ctx = ctx.clone();
             let tx = events_tx.clone();
+            let serve_rx = serve_rx.clone();
             let t = std::thread::Builder::new()
                 .name(format!("shard-{id}"))
                 .spawn(move || {
                     pin_to_core(id % cores);
-                    shard_main(id, ctx, rx, listener, tx.clone());
+                    shard_main(id, ctx, rx, listener, serve_rx, tx.clone());
                     let _ = tx.send(Event::Exited(id));
                 })
                 .map_err(ServerError::Shard)?;
@@ -139,6 +137,8 @@ impl Server {
                 Err(_) => return Err(ServerError::StartFailed(0)),
             }
         }
+        // Every shard has opened its partitions: only now may clients connect.
+        let _ = serve.send(true);
         ctx.metrics.set_readiness(crate::metrics::Readiness::Ready);
         info!(addr = %local_addr, shards, data_dir = %ctx.config.data_dir.display(), "sluice listening");
         Ok(Server {
@@ -148,6 +148,7 @@ impl Server {
             events_tx,
             local_addr,
             admin,
+            _serve: serve,
         })
     }
 
@@ -251,7 +252,8 @@ fn shard_main(
     id: usize,
     ctx: Arc<BrokerContext>,
     rx: MailboxReceiver,
-    listener: std::net::TcpListener,
+    listener: crate::io::net::BoundSocket,
+    mut serve: tokio::sync::watch::Receiver<bool>,
     events: mpsc::Sender<Event>,
 ) {
     crate::io::runtime::block_on(async move {
@@ -261,14 +263,21 @@ fn shard_main(
         super::groups::start(&shard);
         crate::io::runtime::spawn(shard.clone().run_mailbox(rx));
         shard.open_owned_partitions().await;
-        let listener = match tokio::net::TcpListener::from_std(listener) {
+        let _ = events.send(Event::Started(id));
+        // Start-up failed elsewhere when the sender is dropped before saying "serve".
+        if serve.wait_for(|go| *go).await.is_err() {
+            return;
+        }
+        let listener = match listener
+            .listen(1024)
+            .and_then(tokio::net::TcpListener::from_std)
+        {
             Ok(l) => l,
             Err(e) => {
-                error!(shard = id, "cannot register listener: {e}");
+                error!(shard = id, "cannot listen: {e}");
                 return;
             }
         };
-        let _ = events.send(Event::Started(id));
         crate::io::runtime::spawn(retention_loop(shard.clone()));
         let mut phase = shard.phase.subscribe();
         loop {

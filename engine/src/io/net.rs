@@ -8,16 +8,50 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-/// Binds a non-blocking TCP listener with `SO_REUSEPORT`, so every shard can bind its own
+/// A socket bound with `SO_REUSEPORT` that does not accept yet: the broker binds every shard's
+/// socket at start-up (so a taken port fails fast) but listens only once every shard has opened
+/// its partitions, so no client connects to a broker that cannot serve it yet.
+#[derive(Debug)]
+pub struct BoundSocket(Socket);
+
+impl BoundSocket {
+    /// The bound address (the chosen port when binding port 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an inet socket"))
+    }
+
+    /// Starts listening and hands back a non-blocking listener.
+    pub fn listen(self, backlog: i32) -> io::Result<std::net::TcpListener> {
+        self.0.listen(backlog)?;
+        Ok(self.0.into())
+    }
+}
+
+/// Binds a non-blocking TCP socket with `SO_REUSEPORT`, so every shard can bind its own
 /// listener on the same port and the kernel spreads incoming connections across them.
-pub fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
+pub fn reuseport_socket(addr: SocketAddr) -> io::Result<BoundSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(backlog)?;
     socket.set_nonblocking(true)?;
-    Ok(socket.into())
+    socket.bind(&addr.into())?;
+    Ok(BoundSocket(socket))
+}
+
+/// Fails with `AddrInUse` when another socket listens on `addr`. `SO_REUSEPORT` would
+/// otherwise let a second broker bind the same port and silently share its clients; a probe
+/// without it (but with `SO_REUSEADDR`, so connections of a previous run in TIME_WAIT do not
+/// count) fails exactly when a listener holds the port.
+pub fn ensure_port_free(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    probe.bind(&addr.into())
 }
 
 /// Sends `len` bytes of `file` starting at `position` to `stream` with `sendfile(2)`,
@@ -66,7 +100,10 @@ mod tests {
         let mut file = tempfile::tempfile().unwrap();
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         file.write_all(&data).unwrap();
-        let listener = reuseport_listener("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let listener = reuseport_socket("127.0.0.1:0".parse().unwrap())
+            .unwrap()
+            .listen(16)
+            .unwrap();
         let addr = listener.local_addr().unwrap();
         let reader = std::thread::spawn(move || {
             let mut c = std::net::TcpStream::connect(addr).unwrap();
@@ -89,8 +126,23 @@ mod tests {
 
     #[test]
     fn two_listeners_share_a_port() {
-        let a = reuseport_listener("127.0.0.1:0".parse().unwrap(), 16).unwrap();
-        let b = reuseport_listener(a.local_addr().unwrap(), 16).unwrap();
+        let a = reuseport_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let b = reuseport_socket(a.local_addr().unwrap()).unwrap();
         assert_eq!(a.local_addr().unwrap(), b.local_addr().unwrap());
+        let (a, b) = (a.listen(16).unwrap(), b.listen(16).unwrap());
+        assert_eq!(a.local_addr().unwrap(), b.local_addr().unwrap());
+    }
+
+    #[test]
+    fn a_port_held_by_a_listener_is_not_free() {
+        let held = reuseport_socket("127.0.0.1:0".parse().unwrap())
+            .unwrap()
+            .listen(16)
+            .unwrap();
+        let addr = held.local_addr().unwrap();
+        let err = ensure_port_free(addr).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+        drop(held);
+        ensure_port_free(addr).unwrap();
     }
 }
