@@ -152,6 +152,31 @@ impl Cluster {
             .ok_or_else(|| ClientError::Cluster(format!("no connection to broker {node_id}")))
     }
 
+    /// Drops the connection to `node_id` (after it failed); the next use reconnects.
+    pub fn forget(&mut self, node_id: i32) {
+        self.conns.remove(&node_id);
+    }
+
+    /// Replaces the bootstrap connection with one to another known broker; `cause` is
+    /// returned if none answers.
+    fn reconnect_bootstrap(&mut self, cause: ClientError) -> Result<(), ClientError> {
+        let failed = self.bootstrap_conn.addr().to_string();
+        let candidates: Vec<(i32, String)> = self
+            .brokers
+            .values()
+            .map(|b| (b.node_id, format!("{}:{}", b.host, b.port)))
+            .filter(|(_, a)| *a != failed)
+            .collect();
+        for (node, addr) in candidates {
+            self.conns.remove(&node);
+            if let Ok(conn) = Connection::connect(&addr, self.timeout) {
+                self.bootstrap_conn = conn;
+                return Ok(());
+            }
+        }
+        Err(cause)
+    }
+
     /// Metadata for `topics` (`None`: every topic). Refreshes the broker list.
     pub fn metadata(&mut self, topics: Option<&[String]>) -> Result<Vec<TopicMeta>, ClientError> {
         let req = MetadataRequest::default()
@@ -164,7 +189,15 @@ impl Cluster {
                     .collect()
             }))
             .with_allow_auto_topic_creation(false);
-        let resp: MetadataResponse = self.bootstrap_conn.call(&req, METADATA_CAP)?;
+        let resp: MetadataResponse = match self.bootstrap_conn.call(&req, METADATA_CAP) {
+            Ok(r) => r,
+            // The broker we bootstrapped from went away: ask another known broker.
+            Err(e) if e.is_unreachable() => {
+                self.reconnect_bootstrap(e)?;
+                self.bootstrap_conn.call(&req, METADATA_CAP)?
+            }
+            Err(e) => return Err(e),
+        };
         self.brokers = resp
             .brokers
             .iter()

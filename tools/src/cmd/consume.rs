@@ -240,6 +240,15 @@ pub fn run(ctx: &Ctx, args: Args, out: &mut impl Write) -> anyhow::Result<()> {
                         meta = cluster.topic(&args.topic)?;
                         continue;
                     }
+                    // The leader went away: its partitions get a new leader in the metadata
+                    // (the idle timeout still bounds the wait).
+                    _ if e.is_unreachable() => {
+                        eprintln!("sluicectl: {e}; refreshing metadata");
+                        cluster.forget(leader);
+                        std::thread::sleep(Duration::from_millis(500));
+                        meta = cluster.topic(&args.topic)?;
+                        continue;
+                    }
                     _ => return Err(e.into()),
                 },
             };

@@ -222,11 +222,19 @@ impl Producer<'_> {
                 .produce(&self.meta, p, batch.clone(), self.args.acks)
             {
                 Ok(b) => break b,
-                // NOT_LEADER_OR_FOLLOWER, LEADER_NOT_AVAILABLE: refresh metadata and retry.
+                // NOT_LEADER_OR_FOLLOWER, LEADER_NOT_AVAILABLE, or the leader went away:
+                // refresh metadata and retry. (With acks=all a retried batch may be stored
+                // twice if the first attempt was written; this producer is not idempotent.)
                 Err(e)
-                    if attempt < SEND_ATTEMPTS && matches!(e.kafka_code(), Some(5) | Some(6)) =>
+                    if attempt < SEND_ATTEMPTS
+                        && (matches!(e.kafka_code(), Some(5) | Some(6)) || e.is_unreachable()) =>
                 {
-                    std::thread::sleep(Duration::from_millis(100 * u64::from(attempt)));
+                    if e.is_unreachable() {
+                        if let Ok(leader) = Cluster::leader_of(&self.meta, p) {
+                            self.cluster.forget(leader);
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(200 * u64::from(attempt)));
                     self.meta = self.cluster.topic(&self.meta.name)?;
                 }
                 Err(e) => return Err(e.into()),
