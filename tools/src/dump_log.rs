@@ -4,10 +4,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use serde::Serialize;
 use sluice::storage::offset_index::OffsetIndex;
 use sluice::storage::record_batch::{compute_crc, uncompressed_records, BatchHeader, Compression};
 use sluice::storage::segment_names::{parse_segment_name, INDEX_SUFFIX, TIME_INDEX_SUFFIX};
 use sluice::storage::time_index::TimeIndex;
+
+use crate::output::{write_json, Format};
 
 /// Arguments of `dump-log`.
 #[derive(Debug, clap::Args)]
@@ -28,8 +31,90 @@ struct Found {
     header: BatchHeader,
 }
 
+/// A batch as `--output json` shows it.
+#[derive(Debug, Serialize)]
+pub struct BatchJson {
+    base_offset: i64,
+    last_offset: i64,
+    count: i32,
+    base_timestamp: i64,
+    max_timestamp: i64,
+    timestamp_type: String,
+    size: usize,
+    position: usize,
+    compression: String,
+    partition_leader_epoch: i32,
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+    is_transactional: bool,
+    is_control: bool,
+    crc: u32,
+    crc_ok: bool,
+    /// `--deep`, uncompressed batches: (offset, timestamp) of each record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    records: Option<Vec<[i64; 2]>>,
+}
+
+/// What `dump-log` found: the text lines as printed, and the same facts for `--output json`.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    segment: String,
+    base_offset: i64,
+    size: usize,
+    batches: Vec<BatchJson>,
+    offset_index_entries: Option<usize>,
+    time_index_entries: Option<usize>,
+    /// Every inconsistency, in the order found.
+    problems: Vec<String>,
+    ok: bool,
+    #[serde(skip)]
+    text: Vec<String>,
+}
+
+impl Report {
+    fn line(&mut self, s: String) {
+        self.text.push(s);
+    }
+
+    /// A line that is also an inconsistency.
+    fn problem(&mut self, s: String) {
+        self.problems.push(s.trim().to_string());
+        self.text.push(s);
+        self.ok = false;
+    }
+
+    /// Writes the report as text (the format `run` always printed).
+    pub fn write_text(&self, out: &mut impl Write) -> std::io::Result<()> {
+        for l in &self.text {
+            writeln!(out, "{l}")?;
+        }
+        Ok(())
+    }
+
+    /// False when the segment or its indexes are inconsistent.
+    pub fn ok(&self) -> bool {
+        self.ok
+    }
+
+    /// The inconsistencies found.
+    pub fn problems(&self) -> &[String] {
+        &self.problems
+    }
+}
+
 /// Runs the command; `Ok(false)` means the segment or its indexes are inconsistent.
-pub fn run(args: &Args, out: &mut impl Write) -> anyhow::Result<bool> {
+pub fn run(args: &Args, format: Format, out: &mut impl Write) -> anyhow::Result<bool> {
+    let report = inspect(args)?;
+    match format {
+        Format::Table => report.write_text(out)?,
+        Format::Json => write_json(out, &report)?,
+    }
+    Ok(report.ok)
+}
+
+/// Reads the segment (and with `--index` its indexes) and checks them.
+pub fn inspect(args: &Args) -> anyhow::Result<Report> {
     let name = args
         .segment
         .file_name()
@@ -43,13 +128,22 @@ pub fn run(args: &Args, out: &mut impl Write) -> anyhow::Result<bool> {
     };
     let data = std::fs::read(&args.segment)
         .with_context(|| format!("reading {}", args.segment.display()))?;
-    writeln!(out, "Dumping {}", args.segment.display())?;
-    writeln!(
-        out,
+    let mut r = Report {
+        segment: args.segment.display().to_string(),
+        base_offset,
+        size: data.len(),
+        batches: Vec::new(),
+        offset_index_entries: None,
+        time_index_entries: None,
+        problems: Vec::new(),
+        ok: true,
+        text: Vec::new(),
+    };
+    r.line(format!("Dumping {}", args.segment.display()));
+    r.line(format!(
         "Base offset: {base_offset}, size: {} bytes",
         data.len()
-    )?;
-    let mut ok = true;
+    ));
     let mut batches = Vec::new();
     let mut pos = 0usize;
     let mut expected_next = base_offset;
@@ -57,25 +151,20 @@ pub fn run(args: &Args, out: &mut impl Write) -> anyhow::Result<bool> {
         let h = match BatchHeader::parse(&data[pos..]) {
             Ok(h) => h,
             Err(e) => {
-                writeln!(out, "INVALID at position {pos}: {e}")?;
-                ok = false;
+                r.problem(format!("INVALID at position {pos}: {e}"));
                 break;
             }
         };
         if pos + h.size() > data.len() {
-            writeln!(
-                out,
+            r.problem(format!(
                 "INVALID at position {pos}: batch of {} bytes runs past the end of the file",
                 h.size()
-            )?;
-            ok = false;
+            ));
             break;
         }
         let bytes = &data[pos..pos + h.size()];
         let crc_ok = compute_crc(bytes) == h.crc;
-        ok &= crc_ok;
-        writeln!(
-            out,
+        let line = format!(
             "baseOffset: {} lastOffset: {} count: {} baseTimestamp: {} maxTimestamp: {} timestampType: {:?} \
              size: {} position: {} compression: {} partitionLeaderEpoch: {} producerId: {} producerEpoch: {} \
              baseSequence: {} isTransactional: {} isControl: {} crc: {:#010x} ({})",
@@ -96,46 +185,65 @@ pub fn run(args: &Args, out: &mut impl Write) -> anyhow::Result<bool> {
             h.is_control(),
             h.crc,
             if crc_ok { "ok" } else { "BAD" }
-        )?;
+        );
+        if crc_ok {
+            r.line(line);
+        } else {
+            r.problem(line);
+        }
         if h.base_offset < expected_next {
-            writeln!(
-                out,
+            r.problem(format!(
                 "  INCONSISTENT: base offset {} below the expected {expected_next}",
                 h.base_offset
-            )?;
-            ok = false;
+            ));
         }
         if let Err(e) = h.validate_counts() {
-            writeln!(out, "  INVALID: {e}")?;
-            ok = false;
+            r.problem(format!("  INVALID: {e}"));
         }
+        let mut records = None;
         if args.deep {
             if h.compression() == Compression::None {
                 match uncompressed_records(bytes, &h) {
-                    Ok(records) => {
-                        for r in records {
-                            writeln!(
-                                out,
-                                "  | offset: {} timestamp: {}",
-                                h.base_offset + i64::from(r.offset_delta),
-                                h.base_timestamp.saturating_add(r.timestamp_delta)
-                            )?;
+                    Ok(recs) => {
+                        let mut list = Vec::new();
+                        for rec in recs {
+                            let offset = h.base_offset + i64::from(rec.offset_delta);
+                            let ts = h.base_timestamp.saturating_add(rec.timestamp_delta);
+                            r.line(format!("  | offset: {offset} timestamp: {ts}"));
+                            list.push([offset, ts]);
                         }
+                        records = Some(list);
                     }
-                    Err(e) => {
-                        writeln!(out, "  INVALID records: {e}")?;
-                        ok = false;
-                    }
+                    Err(e) => r.problem(format!("  INVALID records: {e}")),
                 }
             } else {
-                writeln!(
-                    out,
+                r.line(format!(
                     "  | {} records compressed with {} (not decompressed)",
                     h.records_count,
                     h.compression()
-                )?;
+                ));
             }
         }
+        r.batches.push(BatchJson {
+            base_offset: h.base_offset,
+            last_offset: h.last_offset(),
+            count: h.records_count,
+            base_timestamp: h.base_timestamp,
+            max_timestamp: h.max_timestamp,
+            timestamp_type: format!("{:?}", h.timestamp_type()),
+            size: h.size(),
+            position: pos,
+            compression: h.compression().to_string(),
+            partition_leader_epoch: h.partition_leader_epoch,
+            producer_id: h.producer_id,
+            producer_epoch: h.producer_epoch,
+            base_sequence: h.base_sequence,
+            is_transactional: h.is_transactional(),
+            is_control: h.is_control(),
+            crc: h.crc,
+            crc_ok,
+            records,
+        });
         expected_next = h.next_offset();
         batches.push(Found {
             position: pos as u64,
@@ -144,18 +252,21 @@ pub fn run(args: &Args, out: &mut impl Write) -> anyhow::Result<bool> {
         pos += h.size();
     }
     if args.index {
-        ok &= check_indexes(&args.segment, base_offset, data.len() as u64, &batches, out)?;
+        check_indexes(
+            &args.segment,
+            base_offset,
+            data.len() as u64,
+            &batches,
+            &mut r,
+        );
     }
-    writeln!(
-        out,
-        "{}",
-        if ok {
-            "Segment is consistent."
-        } else {
-            "Segment is INCONSISTENT."
-        }
-    )?;
-    Ok(ok)
+    let verdict = if r.ok {
+        "Segment is consistent."
+    } else {
+        "Segment is INCONSISTENT."
+    };
+    r.line(verdict.to_string());
+    Ok(r)
 }
 
 fn sibling(segment: &Path, suffix: &str) -> PathBuf {
@@ -172,100 +283,75 @@ fn check_indexes(
     base_offset: i64,
     log_size: u64,
     batches: &[Found],
-    out: &mut impl Write,
-) -> anyhow::Result<bool> {
-    let mut ok = true;
+    r: &mut Report,
+) {
     let index_path = sibling(segment, INDEX_SUFFIX);
     match std::fs::read(&index_path) {
-        Err(e) => {
-            writeln!(
-                out,
-                "Offset index {}: cannot read: {e}",
+        Err(e) => r.problem(format!(
+            "Offset index {}: cannot read: {e}",
+            index_path.display()
+        )),
+        Ok(bytes) => match OffsetIndex::decode(base_offset, &bytes, usize::MAX, log_size.max(1)) {
+            Err(e) => r.problem(format!(
+                "Offset index {}: INVALID: {e}",
                 index_path.display()
-            )?;
-            ok = false;
-        }
-        Ok(bytes) => {
-            match OffsetIndex::decode(base_offset, &bytes, usize::MAX, log_size.max(1)) {
-                Err(e) => {
-                    writeln!(out, "Offset index {}: INVALID: {e}", index_path.display())?;
-                    ok = false;
-                }
-                Ok(idx) => {
-                    writeln!(
-                        out,
-                        "Offset index {}: {} entries",
-                        index_path.display(),
-                        idx.len()
-                    )?;
-                    for i in 0..idx.len() {
-                        let Some((offset, position)) = idx.entry(i) else {
-                            continue;
-                        };
-                        let at = batches.iter().find(|b| b.position == u64::from(position));
-                        match at {
-                            Some(b) if b.header.last_offset() == offset => {}
-                            Some(b) => {
-                                writeln!(
-                                out,
-                                "  MISMATCH entry {i}: offset {offset} -> position {position}, but the batch there ends at {}",
-                                b.header.last_offset()
-                            )?;
-                                ok = false;
-                            }
-                            None => {
-                                writeln!(out, "  MISMATCH entry {i}: position {position} is not a batch start")?;
-                                ok = false;
-                            }
-                        }
+            )),
+            Ok(idx) => {
+                r.offset_index_entries = Some(idx.len());
+                r.line(format!(
+                    "Offset index {}: {} entries",
+                    index_path.display(),
+                    idx.len()
+                ));
+                for i in 0..idx.len() {
+                    let Some((offset, position)) = idx.entry(i) else {
+                        continue;
+                    };
+                    match batches.iter().find(|b| b.position == u64::from(position)) {
+                        Some(b) if b.header.last_offset() == offset => {}
+                        Some(b) => r.problem(format!(
+                            "  MISMATCH entry {i}: offset {offset} -> position {position}, but the batch there ends at {}",
+                            b.header.last_offset()
+                        )),
+                        None => r.problem(format!(
+                            "  MISMATCH entry {i}: position {position} is not a batch start"
+                        )),
                     }
                 }
             }
-        }
+        },
     }
     let time_path = sibling(segment, TIME_INDEX_SUFFIX);
     match std::fs::read(&time_path) {
-        Err(e) => {
-            writeln!(out, "Time index {}: cannot read: {e}", time_path.display())?;
-            ok = false;
-        }
+        Err(e) => r.problem(format!(
+            "Time index {}: cannot read: {e}",
+            time_path.display()
+        )),
         Ok(bytes) => match TimeIndex::decode(base_offset, &bytes, usize::MAX) {
-            Err(e) => {
-                writeln!(out, "Time index {}: INVALID: {e}", time_path.display())?;
-                ok = false;
-            }
+            Err(e) => r.problem(format!("Time index {}: INVALID: {e}", time_path.display())),
             Ok(tidx) => {
-                writeln!(
-                    out,
+                r.time_index_entries = Some(tidx.len());
+                r.line(format!(
                     "Time index {}: {} entries",
                     time_path.display(),
                     tidx.len()
-                )?;
+                ));
                 for i in 0..tidx.len() {
                     let Some((ts, offset)) = tidx.entry(i) else {
                         continue;
                     };
                     match batch_holding(batches, offset) {
                         Some(b) if b.header.max_timestamp == ts => {}
-                        Some(b) => {
-                            writeln!(
-                                out,
-                                "  MISMATCH entry {i}: timestamp {ts} at offset {offset}, but that batch's max timestamp is {}",
-                                b.header.max_timestamp
-                            )?;
-                            ok = false;
-                        }
-                        None => {
-                            writeln!(
-                                out,
-                                "  MISMATCH entry {i}: offset {offset} is not in the log"
-                            )?;
-                            ok = false;
-                        }
+                        Some(b) => r.problem(format!(
+                            "  MISMATCH entry {i}: timestamp {ts} at offset {offset}, but that batch's max timestamp is {}",
+                            b.header.max_timestamp
+                        )),
+                        None => r.problem(format!(
+                            "  MISMATCH entry {i}: offset {offset} is not in the log"
+                        )),
                     }
                 }
             }
         },
     }
-    Ok(ok)
 }

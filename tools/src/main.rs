@@ -1,36 +1,175 @@
-//! sluicectl: admin and inspection CLI for Sluice.
+//! sluicectl: admin and inspection CLI for Sluice and any Kafka-compatible cluster.
+//!
+//! Exit codes: 0 ok, 1 error (from the cluster, e.g. unknown topic, or a local file), 2 usage,
+//! 3 broker unreachable.
 
+use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+mod check_index;
+mod client;
+mod cmd;
 mod dump_log;
+mod output;
 
-/// Sluice admin and inspection tool.
+use client::{ClientError, Cluster};
+use output::Format;
+
+/// Exit code for errors the cluster returned and local failures.
+const EXIT_ERROR: u8 = 1;
+/// Exit code for bad flags and arguments.
+const EXIT_USAGE: u8 = 2;
+/// Exit code when no broker could be reached.
+const EXIT_UNREACHABLE: u8 = 3;
+
+/// Sluice admin and inspection tool; works against any Kafka-compatible cluster.
 #[derive(Debug, Parser)]
 #[command(name = "sluicectl", version, about)]
 struct Cli {
+    /// Bootstrap brokers, host:port[,host:port].
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_BOOTSTRAP",
+        default_value = "127.0.0.1:9092"
+    )]
+    bootstrap: String,
+    /// Output format: human tables or JSON for scripts.
+    #[arg(long, global = true, value_enum, default_value = "table")]
+    output: Format,
+    /// Timeout of each request to a broker (connect included), in milliseconds.
+    #[arg(long, global = true, default_value_t = 10_000)]
+    request_timeout_ms: u64,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Create, list, describe, delete topics and add partitions.
+    #[command(subcommand)]
+    Topics(cmd::topics::TopicsCmd),
+    /// Describe and alter topic and broker configs.
+    #[command(subcommand)]
+    Configs(cmd::configs::ConfigsCmd),
+    /// List, describe, delete consumer groups and reset their offsets.
+    #[command(subcommand)]
+    Groups(cmd::groups::GroupsCmd),
+    /// Produce lines from stdin (plain or JSON lines).
+    Produce(cmd::produce::Args),
+    /// Consume records to stdout (plain or JSON lines).
+    Consume(cmd::consume::Args),
+    /// Describe the cluster: brokers, controller, metadata quorum.
+    #[command(subcommand)]
+    Cluster(cmd::cluster::ClusterCmd),
     /// Print the batches of a segment file and check its indexes (like kafka-dump-log.sh).
     DumpLog(dump_log::Args),
+    /// Check every segment's offset and time index in a partition directory.
+    CheckIndex(check_index::Args),
+}
+
+/// What every command needs: where the cluster is and how to print.
+pub struct Ctx {
+    /// Bootstrap list.
+    pub bootstrap: String,
+    /// Output format.
+    pub format: Format,
+    /// Per-request timeout.
+    pub timeout: Duration,
+}
+
+impl Ctx {
+    /// Connects to the cluster.
+    pub fn cluster(&self) -> Result<Cluster, ClientError> {
+        Cluster::connect(&self.bootstrap, self.timeout)
+    }
+}
+
+/// A usage mistake found after parsing (conflicting or malformed values): exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn run(cli: Cli) -> anyhow::Result<bool> {
+    let ctx = Ctx {
+        bootstrap: cli.bootstrap,
+        format: cli.output,
+        timeout: Duration::from_millis(cli.request_timeout_ms.max(1)),
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let ok = match cli.command {
+        Command::Topics(c) => cmd::topics::run(&ctx, c, &mut out).map(|()| true),
+        Command::Configs(c) => cmd::configs::run(&ctx, c, &mut out).map(|()| true),
+        Command::Groups(c) => cmd::groups::run(&ctx, c, &mut out).map(|()| true),
+        Command::Produce(a) => cmd::produce::run(&ctx, a, &mut out).map(|()| true),
+        Command::Consume(a) => cmd::consume::run(&ctx, a, &mut out).map(|()| true),
+        Command::Cluster(c) => cmd::cluster::run(&ctx, c, &mut out).map(|()| true),
+        Command::DumpLog(a) => dump_log::run(&a, ctx.format, &mut out),
+        Command::CheckIndex(a) => check_index::run(&a, ctx.format, &mut out),
+    }?;
+    out.flush()?;
+    Ok(ok)
+}
+
+/// True when the failure is stdout closing under us (`sluicectl consume | head`).
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if let Some(c) = cause.downcast_ref::<ClientError>() {
+            return if c.is_unreachable() {
+                EXIT_UNREACHABLE
+            } else {
+                EXIT_ERROR
+            };
+        }
+        if cause.downcast_ref::<UsageError>().is_some() {
+            return EXIT_USAGE;
+        }
+    }
+    EXIT_ERROR
+}
+
+/// A next step for the common failures.
+fn hint(e: &anyhow::Error, bootstrap: &str) -> Option<String> {
+    let c = e.chain().find_map(|c| c.downcast_ref::<ClientError>())?;
+    if c.is_unreachable() {
+        return Some(format!(
+            "is a broker running at {bootstrap}? Set --bootstrap or SLUICE_BOOTSTRAP to host:port."
+        ));
+    }
+    match c.kafka_code() {
+        Some(3) => Some("list the topics with `sluicectl topics list`.".into()),
+        Some(36) => Some("the topic exists; see `sluicectl topics describe NAME`.".into()),
+        Some(69) => Some("list the groups with `sluicectl groups list`.".into()),
+        Some(35) => Some("the broker does not support this request version or API yet.".into()),
+        _ => None,
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::DumpLog(args) => dump_log::run(&args, &mut std::io::stdout().lock()),
-    };
-    match result {
+    let bootstrap = cli.bootstrap.clone();
+    match run(cli) {
         Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
+        Ok(false) => ExitCode::from(EXIT_ERROR),
+        // The reader went away (`| head`): that is how pipelines end, not an error.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sluicectl: {e:#}");
-            ExitCode::from(2)
+            eprintln!("sluicectl: error: {e:#}");
+            if let Some(h) = hint(&e, &bootstrap) {
+                eprintln!("sluicectl: hint: {h}");
+            }
+            ExitCode::from(exit_code(&e))
         }
     }
 }

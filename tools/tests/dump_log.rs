@@ -62,6 +62,18 @@ fn dumps_and_checks_a_clean_segment() {
     assert!(text.contains("| offset: 39 timestamp: 1020"));
     assert!(text.contains("Offset index") && text.contains("Time index"));
     assert!(!text.contains("Offset index 0 entries"));
+
+    let (ok, json) = dump(&[seg, "--index", "--deep", "--output", "json"]);
+    assert!(ok, "{json}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["batches"].as_array().unwrap().len(), 20);
+    assert_eq!(v["batches"][19]["base_offset"], 38);
+    assert_eq!(v["batches"][19]["partition_leader_epoch"], 3);
+    assert_eq!(v["batches"][19]["records"][1][0], 39);
+    assert_eq!(v["batches"][19]["records"][1][1], 1020);
+    assert!(v["offset_index_entries"].as_u64().unwrap() > 0);
+    assert_eq!(v["problems"].as_array().unwrap().len(), 0);
 }
 
 #[test]
@@ -94,6 +106,14 @@ fn reports_bad_crc_torn_tail_and_index_mismatch() {
     let (ok, text) = dump(&[s, "--index"]);
     assert!(!ok);
     assert!(text.contains("MISMATCH"), "{text}");
+    let (ok, json) = dump(&[s, "--index", "--output", "json"]);
+    assert!(!ok);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["ok"], false);
+    assert!(
+        v["problems"][0].as_str().unwrap().starts_with("MISMATCH"),
+        "{v}"
+    );
     let (ok, _) = dump(&[s]);
     assert!(ok, "without --index the log itself is fine");
 

@@ -1,0 +1,756 @@
+//! `sluicectl` against a live `sluice` broker: every cluster subcommand, JSON output, exit
+//! codes, and a produce | consume round trip cross-checked with kcat.
+//!
+//! The broker binary is `$SLUICE_BIN` or `sluice` beside `sluicectl` in the target directory
+//! (`cargo build -p engine --bin sluice` builds it; the test fails, naming the path, if not).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const CTL: &str = env!("CARGO_BIN_EXE_sluicectl");
+/// Bound on any one command or wait in these tests.
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn sluice_bin() -> PathBuf {
+    let path = std::env::var_os("SLUICE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(CTL)
+                .parent()
+                .expect("sluicectl has a directory")
+                .join("sluice")
+        });
+    assert!(
+        path.is_file(),
+        "broker binary {} not found: run `cargo build -p engine --bin sluice` or set SLUICE_BIN",
+        path.display()
+    );
+    path
+}
+
+/// A broker on a free 127.0.0.1 port, killed on drop.
+struct Broker {
+    child: Child,
+    addr: String,
+    data: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Broker {
+    fn start() -> Broker {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let data = tmp.path().join("data");
+        let log = std::fs::File::create(tmp.path().join("broker.log")).expect("log");
+        let child = Command::new(sluice_bin())
+            .args(["--data-dir", data.to_str().expect("utf8 path")])
+            .args(["--listen", &addr, "--shards", "2"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn sluice");
+        let deadline = Instant::now() + LIMIT;
+        while TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "broker did not listen on {addr}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Broker {
+            child,
+            addr,
+            data,
+            _tmp: tmp,
+        }
+    }
+
+    /// Stops the broker with SIGTERM (a clean close writes the index files) and waits.
+    fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + LIMIT;
+        while self.child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
+    }
+}
+
+/// Runs a program with `stdin`, killing it if it outlives `LIMIT`.
+fn run_program(mut cmd: Command, stdin: &str) -> Out {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut input = child.stdin.take().expect("stdin");
+    let data = stdin.to_string();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(data.as_bytes());
+    });
+    let mut so = child.stdout.take().expect("stdout");
+    let mut se = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = so.read_to_string(&mut s);
+        s
+    });
+    let ereader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = se.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + LIMIT;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("command did not finish within {LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = writer.join();
+    Out {
+        code: status.code().unwrap_or(-1),
+        stdout: reader.join().expect("stdout reader"),
+        stderr: ereader.join().expect("stderr reader"),
+    }
+}
+
+fn ctl_in(addr: &str, args: &[&str], stdin: &str) -> Out {
+    let mut cmd = Command::new(CTL);
+    cmd.args(["--bootstrap", addr, "--request-timeout-ms", "5000"])
+        .args(args);
+    run_program(cmd, stdin)
+}
+
+fn ctl(b: &Broker, args: &[&str]) -> Out {
+    ctl_in(&b.addr, args, "")
+}
+
+fn ok(o: Out) -> Out {
+    assert_eq!(o.code, 0, "stdout: {}\nstderr: {}", o.stdout, o.stderr);
+    o
+}
+
+#[test]
+fn topics_and_configs_lifecycle() {
+    let b = Broker::start();
+    let created = ok(ctl(
+        &b,
+        &[
+            "topics",
+            "create",
+            "orders",
+            "--partitions",
+            "3",
+            "--replication-factor",
+            "1",
+            "--config",
+            "retention.ms=3600000",
+            "--output",
+            "json",
+        ],
+    ))
+    .json();
+    assert_eq!(created["name"], "orders");
+    assert_eq!(created["partitions"], 3);
+    assert_eq!(created["replication_factor"], 1);
+
+    let list = ok(ctl(&b, &["topics", "list", "--output", "json"])).json();
+    assert!(
+        list.as_array().unwrap().iter().any(|t| t == "orders"),
+        "{list}"
+    );
+    assert!(ok(ctl(&b, &["topics", "list"]))
+        .stdout
+        .lines()
+        .any(|l| l == "orders"));
+
+    ok(ctl_in(
+        &b.addr,
+        &["produce", "orders", "--partition", "1"],
+        "a\nb\nc\n",
+    ));
+    let d = ok(ctl(
+        &b,
+        &["topics", "describe", "orders", "--output", "json"],
+    ))
+    .json();
+    let parts = d["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 3);
+    assert_eq!(parts[1]["partition"], 1);
+    assert_eq!(parts[1]["leader"], parts[1]["replicas"][0]);
+    assert_eq!(parts[1]["isr"], parts[1]["replicas"]);
+    assert_eq!(parts[1]["log_start_offset"], 0);
+    assert_eq!(parts[1]["log_end_offset"], 3);
+    assert_eq!(parts[0]["log_end_offset"], 0);
+    let table = ok(ctl(&b, &["topics", "describe", "orders"])).stdout;
+    assert!(table.starts_with("TOPIC"), "{table}");
+    assert_eq!(table.lines().count(), 4, "{table}");
+
+    let grown = ok(ctl(
+        &b,
+        &[
+            "topics",
+            "add-partitions",
+            "orders",
+            "--total",
+            "5",
+            "--output",
+            "json",
+        ],
+    ));
+    assert!(
+        grown.stderr.contains("WARNING: keyed ordering changes"),
+        "{}",
+        grown.stderr
+    );
+    assert_eq!(grown.json()["partitions"], 5);
+    let d = ok(ctl(
+        &b,
+        &["topics", "describe", "orders", "--output", "json"],
+    ))
+    .json();
+    assert_eq!(d["partitions"].as_array().unwrap().len(), 5);
+
+    ok(ctl(
+        &b,
+        &[
+            "configs",
+            "alter",
+            "--topic",
+            "orders",
+            "--set",
+            "retention.ms=60000",
+            "--set",
+            "retention.bytes=1048576",
+        ],
+    ));
+    let cfg = ok(ctl(
+        &b,
+        &[
+            "configs", "describe", "--topic", "orders", "--output", "json",
+        ],
+    ))
+    .json();
+    let get = |name: &str| {
+        cfg.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} missing from {cfg}"))
+    };
+    assert_eq!(get("retention.ms")["value"], "60000");
+    assert_eq!(get("retention.ms")["source"], "DYNAMIC_TOPIC_CONFIG");
+    assert_eq!(get("retention.bytes")["value"], "1048576");
+    ok(ctl(
+        &b,
+        &[
+            "configs",
+            "alter",
+            "--topic",
+            "orders",
+            "--delete",
+            "retention.bytes",
+        ],
+    ));
+    let cfg = ok(ctl(
+        &b,
+        &[
+            "configs", "describe", "--topic", "orders", "--output", "json",
+        ],
+    ))
+    .json();
+    let policy = cfg
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "retention.bytes")
+        .cloned()
+        .unwrap();
+    assert_eq!(policy["value"], "-1");
+    assert_eq!(policy["source"], "DEFAULT_CONFIG");
+    let broker_cfg = ok(ctl(
+        &b,
+        &["configs", "describe", "--broker", "1", "--output", "json"],
+    ));
+    assert!(!broker_cfg.json().as_array().unwrap().is_empty());
+
+    let del = ok(ctl(&b, &["topics", "delete", "orders", "--output", "json"])).json();
+    assert_eq!(del["deleted"][0], "orders");
+    let gone = ctl(&b, &["topics", "describe", "orders"]);
+    assert_eq!(gone.code, 1, "{}", gone.stderr);
+}
+
+#[test]
+fn error_exit_codes() {
+    let b = Broker::start();
+    let unknown = ctl(&b, &["topics", "describe", "missing-topic"]);
+    assert_eq!(unknown.code, 1);
+    assert!(
+        unknown.stderr.contains("missing-topic"),
+        "{}",
+        unknown.stderr
+    );
+    assert!(
+        unknown.stderr.contains("UNKNOWN_TOPIC_OR_PARTITION"),
+        "{}",
+        unknown.stderr
+    );
+    assert_eq!(
+        ctl_in(&b.addr, &["produce", "missing-topic"], "x\n").code,
+        1
+    );
+    assert_eq!(
+        ctl(&b, &["consume", "missing-topic", "--timeout-ms", "100"]).code,
+        1
+    );
+
+    ok(ctl(&b, &["topics", "create", "dup", "--partitions", "1"]));
+    let dup = ctl(&b, &["topics", "create", "dup", "--partitions", "1"]);
+    assert_eq!(dup.code, 1);
+    assert!(
+        dup.stderr.contains("TOPIC_ALREADY_EXISTS"),
+        "{}",
+        dup.stderr
+    );
+    let shrink = ctl(&b, &["topics", "add-partitions", "dup", "--total", "1"]);
+    assert_eq!(shrink.code, 1, "{}", shrink.stderr);
+    let bad_line = ctl_in(
+        &b.addr,
+        &["produce", "dup", "--format", "json"],
+        "{\"value\":\"kept\"}\nnot json\n",
+    );
+    assert_eq!(bad_line.code, 1);
+    assert!(bad_line.stderr.contains("line 2"), "{}", bad_line.stderr);
+    let d = ok(ctl(&b, &["topics", "describe", "dup", "--output", "json"])).json();
+    assert_eq!(
+        d["partitions"][0]["log_end_offset"], 1,
+        "the line before the bad one is sent"
+    );
+    let no_partition = ctl(
+        &b,
+        &["consume", "dup", "--partition", "7", "--timeout-ms", "100"],
+    );
+    assert_eq!(no_partition.code, 1, "{}", no_partition.stderr);
+
+    // Nothing listens on a port we just released.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let down = ctl_in(&format!("127.0.0.1:{port}"), &["topics", "list"], "");
+    assert_eq!(down.code, 3, "{}", down.stderr);
+    assert!(
+        down.stderr.contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        down.stderr
+    );
+
+    // A dead address first in the bootstrap list is skipped; SLUICE_BOOTSTRAP is honoured.
+    let both = ctl_in(
+        &format!("127.0.0.1:{port},{}", b.addr),
+        &["topics", "list"],
+        "",
+    );
+    assert_eq!(both.code, 0, "{}", both.stderr);
+    let mut env_cmd = Command::new(CTL);
+    env_cmd
+        .env("SLUICE_BOOTSTRAP", &b.addr)
+        .args(["topics", "list"]);
+    let via_env = run_program(env_cmd, "");
+    assert_eq!(via_env.code, 0, "{}", via_env.stderr);
+    assert!(via_env.stdout.lines().any(|l| l == "dup"));
+
+    // A peer that accepts but never answers: the request timeout ends it with exit code 3.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    let mut cmd = Command::new(CTL);
+    cmd.args([
+        "--bootstrap",
+        &silent_addr,
+        "--request-timeout-ms",
+        "300",
+        "topics",
+        "list",
+    ]);
+    let started = Instant::now();
+    let hung = run_program(cmd, "");
+    assert_eq!(hung.code, 3, "{}", hung.stderr);
+    assert!(hung.stderr.contains("did not answer"), "{}", hung.stderr);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    drop(silent);
+
+    assert_eq!(ctl(&b, &["topics", "create"]).code, 2);
+    assert_eq!(ctl(&b, &["topics", "frobnicate"]).code, 2);
+    assert_eq!(ctl(&b, &["produce", "dup", "--acks", "2"]).code, 2);
+    assert_eq!(ctl(&b, &["configs", "alter", "--topic", "dup"]).code, 2);
+    assert_eq!(ctl(&b, &["configs", "describe"]).code, 2);
+    assert_eq!(
+        ctl(&b, &["topics", "create", "x", "--config", "novalue"]).code,
+        2
+    );
+    assert_eq!(
+        ctl(&b, &["consume", "dup", "--from-timestamp", "yesterday"]).code,
+        2
+    );
+}
+
+#[test]
+fn produce_consume_round_trip_with_keys_and_headers() {
+    let b = Broker::start();
+    ok(ctl(
+        &b,
+        &["topics", "create", "events", "--partitions", "4"],
+    ));
+    let mut input = String::new();
+    for i in 0..40 {
+        input.push_str(&format!(
+            "{{\"key\":\"user-{i}\",\"value\":\"event {i}\",\"headers\":{{\"seq\":\"{i}\",\"src\":\"test\"}}}}\n"
+        ));
+    }
+    input.push_str("{\"key\":null,\"value\":\"unkeyed\",\"partition\":2}\n");
+    let summary = ok(ctl_in(
+        &b.addr,
+        &[
+            "produce",
+            "events",
+            "--format",
+            "json",
+            "--compression",
+            "lz4",
+            "--output",
+            "json",
+        ],
+        &input,
+    ))
+    .json();
+    assert_eq!(summary["records"], 41);
+
+    let out = ok(ctl(
+        &b,
+        &[
+            "consume",
+            "events",
+            "--from-beginning",
+            "--format",
+            "json",
+            "--max-messages",
+            "41",
+            "--timeout-ms",
+            "5000",
+        ],
+    ));
+    let records: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(records.len(), 41, "{}", out.stdout);
+    for i in 0..40 {
+        let r = records
+            .iter()
+            .find(|r| r["key"] == format!("user-{i}"))
+            .unwrap_or_else(|| panic!("user-{i} missing"));
+        assert_eq!(r["value"], format!("event {i}"));
+        assert_eq!(r["headers"]["seq"], i.to_string());
+        assert_eq!(r["headers"]["src"], "test");
+    }
+    let unkeyed = records.iter().find(|r| r["value"] == "unkeyed").unwrap();
+    assert_eq!(unkeyed["partition"], 2);
+    assert_eq!(unkeyed["key"], Value::Null);
+
+    // kcat with the Java-compatible partitioner must put every key where sluicectl did.
+    let mut kcat_in = String::new();
+    for i in 0..40 {
+        kcat_in.push_str(&format!("user-{i}:again {i}\n"));
+    }
+    let mut kcat = Command::new("kcat");
+    kcat.args([
+        "-P",
+        "-b",
+        &b.addr,
+        "-t",
+        "events",
+        "-K",
+        ":",
+        "-X",
+        "partitioner=murmur2_random",
+    ]);
+    let k = run_program(kcat, &kcat_in);
+    assert_eq!(k.code, 0, "kcat: {}", k.stderr);
+    let out = ok(ctl(
+        &b,
+        &[
+            "consume",
+            "events",
+            "--from-beginning",
+            "--format",
+            "json",
+            "--max-messages",
+            "81",
+            "--timeout-ms",
+            "5000",
+        ],
+    ));
+    let records: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 81);
+    for i in 0..40 {
+        let key = format!("user-{i}");
+        let ps: Vec<&Value> = records
+            .iter()
+            .filter(|r| r["key"] == key)
+            .map(|r| &r["partition"])
+            .collect();
+        assert_eq!(ps.len(), 2, "{key}");
+        assert_eq!(ps[0], ps[1], "{key}: sluicectl and kcat (murmur2) disagree");
+    }
+
+    // kcat reads what sluicectl wrote, headers included.
+    let mut kc = Command::new("kcat");
+    kc.args([
+        "-C",
+        "-b",
+        &b.addr,
+        "-t",
+        "events",
+        "-e",
+        "-q",
+        "-f",
+        "%k|%s|%h\n",
+    ]);
+    let k = run_program(kc, "");
+    assert_eq!(k.code, 0, "kcat: {}", k.stderr);
+    assert!(
+        k.stdout
+            .lines()
+            .any(|l| l == "user-7|event 7|seq=7,src=test"),
+        "{}",
+        k.stdout
+    );
+
+    // Plain lines through a real shell pipe, keys split at the separator.
+    let pipe = format!(
+        "set -o pipefail; printf 'k1:v1\\nk2:v2\\nk3:v3\\n' | {CTL} --bootstrap {a} produce events \
+         --partition 0 --key-separator : --header origin=pipe && {CTL} --bootstrap {a} consume events \
+         --partition 0 --from-beginning --print-key --timeout-ms 2000 | grep '^k' | head -n 3",
+        a = b.addr
+    );
+    let mut sh = Command::new("bash");
+    sh.args(["-c", &pipe]);
+    let p = run_program(sh, "");
+    assert_eq!(p.code, 0, "{}", p.stderr);
+    assert_eq!(p.stdout, "k1\tv1\nk2\tv2\nk3\tv3\n");
+}
+
+#[test]
+fn consume_positions_and_pipes() {
+    let b = Broker::start();
+    ok(ctl(&b, &["topics", "create", "log", "--partitions", "1"]));
+    let lines: String = (0..200).map(|i| format!("line-{i}\n")).collect();
+    ok(ctl_in(
+        &b.addr,
+        &["produce", "log", "--acks", "1", "--compression", "gzip"],
+        &lines,
+    ));
+
+    let from = ok(ctl(
+        &b,
+        &[
+            "consume",
+            "log",
+            "--partition",
+            "0",
+            "--offset",
+            "150",
+            "--max-messages",
+            "3",
+            "--timeout-ms",
+            "5000",
+        ],
+    ));
+    assert_eq!(from.stdout, "line-150\nline-151\nline-152\n");
+
+    // Every record is older than a time far in the future: nothing to read, exit after idling.
+    let future = ok(ctl(
+        &b,
+        &[
+            "consume",
+            "log",
+            "--from-timestamp",
+            "2100-01-01T00:00:00Z",
+            "--timeout-ms",
+            "500",
+        ],
+    ));
+    assert_eq!(future.stdout, "");
+    let past = ok(ctl(
+        &b,
+        &[
+            "consume",
+            "log",
+            "--from-timestamp",
+            "2000-01-01T00:00:00Z",
+            "--max-messages",
+            "1",
+            "--timeout-ms",
+            "5000",
+        ],
+    ));
+    assert_eq!(past.stdout, "line-0\n");
+
+    // Default start is the log end: nothing old is printed.
+    let latest = ok(ctl(&b, &["consume", "log", "--timeout-ms", "300"]));
+    assert_eq!(latest.stdout, "");
+
+    // Ctrl-C (SIGINT) ends an unbounded consumer cleanly: exit 0 and the count on stderr.
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("out");
+    let err_path = dir.path().join("err");
+    let mut child = Command::new(CTL)
+        .args(["--bootstrap", &b.addr, "consume", "log", "--from-beginning"])
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + LIMIT;
+    while std::fs::read_to_string(&out_path).unwrap().lines().count() < 200 {
+        assert!(
+            Instant::now() < deadline,
+            "consumer did not print 200 lines"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("consumer ignored SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    let err = std::fs::read_to_string(&err_path).unwrap();
+    assert!(err.contains("Processed a total of 200 messages"), "{err}");
+
+    // The reader closing the pipe early is a normal end: exit 0, nothing on stderr but the count.
+    let pipe = format!(
+        "set -o pipefail; {CTL} --bootstrap {} consume log --from-beginning --timeout-ms 5000 | head -n 2",
+        b.addr
+    );
+    let mut sh = Command::new("bash");
+    sh.args(["-c", &pipe]);
+    let p = run_program(sh, "");
+    assert_eq!(p.code, 0, "{}", p.stderr);
+    assert_eq!(p.stdout, "line-0\nline-1\n");
+    assert!(!p.stderr.contains("error"), "{}", p.stderr);
+}
+
+#[test]
+fn cluster_describe_and_index_check() {
+    let mut b = Broker::start();
+    let c = ok(ctl(&b, &["cluster", "describe", "--output", "json"])).json();
+    assert!(!c["cluster_id"].as_str().unwrap().is_empty(), "{c}");
+    let port: i64 = b.addr.rsplit(':').next().unwrap().parse().unwrap();
+    assert_eq!(c["brokers"][0]["port"], port);
+    assert_eq!(c["brokers"][0]["node_id"], c["controller_id"]);
+    let table = ok(ctl(&b, &["cluster", "describe"])).stdout;
+    assert!(table.contains("Cluster id:"), "{table}");
+    assert!(table.contains("Metadata quorum"), "{table}");
+
+    ok(ctl(
+        &b,
+        &[
+            "topics",
+            "create",
+            "idx",
+            "--partitions",
+            "1",
+            "--config",
+            "segment.bytes=4096",
+            "--config",
+            "index.interval.bytes=100",
+        ],
+    ));
+    // Eight runs, eight batches of ~1.2 KB: three to a 4 KB segment, so segments roll and
+    // each segment's second and third batches get index entries.
+    for run in 0..8 {
+        let lines: String = (0..25)
+            .map(|i| format!("run {run} record number {i} padded to be longer\n"))
+            .collect();
+        ok(ctl_in(&b.addr, &["produce", "idx"], &lines));
+    }
+    b.stop();
+    let dir = b.data.join("idx-0");
+    let check = ok(ctl(
+        &b,
+        &["check-index", dir.to_str().unwrap(), "--output", "json"],
+    ))
+    .json();
+    assert_eq!(check["ok"], true, "{check}");
+    assert!(check["segments"].as_array().unwrap().len() > 1, "{check}");
+
+    // Corrupt one offset index entry: check-index must notice and exit 1.
+    let seg = &check["segments"][0]["segment"];
+    let index = PathBuf::from(seg.as_str().unwrap()).with_extension("index");
+    let mut bytes = std::fs::read(&index).unwrap();
+    assert!(bytes.len() >= 8, "first segment has an index entry");
+    bytes[4..8].copy_from_slice(&3u32.to_be_bytes());
+    std::fs::write(&index, &bytes).unwrap();
+    let bad = ctl(&b, &["check-index", dir.to_str().unwrap()]);
+    assert_eq!(bad.code, 1, "{}", bad.stdout);
+    assert!(
+        bad.stdout.contains("MISMATCH") || bad.stdout.contains("INVALID"),
+        "{}",
+        bad.stdout
+    );
+    assert_eq!(ctl(&b, &["check-index", "/nonexistent-dir"]).code, 1);
+}
