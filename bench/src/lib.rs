@@ -11,7 +11,8 @@ pub mod fake_broker;
 pub mod group_consumer;
 pub mod ledger;
 pub mod machine;
-pub mod murmur2;
+/// The Java client's key partitioner, shared with `sluicectl` through the engine library.
+pub use sluice::partitioner as murmur2;
 pub mod payload;
 pub mod plot;
 pub mod producer;

@@ -11,5 +11,6 @@ pub mod idempotence;
 pub mod io;
 pub mod logging;
 pub mod metrics;
+pub mod partitioner;
 pub mod replication;
 pub mod storage;

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use kafka_protocol::records::Compression;
 use serde::Serialize;
-use sluice_bench::murmur2::partition_for_key;
+use sluice::partitioner::partition_for_key;
 
 use super::parse_kv;
 use crate::client::records::{encode_batch, parse_compression, OutRecord};

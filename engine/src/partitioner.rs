@@ -1,4 +1,5 @@
-//! The Java client's key partitioner: murmur2 as in `org.apache.kafka.common.utils.Utils`.
+//! The Java client's key partitioner: murmur2 as in `org.apache.kafka.common.utils.Utils`
+//! (used by `sluice-bench` and `sluicectl produce`).
 
 /// Java's `Utils.murmur2` (seed 0x9747b28c), bit for bit, as a signed 32-bit value.
 pub fn murmur2(data: &[u8]) -> i32 {
