@@ -72,7 +72,18 @@ def test_compaction_keeps_latest_per_key(make_broker, topic_name):
     # A consumer that read part of the log before the cleaner ran.
     from confluent_kafka import TopicPartition
 
-    mid = ck_consumer(broker.bootstrap, **{"fetch.max.bytes": 2048, "max.partition.fetch.bytes": 1024})
+    # Small fetches and a tiny prefetch queue, so it really is in the middle of the log.
+    mid = ck_consumer(
+        broker.bootstrap,
+        **{
+            "message.max.bytes": 1000,
+            "fetch.max.bytes": 1024,
+            "receive.message.max.bytes": 2048,
+            "max.partition.fetch.bytes": 512,
+            "queued.max.messages.kbytes": 1,
+            "queued.min.messages": 1,
+        },
+    )
     try:
         mid.assign([TopicPartition(topic_name, 0, 0)])
         seen: list[int] = []
@@ -124,6 +135,7 @@ def test_compaction_keeps_latest_per_key(make_broker, topic_name):
     assert [(m.offset, m.key, m.value) for m in kp] == [(m.offset, m.key, m.value) for m in got]
 
     # Compaction survives a restart.
+    broker.stop()
     broker.restart()
     again = _read_compacted(broker.bootstrap, topic_name)
     assert [(m.offset, m.key, m.value) for m in again] == [(m.offset, m.key, m.value) for m in got]
