@@ -199,6 +199,41 @@ pub const BROKER_KEYS: &[(&str, &str, &str)] = &[
         "log filter (tracing EnvFilter syntax); RUST_LOG wins",
     ),
     ("log.format", "text", "log line format: text or json"),
+    (
+        "log.cleaner.enable",
+        "true",
+        "run the log cleaner (compaction) on every shard",
+    ),
+    (
+        "log.cleaner.io.max.bytes.per.second",
+        "1.7976931348623157E308",
+        "cleaner I/O limit per shard (read + written)",
+    ),
+    (
+        "log.cleaner.backoff.ms",
+        "15000",
+        "pause between the cleaner's passes over a shard's partitions",
+    ),
+    (
+        "log.cleaner.dedupe.buffer.size",
+        "134217728",
+        "memory for the cleaner's offset map per shard",
+    ),
+    (
+        "log.cleaner.delete.retention.ms",
+        "86400000",
+        "how long tombstones stay in compacted topics",
+    ),
+    (
+        "log.cleaner.min.cleanable.ratio",
+        "0.5",
+        "dirty ratio at which a compacted log is cleaned",
+    ),
+    (
+        "log.cleaner.min.compaction.lag.ms",
+        "0",
+        "records younger than this are not compacted",
+    ),
 ];
 
 /// Topic-level keys accepted by CreateTopics and IncrementalAlterConfigs, with the broker key
@@ -215,6 +250,12 @@ pub const TOPIC_KEYS: &[(&str, &str)] = &[
     ("flush.messages", "log.flush.interval.messages"),
     ("flush.ms", "log.flush.interval.ms"),
     ("message.timestamp.type", "log.message.timestamp.type"),
+    ("delete.retention.ms", "log.cleaner.delete.retention.ms"),
+    (
+        "min.cleanable.dirty.ratio",
+        "log.cleaner.min.cleanable.ratio",
+    ),
+    ("min.compaction.lag.ms", "log.cleaner.min.compaction.lag.ms"),
 ];
 
 /// The resolved broker configuration.
@@ -587,6 +628,8 @@ impl BrokerConfig {
         };
         // Validate the log defaults now so a bad value fails at start-up, not on first use.
         cfg.log_config(&BTreeMap::new())?;
+        crate::storage::cleaner::CleanerConfig::from_raw(&cfg.raw)
+            .map_err(|(k, v)| invalid(&k, &v, "not a valid log cleaner setting"))?;
         Ok(cfg)
     }
 
@@ -658,16 +701,33 @@ impl BrokerConfig {
             }
         };
         let policy = v("cleanup.policy");
-        if !matches!(
-            policy.as_str(),
-            "delete" | "compact" | "compact,delete" | "delete,compact"
-        ) {
-            return Err(invalid(
-                "cleanup.policy",
-                &policy,
-                "expected delete, compact or compact,delete",
-            ));
+        let (mut compact, mut delete) = (false, false);
+        for p in policy.split(',').map(str::trim) {
+            match p {
+                "compact" => compact = true,
+                "delete" => delete = true,
+                _ => {
+                    return Err(invalid(
+                        "cleanup.policy",
+                        &policy,
+                        "expected a list of `compact` and `delete`",
+                    ))
+                }
+            }
         }
+        let delete_retention_ms = num("delete.retention.ms", 0, i64::MAX)?;
+        let min_compaction_lag_ms = num("min.compaction.lag.ms", 0, i64::MAX)?;
+        let ratio_raw = v("min.cleanable.dirty.ratio");
+        let min_cleanable_dirty_ratio_ppm = match ratio_raw.trim().parse::<f64>() {
+            Ok(r) if (0.0..=1.0).contains(&r) => (r * 1e6).round() as u32,
+            _ => {
+                return Err(invalid(
+                    key_name("min.cleanable.dirty.ratio"),
+                    &ratio_raw,
+                    "expected a number in 0..=1",
+                ))
+            }
+        };
         Ok(LogConfig {
             segment_bytes,
             segment_ms,
@@ -678,6 +738,11 @@ impl BrokerConfig {
             max_message_bytes,
             flush,
             message_timestamp_type,
+            compact,
+            delete,
+            delete_retention_ms,
+            min_compaction_lag_ms,
+            min_cleanable_dirty_ratio_ppm,
         })
     }
 }
@@ -825,7 +890,12 @@ mod tests {
             FlushPolicy::Os
         );
         o.insert("cleanup.policy".to_string(), "compact".to_string());
-        assert!(c.log_config(&o).is_ok());
+        let lc = c.log_config(&o).unwrap();
+        assert!(lc.compact && !lc.delete);
+        o.insert("cleanup.policy".to_string(), "compact, delete".to_string());
+        let lc = c.log_config(&o).unwrap();
+        assert!(lc.compact && lc.delete);
+        assert_eq!(lc.min_cleanable_dirty_ratio_ppm, 500_000);
         o.insert("cleanup.policy".to_string(), "shred".to_string());
         assert!(c.log_config(&o).is_err());
     }

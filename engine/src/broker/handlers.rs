@@ -1144,7 +1144,10 @@ fn config_type(key: &str) -> i8 {
         | "advertised.listeners"
         | "log.dirs"
         | "log.message.timestamp.type" => 2, // STRING
-        "auto.create.topics.enable" | "fetch.zero.copy" => 1, // BOOLEAN
+        "auto.create.topics.enable" | "fetch.zero.copy" | "log.cleaner.enable" => 1, // BOOLEAN
+        "min.cleanable.dirty.ratio"
+        | "log.cleaner.min.cleanable.ratio"
+        | "log.cleaner.io.max.bytes.per.second" => 6, // DOUBLE
         "segment.index.bytes"
         | "index.interval.bytes"
         | "max.message.bytes"
@@ -1277,10 +1280,26 @@ async fn incremental_alter_configs(
                         configs.remove(&key);
                     }
                     2 | 3 if key == "cleanup.policy" => {
-                        return Err((
-                            ec::INVALID_CONFIG,
-                            "cleanup.policy supports only `delete`; use SET".into(),
-                        ));
+                        // APPEND / SUBTRACT on the list, from the effective value.
+                        let v = c.value.as_ref().map(|v| v.as_str().to_string());
+                        let v =
+                            v.ok_or((ec::INVALID_CONFIG, format!("`{key}` without a value")))?;
+                        let current = shard.ctx.config.topic_value(&key, &configs);
+                        let mut list: Vec<String> = current
+                            .unwrap_or_default()
+                            .split(',')
+                            .map(|p| p.trim().to_string())
+                            .filter(|p| !p.is_empty())
+                            .collect();
+                        for item in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                            let has = list.iter().any(|p| p == item);
+                            if c.config_operation == 2 && !has {
+                                list.push(item.to_string());
+                            } else if c.config_operation == 3 {
+                                list.retain(|p| p != item);
+                            }
+                        }
+                        configs.insert(key, list.join(","));
                     }
                     op => {
                         return Err((

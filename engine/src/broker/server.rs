@@ -279,6 +279,7 @@ fn shard_main(
             }
         };
         crate::io::runtime::spawn(retention_loop(shard.clone()));
+        crate::io::runtime::spawn(shard.clone().run_log_cleaner());
         let mut phase = shard.phase.subscribe();
         loop {
             tokio::select! {

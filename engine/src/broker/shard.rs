@@ -802,6 +802,27 @@ impl Shard {
         }
     }
 
+    /// Runs this shard's log cleaner over its compacted partitions until the shard stops.
+    pub async fn run_log_cleaner(self: Rc<Self>) {
+        let config = match crate::storage::cleaner::CleanerConfig::from_raw(&self.ctx.config.raw) {
+            Ok(c) => c,
+            Err((key, value)) => {
+                warn!(
+                    shard = self.id,
+                    key, value, "log cleaner disabled: bad setting"
+                );
+                return;
+            }
+        };
+        crate::storage::cleaner::run(
+            config,
+            || self.open_partitions(),
+            |p: &Rc<Partition>| &p.log,
+            || *self.phase.borrow() == Phase::Running,
+        )
+        .await;
+    }
+
     /// Flushes and closes every open partition (writes the clean-shutdown markers).
     pub async fn close_all(&self) {
         let parts = self.open_partitions();

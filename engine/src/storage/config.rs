@@ -41,6 +41,16 @@ pub struct LogConfig {
     pub flush: FlushPolicy,
     /// `message.timestamp.type`.
     pub message_timestamp_type: TimestampType,
+    /// `cleanup.policy` contains `compact`: the log cleaner keeps the latest record per key.
+    pub compact: bool,
+    /// `cleanup.policy` contains `delete`: `retention.ms`/`retention.bytes` apply.
+    pub delete: bool,
+    /// `delete.retention.ms`: how long tombstones stay readable in a compacted log.
+    pub delete_retention_ms: i64,
+    /// `min.compaction.lag.ms`: records younger than this are never compacted.
+    pub min_compaction_lag_ms: i64,
+    /// `min.cleanable.dirty.ratio` in parts per million (kept integral so the config is `Eq`).
+    pub min_cleanable_dirty_ratio_ppm: u32,
 }
 
 impl Default for LogConfig {
@@ -55,6 +65,11 @@ impl Default for LogConfig {
             max_message_bytes: 1_048_588,
             flush: FlushPolicy::Os,
             message_timestamp_type: TimestampType::CreateTime,
+            compact: false,
+            delete: true,
+            delete_retention_ms: 24 * 3600 * 1000,
+            min_compaction_lag_ms: 0,
+            min_cleanable_dirty_ratio_ppm: 500_000,
         }
     }
 }

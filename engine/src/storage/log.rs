@@ -892,7 +892,17 @@ impl PartitionLog {
                 .collect()
         };
         let log_start = self.log_start_offset();
-        let plan = plan_retention(&infos, &cfg, now_ms, log_start);
+        // A compact-only topic keeps everything the cleaner keeps (Kafka's cleanup.policy).
+        let plan_cfg = if cfg.delete {
+            cfg
+        } else {
+            LogConfig {
+                retention_ms: -1,
+                retention_bytes: -1,
+                ..cfg
+            }
+        };
+        let plan = plan_retention(&infos, &plan_cfg, now_ms, log_start);
         let mut outcome = RetentionOutcome {
             deleted_segments: 0,
             deleted_bytes: 0,
@@ -1460,5 +1470,67 @@ impl Inner {
         }
         self.persist_epochs().await?;
         self.write_recovery_point(offset).await
+    }
+}
+
+/// The log as the cleaner sees it at one instant (see `storage::cleaner`).
+pub(crate) struct CleanerView {
+    /// Segments, oldest first; the last one is active.
+    pub segments: Vec<Rc<Segment>>,
+    /// Segments whose successor starts at or below this are flushed with their indexes.
+    pub recovery_point: i64,
+}
+
+// Hooks for the log cleaner, kept apart from the append path: the cleaner copies segments
+// without any lock and takes `roll_flush_lock` (which every other segment-list change except
+// roll takes) only to check and swap. A roll only pushes the new active segment, so it
+// cannot disturb the non-active run being replaced.
+impl PartitionLog {
+    /// Segments and recovery point, if the log is usable.
+    pub(crate) fn cleaner_view(&self) -> Result<CleanerView, StorageError> {
+        let st = self.inner.st.borrow();
+        self.inner.check_usable_st(&st)?;
+        Ok(CleanerView {
+            segments: st.segments.clone(),
+            recovery_point: st.recovery_point,
+        })
+    }
+
+    /// Serializes a segment swap with truncation, retention, DeleteRecords, close and the
+    /// finishing of rolled segments.
+    pub(crate) async fn lock_segment_list(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.inner.roll_flush_lock.lock().await
+    }
+
+    /// With the segment-list lock held: whether `old` (segment, size when copied) is still a
+    /// consecutive run of non-active segments with the same sizes in a usable log.
+    pub(crate) fn segments_unchanged(&self, old: &[(Rc<Segment>, u64)]) -> bool {
+        let st = self.inner.st.borrow();
+        if st.offline || st.closed || old.is_empty() {
+            return false;
+        }
+        let Some(i) = st.segments.iter().position(|s| Rc::ptr_eq(s, &old[0].0)) else {
+            return false;
+        };
+        i + old.len() < st.segments.len()
+            && old
+                .iter()
+                .zip(&st.segments[i..])
+                .all(|((o, size), s)| Rc::ptr_eq(o, s) && s.size() == *size)
+    }
+
+    /// With the segment-list lock held and `segments_unchanged` true: puts `new` in place of
+    /// the run starting with `first` of `count` segments.
+    pub(crate) fn replace_segments(&self, first: &Rc<Segment>, count: usize, new: Rc<Segment>) {
+        let mut st = self.inner.st.borrow_mut();
+        let Some(i) = st.segments.iter().position(|s| Rc::ptr_eq(s, first)) else {
+            return;
+        };
+        assert!(
+            i + count < st.segments.len(),
+            "the cleaner never replaces the active segment"
+        );
+        st.segments.splice(i..i + count, [new]);
+        st.dir_dirty = true;
     }
 }

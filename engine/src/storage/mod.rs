@@ -5,6 +5,7 @@
 //! the API the broker and replication layers call; the format modules are sans-IO.
 
 pub mod checkpoint;
+pub mod cleaner;
 pub mod config;
 pub mod decompress;
 pub mod error;

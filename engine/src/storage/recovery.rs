@@ -57,6 +57,8 @@ fn mtime_ms(path: &Path) -> Option<i64> {
 /// Loads or recovers the log in `dir` (creating the directory if needed).
 pub(crate) async fn load(dir: &Path, cfg: &LogConfig, now_ms: i64) -> Result<Loaded, StorageError> {
     std::fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
+    // An interrupted cleaner swap is completed or discarded before segments are listed.
+    super::cleaner::recover_swaps(dir)?;
     let clean_marker = dir.join(CLEAN_SHUTDOWN_FILE);
     let clean = clean_marker.exists();
     let recovery_point = read_offset_checkpoint(dir, RECOVERY_POINT_FILE)?.unwrap_or(0);

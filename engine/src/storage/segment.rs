@@ -10,13 +10,13 @@ use std::rc::Rc;
 
 use crate::io::file::{remove_file_if_exists, DiskFile};
 
+use super::cleaner::records::stored_record_infos;
 use super::config::LogConfig;
 use super::decompress::decompress_records;
 use super::error::StorageError;
 use super::offset_index::OffsetIndex;
 use super::record_batch::{
-    for_each_record, uncompressed_records, validate_batch, BatchHeader, Compression, RecordInfo,
-    TimestampType, HEADER_SIZE,
+    validate_batch, BatchHeader, Compression, RecordInfo, TimestampType, HEADER_SIZE,
 };
 use super::time_index::TimeIndex;
 
@@ -222,6 +222,17 @@ impl Segment {
         Ok(files)
     }
 
+    /// Wraps a log file the cleaner is writing; it fills the state with `note_batch`.
+    pub(crate) fn for_cleaned(
+        dir: &Path,
+        base_offset: i64,
+        log: DiskFile,
+        cfg: &LogConfig,
+        created_ms: i64,
+    ) -> Segment {
+        Segment::with_file(dir, base_offset, log, cfg, created_ms)
+    }
+
     /// Wraps an existing log file whose state the caller will load or scan.
     pub fn open_existing(
         dir: &Path,
@@ -359,7 +370,9 @@ impl Segment {
         };
         let codec = h.compression();
         if codec == Compression::None {
-            let records = uncompressed_records(&bytes, h).map_err(|e| {
+            // Stored batches may have offset gaps (compaction), unlike produced ones.
+            let body = bytes.get(HEADER_SIZE..).unwrap_or_default();
+            let records = stored_record_infos(body, h.records_count).map_err(|e| {
                 StorageError::Corrupt(format!(
                     "{}: batch at {pos}: {e}",
                     self.log.path().display()
@@ -371,14 +384,9 @@ impl Segment {
         let decoded = decompress_records(codec, body, max_decompressed)
             .map_err(|e| e.to_string())
             .and_then(|records| {
-                let mut found = None;
-                for_each_record(&records, h.records_count, |r| {
-                    if found.is_none() {
-                        found = pick(r);
-                    }
-                })
-                .map_err(|e| e.to_string())?;
-                Ok(found)
+                let infos =
+                    stored_record_infos(&records, h.records_count).map_err(|e| e.to_string())?;
+                Ok(infos.into_iter().find_map(pick))
             });
         match decoded {
             Ok(found) => Ok(found),

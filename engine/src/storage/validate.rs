@@ -83,8 +83,31 @@ pub fn validate_leader(
                 h.base_timestamp, h.max_timestamp
             )));
         }
+        if cfg.compact {
+            check_keyed(&records[pos..pos + h.size()], &h, pos, cfg)?;
+        }
     }
     Ok(batches)
+}
+
+/// Kafka's LogValidator for compacted topics: every record needs a key (`INVALID_RECORD`).
+/// Compressed batches are decompressed for this, up to 4 x `max.message.bytes`.
+fn check_keyed(
+    batch: &[u8],
+    h: &BatchHeader,
+    pos: usize,
+    cfg: &LogConfig,
+) -> Result<(), AppendError> {
+    let limit = (cfg.max_message_bytes as usize).saturating_mul(4);
+    match super::cleaner::records::first_keyless_record(batch, h, limit) {
+        Ok(None) => Ok(()),
+        Ok(Some(i)) => Err(AppendError::InvalidRecord(format!(
+            "batch at byte {pos}: record {i} has no key, which a compacted topic requires"
+        ))),
+        Err(e) => Err(AppendError::InvalidRecord(format!(
+            "batch at byte {pos}: {e}"
+        ))),
+    }
 }
 
 /// Validates a follower's record set: whole CRC-valid batches, contiguous offsets starting
