@@ -138,6 +138,66 @@ pub const BROKER_KEYS: &[(&str, &str, &str)] = &[
         "32",
         "pipelined requests read ahead on one connection",
     ),
+    (
+        "controller.quorum.voters",
+        "",
+        "cluster mode: id@host:port,... of the controller voters (empty = single node)",
+    ),
+    (
+        "broker.session.timeout.ms",
+        "9000",
+        "cluster: a broker silent this long is fenced",
+    ),
+    (
+        "broker.heartbeat.interval.ms",
+        "500",
+        "cluster: how often a broker heartbeats the controller",
+    ),
+    (
+        "controller.quorum.election.timeout.ms",
+        "1000",
+        "cluster: Raft election timeout",
+    ),
+    (
+        "controller.quorum.heartbeat.interval.ms",
+        "100",
+        "cluster: Raft leader heartbeat interval",
+    ),
+    (
+        "controller.quorum.request.timeout.ms",
+        "10000",
+        "cluster: how long a controller call keeps retrying",
+    ),
+    (
+        "replication.mode",
+        "isr",
+        "cluster: default replication rule of new topics (isr or quorum)",
+    ),
+    (
+        "default.replication.factor",
+        "1",
+        "cluster: replication factor of auto-created topics and CreateTopics with -1",
+    ),
+    (
+        "min.insync.replicas",
+        "1",
+        "cluster: smallest ISR accepting acks=all writes",
+    ),
+    (
+        "replica.lag.time.max.ms",
+        "30000",
+        "cluster: a follower not caught up this long leaves the ISR",
+    ),
+    (
+        "unclean.leader.election.enable",
+        "false",
+        "cluster: let an out-of-sync replica lead (loses data)",
+    ),
+    (
+        "replica.fetch.wait.max.ms",
+        "500",
+        "cluster: long-poll time of follower fetches",
+    ),
 ];
 
 /// Topic-level keys accepted by CreateTopics and IncrementalAlterConfigs, with the broker key
@@ -154,6 +214,12 @@ pub const TOPIC_KEYS: &[(&str, &str)] = &[
     ("flush.messages", "log.flush.interval.messages"),
     ("flush.ms", "log.flush.interval.ms"),
     ("message.timestamp.type", "log.message.timestamp.type"),
+    ("replication.mode", "replication.mode"),
+    ("min.insync.replicas", "min.insync.replicas"),
+    (
+        "unclean.leader.election.enable",
+        "unclean.leader.election.enable",
+    ),
 ];
 
 /// The resolved broker configuration.

@@ -20,6 +20,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 1),
     (ApiKey::FindCoordinator, 0, 6),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
 ];
 
 /// The version range served for `key`, if any.

@@ -38,6 +38,9 @@ pub enum ServerError {
     /// Creating a shard's queue or thread failed.
     #[error("cannot start shard: {0}")]
     Shard(std::io::Error),
+    /// Cluster mode: the controller could not start.
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::controller::ControllerError),
     /// A shard thread stopped before it was ready.
     #[error("shard {0} stopped during start-up")]
     StartFailed(usize),
@@ -70,7 +73,11 @@ impl Server {
     /// Loads metadata, binds one SO_REUSEPORT listener per shard, starts the shard threads and
     /// waits until every shard has opened its partitions.
     pub fn start(config: BrokerConfig) -> Result<Server, ServerError> {
-        let metadata = MetadataStore::open(&config.data_dir)?;
+        let cluster = super::cluster::ClusterNode::start(&config)?;
+        let metadata = match &cluster {
+            Some(node) => MetadataStore::cluster(node.clone()),
+            None => MetadataStore::open(&config.data_dir)?,
+        };
         let shards = config.shards;
         let mut listeners = Vec::with_capacity(shards);
         let first = crate::io::net::reuseport_listener(config.listen, 1024).map_err(|source| {
@@ -131,6 +138,9 @@ impl Server {
                 Ok(_) => {}
                 Err(_) => return Err(ServerError::StartFailed(0)),
             }
+        }
+        if let Some(node) = &cluster {
+            node.run(ctx.clone()).map_err(ServerError::Shard)?;
         }
         info!(addr = %local_addr, shards, data_dir = %ctx.config.data_dir.display(), "sluice listening");
         Ok(Server {
@@ -200,6 +210,9 @@ impl Server {
         self.set_phase(Phase::Closing);
         for t in self.threads {
             let _ = t.join();
+        }
+        if let Some(node) = self.ctx.metadata.cluster_node() {
+            node.shutdown();
         }
         info!("stopped");
     }
