@@ -781,11 +781,14 @@ pub async fn metadata(
             )
         })
         .collect();
+    // Clients send admin requests to the controller id; every broker forwards them, so while
+    // the controller is unknown or not a listed broker, name this broker (as KRaft brokers do).
     let controller = node
         .controller
         .controller_id()
         .and_then(|c| i32::try_from(c).ok())
-        .unwrap_or(-1);
+        .filter(|c| image.broker(*c).is_some_and(|b| !b.fenced))
+        .unwrap_or(node.node_id);
     m::MetadataResponse::default()
         .with_brokers(brokers)
         .with_cluster_id(Some(str_bytes(&node.cluster_id)))
