@@ -274,7 +274,11 @@ fn apply(
             .borrow_mut()
             .apply_partition_state(&partition_state(p), &slot.part.log, now);
     match change {
-        RoleChange::BecameLeader { leader_epoch, .. } => {
+        RoleChange::BecameLeader {
+            leader_epoch,
+            append_epoch_marker,
+            ..
+        } => {
             info!(
                 topic = slot.topic,
                 partition = slot.partition,
@@ -283,6 +287,14 @@ fn apply(
             );
             slot.fetcher_epoch.set(-1);
             slot.part.appended.notify_waiters();
+            if append_epoch_marker {
+                crate::io::runtime::spawn(append_epoch_marker_record(
+                    shard.clone(),
+                    node.clone(),
+                    slot.clone(),
+                    leader_epoch,
+                ));
+            }
         }
         RoleChange::BecameFollower {
             leader: Some(leader),
@@ -346,6 +358,82 @@ fn apply(
         });
     }
     drive(shard, node, slot);
+}
+
+/// A control batch starting `epoch` (the role of Raft's no-op entry and KRaft's LeaderChange
+/// record): once a majority has it, the quorum commit point may pass older epochs' records.
+/// Consumers skip control batches.
+fn epoch_marker(leader: i32, epoch: i32) -> Option<BytesMut> {
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    // Control record key: version 0, type 2 (LEADER_CHANGE); value: version 0, leader id.
+    let mut value = Vec::with_capacity(6);
+    value.extend_from_slice(&0i16.to_be_bytes());
+    value.extend_from_slice(&leader.to_be_bytes());
+    let record = Record {
+        transactional: false,
+        control: true,
+        partition_leader_epoch: epoch,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence: -1,
+        timestamp: super::shard::now_ms(),
+        key: Some(Bytes::from_static(&[0, 0, 0, 2])),
+        value: Some(Bytes::from(value)),
+        headers: Default::default(),
+        delete_horizon: false,
+    };
+    let mut buf = BytesMut::new();
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::None,
+    };
+    match RecordBatchEncoder::encode(&mut buf, [record].iter(), &options) {
+        Ok(()) => Some(buf),
+        Err(e) => {
+            warn!("cannot encode the epoch marker: {e}");
+            None
+        }
+    }
+}
+
+async fn append_epoch_marker_record(
+    shard: Rc<Shard>,
+    node: Arc<ClusterNode>,
+    slot: Rc<Replica>,
+    epoch: i32,
+) {
+    if slot.state.borrow().role_leader_epoch() != Some(epoch) {
+        return;
+    }
+    let Some(batch) = epoch_marker(node.node_id, epoch) else {
+        return;
+    };
+    match slot
+        .part
+        .log
+        .append_leader(batch, epoch, super::shard::now_ms())
+        .await
+    {
+        Ok(_) => {
+            {
+                let mut st = slot.state.borrow_mut();
+                if let Some(l) = st.leader_mut().filter(|l| l.leader_epoch() == epoch) {
+                    sync_log_end(l, &slot.part.log, now());
+                }
+            }
+            slot.part.appended.notify_waiters();
+            drive(&shard, &node, &slot);
+        }
+        Err(e) => warn!(
+            topic = slot.topic,
+            partition = slot.partition,
+            "epoch marker append failed: {e}"
+        ),
+    }
 }
 
 /// Carries out the leader's pending actions.

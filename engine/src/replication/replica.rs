@@ -120,6 +120,14 @@ impl<P: ReplicationPolicy + Clone> PartitionReplica<P> {
         }
     }
 
+    /// The epoch this replica leads, if it is the leader.
+    pub fn role_leader_epoch(&self) -> Option<LeaderEpoch> {
+        match &self.role {
+            Role::Leader(l) => Some(l.leader_epoch()),
+            Role::Follower(_) => None,
+        }
+    }
+
     /// True while leading.
     pub fn is_leader(&self) -> bool {
         matches!(self.role, Role::Leader(_))
