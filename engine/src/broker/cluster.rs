@@ -44,6 +44,8 @@ const CONTROLLER_KEYS: &[&str] = &[
     "broker.session.timeout.ms",
     "controller.quorum.request.timeout.ms",
     "replication.mode",
+    "metadata.snapshot.interval.entries",
+    "metadata.poll.interval.ms",
 ];
 
 /// This broker's membership in a cluster: its controller handle, registration and the

@@ -198,6 +198,16 @@ pub const BROKER_KEYS: &[(&str, &str, &str)] = &[
         "500",
         "cluster: long-poll time of follower fetches",
     ),
+    (
+        "metadata.snapshot.interval.entries",
+        "1000",
+        "cluster: metadata log entries between snapshots",
+    ),
+    (
+        "metadata.poll.interval.ms",
+        "200",
+        "cluster: broker-only nodes pull the metadata image this often",
+    ),
 ];
 
 /// Topic-level keys accepted by CreateTopics and IncrementalAlterConfigs, with the broker key
