@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kafka_protocol::messages::{
-    create_topics_request, fetch_request, offset_for_leader_epoch_request, produce_request,
-    BrokerId, CreateTopicsRequest, FetchRequest, MetadataRequest, OffsetForLeaderEpochRequest,
-    ProduceRequest, TopicName,
+    create_topics_request, delete_topics_request, fetch_request, list_offsets_request,
+    offset_for_leader_epoch_request, produce_request, BrokerId, CreateTopicsRequest,
+    DeleteTopicsRequest, FetchRequest, ListOffsetsRequest, MetadataRequest,
+    OffsetForLeaderEpochRequest, ProduceRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use support::*;
@@ -177,6 +178,22 @@ fn fetch(b: &Broker, topic: &str, epoch: i32) -> (i16, i64, Vec<String>) {
     (p.error_code, p.high_watermark, vals)
 }
 
+/// ListOffsets v4 latest of partition 0: (error, offset, leader epoch).
+fn latest_offset(b: &Broker, topic: &str) -> (i16, i64, i32) {
+    let req = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
+            .with_name(tn(topic))
+            .with_partitions(vec![
+                list_offsets_request::ListOffsetsPartition::default()
+                    .with_partition_index(0)
+                    .with_timestamp(-1),
+            ])]);
+    let resp = b.client().request(4, &req);
+    let p = &resp.topics[0].partitions[0];
+    (p.error_code, p.offset, p.leader_epoch)
+}
+
 fn run(mode: &str) {
     let mut cluster = Cluster::start(mode);
     let topic = "fenced";
@@ -211,6 +228,16 @@ fn run(mode: &str) {
     assert_eq!((code, hw, a), (0, 5 + marker, 5));
     let (code, ..) = fetch(cluster.broker(leader), topic, epoch + 1);
     assert_eq!(code, UNKNOWN_LEADER_EPOCH);
+
+    // ListOffsets latest is the high watermark, with the leader epoch; followers refuse.
+    assert_eq!(
+        latest_offset(cluster.broker(leader), topic),
+        (0, 5 + marker, epoch)
+    );
+    assert_eq!(
+        latest_offset(cluster.broker(follower), topic).0,
+        NOT_LEADER_OR_FOLLOWER
+    );
 
     // OffsetForLeaderEpoch: the current epoch ends at the log end.
     let req = OffsetForLeaderEpochRequest::default()
@@ -255,6 +282,21 @@ fn run(mode: &str) {
     let a: Vec<&String> = vals.iter().filter(|v| v.starts_with("a-")).collect();
     assert_eq!(a.len(), 5, "acknowledged records after failover: {vals:?}");
     assert!(vals.iter().filter(|v| v.starts_with("b-")).count() >= 3);
+
+    // DeleteTopics through the controller: every surviving replica's directory goes.
+    let req = DeleteTopicsRequest::default()
+        .with_timeout_ms(10_000)
+        .with_topic_names(vec![tn(topic)]);
+    let resp = cluster.broker(new_leader).client().request(5, &req);
+    assert_eq!(resp.responses[0].error_code, 0);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for b in cluster.brokers.iter().flatten() {
+        let dir = b.data_dir.join(format!("{topic}-0"));
+        while dir.exists() {
+            assert!(Instant::now() < deadline, "{} not deleted", dir.display());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 #[test]

@@ -634,8 +634,15 @@ async fn list_offsets(
     }
     let mut resp = m::ListOffsetsResponse::default();
     for (name, parts) in layout {
+        let topic = name.as_str().to_string();
         let mut t = m::list_offsets_response::ListOffsetsTopicResponse::default().with_name(name);
         for (index, pos) in parts {
+            // Cluster mode: the partition's leader epoch; a single node's only epoch is 0.
+            let epoch = image
+                .cluster
+                .as_ref()
+                .and_then(|c| c.partition(&topic, index))
+                .map_or(0, |p| p.leader_epoch);
             let o = results[pos].take().unwrap_or(OffsetOut {
                 error_code: ec::UNKNOWN_SERVER_ERROR,
                 timestamp: -1,
@@ -647,8 +654,12 @@ async fn list_offsets(
                     .with_error_code(o.error_code)
                     .with_timestamp(o.timestamp)
                     .with_offset(o.offset)
-                    // leader_epoch exists from v4; the only epoch of a single node is 0.
-                    .with_leader_epoch(if version >= 4 && o.offset >= 0 { 0 } else { -1 }),
+                    // leader_epoch exists from v4.
+                    .with_leader_epoch(if version >= 4 && o.offset >= 0 {
+                        epoch
+                    } else {
+                        -1
+                    }),
             );
         }
         resp.topics.push(t);

@@ -640,6 +640,15 @@ impl Shard {
     ) -> Vec<OffsetOut> {
         let mut out = Vec::with_capacity(items.len());
         for (topic, p, ts) in items {
+            // Cluster mode: only the leader answers, whatever the lookup.
+            if let Some(Err(code)) = super::cluster_replica::list_offsets_latest(&self, &topic, p) {
+                out.push(OffsetOut {
+                    error_code: code,
+                    timestamp: -1,
+                    offset: -1,
+                });
+                continue;
+            }
             let r = match self.partition(&topic, p).await {
                 Err(code) => OffsetOut {
                     error_code: code,
