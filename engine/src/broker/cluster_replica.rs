@@ -167,6 +167,10 @@ async fn reconcile_once(shard: &Rc<Shard>, image: &Arc<ClusterImage>) {
     let Some(node) = shard.ctx.metadata.cluster_node().cloned() else {
         return;
     };
+    // A stopping shard opens nothing more (its logs are about to close).
+    if *shard.phase.borrow() != Phase::Running {
+        return;
+    }
     let node_id = node.node_id;
     // Topics deleted (or deleted and recreated) since the last image.
     let stale: Vec<(String, i32)> = shard

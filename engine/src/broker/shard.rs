@@ -394,6 +394,16 @@ impl Shard {
             .filter(|t| (0..t.partitions).contains(&partition))
             .ok_or(error_code::UNKNOWN_TOPIC_OR_PARTITION)?
             .clone();
+        // Cluster mode: only partitions this broker hosts a replica of have a log here.
+        if let Some(cluster) = &image.cluster {
+            let node = self.ctx.config.node_id;
+            if cluster
+                .partition(topic, partition)
+                .is_none_or(|p| !p.replicas.contains(&node))
+            {
+                return Err(6); // NOT_LEADER_OR_FOLLOWER
+            }
+        }
         let config = self.ctx.config.log_config(&meta.configs).map_err(|e| {
             warn!(topic, partition, "invalid stored topic config: {e}");
             error_code::KAFKA_STORAGE_ERROR
