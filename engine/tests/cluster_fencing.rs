@@ -10,10 +10,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kafka_protocol::messages::{
-    create_topics_request, delete_topics_request, fetch_request, list_offsets_request,
-    offset_for_leader_epoch_request, produce_request, BrokerId, CreateTopicsRequest,
-    DeleteTopicsRequest, FetchRequest, ListOffsetsRequest, MetadataRequest,
-    OffsetForLeaderEpochRequest, ProduceRequest, TopicName,
+    create_topics_request, fetch_request, list_offsets_request, offset_for_leader_epoch_request,
+    produce_request, BrokerId, CreateTopicsRequest, DeleteTopicsRequest, FetchRequest,
+    ListOffsetsRequest, MetadataRequest, OffsetForLeaderEpochRequest, ProduceRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use support::*;

@@ -736,13 +736,16 @@ async fn offset_for_leader_epoch_local(
     out
 }
 
-/// The OffsetForLeaderEpoch API (v0-4): where the leader's log ends for each requested epoch.
+/// Work for one owner shard: (topic, partition) positions in the response, and
+/// (topic, partition, current epoch, requested epoch) items.
+type EpochWork = (Vec<(usize, usize)>, Vec<(String, i32, i32, i32)>);
+
+/// The OffsetForLeaderEpoch API (v2-4): where the leader's log ends for each requested epoch.
 pub async fn offset_for_leader_epoch(
     shard: &Rc<Shard>,
     req: m::OffsetForLeaderEpochRequest,
 ) -> Result<m::OffsetForLeaderEpochResponse, super::shard::ShardGone> {
-    let mut groups: HashMap<usize, (Vec<(usize, usize)>, Vec<(String, i32, i32, i32)>)> =
-        HashMap::new();
+    let mut groups: HashMap<usize, EpochWork> = HashMap::new();
     let mut resp = m::OffsetForLeaderEpochResponse::default();
     for (ti, t) in req.topics.iter().enumerate() {
         let name = t.topic.as_str().to_string();

@@ -250,6 +250,9 @@ type ShardWork<T> = (Vec<usize>, Vec<(String, i32, T)>);
 /// decided before reading (unknown topic/partition), and its slot in the results.
 type FetchLayout = (String, Uuid, Vec<(i32, Option<i16>, usize)>);
 
+/// A fetched partition's offset, max bytes, current leader epoch and last fetched epoch.
+type FetchPosition = (i64, i32, i32, i32);
+
 /// One config entry for DescribeConfigs: name, value, source, read-only.
 type ConfigEntry = (String, String, i8, bool);
 
@@ -402,7 +405,8 @@ async fn fetch(
     let image = shard.ctx.metadata.image();
     let zero_copy = shard.ctx.config.fetch_zero_copy;
     let mut layout: Vec<FetchLayout> = Vec::new();
-    let mut work: Vec<(usize, String, i32, (i64, i32, i32, i32))> = Vec::new();
+    // Per partition: fetch offset, max bytes, current leader epoch, last fetched epoch.
+    let mut work: Vec<(usize, String, i32, FetchPosition)> = Vec::new();
     // A follower's fetch names its broker id (in replica_state from v15).
     let replica_id = if version >= 15 {
         req.replica_state.replica_id.0
