@@ -208,7 +208,23 @@ def test_min_insync_replicas_refuses_acks_all(make_broker):
     p.flush(15)
     assert len(results) == 1 and results[0] is not None, results
     assert results[0].code() == KafkaError.NOT_ENOUGH_REPLICAS, results[0]
-    # acks=1 still works on the lone leader.
+    # Lowering min.insync.replicas (IncrementalAlterConfigs through the controller) takes
+    # effect on the running leader: acks=all is accepted again with two in sync.
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
+
+    admin = cluster.admin(exclude=followers)
+    res = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[
+        ConfigEntry("min.insync.replicas", "2", incremental_operation=AlterConfigOpType.SET)])
+    [fut] = admin.incremental_alter_configs([res], request_timeout=15).values()
+    fut.result(15)
+    accepted: list = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and accepted[-1:] != [None]:
+        p.produce(topic, value=b"accepted", callback=lambda err, msg: accepted.append(err))
+        p.flush(15)
+        time.sleep(0.2)
+    assert accepted[-1:] == [None], accepted
+    # acks=1 still works.
     ok: list = []
     p1 = Producer({"bootstrap.servers": cluster.broker(leader).bootstrap, "acks": 1})
     p1.produce(topic, value=b"acks1", callback=lambda err, msg: ok.append(err))

@@ -260,6 +260,11 @@ async fn reconcile_once(shard: &Rc<Shard>, image: &Arc<ClusterImage>) {
                     slot
                 }
             };
+            if changed {
+                slot.state
+                    .borrow_mut()
+                    .set_config(replication_config(&shard.ctx.config, t));
+            }
             apply(shard, &node, &slot, p, mode);
         }
     }

@@ -415,6 +415,12 @@ impl<P: ReplicationPolicy> LeaderState<P> {
         }
     }
 
+    /// Replaces the replication settings (a topic config change); they apply from the next
+    /// decision on.
+    pub fn set_config(&mut self, config: ReplicationConfig) {
+        self.config = config;
+    }
+
     /// This replica stops leading: every waiting acks=all write fails with
     /// NOT_LEADER_OR_FOLLOWER (the client retries against the new leader).
     pub fn resign(&mut self) -> Vec<LeaderAction> {
