@@ -140,9 +140,13 @@ impl Cluster {
 }
 
 fn produce(b: &Broker, topic: &str, records: Bytes) -> (i16, i64) {
+    produce_with_timeout(b, topic, records, 5000)
+}
+
+fn produce_with_timeout(b: &Broker, topic: &str, records: Bytes, timeout_ms: i32) -> (i16, i64) {
     let req = ProduceRequest::default()
         .with_acks(-1)
-        .with_timeout_ms(5000)
+        .with_timeout_ms(timeout_ms)
         .with_topic_data(vec![produce_request::TopicProduceData::default()
             .with_name(tn(topic))
             .with_partition_data(vec![
@@ -306,4 +310,37 @@ fn isr_cluster_fences_epochs_and_fails_over() {
 #[test]
 fn quorum_cluster_fences_epochs_and_fails_over() {
     run("quorum");
+}
+
+/// With both followers gone (and with them the controller majority, so the ISR cannot shrink),
+/// an acks=all write is appended but never committed: it fails with REQUEST_TIMED_OUT once the
+/// request's timeout_ms has passed.
+#[test]
+fn isr_acks_all_times_out_without_followers() {
+    let mut cluster = Cluster::start("isr");
+    let topic = "stuck";
+    cluster.create_topic(topic);
+    let (leader, ..) = cluster.wait_for(1, topic, "initial leader", |s| s.2.len() == 3);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (code, _) = produce(cluster.broker(leader), topic, batch("ok", 1, 0));
+        if code == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "first produce: {code}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for b in 1..=3 {
+        if b != leader {
+            cluster.brokers[(b - 1) as usize] = None;
+        }
+    }
+    let started = Instant::now();
+    let (code, _) = produce_with_timeout(cluster.broker(leader), topic, batch("stuck", 1, 1), 1000);
+    let took = started.elapsed();
+    assert_eq!(code, 7, "REQUEST_TIMED_OUT");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "answered after {took:?}"
+    );
 }
