@@ -42,8 +42,10 @@ use crate::storage::PartitionLog;
 const NOT_LEADER_OR_FOLLOWER: i16 = 6;
 /// How often leaders check ISR lag and acks=all deadlines.
 const TICK: Duration = Duration::from_millis(100);
-/// Largest partition fetch a follower asks for.
-const FOLLOWER_FETCH_BYTES: i32 = 4 * 1024 * 1024;
+/// Largest fetch response a replica fetcher asks for (all partitions).
+const FOLLOWER_FETCH_BYTES: i32 = 16 * 1024 * 1024;
+/// Largest share of one partition in a replica fetch.
+const FOLLOWER_PARTITION_BYTES: i32 = 4 * 1024 * 1024;
 /// Fetch version followers speak (flexible, topic names, current/last-fetched epochs).
 const FOLLOWER_FETCH_VERSION: i16 = 12;
 /// OffsetForLeaderEpoch version followers speak (replica id, current leader epoch).
@@ -95,6 +97,8 @@ pub struct ShardReplicas {
     ticking: Cell<bool>,
     next_waiter: Cell<u64>,
     topic_configs: RefCell<HashMap<String, BTreeMap<String, String>>>,
+    /// Leader brokers this shard runs a replica fetcher for.
+    fetchers: RefCell<std::collections::HashSet<i32>>,
 }
 
 impl ShardReplicas {
@@ -317,13 +321,7 @@ fn apply(
                 "following"
             );
             slot.fetcher_epoch.set(leader_epoch);
-            crate::io::runtime::spawn(follower_loop(
-                shard.clone(),
-                node.clone(),
-                slot.clone(),
-                leader,
-                leader_epoch,
-            ));
+            ensure_fetcher(shard, node, leader);
         }
         RoleChange::BecameFollower { leader: None, .. } => slot.fetcher_epoch.set(-1),
         RoleChange::IsrChanged | RoleChange::None => {}
@@ -854,17 +852,88 @@ async fn sleep_ms(ms: u64) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
-/// One follower's fetcher for one partition in one leader epoch: truncates by
-/// OffsetForLeaderEpoch, then fetches from the leader with its replica id and appends the
-/// leader's batches verbatim. Ends when the epoch changes, the replica goes away or the
-/// shard stops.
-async fn follower_loop(
-    shard: Rc<Shard>,
-    node: Arc<ClusterNode>,
-    slot: Rc<Replica>,
-    leader: i32,
-    epoch: i32,
-) {
+/// The partitions this shard follows `leader` in, each with its next request.
+fn followed_partitions(shard: &Shard, leader: i32) -> Vec<(Rc<Replica>, Option<FollowerRequest>)> {
+    let slots: Vec<Rc<Replica>> = shard.replicas.slots.borrow().values().cloned().collect();
+    let mut out = Vec::new();
+    for slot in slots {
+        if slot.removed.get() || slot.fetcher_epoch.get() < 0 {
+            continue;
+        }
+        let mut st = slot.state.borrow_mut();
+        let Some(f) = st.follower_mut() else { continue };
+        if f.leader() != Some(leader) || f.leader_epoch() != slot.fetcher_epoch.get() {
+            continue;
+        }
+        let request = f.next_request(&slot.part.log);
+        drop(st);
+        out.push((slot, request));
+    }
+    out
+}
+
+/// Starts the fetcher of (this shard, `leader`) unless it runs.
+fn ensure_fetcher(shard: &Rc<Shard>, node: &Arc<ClusterNode>, leader: i32) {
+    if shard.replicas.fetchers.borrow_mut().insert(leader) {
+        crate::io::runtime::spawn(fetcher_loop(shard.clone(), node.clone(), leader));
+    }
+}
+
+/// Carries out one follower step for `slot` (after a response). `records` are the complete
+/// batches a fetch returned. Returns whether the partition made progress.
+async fn carry_out(slot: &Replica, step: FollowerStep, records: Option<Bytes>) -> bool {
+    match step {
+        FollowerStep::Append { .. } => {
+            let Some(records) = records.filter(|r| !r.is_empty()) else {
+                return false;
+            };
+            match slot
+                .part
+                .log
+                .append_follower(BytesMut::from(&records[..]))
+                .await
+            {
+                Ok(_) => {
+                    slot.part.appended.notify_waiters();
+                    true
+                }
+                Err(e) => {
+                    warn!(
+                        topic = slot.topic,
+                        partition = slot.partition,
+                        "follower append failed: {e}"
+                    );
+                    false
+                }
+            }
+        }
+        FollowerStep::Truncate(offset) => {
+            info!(
+                topic = slot.topic,
+                partition = slot.partition,
+                offset,
+                "truncating to the divergence point"
+            );
+            if let Err(e) = slot.part.log.truncate_to(offset).await {
+                warn!(
+                    topic = slot.topic,
+                    partition = slot.partition,
+                    "truncation failed: {e}"
+                );
+                return false;
+            }
+            true
+        }
+        FollowerStep::Backoff | FollowerStep::AwaitMetadata | FollowerStep::Ignore => false,
+    }
+}
+
+/// The replica fetcher of one (follower shard, leader broker), as Kafka's
+/// `ReplicaFetcherThread`: for every partition this shard follows `leader` in, it first
+/// truncates by OffsetForLeaderEpoch (one batched request), then fetches all of them in one
+/// Fetch with its replica id and appends the leader's batches verbatim. It ends when this
+/// shard follows nothing on `leader` any more or the shard stops.
+async fn fetcher_loop(shard: Rc<Shard>, node: Arc<ClusterNode>, leader: i32) {
     let wait_ms: i32 = shard
         .ctx
         .config
@@ -874,27 +943,36 @@ async fn follower_loop(
         .unwrap_or(500);
     let call_timeout = Duration::from_millis(u64::try_from(wait_ms.max(0)).unwrap_or(0) + 5_000);
     let mut client: Option<KafkaClient> = None;
-    let topic_name = TopicName(StrBytes::from_string(slot.topic.clone()));
     loop {
-        if *shard.phase.borrow() != Phase::Running
-            || slot.removed.get()
-            || slot.fetcher_epoch.get() != epoch
-        {
+        let partitions = if *shard.phase.borrow() == Phase::Running {
+            followed_partitions(&shard, leader)
+        } else {
+            Vec::new()
+        };
+        if partitions.is_empty() {
+            // Decided and deregistered without an await in between, so a partition that
+            // starts following `leader` later starts a new fetcher.
+            shard.replicas.fetchers.borrow_mut().remove(&leader);
             return;
         }
-        let request = {
-            let mut st = slot.state.borrow_mut();
-            match st.follower_mut() {
-                Some(f) if f.leader_epoch() == epoch && f.leader() == Some(leader) => {
-                    f.next_request(&slot.part.log)
-                }
-                _ => return,
-            }
-        };
-        let Some(request) = request else {
+        let epochs: Vec<(Rc<Replica>, FollowerRequest)> = partitions
+            .iter()
+            .filter_map(|(s, r)| match r {
+                Some(r @ FollowerRequest::OffsetForLeaderEpoch { .. }) => Some((s.clone(), *r)),
+                _ => None,
+            })
+            .collect();
+        let fetches: Vec<(Rc<Replica>, FollowerRequest)> = partitions
+            .iter()
+            .filter_map(|(s, r)| match r {
+                Some(r @ FollowerRequest::Fetch { .. }) => Some((s.clone(), *r)),
+                _ => None,
+            })
+            .collect();
+        if epochs.is_empty() && fetches.is_empty() {
             sleep_ms(100).await;
             continue;
-        };
+        }
         if client.is_none() {
             let image = node.cluster_image();
             let Some(ep) = image.broker(leader).and_then(|b| b.listeners.first()) else {
@@ -920,44 +998,65 @@ async fn follower_loop(
         let Some(conn) = client.as_mut() else {
             continue;
         };
-        let step = match request {
-            FollowerRequest::OffsetForLeaderEpoch {
-                current_leader_epoch,
-                leader_epoch,
-                ..
-            } => {
-                let req = m::OffsetForLeaderEpochRequest::default()
-                    .with_replica_id(BrokerId(node.node_id))
-                    .with_topics(vec![
-                        m::offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
-                            .with_topic(topic_name.clone())
-                            .with_partitions(vec![
-                                m::offset_for_leader_epoch_request::OffsetForLeaderPartition::default()
-                                    .with_partition(slot.partition)
-                                    .with_current_leader_epoch(current_leader_epoch)
-                                    .with_leader_epoch(leader_epoch),
-                            ]),
-                    ]);
-                let resp: m::OffsetForLeaderEpochResponse = match conn
-                    .call(
-                        ApiKey::OffsetForLeaderEpoch,
-                        OFFSET_FOR_LEADER_EPOCH_VERSION,
-                        &req,
-                        call_timeout,
-                    )
-                    .await
+        let mut progress = false;
+        if !epochs.is_empty() {
+            let mut topics: BTreeMap<String, Vec<_>> = BTreeMap::new();
+            for (slot, r) in &epochs {
+                if let FollowerRequest::OffsetForLeaderEpoch {
+                    current_leader_epoch,
+                    leader_epoch,
+                    ..
+                } = *r
                 {
-                    Ok(r) => r,
-                    Err(e) => {
-                        debug!(leader, "OffsetForLeaderEpoch failed: {e}");
-                        client = None;
-                        sleep_ms(200).await;
-                        continue;
-                    }
+                    topics.entry(slot.topic.clone()).or_default().push(
+                        m::offset_for_leader_epoch_request::OffsetForLeaderPartition::default()
+                            .with_partition(slot.partition)
+                            .with_current_leader_epoch(current_leader_epoch)
+                            .with_leader_epoch(leader_epoch),
+                    );
+                }
+            }
+            let req = m::OffsetForLeaderEpochRequest::default()
+                .with_replica_id(BrokerId(node.node_id))
+                .with_topics(
+                    topics
+                        .into_iter()
+                        .map(|(t, ps)| {
+                            m::offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
+                                .with_topic(TopicName(StrBytes::from_string(t)))
+                                .with_partitions(ps)
+                        })
+                        .collect(),
+                );
+            let resp: m::OffsetForLeaderEpochResponse = match conn
+                .call(
+                    ApiKey::OffsetForLeaderEpoch,
+                    OFFSET_FOR_LEADER_EPOCH_VERSION,
+                    &req,
+                    call_timeout,
+                )
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    debug!(leader, "OffsetForLeaderEpoch failed: {e}");
+                    client = None;
+                    sleep_ms(200).await;
+                    continue;
+                }
+            };
+            for (slot, request) in &epochs {
+                let FollowerRequest::OffsetForLeaderEpoch {
+                    current_leader_epoch,
+                    ..
+                } = *request
+                else {
+                    continue;
                 };
                 let answer = resp
                     .topics
                     .iter()
+                    .filter(|t| t.topic.as_str() == slot.topic)
                     .flat_map(|t| t.partitions.iter())
                     .find(|p| p.partition == slot.partition)
                     .map(|p| {
@@ -971,49 +1070,81 @@ async fn follower_loop(
                         }
                     })
                     .unwrap_or(Err(ReplicationError::NotLeaderOrFollower));
-                let mut st = slot.state.borrow_mut();
-                match st.follower_mut() {
-                    Some(f) => {
-                        f.on_offset_for_leader_epoch_response(&request, answer, &slot.part.log)
+                let step = {
+                    let mut st = slot.state.borrow_mut();
+                    match st.follower_mut() {
+                        Some(f) => {
+                            f.on_offset_for_leader_epoch_response(request, answer, &slot.part.log)
+                        }
+                        None => continue,
                     }
-                    None => return,
-                }
+                };
+                progress |= carry_out(slot, step, None).await;
             }
-            FollowerRequest::Fetch {
-                current_leader_epoch,
-                fetch_offset,
-                last_fetched_epoch,
-                ..
-            } => {
-                let req = m::FetchRequest::default()
-                    .with_replica_id(BrokerId(node.node_id))
-                    .with_max_wait_ms(wait_ms)
-                    .with_min_bytes(1)
-                    .with_max_bytes(FOLLOWER_FETCH_BYTES)
-                    .with_topics(vec![m::fetch_request::FetchTopic::default()
-                        .with_topic(topic_name.clone())
-                        .with_partitions(vec![m::fetch_request::FetchPartition::default()
+        }
+        if !fetches.is_empty() {
+            let mut topics: BTreeMap<String, Vec<_>> = BTreeMap::new();
+            for (slot, r) in &fetches {
+                if let FollowerRequest::Fetch {
+                    current_leader_epoch,
+                    fetch_offset,
+                    last_fetched_epoch,
+                    ..
+                } = *r
+                {
+                    topics.entry(slot.topic.clone()).or_default().push(
+                        m::fetch_request::FetchPartition::default()
                             .with_partition(slot.partition)
                             .with_current_leader_epoch(current_leader_epoch)
                             .with_fetch_offset(fetch_offset)
                             .with_last_fetched_epoch(last_fetched_epoch.unwrap_or(-1))
                             .with_log_start_offset(-1)
-                            .with_partition_max_bytes(FOLLOWER_FETCH_BYTES)])]);
-                let resp: m::FetchResponse = match conn
-                    .call(ApiKey::Fetch, FOLLOWER_FETCH_VERSION, &req, call_timeout)
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(e) => {
-                        debug!(leader, "follower fetch failed: {e}");
-                        client = None;
-                        sleep_ms(200).await;
-                        continue;
-                    }
+                            .with_partition_max_bytes(FOLLOWER_PARTITION_BYTES),
+                    );
+                }
+            }
+            // Only long-poll when no partition is still truncating.
+            let max_wait = if epochs.is_empty() { wait_ms } else { 0 };
+            let req = m::FetchRequest::default()
+                .with_replica_id(BrokerId(node.node_id))
+                .with_max_wait_ms(max_wait)
+                .with_min_bytes(1)
+                .with_max_bytes(FOLLOWER_FETCH_BYTES)
+                .with_topics(
+                    topics
+                        .into_iter()
+                        .map(|(t, ps)| {
+                            m::fetch_request::FetchTopic::default()
+                                .with_topic(TopicName(StrBytes::from_string(t)))
+                                .with_partitions(ps)
+                        })
+                        .collect(),
+                );
+            let resp: m::FetchResponse = match conn
+                .call(ApiKey::Fetch, FOLLOWER_FETCH_VERSION, &req, call_timeout)
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    debug!(leader, "follower fetch failed: {e}");
+                    client = None;
+                    sleep_ms(200).await;
+                    continue;
+                }
+            };
+            for (slot, request) in &fetches {
+                let FollowerRequest::Fetch {
+                    current_leader_epoch,
+                    fetch_offset,
+                    ..
+                } = *request
+                else {
+                    continue;
                 };
                 let part = resp
                     .responses
                     .iter()
+                    .filter(|t| t.topic.as_str() == slot.topic)
                     .flat_map(|t| t.partitions.iter())
                     .find(|p| p.partition_index == slot.partition);
                 let (answer, records) = match part {
@@ -1040,52 +1171,16 @@ async fn follower_loop(
                 let step = {
                     let mut st = slot.state.borrow_mut();
                     match st.follower_mut() {
-                        Some(f) => f.on_fetch_response(&request, answer, &slot.part.log),
-                        None => return,
+                        Some(f) => f.on_fetch_response(request, answer, &slot.part.log),
+                        None => continue,
                     }
                 };
-                if let FollowerStep::Append { .. } = step {
-                    if let Some(records) = records.filter(|r| !r.is_empty()) {
-                        if let Err(e) = slot
-                            .part
-                            .log
-                            .append_follower(BytesMut::from(&records[..]))
-                            .await
-                        {
-                            warn!(
-                                topic = slot.topic,
-                                partition = slot.partition,
-                                "follower append failed: {e}"
-                            );
-                            sleep_ms(200).await;
-                            continue;
-                        }
-                        slot.part.appended.notify_waiters();
-                    }
-                }
-                step
+                progress |= carry_out(slot, step, records).await;
             }
-        };
-        match step {
-            FollowerStep::Truncate(offset) => {
-                info!(
-                    topic = slot.topic,
-                    partition = slot.partition,
-                    offset,
-                    "truncating to the divergence point"
-                );
-                if let Err(e) = slot.part.log.truncate_to(offset).await {
-                    warn!(
-                        topic = slot.topic,
-                        partition = slot.partition,
-                        "truncation failed: {e}"
-                    );
-                    sleep_ms(200).await;
-                }
-            }
-            FollowerStep::Backoff => sleep_ms(100).await,
-            FollowerStep::AwaitMetadata => sleep_ms(200).await,
-            FollowerStep::Ignore | FollowerStep::Append { .. } => {}
+        }
+        if !progress {
+            // Nothing moved (errors, back-off, or the long poll ended empty): do not spin.
+            sleep_ms(if epochs.is_empty() { 20 } else { 100 }).await;
         }
     }
 }
