@@ -26,8 +26,9 @@ FAST = [
 
 
 class Cluster:
-    def __init__(self, make_broker, mode: str = "isr", extra: list[str] | None = None):
-        self.brokers = [make_broker(shards=1, start=False) for _ in range(3)]
+    def __init__(self, make_broker, mode: str = "isr", extra: list[str] | None = None, nodes: int = 3):
+        # Nodes 1-3 are the controller voters; any further node is a broker-only member.
+        self.brokers = [make_broker(shards=1, start=False) for _ in range(nodes)]
         voters = ",".join(f"{i + 1}@127.0.0.1:{free_port()}" for i in range(3))
         for i, b in enumerate(self.brokers):
             b.extra_args += [
@@ -42,6 +43,10 @@ class Cluster:
 
     def broker(self, node_id: int):
         return self.brokers[node_id - 1]
+
+    @property
+    def ids(self) -> list[int]:
+        return list(range(1, len(self.brokers) + 1))
 
     def bootstrap(self, exclude: tuple[int, ...] = ()) -> str:
         return ",".join(b.bootstrap for i, b in enumerate(self.brokers) if i + 1 not in exclude)
@@ -230,6 +235,36 @@ def test_min_insync_replicas_refuses_acks_all(make_broker):
     p1.produce(topic, value=b"acks1", callback=lambda err, msg: ok.append(err))
     p1.flush(15)
     assert ok == [None]
+
+
+@pytest.mark.timeout(90)
+def test_min_insync_two_with_two_followers_down(make_broker):
+    # Four brokers, three of them controller voters: pick a partition whose followers are the
+    # broker-only node 4 and one voter, so two followers can die while the controller quorum
+    # (two voters) lives on and commits the ISR shrink.
+    cluster = Cluster(make_broker, "isr", nodes=4)
+    topic = "min-isr-2"
+    cluster.create_topic(topic, partitions=8, rf=3, config={"min.insync.replicas": "2"})
+    chosen = None
+    for p in range(8):
+        leader, replicas, isr = cluster.wait_partition(topic, "ISR of 3", lambda l, r, i: len(i) == 3, p=p)
+        followers = [b for b in replicas if b != leader]
+        if leader != 4 and 4 in followers:
+            chosen = (p, leader, tuple(followers))
+            break
+    assert chosen is not None, "no partition with broker 4 as a follower"
+    p, leader, followers = chosen
+    for f in followers:
+        cluster.broker(f).kill9()
+    cluster.wait_partition(topic, "ISR shrunk to the leader", lambda l, r, i: i == [leader], p=p,
+                           exclude=followers)
+    results: list = []
+    prod = Producer({"bootstrap.servers": cluster.broker(leader).bootstrap, "acks": "all", "retries": 0,
+                     "message.timeout.ms": 10000})
+    prod.produce(topic, partition=p, value=b"refused", callback=lambda err, msg: results.append(err))
+    prod.flush(15)
+    assert len(results) == 1 and results[0] is not None, results
+    assert results[0].code() == KafkaError.NOT_ENOUGH_REPLICAS, results[0]
 
 
 @pytest.mark.timeout(90)
