@@ -309,3 +309,69 @@ def test_controller_kill9_another_voter_takes_over(make_broker):
         time.sleep(0.2)
     assert set(md.topics["after"].partitions) == {0, 1}
     assert all(controller not in p.replicas for p in md.topics["after"].partitions.values())
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", ["isr", "quorum"])
+def test_paused_leader_is_fenced_and_rejoins(make_broker, mode):
+    """A leader cut off from everyone (SIGSTOP: no heartbeats, no fetches, no client traffic)
+    loses its session and leadership; when it resumes it is fenced by the new epoch, truncates
+    what the new leader does not have, follows it and rejoins the ISR. No acknowledged write
+    is lost. (A stand-in for the network-namespace partition test.)"""
+    import os
+    import signal
+
+    cluster = Cluster(make_broker, mode)
+    topic = f"paused-{mode}"
+    cluster.create_topic(topic, partitions=1, rf=3)
+    leader, replicas, _ = cluster.wait_partition(topic, "ISR of 3", lambda l, r, i: len(i) == 3)
+    others = tuple(b for b in cluster.ids if b != leader)
+
+    acked: list[bytes] = []
+    lock = threading.Lock()
+
+    def on_delivery(err, msg):
+        if err is None:
+            with lock:
+                acked.append(msg.value())
+
+    producer = Producer({"bootstrap.servers": cluster.bootstrap(), "acks": "all", "linger.ms": 5,
+                         "message.timeout.ms": 30000, "retry.backoff.ms": 100})
+    pid = cluster.broker(leader).pid
+    paused = resumed = False
+    t_pause = 0.0
+    i = 0
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline:
+        producer.produce(topic, value=b"p-%05d" % i, callback=on_delivery)
+        producer.poll(0)
+        i += 1
+        time.sleep(0.01)
+        if not paused and len(acked) >= 50:
+            os.kill(pid, signal.SIGSTOP)
+            paused, t_pause = True, time.monotonic()
+        if paused and not resumed and time.monotonic() - t_pause > 5:
+            os.kill(pid, signal.SIGCONT)
+            resumed = True
+        if resumed and time.monotonic() - t_pause > 8:
+            break
+    if paused and not resumed:
+        os.kill(pid, signal.SIGCONT)
+    assert producer.flush(40) == 0
+    assert resumed, "leader never paused and resumed"
+    new_leader, _, isr = cluster.wait_partition(
+        topic, "old leader back in the ISR under a new leader",
+        lambda l, r, i: l not in (-1, leader) and leader in i, exclude=(leader,))
+    got = consume_values(cluster.bootstrap(exclude=(leader,)), topic, 1, set(acked))
+    missing = set(acked) - set(got)
+    assert not missing, f"{len(missing)} acknowledged messages lost"
+
+    def log_bytes(node: int) -> bytes:
+        d = cluster.broker(node).data_dir / f"{topic}-0"
+        return b"".join(f.read_bytes() for f in sorted(d.glob("*.log")))
+
+    # The deposed leader's log becomes the new leader's, byte for byte (divergent tail cut).
+    end = time.monotonic() + 10
+    while log_bytes(leader) != log_bytes(new_leader) and time.monotonic() < end:
+        time.sleep(0.2)
+    assert log_bytes(leader) == log_bytes(new_leader)
