@@ -140,12 +140,27 @@ fn partition_state(p: &PartitionImage) -> PartitionState {
 }
 
 /// Keeps the leader's view of its log end offset equal to the log's (appends of any request
-/// may have finished since the last call).
-fn sync_log_end(leader: &mut LeaderState<SharedPolicy>, log: &PartitionLog, now: u64) {
+/// may have finished since the last call). A log shorter than the leader thinks can only come
+/// from a follower truncation that finished after this replica became leader; such a leader
+/// refuses requests (NOT_LEADER_OR_FOLLOWER) until the next tick rebuilds it from the log
+/// ([`restart_leadership`]).
+fn sync_log_end(
+    leader: &mut LeaderState<SharedPolicy>,
+    log: &PartitionLog,
+    now: u64,
+) -> Result<(), ReplicationError> {
     let leo = log.log_end_offset();
     if leo > leader.log_end_offset() {
         leader.on_append(leo, None, now);
+    } else if leo < leader.log_end_offset() {
+        warn!(
+            log_end_offset = leo,
+            leader_log_end_offset = leader.log_end_offset(),
+            "leader log shorter than its state (late truncation); refusing requests"
+        );
+        return Err(ReplicationError::NotLeaderOrFollower);
     }
+    Ok(())
 }
 
 /// Applies a controller image to this shard's replicas. Images arriving while one is being
@@ -429,7 +444,7 @@ async fn append_epoch_marker_record(
             {
                 let mut st = slot.state.borrow_mut();
                 if let Some(l) = st.leader_mut().filter(|l| l.leader_epoch() == epoch) {
-                    sync_log_end(l, &slot.part.log, now());
+                    let _ = sync_log_end(l, &slot.part.log, now());
                 }
             }
             slot.part.appended.notify_waiters();
@@ -516,16 +531,50 @@ async fn tick_loop(shard: Rc<Shard>) {
         let slots: Vec<Rc<Replica>> = shard.replicas.slots.borrow().values().cloned().collect();
         let now = now();
         for slot in slots {
-            {
+            let consistent = {
                 let mut st = slot.state.borrow_mut();
-                if let Some(l) = st.leader_mut() {
-                    sync_log_end(l, &slot.part.log, now);
-                    l.on_tick(now);
+                match st.leader_mut() {
+                    Some(l) => {
+                        let ok = sync_log_end(l, &slot.part.log, now).is_ok();
+                        if ok {
+                            l.on_tick(now);
+                        }
+                        ok
+                    }
+                    None => true,
                 }
+            };
+            if consistent {
+                drive(&shard, &node, &slot);
+            } else {
+                restart_leadership(&shard, &node, &slot);
             }
-            drive(&shard, &node, &slot);
         }
     }
+}
+
+/// Rebuilds a leader whose state no longer matches its log (see [`sync_log_end`]): a fresh
+/// replica takes the current partition record and leads again from the log as it is.
+fn restart_leadership(shard: &Rc<Shard>, node: &Arc<ClusterNode>, slot: &Rc<Replica>) {
+    let image = node.cluster_image();
+    let Some(topic) = image.topic(&slot.topic) else {
+        return;
+    };
+    let Some(p) = image.partition(&slot.topic, slot.partition) else {
+        return;
+    };
+    let mode = topic.replication_mode();
+    let fresh = PartitionReplica::new(
+        node.node_id,
+        policy_for(mode),
+        replication_config(&shard.ctx.config, topic),
+        0,
+        &slot.part.log,
+    );
+    drop(slot.state.replace(fresh));
+    // Waiting acks=all produces of the old state fail (their senders drop): clients retry.
+    slot.waiters.borrow_mut().clear();
+    apply(shard, node, slot, p, mode);
 }
 
 fn error_out(e: &ReplicationError) -> (i16, String) {
@@ -558,7 +607,7 @@ pub fn before_append(
     let admitted = {
         let mut st = slot.state.borrow_mut();
         st.leader_for_request(None).and_then(|l| {
-            sync_log_end(l, &slot.part.log, now);
+            sync_log_end(l, &slot.part.log, now)?;
             l.check_produce(acks == -1, now)?;
             Ok(l.leader_epoch())
         })
@@ -648,7 +697,7 @@ pub fn fetch_limit(shard: &Rc<Shard>, item: &FetchIn) -> Option<Result<(i64, i64
     let result = {
         let mut st = slot.state.borrow_mut();
         st.leader_for_request(epoch).and_then(|l| {
-            sync_log_end(l, &slot.part.log, now);
+            sync_log_end(l, &slot.part.log, now)?;
             if item.replica_id >= 0 {
                 let fetch = FollowerFetch {
                     replica_id: item.replica_id,
