@@ -34,6 +34,9 @@ struct Args {
     /// Default partitions of new topics (`num.partitions`).
     #[arg(long)]
     num_partitions: Option<String>,
+    /// Cluster mode: controller voters `id@host:port,...` (`controller.quorum.voters`).
+    #[arg(long)]
+    controller_voters: Option<String>,
     /// Any config key: `--set log.segment.bytes=1048576` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -72,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         ("num.shards", &args.shards),
         ("node.id", &args.node_id),
         ("num.partitions", &args.num_partitions),
+        ("controller.quorum.voters", &args.controller_voters),
     ];
     for (key, value) in named {
         if let Some(v) = value {

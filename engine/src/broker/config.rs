@@ -234,6 +234,76 @@ pub const BROKER_KEYS: &[(&str, &str, &str)] = &[
         "0",
         "records younger than this are not compacted",
     ),
+    (
+        "controller.quorum.voters",
+        "",
+        "cluster mode: id@host:port,... of the controller voters (empty = single node)",
+    ),
+    (
+        "broker.session.timeout.ms",
+        "9000",
+        "cluster: a broker silent this long is fenced",
+    ),
+    (
+        "broker.heartbeat.interval.ms",
+        "500",
+        "cluster: how often a broker heartbeats the controller",
+    ),
+    (
+        "controller.quorum.election.timeout.ms",
+        "1000",
+        "cluster: Raft election timeout",
+    ),
+    (
+        "controller.quorum.heartbeat.interval.ms",
+        "100",
+        "cluster: Raft leader heartbeat interval",
+    ),
+    (
+        "controller.quorum.request.timeout.ms",
+        "10000",
+        "cluster: how long a controller call keeps retrying",
+    ),
+    (
+        "replication.mode",
+        "isr",
+        "cluster: default replication rule of new topics (isr or quorum)",
+    ),
+    (
+        "default.replication.factor",
+        "1",
+        "cluster: replication factor of auto-created topics and CreateTopics with -1",
+    ),
+    (
+        "min.insync.replicas",
+        "1",
+        "cluster: smallest ISR accepting acks=all writes",
+    ),
+    (
+        "replica.lag.time.max.ms",
+        "30000",
+        "cluster: a follower not caught up this long leaves the ISR",
+    ),
+    (
+        "unclean.leader.election.enable",
+        "false",
+        "cluster: let an out-of-sync replica lead (loses data)",
+    ),
+    (
+        "replica.fetch.wait.max.ms",
+        "500",
+        "cluster: long-poll time of follower fetches",
+    ),
+    (
+        "metadata.snapshot.interval.entries",
+        "1000",
+        "cluster: metadata log entries between snapshots",
+    ),
+    (
+        "metadata.poll.interval.ms",
+        "200",
+        "cluster: broker-only nodes pull the metadata image this often",
+    ),
 ];
 
 /// Topic-level keys accepted by CreateTopics and IncrementalAlterConfigs, with the broker key
@@ -256,6 +326,12 @@ pub const TOPIC_KEYS: &[(&str, &str)] = &[
         "log.cleaner.min.cleanable.ratio",
     ),
     ("min.compaction.lag.ms", "log.cleaner.min.compaction.lag.ms"),
+    ("replication.mode", "replication.mode"),
+    ("min.insync.replicas", "min.insync.replicas"),
+    (
+        "unclean.leader.election.enable",
+        "unclean.leader.election.enable",
+    ),
 ];
 
 /// The resolved broker configuration.

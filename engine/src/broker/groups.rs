@@ -667,9 +667,22 @@ pub fn find_coordinator(
     req: m::FindCoordinatorRequest,
 ) -> m::FindCoordinatorResponse {
     const NO_TXN: &str = "transactions are not served by this broker";
+    const NO_GROUPS_IN_CLUSTER: &str =
+        "consumer groups are not served in cluster mode yet (use assign())";
     let cfg = &shard.ctx.config;
+    let clustered = shard.ctx.metadata.cluster_node().is_some();
     let answer = |key_type: i8| -> (i16, Option<&'static str>, i32, String, i32) {
         match key_type {
+            // The coordinator must be the leader of the group's __consumer_offsets partition
+            // and move with it; until that is wired, a cluster says so rather than pointing
+            // clients at a coordinator whose commits would not be replicated.
+            0 if clustered => (
+                ec::COORDINATOR_NOT_AVAILABLE,
+                Some(NO_GROUPS_IN_CLUSTER),
+                -1,
+                String::new(),
+                -1,
+            ),
             0 => (
                 ec::NONE,
                 None,

@@ -22,6 +22,7 @@ use super::protocol::{
     EncodeError, FetchFrame, FetchPartitionOut, FetchTopicOut, SUPPORTED_APIS,
 };
 use super::shard::{FetchIn, FetchOut, OffsetOut, ProduceIn, ProduceOut, Shard};
+use super::{cluster, cluster_replica};
 use crate::group::OFFSETS_TOPIC;
 
 /// A response ready for the connection writer.
@@ -147,19 +148,35 @@ pub async fn handle_request(
         }
         ApiKey::Metadata => {
             let req = decode!(m::MetadataRequest);
-            frame(&metadata(&shard, version, req).await?)
+            match shard.ctx.metadata.cluster_node().cloned() {
+                Some(node) => frame(&cluster::metadata(&shard, &node, version, req).await),
+                None => frame(&metadata(&shard, version, req).await?),
+            }
         }
         ApiKey::CreateTopics => {
             let req = decode!(m::CreateTopicsRequest);
-            frame(&create_topics(&shard, req).await?)
+            match shard.ctx.metadata.cluster_node().cloned() {
+                Some(node) => frame(&cluster::create_topics(&shard, &node, req).await),
+                None => frame(&create_topics(&shard, req).await?),
+            }
         }
         ApiKey::DeleteTopics => {
             let req = decode!(m::DeleteTopicsRequest);
-            frame(&delete_topics(&shard, version, req).await?)
+            match shard.ctx.metadata.cluster_node().cloned() {
+                Some(node) => frame(&cluster::delete_topics(&node, version, req).await),
+                None => frame(&delete_topics(&shard, version, req).await?),
+            }
         }
         ApiKey::CreatePartitions => {
             let req = decode!(m::CreatePartitionsRequest);
-            frame(&create_partitions(&shard, req).await?)
+            match shard.ctx.metadata.cluster_node().cloned() {
+                Some(node) => frame(&cluster::create_partitions(&node, req).await),
+                None => frame(&create_partitions(&shard, req).await?),
+            }
+        }
+        ApiKey::OffsetForLeaderEpoch => {
+            let req = decode!(m::OffsetForLeaderEpochRequest);
+            frame(&cluster_replica::offset_for_leader_epoch(&shard, req).await?)
         }
         ApiKey::DescribeConfigs => {
             let req = decode!(m::DescribeConfigsRequest);
@@ -167,11 +184,17 @@ pub async fn handle_request(
         }
         ApiKey::IncrementalAlterConfigs => {
             let req = decode!(m::IncrementalAlterConfigsRequest);
-            frame(&incremental_alter_configs(&shard, req).await?)
+            match shard.ctx.metadata.cluster_node().cloned() {
+                Some(node) => frame(&cluster::incremental_alter_configs(&shard, &node, req).await),
+                None => frame(&incremental_alter_configs(&shard, req).await?),
+            }
         }
         ApiKey::DescribeCluster => {
             let _req = decode!(m::DescribeClusterRequest);
-            frame(&describe_cluster(&shard))
+            match shard.ctx.metadata.cluster_node() {
+                Some(node) => frame(&cluster::describe_cluster(node)),
+                None => frame(&describe_cluster(&shard)),
+            }
         }
         ApiKey::FindCoordinator => {
             let req = decode!(m::FindCoordinatorRequest);
@@ -312,6 +335,9 @@ type ShardWork<T> = (Vec<usize>, Vec<(String, i32, T)>);
 /// decided before reading (unknown topic/partition), and its slot in the results.
 type FetchLayout = (String, Uuid, Vec<(i32, Option<i16>, usize)>);
 
+/// A fetched partition's offset, max bytes, current leader epoch and last fetched epoch.
+type FetchPosition = (i64, i32, i32, i32);
+
 /// One config entry for DescribeConfigs: name, value, source, read-only.
 type ConfigEntry = (String, String, i8, bool);
 
@@ -337,6 +363,7 @@ async fn produce(
     submitted: Option<oneshot::Sender<()>>,
 ) -> Result<Option<m::ProduceResponse>, RequestError> {
     let acks = req.acks;
+    let timeout_ms = req.timeout_ms;
     let image = shard.ctx.metadata.image();
     let mut results: Vec<Option<ProduceOut>> = Vec::new();
     let mut work = Vec::new();
@@ -380,6 +407,8 @@ async fn produce(
                 topic,
                 partition,
                 records,
+                acks,
+                timeout_ms,
             })
             .collect();
         let (tx, rx) = oneshot::channel();
@@ -466,7 +495,14 @@ async fn fetch(
     let image = shard.ctx.metadata.image();
     let zero_copy = shard.ctx.config.fetch_zero_copy;
     let mut layout: Vec<FetchLayout> = Vec::new();
-    let mut work: Vec<(usize, String, i32, (i64, i32))> = Vec::new();
+    // Per partition: fetch offset, max bytes, current leader epoch, last fetched epoch.
+    let mut work: Vec<(usize, String, i32, FetchPosition)> = Vec::new();
+    // A follower's fetch names its broker id (in replica_state from v15).
+    let replica_id = if version >= 15 {
+        req.replica_state.replica_id.0
+    } else {
+        req.replica_id.0
+    };
     let mut slots = 0usize;
     for t in &req.topics {
         let meta = if version >= 13 {
@@ -493,7 +529,12 @@ async fn fetch(
                         pos,
                         name.clone(),
                         p.partition,
-                        (p.fetch_offset, p.partition_max_bytes),
+                        (
+                            p.fetch_offset,
+                            p.partition_max_bytes,
+                            p.current_leader_epoch,
+                            p.last_fetched_epoch,
+                        ),
                     ));
                 }
                 Some(_) => parts.push((p.partition, Some(ec::UNKNOWN_TOPIC_OR_PARTITION), pos)),
@@ -511,12 +552,17 @@ async fn fetch(
         let calls = groups.iter().map(|(owner, (positions, items))| {
             let items: Vec<FetchIn> = items
                 .iter()
-                .map(|(topic, partition, (offset, max_bytes))| FetchIn {
-                    topic: topic.clone(),
-                    partition: *partition,
-                    offset: *offset,
-                    max_bytes: *max_bytes,
-                })
+                .map(
+                    |(topic, partition, (offset, max_bytes, current_epoch, last_epoch))| FetchIn {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        offset: *offset,
+                        max_bytes: *max_bytes,
+                        replica_id,
+                        current_leader_epoch: *current_epoch,
+                        last_fetched_epoch: *last_epoch,
+                    },
+                )
                 .collect();
             let owner = *owner;
             let shard = shard.clone();
@@ -544,9 +590,9 @@ async fn fetch(
         }
         // Long poll: wait for an append on any requested partition, then read again.
         let waits = groups.iter().map(|(owner, (_, items))| {
-            let items: Vec<(String, i32, i64)> = items
+            let items: Vec<(String, i32, i64, bool)> = items
                 .iter()
-                .map(|(t, p, (off, _))| (t.clone(), *p, *off))
+                .map(|(t, p, (off, ..))| (t.clone(), *p, *off, replica_id >= 0))
                 .collect();
             let owner = *owner;
             let shard = shard.clone();
@@ -683,8 +729,15 @@ async fn list_offsets(
     }
     let mut resp = m::ListOffsetsResponse::default();
     for (name, parts) in layout {
+        let topic = name.as_str().to_string();
         let mut t = m::list_offsets_response::ListOffsetsTopicResponse::default().with_name(name);
         for (index, pos) in parts {
+            // Cluster mode: the partition's leader epoch; a single node's only epoch is 0.
+            let epoch = image
+                .cluster
+                .as_ref()
+                .and_then(|c| c.partition(&topic, index))
+                .map_or(0, |p| p.leader_epoch);
             let o = results[pos].take().unwrap_or(OffsetOut {
                 error_code: ec::UNKNOWN_SERVER_ERROR,
                 timestamp: -1,
@@ -696,8 +749,12 @@ async fn list_offsets(
                     .with_error_code(o.error_code)
                     .with_timestamp(o.timestamp)
                     .with_offset(o.offset)
-                    // leader_epoch exists from v4; the only epoch of a single node is 0.
-                    .with_leader_epoch(if version >= 4 && o.offset >= 0 { 0 } else { -1 }),
+                    // leader_epoch exists from v4.
+                    .with_leader_epoch(if version >= 4 && o.offset >= 0 {
+                        epoch
+                    } else {
+                        -1
+                    }),
             );
         }
         resp.topics.push(t);
@@ -850,7 +907,10 @@ async fn metadata(
 }
 
 /// Checks topic-level config overrides: known keys, values that parse.
-fn validate_topic_configs(shard: &Shard, configs: &BTreeMap<String, String>) -> Result<(), String> {
+pub(super) fn validate_topic_configs(
+    shard: &Shard,
+    configs: &BTreeMap<String, String>,
+) -> Result<(), String> {
     for k in configs.keys() {
         if !TOPIC_KEYS.iter().any(|(name, _)| name == k) {
             return Err(format!("unknown or unsupported topic config `{k}`"));
@@ -864,7 +924,7 @@ fn validate_topic_configs(shard: &Shard, configs: &BTreeMap<String, String>) -> 
         .map_err(|e| e.to_string())
 }
 
-fn effective_topic_configs(
+pub(super) fn effective_topic_configs(
     shard: &Shard,
     overrides: &BTreeMap<String, String>,
 ) -> Vec<(String, String, i8)> {
@@ -1144,10 +1204,15 @@ fn config_type(key: &str) -> i8 {
         | "advertised.listeners"
         | "log.dirs"
         | "log.message.timestamp.type" => 2, // STRING
-        "auto.create.topics.enable" | "fetch.zero.copy" | "log.cleaner.enable" => 1, // BOOLEAN
+        "auto.create.topics.enable"
+        | "fetch.zero.copy"
+        | "log.cleaner.enable"
+        | "unclean.leader.election.enable" => 1, // BOOLEAN
         "min.cleanable.dirty.ratio"
         | "log.cleaner.min.cleanable.ratio"
         | "log.cleaner.io.max.bytes.per.second" => 6, // DOUBLE
+        "replication.mode" | "controller.quorum.voters" => 2, // STRING
+        "min.insync.replicas" | "default.replication.factor" => 3, // INT
         "segment.index.bytes"
         | "index.interval.bytes"
         | "max.message.bytes"

@@ -56,6 +56,8 @@ pub struct MetadataImage {
     pub cluster_id: String,
     topics: BTreeMap<String, Arc<TopicMeta>>,
     by_id: HashMap<Uuid, String>,
+    /// Cluster mode: the controller image this one was derived from (leaders, replicas, ISR).
+    pub cluster: Option<Arc<crate::controller::MetadataImage>>,
 }
 
 impl MetadataImage {
@@ -72,6 +74,31 @@ impl MetadataImage {
     /// All topics, ordered by name.
     pub fn topics(&self) -> impl Iterator<Item = &Arc<TopicMeta>> {
         self.topics.values()
+    }
+
+    /// The registry view of a controller image (cluster mode).
+    pub fn from_cluster(
+        cluster_id: String,
+        source: Arc<crate::controller::MetadataImage>,
+    ) -> MetadataImage {
+        let mut image = MetadataImage {
+            cluster_id,
+            ..Default::default()
+        };
+        for t in source.topics.values() {
+            image.by_id.insert(t.topic_id, t.name.clone());
+            image.topics.insert(
+                t.name.clone(),
+                Arc::new(TopicMeta {
+                    name: t.name.clone(),
+                    id: t.topic_id,
+                    partitions: t.partitions.len() as i32,
+                    configs: t.configs.clone(),
+                }),
+            );
+        }
+        image.cluster = Some(source);
+        image
     }
 
     fn with_topic(&self, t: TopicMeta) -> MetadataImage {
@@ -139,6 +166,8 @@ pub struct MetadataStore {
     /// Serialises admin changes (create/delete/alter) across shards; never taken on the
     /// produce or fetch path.
     pub admin_lock: tokio::sync::Mutex<()>,
+    /// Cluster mode: the controller quorum is the registry (the JSON file is not used).
+    cluster: Option<Arc<super::cluster::ClusterNode>>,
 }
 
 impl MetadataStore {
@@ -170,11 +199,30 @@ impl MetadataStore {
             path,
             image: RwLock::new(Arc::new(image)),
             admin_lock: tokio::sync::Mutex::new(()),
+            cluster: None,
         })
+    }
+
+    /// A registry backed by the cluster's controller quorum.
+    pub fn cluster(node: Arc<super::cluster::ClusterNode>) -> MetadataStore {
+        MetadataStore {
+            path: PathBuf::new(),
+            image: RwLock::new(Arc::new(MetadataImage::default())),
+            admin_lock: tokio::sync::Mutex::new(()),
+            cluster: Some(node),
+        }
+    }
+
+    /// The cluster membership, in cluster mode.
+    pub fn cluster_node(&self) -> Option<&Arc<super::cluster::ClusterNode>> {
+        self.cluster.as_ref()
     }
 
     /// The current snapshot.
     pub fn image(&self) -> Arc<MetadataImage> {
+        if let Some(node) = &self.cluster {
+            return node.image();
+        }
         match self.image.read() {
             Ok(g) => g.clone(),
             // A panic while holding the lock cannot leave a half-written Arc; keep serving.

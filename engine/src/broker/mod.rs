@@ -1,5 +1,7 @@
 //! The Kafka-protocol broker: configuration, shards, connections and request handlers.
 //!
+//! - [`cluster`], [`cluster_replica`], [`cluster_client`]: cluster mode (controller-backed
+//!   metadata, replication through storage, broker-to-broker calls).
 //! - [`config`]: TOML/env/flag configuration with Kafka key names.
 //! - [`metadata`]: the persistent topic registry (names, ids, partition counts, configs).
 //! - [`protocol`]: served API versions, framing, the zero-copy FetchResponse encoder.
@@ -10,6 +12,9 @@
 //! - [`connection`]: per-connection read/dispatch/in-order write.
 //! - [`server`]: starting shard threads, two-phase shutdown.
 
+pub mod cluster;
+pub mod cluster_client;
+pub mod cluster_replica;
 pub mod config;
 pub mod connection;
 pub mod groups;

@@ -72,6 +72,9 @@ fn failure(error: i16) -> InitProducerIdResult {
     }
 }
 
+/// log2 of the producer ids each broker of a cluster owns (node id N owns [N, N+1) x 2^40).
+const CLUSTER_ID_RANGE_BITS: u32 = 40;
+
 /// Reads the stored mark; a missing file is a fresh broker. A corrupt file is an error:
 /// starting from 0 could hand out an id a live producer already has.
 fn load_manager(shard: &Shard) -> Result<ProducerIdManager, String> {
@@ -84,7 +87,18 @@ fn load_manager(shard: &Shard) -> Result<ProducerIdManager, String> {
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
     info!(high_water_mark = ?mark, "producer id manager loaded");
-    Ok(ProducerIdManager::new(mark, DEFAULT_PRODUCER_ID_BLOCK_SIZE))
+    if shard.ctx.metadata.cluster_node().is_none() {
+        return Ok(ProducerIdManager::new(mark, DEFAULT_PRODUCER_ID_BLOCK_SIZE));
+    }
+    // Until the controller hands out id blocks (Kafka's AllocateProducerIds), each broker of a
+    // cluster allocates from its own 2^40 ids, so no two brokers give out the same id.
+    let node = i64::from(shard.ctx.config.node_id);
+    let range = (node << CLUSTER_ID_RANGE_BITS)..((node + 1) << CLUSTER_ID_RANGE_BITS);
+    Ok(ProducerIdManager::with_range(
+        mark,
+        DEFAULT_PRODUCER_ID_BLOCK_SIZE,
+        range,
+    ))
 }
 
 /// InitProducerId on the owning shard: the answer once the manager has one (after

@@ -41,6 +41,9 @@ pub enum ServerError {
     /// The group coordinator's configuration or `__consumer_offsets` could not be set up.
     #[error(transparent)]
     Groups(#[from] super::groups::GroupSetupError),
+    /// Cluster mode: the controller could not start.
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::controller::ControllerError),
     /// A shard thread stopped before it was ready.
     #[error("shard {0} stopped during start-up")]
     StartFailed(usize),
@@ -77,8 +80,15 @@ impl Server {
     /// Loads metadata, binds one SO_REUSEPORT listener per shard, starts the shard threads and
     /// waits until every shard has opened its partitions.
     pub fn start(config: BrokerConfig) -> Result<Server, ServerError> {
-        let metadata = MetadataStore::open(&config.data_dir)?;
-        super::groups::ensure_offsets_topic(&metadata, &config)?;
+        let cluster = super::cluster::ClusterNode::start(&config)?;
+        let metadata = match &cluster {
+            Some(node) => MetadataStore::cluster(node.clone()),
+            None => {
+                let metadata = MetadataStore::open(&config.data_dir)?;
+                super::groups::ensure_offsets_topic(&metadata, &config)?;
+                metadata
+            }
+        };
         let shards = config.shards;
         let mut listeners = Vec::with_capacity(shards);
         let listen_err = |addr, source| ServerError::Listen { addr, source };
@@ -136,6 +146,9 @@ impl Server {
                 Ok(_) => {}
                 Err(_) => return Err(ServerError::StartFailed(0)),
             }
+        }
+        if let Some(node) = &cluster {
+            node.run(ctx.clone()).map_err(ServerError::Shard)?;
         }
         // Every shard has opened its partitions: only now may clients connect.
         let _ = serve.send(true);
@@ -213,6 +226,9 @@ impl Server {
         self.set_phase(Phase::Closing);
         for t in self.threads {
             let _ = t.join();
+        }
+        if let Some(node) = self.ctx.metadata.cluster_node() {
+            node.shutdown();
         }
         info!("stopped");
     }

@@ -157,6 +157,8 @@ pub struct Shard {
     pub groups: super::groups::ShardGroups,
     /// The broker's producer-id manager (used on shard 0 only).
     pub producer_ids: super::producer_ids::ProducerIds,
+    /// Cluster mode: this shard's partition replicas (empty on a single node).
+    pub replicas: super::cluster_replica::ShardReplicas,
 }
 
 /// Input for one partition of a produce.
@@ -167,6 +169,10 @@ pub struct ProduceIn {
     pub partition: i32,
     /// RecordBatch bytes.
     pub records: Option<BytesMut>,
+    /// The request's acks (cluster mode: -1 waits for the commit point).
+    pub acks: i16,
+    /// The request's timeout_ms (cluster mode: how long acks=all waits).
+    pub timeout_ms: i32,
 }
 
 /// Result for one partition of a produce.
@@ -200,14 +206,38 @@ fn produce_error(code: i16, msg: Option<String>) -> ProduceOut {
     }
 }
 
-async fn append_one(partition: Rc<Partition>, item: ProduceIn) -> ProduceOut {
+async fn append_one(shard: Rc<Shard>, partition: Rc<Partition>, item: ProduceIn) -> ProduceOut {
     let Some(records) = item.records.filter(|r| !r.is_empty()) else {
         return produce_error(error_code::CORRUPT_MESSAGE, Some("empty record set".into()));
     };
     let bytes = records.len() as u64;
-    match partition.log.append_leader(records, 0, now_ms()).await {
+    let admitted =
+        match super::cluster_replica::before_append(&shard, &item.topic, item.partition, item.acks)
+        {
+            None => None,
+            Some(Ok(a)) => Some(a),
+            Some(Err((code, msg))) => return produce_error(code, Some(msg)),
+        };
+    let epoch = admitted.as_ref().map_or(0, |a| a.leader_epoch);
+    match partition.log.append_leader(records, epoch, now_ms()).await {
         Ok(info) => {
             crate::metrics::record_produce(u64::from(info.record_count), bytes);
+            if let Some(admitted) = admitted {
+                partition.appended.notify_waiters();
+                let (first, last) = (info.first_offset, info.last_offset);
+                let committed = super::cluster_replica::after_append(
+                    &shard,
+                    admitted,
+                    first,
+                    last,
+                    item.acks,
+                    item.timeout_ms,
+                )
+                .await;
+                if let Err((code, msg)) = committed {
+                    return produce_error(code, Some(msg));
+                }
+            }
             // The log already waited for the fsync if its flush policy syncs every append
             // (Kafka's flush.messages=1), whatever the acks; acks only matter with replicas.
             partition.appended.notify_waiters();
@@ -241,6 +271,12 @@ pub struct FetchIn {
     pub offset: i64,
     /// partition_max_bytes.
     pub max_bytes: i32,
+    /// The fetching replica's broker id; -1 for a consumer.
+    pub replica_id: i32,
+    /// current_leader_epoch of the request (-1: not checked).
+    pub current_leader_epoch: i32,
+    /// last_fetched_epoch of the request (-1: none).
+    pub last_fetched_epoch: i32,
 }
 
 /// Result for one partition of a fetch.
@@ -289,6 +325,7 @@ impl Shard {
             connection_closed: Notify::new(),
             groups,
             producer_ids: Default::default(),
+            replicas: Default::default(),
         }
     }
 
@@ -375,6 +412,16 @@ impl Shard {
             .filter(|t| (0..t.partitions).contains(&partition))
             .ok_or(error_code::UNKNOWN_TOPIC_OR_PARTITION)?
             .clone();
+        // Cluster mode: only partitions this broker hosts a replica of have a log here.
+        if let Some(cluster) = &image.cluster {
+            let node = self.ctx.config.node_id;
+            if cluster
+                .partition(topic, partition)
+                .is_none_or(|p| !p.replicas.contains(&node))
+            {
+                return Err(6); // NOT_LEADER_OR_FOLLOWER
+            }
+        }
         let config = self.ctx.config.log_config(&meta.configs).map_err(|e| {
             warn!(topic, partition, "invalid stored topic config: {e}");
             error_code::KAFKA_STORAGE_ERROR
@@ -507,7 +554,7 @@ impl Shard {
                     continue;
                 }
             };
-            let mut append = Box::pin(append_one(partition, item));
+            let mut append = Box::pin(append_one(self.clone(), partition, item));
             let first = std::future::poll_fn(|cx| Poll::Ready(append.as_mut().poll(cx))).await;
             started.push(match first {
                 Poll::Ready(out) => Started::Done(out),
@@ -540,7 +587,7 @@ impl Shard {
         out
     }
 
-    async fn fetch_one(&self, item: FetchIn, zero_copy: bool) -> FetchOut {
+    async fn fetch_one(self: &Rc<Self>, item: FetchIn, zero_copy: bool) -> FetchOut {
         let fail = |code: i16, hw: i64, ls: i64| FetchOut {
             error_code: code,
             high_watermark: hw,
@@ -552,9 +599,20 @@ impl Shard {
             Err(code) => return fail(code, -1, -1),
         };
         let log = &partition.log;
-        let hw = log.log_end_offset();
+        let mut hw = log.log_end_offset();
+        let mut upper = hw;
+        let mut reported_hw = None;
+        match super::cluster_replica::fetch_limit(self, &item) {
+            None => {}
+            Some(Ok((limit, high_watermark))) => {
+                upper = limit;
+                hw = high_watermark;
+                reported_hw = Some(high_watermark);
+            }
+            Some(Err(code)) => return fail(code, -1, -1),
+        }
         let max_bytes = u32::try_from(item.max_bytes.max(0)).unwrap_or(0);
-        let read = match log.read(item.offset, max_bytes, hw, true).await {
+        let read = match log.read(item.offset, max_bytes, upper, true).await {
             Ok(r) => r,
             Err(ReadError::OffsetOutOfRange {
                 log_start, log_end, ..
@@ -602,7 +660,7 @@ impl Shard {
         };
         FetchOut {
             error_code: error_code::NONE,
-            high_watermark: read.log_end_offset,
+            high_watermark: reported_hw.unwrap_or(read.log_end_offset),
             log_start_offset: read.log_start_offset,
             records,
         }
@@ -612,20 +670,27 @@ impl Shard {
     /// until `deadline`. Returns immediately if one already has.
     pub async fn wait_for_data(
         self: Rc<Self>,
-        items: Vec<(String, i32, i64)>,
+        items: Vec<(String, i32, i64, bool)>,
         deadline: tokio::time::Instant,
     ) {
         let mut parts = Vec::with_capacity(items.len());
-        for (topic, p, offset) in items {
+        for (topic, p, offset, replica) in items {
             if let Ok(part) = self.partition(&topic, p).await {
-                parts.push((part, offset));
+                parts.push((part, offset, topic, p, replica));
             }
         }
         let mut waits = Vec::with_capacity(parts.len());
-        for (part, offset) in &parts {
+        for (part, offset, topic, p, replica) in &parts {
             let mut n = Box::pin(part.appended.notified());
             n.as_mut().enable();
-            if part.log.log_end_offset() > *offset {
+            let end = super::cluster_replica::wake_end(
+                &self,
+                topic,
+                *p,
+                part.log.log_end_offset(),
+                *replica,
+            );
+            if end > *offset {
                 return;
             }
             waits.push(n);
@@ -647,6 +712,15 @@ impl Shard {
     ) -> Vec<OffsetOut> {
         let mut out = Vec::with_capacity(items.len());
         for (topic, p, ts) in items {
+            // Cluster mode: only the leader answers, whatever the lookup.
+            if let Some(Err(code)) = super::cluster_replica::list_offsets_latest(&self, &topic, p) {
+                out.push(OffsetOut {
+                    error_code: code,
+                    timestamp: -1,
+                    offset: -1,
+                });
+                continue;
+            }
             let r = match self.partition(&topic, p).await {
                 Err(code) => OffsetOut {
                     error_code: code,
@@ -654,10 +728,22 @@ impl Shard {
                     offset: -1,
                 },
                 Ok(part) => match ts {
-                    -1 => OffsetOut {
-                        error_code: 0,
-                        timestamp: -1,
-                        offset: part.log.log_end_offset(),
+                    -1 => match super::cluster_replica::list_offsets_latest(&self, &topic, p) {
+                        Some(Err(code)) => OffsetOut {
+                            error_code: code,
+                            timestamp: -1,
+                            offset: -1,
+                        },
+                        Some(Ok(hw)) => OffsetOut {
+                            error_code: 0,
+                            timestamp: -1,
+                            offset: hw,
+                        },
+                        None => OffsetOut {
+                            error_code: 0,
+                            timestamp: -1,
+                            offset: part.log.log_end_offset(),
+                        },
                     },
                     -2 => OffsetOut {
                         error_code: 0,

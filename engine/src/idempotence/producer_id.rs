@@ -82,6 +82,8 @@ pub struct ProducerIdManager {
     /// Ids below this are durably reserved.
     reserved_end: i64,
     block_size: i64,
+    /// Ids at or above this are never handed out (this broker's share of the id space).
+    limit: i64,
     persisting: Option<i64>,
     waiting: VecDeque<u64>,
 }
@@ -89,11 +91,25 @@ pub struct ProducerIdManager {
 impl ProducerIdManager {
     /// Starts from the persisted high-water mark (None on a fresh broker).
     pub fn new(persisted_high_water_mark: Option<i64>, block_size: i64) -> Self {
-        let start = persisted_high_water_mark.unwrap_or(0).max(0);
+        Self::with_range(persisted_high_water_mark, block_size, 0..i64::MAX)
+    }
+
+    /// Like [`ProducerIdManager::new`], handing out ids only from `range`. In a cluster each
+    /// broker gets its own range, so two brokers never give the same id to two producers.
+    pub fn with_range(
+        persisted_high_water_mark: Option<i64>,
+        block_size: i64,
+        range: std::ops::Range<i64>,
+    ) -> Self {
+        let start = persisted_high_water_mark
+            .unwrap_or(0)
+            .max(range.start)
+            .max(0);
         ProducerIdManager {
             next_id: start,
             reserved_end: start,
             block_size: block_size.max(1),
+            limit: range.end,
             persisting: None,
             waiting: VecDeque::new(),
         }
@@ -185,7 +201,11 @@ impl ProducerIdManager {
             if self.persisting.is_some() {
                 break;
             }
-            match self.reserved_end.checked_add(self.block_size) {
+            let mark = self
+                .reserved_end
+                .saturating_add(self.block_size)
+                .min(self.limit);
+            match (mark > self.reserved_end).then_some(mark) {
                 Some(mark) => {
                     self.persisting = Some(mark);
                     out.push(ProducerIdAction::PersistHighWaterMark {
@@ -408,7 +428,7 @@ mod tests {
 
     #[test]
     fn exhausted_id_space_is_an_error_not_an_overflow() {
-        let mut m = ProducerIdManager::new(Some(i64::MAX - 1), 10);
+        let mut m = ProducerIdManager::new(Some(i64::MAX), 10);
         let a = m.init_producer_id(1, &idempotent());
         assert_eq!(
             a,
@@ -458,6 +478,45 @@ mod tests {
         assert_eq!(
             decode_high_water_mark(&bytes[..5]),
             Err(MarkFileError::Length(5))
+        );
+    }
+
+    #[test]
+    fn a_range_bounds_the_ids_handed_out() {
+        let req = InitProducerId {
+            transactional_id: None,
+            producer_id: -1,
+            producer_epoch: -1,
+        };
+        let mut m = ProducerIdManager::with_range(None, 2, 10..13);
+        let mut ids = Vec::new();
+        for token in 0..4 {
+            let mut actions = m.init_producer_id(token, &req);
+            while let Some(ProducerIdAction::PersistHighWaterMark { high_water_mark }) =
+                actions.first().cloned()
+            {
+                assert!(high_water_mark <= 13);
+                actions = m.on_persisted(high_water_mark, Ok(()));
+            }
+            for a in actions {
+                if let ProducerIdAction::Respond { result, .. } = a {
+                    ids.push((result.error, result.producer_id));
+                }
+            }
+        }
+        assert_eq!(
+            ids,
+            vec![
+                (codes::NONE, 10),
+                (codes::NONE, 11),
+                (codes::NONE, 12),
+                (codes::UNKNOWN_SERVER_ERROR, -1)
+            ]
+        );
+        // A stored mark above the range start resumes there.
+        assert_eq!(
+            ProducerIdManager::with_range(Some(11), 2, 10..13).next_id(),
+            11
         );
     }
 }

@@ -243,11 +243,12 @@ impl<P: ReplicationPolicy> LeaderState<P> {
         self.log_end_offset = log_end_offset;
         if let Some(w) = waiter {
             debug_assert!(w.required_offset <= log_end_offset);
-            debug_assert!(self
+            // Concurrent appends may finish out of order in a shell; keep the queue sorted by
+            // the offset each waiter needs, so commits complete them front to back.
+            let at = self
                 .waiters
-                .back()
-                .is_none_or(|b| b.required_offset <= w.required_offset));
-            self.waiters.push_back(w);
+                .partition_point(|b| b.required_offset <= w.required_offset);
+            self.waiters.insert(at, w);
         }
         self.maybe_advance_high_watermark(now);
     }
@@ -412,6 +413,12 @@ impl<P: ReplicationPolicy> LeaderState<P> {
                 self.pending_isr = None;
             }
         }
+    }
+
+    /// Replaces the replication settings (a topic config change); they apply from the next
+    /// decision on.
+    pub fn set_config(&mut self, config: ReplicationConfig) {
+        self.config = config;
     }
 
     /// This replica stops leading: every waiting acks=all write fails with

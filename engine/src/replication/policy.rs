@@ -167,6 +167,67 @@ pub trait ReplicationPolicy: fmt::Debug {
     }
 }
 
+/// A shared policy chosen at run time (a topic's `replication.mode`) delegates every rule.
+impl<T: ReplicationPolicy + ?Sized> ReplicationPolicy for std::sync::Arc<T> {
+    fn mode(&self) -> ReplicationMode {
+        (**self).mode()
+    }
+    fn high_watermark(&self, view: &CommitView<'_>) -> Offset {
+        (**self).high_watermark(view)
+    }
+    fn check_acks_all(
+        &self,
+        view: &CommitView<'_>,
+        config: &ReplicationConfig,
+    ) -> Result<(), ReplicationError> {
+        (**self).check_acks_all(view, config)
+    }
+    fn check_committed(
+        &self,
+        view: &CommitView<'_>,
+        config: &ReplicationConfig,
+    ) -> Result<(), ReplicationError> {
+        (**self).check_committed(view, config)
+    }
+    fn elect_leader(
+        &self,
+        candidates: &[ElectionCandidate],
+        config: &ReplicationConfig,
+    ) -> ElectionOutcome {
+        (**self).elect_leader(candidates, config)
+    }
+    fn election_reads_logs(&self) -> bool {
+        (**self).election_reads_logs()
+    }
+    fn appends_epoch_marker(&self) -> bool {
+        (**self).appends_epoch_marker()
+    }
+    fn should_leave_isr(
+        &self,
+        last_caught_up_ms: Millis,
+        now: Millis,
+        config: &ReplicationConfig,
+    ) -> bool {
+        (**self).should_leave_isr(last_caught_up_ms, now, config)
+    }
+    fn may_join_isr(
+        &self,
+        follower_log_end_offset: Offset,
+        high_watermark: Offset,
+        epoch_start_offset: Offset,
+    ) -> bool {
+        (**self).may_join_isr(follower_log_end_offset, high_watermark, epoch_start_offset)
+    }
+}
+
+/// The policy of `mode`, shareable across partitions.
+pub fn policy_for(mode: ReplicationMode) -> std::sync::Arc<dyn ReplicationPolicy + Send + Sync> {
+    match mode {
+        ReplicationMode::Isr => std::sync::Arc::new(IsrPolicy),
+        ReplicationMode::Quorum => std::sync::Arc::new(QuorumPolicy),
+    }
+}
+
 /// Kafka's in-sync replica rules.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct IsrPolicy;

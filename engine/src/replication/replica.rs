@@ -120,6 +120,23 @@ impl<P: ReplicationPolicy + Clone> PartitionReplica<P> {
         }
     }
 
+    /// Applies changed topic settings (`min.insync.replicas`, lag time, unclean election) from
+    /// now on, to the current leadership too.
+    pub fn set_config(&mut self, config: ReplicationConfig) {
+        if let Role::Leader(l) = &mut self.role {
+            l.set_config(config.clone());
+        }
+        self.config = config;
+    }
+
+    /// The epoch this replica leads, if it is the leader.
+    pub fn role_leader_epoch(&self) -> Option<LeaderEpoch> {
+        match &self.role {
+            Role::Leader(l) => Some(l.leader_epoch()),
+            Role::Follower(_) => None,
+        }
+    }
+
     /// True while leading.
     pub fn is_leader(&self) -> bool {
         matches!(self.role, Role::Leader(_))

@@ -1,0 +1,842 @@
+//! Cluster mode: this broker as a member of a multi-broker cluster whose metadata lives in the
+//! controller quorum (`crate::controller`).
+//!
+//! [`ClusterNode`] starts this node's controller voter (or broker-only observer), registers
+//! the broker, heartbeats it, and turns every newly applied controller
+//! [`crate::controller::MetadataImage`] into the broker's topic registry image and a
+//! reconciliation job on every shard (open the partitions it hosts, become leader or
+//! follower: `super::cluster_replica`). The admin APIs of cluster mode (CreateTopics,
+//! DeleteTopics, CreatePartitions, IncrementalAlterConfigs, Metadata, DescribeCluster) are
+//! here too: they share the single-node handlers' validation and go through controller
+//! proposals instead of the local JSON registry.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kafka_protocol::messages::{self as m, BrokerId, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use tokio::sync::watch;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use super::config::BrokerConfig;
+use super::handlers::{effective_topic_configs, validate_topic_configs, MAX_PARTITIONS_PER_TOPIC};
+use super::metadata::{validate_topic_name, MetadataImage};
+use super::protocol::error_code as ec;
+use super::shard::{BrokerContext, Job, Shard};
+use crate::controller::{
+    parse_voters, ConfigResource, Controller, ControllerConfig, ControllerError, Endpoint,
+    HeartbeatRequest, MetadataCommand, MetadataImage as ClusterImage,
+};
+
+/// Kafka error code LEADER_NOT_AVAILABLE.
+const LEADER_NOT_AVAILABLE: i16 = 5;
+/// Kafka error code NOT_CONTROLLER.
+const NOT_CONTROLLER: i16 = 41;
+
+/// Controller settings read from the broker configuration (Kafka key names).
+const CONTROLLER_KEYS: &[&str] = &[
+    "controller.quorum.election.timeout.ms",
+    "controller.quorum.heartbeat.interval.ms",
+    "broker.session.timeout.ms",
+    "controller.quorum.request.timeout.ms",
+    "replication.mode",
+    "metadata.snapshot.interval.entries",
+    "metadata.poll.interval.ms",
+];
+
+/// This broker's membership in a cluster: its controller handle, registration and the
+/// broker-side view of the cluster metadata.
+pub struct ClusterNode {
+    /// This broker's `node.id`.
+    pub node_id: i32,
+    /// The controller voter (or broker-only observer) of this node.
+    pub controller: Controller,
+    /// Cluster id reported to clients, derived from the voter list so every broker agrees.
+    pub cluster_id: String,
+    incarnation: Uuid,
+    broker_epoch: AtomicI64,
+    heartbeat_interval: Duration,
+    request_timeout: Duration,
+    /// The last converted image and the controller image it came from.
+    cache: Mutex<Option<(Arc<ClusterImage>, Arc<MetadataImage>)>>,
+    stop: watch::Sender<bool>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for ClusterNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterNode")
+            .field("node_id", &self.node_id)
+            .field("broker_epoch", &self.broker_epoch())
+            .finish()
+    }
+}
+
+fn raw_ms(config: &BrokerConfig, key: &str, default: u64) -> u64 {
+    config
+        .raw
+        .get(key)
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|&v| v > 0)
+        .unwrap_or(default)
+}
+
+/// A stable 22-character cluster id (Kafka's format) derived from the voter list.
+fn cluster_id_for(voters: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut h: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    for b in voters.bytes().filter(|b| !b.is_ascii_whitespace()) {
+        h ^= u128::from(b);
+        h = h.wrapping_mul(0x0000_0000_0100_0000_0000_0000_0000_013b);
+    }
+    (0..22)
+        .map(|_| {
+            let c = ALPHABET[(h & 63) as usize] as char;
+            h = h.rotate_right(6);
+            c
+        })
+        .collect()
+}
+
+impl ClusterNode {
+    /// Starts the controller when `controller.quorum.voters` is set; `None` runs single-node.
+    pub fn start(config: &BrokerConfig) -> Result<Option<Arc<ClusterNode>>, ControllerError> {
+        let spec = config
+            .raw
+            .get("controller.quorum.voters")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        if spec.is_empty() {
+            return Ok(None);
+        }
+        let voters = parse_voters(&spec)?;
+        let mut cc = ControllerConfig::default();
+        for key in CONTROLLER_KEYS {
+            if let Some(v) = config.raw.get(*key) {
+                cc.set(key, v)?;
+            }
+        }
+        let request_timeout = Duration::from_millis(cc.request_timeout_ms);
+        let node_id = config.node_id;
+        let controller = Controller::start(node_id as u64, &voters, &config.data_dir, cc)?;
+        info!(node_id, voters = spec, "cluster mode: controller started");
+        let (stop, _) = watch::channel(false);
+        Ok(Some(Arc::new(ClusterNode {
+            node_id,
+            controller,
+            cluster_id: cluster_id_for(&spec),
+            incarnation: Uuid::new_v4(),
+            broker_epoch: AtomicI64::new(-1),
+            heartbeat_interval: Duration::from_millis(raw_ms(
+                config,
+                "broker.heartbeat.interval.ms",
+                500,
+            )),
+            request_timeout,
+            cache: Mutex::new(None),
+            stop,
+            thread: Mutex::new(None),
+        })))
+    }
+
+    /// The broker epoch of this process's registration, -1 before it registered.
+    pub fn broker_epoch(&self) -> i64 {
+        self.broker_epoch.load(Ordering::Acquire)
+    }
+
+    /// The current controller image.
+    pub fn cluster_image(&self) -> Arc<ClusterImage> {
+        self.controller.metadata()
+    }
+
+    /// The broker's topic registry image for the current controller image (converted once
+    /// per controller image).
+    pub fn image(&self) -> Arc<MetadataImage> {
+        let source = self.controller.metadata();
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((from, image)) = cache.as_ref() {
+            if Arc::ptr_eq(from, &source) {
+                return image.clone();
+            }
+        }
+        let image = Arc::new(MetadataImage::from_cluster(
+            self.cluster_id.clone(),
+            source.clone(),
+        ));
+        *cache = Some((source, image.clone()));
+        image
+    }
+
+    /// Starts the membership thread: registration, heartbeats, and a reconciliation job on
+    /// every shard for each new metadata image.
+    pub fn run(self: &Arc<Self>, ctx: Arc<BrokerContext>) -> std::io::Result<()> {
+        let node = self.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("cluster-{}", self.node_id))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!("cannot start the cluster runtime: {e}");
+                        return;
+                    }
+                };
+                runtime.block_on(node.membership(ctx));
+            })?;
+        *self.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(thread);
+        Ok(())
+    }
+
+    async fn register(&self, stop: &mut watch::Receiver<bool>, ctx: &BrokerContext) -> bool {
+        let listeners = vec![Endpoint {
+            name: "PLAINTEXT".into(),
+            host: ctx.config.advertised_host.clone(),
+            port: u16::try_from(ctx.config.advertised_port).unwrap_or(0),
+        }];
+        loop {
+            if *stop.borrow() {
+                return false;
+            }
+            let call = self.controller.register_broker(
+                self.node_id,
+                self.incarnation,
+                listeners.clone(),
+                None,
+            );
+            match tokio::time::timeout(self.request_timeout, call).await {
+                Ok(Ok(epoch)) => {
+                    self.broker_epoch.store(epoch, Ordering::Release);
+                    info!(
+                        node_id = self.node_id,
+                        broker_epoch = epoch,
+                        "registered with the controller"
+                    );
+                    return true;
+                }
+                Ok(Err(e)) => warn!("broker registration failed, retrying: {e}"),
+                Err(_) => warn!("broker registration timed out, retrying"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    async fn heartbeat(&self, want_shutdown: bool) -> Result<bool, ControllerError> {
+        let request = HeartbeatRequest {
+            broker_id: self.node_id,
+            broker_epoch: self.broker_epoch(),
+            metadata_offset: self.controller.metadata().metadata_offset,
+            want_shutdown,
+        };
+        match tokio::time::timeout(self.request_timeout, self.controller.heartbeat(request)).await {
+            Ok(r) => r.map(|r| r.fenced),
+            Err(_) => Err(ControllerError::NotAvailable("heartbeat timed out".into())),
+        }
+    }
+
+    async fn membership(self: Arc<Self>, ctx: Arc<BrokerContext>) {
+        let mut stop = self.stop.subscribe();
+        let mut images = self.controller.watch_metadata();
+        // Replicas open and follow the metadata even before registration (a restarted broker
+        // catches up while it is still fenced).
+        post_reconcile(&ctx, images.borrow_and_update().clone());
+        if !self.register(&mut stop, &ctx).await {
+            return;
+        }
+        let mut tick = tokio::time::interval(self.heartbeat_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = tick.tick() => match self.heartbeat(false).await {
+                    Ok(_) => {}
+                    Err(ControllerError::Rejected(e)) => {
+                        // A stale epoch or unknown broker: this registration is gone.
+                        warn!("heartbeat refused ({e}); registering again");
+                        if !self.register(&mut stop, &ctx).await {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::debug!("heartbeat failed: {e}"),
+                },
+                changed = images.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    post_reconcile(&ctx, images.borrow_and_update().clone());
+                }
+            }
+        }
+        // Controlled shutdown: fenced now, so leaderships move before the process stops.
+        if let Err(e) = self.heartbeat(true).await {
+            warn!("controlled shutdown heartbeat failed: {e}");
+        }
+    }
+
+    /// Controlled shutdown, then stops the controller. Call once the shards have drained.
+    pub fn shutdown(&self) {
+        self.stop.send_replace(true);
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+        self.controller.shutdown();
+    }
+
+    /// Waits until this node's image satisfies `done` (a committed change reached it).
+    async fn wait_for_image(&self, done: impl Fn(&ClusterImage) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        loop {
+            if done(&self.controller.metadata()) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn post_reconcile(ctx: &BrokerContext, image: Arc<ClusterImage>) {
+    for s in 0..ctx.shard_count() {
+        let image = image.clone();
+        let job: Job = Box::new(move |shard: Rc<Shard>| {
+            Box::pin(super::cluster_replica::reconcile(shard, image))
+        });
+        if ctx.post(s, job).is_err() {
+            tracing::debug!(shard = s, "shard gone; metadata not applied");
+        }
+    }
+}
+
+fn str_bytes(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}
+
+fn controller_error(e: &ControllerError) -> (i16, String) {
+    let code = match e {
+        ControllerError::Rejected(m) => m.code(),
+        ControllerError::NotAvailable(_) | ControllerError::Shutdown => NOT_CONTROLLER,
+        _ => ec::UNKNOWN_SERVER_ERROR,
+    };
+    (code, e.to_string())
+}
+
+fn default_replication_factor(shard: &Shard) -> i16 {
+    shard
+        .ctx
+        .config
+        .raw
+        .get("default.replication.factor")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(1)
+}
+
+/// Creates a topic through the controller and waits until this node's image has it.
+async fn create_topic(
+    node: &ClusterNode,
+    name: &str,
+    partitions: i32,
+    replication_factor: i16,
+    configs: BTreeMap<String, String>,
+) -> Result<Uuid, (i16, String)> {
+    let id = node
+        .controller
+        .create_topic(name, partitions, replication_factor, configs)
+        .await
+        .map_err(|e| controller_error(&e))?;
+    if !node.wait_for_image(|i| i.topic(name).is_some()).await {
+        return Err((ec::REQUEST_TIMED_OUT, "topic not visible in time".into()));
+    }
+    info!(
+        topic = name,
+        partitions, replication_factor, "created topic"
+    );
+    Ok(id)
+}
+
+/// CreateTopics in cluster mode.
+pub async fn create_topics(
+    shard: &Rc<Shard>,
+    node: &ClusterNode,
+    req: m::CreateTopicsRequest,
+) -> m::CreateTopicsResponse {
+    let mut resp = m::CreateTopicsResponse::default();
+    for t in req.topics {
+        let name = t.name.as_str().to_string();
+        let mut configs = BTreeMap::new();
+        for c in &t.configs {
+            if let Some(v) = &c.value {
+                configs.insert(c.name.as_str().to_string(), v.as_str().to_string());
+            }
+        }
+        let partitions = if t.num_partitions == -1 {
+            shard.ctx.config.num_partitions
+        } else {
+            t.num_partitions
+        };
+        let rf = if t.replication_factor == -1 {
+            default_replication_factor(shard)
+        } else {
+            t.replication_factor
+        };
+        let check = || -> Result<(), (i16, String)> {
+            validate_topic_name(&name).map_err(|e| (ec::INVALID_TOPIC_EXCEPTION, e))?;
+            if node.cluster_image().topic(&name).is_some() {
+                return Err((
+                    ec::TOPIC_ALREADY_EXISTS,
+                    format!("topic `{name}` already exists"),
+                ));
+            }
+            if !t.assignments.is_empty() {
+                return Err((
+                    ec::INVALID_REPLICA_ASSIGNMENT,
+                    "manual replica assignment is not supported; placement is the controller's"
+                        .into(),
+                ));
+            }
+            if !(1..=MAX_PARTITIONS_PER_TOPIC).contains(&partitions) {
+                return Err((
+                    ec::INVALID_PARTITIONS,
+                    format!("number of partitions must be in 1..={MAX_PARTITIONS_PER_TOPIC}"),
+                ));
+            }
+            let live = node.cluster_image().live_brokers().len();
+            if rf < 1 || rf as usize > live {
+                return Err((
+                    ec::INVALID_REPLICATION_FACTOR,
+                    format!("replication factor {rf} with {live} live brokers"),
+                ));
+            }
+            validate_topic_configs(shard, &configs).map_err(|e| (ec::INVALID_CONFIG, e))?;
+            Ok(())
+        };
+        let outcome = match check() {
+            Ok(()) if req.validate_only => Ok(Uuid::nil()),
+            Ok(()) => create_topic(node, &name, partitions, rf, configs.clone()).await,
+            Err(e) => Err(e),
+        };
+        let mut result =
+            m::create_topics_response::CreatableTopicResult::default().with_name(t.name.clone());
+        match outcome {
+            Ok(id) => {
+                let cs = effective_topic_configs(shard, &configs)
+                    .into_iter()
+                    .map(|(k, v, src)| {
+                        m::create_topics_response::CreatableTopicConfigs::default()
+                            .with_name(StrBytes::from_string(k))
+                            .with_value(Some(StrBytes::from_string(v)))
+                            .with_config_source(src)
+                    })
+                    .collect();
+                result = result
+                    .with_topic_id(id)
+                    .with_num_partitions(partitions)
+                    .with_replication_factor(rf)
+                    .with_configs(Some(cs));
+            }
+            Err((code, msg)) => {
+                result = result
+                    .with_error_code(code)
+                    .with_error_message(Some(StrBytes::from_string(msg)))
+                    .with_num_partitions(-1)
+                    .with_replication_factor(-1);
+            }
+        }
+        resp.topics.push(result);
+    }
+    resp
+}
+
+/// DeleteTopics in cluster mode: every broker deletes its replicas when the deletion reaches
+/// its metadata image.
+pub async fn delete_topics(
+    node: &ClusterNode,
+    version: i16,
+    req: m::DeleteTopicsRequest,
+) -> m::DeleteTopicsResponse {
+    let targets: Vec<(Option<String>, Uuid)> = if version >= 6 {
+        req.topics
+            .iter()
+            .map(|t| (t.name.as_ref().map(|n| n.as_str().to_string()), t.topic_id))
+            .collect()
+    } else {
+        req.topic_names
+            .iter()
+            .map(|n| (Some(n.as_str().to_string()), Uuid::nil()))
+            .collect()
+    };
+    let mut resp = m::DeleteTopicsResponse::default();
+    for (name, id) in targets {
+        let image = node.cluster_image();
+        let found = match &name {
+            Some(n) => image.topic(n),
+            None => image.topic_by_id(id),
+        }
+        .map(|t| (t.name.clone(), t.topic_id));
+        let mut r = m::delete_topics_response::DeletableTopicResult::default()
+            .with_name(name.as_deref().map(|n| TopicName(str_bytes(n))))
+            .with_topic_id(id);
+        match found {
+            None => {
+                r = r.with_error_code(if name.is_some() {
+                    ec::UNKNOWN_TOPIC_OR_PARTITION
+                } else {
+                    ec::UNKNOWN_TOPIC_ID
+                });
+            }
+            Some((topic, topic_id)) => {
+                r = r
+                    .with_name(Some(TopicName(str_bytes(&topic))))
+                    .with_topic_id(topic_id);
+                let command = MetadataCommand::DeleteTopic {
+                    name: topic.clone(),
+                };
+                match node.controller.propose(command).await {
+                    Ok(_) => {
+                        node.wait_for_image(|i| i.topic(&topic).is_none()).await;
+                        info!(topic, "deleted topic");
+                    }
+                    Err(e) => {
+                        let (code, msg) = controller_error(&e);
+                        r = r
+                            .with_error_code(code)
+                            .with_error_message(Some(StrBytes::from_string(msg)));
+                    }
+                }
+            }
+        }
+        resp.responses.push(r);
+    }
+    resp
+}
+
+/// CreatePartitions in cluster mode.
+pub async fn create_partitions(
+    node: &ClusterNode,
+    req: m::CreatePartitionsRequest,
+) -> m::CreatePartitionsResponse {
+    let mut resp = m::CreatePartitionsResponse::default();
+    for t in req.topics {
+        let name = t.name.as_str().to_string();
+        let outcome: Result<(), (i16, String)> = async {
+            let image = node.cluster_image();
+            let topic = image.topic(&name).ok_or((
+                ec::UNKNOWN_TOPIC_OR_PARTITION,
+                format!("topic `{name}` does not exist"),
+            ))?;
+            let old = topic.partitions.len() as i32;
+            if t.count > MAX_PARTITIONS_PER_TOPIC || t.count <= old {
+                return Err((
+                    ec::INVALID_PARTITIONS,
+                    format!("topic has {old} partitions; the new count must be larger (at most {MAX_PARTITIONS_PER_TOPIC})"),
+                ));
+            }
+            if t.assignments.as_ref().is_some_and(|a| !a.is_empty()) {
+                return Err((
+                    ec::INVALID_REPLICA_ASSIGNMENT,
+                    "manual replica assignment is not supported".into(),
+                ));
+            }
+            if req.validate_only {
+                return Ok(());
+            }
+            let command = MetadataCommand::CreatePartitions {
+                name: name.clone(),
+                total_count: t.count,
+                placement_start: rand::random::<u32>(),
+            };
+            node.controller
+                .propose(command)
+                .await
+                .map_err(|e| controller_error(&e))?;
+            node.wait_for_image(|i| {
+                i.topic(&name)
+                    .is_some_and(|t2| t2.partitions.len() as i32 >= t.count)
+            })
+            .await;
+            info!(topic = name, from = old, to = t.count, "added partitions");
+            Ok(())
+        }
+        .await;
+        let mut r = m::create_partitions_response::CreatePartitionsTopicResult::default()
+            .with_name(t.name.clone());
+        if let Err((code, msg)) = outcome {
+            r = r
+                .with_error_code(code)
+                .with_error_message(Some(StrBytes::from_string(msg)));
+        }
+        resp.results.push(r);
+    }
+    resp
+}
+
+/// IncrementalAlterConfigs (topic resources) in cluster mode: one ConfigChange proposal.
+pub async fn incremental_alter_configs(
+    shard: &Rc<Shard>,
+    node: &ClusterNode,
+    req: m::IncrementalAlterConfigsRequest,
+) -> m::IncrementalAlterConfigsResponse {
+    const RESOURCE_TOPIC: i8 = 2;
+    let mut resp = m::IncrementalAlterConfigsResponse::default();
+    for r in req.resources {
+        let name = r.resource_name.as_str().to_string();
+        let outcome: Result<(), (i16, String)> = async {
+            if r.resource_type != RESOURCE_TOPIC {
+                return Err((
+                    ec::INVALID_REQUEST,
+                    "only topic configs can be altered (broker configs are static)".into(),
+                ));
+            }
+            let image = node.cluster_image();
+            let topic = image.topic(&name).ok_or((
+                ec::UNKNOWN_TOPIC_OR_PARTITION,
+                format!("topic `{name}` does not exist"),
+            ))?;
+            let mut configs = topic.configs.clone();
+            let mut changes = BTreeMap::new();
+            for c in &r.configs {
+                let key = c.name.as_str().to_string();
+                match c.config_operation {
+                    0 => {
+                        let v = c
+                            .value
+                            .as_ref()
+                            .ok_or((ec::INVALID_CONFIG, format!("SET `{key}` without a value")))?;
+                        configs.insert(key.clone(), v.as_str().to_string());
+                        changes.insert(key, Some(v.as_str().to_string()));
+                    }
+                    1 => {
+                        configs.remove(&key);
+                        changes.insert(key, None);
+                    }
+                    op => {
+                        return Err((
+                            ec::INVALID_CONFIG,
+                            format!("operation {op} is not valid for `{key}`"),
+                        ))
+                    }
+                }
+            }
+            if changes.contains_key(crate::controller::REPLICATION_MODE_CONFIG) {
+                return Err((
+                    ec::INVALID_CONFIG,
+                    "replication.mode is fixed when the topic is created".into(),
+                ));
+            }
+            validate_topic_configs(shard, &configs).map_err(|e| (ec::INVALID_CONFIG, e))?;
+            if req.validate_only {
+                return Ok(());
+            }
+            let command = MetadataCommand::ConfigChange {
+                resource: ConfigResource::Topic(name.clone()),
+                changes,
+            };
+            node.controller
+                .propose(command)
+                .await
+                .map_err(|e| controller_error(&e))?;
+            node.wait_for_image(|i| i.topic(&name).is_some_and(|t| t.configs == configs))
+                .await;
+            info!(topic = name, "altered topic config");
+            Ok(())
+        }
+        .await;
+        let mut out =
+            m::incremental_alter_configs_response::AlterConfigsResourceResponse::default()
+                .with_resource_type(r.resource_type)
+                .with_resource_name(r.resource_name.clone());
+        if let Err((code, msg)) = outcome {
+            out = out
+                .with_error_code(code)
+                .with_error_message(Some(StrBytes::from_string(msg)));
+        }
+        resp.responses.push(out);
+    }
+    resp
+}
+
+fn describe_partitions(
+    image: &ClusterImage,
+    topic: &crate::controller::TopicImage,
+) -> m::metadata_response::MetadataResponseTopic {
+    let live = |b: &i32| image.broker(*b).is_some_and(|r| !r.fenced);
+    let partitions = topic
+        .partitions
+        .iter()
+        .map(|p| {
+            let ids = |v: &[i32]| v.iter().map(|b| BrokerId(*b)).collect::<Vec<_>>();
+            let offline: Vec<i32> = p.replicas.iter().copied().filter(|b| !live(b)).collect();
+            m::metadata_response::MetadataResponsePartition::default()
+                .with_error_code(if p.leader.is_some() {
+                    ec::NONE
+                } else {
+                    LEADER_NOT_AVAILABLE
+                })
+                .with_partition_index(p.partition)
+                .with_leader_id(BrokerId(p.leader.unwrap_or(-1)))
+                .with_leader_epoch(p.leader_epoch)
+                .with_replica_nodes(ids(&p.replicas))
+                .with_isr_nodes(ids(&p.isr))
+                .with_offline_replicas(ids(&offline))
+        })
+        .collect();
+    m::metadata_response::MetadataResponseTopic::default()
+        .with_name(Some(TopicName(str_bytes(&topic.name))))
+        .with_topic_id(topic.topic_id)
+        .with_partitions(partitions)
+}
+
+/// Metadata in cluster mode: every live broker, and each partition's leader, leader epoch,
+/// replicas, ISR and offline replicas from the controller image.
+pub async fn metadata(
+    shard: &Rc<Shard>,
+    node: &ClusterNode,
+    version: i16,
+    req: m::MetadataRequest,
+) -> m::MetadataResponse {
+    let cfg = &shard.ctx.config;
+    let mut image = node.cluster_image();
+    let all = match &req.topics {
+        None => true,
+        Some(t) => t.is_empty() && version == 0,
+    };
+    let mut topics = Vec::new();
+    if all {
+        topics.extend(
+            image
+                .topics
+                .values()
+                .map(|t| describe_partitions(&image, t)),
+        );
+    } else {
+        let allow_auto = cfg.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
+        for rt in req.topics.iter().flatten() {
+            if rt.name.is_none() && !rt.topic_id.is_nil() {
+                match image.topic_by_id(rt.topic_id) {
+                    Some(t) => topics.push(describe_partitions(&image, t)),
+                    None => topics.push(
+                        m::metadata_response::MetadataResponseTopic::default()
+                            .with_topic_id(rt.topic_id)
+                            .with_error_code(ec::UNKNOWN_TOPIC_ID),
+                    ),
+                }
+                continue;
+            }
+            let name = rt
+                .name
+                .as_ref()
+                .map(|n| n.as_str().to_string())
+                .unwrap_or_default();
+            if let Some(t) = image.topic(&name) {
+                topics.push(describe_partitions(&image, t));
+                continue;
+            }
+            let unknown = |code| {
+                m::metadata_response::MetadataResponseTopic::default()
+                    .with_name(Some(TopicName(str_bytes(&name))))
+                    .with_error_code(code)
+            };
+            if validate_topic_name(&name).is_err() {
+                topics.push(unknown(ec::INVALID_TOPIC_EXCEPTION));
+                continue;
+            }
+            if !allow_auto {
+                topics.push(unknown(ec::UNKNOWN_TOPIC_OR_PARTITION));
+                continue;
+            }
+            let rf = default_replication_factor(shard);
+            let created = create_topic(node, &name, cfg.num_partitions, rf, BTreeMap::new()).await;
+            image = node.cluster_image();
+            match (created, image.topic(&name)) {
+                (_, Some(t)) => topics.push(describe_partitions(&image, t)),
+                (Err((code, msg)), None) => {
+                    warn!(topic = name, "auto-create failed: {msg}");
+                    topics.push(unknown(code));
+                }
+                (Ok(_), None) => topics.push(unknown(LEADER_NOT_AVAILABLE)),
+            }
+        }
+    }
+    let brokers = image
+        .brokers
+        .values()
+        .filter(|b| !b.fenced || b.broker_id == node.node_id)
+        .filter_map(|b| {
+            let ep = b.listeners.first()?;
+            Some(
+                m::metadata_response::MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(b.broker_id))
+                    .with_host(str_bytes(&ep.host))
+                    .with_port(i32::from(ep.port))
+                    .with_rack(b.rack.as_deref().map(str_bytes)),
+            )
+        })
+        .collect();
+    // Clients send admin requests to the controller id; every broker forwards them, so while
+    // the controller is unknown or not a listed broker, name this broker (as KRaft brokers do).
+    let controller = node
+        .controller
+        .controller_id()
+        .and_then(|c| i32::try_from(c).ok())
+        .filter(|c| image.broker(*c).is_some_and(|b| !b.fenced))
+        .unwrap_or(node.node_id);
+    m::MetadataResponse::default()
+        .with_brokers(brokers)
+        .with_cluster_id(Some(str_bytes(&node.cluster_id)))
+        .with_controller_id(BrokerId(controller))
+        .with_topics(topics)
+}
+
+/// DescribeCluster in cluster mode: the registered brokers and the active controller.
+pub fn describe_cluster(node: &ClusterNode) -> m::DescribeClusterResponse {
+    let image = node.cluster_image();
+    let brokers = image
+        .brokers
+        .values()
+        .filter_map(|b| {
+            let ep = b.listeners.first()?;
+            Some(
+                m::describe_cluster_response::DescribeClusterBroker::default()
+                    .with_broker_id(BrokerId(b.broker_id))
+                    .with_host(str_bytes(&ep.host))
+                    .with_port(i32::from(ep.port))
+                    .with_rack(b.rack.as_deref().map(str_bytes))
+                    .with_is_fenced(b.fenced),
+            )
+        })
+        .collect();
+    let controller = node
+        .controller
+        .controller_id()
+        .and_then(|c| i32::try_from(c).ok())
+        .unwrap_or(-1);
+    m::DescribeClusterResponse::default()
+        .with_cluster_id(str_bytes(&node.cluster_id))
+        .with_controller_id(BrokerId(controller))
+        .with_endpoint_type(1)
+        .with_brokers(brokers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_id_is_stable_and_kafka_shaped() {
+        let a = cluster_id_for("1@127.0.0.1:19091,2@127.0.0.1:19092");
+        assert_eq!(a, cluster_id_for("1@127.0.0.1:19091, 2@127.0.0.1:19092"));
+        assert_ne!(a, cluster_id_for("1@127.0.0.1:19091"));
+        assert_eq!(a.len(), 22);
+    }
+}

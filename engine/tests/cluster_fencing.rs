@@ -1,0 +1,346 @@
+//! Three `sluice` processes forming a cluster on 127.0.0.1: replicated produce/fetch, leader
+//! epoch fencing (NOT_LEADER_OR_FOLLOWER, FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH),
+//! OffsetForLeaderEpoch, and failover after the leader is SIGKILLed, in both replication
+//! modes. Every wait is bounded; the brokers are killed when the test ends.
+
+#[path = "broker_support.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::messages::{
+    create_topics_request, fetch_request, list_offsets_request, offset_for_leader_epoch_request,
+    produce_request, BrokerId, CreateTopicsRequest, DeleteTopicsRequest, FetchRequest,
+    ListOffsetsRequest, MetadataRequest, OffsetForLeaderEpochRequest, ProduceRequest, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use support::*;
+
+const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+const FENCED_LEADER_EPOCH: i16 = 74;
+const UNKNOWN_LEADER_EPOCH: i16 = 75;
+
+fn tn(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_string()))
+}
+
+struct Cluster {
+    brokers: Vec<Option<Broker>>,
+    _dirs: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start(mode: &str) -> Cluster {
+        let dirs = tempfile::tempdir().expect("tempdir");
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let voters = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{}@127.0.0.1:{p}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let brokers = (1..=3)
+            .map(|id| {
+                let dir = dirs.path().join(format!("node{id}"));
+                let id = id.to_string();
+                let mode = format!("replication.mode={mode}");
+                let args = [
+                    "--node-id",
+                    id.as_str(),
+                    "--controller-voters",
+                    voters.as_str(),
+                    "--set",
+                    mode.as_str(),
+                    "--set",
+                    "broker.session.timeout.ms=2000",
+                    "--set",
+                    "broker.heartbeat.interval.ms=200",
+                    "--set",
+                    "controller.quorum.election.timeout.ms=500",
+                    "--set",
+                    "replica.fetch.wait.max.ms=200",
+                ];
+                Some(Broker::start_in(&dir, &args, &[]))
+            })
+            .collect();
+        Cluster {
+            brokers,
+            _dirs: dirs,
+        }
+    }
+
+    fn broker(&self, id: i32) -> &Broker {
+        self.brokers[(id - 1) as usize]
+            .as_ref()
+            .expect("broker running")
+    }
+
+    /// (leader, leader epoch, isr) of partition 0 as broker `via` sees it.
+    fn partition0(&self, via: i32, topic: &str) -> Option<(i32, i32, Vec<i32>)> {
+        let req = MetadataRequest::default().with_topics(Some(vec![
+            kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                .with_name(Some(tn(topic))),
+        ]));
+        let resp = self.broker(via).client().request(12, &req);
+        let t = resp.topics.first()?;
+        let p = t.partitions.first()?;
+        (p.error_code == 0 && p.leader_id.0 >= 0).then(|| {
+            (
+                p.leader_id.0,
+                p.leader_epoch,
+                p.isr_nodes.iter().map(|b| b.0).collect(),
+            )
+        })
+    }
+
+    fn wait_for(
+        &self,
+        via: i32,
+        topic: &str,
+        what: &str,
+        ok: impl Fn(&(i32, i32, Vec<i32>)) -> bool,
+    ) -> (i32, i32, Vec<i32>) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut last = None;
+        while Instant::now() < deadline {
+            last = self.partition0(via, topic);
+            if let Some(s) = &last {
+                if ok(s) {
+                    return s.clone();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{what}: partition state {last:?}");
+    }
+
+    fn create_topic(&self, topic: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let req = CreateTopicsRequest::default()
+                .with_timeout_ms(10_000)
+                .with_topics(vec![create_topics_request::CreatableTopic::default()
+                    .with_name(tn(topic))
+                    .with_num_partitions(1)
+                    .with_replication_factor(3)]);
+            let resp = self.broker(1).client().request(5, &req);
+            let code = resp.topics[0].error_code;
+            if code == 0 {
+                return;
+            }
+            // Brokers still registering (INVALID_REPLICATION_FACTOR) or no controller yet.
+            assert!(
+                Instant::now() < deadline,
+                "CreateTopics kept failing: {code}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn produce(b: &Broker, topic: &str, records: Bytes) -> (i16, i64) {
+    produce_with_timeout(b, topic, records, 5000)
+}
+
+fn produce_with_timeout(b: &Broker, topic: &str, records: Bytes, timeout_ms: i32) -> (i16, i64) {
+    let req = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(timeout_ms)
+        .with_topic_data(vec![produce_request::TopicProduceData::default()
+            .with_name(tn(topic))
+            .with_partition_data(vec![
+                produce_request::PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(records)),
+            ])]);
+    let resp = b.client().request(9, &req);
+    let p = &resp.responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+/// Fetch v12 of partition 0 from offset 0 with `epoch` as current_leader_epoch:
+/// (error, high watermark, values).
+fn fetch(b: &Broker, topic: &str, epoch: i32) -> (i16, i64, Vec<String>) {
+    let req = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(0)
+        .with_min_bytes(0)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![fetch_request::FetchTopic::default()
+            .with_topic(tn(topic))
+            .with_partitions(vec![fetch_request::FetchPartition::default()
+                .with_partition(0)
+                .with_current_leader_epoch(epoch)
+                .with_fetch_offset(0)
+                .with_last_fetched_epoch(-1)
+                .with_partition_max_bytes(1 << 20)])]);
+    let resp = b.client().request(12, &req);
+    let p = &resp.responses[0].partitions[0];
+    let vals = p.records.as_ref().map(values).unwrap_or_default();
+    (p.error_code, p.high_watermark, vals)
+}
+
+/// ListOffsets v4 latest of partition 0: (error, offset, leader epoch).
+fn latest_offset(b: &Broker, topic: &str) -> (i16, i64, i32) {
+    let req = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
+            .with_name(tn(topic))
+            .with_partitions(vec![
+                list_offsets_request::ListOffsetsPartition::default()
+                    .with_partition_index(0)
+                    .with_timestamp(-1),
+            ])]);
+    let resp = b.client().request(4, &req);
+    let p = &resp.topics[0].partitions[0];
+    (p.error_code, p.offset, p.leader_epoch)
+}
+
+fn run(mode: &str) {
+    let mut cluster = Cluster::start(mode);
+    let topic = "fenced";
+    cluster.create_topic(topic);
+    let (leader, epoch, _) = cluster.wait_for(1, topic, "initial leader", |s| s.2.len() == 3);
+    // Every broker answers Metadata for the whole cluster.
+    for via in 1..=3 {
+        assert_eq!(cluster.partition0(via, topic).map(|s| s.0), Some(leader));
+    }
+    let follower = (1..=3).find(|b| *b != leader).expect("a follower");
+    // A quorum-mode leader starts its epoch with a control batch (the epoch marker).
+    let marker = i64::from(mode == "quorum");
+
+    // Produce: acks=all on the leader commits; a follower refuses.
+    // Until the replicas have applied the new partition the leader refuses up front
+    // (NOT_LEADER_OR_FOLLOWER, NOT_ENOUGH_REPLICAS) without appending; clients retry.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (code, base) = loop {
+        let r = produce(cluster.broker(leader), topic, batch("a", 5, 0));
+        if !matches!(r.0, NOT_LEADER_OR_FOLLOWER | 19) || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!((code, base), (0, marker), "acks=all produce on the leader");
+    let (code, _) = produce(cluster.broker(follower), topic, batch("x", 1, 0));
+    assert_eq!(code, NOT_LEADER_OR_FOLLOWER);
+
+    // Fetch epochs: the current one reads committed records, a newer one is unknown.
+    let (code, hw, vals) = fetch(cluster.broker(leader), topic, epoch);
+    let a = vals.iter().filter(|v| v.starts_with("a-")).count();
+    assert_eq!((code, hw, a), (0, 5 + marker, 5));
+    let (code, ..) = fetch(cluster.broker(leader), topic, epoch + 1);
+    assert_eq!(code, UNKNOWN_LEADER_EPOCH);
+
+    // ListOffsets latest is the high watermark, with the leader epoch; followers refuse.
+    assert_eq!(
+        latest_offset(cluster.broker(leader), topic),
+        (0, 5 + marker, epoch)
+    );
+    assert_eq!(
+        latest_offset(cluster.broker(follower), topic).0,
+        NOT_LEADER_OR_FOLLOWER
+    );
+
+    // OffsetForLeaderEpoch: the current epoch ends at the log end.
+    let req = OffsetForLeaderEpochRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![
+            offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
+                .with_topic(tn(topic))
+                .with_partitions(vec![
+                    offset_for_leader_epoch_request::OffsetForLeaderPartition::default()
+                        .with_partition(0)
+                        .with_current_leader_epoch(epoch)
+                        .with_leader_epoch(epoch),
+                ]),
+        ]);
+    let resp = cluster.broker(leader).client().request(4, &req);
+    let e = &resp.topics[0].partitions[0];
+    assert_eq!(
+        (e.error_code, e.leader_epoch, e.end_offset),
+        (0, epoch, 5 + marker)
+    );
+
+    // Every follower has the committed records before we kill the leader (acks=all).
+    // SIGKILL the leader: a survivor takes over with a higher epoch.
+    cluster.brokers[(leader - 1) as usize] = None;
+    let (new_leader, new_epoch, _) = cluster.wait_for(follower, topic, "failover", |s| {
+        s.0 != leader && s.1 > epoch
+    });
+    let (code, ..) = fetch(cluster.broker(new_leader), topic, epoch);
+    assert_eq!(code, FENCED_LEADER_EPOCH, "the old epoch is fenced");
+    // The acknowledged records survived; new writes commit on the two survivors.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (code, _) = produce(cluster.broker(new_leader), topic, batch("b", 3, 10));
+        if code == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "produce after failover: {code}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, _, vals) = fetch(cluster.broker(new_leader), topic, new_epoch);
+    assert_eq!(code, 0);
+    let a: Vec<&String> = vals.iter().filter(|v| v.starts_with("a-")).collect();
+    assert_eq!(a.len(), 5, "acknowledged records after failover: {vals:?}");
+    assert!(vals.iter().filter(|v| v.starts_with("b-")).count() >= 3);
+
+    // DeleteTopics through the controller: every surviving replica's directory goes.
+    let req = DeleteTopicsRequest::default()
+        .with_timeout_ms(10_000)
+        .with_topic_names(vec![tn(topic)]);
+    let resp = cluster.broker(new_leader).client().request(5, &req);
+    assert_eq!(resp.responses[0].error_code, 0);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for b in cluster.brokers.iter().flatten() {
+        let dir = b.data_dir.join(format!("{topic}-0"));
+        while dir.exists() {
+            assert!(Instant::now() < deadline, "{} not deleted", dir.display());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn isr_cluster_fences_epochs_and_fails_over() {
+    run("isr");
+}
+
+#[test]
+fn quorum_cluster_fences_epochs_and_fails_over() {
+    run("quorum");
+}
+
+/// With both followers gone (and with them the controller majority, so the ISR cannot shrink),
+/// an acks=all write is appended but never committed: it fails with REQUEST_TIMED_OUT once the
+/// request's timeout_ms has passed.
+#[test]
+fn isr_acks_all_times_out_without_followers() {
+    let mut cluster = Cluster::start("isr");
+    let topic = "stuck";
+    cluster.create_topic(topic);
+    let (leader, ..) = cluster.wait_for(1, topic, "initial leader", |s| s.2.len() == 3);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (code, _) = produce(cluster.broker(leader), topic, batch("ok", 1, 0));
+        if code == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "first produce: {code}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for b in 1..=3 {
+        if b != leader {
+            cluster.brokers[(b - 1) as usize] = None;
+        }
+    }
+    let started = Instant::now();
+    let (code, _) = produce_with_timeout(cluster.broker(leader), topic, batch("stuck", 1, 1), 1000);
+    let took = started.elapsed();
+    assert_eq!(code, 7, "REQUEST_TIMED_OUT");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "answered after {took:?}"
+    );
+}
