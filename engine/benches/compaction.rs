@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use hdrhistogram::Histogram;
 use sluice::io::runtime::{block_on, spawn};
-use sluice::storage::cleaner::records::build_keyed_batch;
+use sluice::storage::cleaner::records::{build_keyed_batch, KeyValue};
 use sluice::storage::cleaner::{CleanerConfig, LogCleaner};
 use sluice::storage::record_batch::Compression;
 use sluice::storage::{LogConfig, PartitionLog};
@@ -61,7 +61,7 @@ fn batch(first_key: usize) -> BytesMut {
     let keys: Vec<Vec<u8>> = (0..RECORDS_PER_BATCH)
         .map(|i| format!("key-{:08}", (first_key + i) % KEYS).into_bytes())
         .collect();
-    let recs: Vec<(Option<&[u8]>, Option<&[u8]>)> = keys
+    let recs: Vec<KeyValue<'_>> = keys
         .iter()
         .map(|k| (Some(&k[..]), Some(&value[..])))
         .collect();

@@ -9,7 +9,9 @@ use std::time::Duration;
 use bytes::BytesMut;
 use proptest::prelude::*;
 use sluice::io::runtime::block_on;
-use sluice::storage::cleaner::records::{build_keyed_batch, parse_records, records_section};
+use sluice::storage::cleaner::records::{
+    build_keyed_batch, parse_records, records_section, KeyValue,
+};
 use sluice::storage::cleaner::{inject_crash, CleanerConfig, LogCleaner, SwapStep};
 use sluice::storage::record_batch::{BatchIter, Compression};
 use sluice::storage::{AppendError, LogConfig, PartitionLog};
@@ -108,7 +110,7 @@ async fn produce(log: &PartitionLog, ops: &[Op], per_batch: usize, codec: Compre
                 v.map(|v| format!("value-{v}-{}", "x".repeat(usize::from(v % 7))).into_bytes())
             })
             .collect();
-        let recs: Vec<(Option<&[u8]>, Option<&[u8]>)> = keys
+        let recs: Vec<KeyValue<'_>> = keys
             .iter()
             .zip(&vals)
             .map(|(k, v)| (k.as_deref(), v.as_deref()))

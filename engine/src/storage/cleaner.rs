@@ -699,8 +699,7 @@ impl LogCleaner {
                 .map_err(io_err(&log_path))?;
             return Ok(true);
         }
-        self.finish_cleaned(&cleaned, written, next_base, cfg)
-            .await?;
+        self.finish_cleaned(&cleaned, written, next_base).await?;
         crash_point(SwapStep::Cleaned)?;
         let guard = log.lock_segment_list().await;
         if !log.segments_unchanged(old) {
@@ -723,7 +722,6 @@ impl LogCleaner {
         cleaned: &Segment,
         size: u64,
         next_base: i64,
-        cfg: &LogConfig,
     ) -> Result<(), StorageError> {
         let dir = cleaned.dir.clone();
         let base = cleaned.base_offset;
@@ -743,7 +741,6 @@ impl LogCleaner {
             st.time_entries_on_disk = st.time_index.len();
             (st.offset_index.encode(), st.time_index.encode())
         };
-        let _ = cfg;
         cleaned
             .log
             .sync_data()

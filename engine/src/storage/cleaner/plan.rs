@@ -61,6 +61,12 @@ pub fn cleanable(
     now_ms: i64,
     cfg: &LogConfig,
 ) -> Cleanable {
+    // A checkpoint beyond the active segment's base is stale (the log was truncated below
+    // it): everything is dirty again.
+    let first_dirty_offset = match segments.last() {
+        Some(active) if first_dirty_offset > active.base_offset => 0,
+        _ => first_dirty_offset,
+    };
     let mut end = 0;
     while end + 1 < segments.len()
         && segments[end + 1].base_offset <= recovery_point
@@ -158,6 +164,8 @@ mod tests {
         let c = cleanable(&segs, 10, 30, 1000, &cfg);
         assert!(c.is_due(&cfg));
         assert!(!cleanable(&segs[3..], 0, 100, 1000, &cfg).is_due(&cfg));
+        // A checkpoint past the active segment (after a truncation) is ignored.
+        assert_eq!(cleanable(&segs, 500, 30, 1000, &cfg).first_dirty, 0);
     }
 
     #[test]

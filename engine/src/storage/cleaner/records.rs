@@ -283,6 +283,9 @@ pub fn first_keyless_record(
     Ok(records.iter().position(|r| r.key.is_none()))
 }
 
+/// A record's key and value as given to `build_keyed_batch` (`None` = null).
+pub type KeyValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
 /// Encodes one record (for tests and benches building keyed batches).
 pub fn encode_record(
     out: &mut Vec<u8>,
@@ -317,7 +320,7 @@ pub fn build_keyed_batch(
     base_timestamp: i64,
     codec: Compression,
     producer_id: i64,
-    records: &[(Option<&[u8]>, Option<&[u8]>)],
+    records: &[KeyValue<'_>],
 ) -> Result<Vec<u8>, RecordsError> {
     let mut section = Vec::new();
     for (i, (k, v)) in records.iter().enumerate() {
@@ -360,7 +363,7 @@ mod tests {
 
     #[test]
     fn rebuild_keeps_offsets_for_every_codec() {
-        let recs: Vec<(Option<&[u8]>, Option<&[u8]>)> = vec![
+        let recs: Vec<KeyValue<'_>> = vec![
             (Some(b"a"), Some(b"1")),
             (Some(b"b"), Some(b"2")),
             (None, Some(b"unkeyed")),
