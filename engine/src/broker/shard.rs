@@ -483,11 +483,25 @@ impl Shard {
         let image = self.ctx.metadata.image();
         let map = self.partitions.borrow();
         let mut out = Vec::new();
+        let me = self.ctx.config.node_id;
         for topic in image.topics() {
             for p in 0..topic.partitions {
                 if self.ctx.owner(&topic.name, p) != self.id {
                     continue;
                 }
+                // Cluster mode: only replicas hosted here; (replicas, ISR) as the controller
+                // has them, counted on the leader only (as Kafka's UnderReplicatedPartitions).
+                let (replicas, in_sync) = match image.cluster.as_ref() {
+                    None => (1, 1),
+                    Some(c) => match c.partition(&topic.name, p) {
+                        Some(pi) if pi.replicas.contains(&me) => {
+                            let n = pi.replicas.len() as u32;
+                            let led_here = pi.leader == Some(me);
+                            (n, if led_here { pi.isr.len() as u32 } else { n })
+                        }
+                        _ => continue,
+                    },
+                };
                 let slot = map.get(&topic.name).and_then(|m| m.get(&p));
                 let mut snap = crate::metrics::PartitionSnapshot {
                     topic: topic.name.clone(),
@@ -497,8 +511,8 @@ impl Shard {
                     high_watermark: -1,
                     size_bytes: 0,
                     segments: 0,
-                    replicas: 1,
-                    in_sync_replicas: 1,
+                    replicas,
+                    in_sync_replicas: in_sync,
                     offline: true,
                 };
                 match slot {
@@ -508,8 +522,15 @@ impl Shard {
                         let log = &part.log;
                         snap.log_start_offset = log.log_start_offset();
                         snap.log_end_offset = log.log_end_offset();
-                        // Single node: everything appended is committed.
-                        snap.high_watermark = snap.log_end_offset;
+                        // Single node: everything appended is committed; a cluster
+                        // leader reports its high watermark.
+                        snap.high_watermark = super::cluster_replica::wake_end(
+                            self,
+                            &topic.name,
+                            p,
+                            snap.log_end_offset,
+                            false,
+                        );
                         snap.size_bytes = log.size_bytes();
                         snap.segments = log.segment_count() as u64;
                         snap.offline = log.is_offline();
