@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::broker::shard::{BrokerContext, Job, Shard};
 use crate::metrics::encode::CONTENT_TYPE;
-use crate::metrics::{PartitionSnapshot, Readiness};
+use crate::metrics::{GroupOffsetSnapshot, PartitionSnapshot, Readiness};
 
 /// Largest request head accepted (request line and headers).
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
@@ -316,13 +316,14 @@ fn reply(mut stream: TcpStream, resp: &Response) -> io::Result<()> {
 
 /// Renders `/metrics`: asks every shard for its partitions' state, then reads the counters.
 pub fn scrape(ctx: &BrokerContext) -> String {
-    let (tx, rx) = mpsc::channel::<Vec<PartitionSnapshot>>();
+    type Reply = (Vec<PartitionSnapshot>, Vec<GroupOffsetSnapshot>);
+    let (tx, rx) = mpsc::channel::<Reply>();
     let mut asked = 0;
     for id in 0..ctx.shard_count() {
         let tx = tx.clone();
         let job: Job = Box::new(move |shard: std::rc::Rc<Shard>| {
             Box::pin(async move {
-                let _ = tx.send(shard.partition_snapshots());
+                let _ = tx.send((shard.partition_snapshots(), shard.groups.offset_snapshots()));
             })
         });
         if ctx.post(id, job).is_ok() {
@@ -331,11 +332,14 @@ pub fn scrape(ctx: &BrokerContext) -> String {
     }
     drop(tx);
     let deadline = Instant::now() + SNAPSHOT_TIMEOUT;
-    let mut partitions = Vec::new();
+    let (mut partitions, mut group_offsets) = (Vec::new(), Vec::new());
     for _ in 0..asked {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
-            Ok(mut p) => partitions.append(&mut p),
+            Ok((mut p, mut g)) => {
+                partitions.append(&mut p);
+                group_offsets.append(&mut g);
+            }
             Err(_) => {
                 warn!("a shard did not report its partitions in time; /metrics omits them");
                 break;
@@ -343,8 +347,10 @@ pub fn scrape(ctx: &BrokerContext) -> String {
         }
     }
     partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    group_offsets
+        .sort_by(|a, b| (&a.group, &a.topic, a.partition).cmp(&(&b.group, &b.topic, b.partition)));
     let jobs: Vec<usize> = (0..ctx.shard_count()).map(|i| ctx.mailbox_len(i)).collect();
-    ctx.metrics.render(&partitions, &jobs)
+    ctx.metrics.render(&partitions, &group_offsets, &jobs)
 }
 
 #[cfg(test)]

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.request
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from prometheus_client.parser import text_string_to_metric_families
 
 from sluice_broker import free_port
 
@@ -30,9 +32,11 @@ class Cluster:
         # Nodes 1-3 are the controller voters; any further node is a broker-only member.
         self.brokers = [make_broker(shards=1, start=False) for _ in range(nodes)]
         voters = ",".join(f"{i + 1}@127.0.0.1:{free_port()}" for i in range(3))
+        self.admin_ports = [free_port() for _ in range(nodes)]
         for i, b in enumerate(self.brokers):
             b.extra_args += [
                 "--node-id", str(i + 1),
+                "--set", f"admin.listener=127.0.0.1:{self.admin_ports[i]}",
                 "--controller-voters", voters,
                 "--set", f"replication.mode={mode}",
                 *FAST,
@@ -191,6 +195,18 @@ def test_follower_restart_catches_up_and_rejoins_isr(make_broker):
         time.sleep(0.2)
     assert log_bytes(follower) == log_bytes(leader)
     assert log_bytes(leader).count(b"r-199") == 1
+    # The leader's /metrics counted the shrink and the expansion it had committed, and its
+    # election; with the ISR whole again nothing is under-replicated.
+    text = urllib.request.urlopen(
+        f"http://127.0.0.1:{cluster.admin_ports[leader - 1]}/metrics", timeout=10).read().decode()
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    assert totals["sluice_isr_shrinks_total"] >= 1
+    assert totals["sluice_isr_expands_total"] >= 1
+    assert totals["sluice_leader_elections_total"] >= 1
+    assert totals["sluice_under_replicated_partitions"] == 0
 
 
 @pytest.mark.timeout(90)

@@ -162,6 +162,27 @@ def produce_v3(topic: str, partition: int, batch: bytes) -> bytes:
     return kw.string(None) + kw.i16(1) + kw.i32(10_000) + kw.array([kw.string(topic) + kw.array([part])])
 
 
+def test_consumer_group_lag_is_high_watermark_minus_committed(admin, topic_name):
+    """The lag gauge follows a group's commits: 10 records, commit at 4 -> 6, at 10 -> 0."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    b, port = admin
+    ck_create_topic(b.bootstrap, topic_name, 1)
+    msgs = make_messages(10, 1, seed=3)
+    ck_produce(b.bootstrap, topic_name, msgs, acks="all", codec="none")
+    group = f"lag-{topic_name}"
+    c = Consumer({"bootstrap.servers": b.bootstrap, "group.id": group,
+                  "enable.auto.commit": False})
+    try:
+        for committed, lag in ((4, 6.0), (10, 0.0)):
+            c.commit(offsets=[TopicPartition(topic_name, 0, committed)], asynchronous=False)
+            samples = scrape(port)
+            assert value(samples, "sluice_consumer_group_lag", group=group, topic=topic_name,
+                         partition=0) == lag
+    finally:
+        c.close()
+
+
 def test_exact_counts_from_a_wire_client(admin, topic_name):
     """Requests and bytes counted exactly: K ApiVersions, K single-record produces, one bad request."""
     b, port = admin

@@ -15,6 +15,7 @@ use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::metrics::{names, Counter};
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{self as m, ApiKey, BrokerId, TopicName};
 use kafka_protocol::protocol::StrBytes;
@@ -86,11 +87,46 @@ pub struct Replica {
     /// Election epoch this replica last voted in (quorum mode).
     voted_epoch: Cell<i32>,
     removed: Cell<bool>,
+    /// ISR size in the last image applied (0 before the first).
+    isr_seen: Cell<usize>,
+}
+
+/// Replication counters of one shard, labelled `shard`, registered on first use.
+struct ReplicationCounters {
+    isr_shrinks: Counter,
+    isr_expands: Counter,
+    leader_elections: Counter,
+}
+
+fn counters(shard: &Shard) -> &ReplicationCounters {
+    shard.replicas.counters.get_or_init(|| {
+        let id = shard.id.to_string();
+        let labels = [("shard", id.as_str())];
+        let m = &shard.ctx.metrics;
+        ReplicationCounters {
+            isr_shrinks: m.register_counter(
+                names::ISR_SHRINKS_TOTAL,
+                "Committed ISR shrinks of partitions led here.",
+                &labels,
+            ),
+            isr_expands: m.register_counter(
+                names::ISR_EXPANDS_TOTAL,
+                "Committed ISR expansions of partitions led here.",
+                &labels,
+            ),
+            leader_elections: m.register_counter(
+                names::LEADER_ELECTIONS_TOTAL,
+                "Partitions this broker became leader of.",
+                &labels,
+            ),
+        }
+    })
 }
 
 /// The replicas of one shard (a field of [`Shard`]).
 #[derive(Default)]
 pub struct ShardReplicas {
+    counters: std::cell::OnceCell<ReplicationCounters>,
     slots: RefCell<HashMap<(String, i32), Rc<Replica>>>,
     pending: RefCell<Option<Arc<ClusterImage>>>,
     reconciling: Cell<bool>,
@@ -270,6 +306,7 @@ async fn reconcile_once(shard: &Rc<Shard>, image: &Arc<ClusterImage>) {
                         fetcher_epoch: Cell::new(-1),
                         voted_epoch: Cell::new(-1),
                         removed: Cell::new(false),
+                        isr_seen: Cell::new(0),
                     });
                     shard
                         .replicas
@@ -297,6 +334,16 @@ fn apply(
     mode: ReplicationMode,
 ) {
     let now = now();
+    // Count committed ISR changes of partitions led here once each, whoever asked for them
+    // (this leader's AlterPartition or the controller fencing a broker).
+    let seen = slot.isr_seen.replace(p.isr.len());
+    if p.leader == Some(node.node_id) && seen != 0 {
+        match p.isr.len().cmp(&seen) {
+            std::cmp::Ordering::Less => counters(shard).isr_shrinks.inc(),
+            std::cmp::Ordering::Greater => counters(shard).isr_expands.inc(),
+            std::cmp::Ordering::Equal => {}
+        }
+    }
     let change =
         slot.state
             .borrow_mut()
@@ -313,6 +360,7 @@ fn apply(
                 leader_epoch,
                 "leading"
             );
+            counters(shard).leader_elections.inc();
             slot.fetcher_epoch.set(-1);
             slot.part.appended.notify_waiters();
             if append_epoch_marker {

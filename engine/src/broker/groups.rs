@@ -217,6 +217,23 @@ pub struct ShardGroups {
 }
 
 impl ShardGroups {
+    /// The committed offsets of this shard's groups, for the consumer-lag metric.
+    pub fn offset_snapshots(&self) -> Vec<crate::metrics::GroupOffsetSnapshot> {
+        self.coordinator
+            .borrow()
+            .committed_offsets()
+            .into_iter()
+            .map(
+                |(group, topic, partition, committed)| crate::metrics::GroupOffsetSnapshot {
+                    group,
+                    topic,
+                    partition,
+                    committed,
+                },
+            )
+            .collect()
+    }
+
     /// The group state of a shard (the config was validated by `Server::start`).
     pub fn new(cfg: &BrokerConfig, metadata: &MetadataStore) -> ShardGroups {
         let conf =

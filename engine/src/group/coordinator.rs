@@ -780,6 +780,18 @@ impl GroupCoordinator {
             .map(|v| v.offset)
     }
 
+    /// Every committed offset: `(group, topic, partition, offset)`, in group order.
+    pub fn committed_offsets(&self) -> Vec<(String, String, i32, i64)> {
+        let mut out = Vec::new();
+        for (group, g) in &self.groups {
+            for ((topic, partition), v) in &g.offsets {
+                out.push((group.clone(), topic.clone(), *partition, v.offset));
+            }
+        }
+        out.sort();
+        out
+    }
+
     /// Group ids known to the coordinator, sorted.
     pub fn group_ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = self.groups.keys().cloned().collect();

@@ -14,7 +14,7 @@ pub mod encode;
 pub mod histogram;
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -222,6 +222,19 @@ pub fn api_name(api_key: i16) -> String {
     }
 }
 
+/// A group's committed offset for one partition, read on the coordinator's shard at scrape time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupOffsetSnapshot {
+    /// Group id.
+    pub group: String,
+    /// Topic name.
+    pub topic: String,
+    /// Partition index.
+    pub partition: i32,
+    /// Committed offset.
+    pub committed: i64,
+}
+
 /// The state of one open partition, read on its owner shard at scrape time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionSnapshot {
@@ -420,11 +433,17 @@ impl Metrics {
 
     /// Renders every metric. `partitions` are the owners' snapshots gathered for this scrape;
     /// `mailbox_jobs[i]` is shard `i`'s queue length.
-    pub fn render(&self, partitions: &[PartitionSnapshot], mailbox_jobs: &[usize]) -> String {
+    pub fn render(
+        &self,
+        partitions: &[PartitionSnapshot],
+        group_offsets: &[GroupOffsetSnapshot],
+        mailbox_jobs: &[usize],
+    ) -> String {
         let mut e = TextEncoder::new();
         self.render_requests(&mut e);
         self.render_shards(&mut e, mailbox_jobs);
         render_partitions(&mut e, partitions);
+        render_group_lag(&mut e, partitions, group_offsets);
         self.render_registered(&mut e);
         e.finish()
     }
@@ -620,6 +639,40 @@ fn owned_labels(labels: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Consumer lag as `kafka-consumer-groups.sh` shows it: the partition's high watermark minus the
+/// group's committed offset (never negative), for partitions whose log is open here.
+fn render_group_lag(
+    e: &mut TextEncoder,
+    partitions: &[PartitionSnapshot],
+    group_offsets: &[GroupOffsetSnapshot],
+) {
+    let hw: HashMap<(&str, i32), i64> = partitions
+        .iter()
+        .filter(|p| !p.offline)
+        .map(|p| ((p.topic.as_str(), p.partition), p.high_watermark))
+        .collect();
+    e.family(
+        names::CONSUMER_GROUP_LAG,
+        "Records between a group's committed offset and the partition's high watermark.",
+        Kind::Gauge,
+    );
+    for g in group_offsets {
+        let Some(&end) = hw.get(&(g.topic.as_str(), g.partition)) else {
+            continue;
+        };
+        let partition = g.partition.to_string();
+        e.sample(
+            names::CONSUMER_GROUP_LAG,
+            &[
+                ("group", &g.group),
+                ("topic", &g.topic),
+                ("partition", &partition),
+            ],
+            (end - g.committed).max(0) as f64,
+        );
+    }
+}
+
 fn render_partitions(e: &mut TextEncoder, partitions: &[PartitionSnapshot]) {
     type Get = fn(&PartitionSnapshot) -> f64;
     let families: [(&str, &str, Get); 5] = [
@@ -717,7 +770,7 @@ mod tests {
             in_sync_replicas: 1,
             offline: false,
         };
-        let text = m.render(&[p], &[0, 2]);
+        let text = m.render(&[p], &[], &[0, 2]);
         assert!(
             text.contains("sluice_requests_total{api=\"Produce\"} 2\n"),
             "{text}"
@@ -750,7 +803,7 @@ mod tests {
             "Lag.",
             Box::new(|| vec![(vec![("group".to_string(), "g".to_string())], 7.0)]),
         );
-        let text = m.render(&[], &[0]);
+        let text = m.render(&[], &[], &[0]);
         assert_eq!(
             text.matches("# TYPE sluice_isr_shrinks_total counter")
                 .count(),
@@ -781,7 +834,7 @@ mod tests {
             offline: true,
             ..base.clone()
         };
-        let text = m.render(&[base, off], &[0]);
+        let text = m.render(&[base, off], &[], &[0]);
         assert!(text.contains("sluice_under_replicated_partitions 1\n"));
         assert!(text.contains("sluice_offline_partitions 1\n"));
         assert!(!text.contains("partition=\"1\""));
