@@ -89,6 +89,9 @@ pub struct Replica {
     removed: Cell<bool>,
     /// ISR size in the last image applied (0 before the first).
     isr_seen: Cell<usize>,
+    /// Quorum mode: the leader epoch whose epoch marker is not appended yet (-1: none).
+    /// Produces wait for it, so the marker is the first batch of its epoch.
+    marker_pending: Cell<i32>,
 }
 
 /// Replication counters of one shard, labelled `shard`, registered on first use.
@@ -307,6 +310,7 @@ async fn reconcile_once(shard: &Rc<Shard>, image: &Arc<ClusterImage>) {
                         voted_epoch: Cell::new(-1),
                         removed: Cell::new(false),
                         isr_seen: Cell::new(0),
+                        marker_pending: Cell::new(-1),
                     });
                     shard
                         .replicas
@@ -364,6 +368,7 @@ fn apply(
             slot.fetcher_epoch.set(-1);
             slot.part.appended.notify_waiters();
             if append_epoch_marker {
+                slot.marker_pending.set(leader_epoch);
                 crate::io::runtime::spawn(append_epoch_marker_record(
                     shard.clone(),
                     node.clone(),
@@ -480,14 +485,18 @@ async fn append_epoch_marker_record(
         return;
     }
     let Some(batch) = epoch_marker(node.node_id, epoch) else {
+        slot.marker_pending.set(-1);
         return;
     };
-    match slot
+    let appended = slot
         .part
         .log
-        .append_leader(batch, epoch, super::shard::now_ms())
-        .await
-    {
+        .append_leader_control(batch, epoch, super::shard::now_ms())
+        .await;
+    if slot.marker_pending.get() == epoch {
+        slot.marker_pending.set(-1);
+    }
+    match appended {
         Ok(_) => {
             {
                 let mut st = slot.state.borrow_mut();
@@ -652,6 +661,13 @@ pub fn before_append(
         )));
     };
     let now = now();
+    let pending = slot.marker_pending.get();
+    if pending >= 0 && slot.state.borrow().role_leader_epoch() == Some(pending) {
+        return Some(Err((
+            NOT_LEADER_OR_FOLLOWER,
+            "the new leader is still writing its epoch marker; retry".into(),
+        )));
+    }
     let admitted = {
         let mut st = slot.state.borrow_mut();
         st.leader_for_request(None).and_then(|l| {

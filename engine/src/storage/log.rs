@@ -221,7 +221,13 @@ fn wall_clock_ms() -> i64 {
 }
 
 enum Mode {
-    Leader { epoch: i32, now_ms: i64 },
+    /// `broker_control`: the batches are control batches the broker itself wrote (a quorum
+    /// leader's epoch marker), which clients may not send.
+    Leader {
+        epoch: i32,
+        now_ms: i64,
+        broker_control: bool,
+    },
     Follower,
 }
 
@@ -312,6 +318,35 @@ impl PartitionLog {
             Mode::Leader {
                 epoch: leader_epoch,
                 now_ms,
+                broker_control: false,
+            },
+        )
+        .await
+    }
+
+    /// Appends control batches written by the broker itself (a quorum leader's epoch marker)
+    /// as leader: offsets and epoch are stamped as for [`PartitionLog::append_leader`], and
+    /// the control-batch refusal that protects the log from clients does not apply.
+    pub async fn append_leader_control(
+        &self,
+        records: BytesMut,
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<LogAppendInfo, AppendError> {
+        let cfg = self.config();
+        let batches = validate_leader(&records, &cfg)?;
+        if let Some((pos, _)) = batches.iter().find(|(_, h)| !h.is_control()) {
+            return Err(AppendError::InvalidRecord(format!(
+                "batch at byte {pos} is not a control batch"
+            )));
+        }
+        self.append(
+            records,
+            batches,
+            Mode::Leader {
+                epoch: leader_epoch,
+                now_ms,
+                broker_control: true,
             },
         )
         .await
@@ -407,6 +442,10 @@ impl PartitionLog {
 
         // Reserve: everything below is synchronous, so offsets and positions follow the lock order.
         let producer_append = match mode {
+            Mode::Leader {
+                broker_control: true,
+                ..
+            } => None,
             Mode::Leader { .. } => {
                 match inner.analyze_producers(&batches, first_offset, log_append_time)? {
                     AppendAnalysis::Duplicate(dup) => {
