@@ -202,7 +202,7 @@ impl VoterConnection {
             let stream = tokio::time::timeout(timeout, TcpStream::connect(&self.addr))
                 .await
                 .map_err(|_| {
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+                    std::io::Error::new(std::io::ErrorKind::NotConnected, "connect timed out")
                 })??;
             stream.set_nodelay(true)?;
             self.stream = Some(stream);
@@ -236,9 +236,16 @@ impl VoterConnection {
     }
 }
 
+/// A voter that refuses or cannot take a connection is `Unreachable`, so openraft backs off
+/// (500 ms by default) instead of retrying in a tight loop while it is down; any other failure
+/// is a plain network error, retried at once.
 fn network_error<E: std::error::Error>(
     e: std::io::Error,
 ) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+    use std::io::ErrorKind::{ConnectionRefused, NotConnected};
+    if matches!(e.kind(), ConnectionRefused | NotConnected) {
+        return RPCError::Unreachable(openraft::error::Unreachable::new(&e));
+    }
     RPCError::Network(NetworkError::new(&e))
 }
 
