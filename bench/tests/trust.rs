@@ -6,7 +6,12 @@
 use sluice_bench::fake_broker::{FakeBroker, LatencyModel};
 use sluice_bench::runner::{run, RunOptions};
 use sluice_bench::workload::Workload;
+use std::sync::Mutex;
 use std::time::Duration;
+
+/// The two runs measure latency on a 2-core machine: run them one at a time so neither's
+/// harness and fake broker steal the other's cores.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn options(addr: std::net::SocketAddr) -> RunOptions {
     RunOptions {
@@ -21,6 +26,7 @@ fn options(addr: std::net::SocketAddr) -> RunOptions {
 
 #[test]
 fn measured_percentiles_match_the_injected_distribution_within_one_percent() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     // Steps chosen so the checked quantiles fall in the middle of a step, where the exact
     // percentile is known: 50% at 100 ms, 25% at 160 ms, 15% at 240 ms, 9% at 400 ms, 1% at
     // 600 ms. Delays this long keep scheduling noise on a loaded 2-core CI machine (a few
@@ -82,6 +88,7 @@ consumerMode = "assign"
 
 #[test]
 fn a_broker_stall_shows_in_the_corrected_histogram() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut model = LatencyModel::parse("1ms").unwrap();
     // A one-second stall well inside the measured window (setup takes well under a second).
     model.stall = Some((Duration::from_millis(2500), Duration::from_secs(1)));
