@@ -569,7 +569,10 @@ fn run_case(o: &ExperimentOptions, case: &Case, mode: &str, index: usize) -> Res
         dir.join("replication.json"),
         serde_json::to_string_pretty(&res)? + "\n",
     )?;
-    let _ = std::fs::remove_dir_all(&data);
+    // Kept when acknowledged messages are missing: the brokers' logs are the evidence.
+    if res.reconciled {
+        let _ = std::fs::remove_dir_all(&data);
+    }
     Ok(res)
 }
 
