@@ -46,7 +46,7 @@ fn every_scenario_reports_and_reconciles() {
         work_dir: work.path().to_path_buf(),
         rates: vec![200.0],
         delays_ms: vec![10],
-        duration: 6.0,
+        duration: 5.0,
         warmup: 1.0,
         scenarios: Scenario::ALL.to_vec(),
         seed: 7,

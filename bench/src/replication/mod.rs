@@ -139,6 +139,10 @@ pub struct CaseResult {
     pub time_to_recovered_publish_s: Option<f64>,
     /// Smallest and largest ISR size seen during the run.
     pub isr_size_min_max: (usize, usize),
+    /// Leader and ISR in the last Metadata the probe saw (after the faults were undone).
+    pub final_leader: i32,
+    /// See `final_leader`.
+    pub final_isr: Vec<i32>,
     /// First errors of the run.
     pub errors: Vec<String>,
 }
@@ -563,6 +567,8 @@ fn run_case(o: &ExperimentOptions, case: &Case, mode: &str, index: usize) -> Res
             in_run.iter().map(|s| s.isr.len()).min().unwrap_or(0),
             in_run.iter().map(|s| s.isr.len()).max().unwrap_or(0),
         ),
+        final_leader: samples.last().map_or(-1, |s| s.leader),
+        final_isr: samples.last().map(|s| s.isr.clone()).unwrap_or_default(),
         errors: summary.errors.iter().take(5).cloned().collect(),
     };
     std::fs::write(
