@@ -289,7 +289,11 @@ impl Fetcher {
                 self.leaders.insert(p.partition, p.leader);
             }
             self.brokers.extend(cl.brokers);
-            self.metadata_stale = false;
+            // A partition without a leader (an election under way) is asked about again,
+            // else its fetches would never resume.
+            self.metadata_stale = parts
+                .iter()
+                .any(|p| p.leader < 0 && self.positions.contains_key(&p.partition));
             return;
         }
     }

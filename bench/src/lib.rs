@@ -18,6 +18,7 @@ pub mod plot;
 pub mod producer;
 pub mod rate;
 pub mod recorder;
+pub mod replication;
 pub mod report;
 pub mod runner;
 pub mod timer;

@@ -8,7 +8,7 @@ use sluice_bench::fake_broker::{FakeBroker, LatencyModel};
 use sluice_bench::report::{self, BrokerInfo};
 use sluice_bench::runner::{self, RunOptions};
 use sluice_bench::workload::{CompressionCodec, ConsumerMode, Workload};
-use sluice_bench::{compare, payload};
+use sluice_bench::{compare, payload, replication};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -39,6 +39,9 @@ enum Command {
         #[arg(long, default_value = "results/compare")]
         out: PathBuf,
     },
+    /// The ISR vs majority-quorum experiment: starts local clusters itself (root: network
+    /// namespaces), runs each fault scenario once per mode, writes one report.
+    Replication(Box<ReplicationArgs>),
     /// Measure the machine's limits: disk write, loopback TCP, file-to-socket transfer.
     Baseline {
         /// Directory on the file system to measure (the broker's data directory).
@@ -75,6 +78,40 @@ enum Command {
         #[arg(long, default_value_t = 60.0)]
         duration: f64,
     },
+}
+
+#[derive(clap::Args)]
+struct ReplicationArgs {
+    /// The `sluice` broker binary (default: next to sluice-bench).
+    #[arg(long)]
+    sluice_bin: Option<PathBuf>,
+    /// Report directory.
+    #[arg(long, default_value = "results/replication")]
+    out: PathBuf,
+    /// Brokers' data directories (each case's is removed after it).
+    #[arg(long, default_value = "/tmp/sluice-replexp")]
+    work_dir: PathBuf,
+    /// Fixed producer rates, msgs/s: all for `healthy`, the first for the fault scenarios.
+    #[arg(long, value_delimiter = ',', default_value = "1000,4000")]
+    rates: Vec<f64>,
+    /// Slow-follower delays in ms (the largest is used with five brokers).
+    #[arg(long, value_delimiter = ',', default_value = "1,10,50")]
+    delays_ms: Vec<u64>,
+    /// Measured seconds per run.
+    #[arg(long, default_value_t = 15.0)]
+    duration: f64,
+    /// Warm-up seconds per run.
+    #[arg(long, default_value_t = 3.0)]
+    warmup: f64,
+    /// Scenarios (default: all).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    scenarios: Vec<replication::Scenario>,
+    /// Payload seed (the same for both modes).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Message size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    message_size: usize,
 }
 
 #[derive(clap::Args)]
@@ -358,6 +395,31 @@ fn cmd_sweep(s: SweepArgs) -> Result<i32> {
     Ok(mismatch_exit(all_ok, s.run.allow_mismatch))
 }
 
+/// Runs the replication experiment and prints its table; exit 2 if an acknowledged message
+/// was lost.
+fn cmd_replication(a: ReplicationArgs) -> Result<i32> {
+    let opts = replication::ExperimentOptions {
+        binary: a.sluice_bin.unwrap_or_else(replication::default_binary),
+        out: a.out.clone(),
+        work_dir: a.work_dir,
+        rates: a.rates,
+        delays_ms: a.delays_ms,
+        duration: a.duration,
+        warmup: a.warmup,
+        scenarios: if a.scenarios.is_empty() {
+            replication::Scenario::ALL.to_vec()
+        } else {
+            a.scenarios
+        },
+        seed: a.seed,
+        message_size: a.message_size,
+    };
+    let results = replication::run(&opts)?;
+    out(&replication::render_table(&results));
+    out(&format!("report: {}\n", a.out.display()));
+    Ok(mismatch_exit(replication::all_reconciled(&results), false))
+}
+
 /// Writes to stdout, ignoring a closed pipe (`sluice-bench compare ... | head`).
 fn out(text: &str) {
     use std::io::Write;
@@ -388,6 +450,7 @@ fn real_main() -> Result<i32> {
     match Cli::parse().command {
         Command::Run(a) => cmd_run(*a),
         Command::Sweep(s) => cmd_sweep(*s),
+        Command::Replication(r) => cmd_replication(*r),
         Command::Compare { runs, out: out_dir } => {
             let table = compare::compare(&runs, &out_dir)?;
             out(&table);

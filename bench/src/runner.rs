@@ -180,6 +180,8 @@ pub struct RunOutcome {
     pub markers: Vec<Marker>,
     /// Consumer groups (group mode): members, generations, who owned which partition when.
     pub groups: Vec<GroupReport>,
+    /// When the producers' schedule started: t = 0 of `timeseries` and `markers`.
+    pub started: Instant,
 }
 
 /// Average rates over the measured window.
@@ -662,6 +664,7 @@ async fn run_async(w: Workload, opts: RunOptions) -> Result<RunOutcome> {
         errors,
         unsent,
         groups,
+        started: start,
     })
 }
 
