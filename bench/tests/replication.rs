@@ -5,39 +5,14 @@
 //! skips otherwise unless SLUICE_SMOKE_REQUIRED is set.
 
 use sluice_bench::replication::{self, ExperimentOptions, Scenario};
-use std::path::{Path, PathBuf};
-
-fn sluice_binary() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("SLUICE_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
-    ["release", "debug"]
-        .iter()
-        .map(|profile| target.join(profile).join("sluice"))
-        .filter(|p| p.is_file())
-        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-}
+#[allow(dead_code)] // the broker-starting helpers serve the other test files
+mod support;
 
 #[test]
 fn every_scenario_reports_and_reconciles() {
-    let required = std::env::var("SLUICE_SMOKE_REQUIRED").is_ok();
-    let Some(binary) = sluice_binary() else {
-        assert!(
-            !required,
-            "SLUICE_SMOKE_REQUIRED is set but no sluice binary was found"
-        );
-        eprintln!("skipping: no sluice binary (cargo build -p engine --bin sluice)");
+    let Some(binary) = support::sluice_binary_with_netns() else {
         return;
     };
-    if !replication::netns::available() {
-        assert!(
-            !required,
-            "SLUICE_SMOKE_REQUIRED is set but network namespaces are unavailable"
-        );
-        eprintln!("skipping: needs root with ip and iptables");
-        return;
-    }
     let out = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let opts = ExperimentOptions {

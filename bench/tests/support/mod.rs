@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn sluice_binary() -> Option<PathBuf> {
+/// The `sluice` binary to test: $SLUICE_BIN, else the newest of target/{release,debug}/sluice.
+pub fn sluice_binary() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("SLUICE_BIN") {
         return Some(PathBuf::from(p));
     }
@@ -83,4 +84,29 @@ pub fn start_sluice() -> Option<LocalSluice> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Some(broker)
+}
+
+/// The `sluice` binary for the replication-experiment tests, which also need root with `ip`
+/// and `iptables`: `None` (after saying why) when either is missing, so the test skips; a
+/// panic instead when SLUICE_SMOKE_REQUIRED is set (CI).
+#[allow(dead_code)]
+pub fn sluice_binary_with_netns() -> Option<PathBuf> {
+    let required = std::env::var("SLUICE_SMOKE_REQUIRED").is_ok();
+    let Some(binary) = sluice_binary() else {
+        assert!(
+            !required,
+            "SLUICE_SMOKE_REQUIRED is set but no sluice binary was found"
+        );
+        eprintln!("skipping: no sluice binary (cargo build -p engine --bin sluice)");
+        return None;
+    };
+    if !sluice_bench::replication::netns::available() {
+        assert!(
+            !required,
+            "SLUICE_SMOKE_REQUIRED is set but network namespaces are unavailable"
+        );
+        eprintln!("skipping: needs root with ip and iptables");
+        return None;
+    }
+    Some(binary)
 }
