@@ -32,10 +32,8 @@ def pytest_runtest_makereport(item, call):
 # They run (and fail) normally. With SLUICE_XFAIL_KNOWN_BUGS=1 they become strict xfails, so a
 # tree with those defects can pass CI while the list stays visible; strict means a fixed bug
 # turns its test into a failure (XPASS) until its line here is removed.
-KNOWN_BROKER_BUGS = {
-    "test_produce_consume.py::test_compressed_batches_pass_through[confluent-lz4-3]": "B2",
-    "test_produce_consume.py::test_offsets_for_times_confluent[gzip]": "B3",
-    "test_produce_consume.py::test_offsets_for_times_kafka_python[snappy]": "B3",
+KNOWN_BROKER_BUGS: dict[str, str] = {
+    # "test_file.py::test_name[param]": "bug id",  (B1-B4 were found here and are fixed)
 }
 
 
