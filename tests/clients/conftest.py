@@ -28,7 +28,7 @@ def pytest_runtest_makereport(item, call):
             report.sections.append((f"sluice log #{i} ({b.log_path})", b.log_tail(200)))
 
 
-# Tests that fail today (broker 7f862c2) because of a broker defect reported in /work/briefs/broker-bugs.md.
+# Tests that fail because of a known broker defect (none today).
 # They run (and fail) normally. With SLUICE_XFAIL_KNOWN_BUGS=1 they become strict xfails, so a
 # tree with those defects can pass CI while the list stays visible; strict means a fixed bug
 # turns its test into a failure (XPASS) until its line here is removed.
