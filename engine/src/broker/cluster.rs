@@ -652,16 +652,8 @@ pub async fn incremental_alter_configs(
             Ok(())
         }
         .await;
-        let mut out =
-            m::incremental_alter_configs_response::AlterConfigsResourceResponse::default()
-                .with_resource_type(r.resource_type)
-                .with_resource_name(r.resource_name.clone());
-        if let Err((code, msg)) = outcome {
-            out = out
-                .with_error_code(code)
-                .with_error_message(Some(StrBytes::from_string(msg)));
-        }
-        resp.responses.push(out);
+        resp.responses
+            .push(super::handlers::alter_config_result(&r, outcome));
     }
     resp
 }

@@ -280,6 +280,22 @@ fn refuse_transactional(frame: Bytes, api: ApiKey, version: i16) -> Result<Respo
     Ok(Response::Frame(body.encode_frame(api, version, cid)?))
 }
 
+/// One resource's IncrementalAlterConfigs answer (single-node and cluster paths).
+pub(super) fn alter_config_result(
+    r: &m::incremental_alter_configs_request::AlterConfigsResource,
+    outcome: Result<(), (i16, String)>,
+) -> m::incremental_alter_configs_response::AlterConfigsResourceResponse {
+    let out = m::incremental_alter_configs_response::AlterConfigsResourceResponse::default()
+        .with_resource_type(r.resource_type)
+        .with_resource_name(r.resource_name.clone());
+    match outcome {
+        Ok(()) => out,
+        Err((code, msg)) => out
+            .with_error_code(code)
+            .with_error_message(Some(StrBytes::from_string(msg))),
+    }
+}
+
 /// Object-safe wrapper so one closure can encode any response body.
 trait ErasedEncodable {
     fn encode_frame(&self, api: ApiKey, version: i16, cid: i32) -> Result<BytesMut, EncodeError>;
@@ -1398,16 +1414,7 @@ async fn incremental_alter_configs(
             Ok(())
         }
         .await;
-        let mut out =
-            m::incremental_alter_configs_response::AlterConfigsResourceResponse::default()
-                .with_resource_type(r.resource_type)
-                .with_resource_name(r.resource_name.clone());
-        if let Err((code, msg)) = outcome {
-            out = out
-                .with_error_code(code)
-                .with_error_message(Some(StrBytes::from_string(msg)));
-        }
-        resp.responses.push(out);
+        resp.responses.push(alter_config_result(&r, outcome));
     }
     Ok(resp)
 }

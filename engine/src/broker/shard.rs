@@ -222,8 +222,12 @@ async fn append_one(shard: Rc<Shard>, partition: Rc<Partition>, item: ProduceIn)
     match partition.log.append_leader(records, epoch, now_ms()).await {
         Ok(info) => {
             crate::metrics::record_produce(u64::from(info.record_count), bytes);
+            // Wakes long-polling fetches. On a single node the append is now readable (the log
+            // already waited for the fsync if its flush policy syncs every append, whatever
+            // the acks); in a cluster followers replicate it, and consumers are woken again
+            // when the high watermark covers it.
+            partition.appended.notify_waiters();
             if let Some(admitted) = admitted {
-                partition.appended.notify_waiters();
                 let (first, last) = (info.first_offset, info.last_offset);
                 let committed = super::cluster_replica::after_append(
                     &shard,
@@ -238,9 +242,6 @@ async fn append_one(shard: Rc<Shard>, partition: Rc<Partition>, item: ProduceIn)
                     return produce_error(code, Some(msg));
                 }
             }
-            // The log already waited for the fsync if its flush policy syncs every append
-            // (Kafka's flush.messages=1), whatever the acks; acks only matter with replicas.
-            partition.appended.notify_waiters();
             ProduceOut {
                 error_code: error_code::NONE,
                 error_message: None,
