@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# The whole test suite: Rust unit, property, simulation, crash and integration tests, the
+# The whole test suite: lints, Rust unit, property, simulation, crash and integration tests, the
 # benchmark harness smoke run against a real broker, then the real-client tests (kcat,
 # confluent-kafka, kafka-python) against the release broker.
-# Needs kcat (Debian package) on PATH; creates .venv with the Python clients if missing.
-# .ci/run installs everything on a fresh Debian machine and then runs this script.
+# It installs what it needs first (scripts/install-deps.sh: Debian packages such as kcat, which
+# needs root or sudo when missing, and the Python clients in .venv), so it runs on a fresh
+# Debian machine as it is. .ci/run is this script with CI=true.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v kcat >/dev/null || { echo "test.sh: kcat not found (apt-get install kcat, or run .ci/run)" >&2; exit 1; }
-if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
-fi
+scripts/install-deps.sh
+echo "== format and lints"
+cargo fmt --all -- --check
+cargo clippy --release --workspace --all-targets -- -D warnings
+echo "== build"
 cargo build --release --workspace --bins
+echo "== rust tests"
 # The bench smoke test must find and drive the broker binary built above, not skip.
 SLUICE_SMOKE_REQUIRED=1 cargo test --release --workspace --no-fail-fast
+echo "== real-client tests"
 SLUICE_BIN="$PWD/target/release/sluice" .venv/bin/python -m pytest -q tests/clients
