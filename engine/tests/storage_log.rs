@@ -1016,7 +1016,10 @@ fn minus_one_max_timestamps_are_handled_at_read_and_recovery() {
     use sluice::storage::record_batch::Compression;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("t-0");
-    let cfg = small_config();
+    let cfg = LogConfig {
+        segment_bytes: 400,
+        ..small_config()
+    };
     // 12 batches of 4 records: batch i has timestamps 1000 * (i + 1) + {0, 30, 10, 20}.
     let mut all: Vec<i64> = Vec::new();
     let mut batches = Vec::new();
