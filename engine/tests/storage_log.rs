@@ -1005,3 +1005,74 @@ fn index_files_are_preallocated_written_per_entry_and_trimmed_at_roll() {
         log.close().await.unwrap();
     });
 }
+
+/// Batches stored with a -1 max timestamp, as data written before the leader computed it looks
+/// on disk (a follower copies the leader's bytes as they are, which is how they are made here):
+/// time lookups read the record timestamps while the log is open, and a reopen rebuilds the
+/// time index from them, so retention by time sees the real times. The bytes stay as stored.
+#[test]
+fn minus_one_max_timestamps_are_handled_at_read_and_recovery() {
+    use sluice::storage::record_batch::builder::build_timed_batch;
+    use sluice::storage::record_batch::Compression;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t-0");
+    let cfg = LogConfig {
+        segment_bytes: 400,
+        ..small_config()
+    };
+    // 12 batches of 4 records: batch i has timestamps 1000 * (i + 1) + {0, 30, 10, 20}.
+    let mut all: Vec<i64> = Vec::new();
+    let mut batches = Vec::new();
+    for i in 0..12i64 {
+        let ts: Vec<i64> = [0, 30, 10, 20].iter().map(|d| 1000 * (i + 1) + d).collect();
+        let codec = [Compression::None, Compression::Gzip, Compression::Zstd][i as usize % 3];
+        let spec = BatchSpec {
+            base_offset: 4 * i,
+            partition_leader_epoch: 0,
+            ..Default::default()
+        };
+        batches.push(build_timed_batch(&spec, &ts, codec, Some(-1)).unwrap());
+        all.extend(ts);
+    }
+    let expected = |t: i64| all.iter().position(|&x| x >= t).map(|o| (o as i64, all[o]));
+    let probes = [0, 1000, 1015, 1021, 1031, 5000, 7025, 12_030, 12_031];
+    block_on(async {
+        let log = PartitionLog::open(dir.clone(), cfg).await.unwrap();
+        for b in &batches {
+            log.append_follower(BytesMut::from(&b[..])).await.unwrap();
+        }
+        assert!(log.segment_count() > 2, "the test needs several segments");
+        for t in probes {
+            assert_eq!(
+                log.offset_for_timestamp(t).await.unwrap(),
+                expected(t),
+                "open, ts {t}"
+            );
+        }
+        log.close().await.unwrap();
+
+        let log = PartitionLog::open(dir.clone(), cfg).await.unwrap();
+        for t in probes {
+            assert_eq!(
+                log.offset_for_timestamp(t).await.unwrap(),
+                expected(t),
+                "reopened, ts {t}"
+            );
+        }
+        let got = read_all(&log, 0).await;
+        assert_eq!(got.len(), 12);
+        for (i, (_, _, bytes)) in got.iter().enumerate() {
+            assert_eq!(bytes, &batches[i], "batch {i} changed on disk");
+        }
+        // Every closed segment's records are ~1.7e12 ms older than the clock: all go. With -1
+        // as their max they would fall back to the files' mtime (now) and stay.
+        let segments = log.segment_count();
+        log.set_config(LogConfig {
+            retention_ms: 1_000_000,
+            ..cfg
+        });
+        let out = log.enforce_retention(wall_clock_ms()).await.unwrap();
+        assert_eq!(out.deleted_segments, segments - 1);
+        log.close().await.unwrap();
+    });
+}

@@ -428,3 +428,179 @@ def crc32c(data: bytes) -> int:
     for b in data:
         crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
     return crc ^ 0xFFFFFFFF
+
+
+# ---------------------------------------------------------------- record batches and Produce
+
+UNSUPPORTED_COMPRESSION_TYPE = 76
+INVALID_TIMESTAMP = 32
+INVALID_RECORD = 87
+
+
+def varint(n: int) -> bytes:
+    """Kafka's zigzag varint / varlong."""
+    z = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while True:
+        b = z & 0x7F
+        z >>= 7
+        if z:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _compress(codec: int, data: bytes) -> bytes:
+    if codec == 0:
+        return data
+    if codec == 1:
+        import gzip
+
+        return gzip.compress(data)
+    if codec == 4:
+        import zstandard
+
+        return zstandard.ZstdCompressor().compress(data)
+    raise ValueError(f"codec {codec} not supported by this helper")
+
+
+def record_batch(
+    values: list[bytes],
+    timestamps: list[int],
+    *,
+    codec: int = 0,
+    header_max_timestamp: int | None = None,
+    base_timestamp: int | None = None,
+    attributes_extra: int = 0,
+    producer_id: int = -1,
+    producer_epoch: int = -1,
+    base_sequence: int = -1,
+) -> bytes:
+    """One v2 record batch (base offset 0) whose records carry `timestamps`.
+
+    The header's base timestamp is the first record's unless `base_timestamp` is given; its max
+    timestamp is the records' largest unless `header_max_timestamp` is given (-1 is what some
+    older clients leave there).
+    """
+    assert len(values) == len(timestamps) and values
+    base_ts = timestamps[0] if base_timestamp is None else base_timestamp
+    recs = bytearray()
+    for i, (v, ts) in enumerate(zip(values, timestamps)):
+        body = b"\x00" + varint(ts - base_ts) + varint(i) + varint(-1) + varint(len(v)) + v + varint(0)
+        recs += varint(len(body)) + body
+    max_ts = max(timestamps) if header_max_timestamp is None else header_max_timestamp
+    attrs = (codec & 0x07) | attributes_extra
+    after_crc = (
+        i16(attrs)
+        + i32(len(values) - 1)
+        + i64(base_ts)
+        + i64(max_ts)
+        + i64(producer_id)
+        + i16(producer_epoch)
+        + i32(base_sequence)
+        + i32(len(values))
+        + _compress(codec, bytes(recs))
+    )
+    body = i32(-1) + i8(2) + struct.pack(">I", crc32c(after_crc)) + after_crc
+    return i64(0) + i32(len(body)) + body
+
+
+@dataclass
+class ProducePartitionResult:
+    index: int
+    error_code: int
+    base_offset: int
+    log_append_time_ms: int
+    log_start_offset: int
+    error_message: str | None
+
+
+def produce(
+    sock: socket.socket, topic: str, partition: int, records: bytes, version: int = 7, acks: int = -1,
+    correlation_id: int = 20,
+) -> ProducePartitionResult:
+    """One-partition Produce (v3..v8, non-flexible); returns that partition's result."""
+    assert 3 <= version <= 8
+    body = string(None) + i16(acks) + i32(10_000) + array(
+        [string(topic) + array([i32(partition) + i32(len(records)) + records])]
+    )
+    resp = roundtrip(sock, PRODUCE, version, correlation_id, body)
+    r = Reader(resp)
+
+    def part(rr: Reader) -> ProducePartitionResult:
+        index, err, base, lat = rr.i32(), rr.i16(), rr.i64(), rr.i64()
+        lso = rr.i64() if version >= 5 else -1
+        msg = None
+        if version >= 8:
+            rr.array(lambda x: (x.i32(), x.string()))  # record_errors
+            msg = rr.string()
+        return ProducePartitionResult(index, err, base, lat, lso, msg)
+
+    [(name, [res])] = r.array(lambda rr: (rr.string(), rr.array(part)))
+    assert name == topic
+    return res
+
+
+def list_offsets(sock: socket.socket, topic: str, partition: int, timestamp: int, correlation_id: int = 30):
+    """ListOffsets v1 for one partition: (error_code, timestamp, offset)."""
+    body = i32(-1) + array([string(topic) + array([i32(partition) + i64(timestamp)])])
+    resp = roundtrip(sock, LIST_OFFSETS, 1, correlation_id, body)
+    r = Reader(resp)
+    [(name, [(p, err, ts, off)])] = r.array(
+        lambda rr: (rr.string(), rr.array(lambda x: (x.i32(), x.i16(), x.i64(), x.i64())))
+    )
+    assert (name, p) == (topic, partition)
+    return err, ts, off
+
+
+def record_timestamps(records: bytes) -> list[tuple[int, int]]:
+    """(offset, timestamp) of every record in a fetched records blob (codecs: none, gzip, zstd).
+
+    LogAppendTime batches give every record the batch's max timestamp, as clients read them.
+    """
+    out = []
+    pos = 0
+    while pos + 12 <= len(records):
+        base_offset, batch_length = struct.unpack_from(">qi", records, pos)
+        end = pos + 12 + batch_length
+        if end > len(records):
+            break
+        attrs, _, base_ts, max_ts = struct.unpack_from(">hiqq", records, pos + 21)
+        (count,) = struct.unpack_from(">i", records, pos + 57)
+        data = records[pos + 61 : end]
+        codec = attrs & 0x07
+        if codec == 1:
+            import gzip
+
+            data = gzip.decompress(data)
+        elif codec == 4:
+            import zstandard
+
+            data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+        elif codec != 0:
+            raise ValueError(f"codec {codec}")
+        p = 0
+
+        def rv() -> int:
+            nonlocal p
+            shift = raw = 0
+            while True:
+                b = data[p]
+                p += 1
+                raw |= (b & 0x7F) << shift
+                if not b & 0x80:
+                    return (raw >> 1) ^ -(raw & 1)
+                shift += 7
+
+        for _ in range(count):
+            length = rv()
+            rec_end = p + length
+            p += 1
+            ts_delta = rv()
+            off_delta = rv()
+            ts = max_ts if attrs & 0x08 else base_ts + ts_delta
+            out.append((base_offset + off_delta, ts))
+            p = rec_end
+        pos = end
+    return out

@@ -119,6 +119,21 @@ pub const BROKER_KEYS: &[(&str, &str, &str)] = &[
         "CreateTime or LogAppendTime",
     ),
     (
+        "log.message.timestamp.before.max.ms",
+        "9223372036854775807",
+        "refuse CreateTime records older than the broker clock by more than this",
+    ),
+    (
+        "log.message.timestamp.after.max.ms",
+        "9223372036854775807",
+        "refuse CreateTime records newer than the broker clock by more than this",
+    ),
+    (
+        "log.message.timestamp.difference.max.ms",
+        "9223372036854775807",
+        "deprecated: before/after limit used where those keep their default",
+    ),
+    (
         "message.max.bytes",
         "1048588",
         "largest record batch accepted",
@@ -320,6 +335,18 @@ pub const TOPIC_KEYS: &[(&str, &str)] = &[
     ("flush.messages", "log.flush.interval.messages"),
     ("flush.ms", "log.flush.interval.ms"),
     ("message.timestamp.type", "log.message.timestamp.type"),
+    (
+        "message.timestamp.before.max.ms",
+        "log.message.timestamp.before.max.ms",
+    ),
+    (
+        "message.timestamp.after.max.ms",
+        "log.message.timestamp.after.max.ms",
+    ),
+    (
+        "message.timestamp.difference.max.ms",
+        "log.message.timestamp.difference.max.ms",
+    ),
     ("delete.retention.ms", "log.cleaner.delete.retention.ms"),
     (
         "min.cleanable.dirty.ratio",
@@ -776,6 +803,14 @@ impl BrokerConfig {
                 ))
             }
         };
+        // Kafka 3.6+ (KIP-937): before/after default to the deprecated difference key while
+        // they keep their own default.
+        let difference_ms = num("message.timestamp.difference.max.ms", 0, i64::MAX)?;
+        let or_difference = |ms: i64| if ms == i64::MAX { difference_ms } else { ms };
+        let message_timestamp_before_max_ms =
+            or_difference(num("message.timestamp.before.max.ms", 0, i64::MAX)?);
+        let message_timestamp_after_max_ms =
+            or_difference(num("message.timestamp.after.max.ms", 0, i64::MAX)?);
         let policy = v("cleanup.policy");
         let (mut compact, mut delete) = (false, false);
         for p in policy.split(',').map(str::trim) {
@@ -814,6 +849,8 @@ impl BrokerConfig {
             max_message_bytes,
             flush,
             message_timestamp_type,
+            message_timestamp_before_max_ms,
+            message_timestamp_after_max_ms,
             compact,
             delete,
             delete_retention_ms,
@@ -974,5 +1011,66 @@ mod tests {
         assert_eq!(lc.min_cleanable_dirty_ratio_ppm, 500_000);
         o.insert("cleanup.policy".to_string(), "shred".to_string());
         assert!(c.log_config(&o).is_err());
+    }
+
+    #[test]
+    fn timestamp_window_keys_and_the_difference_fallback() {
+        let c = resolve(None, &[], &[]).unwrap();
+        let lc = c.log_config(&BTreeMap::new()).unwrap();
+        assert_eq!(
+            (
+                lc.message_timestamp_before_max_ms,
+                lc.message_timestamp_after_max_ms
+            ),
+            (i64::MAX, i64::MAX)
+        );
+        let topic = |pairs: &[(&str, &str)]| {
+            let o: BTreeMap<String, String> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            c.log_config(&o).map(|lc| {
+                (
+                    lc.message_timestamp_before_max_ms,
+                    lc.message_timestamp_after_max_ms,
+                )
+            })
+        };
+        assert_eq!(
+            topic(&[("message.timestamp.difference.max.ms", "500")]).unwrap(),
+            (500, 500)
+        );
+        assert_eq!(
+            topic(&[
+                ("message.timestamp.difference.max.ms", "500"),
+                ("message.timestamp.after.max.ms", "7")
+            ])
+            .unwrap(),
+            (500, 7)
+        );
+        assert_eq!(
+            topic(&[("message.timestamp.before.max.ms", "3600000")]).unwrap(),
+            (3_600_000, i64::MAX)
+        );
+        for bad in ["-1", "soon"] {
+            let e = topic(&[("message.timestamp.before.max.ms", bad)]).unwrap_err();
+            assert!(
+                e.to_string().contains("message.timestamp.before.max.ms"),
+                "{e}"
+            );
+        }
+        let b = resolve(
+            None,
+            &[],
+            &[("log.message.timestamp.after.max.ms", "3600000")],
+        )
+        .unwrap();
+        let lc = b.log_config(&BTreeMap::new()).unwrap();
+        assert_eq!(lc.message_timestamp_after_max_ms, 3_600_000);
+        let e = resolve(None, &[], &[("log.message.timestamp.after.max.ms", "-5")]).unwrap_err();
+        assert!(
+            e.to_string().contains("log.message.timestamp.after.max.ms"),
+            "{e}"
+        );
     }
 }

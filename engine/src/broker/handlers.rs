@@ -128,7 +128,7 @@ pub async fn handle_request(
     match api {
         ApiKey::Produce => {
             let req = decode!(m::ProduceRequest);
-            match produce(&shard, req, submitted).await? {
+            match produce(&shard, version, req, submitted).await? {
                 Some(resp) => {
                     crate::metrics::record_produce_errors(&resp);
                     frame(&resp)
@@ -375,6 +375,7 @@ fn group_by_shard<T>(
 
 async fn produce(
     shard: &Rc<Shard>,
+    version: i16,
     req: m::ProduceRequest,
     submitted: Option<oneshot::Sender<()>>,
 ) -> Result<Option<m::ProduceResponse>, RequestError> {
@@ -399,6 +400,22 @@ async fn produce(
                     ec::INVALID_TOPIC_EXCEPTION,
                     "cannot append to internal topic __consumer_offsets",
                 ))),
+                // Kafka's ProduceRequest rule: zstd needs Produce v7 (KIP-110), so a client
+                // that negotiated less could not have meant it.
+                Some(_)
+                    if version < 7
+                        && p.records.as_ref().is_some_and(|r| {
+                            crate::storage::record_batch::uses_codec(
+                                r,
+                                crate::storage::record_batch::Compression::Zstd,
+                            )
+                        }) =>
+                {
+                    results.push(Some(err_out(
+                        ec::UNSUPPORTED_COMPRESSION_TYPE,
+                        "zstd compression needs Produce version 7 or later",
+                    )))
+                }
                 Some(t) if (0..t.partitions).contains(&p.index) => {
                     results.push(None);
                     // The segment stores the client's bytes; storage needs them mutable to stamp

@@ -41,6 +41,12 @@ pub struct LogConfig {
     pub flush: FlushPolicy,
     /// `message.timestamp.type`.
     pub message_timestamp_type: TimestampType,
+    /// `message.timestamp.before.max.ms` (or `difference.max.ms`): a CreateTime record older
+    /// than the broker's clock by more than this is refused; `i64::MAX` = no limit.
+    pub message_timestamp_before_max_ms: i64,
+    /// `message.timestamp.after.max.ms` (or `difference.max.ms`): a CreateTime record newer
+    /// than the broker's clock by more than this is refused; `i64::MAX` = no limit.
+    pub message_timestamp_after_max_ms: i64,
     /// `cleanup.policy` contains `compact`: the log cleaner keeps the latest record per key.
     pub compact: bool,
     /// `cleanup.policy` contains `delete`: `retention.ms`/`retention.bytes` apply.
@@ -65,6 +71,8 @@ impl Default for LogConfig {
             max_message_bytes: 1_048_588,
             flush: FlushPolicy::Os,
             message_timestamp_type: TimestampType::CreateTime,
+            message_timestamp_before_max_ms: i64::MAX,
+            message_timestamp_after_max_ms: i64::MAX,
             compact: false,
             delete: true,
             delete_retention_ms: 24 * 3600 * 1000,

@@ -33,7 +33,7 @@ use super::record_batch::{
 use super::recovery;
 use super::retention::{plan_retention, RetentionOutcome, SegmentInfo};
 use super::segment::{HeaderCursor, Segment};
-use super::validate::{validate_follower, validate_leader};
+use super::validate::{validate_follower, validate_leader, DECOMPRESS_LIMIT_FACTOR};
 
 mod producer_state;
 use producer_state::replay_producer_batch;
@@ -129,9 +129,6 @@ struct QueuedWrite {
 /// Most buffers and bytes the writer puts in one `writev`.
 const MAX_WRITEV_BUFS: usize = 256;
 const MAX_WRITEV_BYTES: usize = 8 << 20;
-/// A timestamp lookup decompresses a batch into at most this many times `max.message.bytes`
-/// (codecs rarely beat 4:1 on real data; more than that is a hostile or corrupt batch).
-const DECOMPRESS_LIMIT_FACTOR: usize = 4;
 
 struct PendingWrite {
     seq: u64,
@@ -302,16 +299,18 @@ impl PartitionLog {
         }
     }
 
-    /// Validates `records` (all batches first; nothing is written on error), assigns offsets
-    /// and the leader epoch in place and appends them.
+    /// Validates `records` (all batches first; nothing is written on error; max timestamps
+    /// the records disagree with are fixed as Kafka's LogValidator does, `now_ms` being the
+    /// clock of the timestamp window), assigns offsets and the leader epoch in place and
+    /// appends them.
     pub async fn append_leader(
         &self,
-        records: BytesMut,
+        mut records: BytesMut,
         leader_epoch: i32,
         now_ms: i64,
     ) -> Result<LogAppendInfo, AppendError> {
         let cfg = self.config();
-        let batches = validate_leader(&records, &cfg)?;
+        let batches = validate_leader(&mut records, &cfg, now_ms)?;
         self.append(
             records,
             batches,
@@ -329,12 +328,12 @@ impl PartitionLog {
     /// the control-batch refusal that protects the log from clients does not apply.
     pub async fn append_leader_control(
         &self,
-        records: BytesMut,
+        mut records: BytesMut,
         leader_epoch: i32,
         now_ms: i64,
     ) -> Result<LogAppendInfo, AppendError> {
         let cfg = self.config();
-        let batches = validate_leader(&records, &cfg)?;
+        let batches = validate_leader(&mut records, &cfg, now_ms)?;
         if let Some((pos, _)) = batches.iter().find(|(_, h)| !h.is_control()) {
             return Err(AppendError::InvalidRecord(format!(
                 "batch at byte {pos} is not a control batch"
@@ -755,7 +754,10 @@ impl PartitionLog {
             .unwrap_or(usize::MAX)
             .saturating_mul(DECOMPRESS_LIMIT_FACTOR);
         for segment in segments {
-            if segment.st.borrow().max_timestamp < ts {
+            // -1: no batch with a known max timestamp (data stored with -1 headers before the
+            // leader computed them); its records are searched.
+            let max = segment.st.borrow().max_timestamp;
+            if max >= 0 && max < ts {
                 continue;
             }
             let limit = segment.size();

@@ -300,6 +300,22 @@ pub fn set_partition_leader_epoch(batch: &mut [u8], epoch: i32) {
     batch[PARTITION_LEADER_EPOCH..PARTITION_LEADER_EPOCH + 4].copy_from_slice(&epoch.to_be_bytes());
 }
 
+/// Sets a CreateTime batch's max timestamp to `ts` and recomputes the CRC (Kafka's
+/// `setMaxTimestamp(CREATE_TIME, ts)` when the records disagree with the header).
+pub fn set_max_timestamp(batch: &mut [u8], ts: i64) {
+    batch[MAX_TIMESTAMP..MAX_TIMESTAMP + 8].copy_from_slice(&ts.to_be_bytes());
+    let crc = compute_crc(batch);
+    batch[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// Whether any batch of `records` (walked by headers only, stopping at the first malformed
+/// one, which validation reports) is compressed with `codec`.
+pub fn uses_codec(records: &[u8], codec: Compression) -> bool {
+    BatchIter::headers_only(records)
+        .map_while(Result::ok)
+        .any(|(_, h)| h.compression() == codec)
+}
+
 /// Marks the batch LogAppendTime with max timestamp `ts` and recomputes the CRC (both fields
 /// are covered by it), as Kafka's `setMaxTimestamp(LOG_APPEND_TIME, ts)` does.
 pub fn set_log_append_time(batch: &mut [u8], ts: i64) {
@@ -611,6 +627,59 @@ pub mod builder {
         let crc = compute_crc(&b);
         b[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
         b
+    }
+
+    /// Builds a batch whose record i has timestamp `timestamps[i]` (the header's base
+    /// timestamp is the first), records section compressed with `codec`, and `max_timestamp`
+    /// in the header (`None` = the records' max, as a correct producer writes it).
+    pub fn build_timed_batch(
+        spec: &BatchSpec,
+        timestamps: &[i64],
+        codec: Compression,
+        max_timestamp: Option<i64>,
+    ) -> Result<Vec<u8>, String> {
+        let base_ts = timestamps.first().copied().unwrap_or(spec.base_timestamp);
+        let mut section = Vec::new();
+        for (i, ts) in timestamps.iter().enumerate() {
+            crate::storage::cleaner::records::encode_record(
+                &mut section,
+                i as i32,
+                ts - base_ts,
+                None,
+                Some(format!("value-{i}").as_bytes()),
+            );
+        }
+        let payload = crate::storage::cleaner::records::compress(codec, &section)
+            .map_err(|e| e.to_string())?;
+        let codec_bits: i16 = match codec {
+            Compression::None => 0,
+            Compression::Gzip => 1,
+            Compression::Snappy => 2,
+            Compression::Lz4 => 3,
+            Compression::Zstd => 4,
+            Compression::Unknown(c) => i16::from(c),
+        };
+        let n = timestamps.len() as i32;
+        let max_ts =
+            max_timestamp.unwrap_or_else(|| timestamps.iter().copied().max().unwrap_or(-1));
+        let mut b = Vec::with_capacity(HEADER_SIZE + payload.len());
+        b.extend_from_slice(&spec.base_offset.to_be_bytes());
+        b.extend_from_slice(&((HEADER_SIZE - LOG_OVERHEAD + payload.len()) as i32).to_be_bytes());
+        b.extend_from_slice(&spec.partition_leader_epoch.to_be_bytes());
+        b.push(MAGIC_V2 as u8);
+        b.extend_from_slice(&0u32.to_be_bytes());
+        b.extend_from_slice(&((spec.attributes & !COMPRESSION_MASK) | codec_bits).to_be_bytes());
+        b.extend_from_slice(&(n - 1).max(0).to_be_bytes());
+        b.extend_from_slice(&base_ts.to_be_bytes());
+        b.extend_from_slice(&max_ts.to_be_bytes());
+        b.extend_from_slice(&spec.producer_id.to_be_bytes());
+        b.extend_from_slice(&spec.producer_epoch.to_be_bytes());
+        b.extend_from_slice(&spec.base_sequence.to_be_bytes());
+        b.extend_from_slice(&n.to_be_bytes());
+        b.extend_from_slice(&payload);
+        let crc = compute_crc(&b);
+        b[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
+        Ok(b)
     }
 }
 

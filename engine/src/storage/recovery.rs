@@ -114,7 +114,10 @@ pub(crate) async fn load(dir: &Path, cfg: &LogConfig, now_ms: i64) -> Result<Loa
         if !must_scan {
             let bound = next_base.unwrap_or(i64::MAX);
             if seg.load_indexes(cfg, bound)? {
-                if next_base.is_none() {
+                if seg.may_need_time_rebuild().await? {
+                    tracing::info!(dir = %dir.display(), base, "segment has batches with a -1 max timestamp; rebuilding its time index from the records");
+                    scan = true;
+                } else if next_base.is_none() {
                     // Trusted last segment: find its end from the last index entry.
                     if let Err(e) = seg.read_tail(cfg).await {
                         tracing::warn!(dir = %dir.display(), base, error = %e, "tail of a clean segment unreadable; scanning");
@@ -195,7 +198,8 @@ pub(crate) async fn load(dir: &Path, cfg: &LogConfig, now_ms: i64) -> Result<Loa
             .sync_data()
             .await
             .map_err(|e| StorageError::io(s.log.path(), e))?;
-        s.write_indexes(false, true).await?;
+        // A rolled segment's time index ends with its max timestamp, as rolling writes it.
+        s.write_indexes(!Rc::ptr_eq(s, &last), true).await?;
     }
     let mut epochs_changed = epochs_from_scan | epochs.truncate_from_end(next_offset);
     epochs_changed |= epochs.truncate_from_start(log_start);

@@ -19,6 +19,7 @@ use super::record_batch::{
     validate_batch, BatchHeader, Compression, RecordInfo, TimestampType, HEADER_SIZE,
 };
 use super::time_index::TimeIndex;
+use super::validate::DECOMPRESS_LIMIT_FACTOR;
 
 /// Log file suffix.
 pub const LOG_SUFFIX: &str = "log";
@@ -328,7 +329,9 @@ impl Segment {
         let mut cursor = HeaderCursor::new(self, limit);
         while pos < limit {
             let h = cursor.header_at(pos).await?;
-            if h.max_timestamp >= ts && h.last_offset() >= min_offset {
+            if (h.max_timestamp >= ts || has_unknown_max_timestamp(&h))
+                && h.last_offset() >= min_offset
+            {
                 let found = self
                     .first_record_at_or_after(pos, &h, ts, min_offset, max_decompressed)
                     .await?;
@@ -390,6 +393,8 @@ impl Segment {
             });
         match decoded {
             Ok(found) => Ok(found),
+            // A -1 header gives no fallback answer: the batch is passed over.
+            Err(_) if h.max_timestamp < 0 => Ok(None),
             Err(reason) => {
                 tracing::warn!(
                     file = %self.log.path().display(),
@@ -435,6 +440,7 @@ impl Segment {
                 failure = Some(e.to_string());
                 break;
             }
+            let h = with_record_max_timestamp(bytes, h, cfg);
             let mut st = self.st.borrow_mut();
             if h.base_offset < st.next_offset {
                 failure = Some(format!(
@@ -479,6 +485,27 @@ impl Segment {
         st.index_entries_on_disk = 0;
         st.time_entries_on_disk = 0;
         Ok(outcome)
+    }
+
+    /// Whether a segment loaded from trusted indexes may hold batches stored with a -1 max
+    /// timestamp (before the leader computed it): data, no time index entry and a first batch
+    /// with records and a -1 header. Recovery rescans such a segment to rebuild its time index
+    /// from the record timestamps.
+    pub async fn may_need_time_rebuild(&self) -> Result<bool, StorageError> {
+        {
+            let st = self.st.borrow();
+            // Older versions indexed the -1 itself (one entry), so that counts as no entry.
+            let known = st.time_index.last().is_some_and(|(ts, _)| ts >= 0);
+            if st.size < HEADER_SIZE as u64 || known {
+                return Ok(false);
+            }
+        }
+        let head = self
+            .log
+            .read_exact_at(HEADER_SIZE, 0)
+            .await
+            .map_err(|e| StorageError::io(self.log.path(), e))?;
+        Ok(BatchHeader::parse(&head).is_ok_and(|h| has_unknown_max_timestamp(&h)))
     }
 
     /// Loads trusted index files; returns false (leaving the state reset) if they are missing
@@ -762,6 +789,44 @@ impl<'a> ChunkReader<'a> {
             .max(from);
         Ok(&self.buf[from..to])
     }
+}
+
+/// A CreateTime batch with records whose header says max timestamp -1: stored as a producer
+/// sent it before the leader computed max timestamps (or copied so by a follower then).
+fn has_unknown_max_timestamp(h: &BatchHeader) -> bool {
+    h.max_timestamp < 0
+        && h.records_count > 0
+        && !h.is_control()
+        && h.timestamp_type() == TimestampType::CreateTime
+}
+
+/// `h` with the records' max timestamp when its header says -1 (see
+/// [`has_unknown_max_timestamp`]), so the time index, retention and rolling rebuilt by recovery
+/// see real times. The stored bytes are not changed. Compressed records are decompressed within
+/// `DECOMPRESS_LIMIT_FACTOR` x `max.message.bytes`; a batch that cannot be read keeps -1.
+fn with_record_max_timestamp(batch: &[u8], mut h: BatchHeader, cfg: &LogConfig) -> BatchHeader {
+    if !has_unknown_max_timestamp(&h) {
+        return h;
+    }
+    let limit = (cfg.max_message_bytes as usize).saturating_mul(DECOMPRESS_LIMIT_FACTOR);
+    let Some(body) = batch.get(HEADER_SIZE..h.size()) else {
+        return h;
+    };
+    let infos = match h.compression() {
+        Compression::None => stored_record_infos(body, h.records_count).ok(),
+        codec => decompress_records(codec, body, limit)
+            .ok()
+            .and_then(|section| stored_record_infos(&section, h.records_count).ok()),
+    };
+    if let Some(max) = infos.and_then(|infos| {
+        infos
+            .iter()
+            .map(|r| h.base_timestamp.saturating_add(r.timestamp_delta))
+            .max()
+    }) {
+        h.max_timestamp = max;
+    }
+    h
 }
 
 /// Reads batch headers of one segment through a small read-ahead buffer, so walking many

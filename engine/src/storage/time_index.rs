@@ -95,6 +95,10 @@ impl TimeIndex {
     /// `maybeAppend` does. `force` allows the entry even when the index is full (used when the
     /// segment rolls, so the largest timestamp is always indexed).
     pub fn maybe_append(&mut self, timestamp: i64, offset: i64, force: bool) {
+        // As Kafka's (whose last entry starts as (-1, base)): "no timestamp" is never indexed.
+        if timestamp < 0 {
+            return;
+        }
         let rel = offset - self.base_offset;
         let Ok(rel) = u32::try_from(rel) else { return };
         if self.is_full() && !force {
@@ -134,6 +138,8 @@ mod tests {
     #[test]
     fn monotonic_append_lookup_truncate() {
         let mut t = TimeIndex::new(50, 3);
+        t.maybe_append(-1, 51, true); // no timestamp: never indexed, even when forced
+        assert!(t.is_empty());
         t.maybe_append(1000, 55, false);
         t.maybe_append(1000, 60, false); // same timestamp: skipped
         t.maybe_append(900, 61, false); // older: skipped
