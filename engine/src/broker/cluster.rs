@@ -248,7 +248,8 @@ impl ClusterNode {
         let mut images = self.controller.watch_metadata();
         // Replicas open and follow the metadata even before registration (a restarted broker
         // catches up while it is still fenced).
-        post_reconcile(&ctx, images.borrow_and_update().clone());
+        let mut previous = images.borrow_and_update().clone();
+        post_reconcile(&ctx, previous.clone());
         if !self.register(&mut stop, &ctx).await {
             return;
         }
@@ -272,7 +273,10 @@ impl ClusterNode {
                     if changed.is_err() {
                         break;
                     }
-                    post_reconcile(&ctx, images.borrow_and_update().clone());
+                    let image = images.borrow_and_update().clone();
+                    post_topics_deleted(&ctx, &previous, &image);
+                    post_reconcile(&ctx, image.clone());
+                    previous = image;
                 }
             }
         }
@@ -315,6 +319,36 @@ fn post_reconcile(ctx: &BrokerContext, image: Arc<ClusterImage>) {
         });
         if ctx.post(s, job).is_err() {
             tracing::debug!(shard = s, "shard gone; metadata not applied");
+        }
+    }
+}
+
+/// Tells every shard's group coordinator which topics left the image (deleted, or deleted
+/// and created again under a new id), so their committed offsets go too.
+fn post_topics_deleted(ctx: &BrokerContext, before: &ClusterImage, after: &ClusterImage) {
+    let gone: Vec<String> = before
+        .topics
+        .values()
+        .filter(|t| {
+            after
+                .topic(&t.name)
+                .is_none_or(|n| n.topic_id != t.topic_id)
+        })
+        .map(|t| t.name.clone())
+        .collect();
+    if gone.is_empty() {
+        return;
+    }
+    for s in 0..ctx.shard_count() {
+        let topics = gone.clone();
+        let job: Job = Box::new(move |shard: Rc<Shard>| {
+            Box::pin(super::groups::topics_deleted_here(shard, topics))
+        });
+        if ctx.post(s, job).is_err() {
+            tracing::debug!(
+                shard = s,
+                "shard gone; topic deletion not told to its groups"
+            );
         }
     }
 }
@@ -494,6 +528,13 @@ pub async fn delete_topics(
                 } else {
                     ec::UNKNOWN_TOPIC_ID
                 });
+            }
+            Some((topic, topic_id)) if topic == crate::group::OFFSETS_TOPIC => {
+                r = r
+                    .with_name(Some(TopicName(str_bytes(&topic))))
+                    .with_topic_id(topic_id)
+                    .with_error_code(ec::INVALID_TOPIC_EXCEPTION)
+                    .with_error_message(Some(str_bytes("the internal topic cannot be deleted")));
             }
             Some((topic, topic_id)) => {
                 r = r
@@ -686,6 +727,7 @@ fn describe_partitions(
     m::metadata_response::MetadataResponseTopic::default()
         .with_name(Some(TopicName(str_bytes(&topic.name))))
         .with_topic_id(topic.topic_id)
+        .with_is_internal(topic.name == crate::group::OFFSETS_TOPIC)
         .with_partitions(partitions)
 }
 

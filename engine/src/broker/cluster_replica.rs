@@ -352,6 +352,18 @@ fn apply(
         slot.state
             .borrow_mut()
             .apply_partition_state(&partition_state(p), &slot.part.log, now);
+    // The group coordinator of an offsets partition follows its leadership.
+    if slot.topic == crate::group::OFFSETS_TOPIC {
+        match &change {
+            RoleChange::BecameLeader { leader_epoch, .. } => {
+                super::groups::on_leadership_change(shard, slot.partition, Some(*leader_epoch))
+            }
+            RoleChange::BecameFollower { .. } => {
+                super::groups::on_leadership_change(shard, slot.partition, None)
+            }
+            RoleChange::IsrChanged | RoleChange::None => {}
+        }
+    }
     match change {
         RoleChange::BecameLeader {
             leader_epoch,

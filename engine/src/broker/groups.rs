@@ -14,6 +14,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -48,6 +49,12 @@ const LOAD_BUFFER_BYTES: u32 = 5 * 1024 * 1024;
 
 /// Largest decompressed records section accepted while loading (bounds a hostile batch).
 const LOAD_MAX_DECOMPRESSED: usize = 64 * 1024 * 1024;
+
+/// Kafka's `offsets.commit.timeout.ms` default.
+const DEFAULT_COMMIT_TIMEOUT_MS: i32 = 5000;
+
+/// Kafka's `offsets.topic.replication.factor` default.
+const DEFAULT_OFFSETS_REPLICATION_FACTOR: i16 = 3;
 
 /// Index size of `__consumer_offsets` segments: room for a full 100 MiB segment at the default
 /// index interval (25,600 entries: 200 KiB of offset index, 300 KiB of time index), instead of
@@ -146,17 +153,9 @@ pub fn coordinator_config(
     })
 }
 
-/// Checks the group keys and creates `__consumer_offsets` if it does not exist (compacted,
-/// 100 MiB segments, as Kafka creates it), before any shard starts.
-pub fn ensure_offsets_topic(
-    metadata: &MetadataStore,
-    cfg: &BrokerConfig,
-) -> Result<(), GroupSetupError> {
-    // Validated here, at every start, so a bad group key stops the broker naming the key.
-    let conf = coordinator_config(cfg, offsets_partitions(&metadata.image()))?;
-    if metadata.image().topic(OFFSETS_TOPIC).is_some() {
-        return Ok(());
-    }
+/// The topic configs `__consumer_offsets` is created with: compacted, 100 MiB segments
+/// (`offsets.topic.segment.bytes`), no age or size retention, as Kafka creates it.
+fn offsets_topic_configs(cfg: &BrokerConfig) -> Result<BTreeMap<String, String>, GroupSetupError> {
     let segment_bytes = cfg
         .raw
         .get("offsets.topic.segment.bytes")
@@ -176,6 +175,21 @@ pub fn ensure_offsets_topic(
         ("retention.bytes".to_string(), "-1".to_string()),
     ]);
     cfg.log_config(&configs)?;
+    Ok(configs)
+}
+
+/// Checks the group keys and creates `__consumer_offsets` if it does not exist (compacted,
+/// 100 MiB segments, as Kafka creates it), before any shard starts.
+pub fn ensure_offsets_topic(
+    metadata: &MetadataStore,
+    cfg: &BrokerConfig,
+) -> Result<(), GroupSetupError> {
+    // Validated here, at every start, so a bad group key stops the broker naming the key.
+    let conf = coordinator_config(cfg, offsets_partitions(&metadata.image()))?;
+    if metadata.image().topic(OFFSETS_TOPIC).is_some() {
+        return Ok(());
+    }
+    let configs = offsets_topic_configs(cfg)?;
     metadata.put_topic(TopicMeta {
         name: OFFSETS_TOPIC.to_string(),
         id: new_topic_id(),
@@ -187,6 +201,63 @@ pub fn ensure_offsets_topic(
         "created internal topic {OFFSETS_TOPIC}"
     );
     Ok(())
+}
+
+/// Cluster mode: checks the group keys at start-up (the topic itself is created through the
+/// controller on first use), so a bad key stops the broker naming the key.
+pub fn check_group_config(cfg: &BrokerConfig) -> Result<(), GroupSetupError> {
+    coordinator_config(cfg, None)?;
+    offsets_topic_configs(cfg)?;
+    Ok(())
+}
+
+/// Cluster mode: creates `__consumer_offsets` through the controller if the image lacks it
+/// (on the first FindCoordinator for a group, as Kafka does, so the brokers of a starting
+/// cluster have registered by then). Its replication factor is
+/// `offsets.topic.replication.factor` (default 3) capped at the unfenced brokers, and its
+/// `min.insync.replicas` is min(2, replication factor): a coordinator write survives the
+/// loss of any one replica once acknowledged, and one broker down does not stop commits.
+/// Idempotent: when several brokers race, one creation wins and the others find the topic.
+pub async fn ensure_offsets_topic_cluster(
+    node: &super::cluster::ClusterNode,
+    cfg: &BrokerConfig,
+    partitions: i32,
+) -> Result<(), String> {
+    if node.cluster_image().topic(OFFSETS_TOPIC).is_some() {
+        return Ok(());
+    }
+    let wanted = cfg
+        .raw
+        .get("offsets.topic.replication.factor")
+        .and_then(|v| v.trim().parse::<i16>().ok())
+        .filter(|v| *v > 0)
+        .unwrap_or(DEFAULT_OFFSETS_REPLICATION_FACTOR);
+    let live = node.cluster_image().live_brokers().len();
+    if live == 0 {
+        return Err("no unfenced broker yet".into());
+    }
+    let rf = wanted.min(i16::try_from(live).unwrap_or(i16::MAX));
+    let mut configs = offsets_topic_configs(cfg).map_err(|e| e.to_string())?;
+    configs.insert("min.insync.replicas".into(), rf.min(2).to_string());
+    match node
+        .controller
+        .create_topic(OFFSETS_TOPIC, partitions, rf, configs)
+        .await
+    {
+        Ok(id) => {
+            info!(
+                partitions,
+                replication_factor = rf,
+                topic_id = %id,
+                "created internal topic {OFFSETS_TOPIC}"
+            );
+            Ok(())
+        }
+        Err(crate::controller::ControllerError::Rejected(
+            crate::controller::MetadataError::TopicAlreadyExists(_),
+        )) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Why the group coordinator could not be set up at start-up.
@@ -214,6 +285,15 @@ pub struct ShardGroups {
     waiters: RefCell<HashMap<RequestToken, Waiter>>,
     next_token: Cell<RequestToken>,
     timer: Notify,
+    /// Cluster mode: bumped at every leadership change of an offsets partition, so a load
+    /// started for an older leadership does not finish into a newer one.
+    leadership: RefCell<HashMap<i32, u64>>,
+    next_leadership: Cell<u64>,
+    /// Cluster mode: how long a coordinator write may wait for its commit
+    /// (`offsets.commit.timeout.ms`, Kafka's default 5000).
+    commit_timeout_ms: i32,
+    /// Cluster mode: this shard is asking the controller to create `__consumer_offsets`.
+    creating_offsets_topic: Cell<bool>,
 }
 
 impl ShardGroups {
@@ -246,6 +326,15 @@ impl ShardGroups {
             waiters: RefCell::new(HashMap::new()),
             next_token: Cell::new(1),
             timer: Notify::new(),
+            leadership: RefCell::new(HashMap::new()),
+            next_leadership: Cell::new(1),
+            commit_timeout_ms: cfg
+                .raw
+                .get("offsets.commit.timeout.ms")
+                .and_then(|v| v.trim().parse::<i32>().ok())
+                .filter(|v| *v > 0)
+                .unwrap_or(DEFAULT_COMMIT_TIMEOUT_MS),
+            creating_offsets_topic: Cell::new(false),
         }
     }
 
@@ -261,6 +350,12 @@ impl ShardGroups {
 /// requests as soon as they accept connections, and must get LOAD_IN_PROGRESS, not
 /// NOT_COORDINATOR.
 pub fn start(shard: &Rc<Shard>) {
+    if shard.ctx.metadata.cluster_node().is_some() {
+        // In a cluster a shard coordinates only the offsets partitions this broker leads:
+        // `on_leadership_change` loads and unloads them as leadership moves.
+        crate::io::runtime::spawn(timer_loop(shard.clone()));
+        return;
+    }
     let owned = owned_offsets_partitions(shard);
     {
         let mut c = shard.groups.coordinator.borrow_mut();
@@ -274,7 +369,7 @@ pub fn start(shard: &Rc<Shard>) {
         let (mut records, mut skipped) = (0, 0);
         let count = owned.len();
         for p in owned {
-            let (loaded, failed) = load_partition(&s, p).await;
+            let (loaded, failed) = load_partition(&s, p, None, &|| true).await;
             records += loaded;
             skipped += failed;
         }
@@ -298,9 +393,16 @@ fn owned_offsets_partitions(shard: &Shard) -> Vec<i32> {
         .collect()
 }
 
-/// Replays one offsets partition from log start to log end into the coordinator; returns
-/// (records loaded, records skipped).
-async fn load_partition(shard: &Rc<Shard>, p: i32) -> (u64, u64) {
+/// Replays one offsets partition from log start to `end` (default: the log end) into the
+/// coordinator and marks it loaded; returns (records loaded, records skipped). When
+/// `current()` turns false (leadership moved on meanwhile) it stops and leaves the
+/// partition to whoever took over.
+async fn load_partition(
+    shard: &Rc<Shard>,
+    p: i32,
+    end: Option<i64>,
+    current: &dyn Fn() -> bool,
+) -> (u64, u64) {
     let started = std::time::Instant::now();
     let mut loaded = 0u64;
     let mut skipped = 0u64;
@@ -310,9 +412,12 @@ async fn load_partition(shard: &Rc<Shard>, p: i32) -> (u64, u64) {
             code, "cannot open {OFFSETS_TOPIC} partition; its groups start empty"
         ),
         Ok(part) => {
-            let end = part.log.log_end_offset();
+            let end = end.unwrap_or_else(|| part.log.log_end_offset());
             let mut offset = part.log.log_start_offset();
             while offset < end {
+                if !current() {
+                    return (loaded, skipped);
+                }
                 let read = match part.log.read(offset, LOAD_BUFFER_BYTES, end, true).await {
                     Ok(r) => r,
                     Err(e) => {
@@ -381,6 +486,9 @@ async fn load_partition(shard: &Rc<Shard>, p: i32) -> (u64, u64) {
             }
         }
     }
+    if !current() {
+        return (loaded, skipped);
+    }
     shard
         .groups
         .coordinator
@@ -395,6 +503,82 @@ async fn load_partition(shard: &Rc<Shard>, p: i32) -> (u64, u64) {
         "offsets partition loaded"
     );
     (loaded, skipped)
+}
+
+/// How often a new coordinator checks whether its high watermark reached the log end it
+/// must load up to.
+const LOAD_HW_POLL: Duration = Duration::from_millis(20);
+
+/// Cluster mode: this broker became leader (`leader_epoch` Some) of offsets partition `p`, or
+/// stopped leading it (None). A new leader answers COORDINATOR_LOAD_IN_PROGRESS for the
+/// partition's groups, waits until its high watermark covers the log end it had when it was
+/// elected (every record it holds is then committed), replays the log up to there and
+/// serves. A former leader drops the partition's groups; their requests answer
+/// NOT_COORDINATOR, waiting joins and syncs too, so clients look the coordinator up again.
+pub fn on_leadership_change(shard: &Rc<Shard>, p: i32, leader_epoch: Option<i32>) {
+    let n = shard.groups.offsets_partitions();
+    if !(0..n).contains(&p) {
+        warn!(
+            partition = p,
+            offsets_partitions = n,
+            "{OFFSETS_TOPIC} partition outside the coordinator's partition count; not served"
+        );
+        return;
+    }
+    let generation = shard.groups.next_leadership.get();
+    shard.groups.next_leadership.set(generation + 1);
+    shard.groups.leadership.borrow_mut().insert(p, generation);
+    let actions = shard.groups.coordinator.borrow_mut().unload(p);
+    let s = shard.clone();
+    let Some(epoch) = leader_epoch else {
+        info!(
+            shard = s.id,
+            partition = p,
+            "no longer coordinating {OFFSETS_TOPIC} partition"
+        );
+        crate::io::runtime::spawn(async move { execute(&s, actions).await });
+        return;
+    };
+    shard.groups.coordinator.borrow_mut().begin_loading(p);
+    crate::io::runtime::spawn(async move {
+        execute(&s, actions).await;
+        let current = || s.groups.leadership.borrow().get(&p) == Some(&generation);
+        let started = std::time::Instant::now();
+        let part = match s.partition(OFFSETS_TOPIC, p).await {
+            Ok(part) => part,
+            Err(code) => {
+                warn!(
+                    partition = p,
+                    code, "cannot open {OFFSETS_TOPIC} partition to load it"
+                );
+                return;
+            }
+        };
+        let end = part.log.log_end_offset();
+        loop {
+            if !current() || *s.phase.borrow() != Phase::Running {
+                return;
+            }
+            match super::cluster_replica::list_offsets_latest(&s, OFFSETS_TOPIC, p) {
+                Some(Ok(hw)) if hw >= end => break,
+                _ => tokio::time::sleep(LOAD_HW_POLL).await,
+            }
+        }
+        let (loaded, skipped) = load_partition(&s, p, Some(end), &current).await;
+        if current() {
+            info!(
+                shard = s.id,
+                partition = p,
+                leader_epoch = epoch,
+                end_offset = end,
+                loaded,
+                skipped,
+                ms = started.elapsed().as_millis() as u64,
+                "coordinating {OFFSETS_TOPIC} partition"
+            );
+            s.groups.timer.notify_one();
+        }
+    });
 }
 
 /// Decodes one stored batch into records, decompressing through storage's bounded codecs.
@@ -461,6 +645,12 @@ fn append_error(code: i16) -> AppendError {
         10 | 18 => AppendError::RecordTooLarge,
         ec::KAFKA_STORAGE_ERROR => AppendError::Storage,
         ec::UNKNOWN_TOPIC_OR_PARTITION => AppendError::NotEnoughReplicas,
+        // NOT_LEADER_OR_FOLLOWER, FENCED_LEADER_EPOCH: leadership moved (cluster mode).
+        6 | 74 => AppendError::NotLeader,
+        // NOT_ENOUGH_REPLICAS(_AFTER_APPEND)
+        19 | 20 => AppendError::NotEnoughReplicas,
+        // REQUEST_TIMED_OUT: not committed within offsets.commit.timeout.ms.
+        7 => AppendError::Timeout,
         _ => AppendError::Other(codes::UNKNOWN_SERVER_ERROR),
     }
 }
@@ -480,22 +670,54 @@ async fn start_append(
             return Ok(Err(AppendError::Other(codes::UNKNOWN_SERVER_ERROR)));
         }
     };
+    // Cluster mode: this broker must lead the partition, and the record counts only once the
+    // topic's replication rule committed it (acks=all), as Kafka's coordinator writes.
+    let admitted = match super::cluster_replica::before_append(shard, OFFSETS_TOPIC, partition, -1)
+    {
+        None => None,
+        Some(Ok(a)) => Some(a),
+        Some(Err((code, msg))) => {
+            debug!(partition, code, "{OFFSETS_TOPIC} append refused: {msg}");
+            return Ok(Err(append_error(code)));
+        }
+    };
+    let epoch = admitted.as_ref().map_or(0, |a| a.leader_epoch);
+    let commit_timeout = shard.groups.commit_timeout_ms;
     let s = shard.clone();
     let mut fut: Completion = Box::pin(async move {
         let part = s
             .partition(OFFSETS_TOPIC, partition)
             .await
             .map_err(append_error)?;
-        match part.log.append_leader(batch, 0, now_ms()).await {
-            Ok(_) => {
+        let info = match part.log.append_leader(batch, epoch, now_ms()).await {
+            Ok(info) => {
                 part.appended.notify_waiters();
-                Ok(())
+                info
             }
             Err(e) => {
                 warn!(partition, "{OFFSETS_TOPIC} append failed: {e}");
-                Err(append_error(e.kafka_error_code()))
+                return Err(append_error(e.kafka_error_code()));
             }
+        };
+        if let Some(a) = admitted {
+            super::cluster_replica::after_append(
+                &s,
+                a,
+                info.first_offset,
+                info.last_offset,
+                -1,
+                commit_timeout,
+            )
+            .await
+            .map_err(|(code, msg)| {
+                debug!(
+                    partition,
+                    code, "{OFFSETS_TOPIC} record not committed: {msg}"
+                );
+                append_error(code)
+            })?;
         }
+        Ok(())
     });
     // One poll takes the log's FIFO append lock (the partition is open, so the lookup does
     // not wait): appends reach the log in the order the coordinator asked for them.
@@ -677,53 +899,78 @@ fn mismatch(what: &str) {
     tracing::error!("group coordinator answered {what} with a different response kind");
 }
 
-/// FindCoordinator v0-6: groups are coordinated by this broker; transactions are not served.
+/// Where FindCoordinator sends a client: (error, message, node id, host, port).
+type CoordinatorAnswer = (i16, Option<String>, i32, String, i32);
+
+fn no_coordinator(code: i16, msg: &str) -> CoordinatorAnswer {
+    (code, Some(msg.to_string()), -1, String::new(), -1)
+}
+
+/// Cluster mode: the coordinator of `group_id` is the current leader of its
+/// `__consumer_offsets` partition. COORDINATOR_NOT_AVAILABLE while the topic is being
+/// created (this call starts the creation) or the partition has no live leader.
+fn cluster_coordinator(
+    shard: &Rc<Shard>,
+    node: &Arc<super::cluster::ClusterNode>,
+    group_id: &str,
+) -> CoordinatorAnswer {
+    let image = node.cluster_image();
+    let n = shard.groups.offsets_partitions();
+    if image.topic(OFFSETS_TOPIC).is_none() {
+        if !shard.groups.creating_offsets_topic.replace(true) {
+            let (s, node) = (shard.clone(), node.clone());
+            crate::io::runtime::spawn(async move {
+                if let Err(e) = ensure_offsets_topic_cluster(&node, &s.ctx.config, n).await {
+                    warn!("cannot create {OFFSETS_TOPIC}: {e}");
+                }
+                s.groups.creating_offsets_topic.set(false);
+            });
+        }
+        return no_coordinator(
+            ec::COORDINATOR_NOT_AVAILABLE,
+            "the offsets topic is being created",
+        );
+    }
+    let p = offsets_partition_for(group_id, n);
+    let leader = image.partition(OFFSETS_TOPIC, p).and_then(|p| p.leader);
+    let endpoint = leader
+        .and_then(|l| image.broker(l))
+        .filter(|b| !b.fenced)
+        .and_then(|b| b.listeners.first().map(|ep| (b.broker_id, ep.clone())));
+    match endpoint {
+        Some((id, ep)) => (ec::NONE, None, id, ep.host, i32::from(ep.port)),
+        None => no_coordinator(
+            ec::COORDINATOR_NOT_AVAILABLE,
+            "the group's offsets partition has no live leader",
+        ),
+    }
+}
+
+/// FindCoordinator v0-6. On a single node this broker coordinates every group; in a cluster
+/// a group's coordinator is the leader of its `__consumer_offsets` partition. Transactions
+/// are not served.
 pub fn find_coordinator(
-    shard: &Shard,
+    shard: &Rc<Shard>,
     version: i16,
     req: m::FindCoordinatorRequest,
 ) -> m::FindCoordinatorResponse {
     const NO_TXN: &str = "transactions are not served by this broker";
-    const NO_GROUPS_IN_CLUSTER: &str =
-        "consumer groups are not served in cluster mode yet (use assign())";
     let cfg = &shard.ctx.config;
-    let clustered = shard.ctx.metadata.cluster_node().is_some();
-    let answer = |key_type: i8| -> (i16, Option<&'static str>, i32, String, i32) {
-        match key_type {
-            // The coordinator must be the leader of the group's __consumer_offsets partition
-            // and move with it; until that is wired, a cluster says so rather than pointing
-            // clients at a coordinator whose commits would not be replicated.
-            0 if clustered => (
-                ec::COORDINATOR_NOT_AVAILABLE,
-                Some(NO_GROUPS_IN_CLUSTER),
-                -1,
-                String::new(),
-                -1,
-            ),
-            0 => (
+    let node = shard.ctx.metadata.cluster_node().cloned();
+    let answer = |key_type: i8, key: &str| -> CoordinatorAnswer {
+        match (key_type, &node) {
+            (0, Some(node)) => cluster_coordinator(shard, node, key),
+            (0, None) => (
                 ec::NONE,
                 None,
                 cfg.node_id,
                 cfg.advertised_host.clone(),
                 cfg.advertised_port,
             ),
-            1 => (
-                ec::COORDINATOR_NOT_AVAILABLE,
-                Some(NO_TXN),
-                -1,
-                String::new(),
-                -1,
-            ),
-            _ => (
-                ec::INVALID_REQUEST,
-                Some("unknown coordinator key type"),
-                -1,
-                String::new(),
-                -1,
-            ),
+            (1, _) => no_coordinator(ec::COORDINATOR_NOT_AVAILABLE, NO_TXN),
+            _ => no_coordinator(ec::INVALID_REQUEST, "unknown coordinator key type"),
         }
     };
-    let (code, msg, node, host, port) = answer(req.key_type);
     let str_bytes = |s: &str| StrBytes::from_string(s.to_string());
     let resp = m::FindCoordinatorResponse::default();
     if version >= 4 {
@@ -731,28 +978,42 @@ pub fn find_coordinator(
             .coordinator_keys
             .into_iter()
             .map(|key| {
+                let (code, msg, node, host, port) = answer(req.key_type, key.as_str());
                 m::find_coordinator_response::Coordinator::default()
                     .with_key(key)
                     .with_node_id(BrokerId(node))
                     .with_host(str_bytes(&host))
                     .with_port(port)
                     .with_error_code(code)
-                    .with_error_message(msg.map(str_bytes))
+                    .with_error_message(msg.as_deref().map(str_bytes))
             })
             .collect();
         resp.with_coordinators(coordinators)
     } else {
+        let (code, msg, node, host, port) = answer(req.key_type, req.key.as_str());
         let resp = resp
             .with_error_code(code)
             .with_node_id(BrokerId(node))
             .with_host(str_bytes(&host))
             .with_port(port);
         if version >= 1 {
-            resp.with_error_message(msg.map(str_bytes))
+            resp.with_error_message(msg.as_deref().map(str_bytes))
         } else {
             resp
         }
     }
+}
+
+/// Cluster mode: topics left the metadata image; this shard's coordinator forgets their
+/// offsets (as [`topics_deleted`] does on a single node). Runs on every broker, so every
+/// coordinator hears of it whichever broker handled the DeleteTopics.
+pub async fn topics_deleted_here(shard: Rc<Shard>, topics: Vec<String>) {
+    let actions = shard
+        .groups
+        .coordinator
+        .borrow_mut()
+        .on_topics_deleted(&topics);
+    execute(&shard, actions).await;
 }
 
 /// JoinGroup.

@@ -4,8 +4,10 @@
 //! One [`ProducerIdManager`] serves the whole broker. It lives on shard 0 and other shards
 //! reach it with `Shard::call`: InitProducerId is rare (once per producer), the manager's
 //! persistence is an async io_uring write that must run on a runtime thread anyway, and a
-//! single owner needs no lock. Its high-water mark is the file
-//! [`PRODUCER_ID_FILE`] in the data directory, read on first use.
+//! single owner needs no lock. On a single node its high-water mark is the file
+//! [`PRODUCER_ID_FILE`] in the data directory, read on first use; in cluster mode each block
+//! of ids is asked of the controller (`MetadataCommand::AllocateProducerIds`), whose metadata
+//! log records it, so ids are unique across the cluster and never reused.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -72,12 +74,14 @@ fn failure(error: i16) -> InitProducerIdResult {
     }
 }
 
-/// log2 of the producer ids each broker of a cluster owns (node id N owns [N, N+1) x 2^40).
-const CLUSTER_ID_RANGE_BITS: u32 = 40;
-
 /// Reads the stored mark; a missing file is a fresh broker. A corrupt file is an error:
-/// starting from 0 could hand out an id a live producer already has.
+/// starting from 0 could hand out an id a live producer already has. In cluster mode there
+/// is no file: blocks come from the controller (Kafka's AllocateProducerIds), whose log
+/// records every block handed out.
 fn load_manager(shard: &Shard) -> Result<ProducerIdManager, String> {
+    if shard.ctx.metadata.cluster_node().is_some() {
+        return Ok(ProducerIdManager::new(None, DEFAULT_PRODUCER_ID_BLOCK_SIZE));
+    }
     let path = shard.ctx.config.data_dir.join(PRODUCER_ID_FILE);
     let mark = match std::fs::read(&path) {
         Ok(bytes) => {
@@ -87,18 +91,7 @@ fn load_manager(shard: &Shard) -> Result<ProducerIdManager, String> {
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
     info!(high_water_mark = ?mark, "producer id manager loaded");
-    if shard.ctx.metadata.cluster_node().is_none() {
-        return Ok(ProducerIdManager::new(mark, DEFAULT_PRODUCER_ID_BLOCK_SIZE));
-    }
-    // Until the controller hands out id blocks (Kafka's AllocateProducerIds), each broker of a
-    // cluster allocates from its own 2^40 ids, so no two brokers give out the same id.
-    let node = i64::from(shard.ctx.config.node_id);
-    let range = (node << CLUSTER_ID_RANGE_BITS)..((node + 1) << CLUSTER_ID_RANGE_BITS);
-    Ok(ProducerIdManager::with_range(
-        mark,
-        DEFAULT_PRODUCER_ID_BLOCK_SIZE,
-        range,
-    ))
+    Ok(ProducerIdManager::new(mark, DEFAULT_PRODUCER_ID_BLOCK_SIZE))
 }
 
 /// InitProducerId on the owning shard: the answer once the manager has one (after
@@ -142,6 +135,35 @@ fn run_actions(shard: &Rc<Shard>, actions: Vec<ProducerIdAction>) {
             }
             ProducerIdAction::PersistHighWaterMark { high_water_mark } => {
                 let shard = shard.clone();
+                if let Some(node) = shard.ctx.metadata.cluster_node().cloned() {
+                    crate::io::runtime::spawn(async move {
+                        let epoch = node.broker_epoch();
+                        let block = if epoch < 0 {
+                            Err("this broker is not registered yet".to_string())
+                        } else {
+                            node.controller
+                                .allocate_producer_ids(node.node_id, epoch)
+                                .await
+                                .map_err(|e| e.to_string())
+                        };
+                        match &block {
+                            Ok(b) => info!(
+                                first = b.start,
+                                end = b.end,
+                                "producer id block from the controller"
+                            ),
+                            Err(e) => {
+                                error!("cannot get a producer id block from the controller: {e}")
+                            }
+                        }
+                        let next = match shard.producer_ids.manager.borrow_mut().as_mut() {
+                            Some(m) => m.on_block_allocated(high_water_mark, block.map_err(|_| ())),
+                            None => Vec::new(),
+                        };
+                        run_actions(&shard, next);
+                    });
+                    continue;
+                }
                 crate::io::runtime::spawn(async move {
                     let path = shard.ctx.config.data_dir.join(PRODUCER_ID_FILE);
                     let res = crate::io::file::write_file_atomic(

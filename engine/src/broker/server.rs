@@ -82,7 +82,10 @@ impl Server {
     pub fn start(config: BrokerConfig) -> Result<Server, ServerError> {
         let cluster = super::cluster::ClusterNode::start(&config)?;
         let metadata = match &cluster {
-            Some(node) => MetadataStore::cluster(node.clone()),
+            Some(node) => {
+                super::groups::check_group_config(&config)?;
+                MetadataStore::cluster(node.clone())
+            }
             None => {
                 let metadata = MetadataStore::open(&config.data_dir)?;
                 super::groups::ensure_offsets_topic(&metadata, &config)?;

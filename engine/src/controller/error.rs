@@ -9,6 +9,9 @@ use crate::replication::{BrokerId, LeaderEpoch};
 /// A metadata command the state machine rejected. Replicated to the proposer, so serialisable.
 #[derive(Debug, Clone, PartialEq, Eq, Error, Serialize, Deserialize)]
 pub enum MetadataError {
+    /// `UNKNOWN_SERVER_ERROR`: the 64-bit producer id space is used up.
+    #[error("producer ids exhausted at {0}")]
+    ProducerIdsExhausted(i64),
     /// `TOPIC_ALREADY_EXISTS`.
     #[error("topic {0} already exists")]
     TopicAlreadyExists(String),
@@ -101,6 +104,7 @@ impl MetadataError {
             MetadataError::StaleBrokerEpoch { .. } => 77,
             // UNKNOWN_SERVER_ERROR: nothing a client can act on.
             MetadataError::Snapshot(_) => -1,
+            MetadataError::ProducerIdsExhausted(_) => -1,
         }
     }
 }

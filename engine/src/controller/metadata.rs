@@ -264,7 +264,19 @@ pub enum MetadataCommand {
         /// Changes.
         changes: BTreeMap<String, Option<String>>,
     },
+    /// A broker asks for the next block of producer ids (Kafka's AllocateProducerIds). The
+    /// block is recorded in the log, so no block is handed out twice, across restarts and
+    /// controller failovers.
+    AllocateProducerIds {
+        /// The asking broker.
+        broker_id: BrokerId,
+        /// Its broker epoch.
+        broker_epoch: i64,
+    },
 }
+
+/// Producer ids in one [`MetadataCommand::AllocateProducerIds`] block (Kafka's block size).
+pub const PRODUCER_ID_BLOCK_SIZE: i64 = 1000;
 
 /// What an applied command did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -281,6 +293,13 @@ pub enum Applied {
     },
     /// A partition record now reads so (AlterPartition answer).
     Partition(PartitionImage),
+    /// The producer ids `[first_id, first_id + count)` belong to the asking broker.
+    ProducerIds {
+        /// First id of the block.
+        first_id: i64,
+        /// Ids in the block.
+        count: i64,
+    },
     /// The command changed what it said (or was already in effect).
     Done,
 }
@@ -301,6 +320,10 @@ pub struct MetadataImage {
     pub configs: BTreeMap<ConfigResource, BTreeMap<String, String>>,
     /// Elections that chose a leader outside the ISR (data loss possible).
     pub unclean_elections: u64,
+    /// The first producer id not yet handed out in a block (0 in images written before
+    /// producer-id blocks existed, whose brokers allocated from their own ranges).
+    #[serde(default)]
+    pub next_producer_id: i64,
 }
 
 impl MetadataImage {
@@ -436,7 +459,26 @@ impl MetadataImage {
             MetadataCommand::ConfigChange { resource, changes } => {
                 self.config_change(resource, changes)
             }
+            MetadataCommand::AllocateProducerIds {
+                broker_id,
+                broker_epoch,
+            } => self.allocate_producer_ids(*broker_id, *broker_epoch),
         }
+    }
+
+    fn allocate_producer_ids(&mut self, broker_id: BrokerId, broker_epoch: i64) -> ApplyResult {
+        self.checked_broker(broker_id, broker_epoch)?;
+        let first_id = self.next_producer_id;
+        let end = first_id
+            .checked_add(PRODUCER_ID_BLOCK_SIZE)
+            .ok_or_else(|| MetadataError::ProducerIdsExhausted(first_id))?;
+        assert!(end > self.next_producer_id, "producer id blocks went back");
+        self.next_producer_id = end;
+        tracing::debug!(broker_id, first_id, end, "producer id block allocated");
+        Ok(Applied::ProducerIds {
+            first_id,
+            count: PRODUCER_ID_BLOCK_SIZE,
+        })
     }
 
     fn register_broker(
@@ -1045,6 +1087,92 @@ mod tests {
                 placement_start: start,
             },
         )
+    }
+
+    fn allocate(
+        image: &mut MetadataImage,
+        index: &mut u64,
+        id: BrokerId,
+        epoch: i64,
+    ) -> ApplyResult {
+        *index += 1;
+        image.apply(
+            *index,
+            &MetadataCommand::AllocateProducerIds {
+                broker_id: id,
+                broker_epoch: epoch,
+            },
+        )
+    }
+
+    fn block(r: ApplyResult) -> std::ops::Range<i64> {
+        match r {
+            Ok(Applied::ProducerIds { first_id, count }) => first_id..first_id + count,
+            other => panic!("expected a producer id block, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn producer_id_blocks_are_disjoint_and_survive_snapshots() {
+        let (mut image, mut index, epochs) = cluster(3);
+        let mut seen: Vec<std::ops::Range<i64>> = Vec::new();
+        for round in 0..4 {
+            for b in 1..=3 {
+                let r = block(allocate(&mut image, &mut index, b, epochs[b as usize - 1]));
+                assert_eq!(r.end - r.start, PRODUCER_ID_BLOCK_SIZE);
+                assert!(
+                    seen.iter().all(|s| r.start >= s.end || r.end <= s.start),
+                    "round {round}: block {r:?} overlaps {seen:?}"
+                );
+                seen.push(r);
+            }
+            // A restarted controller rebuilds its state from the snapshot: the next block
+            // still comes after every block handed out before.
+            let restored = MetadataImage::from_snapshot(&image.to_snapshot().expect("snapshot"))
+                .expect("restore");
+            assert_eq!(restored, image);
+            image = restored;
+        }
+        let next = block(allocate(&mut image, &mut index, 2, epochs[1]));
+        assert!(seen.iter().all(|s| next.start >= s.end));
+        // A stale or unknown registration gets nothing and moves nothing.
+        let before = image.next_producer_id;
+        assert!(matches!(
+            allocate(&mut image, &mut index, 1, epochs[0] + 99),
+            Err(MetadataError::StaleBrokerEpoch { .. })
+        ));
+        assert!(matches!(
+            allocate(&mut image, &mut index, 9, 0),
+            Err(MetadataError::BrokerIdNotRegistered(9))
+        ));
+        assert_eq!(image.next_producer_id, before);
+    }
+
+    #[test]
+    fn producer_id_blocks_replay_deterministically_and_old_snapshots_load() {
+        let (mut a, mut ia, epochs) = cluster(2);
+        let mut b = a.clone();
+        let mut ib = ia;
+        for _ in 0..3 {
+            let x = block(allocate(&mut a, &mut ia, 1, epochs[0]));
+            let y = block(allocate(&mut b, &mut ib, 1, epochs[0]));
+            assert_eq!(x, y, "every voter applies the same block");
+        }
+        // A snapshot written before producer id blocks existed has no counter: it starts at 0.
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&a.to_snapshot().expect("snapshot")).expect("json");
+        json.as_object_mut()
+            .expect("object")
+            .remove("next_producer_id");
+        let old = MetadataImage::from_snapshot(&serde_json::to_vec(&json).expect("encode"))
+            .expect("old snapshot loads");
+        assert_eq!(old.next_producer_id, 0);
+        // The ids space is bounded: the last block is refused, not wrapped.
+        a.next_producer_id = i64::MAX - 10;
+        assert!(matches!(
+            allocate(&mut a, &mut ia, 1, epochs[0]),
+            Err(MetadataError::ProducerIdsExhausted(_))
+        ));
     }
 
     #[test]

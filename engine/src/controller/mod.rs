@@ -36,7 +36,8 @@ use uuid::Uuid;
 pub use error::{ControllerError, MetadataError};
 pub use metadata::{
     Applied, ApplyResult, BrokerRegistration, ConfigResource, Endpoint, MetadataCommand,
-    MetadataImage, PartitionImage, ReplicaLogPosition, TopicImage, REPLICATION_MODE_CONFIG,
+    MetadataImage, PartitionImage, ReplicaLogPosition, TopicImage, PRODUCER_ID_BLOCK_SIZE,
+    REPLICATION_MODE_CONFIG,
 };
 pub use network::{HeartbeatRequest, HeartbeatResponse};
 pub use store::NodeId;
@@ -681,6 +682,25 @@ impl Controller {
             Applied::TopicCreated { topic_id } => Ok(topic_id),
             other => Err(ControllerError::NotAvailable(format!(
                 "unexpected create-topic answer {other:?}"
+            ))),
+        }
+    }
+
+    /// The next block of producer ids for `broker_id` (Kafka's AllocateProducerIds): the
+    /// range is committed in the metadata log before it is returned.
+    pub async fn allocate_producer_ids(
+        &self,
+        broker_id: BrokerId,
+        broker_epoch: i64,
+    ) -> Result<std::ops::Range<i64>, ControllerError> {
+        let command = MetadataCommand::AllocateProducerIds {
+            broker_id,
+            broker_epoch,
+        };
+        match self.propose(command).await? {
+            Applied::ProducerIds { first_id, count } => Ok(first_id..first_id + count),
+            other => Err(ControllerError::NotAvailable(format!(
+                "unexpected producer id answer {other:?}"
             ))),
         }
     }

@@ -181,6 +181,49 @@ impl ProducerIdManager {
         }
     }
 
+    /// Cluster mode: the reservation asked for by `PersistHighWaterMark { high_water_mark }`
+    /// was answered by the controller with the block `block` (Kafka's AllocateProducerIds),
+    /// or failed. The block replaces the mark's range: ids come from `block` only.
+    pub fn on_block_allocated(
+        &mut self,
+        high_water_mark: i64,
+        block: Result<std::ops::Range<i64>, ()>,
+    ) -> Vec<ProducerIdAction> {
+        if self.persisting != Some(high_water_mark) {
+            tracing::warn!(high_water_mark, "unexpected producer id block completion");
+            return Vec::new();
+        }
+        self.persisting = None;
+        match block {
+            // Blocks only move forward: one below what this broker already used is refused.
+            Ok(b) if b.start >= self.reserved_end && b.end > b.start && b.start >= 0 => {
+                self.next_id = b.start;
+                self.reserved_end = b.end;
+                self.limit = i64::MAX;
+                self.drain()
+            }
+            other => {
+                if let Ok(b) = other {
+                    tracing::error!(
+                        start = b.start,
+                        end = b.end,
+                        used_up_to = self.reserved_end,
+                        "controller returned a producer id block below ids already used; refused"
+                    );
+                }
+                self.waiting
+                    .drain(..)
+                    .map(|t| {
+                        respond(
+                            t,
+                            InitProducerIdResult::error(codes::COORDINATOR_NOT_AVAILABLE),
+                        )
+                    })
+                    .collect()
+            }
+        }
+    }
+
     fn drain(&mut self) -> Vec<ProducerIdAction> {
         let mut out = Vec::new();
         while let Some(&token) = self.waiting.front() {
@@ -353,6 +396,35 @@ mod tests {
             vec![ProducerIdAction::PersistHighWaterMark { high_water_mark: 6 }]
         );
         assert_eq!(ids(&done), vec![3]);
+    }
+
+    #[test]
+    fn controller_blocks_replace_the_local_mark() {
+        let mut m = ProducerIdManager::new(None, 1000);
+        let a = m.init_producer_id(1, &idempotent());
+        let [ProducerIdAction::PersistHighWaterMark { high_water_mark }] = a[..] else {
+            panic!("expected a reservation, got {a:?}")
+        };
+        // The controller hands out [5000, 5002): ids come from it, not from 0.
+        let done = m.on_block_allocated(high_water_mark, Ok(5000..5002));
+        assert_eq!(ids(&done), vec![5000]);
+        assert_eq!(ids(&m.init_producer_id(2, &idempotent())), vec![5001]);
+        let a = m.init_producer_id(3, &idempotent());
+        let [ProducerIdAction::PersistHighWaterMark { high_water_mark }] = a[..] else {
+            panic!("expected a reservation, got {a:?}")
+        };
+        // A block below ids already used is refused (the waiter retries), never reused.
+        let refused = m.on_block_allocated(high_water_mark, Ok(4000..5000));
+        assert!(ids(&refused).is_empty());
+        assert_eq!(refused.len(), 1);
+        let a = m.init_producer_id(4, &idempotent());
+        let [ProducerIdAction::PersistHighWaterMark { high_water_mark }] = a[..] else {
+            panic!("expected a reservation, got {a:?}")
+        };
+        assert_eq!(
+            ids(&m.on_block_allocated(high_water_mark, Ok(9000..10000))),
+            vec![9000]
+        );
     }
 
     #[test]
