@@ -370,11 +370,14 @@ impl Producer {
     }
 
     /// Re-reads partition leaders from any known broker (the Java client does this on
-    /// NOT_LEADER_OR_FOLLOWER and on disconnects); failed messages are not retried.
+    /// NOT_LEADER_OR_FOLLOWER and on disconnects); failed messages are not retried. An
+    /// answer naming no leader for some partition (a broker cut off from the cluster says
+    /// so for the partitions it led) is used only when no other broker answers better.
     async fn refresh_metadata(&mut self) {
         self.last_refresh = Some(Instant::now());
         let mut addrs: Vec<String> = self.spec.brokers.values().cloned().collect();
         addrs.sort();
+        let mut fallback = None;
         for addr in addrs {
             let attempt = async {
                 let mut c = Connection::connect(&addr, "sluice-bench-metadata").await?;
@@ -389,11 +392,22 @@ impl Producer {
             if parts.len() != self.leaders.len() {
                 continue;
             }
-            self.leaders = parts.iter().map(|p| p.leader).collect();
+            let leaders: Vec<i32> = parts.iter().map(|p| p.leader).collect();
+            if leaders.iter().any(|l| *l < 0) {
+                fallback.get_or_insert((leaders, cl.brokers));
+                continue;
+            }
+            self.leaders = leaders;
             self.spec.brokers.extend(cl.brokers);
             self.metadata_stale = false;
             tracing::info!(producer = self.spec.index, leaders = ?self.leaders, "metadata refreshed");
             return;
+        }
+        if let Some((leaders, brokers)) = fallback {
+            self.leaders = leaders;
+            self.spec.brokers.extend(brokers);
+            self.metadata_stale = false;
+            tracing::info!(producer = self.spec.index, leaders = ?self.leaders, "metadata refreshed (some partitions have no leader)");
         }
     }
 

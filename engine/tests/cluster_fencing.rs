@@ -1,7 +1,8 @@
 //! Three `sluice` processes forming a cluster on 127.0.0.1: replicated produce/fetch, leader
 //! epoch fencing (NOT_LEADER_OR_FOLLOWER, FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH),
-//! OffsetForLeaderEpoch, and failover after the leader is SIGKILLed, in both replication
-//! modes. Every wait is bounded; the brokers are killed when the test ends.
+//! OffsetForLeaderEpoch, Fetch divergence (KIP-320 `diverging_epoch`), failover after the
+//! leader is SIGKILLed, in both replication modes; DescribeQuorum and the high watermark
+//! checkpoint. Every wait is bounded; the brokers are killed when the test ends.
 
 #[path = "broker_support.rs"]
 mod support;
@@ -10,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kafka_protocol::messages::{
-    create_topics_request, fetch_request, list_offsets_request, offset_for_leader_epoch_request,
-    produce_request, BrokerId, CreateTopicsRequest, DeleteTopicsRequest, FetchRequest,
-    ListOffsetsRequest, MetadataRequest, OffsetForLeaderEpochRequest, ProduceRequest, TopicName,
+    create_topics_request, describe_quorum_request, fetch_request, list_offsets_request,
+    offset_for_leader_epoch_request, produce_request, BrokerId, CreateTopicsRequest,
+    DeleteTopicsRequest, DescribeQuorumRequest, FetchRequest, ListOffsetsRequest, MetadataRequest,
+    OffsetForLeaderEpochRequest, ProduceRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use support::*;
@@ -181,6 +183,39 @@ fn fetch(b: &Broker, topic: &str, epoch: i32) -> (i16, i64, Vec<String>) {
     (p.error_code, p.high_watermark, vals)
 }
 
+/// A replica's Fetch v12 of partition 0: (error, diverging epoch, diverging end offset,
+/// record bytes).
+fn replica_fetch(
+    b: &Broker,
+    topic: &str,
+    replica: i32,
+    epoch: i32,
+    offset: i64,
+    last_fetched_epoch: i32,
+) -> (i16, i32, i64, usize) {
+    let req = FetchRequest::default()
+        .with_replica_id(BrokerId(replica))
+        .with_max_wait_ms(0)
+        .with_min_bytes(0)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![fetch_request::FetchTopic::default()
+            .with_topic(tn(topic))
+            .with_partitions(vec![fetch_request::FetchPartition::default()
+                .with_partition(0)
+                .with_current_leader_epoch(epoch)
+                .with_fetch_offset(offset)
+                .with_last_fetched_epoch(last_fetched_epoch)
+                .with_partition_max_bytes(1 << 20)])]);
+    let resp = b.client().request(12, &req);
+    let p = &resp.responses[0].partitions[0];
+    (
+        p.error_code,
+        p.diverging_epoch.epoch,
+        p.diverging_epoch.end_offset,
+        p.records.as_ref().map_or(0, |r| r.len()),
+    )
+}
+
 /// ListOffsets v4 latest of partition 0: (error, offset, leader epoch).
 fn latest_offset(b: &Broker, topic: &str) -> (i16, i64, i32) {
     let req = ListOffsetsRequest::default()
@@ -270,6 +305,35 @@ fn run(mode: &str) {
     });
     let (code, ..) = fetch(cluster.broker(new_leader), topic, epoch);
     assert_eq!(code, FENCED_LEADER_EPOCH, "the old epoch is fenced");
+    // KIP-320: a replica claiming records of the old epoch beyond where that epoch ends on
+    // the new leader learns the divergence point (no OFFSET_OUT_OF_RANGE, no records). The
+    // dead old leader is the replica here, so no live follower's state is disturbed.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let old_epoch_end = 5 + marker;
+    loop {
+        let (code, _) = produce(cluster.broker(new_leader), topic, batch("d", 2, 20));
+        if code == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "produce in the new epoch: {code}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, div_epoch, div_end, bytes) = replica_fetch(
+        cluster.broker(new_leader),
+        topic,
+        leader,
+        new_epoch,
+        old_epoch_end + 1,
+        epoch,
+    );
+    assert_eq!(
+        (code, div_epoch, div_end, bytes),
+        (0, epoch, old_epoch_end, 0),
+        "diverging_epoch of a replica ahead in the old epoch"
+    );
     // The acknowledged records survived; new writes commit on the two survivors.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -284,6 +348,7 @@ fn run(mode: &str) {
     assert_eq!(code, 0);
     let a: Vec<&String> = vals.iter().filter(|v| v.starts_with("a-")).collect();
     assert_eq!(a.len(), 5, "acknowledged records after failover: {vals:?}");
+    assert_eq!(vals.iter().filter(|v| v.starts_with("d-")).count(), 2);
     assert!(vals.iter().filter(|v| v.starts_with("b-")).count() >= 3);
 
     // DeleteTopics through the controller: every surviving replica's directory goes.
@@ -343,4 +408,76 @@ fn isr_acks_all_times_out_without_followers() {
         took >= Duration::from_millis(900) && took < Duration::from_secs(5),
         "answered after {took:?}"
     );
+}
+
+/// DescribeQuorum (API 55) from any broker: the active controller, its Raft term, and every
+/// voter with a log end offset (the leader's is at least the high watermark).
+#[test]
+fn describe_quorum_names_the_controller_and_every_voter() {
+    let cluster = Cluster::start("isr");
+    cluster.create_topic("dq");
+    let req = DescribeQuorumRequest::default().with_topics(vec![
+        describe_quorum_request::TopicData::default()
+            .with_topic_name(tn("__cluster_metadata"))
+            .with_partitions(vec![
+                describe_quorum_request::PartitionData::default().with_partition_index(0)
+            ]),
+    ]);
+    let mut leaders = Vec::new();
+    for via in 1..=3 {
+        let resp = cluster.broker(via).client().request(2, &req);
+        assert_eq!(resp.error_code, 0, "via {via}: {resp:?}");
+        let p = &resp.topics[0].partitions[0];
+        assert_eq!(p.error_code, 0, "via {via}: {p:?}");
+        assert!(
+            (1..=3).contains(&p.leader_id.0) && p.leader_epoch > 0,
+            "{p:?}"
+        );
+        assert!(p.high_watermark > 0, "{p:?}");
+        let mut ids: Vec<i32> = p.current_voters.iter().map(|v| v.replica_id.0).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, vec![1, 2, 3]);
+        let leader_end = p
+            .current_voters
+            .iter()
+            .find(|v| v.replica_id == p.leader_id)
+            .map(|v| v.log_end_offset);
+        assert!(leader_end >= Some(p.high_watermark), "{p:?}");
+        leaders.push(p.leader_id.0);
+    }
+    leaders.dedup();
+    assert_eq!(leaders.len(), 1, "every broker names one controller");
+}
+
+/// The high watermark is checkpointed (`replication-offset-checkpoint` in the partition
+/// directory) at a clean shutdown, and a restarted replica starts from it.
+#[test]
+fn high_watermark_is_checkpointed_at_shutdown() {
+    let mut cluster = Cluster::start("isr");
+    let topic = "hwck";
+    cluster.create_topic(topic);
+    let (leader, ..) = cluster.wait_for(1, topic, "initial leader", |s| s.2.len() == 3);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (code, _) = produce(cluster.broker(leader), topic, batch("h", 7, 0));
+        if code == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "produce: {code}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let follower = (1..=3).find(|b| *b != leader).expect("a follower");
+    // The follower learns the HW from its next fetch.
+    std::thread::sleep(Duration::from_millis(800));
+    for id in [follower, leader] {
+        let b = cluster.brokers[(id - 1) as usize]
+            .as_mut()
+            .expect("running");
+        let dir = b.data_dir.join(format!("{topic}-0"));
+        let status = b.stop_with(nix::sys::signal::Signal::SIGTERM);
+        assert!(status.success(), "broker {id} exit: {status:?}");
+        let text = std::fs::read_to_string(dir.join("replication-offset-checkpoint"))
+            .unwrap_or_else(|e| panic!("broker {id}: no checkpoint: {e}"));
+        assert_eq!(text, "0\n7\n", "broker {id}");
+    }
 }

@@ -12,9 +12,9 @@
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::{self as m, BrokerId, TopicName};
 use kafka_protocol::protocol::StrBytes;
@@ -61,6 +61,13 @@ pub struct ClusterNode {
     broker_epoch: AtomicI64,
     heartbeat_interval: Duration,
     request_timeout: Duration,
+    /// `broker.session.timeout.ms`: how long the controller keeps this broker's session.
+    session_timeout_ms: u64,
+    /// Origin of `session_sent_ms`.
+    clock: Instant,
+    /// When the last registration or heartbeat the controller answered was sent (ms since
+    /// `clock`; `u64::MAX`: none yet).
+    session_sent_ms: AtomicU64,
     /// The last converted image and the controller image it came from.
     cache: Mutex<Option<(Arc<ClusterImage>, Arc<MetadataImage>)>>,
     stop: watch::Sender<bool>,
@@ -122,6 +129,7 @@ impl ClusterNode {
         }
         let request_timeout = Duration::from_millis(cc.request_timeout_ms);
         let node_id = config.node_id;
+        let session_timeout_ms = cc.broker_session_timeout_ms;
         let controller = Controller::start(node_id as u64, &voters, &config.data_dir, cc)?;
         info!(node_id, voters = spec, "cluster mode: controller started");
         let (stop, _) = watch::channel(false);
@@ -137,6 +145,9 @@ impl ClusterNode {
                 500,
             )),
             request_timeout,
+            session_timeout_ms,
+            clock: Instant::now(),
+            session_sent_ms: AtomicU64::new(u64::MAX),
             cache: Mutex::new(None),
             stop,
             thread: Mutex::new(None),
@@ -146,6 +157,30 @@ impl ClusterNode {
     /// The broker epoch of this process's registration, -1 before it registered.
     pub fn broker_epoch(&self) -> i64 {
         self.broker_epoch.load(Ordering::Acquire)
+    }
+
+    fn clock_ms(&self) -> u64 {
+        u64::try_from(self.clock.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// Records a registration or heartbeat that the controller answered, by when it was sent:
+    /// the controller received it later, so its session clock runs no earlier than ours.
+    fn session_renewed(&self, sent_ms: u64) {
+        let prev = self.session_sent_ms.load(Ordering::Acquire);
+        if prev == u64::MAX || sent_ms > prev {
+            self.session_sent_ms.store(sent_ms, Ordering::Release);
+        }
+    }
+
+    /// Whether this broker's controller session may still be alive: the last registration or
+    /// heartbeat the controller answered was sent less than `broker.session.timeout.ms` ago.
+    /// Once it is not, the controller has fenced this broker (or will before any answer
+    /// could reach it), so its leaderships are moving: leaders refuse produce and consumer
+    /// fetch with NOT_LEADER_OR_FOLLOWER and Metadata stops naming this broker leader, so
+    /// clients go to the new leader instead of waiting for the network to heal.
+    pub fn session_alive(&self) -> bool {
+        let sent = self.session_sent_ms.load(Ordering::Acquire);
+        sent != u64::MAX && self.clock_ms().saturating_sub(sent) < self.session_timeout_ms
     }
 
     /// The current controller image.
@@ -210,9 +245,11 @@ impl ClusterNode {
                 listeners.clone(),
                 None,
             );
+            let sent = self.clock_ms();
             match tokio::time::timeout(self.request_timeout, call).await {
                 Ok(Ok(epoch)) => {
                     self.broker_epoch.store(epoch, Ordering::Release);
+                    self.session_renewed(sent);
                     info!(
                         node_id = self.node_id,
                         broker_epoch = epoch,
@@ -237,8 +274,12 @@ impl ClusterNode {
             metadata_offset: self.controller.metadata().metadata_offset,
             want_shutdown,
         };
+        let sent = self.clock_ms();
         match tokio::time::timeout(self.request_timeout, self.controller.heartbeat(request)).await {
-            Ok(r) => r.map(|r| r.fenced),
+            Ok(r) => r.map(|r| {
+                self.session_renewed(sent);
+                r.fenced
+            }),
             Err(_) => Err(ControllerError::NotAvailable("heartbeat timed out".into())),
         }
     }
@@ -799,6 +840,16 @@ pub async fn metadata(
                     topics.push(unknown(code));
                 }
                 (Ok(_), None) => topics.push(unknown(LEADER_NOT_AVAILABLE)),
+            }
+        }
+    }
+    if !node.session_alive() {
+        // This broker's session has expired (or is about to): its leaderships are moving,
+        // and naming itself leader would send clients back here. They ask another broker.
+        for p in topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
+            if p.leader_id.0 == node.node_id {
+                p.leader_id = BrokerId(-1);
+                p.error_code = LEADER_NOT_AVAILABLE;
             }
         }
     }

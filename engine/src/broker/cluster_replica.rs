@@ -43,6 +43,9 @@ use crate::storage::PartitionLog;
 const NOT_LEADER_OR_FOLLOWER: i16 = 6;
 /// How often leaders check ISR lag and acks=all deadlines.
 const TICK: Duration = Duration::from_millis(100);
+/// Ticks between high watermark checkpoints (5 s, Kafka's
+/// `replica.high.watermark.checkpoint.interval.ms` default).
+const HW_CHECKPOINT_TICKS: u64 = 50;
 /// Largest fetch response a replica fetcher asks for (all partitions).
 const FOLLOWER_FETCH_BYTES: i32 = 16 * 1024 * 1024;
 /// Largest share of one partition in a replica fetch.
@@ -92,6 +95,10 @@ pub struct Replica {
     /// Quorum mode: the leader epoch whose epoch marker is not appended yet (-1: none).
     /// Produces wait for it, so the marker is the first batch of its epoch.
     marker_pending: Cell<i32>,
+    /// The leader found itself cut off at its last tick (logged on each change).
+    cut_off: Cell<bool>,
+    /// The high watermark last written to the partition's checkpoint file.
+    hw_written: Cell<i64>,
 }
 
 /// Replication counters of one shard, labelled `shard`, registered on first use.
@@ -202,6 +209,24 @@ fn sync_log_end(
     Ok(())
 }
 
+/// Why a leader must stop serving clients before any newer partition record reaches it:
+/// its broker's controller session has lapsed (the controller fences it and elects another
+/// leader), or, in quorum mode, no majority of its replicas has fetched within
+/// `replica.lag.time.max.ms`. `None` while it may lead.
+fn cut_off(
+    node: &ClusterNode,
+    leader: &LeaderState<SharedPolicy>,
+    now: u64,
+) -> Option<&'static str> {
+    if !node.session_alive() {
+        Some("this broker's controller session has lapsed")
+    } else if !leader.has_majority_contact(now) {
+        Some("no majority of the replicas fetched within replica.lag.time.max.ms")
+    } else {
+        None
+    }
+}
+
 /// Applies a controller image to this shard's replicas. Images arriving while one is being
 /// applied are coalesced: only the newest is applied next.
 pub async fn reconcile(shard: Rc<Shard>, image: Arc<ClusterImage>) {
@@ -292,11 +317,16 @@ async fn reconcile_once(shard: &Rc<Shard>, image: &Arc<ClusterImage>) {
                             continue;
                         }
                     };
+                    // The checkpointed high watermark, so a restarted replica does not report
+                    // (or, as a new leader, start from) the log start.
+                    let checkpointed = part.log.checkpointed_high_watermark();
+                    // Every replica cleans only its committed prefix (moved every tick).
+                    part.log.set_cleanable_end(checkpointed.unwrap_or(0));
                     let state = PartitionReplica::new(
                         node_id,
                         policy_for(mode),
                         replication_config(&shard.ctx.config, t),
-                        0,
+                        checkpointed.unwrap_or(0),
                         &part.log,
                     );
                     let slot = Rc::new(Replica {
@@ -311,6 +341,8 @@ async fn reconcile_once(shard: &Rc<Shard>, image: &Arc<ClusterImage>) {
                         removed: Cell::new(false),
                         isr_seen: Cell::new(0),
                         marker_pending: Cell::new(-1),
+                        cut_off: Cell::new(false),
+                        hw_written: Cell::new(checkpointed.unwrap_or(-1)),
                     });
                     shard
                         .replicas
@@ -588,18 +620,55 @@ fn drive(shard: &Rc<Shard>, node: &Arc<ClusterNode>, slot: &Rc<Replica>) {
     }
 }
 
+/// Writes the high watermark of every replica of this shard whose value changed since its
+/// last checkpoint (Kafka's `replication-offset-checkpoint`, per partition directory here).
+pub async fn checkpoint_high_watermarks(shard: &Shard) {
+    let slots: Vec<Rc<Replica>> = shard.replicas.slots.borrow().values().cloned().collect();
+    for slot in slots {
+        if slot.removed.get() {
+            continue;
+        }
+        let hw = slot
+            .state
+            .borrow()
+            .high_watermark()
+            .min(slot.part.log.log_end_offset());
+        if hw < 0 || hw == slot.hw_written.get() {
+            continue;
+        }
+        match slot.part.log.write_high_watermark(hw).await {
+            Ok(()) => slot.hw_written.set(hw),
+            Err(e) => warn!(
+                topic = slot.topic,
+                partition = slot.partition,
+                "cannot checkpoint the high watermark: {e}"
+            ),
+        }
+    }
+}
+
 async fn tick_loop(shard: Rc<Shard>) {
     let Some(node) = shard.ctx.metadata.cluster_node().cloned() else {
         return;
     };
+    let mut ticks: u64 = 0;
     loop {
         tokio::time::sleep(TICK).await;
-        if *shard.phase.borrow() == Phase::Closing {
+        let phase = *shard.phase.borrow();
+        if phase == Phase::Closing {
+            // The shard's close writes the last checkpoint.
             return;
+        }
+        ticks += 1;
+        if phase == Phase::Running && ticks % HW_CHECKPOINT_TICKS == 0 {
+            checkpoint_high_watermarks(&shard).await;
         }
         let slots: Vec<Rc<Replica>> = shard.replicas.slots.borrow().values().cloned().collect();
         let now = now();
         for slot in slots {
+            slot.part
+                .log
+                .set_cleanable_end(slot.state.borrow().high_watermark());
             let consistent = {
                 let mut st = slot.state.borrow_mut();
                 match st.leader_mut() {
@@ -608,9 +677,32 @@ async fn tick_loop(shard: Rc<Shard>) {
                         if ok {
                             l.on_tick(now);
                         }
+                        let why = cut_off(&node, l, now);
+                        if let Some(why) = why {
+                            // Its acks=all writes cannot commit here any more: the clients
+                            // retry against the new leader now, not at their timeout.
+                            l.fail_waiters(&ReplicationError::NotLeaderOrFollower);
+                            if !slot.cut_off.replace(true) {
+                                warn!(
+                                    topic = slot.topic,
+                                    partition = slot.partition,
+                                    leader_epoch = l.leader_epoch(),
+                                    "leader cut off ({why}): refusing produce and fetch"
+                                );
+                            }
+                        } else if slot.cut_off.replace(false) {
+                            info!(
+                                topic = slot.topic,
+                                partition = slot.partition,
+                                "leader reachable again: serving"
+                            );
+                        }
                         ok
                     }
-                    None => true,
+                    None => {
+                        slot.cut_off.set(false);
+                        true
+                    }
                 }
             };
             if consistent {
@@ -633,11 +725,16 @@ fn restart_leadership(shard: &Rc<Shard>, node: &Arc<ClusterNode>, slot: &Rc<Repl
         return;
     };
     let mode = topic.replication_mode();
+    let hw = slot
+        .state
+        .borrow()
+        .high_watermark()
+        .clamp(0, slot.part.log.log_end_offset().max(0));
     let fresh = PartitionReplica::new(
         node.node_id,
         policy_for(mode),
         replication_config(&shard.ctx.config, topic),
-        0,
+        hw,
         &slot.part.log,
     );
     drop(slot.state.replace(fresh));
@@ -665,7 +762,7 @@ pub fn before_append(
     partition: i32,
     acks: i16,
 ) -> Option<Result<Admitted, (i16, String)>> {
-    shard.ctx.metadata.cluster_node()?;
+    let node = shard.ctx.metadata.cluster_node()?;
     let Some(slot) = shard.replicas.get(topic, partition) else {
         return Some(Err((
             NOT_LEADER_OR_FOLLOWER,
@@ -683,6 +780,9 @@ pub fn before_append(
     let admitted = {
         let mut st = slot.state.borrow_mut();
         st.leader_for_request(None).and_then(|l| {
+            if cut_off(node, l, now).is_some() {
+                return Err(ReplicationError::NotLeaderOrFollower);
+            }
             sync_log_end(l, &slot.part.log, now)?;
             l.check_produce(acks == -1, now)?;
             Ok(l.leader_epoch())
@@ -760,10 +860,22 @@ pub async fn after_append(
     }
 }
 
-/// What a fetch may read in cluster mode: `(upper bound, high watermark to report)`. A
-/// replica's fetch (replica id set) updates the leader's follower state and reads up to the
-/// log end; a consumer reads up to the high watermark. `None` in single-node mode.
-pub fn fetch_limit(shard: &Rc<Shard>, item: &FetchIn) -> Option<Result<(i64, i64), i16>> {
+/// What a fetch may read in cluster mode.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchLimit {
+    /// Records are read up to here (exclusive).
+    pub read_to: i64,
+    /// The high watermark to report.
+    pub high_watermark: i64,
+    /// A replica whose log diverges from the leader's: where the leader's log ends for the
+    /// replica's last fetched epoch (KIP-320 `diverging_epoch`; nothing is read).
+    pub diverging_epoch: Option<EpochEndOffset>,
+}
+
+/// What a fetch may read in cluster mode. A replica's fetch (replica id set) updates the
+/// leader's follower state and reads up to the log end, or learns where its log diverges; a
+/// consumer reads up to the high watermark. `None` in single-node mode.
+pub fn fetch_limit(shard: &Rc<Shard>, item: &FetchIn) -> Option<Result<FetchLimit, i16>> {
     let node = shard.ctx.metadata.cluster_node()?.clone();
     let Some(slot) = shard.replicas.get(&item.topic, item.partition) else {
         return Some(Err(NOT_LEADER_OR_FOLLOWER));
@@ -783,17 +895,30 @@ pub fn fetch_limit(shard: &Rc<Shard>, item: &FetchIn) -> Option<Result<(i64, i64
                         .then_some(item.last_fetched_epoch),
                 };
                 let d = l.on_follower_fetch(&fetch, &slot.part.log, now)?;
-                if d.diverging_epoch.is_some() {
-                    // Followers find the divergence point with OffsetForLeaderEpoch.
+                if d.diverging_epoch.is_some_and(|e| e.is_undefined()) {
+                    // Nothing of the follower's last epoch is here (Kafka answers this with
+                    // OFFSET_OUT_OF_RANGE too): it asks OffsetForLeaderEpoch and truncates.
                     return Err(ReplicationError::OffsetOutOfRange {
                         offset: item.offset,
                         log_end_offset: d.log_end_offset,
                     });
                 }
-                Ok((d.log_end_offset, d.high_watermark))
+                Ok(FetchLimit {
+                    read_to: d.log_end_offset,
+                    high_watermark: d.high_watermark,
+                    diverging_epoch: d.diverging_epoch,
+                })
             } else {
+                // A cut-off leader's data may be stale: consumers move with the producers.
+                if cut_off(&node, l, now).is_some() {
+                    return Err(ReplicationError::NotLeaderOrFollower);
+                }
                 let hw = l.consumer_fetch_limit(epoch)?;
-                Ok((hw, hw))
+                Ok(FetchLimit {
+                    read_to: hw,
+                    high_watermark: hw,
+                    diverging_epoch: None,
+                })
             }
         })
     };
@@ -1285,9 +1410,16 @@ async fn fetcher_loop(shard: Rc<Shard>, node: Arc<ClusterNode>, leader: i32) {
                     Some(p) => {
                         let records = p.records.clone().unwrap_or_default();
                         let (len, end) = complete_batches(&records);
+                        let d = &p.diverging_epoch;
                         let info = FetchResponseInfo {
                             high_watermark: p.high_watermark,
-                            diverging_epoch: None,
+                            // KIP-320: the leader's log ends for our last epoch here.
+                            diverging_epoch: (d.epoch >= 0 || d.end_offset >= 0).then_some(
+                                EpochEndOffset {
+                                    leader_epoch: d.epoch,
+                                    end_offset: d.end_offset,
+                                },
+                            ),
                             records_end_offset: end.unwrap_or(fetch_offset),
                         };
                         (Ok(info), Some(records.slice(..len)))

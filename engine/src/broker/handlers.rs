@@ -196,6 +196,11 @@ pub async fn handle_request(
                 None => frame(&describe_cluster(&shard)),
             }
         }
+        ApiKey::DescribeQuorum => {
+            let req = decode!(m::DescribeQuorumRequest);
+            let node = shard.ctx.metadata.cluster_node().cloned();
+            frame(&super::quorum::describe_quorum(node.as_deref(), version, req).await)
+        }
         ApiKey::FindCoordinator => {
             let req = decode!(m::FindCoordinatorRequest);
             frame(&groups::find_coordinator(&shard, version, req))
@@ -381,7 +386,7 @@ async fn produce(
 ) -> Result<Option<m::ProduceResponse>, RequestError> {
     let acks = req.acks;
     let timeout_ms = req.timeout_ms;
-    let image = shard.ctx.metadata.image();
+    let image = shard.image();
     let mut results: Vec<Option<ProduceOut>> = Vec::new();
     let mut work = Vec::new();
     let mut layout = Vec::new();
@@ -525,7 +530,7 @@ async fn fetch(
     cid: i32,
     req: m::FetchRequest,
 ) -> Result<FetchFrame, RequestError> {
-    let image = shard.ctx.metadata.image();
+    let image = shard.image();
     let zero_copy = shard.ctx.config.fetch_zero_copy;
     let mut layout: Vec<FetchLayout> = Vec::new();
     // Per partition: fetch offset, max bytes, current leader epoch, last fetched epoch.
@@ -664,17 +669,19 @@ async fn fetch(
                     last_stable_offset: -1,
                     log_start_offset: -1,
                     records: None,
+                    diverging_epoch: None,
                 },
                 None => {
                     let r = results[pos].take();
-                    let (code, hw, ls, mut records) = match r {
+                    let (code, hw, ls, mut records, diverging_epoch) = match r {
                         Some(o) => (
                             o.error_code,
                             o.high_watermark,
                             o.log_start_offset,
                             o.records,
+                            o.diverging_epoch,
                         ),
-                        None => (ec::UNKNOWN_SERVER_ERROR, -1, -1, None),
+                        None => (ec::UNKNOWN_SERVER_ERROR, -1, -1, None, None),
                     };
                     if let Some(rec) = &records {
                         let len = rec.len();
@@ -692,6 +699,7 @@ async fn fetch(
                         last_stable_offset: hw,
                         log_start_offset: ls,
                         records,
+                        diverging_epoch,
                     }
                 }
             };
@@ -718,7 +726,7 @@ async fn list_offsets(
     version: i16,
     req: m::ListOffsetsRequest,
 ) -> Result<m::ListOffsetsResponse, RequestError> {
-    let image = shard.ctx.metadata.image();
+    let image = shard.image();
     let mut results: Vec<Option<OffsetOut>> = Vec::new();
     let mut work = Vec::new();
     let mut layout = Vec::new();
@@ -867,7 +875,7 @@ async fn metadata(
     req: m::MetadataRequest,
 ) -> Result<m::MetadataResponse, RequestError> {
     let cfg = &shard.ctx.config;
-    let mut image = shard.ctx.metadata.image();
+    let mut image = shard.image();
     let all = match &req.topics {
         None => true,
         Some(t) => t.is_empty() && version == 0,
@@ -913,7 +921,7 @@ async fn metadata(
                 continue;
             }
             let _admin = shard.ctx.metadata.admin_lock.lock().await;
-            image = shard.ctx.metadata.image();
+            image = shard.image();
             let created = match image.topic(&name) {
                 Some(t) => Ok(t.clone()),
                 None => create_topic(shard, &name, cfg.num_partitions, BTreeMap::new()).await,
@@ -1006,7 +1014,7 @@ async fn create_topics(
         };
         let check = || -> Result<i32, (i16, String)> {
             validate_topic_name(&name).map_err(|e| (ec::INVALID_TOPIC_EXCEPTION, e))?;
-            if shard.ctx.metadata.image().topic(&name).is_some() {
+            if shard.image().topic(&name).is_some() {
                 return Err((
                     ec::TOPIC_ALREADY_EXISTS,
                     format!("topic `{name}` already exists"),
@@ -1103,7 +1111,7 @@ async fn delete_topics(
     };
     let mut resp = m::DeleteTopicsResponse::default();
     for (name, id) in targets {
-        let image = shard.ctx.metadata.image();
+        let image = shard.image();
         let meta = match &name {
             Some(n) => image.topic(n).cloned(),
             None => image.topic_by_id(&id).cloned(),
@@ -1165,7 +1173,7 @@ async fn create_partitions(
     let mut resp = m::CreatePartitionsResponse::default();
     for t in req.topics {
         let name = t.name.as_str().to_string();
-        let image = shard.ctx.metadata.image();
+        let image = shard.image();
         let outcome: Result<(), (i16, String)> = async {
             let meta = image.topic(&name).ok_or((
                 ec::UNKNOWN_TOPIC_OR_PARTITION,
@@ -1267,7 +1275,7 @@ fn describe_configs(
     req: m::DescribeConfigsRequest,
 ) -> m::DescribeConfigsResponse {
     let cfg = &shard.ctx.config;
-    let image = shard.ctx.metadata.image();
+    let image = shard.image();
     let mut resp = m::DescribeConfigsResponse::default();
     for r in req.resources {
         let mut result = m::describe_configs_response::DescribeConfigsResult::default()
@@ -1358,7 +1366,7 @@ async fn incremental_alter_configs(
                     "only topic configs can be altered (broker configs are static)".into(),
                 ));
             }
-            let image = shard.ctx.metadata.image();
+            let image = shard.image();
             let meta = image.topic(&name).ok_or((
                 ec::UNKNOWN_TOPIC_OR_PARTITION,
                 format!("topic `{name}` does not exist"),
@@ -1440,7 +1448,7 @@ fn describe_cluster(shard: &Rc<Shard>) -> m::DescribeClusterResponse {
     let cfg = &shard.ctx.config;
     let node = BrokerId(cfg.node_id);
     m::DescribeClusterResponse::default()
-        .with_cluster_id(str_bytes(&shard.ctx.metadata.image().cluster_id))
+        .with_cluster_id(str_bytes(&shard.image().cluster_id))
         .with_controller_id(node)
         .with_endpoint_type(1)
         .with_brokers(vec![

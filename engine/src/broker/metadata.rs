@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
 use uuid::Uuid;
@@ -158,11 +159,61 @@ pub fn owner_shard(topic: &str, partition: i32, shards: usize) -> usize {
     (h % shards as u64) as usize
 }
 
+/// One shard's copy of the current image ([`super::shard::Shard::image`]). The produce and
+/// fetch path reads it after one atomic version check and takes no lock shared with other
+/// shards; only a changed image is fetched from the store (under its lock, once per change
+/// per shard). A change is visible to every shard as soon as it is published (the version
+/// moves with it), so an admin API that answers after publishing is never ahead of the
+/// answering shard's reads.
+#[derive(Default)]
+pub struct ImageCache {
+    cached: std::cell::RefCell<Option<(u64, Arc<MetadataImage>)>>,
+    /// Cluster mode: this shard's receiver of controller images (`has_changed` is an atomic
+    /// load of the watch's version).
+    controller: std::cell::RefCell<
+        Option<tokio::sync::watch::Receiver<Arc<crate::controller::MetadataImage>>>,
+    >,
+}
+
+impl ImageCache {
+    /// The current image of `store`.
+    pub fn get(&self, store: &MetadataStore) -> Arc<MetadataImage> {
+        let version = match &store.cluster {
+            Some(node) => {
+                let mut rx = self.controller.borrow_mut();
+                let rx = rx.get_or_insert_with(|| {
+                    let mut rx = node.controller.watch_metadata();
+                    rx.mark_changed();
+                    rx
+                });
+                // A closed watch (controller stopping) keeps the last image.
+                if rx.has_changed().unwrap_or(false) {
+                    let _seen = rx.borrow_and_update();
+                    None
+                } else {
+                    Some(0)
+                }
+            }
+            None => Some(store.version.load(Ordering::Acquire)),
+        };
+        if let (Some(v), Some((cached_v, image))) = (version, self.cached.borrow().as_ref()) {
+            if *cached_v == v {
+                return image.clone();
+            }
+        }
+        let image = store.image();
+        *self.cached.borrow_mut() = Some((version.unwrap_or(0), image.clone()));
+        image
+    }
+}
+
 /// The persistent, shared topic registry.
 #[derive(Debug)]
 pub struct MetadataStore {
     path: PathBuf,
     image: RwLock<Arc<MetadataImage>>,
+    /// Moves after every published change (single-node mode; [`ImageCache`] compares it).
+    version: std::sync::atomic::AtomicU64,
     /// Serialises admin changes (create/delete/alter) across shards; never taken on the
     /// produce or fetch path.
     pub admin_lock: tokio::sync::Mutex<()>,
@@ -198,6 +249,7 @@ impl MetadataStore {
         Ok(MetadataStore {
             path,
             image: RwLock::new(Arc::new(image)),
+            version: std::sync::atomic::AtomicU64::new(0),
             admin_lock: tokio::sync::Mutex::new(()),
             cluster: None,
         })
@@ -208,6 +260,7 @@ impl MetadataStore {
         MetadataStore {
             path: PathBuf::new(),
             image: RwLock::new(Arc::new(MetadataImage::default())),
+            version: std::sync::atomic::AtomicU64::new(0),
             admin_lock: tokio::sync::Mutex::new(()),
             cluster: Some(node),
         }
@@ -240,6 +293,8 @@ impl MetadataStore {
             Ok(mut g) => *g = next.clone(),
             Err(poisoned) => *poisoned.into_inner() = next.clone(),
         }
+        // After the image: a shard that sees the new version reads the new image.
+        self.version.fetch_add(1, Ordering::AcqRel);
         Ok(next)
     }
 

@@ -9,6 +9,7 @@
 //! - [`handlers`]: one function per Kafka API.
 //! - [`groups`]: the consumer-group coordinator of each shard, `__consumer_offsets`.
 //! - [`producer_ids`]: InitProducerId (owned by shard 0), refusals of the transactional APIs.
+//! - [`quorum`]: DescribeQuorum (the controller voters' Raft state, forwarded to the leader).
 //! - [`connection`]: per-connection read/dispatch/in-order write.
 //! - [`server`]: starting shard threads, two-phase shutdown.
 
@@ -22,6 +23,7 @@ pub mod handlers;
 pub mod metadata;
 pub mod producer_ids;
 pub mod protocol;
+pub mod quorum;
 pub mod server;
 pub mod shard;
 

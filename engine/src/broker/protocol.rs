@@ -32,6 +32,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::InitProducerId, 0, 5),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
+    (ApiKey::DescribeQuorum, 0, 2),
 ];
 
 /// The version range served for `key`, if any.
@@ -185,6 +186,9 @@ pub struct FetchPartitionOut {
     pub log_start_offset: i64,
     /// Record bytes, if any.
     pub records: Option<RecordsSource>,
+    /// KIP-320: `(epoch, end offset)` where the leader's log ends for the fetcher's last epoch,
+    /// when the fetcher's log diverges (versions >= 12: the `DivergingEpoch` tagged field).
+    pub diverging_epoch: Option<(i32, i64)>,
 }
 
 /// One topic of a fetch response.
@@ -290,7 +294,18 @@ pub fn encode_fetch_response(
                 parts.push(FramePart::Records(records));
             }
             if flexible {
-                put_uvarint(&mut head, 0); // partition tagged fields
+                match p.diverging_epoch {
+                    // Tag 0, DivergingEpoch: epoch, end offset, its own (empty) tagged fields.
+                    Some((epoch, end_offset)) => {
+                        put_uvarint(&mut head, 1);
+                        put_uvarint(&mut head, 0);
+                        put_uvarint(&mut head, 4 + 8 + 1);
+                        head.put_i32(epoch);
+                        head.put_i64(end_offset);
+                        put_uvarint(&mut head, 0);
+                    }
+                    None => put_uvarint(&mut head, 0), // partition tagged fields
+                }
             }
         }
         if flexible {
@@ -352,6 +367,7 @@ mod tests {
                                 records: Some(RecordsSource::Bytes(Bytes::from_static(
                                     b"batch-bytes-0",
                                 ))),
+                                diverging_epoch: None,
                             },
                             FetchPartitionOut {
                                 partition: 3,
@@ -360,6 +376,7 @@ mod tests {
                                 last_stable_offset: 5,
                                 log_start_offset: 0,
                                 records: None,
+                                diverging_epoch: Some((3, 42)),
                             },
                         ],
                     },
@@ -373,6 +390,7 @@ mod tests {
                             last_stable_offset: 1,
                             log_start_offset: 0,
                             records: Some(RecordsSource::Bytes(Bytes::from_static(b"xyz"))),
+                            diverging_epoch: None,
                         }],
                     },
                 ];
@@ -409,6 +427,11 @@ mod tests {
                     assert_eq!(t0.partitions[0].log_start_offset, 2);
                 }
                 assert_eq!(t0.partitions[1].error_code, 1);
+                if version >= 12 {
+                    let d = &t0.partitions[1].diverging_epoch;
+                    assert_eq!((d.epoch, d.end_offset), (3, 42), "v{version}");
+                    assert_eq!(t0.partitions[0].diverging_epoch.epoch, -1);
+                }
                 assert_eq!(
                     t0.partitions[1].records.as_deref().map(<[u8]>::len),
                     Some(0)

@@ -159,6 +159,8 @@ pub struct Shard {
     pub producer_ids: super::producer_ids::ProducerIds,
     /// Cluster mode: this shard's partition replicas (empty on a single node).
     pub replicas: super::cluster_replica::ShardReplicas,
+    /// This shard's copy of the metadata image ([`Shard::image`]).
+    image_cache: super::metadata::ImageCache,
 }
 
 /// Input for one partition of a produce.
@@ -291,6 +293,9 @@ pub struct FetchOut {
     pub log_start_offset: i64,
     /// Records, if any.
     pub records: Option<RecordsSource>,
+    /// The fetching replica's log diverges: where the leader's log ends for its last epoch
+    /// (KIP-320; the follower truncates there, no records are sent).
+    pub diverging_epoch: Option<(i32, i64)>,
 }
 
 /// Result of a ListOffsets lookup.
@@ -313,6 +318,13 @@ pub fn now_ms() -> i64 {
 }
 
 impl Shard {
+    /// The current metadata image, from this shard's copy: one atomic version check and no
+    /// lock shared with other shards on the produce and fetch path (see
+    /// [`super::metadata::ImageCache`]).
+    pub fn image(&self) -> Arc<super::metadata::MetadataImage> {
+        self.image_cache.get(&self.ctx.metadata)
+    }
+
     /// Creates the state for shard `id`.
     pub fn new(id: usize, ctx: Arc<BrokerContext>) -> Shard {
         let (phase, _) = watch::channel(Phase::Running);
@@ -327,6 +339,7 @@ impl Shard {
             groups,
             producer_ids: Default::default(),
             replicas: Default::default(),
+            image_cache: Default::default(),
         }
     }
 
@@ -407,7 +420,7 @@ impl Shard {
                 None => break,
             }
         }
-        let image = self.ctx.metadata.image();
+        let image = self.image();
         let meta = image
             .topic(topic)
             .filter(|t| (0..t.partitions).contains(&partition))
@@ -468,7 +481,7 @@ impl Shard {
 
     /// Opens every partition this shard owns (start-up recovery).
     pub async fn open_owned_partitions(&self) {
-        let image = self.ctx.metadata.image();
+        let image = self.image();
         for topic in image.topics() {
             for p in 0..topic.partitions {
                 if self.ctx.owner(&topic.name, p) == self.id {
@@ -481,7 +494,7 @@ impl Shard {
     /// The state of every partition this shard owns, for /metrics: open logs, and owned
     /// partitions that are not open (their open failed) as offline.
     pub fn partition_snapshots(&self) -> Vec<crate::metrics::PartitionSnapshot> {
-        let image = self.ctx.metadata.image();
+        let image = self.image();
         let map = self.partitions.borrow();
         let mut out = Vec::new();
         let me = self.ctx.config.node_id;
@@ -615,6 +628,7 @@ impl Shard {
             high_watermark: hw,
             log_start_offset: ls,
             records: None,
+            diverging_epoch: None,
         };
         let partition = match self.partition(&item.topic, item.partition).await {
             Ok(p) => p,
@@ -626,10 +640,19 @@ impl Shard {
         let mut reported_hw = None;
         match super::cluster_replica::fetch_limit(self, &item) {
             None => {}
-            Some(Ok((limit, high_watermark))) => {
-                upper = limit;
-                hw = high_watermark;
-                reported_hw = Some(high_watermark);
+            Some(Ok(limit)) => {
+                if let Some(d) = limit.diverging_epoch {
+                    return FetchOut {
+                        error_code: error_code::NONE,
+                        high_watermark: limit.high_watermark,
+                        log_start_offset: log.log_start_offset(),
+                        records: None,
+                        diverging_epoch: Some((d.leader_epoch, d.end_offset)),
+                    };
+                }
+                upper = limit.read_to;
+                hw = limit.high_watermark;
+                reported_hw = Some(limit.high_watermark);
             }
             Some(Err(code)) => return fail(code, -1, -1),
         }
@@ -685,6 +708,7 @@ impl Shard {
             high_watermark: reported_hw.unwrap_or(read.log_end_offset),
             log_start_offset: read.log_start_offset,
             records,
+            diverging_epoch: None,
         }
     }
 
@@ -821,7 +845,7 @@ impl Shard {
 
     /// Applies the topic's current config to its open partitions on this shard.
     pub async fn apply_topic_config(self: Rc<Self>, topic: String) {
-        let image = self.ctx.metadata.image();
+        let image = self.image();
         let Some(meta) = image.topic(&topic) else {
             return;
         };
@@ -933,6 +957,7 @@ impl Shard {
 
     /// Flushes and closes every open partition (writes the clean-shutdown markers).
     pub async fn close_all(&self) {
+        super::cluster_replica::checkpoint_high_watermarks(self).await;
         let parts = self.open_partitions();
         self.partitions.borrow_mut().clear();
         for p in parts {

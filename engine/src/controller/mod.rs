@@ -105,6 +105,32 @@ pub fn parse_voters(spec: &str) -> Result<Vec<Voter>, ControllerError> {
     Ok(voters)
 }
 
+/// The metadata quorum as one voter sees it ([`Controller::quorum`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuorumState {
+    /// The Raft leader (the active controller), if known.
+    pub leader: Option<NodeId>,
+    /// The Raft term (KRaft's leader epoch of the metadata log).
+    pub term: u64,
+    /// Whether this voter leads.
+    pub is_leader: bool,
+    /// The offset after the last metadata record this voter applied (its high watermark).
+    pub applied_offset: i64,
+    /// On the leader: milliseconds since a voter majority last acknowledged it.
+    pub millis_since_quorum_ack: Option<u64>,
+    /// Every voter with its log end offset (-1: unknown here).
+    pub voters: Vec<VoterState>,
+}
+
+/// One voter of the metadata quorum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VoterState {
+    /// Its node id.
+    pub id: NodeId,
+    /// The offset after its last metadata log entry (-1: unknown to this voter).
+    pub log_end_offset: i64,
+}
+
 /// Controller settings (Kafka names where Kafka has one).
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
@@ -262,6 +288,18 @@ impl Core {
     async fn heartbeat_local(&self, request: HeartbeatRequest) -> Result<ApplyHeartbeat, Redirect> {
         if self.leader() != Some(self.node_id) {
             return Err(Redirect::NotController(self.leader()));
+        }
+        // A leader that has not heard from a voter majority for an election timeout may be
+        // cut off and replaced: it must not renew sessions (the broker beside it would keep
+        // leading partitions that the real controller moves away).
+        if self.voters.len() > 1 {
+            let acked = self
+                .raft
+                .as_ref()
+                .and_then(|r| r.metrics().borrow().millis_since_quorum_ack);
+            if acked.is_none_or(|ms| ms > self.config.raft_election_timeout_ms) {
+                return Err(Redirect::NotController(None));
+            }
         }
         let image = self.image.borrow().clone();
         let broker = match image.broker(request.broker_id) {
@@ -603,6 +641,42 @@ impl Controller {
     /// A watch that sees every newly applied metadata image.
     pub fn watch_metadata(&self) -> watch::Receiver<Arc<MetadataImage>> {
         self.image.clone()
+    }
+
+    /// The metadata quorum as this voter's Raft state shows it (DescribeQuorum); `None` on a
+    /// broker-only node. Only the leader knows the voters' log ends.
+    pub fn quorum(&self) -> Option<QuorumState> {
+        let raft = self.core.raft.as_ref()?;
+        let metrics = raft.metrics().borrow().clone();
+        let is_leader = metrics.current_leader == Some(self.node_id);
+        // Kafka offsets: the next offset of the log; openraft indexes entries from 0.
+        let next = |index: Option<u64>| index.map_or(0, |i| i64::try_from(i).map_or(-1, |i| i + 1));
+        let voters = metrics
+            .membership_config
+            .voter_ids()
+            .map(|id| {
+                let log_end_offset = if id == self.node_id {
+                    next(metrics.last_log_index)
+                } else if is_leader {
+                    metrics
+                        .replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id))
+                        .map_or(-1, |matched| next(matched.as_ref().map(|l| l.index)))
+                } else {
+                    -1
+                };
+                VoterState { id, log_end_offset }
+            })
+            .collect();
+        Some(QuorumState {
+            leader: metrics.current_leader,
+            term: metrics.current_term,
+            is_leader,
+            applied_offset: next(metrics.last_applied.map(|l| l.index)),
+            millis_since_quorum_ack: metrics.millis_since_quorum_ack,
+            voters,
+        })
     }
 
     async fn run(&self, call: Call) -> Result<Answer, ControllerError> {

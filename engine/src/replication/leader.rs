@@ -8,7 +8,9 @@ use std::collections::VecDeque;
 use super::control::{AlterPartitionRequest, PartitionState};
 use super::log::{EpochEndOffset, EpochLog};
 use super::policy::{CommitView, ReplicaProgress, ReplicationPolicy};
-use super::{BrokerId, LeaderEpoch, Millis, Offset, ReplicationConfig, ReplicationError};
+use super::{
+    BrokerId, LeaderEpoch, Millis, Offset, ReplicationConfig, ReplicationError, ReplicationMode,
+};
 
 /// An acks=all produce waiting for its records to commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +102,8 @@ pub struct LeaderState<P> {
     high_watermark: Offset,
     waiters: VecDeque<ProduceWaiter>,
     actions: VecDeque<LeaderAction>,
+    /// When this leadership began (followers' contact is counted from here at the latest).
+    started_ms: Millis,
 }
 
 impl<P: ReplicationPolicy> LeaderState<P> {
@@ -146,6 +150,7 @@ impl<P: ReplicationPolicy> LeaderState<P> {
             high_watermark,
             waiters: VecDeque::new(),
             actions: VecDeque::new(),
+            started_ms: now,
         };
         leader.maybe_advance_high_watermark(now);
         leader
@@ -202,6 +207,36 @@ impl<P: ReplicationPolicy> LeaderState<P> {
     /// acks=all writes waiting for the commit point.
     pub fn pending_produces(&self) -> usize {
         self.waiters.len()
+    }
+
+    /// Quorum mode: whether a majority of the replicas (this leader included) fetched within
+    /// `replica.lag.time.max.ms` (a new leader counts its first window from taking office).
+    /// Without that contact the leader cannot commit, and the majority on the other side of a
+    /// network partition may have elected a new leader already, so it stops serving clients
+    /// (Raft's check-quorum). Always true in isr mode, where the controller session decides.
+    pub fn has_majority_contact(&self, now: Millis) -> bool {
+        if self.policy.mode() != ReplicationMode::Quorum {
+            return true;
+        }
+        let window = self.config.replica_lag_time_max_ms;
+        let reached = 1 + self
+            .followers
+            .iter()
+            .filter(|f| now.saturating_sub(f.last_fetch_ms.max(self.started_ms)) <= window)
+            .count();
+        reached * 2 > self.replicas.len()
+    }
+
+    /// Fails every waiting acks=all write with `error` (a leader that knows it is cut off:
+    /// its clients should retry elsewhere now rather than at their request timeout).
+    pub fn fail_waiters(&mut self, error: &ReplicationError) {
+        for w in self.waiters.drain(..) {
+            self.actions.push_back(LeaderAction::CompleteProduce {
+                id: w.id,
+                result: Err(error.clone()),
+            });
+        }
+        debug_assert!(self.waiters.is_empty());
     }
 
     /// The next action for the shell, oldest first.
@@ -278,8 +313,8 @@ impl<P: ReplicationPolicy> LeaderState<P> {
         }
         // KIP-595: the follower's last record must be where our log has the same epoch;
         // otherwise it holds records we never had and must truncate first.
-        if fetch.fetch_offset > 0 {
-            let epoch = fetch.last_fetched_epoch.unwrap_or(super::UNDEFINED_EPOCH);
+        // A fetch without `last_fetched_epoch` (versions < 12) is not checked, as in Kafka.
+        if let Some(epoch) = fetch.last_fetched_epoch.filter(|_| fetch.fetch_offset > 0) {
             let ours = log.epoch_end_offset(epoch);
             if ours.is_undefined()
                 || ours.leader_epoch < epoch
@@ -623,6 +658,44 @@ mod tests {
 
     fn drain<P: ReplicationPolicy>(l: &mut LeaderState<P>) -> Vec<LeaderAction> {
         std::iter::from_fn(|| l.poll_action()).collect()
+    }
+
+    #[test]
+    fn quorum_leader_without_majority_contact_stops_and_fails_waiters() {
+        let log = log(2, 2);
+        let mut l = LeaderState::new(1, QuorumPolicy, config(), &state(&[1, 2, 3]), 2, 0, 1_000);
+        // A new leader gets one lag window from taking office.
+        assert!(l.has_majority_contact(1_100));
+        assert!(!l.has_majority_contact(1_101));
+        // One follower's fetch is a majority of three with the leader.
+        l.on_follower_fetch(&fetch(2, 2), &log, 1_050)
+            .map(|_| ())
+            .ok();
+        assert!(l.has_majority_contact(1_150));
+        assert!(!l.has_majority_contact(1_151));
+        l.on_append(
+            3,
+            Some(ProduceWaiter {
+                id: 9,
+                base_offset: 2,
+                required_offset: 3,
+                deadline: 5_000,
+            }),
+            1_151,
+        );
+        drain(&mut l);
+        l.fail_waiters(&ReplicationError::NotLeaderOrFollower);
+        assert_eq!(
+            drain(&mut l),
+            vec![LeaderAction::CompleteProduce {
+                id: 9,
+                result: Err(ReplicationError::NotLeaderOrFollower)
+            }]
+        );
+        assert_eq!(l.pending_produces(), 0);
+        // isr mode leaves this to the controller session.
+        let isr = LeaderState::new(1, IsrPolicy, config(), &state(&[1, 2, 3]), 2, 0, 0);
+        assert!(isr.has_majority_contact(1_000_000));
     }
 
     #[test]

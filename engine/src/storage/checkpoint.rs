@@ -9,6 +9,9 @@
 pub const RECOVERY_POINT_FILE: &str = "recovery-point-offset-checkpoint";
 /// Log start offset (moved by retention and DeleteRecords).
 pub const LOG_START_FILE: &str = "log-start-offset-checkpoint";
+/// Replication high watermark (Kafka's `replication-offset-checkpoint`): a restarted replica
+/// starts from it instead of from the log start.
+pub const HIGH_WATERMARK_FILE: &str = "replication-offset-checkpoint";
 /// Leader-epoch cache.
 pub const LEADER_EPOCH_FILE: &str = "leader-epoch-checkpoint";
 /// Present only after a clean close; its presence skips the recovery scan.

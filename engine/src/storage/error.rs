@@ -105,8 +105,8 @@ pub enum AppendError {
     /// A timestamp is out of range.
     #[error("invalid timestamp: {0}")]
     InvalidTimestamp(String),
-    /// A follower append does not start at the log end offset or has gaps.
-    #[error("non-contiguous follower append: expected offset {expected}, got {got}")]
+    /// A follower append goes back: a batch starts below the log end or the previous batch's end.
+    #[error("follower append goes back: expected offset {expected} or above, got {got}")]
     NonContiguous {
         /// The offset the log expected.
         expected: i64,

@@ -22,7 +22,8 @@ use crate::io::file::{write_file_atomic, DiskFile};
 use crate::io::runtime::spawn;
 
 use super::checkpoint::{
-    encode_offset, CLEAN_SHUTDOWN_FILE, LEADER_EPOCH_FILE, LOG_START_FILE, RECOVERY_POINT_FILE,
+    encode_offset, CLEAN_SHUTDOWN_FILE, HIGH_WATERMARK_FILE, LEADER_EPOCH_FILE, LOG_START_FILE,
+    RECOVERY_POINT_FILE,
 };
 use super::config::{FlushPolicy, LogConfig, TimestampType};
 use super::error::{AppendError, ReadError, StorageError};
@@ -179,6 +180,8 @@ struct Inner {
     roll_flush_lock: Mutex<()>,
     visible_tx: watch::Sender<i64>,
     flush_tx: watch::Sender<u64>,
+    /// The cleaner works only below this offset ([`PartitionLog::set_cleanable_end`]).
+    cleanable_end: Cell<i64>,
 }
 
 /// One partition's log. See the module docs for the concurrency model.
@@ -228,6 +231,12 @@ enum Mode {
     Follower,
 }
 
+impl Mode {
+    fn is_follower(&self) -> bool {
+        matches!(self, Mode::Follower)
+    }
+}
+
 impl PartitionLog {
     /// Opens the partition directory `dir`, creating it or recovering it as needed.
     pub async fn open(dir: PathBuf, config: LogConfig) -> Result<PartitionLog, StorageError> {
@@ -265,6 +274,7 @@ impl PartitionLog {
             roll_flush_lock: Mutex::new(()),
             visible_tx,
             flush_tx,
+            cleanable_end: Cell::new(i64::MAX),
         });
         let log = PartitionLog { inner };
         log.inner.load_producer_state().await?;
@@ -396,8 +406,9 @@ impl PartitionLog {
         let guard = inner.append_lock.lock().await;
         inner.check_usable()?;
         if let Mode::Follower = mode {
+            // A gap is what compaction leaves on the leader; going back is not allowed.
             let expected = inner.st.borrow().next_offset;
-            if batches[0].1.base_offset != expected {
+            if batches[0].1.base_offset < expected {
                 return Err(AppendError::NonContiguous {
                     expected,
                     got: batches[0].1.base_offset,
@@ -488,7 +499,11 @@ impl PartitionLog {
                         h.max_timestamp = log_append_time;
                     }
                 }
-                debug_assert_eq!(h.base_offset, next);
+                // Leaders assign contiguous offsets; a follower copies the leader's, with the
+                // gaps that cleaning left.
+                debug_assert!(
+                    h.base_offset == next || (mode.is_follower() && h.base_offset > next)
+                );
                 if h.partition_leader_epoch >= 0 {
                     epochs_changed |= st.epochs.assign(h.partition_leader_epoch, h.base_offset);
                 }
@@ -1528,12 +1543,40 @@ pub(crate) struct CleanerView {
 // cannot disturb the non-active run being replaced.
 impl PartitionLog {
     /// Segments and recovery point, if the log is usable.
+    /// Persists the replication high watermark (written periodically and at close by the
+    /// broker's replication layer; the log itself does not know it).
+    pub async fn write_high_watermark(&self, offset: i64) -> Result<(), StorageError> {
+        let inner = &self.inner;
+        let _g = inner.checkpoint_lock.lock().await;
+        inner
+            .write_checkpoint(HIGH_WATERMARK_FILE, encode_offset(offset))
+            .await
+    }
+
+    /// The checkpointed replication high watermark, capped at the log end (records above it
+    /// may have been lost in a crash); `None` without a readable checkpoint.
+    pub fn checkpointed_high_watermark(&self) -> Option<i64> {
+        // One small read when a replica opens.
+        let bytes = std::fs::read(self.inner.dir.join(HIGH_WATERMARK_FILE)).ok()?;
+        let hw = super::checkpoint::decode_offset(&bytes)?;
+        Some(hw.min(self.log_end_offset()).max(self.log_start_offset()))
+    }
+
+    /// Bounds the cleaner to offsets below `offset` (a replicated partition's high watermark:
+    /// records above it may still be truncated, and every replica must clean the same
+    /// committed prefix). Without a call the whole flushed log, minus the active segment, is
+    /// cleanable.
+    pub fn set_cleanable_end(&self, offset: i64) {
+        self.inner.cleanable_end.set(offset);
+    }
+
     pub(crate) fn cleaner_view(&self) -> Result<CleanerView, StorageError> {
         let st = self.inner.st.borrow();
         self.inner.check_usable_st(&st)?;
         Ok(CleanerView {
             segments: st.segments.clone(),
-            recovery_point: st.recovery_point,
+            // Only segments wholly below this are cleaned.
+            recovery_point: st.recovery_point.min(self.inner.cleanable_end.get()),
         })
     }
 

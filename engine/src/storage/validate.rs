@@ -305,9 +305,11 @@ pub fn validate_follower(
     // Like Kafka, a follower does not apply max.message.bytes: it must copy whatever the
     // leader accepted, even if the topic config changed since.
     let batches = split_batches(records, cfg, false)?;
+    // Offsets only go up. A gap (base offset above the previous batch's end) is what log
+    // compaction leaves on the leader; a follower accepts it, as Kafka's do.
     let mut expected = log_end_offset;
     for &(_, h) in &batches {
-        if h.base_offset != expected {
+        if h.base_offset < expected {
             return Err(AppendError::NonContiguous {
                 expected,
                 got: h.base_offset,
@@ -396,13 +398,8 @@ mod tests {
         let mut both = a.clone();
         both.extend_from_slice(&b);
         assert_eq!(validate_follower(&both, &cfg, 5).unwrap().len(), 2);
-        assert!(matches!(
-            validate_follower(&both, &cfg, 4),
-            Err(AppendError::NonContiguous {
-                expected: 4,
-                got: 5
-            })
-        ));
+        // A gap before the first batch or between batches is what cleaning leaves: accepted.
+        assert_eq!(validate_follower(&both, &cfg, 4).unwrap().len(), 2);
         let mut gap = a.clone();
         gap.extend_from_slice(&build_batch(
             &BatchSpec {
@@ -411,11 +408,22 @@ mod tests {
             },
             &[b"c"],
         ));
+        assert_eq!(validate_follower(&gap, &cfg, 5).unwrap().len(), 2);
+        // Going back is not.
         assert!(matches!(
-            validate_follower(&gap, &cfg, 5),
+            validate_follower(&both, &cfg, 6),
             Err(AppendError::NonContiguous {
-                expected: 7,
-                got: 9
+                expected: 6,
+                got: 5
+            })
+        ));
+        let mut back = b.clone();
+        back.extend_from_slice(&a);
+        assert!(matches!(
+            validate_follower(&back, &cfg, 7),
+            Err(AppendError::NonContiguous {
+                expected: 8,
+                got: 5
             })
         ));
     }
