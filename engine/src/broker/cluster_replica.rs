@@ -660,7 +660,7 @@ async fn tick_loop(shard: Rc<Shard>) {
             return;
         }
         ticks += 1;
-        if phase == Phase::Running && ticks % HW_CHECKPOINT_TICKS == 0 {
+        if phase == Phase::Running && ticks.is_multiple_of(HW_CHECKPOINT_TICKS) {
             checkpoint_high_watermarks(&shard).await;
         }
         let slots: Vec<Rc<Replica>> = shard.replicas.slots.borrow().values().cloned().collect();
