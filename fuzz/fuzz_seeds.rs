@@ -1,6 +1,10 @@
-//! Writes the seed corpora under `fuzz/corpus/<target>/`: well-formed inputs of every format
-//! (all four codecs for record batches, every served request at its lowest and highest
-//! version) from which the fuzzer mutates. Run: `cargo +nightly run --bin make-seeds` in fuzz/.
+//! The seed corpora of the cargo-fuzz targets (`fuzz/corpus/<target>/`): well-formed inputs of
+//! every format (all four codecs for record batches, every served request at its lowest and
+//! highest version) from which the fuzzer mutates. `seeds_run_through_every_fuzz_entry_point`
+//! feeds each seed to its `sluice::fuzzing` function on stable (so the entry points are built
+//! and exercised by the normal test suite); the ignored `write_fuzz_seed_corpora` rewrites the
+//! committed corpora:
+//! `cargo test --release -p engine --test fuzz_seeds -- --ignored write_fuzz_seed_corpora`.
 use std::io::Write;
 use std::path::Path;
 
@@ -69,10 +73,14 @@ fn compress(codec: i16, plain: &[u8]) -> Vec<u8> {
         }
         2 => {
             // Kafka's snappy is xerial-framed by the Java client; librdkafka also accepts raw.
-            snap::raw::Encoder::new().compress_vec(plain).unwrap_or_default()
+            snap::raw::Encoder::new()
+                .compress_vec(plain)
+                .unwrap_or_default()
         }
         3 => {
-            let mut e = lz4::EncoderBuilder::new().build(Vec::new()).expect("lz4 encoder");
+            let mut e = lz4::EncoderBuilder::new()
+                .build(Vec::new())
+                .expect("lz4 encoder");
             e.write_all(plain).ok();
             let (v, _) = e.finish();
             v
@@ -83,7 +91,13 @@ fn compress(codec: i16, plain: &[u8]) -> Vec<u8> {
 }
 
 /// A RecordBatch v2 with a correct CRC.
-fn batch(base: i64, n: usize, codec: i16, producer: Option<(i64, i16, i32)>, keyed: bool) -> Vec<u8> {
+fn batch(
+    base: i64,
+    n: usize,
+    codec: i16,
+    producer: Option<(i64, i16, i32)>,
+    keyed: bool,
+) -> Vec<u8> {
     let body = compress(codec, &records(n, keyed));
     let mut b = Vec::new();
     b.extend_from_slice(&base.to_be_bytes());
@@ -106,9 +120,22 @@ fn batch(base: i64, n: usize, codec: i16, producer: Option<(i64, i16, i32)>, key
     b
 }
 
+type Seeds = Vec<(String, String, Vec<u8>)>;
+
+thread_local! {
+    static OUT: std::cell::RefCell<Seeds> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Collects one seed: (target, name, bytes); `dir` ends with the target's name.
 fn write(dir: &Path, name: &str, bytes: &[u8]) {
-    std::fs::create_dir_all(dir).expect("corpus dir");
-    std::fs::write(dir.join(name), bytes).expect("write seed");
+    let target = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    OUT.with(|o| {
+        o.borrow_mut()
+            .push((target, name.to_string(), bytes.to_vec()))
+    });
 }
 
 fn frame<T: Encodable>(api: ApiKey, version: i16, body: &T) -> Option<Vec<u8>> {
@@ -118,7 +145,9 @@ fn frame<T: Encodable>(api: ApiKey, version: i16, body: &T) -> Option<Vec<u8>> {
         .with_correlation_id(7)
         .with_client_id(Some(StrBytes::from_static_str("fuzz")));
     let mut buf = BytesMut::new();
-    header.encode(&mut buf, api.request_header_version(version)).ok()?;
+    header
+        .encode(&mut buf, api.request_header_version(version))
+        .ok()?;
     body.encode(&mut buf, version).ok()?;
     Some(buf.to_vec())
 }
@@ -127,8 +156,8 @@ fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
 }
 
-fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+fn make_seeds() -> Seeds {
+    let root = Path::new("corpus");
 
     // record_batch: flag byte (1 = fix CRCs) + record set.
     let dir = root.join("record_batch");
@@ -150,7 +179,7 @@ fn main() {
     let gz_records = batch(0, 5, 1, None, true);
     let sub = ConsumerSubscription::new(["orders", "payments"]);
     let assignment = ConsumerAssignment {
-        partitions: vec![("orders".into(), vec![0, 1])],
+        partitions: [("orders".to_string(), vec![0, 1])].into_iter().collect(),
         user_data: None,
     };
     for &(api, lo, hi) in sluice::broker::protocol::SUPPORTED_APIS {
@@ -160,8 +189,10 @@ fn main() {
                 ApiKey::Produce => frame(
                     api,
                     version,
-                    &m::ProduceRequest::default().with_acks(-1).with_timeout_ms(1000).with_topic_data(vec![
-                        m::produce_request::TopicProduceData::default()
+                    &m::ProduceRequest::default()
+                        .with_acks(-1)
+                        .with_timeout_ms(1000)
+                        .with_topic_data(vec![m::produce_request::TopicProduceData::default()
                             .with_name(m::TopicName(s("orders")))
                             .with_partition_data(vec![
                                 m::produce_request::PartitionProduceData::default()
@@ -170,20 +201,19 @@ fn main() {
                                 m::produce_request::PartitionProduceData::default()
                                     .with_index(1)
                                     .with_records(Some(gz_records.clone().into())),
-                            ]),
-                    ]),
+                            ])]),
                 ),
                 ApiKey::Fetch => frame(
                     api,
                     version,
-                    &m::FetchRequest::default().with_max_wait_ms(100).with_topics(vec![
-                        m::fetch_request::FetchTopic::default()
+                    &m::FetchRequest::default()
+                        .with_max_wait_ms(100)
+                        .with_topics(vec![m::fetch_request::FetchTopic::default()
                             .with_topic(m::TopicName(s("orders")))
                             .with_partitions(vec![m::fetch_request::FetchPartition::default()
                                 .with_partition(0)
                                 .with_fetch_offset(5)
-                                .with_partition_max_bytes(1 << 20)]),
-                    ]),
+                                .with_partition_max_bytes(1 << 20)])]),
                 ),
                 ApiKey::Metadata => frame(
                     api,
@@ -201,9 +231,11 @@ fn main() {
                         .with_session_timeout_ms(10_000)
                         .with_rebalance_timeout_ms(10_000)
                         .with_protocol_type(s("consumer"))
-                        .with_protocols(vec![m::join_group_request::JoinGroupRequestProtocol::default()
-                            .with_name(s("range"))
-                            .with_metadata(sub.encode(1))]),
+                        .with_protocols(vec![
+                            m::join_group_request::JoinGroupRequestProtocol::default()
+                                .with_name(s("range"))
+                                .with_metadata(sub.encode(1)),
+                        ]),
                 ),
                 ApiKey::SyncGroup => frame(
                     api,
@@ -212,9 +244,11 @@ fn main() {
                         .with_group_id(m::GroupId(s("g")))
                         .with_generation_id(1)
                         .with_member_id(s("m-1"))
-                        .with_assignments(vec![m::sync_group_request::SyncGroupRequestAssignment::default()
-                            .with_member_id(s("m-1"))
-                            .with_assignment(assignment.encode(1))]),
+                        .with_assignments(vec![
+                            m::sync_group_request::SyncGroupRequestAssignment::default()
+                                .with_member_id(s("m-1"))
+                                .with_assignment(assignment.encode(1)),
+                        ]),
                 ),
                 ApiKey::OffsetCommit => frame(
                     api,
@@ -223,13 +257,15 @@ fn main() {
                         .with_group_id(m::GroupId(s("g")))
                         .with_generation_id_or_member_epoch(1)
                         .with_member_id(s("m-1"))
-                        .with_topics(vec![m::offset_commit_request::OffsetCommitRequestTopic::default()
-                            .with_name(m::TopicName(s("orders")))
-                            .with_partitions(vec![
+                        .with_topics(vec![
+                            m::offset_commit_request::OffsetCommitRequestTopic::default()
+                                .with_name(m::TopicName(s("orders")))
+                                .with_partitions(vec![
                                 m::offset_commit_request::OffsetCommitRequestPartition::default()
                                     .with_partition_index(0)
                                     .with_committed_offset(42),
-                            ])]),
+                            ]),
+                        ]),
                 ),
                 ApiKey::CreateTopics => frame(
                     api,
@@ -311,7 +347,11 @@ fn main() {
     for n in [0usize, 1, 5, 100] {
         let mut idx = TimeIndex::new(1_000, 4096);
         for i in 0..n {
-            idx.maybe_append(1_700_000_000_000 + 1000 * i as i64, 1_000 + 10 * i as i64, true);
+            idx.maybe_append(
+                1_700_000_000_000 + 1000 * i as i64,
+                1_000 + 10 * i as i64,
+                true,
+            );
         }
         write(&dir, &format!("entries-{n}"), &idx.encode());
     }
@@ -330,12 +370,22 @@ fn main() {
     // checkpoint_files: offset checkpoints and producer snapshots.
     let dir = root.join("checkpoint_files");
     for off in [0i64, 1, 123_456, i64::MAX] {
-        write(&dir, &format!("offset-{off}"), &sluice::storage::checkpoint::encode_offset(off));
+        write(
+            &dir,
+            &format!("offset-{off}"),
+            &sluice::storage::checkpoint::encode_offset(off),
+        );
     }
     let mut table = ProducerStateTable::new(i64::MAX);
     write(&dir, "snapshot-empty", &table.to_snapshot());
     for (i, base) in [0i64, 3, 7].into_iter().enumerate() {
-        let b = batch(base, 3, 0, Some((1000 + i as i64 % 2, 0, base as i32)), true);
+        let b = batch(
+            base,
+            3,
+            0,
+            Some((1000 + i as i64 % 2, 0, base as i32)),
+            true,
+        );
         if let Ok(rb) = parse_record_batch_header(&b) {
             table.replay(&rb);
         }
@@ -365,7 +415,11 @@ fn main() {
             expire_timestamp_ms: expire,
         }
         .encode();
-        write(&dir, &format!("offset-expire-{}", expire.is_some()), &pair(&okey, &v));
+        write(
+            &dir,
+            &format!("offset-expire-{}", expire.is_some()),
+            &pair(&okey, &v),
+        );
     }
     write(&dir, "offset-tombstone", &pair(&okey, &[]));
     let gkey = OffsetsKey::GroupMetadata { group: "g".into() }.encode();
@@ -404,7 +458,10 @@ fn main() {
             }],
             rack: None,
         },
-        MetadataCommand::UnfenceBroker { broker_id: 1, broker_epoch: 1 },
+        MetadataCommand::UnfenceBroker {
+            broker_id: 1,
+            broker_epoch: 1,
+        },
         MetadataCommand::CreateTopic {
             name: "orders".into(),
             topic_id: uuid::Uuid::from_u128(9),
@@ -413,7 +470,10 @@ fn main() {
             configs: Default::default(),
             placement_start: 0,
         },
-        MetadataCommand::FenceBroker { broker_id: 1, broker_epoch: 1 },
+        MetadataCommand::FenceBroker {
+            broker_id: 1,
+            broker_epoch: 1,
+        },
     ];
     let mut file = vec![1u8];
     for (i, cmd) in cmds.into_iter().enumerate() {
@@ -454,7 +514,12 @@ fn main() {
         epochs.assign(0, 0);
         let mut full = vec![0u8];
         full.extend_from_slice(&log);
-        for part in [idx.encode(), tidx.encode(), epochs.encode(), sluice::storage::checkpoint::encode_offset(0)] {
+        for part in [
+            idx.encode(),
+            tidx.encode(),
+            epochs.encode(),
+            sluice::storage::checkpoint::encode_offset(0),
+        ] {
             full.extend_from_slice(b"SLCE");
             full.extend_from_slice(&part);
         }
@@ -462,5 +527,73 @@ fn main() {
         let mut torn = vec![0u8];
         torn.extend_from_slice(&log[..log.len() - 7]);
         write(&dir, &format!("codec{codec}-torn-tail"), &torn);
+    }
+    OUT.with(|o| std::mem::take(&mut *o.borrow_mut()))
+}
+
+fn run_seed(target: &str, bytes: &[u8]) {
+    match target {
+        "request" => sluice::fuzzing::request(bytes),
+        "record_batch" => sluice::fuzzing::record_batches(bytes),
+        "offset_index" => sluice::fuzzing::offset_index(bytes),
+        "time_index" => sluice::fuzzing::time_index(bytes),
+        "leader_epoch_checkpoint" => sluice::fuzzing::leader_epoch_checkpoint(bytes),
+        "checkpoint_files" => sluice::fuzzing::checkpoint_files(bytes),
+        "offsets_record" => sluice::fuzzing::offsets_record(bytes),
+        "controller_log" => sluice::fuzzing::controller_log(bytes),
+        "log_recovery" => {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let scratch = dir.path().join("p-0");
+            sluice::io::runtime::block_on(sluice::fuzzing::log_recovery(&scratch, bytes));
+        }
+        other => panic!("seed for unknown target {other}"),
+    }
+}
+
+#[test]
+fn seeds_run_through_every_fuzz_entry_point() {
+    let seeds = make_seeds();
+    let mut per_target = std::collections::BTreeMap::new();
+    for (target, _, bytes) in &seeds {
+        run_seed(target, bytes);
+        *per_target.entry(target.clone()).or_insert(0) += 1;
+    }
+    for t in [
+        "request",
+        "record_batch",
+        "log_recovery",
+        "offset_index",
+        "time_index",
+        "leader_epoch_checkpoint",
+        "checkpoint_files",
+        "offsets_record",
+        "controller_log",
+    ] {
+        assert!(
+            per_target.get(t).copied().unwrap_or(0) > 0,
+            "no seeds for {t}"
+        );
+    }
+    // The seeds are well formed: they decode, so the fuzzer starts past the first checks.
+    let cfg = sluice::storage::LogConfig::default();
+    for (target, name, bytes) in &seeds {
+        if target == "record_batch" && bytes[0] == 0 {
+            assert!(
+                sluice::storage::validate::validate_leader(&bytes[1..], &cfg).is_ok(),
+                "seed {name} does not validate"
+            );
+        }
+    }
+}
+
+/// Rewrites `fuzz/corpus/<target>/` with the generated seeds (run by hand, then commit).
+#[test]
+#[ignore = "rewrites fuzz/corpus; run by hand"]
+fn write_fuzz_seed_corpora() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+    for (target, name, bytes) in make_seeds() {
+        let dir = root.join(&target);
+        std::fs::create_dir_all(&dir).expect("corpus dir");
+        std::fs::write(dir.join(name), bytes).expect("write seed");
     }
 }
