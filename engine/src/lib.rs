@@ -6,6 +6,8 @@ pub mod admin;
 pub mod broker;
 pub mod check;
 pub mod controller;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod group;
 pub mod idempotence;
 pub mod io;

@@ -29,7 +29,15 @@
 //! the remaining ticks.
 //!
 //! Replay one seed: `SLUICE_SIM_SEED=N cargo test --release -p engine --test replication_sim
-//! <test name> -- --nocapture`. `SLUICE_SIM_SEEDS=K` changes how many seeds a sweep runs.
+//! <test name> -- --nocapture` (a failing sweep prints the last events of the seed's trace and
+//! this command; add `SLUICE_SIM_TRACE=1` for the whole trace). `SLUICE_SIM_SEEDS=K` changes
+//! how many seeds a sweep runs. CI runs 10,000 schedules (the six sweeps below, release).
+//!
+//! Long mode: `SLUICE_SIM_SCHEDULES=1000000 cargo test --release -p engine --test
+//! replication_sim schedules_at_scale -- --ignored --nocapture` runs that many schedules
+//! round-robin over the six sweep configurations on `SLUICE_SIM_THREADS` threads (default: all
+//! cores), printing progress and the schedules per second; every violation is reported with
+//! its seed and configuration.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -291,6 +299,8 @@ struct World<P> {
     stats: Stats,
     /// `SLUICE_SIM_TRACE=1`: print every fault, election, role change, truncation and commit.
     trace: bool,
+    /// Set when a failed seed is replayed: the trace is kept and shown with the failure.
+    trace_buf: Option<std::cell::RefCell<Vec<String>>>,
 }
 
 type Check = Result<(), String>;
@@ -370,12 +380,15 @@ impl<P: ReplicationPolicy + Clone> World<P> {
                 ..Stats::default()
             },
             trace: std::env::var("SLUICE_SIM_TRACE").is_ok_and(|v| v == "1"),
+            trace_buf: None,
         }
     }
 
     fn trace(&self, what: impl FnOnce() -> String) {
         if self.trace {
             eprintln!("{:>5} {}", self.now, what());
+        } else if let Some(buf) = &self.trace_buf {
+            buf.borrow_mut().push(format!("{:>5} {}", self.now, what()));
         }
     }
 
@@ -1333,7 +1346,7 @@ impl<P: ReplicationPolicy + Clone> World<P> {
         Ok(())
     }
 
-    fn run(mut self) -> Result<Stats, String> {
+    fn run_ticks(&mut self) -> Result<Stats, String> {
         for now in 0..self.p.ticks {
             self.now = now;
             if self.p.faults {
@@ -1354,7 +1367,7 @@ impl<P: ReplicationPolicy + Clone> World<P> {
         self.check_end()?;
         self.stats.committed = self.committed.len() as u64;
         self.stats.unclean_elections = self.control.unclean_elections();
-        Ok(self.stats)
+        Ok(self.stats.clone())
     }
 }
 
@@ -1363,7 +1376,12 @@ impl<P: ReplicationPolicy + Clone> World<P> {
 // ---------------------------------------------------------------------------------------
 
 fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+    // `SIM_SEED` / `SIM_SCHEDULES` are accepted for `SLUICE_SIM_SEED` / `SLUICE_SIM_SCHEDULES`.
+    let short = name.strip_prefix("SLUICE_").unwrap_or(name);
+    std::env::var(name)
+        .or_else(|_| std::env::var(short))
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn run_one<P: ReplicationPolicy + Clone>(
@@ -1371,8 +1389,32 @@ fn run_one<P: ReplicationPolicy + Clone>(
     p: &Params,
     seed: u64,
 ) -> Result<Stats, String> {
-    let world = World::new(policy.clone(), p.clone(), seed);
-    match panic::catch_unwind(AssertUnwindSafe(|| world.run())) {
+    run_traced(policy, p, seed, None)
+}
+
+/// Runs one seed; with `trace`, every traced event is collected into it (the replay of a
+/// failed seed: runs are deterministic, so the replay fails the same way).
+fn run_traced<P: ReplicationPolicy + Clone>(
+    policy: &P,
+    p: &Params,
+    seed: u64,
+    trace: Option<&mut Vec<String>>,
+) -> Result<Stats, String> {
+    let mut world = World::new(policy.clone(), p.clone(), seed);
+    if trace.is_some() {
+        world.trace_buf = Some(std::cell::RefCell::new(Vec::new()));
+    }
+    let result = panic::catch_unwind(AssertUnwindSafe(|| world.run_ticks()));
+    if let Some(t) = trace {
+        t.extend(
+            world
+                .trace_buf
+                .take()
+                .map(|b| b.into_inner())
+                .unwrap_or_default(),
+        );
+    }
+    match result {
         Ok(r) => r,
         Err(e) => {
             let msg = e
@@ -1382,6 +1424,26 @@ fn run_one<P: ReplicationPolicy + Clone>(
                 .unwrap_or_default();
             Err(format!("panic in seed {seed}: {msg}"))
         }
+    }
+}
+
+/// Replays a failed seed with tracing and prints its last events (the whole trace is
+/// `SLUICE_SIM_TRACE=1` with the replay command).
+fn print_trace<P: ReplicationPolicy + Clone>(policy: &P, p: &Params, seed: u64) {
+    const TAIL: usize = 200;
+    let mut trace = Vec::new();
+    let replay = run_traced(policy, p, seed, Some(&mut trace));
+    eprintln!(
+        "---- trace of seed {seed} (last {} of {} events; replay result: {}) ----",
+        trace.len().min(TAIL),
+        trace.len(),
+        match &replay {
+            Ok(_) => "passed (not deterministic?)".to_string(),
+            Err(e) => e.clone(),
+        }
+    );
+    for line in &trace[trace.len().saturating_sub(TAIL)..] {
+        eprintln!("{line}");
     }
 }
 
@@ -1408,9 +1470,12 @@ fn sweep<P: ReplicationPolicy + Clone>(
     for &seed in &seeds {
         match run_one(&policy, &p, seed) {
             Ok(stats) => total.absorb(&stats),
-            Err(msg) => panic!(
-                "replication simulation failed: {msg}\n  replay: SLUICE_SIM_SEED={seed} cargo test --release -p engine --test replication_sim {test} -- --nocapture"
-            ),
+            Err(msg) => {
+                print_trace(&policy, &p, seed);
+                panic!(
+                    "replication simulation failed: {msg}\n  replay: SLUICE_SIM_SEED={seed} SLUICE_SIM_TRACE=1 cargo test --release -p engine --test replication_sim {test} -- --nocapture"
+                )
+            }
         }
     }
     eprintln!(
@@ -1452,22 +1517,22 @@ fn sweep<P: ReplicationPolicy + Clone>(
 
 #[test]
 fn isr_3_replicas() {
-    sweep("isr_3_replicas", IsrPolicy, Params::faulty(3), 1_000);
+    sweep("isr_3_replicas", IsrPolicy, Params::faulty(3), 2_000);
 }
 
 #[test]
 fn isr_5_replicas() {
-    sweep("isr_5_replicas", IsrPolicy, Params::faulty(5), 1_000);
+    sweep("isr_5_replicas", IsrPolicy, Params::faulty(5), 2_000);
 }
 
 #[test]
 fn quorum_3_replicas() {
-    sweep("quorum_3_replicas", QuorumPolicy, Params::faulty(3), 1_000);
+    sweep("quorum_3_replicas", QuorumPolicy, Params::faulty(3), 2_000);
 }
 
 #[test]
 fn quorum_5_replicas() {
-    sweep("quorum_5_replicas", QuorumPolicy, Params::faulty(5), 1_000);
+    sweep("quorum_5_replicas", QuorumPolicy, Params::faulty(5), 2_000);
 }
 
 #[test]
@@ -1754,4 +1819,126 @@ fn isr_3_replicas_crash_storm() {
         Params::crash_storm(3),
         1_000,
     );
+}
+
+/// The six CI sweep configurations, by name; the long mode cycles through them.
+const CONFIGS: [&str; 6] = [
+    "isr_3_replicas",
+    "isr_5_replicas",
+    "quorum_3_replicas",
+    "quorum_5_replicas",
+    "isr_3_replicas_crash_storm",
+    "quorum_3_replicas_crash_storm",
+];
+
+fn run_config(config: usize, seed: u64) -> Result<Stats, String> {
+    match config {
+        0 => run_one(&IsrPolicy, &Params::faulty(3), seed),
+        1 => run_one(&IsrPolicy, &Params::faulty(5), seed),
+        2 => run_one(&QuorumPolicy, &Params::faulty(3), seed),
+        3 => run_one(&QuorumPolicy, &Params::faulty(5), seed),
+        4 => run_one(&IsrPolicy, &Params::crash_storm(3), seed),
+        _ => run_one(&QuorumPolicy, &Params::crash_storm(3), seed),
+    }
+}
+
+/// Schedule `i` of the long run: configuration `i % 6`, seed `i / 6` offset past the seeds CI
+/// runs, so the long run explores schedules CI does not.
+fn long_schedule(i: u64) -> (usize, u64) {
+    (
+        (i % CONFIGS.len() as u64) as usize,
+        1_000_000 + i / CONFIGS.len() as u64,
+    )
+}
+
+#[test]
+#[ignore = "long mode: SLUICE_SIM_SCHEDULES=1000000, release, --ignored --nocapture"]
+fn schedules_at_scale() {
+    use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+    use std::sync::Mutex;
+    let total = env_u64("SLUICE_SIM_SCHEDULES").unwrap_or(1_000_000);
+    let threads = env_u64("SLUICE_SIM_THREADS")
+        .map(|t| t as usize)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let next = AtomicU64::new(0);
+    let done = AtomicU64::new(0);
+    let violations: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let totals: Mutex<Stats> = Mutex::new(Stats::default());
+    let started = std::time::Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                let mut local = Stats::default();
+                loop {
+                    let i = next.fetch_add(1, AtomicOrdering::Relaxed);
+                    if i >= total {
+                        break;
+                    }
+                    let (config, seed) = long_schedule(i);
+                    match run_config(config, seed) {
+                        Ok(stats) => local.absorb(&stats),
+                        Err(msg) => {
+                            let line = format!(
+                                "VIOLATION {msg}\n  replay: SLUICE_SIM_SEED={seed} SLUICE_SIM_TRACE=1 cargo test --release -p engine --test replication_sim {} -- --nocapture",
+                                CONFIGS[config]
+                            );
+                            eprintln!("{line}");
+                            if let Ok(mut v) = violations.lock() {
+                                v.push(line);
+                            }
+                        }
+                    }
+                    let n = done.fetch_add(1, AtomicOrdering::Relaxed) + 1;
+                    if n % 10_000 == 0 {
+                        let secs = started.elapsed().as_secs_f64();
+                        eprintln!(
+                            "progress: {n} schedules in {secs:.0} s ({:.0} schedules/s)",
+                            n as f64 / secs
+                        );
+                    }
+                }
+                if let Ok(mut t) = totals.lock() {
+                    t.absorb(&local);
+                }
+            });
+        }
+    });
+    let secs = started.elapsed().as_secs_f64();
+    let n = done.load(AtomicOrdering::Relaxed);
+    let v = violations.into_inner().unwrap_or_default();
+    let t = totals.into_inner().unwrap_or_default();
+    eprintln!(
+        "schedules_at_scale: {n} schedules on {threads} threads in {secs:.1} s ({:.0} schedules/s): {} violations; {} acks=all acked, {} committed, {} elections, {} crashes, {} partitions, {} truncations, lost {} committed / {} acked",
+        n as f64 / secs,
+        v.len(),
+        t.acked_all,
+        t.committed,
+        t.elections,
+        t.crashes,
+        t.partitions,
+        t.truncations,
+        t.lost_committed,
+        t.lost_acked
+    );
+    assert!(v.is_empty(), "{} violations:\n{}", v.len(), v.join("\n"));
+    assert!(
+        t.acked_all > 0 && t.crashes > 0,
+        "the long run exercised nothing"
+    );
+}
+
+/// The long mode's schedule numbering is a bijection onto (configuration, seed) pairs past
+/// the CI seeds, and a sample of it passes (the long mode's code path, at CI size).
+#[test]
+fn long_mode_sample_passes() {
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..60 {
+        let (config, seed) = long_schedule(i);
+        assert!(seed >= 1_000_000);
+        assert!(seen.insert((config, seed)));
+        if let Err(msg) = run_config(config, seed) {
+            panic!("{msg}\n  replay: SLUICE_SIM_SEED={seed} cargo test --release -p engine --test replication_sim {} -- --nocapture", CONFIGS[config]);
+        }
+    }
 }

@@ -133,7 +133,14 @@ pub struct Partition {
     pub appended: Notify,
     /// The topic id this log belongs to (a recreated topic gets a new one).
     pub topic_id: Uuid,
+    /// When this log was opened: a log that went offline after a failed write is reopened
+    /// at most once per `REOPEN_BACKOFF`.
+    pub opened_at: std::time::Instant,
 }
+
+/// How long an offline log stays closed before a request may reopen it (a full disk would
+/// otherwise cost a recovery scan per produce).
+const REOPEN_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
 
 enum Slot {
     Opening(Rc<Notify>),
@@ -397,11 +404,26 @@ impl Shard {
     }
 
     fn lookup(&self, topic: &str, partition: i32) -> Option<Result<Rc<Partition>, Rc<Notify>>> {
-        let map = self.partitions.borrow();
-        match map.get(topic)?.get(&partition)? {
-            Slot::Open(p) => Some(Ok(p.clone())),
-            Slot::Opening(n) => Some(Err(n.clone())),
+        let mut map = self.partitions.borrow_mut();
+        let slots = map.get_mut(topic)?;
+        let found = match slots.get(&partition)? {
+            Slot::Open(p) => Ok(p.clone()),
+            Slot::Opening(n) => Err(n.clone()),
+        };
+        if let Ok(p) = &found {
+            // A log that went offline after a failed write (a full disk) is dropped and opened
+            // again: recovery cuts what was half written and appends resume once space
+            // returns. After a failed fsync `may_reopen` is false: offline until restart.
+            if p.log.may_reopen() && p.opened_at.elapsed() >= REOPEN_BACKOFF {
+                warn!(
+                    shard = self.id,
+                    topic, partition, "log offline after a failed write; reopening it"
+                );
+                slots.remove(&partition);
+                return None;
+            }
         }
+        Some(found)
     }
 
     /// The open partition `(topic, partition)`, opening (and recovering) it on first use.
@@ -458,6 +480,7 @@ impl Shard {
                     log,
                     appended: Notify::new(),
                     topic_id: meta.id,
+                    opened_at: std::time::Instant::now(),
                 });
                 debug!(shard = self.id, dir = %dir.display(), "partition open");
                 self.partitions

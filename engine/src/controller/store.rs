@@ -96,7 +96,7 @@ fn encode_frame(entry: &Entry<TypeConfig>, out: &mut Vec<u8>) -> io::Result<()> 
 
 /// Decodes frames until the end or the first torn/corrupt one; returns entries and the length
 /// of the valid prefix.
-fn decode_frames(bytes: &[u8]) -> (Vec<Entry<TypeConfig>>, usize) {
+pub(crate) fn decode_frames(bytes: &[u8]) -> (Vec<Entry<TypeConfig>>, usize) {
     let mut pos = 0;
     let mut entries = Vec::new();
     while bytes.len() - pos >= FRAME_HEADER {

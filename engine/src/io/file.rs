@@ -199,19 +199,35 @@ impl DiskFile {
 /// Replaces `path` with `contents` atomically: write a temp file, fsync it, rename, fsync the dir.
 pub async fn write_file_atomic(path: &Path, contents: Vec<u8>) -> io::Result<()> {
     let tmp = tmp_path(path);
+    let res = write_and_rename(&tmp, path, contents).await;
+    if res.is_err() {
+        // A failed write (ENOSPC) must not leave a temp file holding the space it took; the
+        // old file is untouched, so the checkpoint still reads as its previous value.
+        let _ = remove_file_if_exists(&tmp).await;
+    }
+    res
+}
+
+async fn write_and_rename(tmp: &Path, path: &Path, contents: Vec<u8>) -> io::Result<()> {
     let file = uring(
         tokio_uring::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
-            .open(&tmp),
+            .open(tmp),
     )
     .await?;
     let (res, _) = uring(file.write_all_at(contents, 0)).await;
-    res?;
-    fsync(uring(file.sync_all())).await?;
+    if let Err(e) = res {
+        let _ = uring(file.close()).await;
+        return Err(e);
+    }
+    if let Err(e) = fsync(uring(file.sync_all())).await {
+        let _ = uring(file.close()).await;
+        return Err(e);
+    }
     uring(file.close()).await?;
-    uring(tokio_uring::fs::rename(&tmp, path)).await?;
+    uring(tokio_uring::fs::rename(tmp, path)).await?;
     if let Some(parent) = path.parent() {
         let dir = DiskFile::open_dir(parent).await?;
         dir.sync_all().await?;

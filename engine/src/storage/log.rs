@@ -158,6 +158,9 @@ struct LogState {
     unflushed_messages: u64,
     dir_dirty: bool,
     offline: bool,
+    /// An fsync (or a roll's flush, which includes one) failed: the page cache may hold data
+    /// the disk lost (fsyncgate), so the log is never reopened until the broker restarts.
+    fsync_failed: bool,
     closed: bool,
     stats: LogStats,
     /// Reserved writes in reservation order, not yet handed to the kernel.
@@ -262,6 +265,7 @@ impl PartitionLog {
                 unflushed_messages: 0,
                 dir_dirty: false,
                 offline: false,
+                fsync_failed: false,
                 closed: false,
                 stats: LogStats::default(),
                 write_queue: VecDeque::new(),
@@ -615,6 +619,15 @@ impl PartitionLog {
     /// Whether an earlier write or fsync failed and the log refuses further work.
     pub fn is_offline(&self) -> bool {
         self.inner.st.borrow().offline
+    }
+
+    /// Whether the log went offline after a write (ENOSPC, EIO on write) and no fsync has
+    /// failed: what it acknowledged is still in the page cache, so the owner may drop it and
+    /// open the directory again (recovery cuts the half-written tail) once space returns.
+    /// After a failed fsync this is false for good: the log stays offline until a restart.
+    pub fn may_reopen(&self) -> bool {
+        let st = self.inner.st.borrow();
+        st.offline && !st.fsync_failed
     }
 
     /// Counters since open (appends, fsync rounds, rolls), for metrics.
@@ -1154,7 +1167,13 @@ impl Inner {
             spawn(async move {
                 if let Err(e) = inner.finish_rolled(old, base, snapshot).await {
                     tracing::error!(dir = %inner.dir.display(), error = %e, "flushing a rolled segment failed");
-                    inner.st.borrow_mut().offline = true;
+                    let mut st = inner.st.borrow_mut();
+                    st.offline = true;
+                    // The roll's flush writes (trimmed indexes, the recovery-point checkpoint)
+                    // and fsyncs: a full disk fails the writes, and local filesystems report
+                    // ENOSPC at allocation, not at fsync; any other failure may be an fsync's.
+                    st.fsync_failed |= !is_out_of_space(&e);
+                    drop(st);
                     inner.visible_tx.send_modify(|_| {});
                     inner.flush_tx.send_modify(|g| *g += 1);
                 }
@@ -1386,8 +1405,9 @@ impl Inner {
                         st.stats.fsyncs += 1;
                     }
                     Err(e) => {
-                        tracing::error!(dir = %self.dir.display(), error = %e, "fsync failed; log goes offline");
+                        tracing::error!(dir = %self.dir.display(), error = %e, "fsync failed; log goes offline until restart");
                         st.offline = true;
+                        st.fsync_failed = true;
                     }
                 }
             }
@@ -1616,5 +1636,31 @@ impl PartitionLog {
         );
         st.segments.splice(i..i + count, [new]);
         st.dir_dirty = true;
+    }
+}
+
+/// Whether `e` is a full disk or quota (ENOSPC, EDQUOT): a failed allocation, after which the
+/// log may be reopened once space returns.
+fn is_out_of_space(e: &StorageError) -> bool {
+    match e {
+        StorageError::Io { source, .. } => matches!(
+            source.raw_os_error(),
+            Some(libc::ENOSPC) | Some(libc::EDQUOT)
+        ),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod out_of_space_tests {
+    use super::*;
+
+    #[test]
+    fn only_a_full_disk_or_quota_counts_as_out_of_space() {
+        let io = |code| StorageError::io("/x", io::Error::from_raw_os_error(code));
+        assert!(is_out_of_space(&io(libc::ENOSPC)));
+        assert!(is_out_of_space(&io(libc::EDQUOT)));
+        assert!(!is_out_of_space(&io(libc::EIO)));
+        assert!(!is_out_of_space(&StorageError::Offline("/x".into())));
     }
 }
