@@ -175,12 +175,19 @@ impl Stats {
 
 #[derive(Debug, Clone)]
 enum Msg {
-    Replication(FollowerRequest),
+    /// A follower's request, tagged with the incarnation that sent it: the answer goes back on
+    /// that incarnation's connection, which a crash closes.
+    Replication {
+        incarnation: u64,
+        req: FollowerRequest,
+    },
     FetchResponse {
+        incarnation: u64,
         sent: FollowerRequest,
         resp: Result<(FetchResponseInfo, Vec<(LeaderEpoch, u64)>), ReplicationError>,
     },
     EpochResponse {
+        incarnation: u64,
         sent: FollowerRequest,
         resp: Result<EpochEndOffset, ReplicationError>,
     },
@@ -598,7 +605,8 @@ impl<P: ReplicationPolicy + Clone> World<P> {
             let deadline = now + 2 * (self.max_delay + slow) + REQUEST_SLACK;
             let broker = &mut self.brokers[b];
             broker.inflight = Some((req, deadline));
-            self.send(b, leader, Msg::Replication(req));
+            let incarnation = self.brokers[b].incarnation;
+            self.send(b, leader, Msg::Replication { incarnation, req });
         }
         Ok(())
     }
@@ -606,7 +614,7 @@ impl<P: ReplicationPolicy + Clone> World<P> {
     fn broker_receive(&mut self, b: usize, src: usize, msg: Msg) -> Check {
         let now = self.now;
         match msg {
-            Msg::Replication(req) => {
+            Msg::Replication { incarnation, req } => {
                 let Broker { replica, log, .. } = &mut self.brokers[b];
                 let Some(replica) = replica.as_mut() else {
                     return Ok(());
@@ -645,7 +653,11 @@ impl<P: ReplicationPolicy + Clone> World<P> {
                                     (info, records)
                                 }
                             });
-                        Msg::FetchResponse { sent: req, resp }
+                        Msg::FetchResponse {
+                            incarnation,
+                            sent: req,
+                            resp,
+                        }
                     }
                     FollowerRequest::OffsetForLeaderEpoch {
                         current_leader_epoch,
@@ -661,13 +673,21 @@ impl<P: ReplicationPolicy + Clone> World<P> {
                                     log,
                                 )
                             });
-                        Msg::EpochResponse { sent: req, resp }
+                        Msg::EpochResponse {
+                            incarnation,
+                            sent: req,
+                            resp,
+                        }
                     }
                 };
                 self.send(b, src, reply);
                 self.drain_actions(b)?;
             }
-            Msg::FetchResponse { sent, resp } => {
+            // An answer to an earlier incarnation's request died with its connection (a
+            // restarted follower may send an identical request; it must not take the old answer).
+            Msg::FetchResponse { incarnation, .. } | Msg::EpochResponse { incarnation, .. }
+                if incarnation != self.brokers[b].incarnation => {}
+            Msg::FetchResponse { sent, resp, .. } => {
                 let broker = &mut self.brokers[b];
                 if broker.inflight.as_ref().map(|(r, _)| r) != Some(&sent) {
                     return Ok(());
@@ -684,7 +704,7 @@ impl<P: ReplicationPolicy + Clone> World<P> {
                 let step = f.on_fetch_response(&sent, info, log);
                 self.apply_follower_step(b, step, &records)?;
             }
-            Msg::EpochResponse { sent, resp } => {
+            Msg::EpochResponse { sent, resp, .. } => {
                 let broker = &mut self.brokers[b];
                 if broker.inflight.as_ref().map(|(r, _)| r) != Some(&sent) {
                     return Ok(());
@@ -1939,6 +1959,18 @@ fn long_mode_sample_passes() {
         assert!(seen.insert((config, seed)));
         if let Err(msg) = run_config(config, seed) {
             panic!("{msg}\n  replay: SLUICE_SIM_SEED={seed} cargo test --release -p engine --test replication_sim {} -- --nocapture", CONFIGS[config]);
+        }
+    }
+}
+
+/// Found by the long mode: a restarted follower took the answer to its previous
+/// incarnation's identical OffsetForLeaderEpoch request (computed when the leader's log was
+/// shorter) and truncated committed records. Answers now carry the requester's incarnation.
+#[test]
+fn answers_to_a_previous_incarnation_are_dropped() {
+    for seed in [1_001_076, 1_001_143] {
+        if let Err(msg) = run_one(&QuorumPolicy, &Params::crash_storm(3), seed) {
+            panic!("{msg}\n  replay: SLUICE_SIM_SEED={seed} SLUICE_SIM_TRACE=1 cargo test --release -p engine --test replication_sim quorum_3_replicas_crash_storm -- --nocapture");
         }
     }
 }
