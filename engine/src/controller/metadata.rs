@@ -471,7 +471,7 @@ impl MetadataImage {
         let first_id = self.next_producer_id;
         let end = first_id
             .checked_add(PRODUCER_ID_BLOCK_SIZE)
-            .ok_or_else(|| MetadataError::ProducerIdsExhausted(first_id))?;
+            .ok_or(MetadataError::ProducerIdsExhausted(first_id))?;
         assert!(end > self.next_producer_id, "producer id blocks went back");
         self.next_producer_id = end;
         tracing::debug!(broker_id, first_id, end, "producer id block allocated");
