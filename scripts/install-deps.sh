@@ -9,8 +9,9 @@ cd "$(dirname "$0")/.."
 # kcat (Debian's, linked to librdkafka 2.0.2): the old-client compatibility target.
 # pkg-config/libfontconfig1-dev: plotters' font rendering. iproute2/iptables: netns tests.
 # systemd: systemd-analyze verify of the unit. python3-venv: the client suite's venv.
-# openssl: test certificates for the TLS tests.
-DEB_PACKAGES=(kcat pkg-config libfontconfig1-dev python3-venv iproute2 iptables systemd openssl)
+# openssl: test certificates for the TLS tests. iperf3: the loopback limit `sluice-bench perf`
+# measures (bench/tests/perf.rs).
+DEB_PACKAGES=(kcat pkg-config libfontconfig1-dev python3-venv iproute2 iptables systemd openssl iperf3)
 
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do

@@ -101,6 +101,19 @@ fn write_file(path: &Path, bytes: u64, chunk: usize, sync_each: bool) -> Result<
     Ok(mb_s(bytes, secs))
 }
 
+/// Sequential buffered write of `bytes` to a temporary file in `dir` (page cache, no fsync),
+/// MB/s; the file is removed afterwards. `sluice-bench perf` measures this beside the broker.
+pub fn page_cache_write_mb_s(dir: &Path, bytes: u64, chunk: usize) -> Result<f64> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!(
+        "sluice-bench-page-cache-{}.tmp",
+        std::process::id()
+    ));
+    let res = write_file(&path, bytes, chunk.max(4096), false);
+    let _ = std::fs::remove_file(&path);
+    res
+}
+
 /// A receiver thread that reads and discards everything until EOF, returning the byte count.
 fn sink() -> Result<(
     std::net::SocketAddr,

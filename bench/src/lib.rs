@@ -14,6 +14,7 @@ pub mod machine;
 /// The Java client's key partitioner, shared with `sluicectl` through the engine library.
 pub use sluice::partitioner as murmur2;
 pub mod payload;
+pub mod perf;
 pub mod plot;
 pub mod producer;
 pub mod rate;

@@ -8,7 +8,7 @@ use sluice_bench::fake_broker::{FakeBroker, LatencyModel};
 use sluice_bench::report::{self, BrokerInfo};
 use sluice_bench::runner::{self, RunOptions};
 use sluice_bench::workload::{CompressionCodec, ConsumerMode, Workload};
-use sluice_bench::{compare, payload, replication};
+use sluice_bench::{compare, payload, perf, replication};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -42,6 +42,10 @@ enum Command {
     /// The ISR vs majority-quorum experiment: starts local clusters itself (root: network
     /// namespaces), runs each fault scenario once per mode, writes one report.
     Replication(Box<ReplicationArgs>),
+    /// Broker vs the machine's limits in one run: iperf3 loopback and a page-cache write,
+    /// then fresh brokers at max rate and at fractions of the peak; writes README.md,
+    /// perf.json and .hgrm files.
+    Perf(Box<PerfArgs>),
     /// Measure the machine's limits: disk write, loopback TCP, file-to-socket transfer.
     Baseline {
         /// Directory on the file system to measure (the broker's data directory).
@@ -112,6 +116,65 @@ struct ReplicationArgs {
     /// Message size in bytes.
     #[arg(long, default_value_t = 1024)]
     message_size: usize,
+}
+
+#[derive(clap::Args)]
+struct PerfArgs {
+    /// Broker binary (repeat to interleave several, e.g. before and after a change; default:
+    /// `sluice` next to sluice-bench).
+    #[arg(long)]
+    sluice_bin: Vec<PathBuf>,
+    /// Label per --sluice-bin, in the same order.
+    #[arg(long)]
+    label: Vec<String>,
+    /// Broker setting "key=value" for every broker (repeatable).
+    #[arg(long = "set")]
+    settings: Vec<String>,
+    /// Report directory.
+    #[arg(long, default_value = "results/perf")]
+    out: PathBuf,
+    /// Brokers' data directories and the page-cache test file (removed after use).
+    #[arg(long, default_value = "/tmp/sluice-perf")]
+    work_dir: PathBuf,
+    /// Rounds; each measures the limits and then every binary.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// Partitions.
+    #[arg(long, default_value_t = 1)]
+    partitions: u32,
+    /// Producers.
+    #[arg(long, default_value_t = 1)]
+    producers: u32,
+    /// Message size, bytes.
+    #[arg(long, default_value_t = 1000)]
+    message_size: usize,
+    /// batch.size, bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    batch_size: usize,
+    /// linger.ms of the max-rate run (fixed-rate runs use 0).
+    #[arg(long, default_value_t = 5.0)]
+    linger_ms: f64,
+    /// acks: 0, 1 or -1/all.
+    #[arg(long, default_value = "1", allow_hyphen_values = true)]
+    acks: String,
+    /// Measured seconds per run.
+    #[arg(long, default_value_t = 12.0)]
+    duration: f64,
+    /// Warm-up seconds per run.
+    #[arg(long, default_value_t = 3.0)]
+    warmup: f64,
+    /// Fixed-rate runs as fractions of the measured peak.
+    #[arg(long, value_delimiter = ',', default_value = "0.1,0.5")]
+    fractions: Vec<f64>,
+    /// iperf3 seconds per round (0 = skip).
+    #[arg(long, default_value_t = 5)]
+    iperf_seconds: u64,
+    /// MiB written for the page-cache measurement.
+    #[arg(long, default_value_t = 2048)]
+    page_cache_mib: u64,
+    /// Harness worker threads (0 = one per CPU).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
 }
 
 #[derive(clap::Args)]
@@ -420,6 +483,52 @@ fn cmd_replication(a: ReplicationArgs) -> Result<i32> {
     Ok(mismatch_exit(replication::all_reconciled(&results), false))
 }
 
+/// Runs `sluice-bench perf` and prints its table; exit 2 if a run lost acknowledgements.
+fn cmd_perf(a: PerfArgs) -> Result<i32> {
+    let acks = match a.acks.as_str() {
+        "all" | "-1" => -1,
+        "0" => 0,
+        "1" => 1,
+        other => return Err(anyhow!("acks must be 0, 1, -1 or all, not {other}")),
+    };
+    if a.fractions.iter().any(|f| !(*f > 0.0 && *f <= 1.0)) {
+        return Err(anyhow!("--fractions must be in (0, 1]"));
+    }
+    let binaries = if a.sluice_bin.is_empty() {
+        vec![replication::default_binary()]
+    } else {
+        a.sluice_bin
+    };
+    let opts = perf::PerfOptions {
+        binaries,
+        labels: a.label,
+        broker_settings: a.settings,
+        out: a.out.clone(),
+        work_dir: a.work_dir,
+        rounds: a.rounds,
+        partitions: a.partitions,
+        producers: a.producers,
+        message_size: a.message_size,
+        batch_size: a.batch_size,
+        linger_ms: a.linger_ms,
+        acks,
+        duration: a.duration,
+        warmup: a.warmup,
+        fractions: a.fractions,
+        iperf_seconds: a.iperf_seconds,
+        page_cache_mib: a.page_cache_mib,
+        threads: a.threads,
+    };
+    let report = perf::run(&opts)?;
+    out(&perf::render(&report, &opts));
+    out(&format!("report: {}\n", a.out.join("README.md").display()));
+    Ok(if report.runs.iter().all(|r| r.all_acked) {
+        0
+    } else {
+        2
+    })
+}
+
 /// Writes to stdout, ignoring a closed pipe (`sluice-bench compare ... | head`).
 fn out(text: &str) {
     use std::io::Write;
@@ -451,6 +560,7 @@ fn real_main() -> Result<i32> {
         Command::Run(a) => cmd_run(*a),
         Command::Sweep(s) => cmd_sweep(*s),
         Command::Replication(r) => cmd_replication(*r),
+        Command::Perf(p) => cmd_perf(*p),
         Command::Compare { runs, out: out_dir } => {
             let table = compare::compare(&runs, &out_dir)?;
             out(&table);

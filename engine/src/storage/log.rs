@@ -13,6 +13,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{watch, Mutex};
@@ -127,6 +128,16 @@ struct QueuedWrite {
     bytes: Bytes,
 }
 
+/// How long the writer uses io_uring after a synchronous write was slow (throttled).
+const URING_WRITES_AFTER_SLOW: Duration = Duration::from_secs(1);
+
+/// A synchronous write of `bytes` slower than this was throttled by the kernel (dirty-page
+/// balancing or the disk), not slowed by the copy: 5 ms plus 2 ns per byte (a copy at
+/// 0.5 GB/s, the speed of first-touch guest memory, the slowest copy we have measured).
+fn slow_sync_write(bytes: usize) -> Duration {
+    Duration::from_millis(5) + Duration::from_nanos(2 * bytes as u64)
+}
+
 /// Most buffers and bytes the writer puts in one `writev`.
 const MAX_WRITEV_BUFS: usize = 256;
 const MAX_WRITEV_BYTES: usize = 8 << 20;
@@ -167,6 +178,9 @@ struct LogState {
     write_queue: VecDeque<QueuedWrite>,
     /// The writer task is running (at most one per log).
     writer_running: bool,
+    /// Until then the writer submits through io_uring instead of writing synchronously
+    /// (set when a synchronous write was throttled).
+    uring_writes_until: Option<Instant>,
     /// Idempotent-producer state; checked and updated with offset assignment, in one
     /// synchronous section under the append lock (see `producer_state`).
     producers: ProducerStateTable,
@@ -270,6 +284,7 @@ impl PartitionLog {
                 stats: LogStats::default(),
                 write_queue: VecDeque::new(),
                 writer_running: false,
+                uring_writes_until: None,
                 producers: ProducerStateTable::new(DEFAULT_PRODUCER_ID_EXPIRATION_MS),
                 producer_snapshots: BTreeSet::new(),
             }),
@@ -1227,10 +1242,10 @@ impl Inner {
         Ok(())
     }
 
-    /// Hands queued writes to the kernel from one spawned task per log: while a write is in
-    /// flight, later appends queue up and go out together in the next `writev`. Buffered
-    /// writes to ext4 are executed by io_uring worker threads, so fewer, larger writes cut
-    /// the per-append hand-off cost when appends are concurrent.
+    /// Hands queued writes to the kernel from one spawned task per log: appends queued before
+    /// the task runs (or while it waits for an index file) go out together in one `pwritev`.
+    /// The write itself is a synchronous page-cache copy on the shard thread (see
+    /// `DiskFile::pwrite_all_vectored`); completion is still reported in reservation order.
     fn kick_writer(self: Rc<Self>) {
         {
             let mut st = self.st.borrow_mut();
@@ -1272,18 +1287,32 @@ impl Inner {
                 let file = segment.log.clone();
                 let position = first.position;
                 let seqs: Vec<u64> = run.iter().map(|w| w.seq).collect();
-                let res = if run.len() == 1 {
-                    let bytes = run.into_iter().map(|w| w.bytes).next().unwrap_or_default();
-                    file.write_all_at(bytes, position).await.0
-                } else {
-                    let bufs = run.into_iter().map(|w| w.bytes).collect();
+                let bufs: Vec<Bytes> = run.into_iter().map(|w| w.bytes).collect();
+                let len: usize = bufs.iter().map(Bytes::len).sum();
+                // A plain pwritev on the shard thread while the page cache absorbs writes at
+                // memory speed; io_uring (its io-wq workers) while the kernel throttles dirty
+                // pages, so that a blocked write does not stall the shard. See
+                // `DiskFile::pwrite_all_vectored` and docs/arch/storage.md ("Write path").
+                let now = Instant::now();
+                let via_uring = self.st.borrow().uring_writes_until.is_some_and(|t| now < t);
+                let res = if via_uring {
                     file.write_all_vectored_at(bufs, position).await
+                } else {
+                    let res = file.pwrite_all_vectored(&bufs, position);
+                    drop(bufs);
+                    if now.elapsed() > slow_sync_write(len) {
+                        self.st.borrow_mut().uring_writes_until =
+                            Some(Instant::now() + URING_WRITES_AFTER_SLOW);
+                        tracing::debug!(dir = %self.dir.display(), bytes = len, took_us = now.elapsed().as_micros() as u64,
+                            "page-cache write was throttled; writing through io_uring for a while");
+                    }
+                    res
                 };
                 // Index entries for these batches go to the index files before the batches
                 // become visible, so a roll or close that waits for visibility sees them.
                 let res = match res {
                     Ok(()) => segment
-                        .write_new_index_entries()
+                        .write_new_index_entries(via_uring)
                         .await
                         .map_err(|e| io::Error::other(e.to_string())),
                     Err(e) => Err(e),

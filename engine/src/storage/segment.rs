@@ -161,8 +161,9 @@ impl Segment {
 
     /// Writes index entries added since the last call to their positions in the index files
     /// (opening them on first use). Called by the log's writer after the batch write that
-    /// the entries point into, so one task orders all of a segment's entry writes.
-    pub async fn write_new_index_entries(&self) -> Result<(), StorageError> {
+    /// the entries point into, so one task orders all of a segment's entry writes. The
+    /// writes are synchronous `pwrite`s unless `via_uring` (the writer's current choice).
+    pub async fn write_new_index_entries(&self, via_uring: bool) -> Result<(), StorageError> {
         let (idx_from, idx_bytes, time_from, time_bytes) = {
             let st = self.st.borrow();
             if st.offset_index.len() <= st.index_entries_on_disk
@@ -184,19 +185,21 @@ impl Segment {
         );
         if !idx_bytes.is_empty() {
             let pos = (idx_from * super::offset_index::ENTRY_SIZE) as u64;
-            files
-                .offset
-                .write_vec_at(idx_bytes, pos)
-                .await
-                .map_err(|e| StorageError::io(files.offset.path(), e))?;
+            let res = if via_uring {
+                files.offset.write_vec_at(idx_bytes, pos).await
+            } else {
+                files.offset.pwrite_all(&idx_bytes, pos)
+            };
+            res.map_err(|e| StorageError::io(files.offset.path(), e))?;
         }
         if !time_bytes.is_empty() {
             let pos = (time_from * super::time_index::ENTRY_SIZE) as u64;
-            files
-                .time
-                .write_vec_at(time_bytes, pos)
-                .await
-                .map_err(|e| StorageError::io(files.time.path(), e))?;
+            let res = if via_uring {
+                files.time.write_vec_at(time_bytes, pos).await
+            } else {
+                files.time.pwrite_all(&time_bytes, pos)
+            };
+            res.map_err(|e| StorageError::io(files.time.path(), e))?;
         }
         let mut st = self.st.borrow_mut();
         // Truncation and full rewrites happen only with no write in flight, so the counts
