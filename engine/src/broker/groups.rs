@@ -700,13 +700,10 @@ pub fn find_coordinator(
                 String::new(),
                 -1,
             ),
-            0 => (
-                ec::NONE,
-                None,
-                cfg.node_id,
-                cfg.advertised_host.clone(),
-                cfg.advertised_port,
-            ),
+            0 => {
+                let (host, port) = super::connection::advertised(cfg);
+                (ec::NONE, None, cfg.node_id, host, port)
+            }
             1 => (
                 ec::COORDINATOR_NOT_AVAILABLE,
                 Some(NO_TXN),

@@ -9,7 +9,8 @@
 //! - [`handlers`]: one function per Kafka API.
 //! - [`groups`]: the consumer-group coordinator of each shard, `__consumer_offsets`.
 //! - [`producer_ids`]: InitProducerId (owned by shard 0), refusals of the transactional APIs.
-//! - [`connection`]: per-connection read/dispatch/in-order write.
+//! - [`connection`]: per-connection read/dispatch/in-order write (TLS and SASL on it).
+//! - [`listeners`]: named listeners, their security protocols, TLS and SASL settings.
 //! - [`server`]: starting shard threads, two-phase shutdown.
 
 pub mod cluster;
@@ -19,6 +20,7 @@ pub mod config;
 pub mod connection;
 pub mod groups;
 pub mod handlers;
+pub mod listeners;
 pub mod metadata;
 pub mod producer_ids;
 pub mod protocol;
