@@ -15,4 +15,5 @@ pub mod logging;
 pub mod metrics;
 pub mod partitioner;
 pub mod replication;
+pub mod security;
 pub mod storage;

@@ -56,6 +56,18 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Prepare a data directory before the first start, as `kafka-storage.sh format` does:
+    /// `--add-scram 'SCRAM-SHA-256=[name=admin,password=admin-secret]'` stores a SCRAM
+    /// credential (salted, never the password) for the SASL listeners.
+    Format {
+        /// Data directory (default: `log.dirs` from --config / flags / defaults).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// A SCRAM credential `MECH=[name=N,password=P(,iterations=I)(,salt=BASE64)]`
+        /// (repeatable).
+        #[arg(long = "add-scram", value_name = "CREDENTIAL")]
+        add_scram: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -107,6 +119,14 @@ fn main() -> anyhow::Result<()> {
         let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
         std::process::exit(if sluice::check::all_ok(&checks) { 0 } else { 1 });
     }
+    if let Some(Command::Format {
+        data_dir,
+        add_scram,
+    }) = &args.command
+    {
+        let dir = data_dir.clone().unwrap_or_else(|| config.data_dir.clone());
+        return format_data_dir(&dir, add_scram);
+    }
     sluice::logging::init(&config.log_level, config.log_json)?;
     for w in warnings {
         tracing::warn!("{w}");
@@ -133,5 +153,36 @@ fn main() -> anyhow::Result<()> {
         })
         .context("cannot start the signal thread")?;
     server.run();
+    Ok(())
+}
+
+/// `sluice format`: creates the data directory and adds the SCRAM credentials given.
+fn format_data_dir(dir: &std::path::Path, add_scram: &[String]) -> anyhow::Result<()> {
+    use sluice::security::credentials::{AddScram, FileCredentialStore, SCRAM_FILE};
+    use sluice::security::scram::ScramCredential;
+    let specs = add_scram
+        .iter()
+        .map(|s| s.parse::<AddScram>())
+        .collect::<Result<Vec<_>, _>>()?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    let mut store = FileCredentialStore::open(dir)?;
+    for spec in &specs {
+        let salt = spec
+            .salt
+            .clone()
+            .unwrap_or_else(|| (0..32).map(|_| rand::random::<u8>()).collect());
+        let credential =
+            ScramCredential::new(spec.mechanism, &spec.password, &salt, spec.iterations);
+        store.upsert(spec.mechanism, &spec.name, credential);
+        println!(
+            "{}: added {} credential for user {:?} ({} iterations)",
+            dir.join(SCRAM_FILE).display(),
+            spec.mechanism.name(),
+            spec.name,
+            spec.iterations
+        );
+    }
+    store.save(dir)?;
     Ok(())
 }

@@ -36,12 +36,74 @@ pub const BROKER_KEYS: &[(&str, &str, &str)] = &[
     (
         "listeners",
         "PLAINTEXT://127.0.0.1:9092",
-        "address the Kafka listener binds",
+        "NAME://host:port,... listeners to bind (names mapped by listener.security.protocol.map)",
     ),
     (
         "advertised.listeners",
         "",
-        "address clients are told to connect to (default: listeners)",
+        "NAME://host:port,... given to clients of each listener (default: listeners)",
+    ),
+    (
+        "listener.security.protocol.map",
+        super::listeners::DEFAULT_PROTOCOL_MAP,
+        "listener name -> PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+    ),
+    (
+        "inter.broker.listener.name",
+        "",
+        "listener registered for other brokers (default: the first of listeners)",
+    ),
+    ("ssl.keystore.type", "PEM", "keystore format (PEM only)"),
+    (
+        "ssl.keystore.location",
+        "",
+        "PEM file with the private key and certificate chain of TLS listeners",
+    ),
+    (
+        "ssl.key.password",
+        "",
+        "password of an encrypted key (refused: encrypted keys are not supported)",
+    ),
+    ("ssl.truststore.type", "PEM", "truststore format (PEM only)"),
+    (
+        "ssl.truststore.location",
+        "",
+        "PEM file with the CA certificates trusted for client certificates",
+    ),
+    (
+        "ssl.client.auth",
+        "none",
+        "client certificates: none, requested or required",
+    ),
+    (
+        "ssl.principal.mapping.rules",
+        "DEFAULT",
+        "principal of a client certificate (DEFAULT: User:<subject DN, RFC 2253>)",
+    ),
+    (
+        "ssl.enabled.protocols",
+        "TLSv1.2,TLSv1.3",
+        "TLS versions accepted",
+    ),
+    (
+        "ssl.reload.interval.ms",
+        "30000",
+        "how often TLS listener files are checked for changes and reloaded (0 = never)",
+    ),
+    (
+        "sasl.enabled.mechanisms",
+        "SCRAM-SHA-256,SCRAM-SHA-512",
+        "SASL mechanisms of SASL listeners: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512",
+    ),
+    (
+        "sasl.jaas.config",
+        "",
+        "PlainLoginModule JAAS config whose user_<name>=\"<password>\" are the PLAIN users",
+    ),
+    (
+        "connections.max.reauth.ms",
+        "0",
+        "SASL session lifetime; a connection must re-authenticate within it (0 = no limit)",
     ),
     (
         "log.dirs",
@@ -366,12 +428,16 @@ pub const TOPIC_KEYS: &[(&str, &str)] = &[
 pub struct BrokerConfig {
     /// `node.id`.
     pub node_id: i32,
-    /// Bound address of the Kafka listener (`listeners`).
+    /// Bound address of the inter-broker listener (the first of `listeners`, or
+    /// `inter.broker.listener.name`).
     pub listen: SocketAddr,
-    /// Host and port given to clients in Metadata (`advertised.listeners`).
+    /// Advertised host of the inter-broker listener (registered with the controller; the
+    /// fallback when a request's listener is not known).
     pub advertised_host: String,
-    /// Advertised port.
+    /// Advertised port of the inter-broker listener.
     pub advertised_port: i32,
+    /// Every listener, the inter-broker one first.
+    pub listeners: Vec<super::listeners::ListenerConfig>,
     /// `log.dirs` (first entry).
     pub data_dir: PathBuf,
     /// Number of shard threads (resolved: never 0).
@@ -487,34 +553,6 @@ pub fn parse_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
     }
 }
 
-/// Parses `PLAINTEXT://host:port` or `host:port` (first entry of a comma list).
-fn parse_listener(key: &str, value: &str) -> Result<(String, u16), ConfigError> {
-    let first = value.split(',').next().unwrap_or("").trim();
-    let addr = match first.split_once("://") {
-        Some((proto, rest)) => {
-            if !proto.eq_ignore_ascii_case("PLAINTEXT") {
-                return Err(invalid(
-                    key,
-                    value,
-                    "only PLAINTEXT listeners are supported",
-                ));
-            }
-            rest
-        }
-        None => first,
-    };
-    let (host, port) = addr
-        .rsplit_once(':')
-        .ok_or_else(|| invalid(key, value, "expected host:port"))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| invalid(key, value, "port is not a number in 0..65535"))?;
-    if host.is_empty() {
-        return Err(invalid(key, value, "host is empty"));
-    }
-    Ok((host.trim_matches(['[', ']']).to_string(), port))
-}
-
 impl BrokerConfig {
     /// Resolves the configuration from its sources. `file` is the TOML text (if any), `env`
     /// the process environment, `flags` the overrides from the command line (already as Kafka
@@ -531,7 +569,12 @@ impl BrokerConfig {
             raw.insert((*k).to_string(), (*v).to_string());
             sources.insert((*k).to_string(), ConfigSource::Default);
         }
-        let known = |k: &str| BROKER_KEYS.iter().any(|(name, _, _)| *name == k) || k == "log.dir";
+        let known = |k: &str| {
+            BROKER_KEYS.iter().any(|(name, _, _)| *name == k)
+                || k == "log.dir"
+                // Per-listener overrides (`listener.name.<name>.<key>`), as in Kafka.
+                || k.starts_with("listener.name.")
+        };
         if let Some(text) = file {
             for (k, v) in flatten_toml(text)? {
                 if !known(&k) {
@@ -598,23 +641,22 @@ impl BrokerConfig {
         if node_id < 0 {
             return Err(invalid("node.id", get("node.id"), "must be >= 0"));
         }
-        let (host, port) = parse_listener("listeners", get("listeners"))?;
-        let listen: SocketAddr = format!(
-            "{}:{}",
-            if host.contains(':') {
-                format!("[{host}]")
-            } else {
-                host.clone()
-            },
-            port
-        )
-        .parse()
-        .map_err(|_| invalid("listeners", get("listeners"), "host must be an IP address"))?;
-        let (adv_host, adv_port) = if get("advertised.listeners").trim().is_empty() {
-            (host, port)
-        } else {
-            parse_listener("advertised.listeners", get("advertised.listeners"))?
-        };
+        let listeners = super::listeners::parse_listeners(&raw)?;
+        let inter_broker = &listeners[0];
+        if !get("controller.quorum.voters").trim().is_empty()
+            && inter_broker.protocol != super::listeners::SecurityProtocol::Plaintext
+        {
+            // The follower fetcher and the group/controller calls between brokers speak
+            // plain TCP today (docs/security.md).
+            return Err(invalid(
+                "inter.broker.listener.name",
+                &inter_broker.name,
+                "cluster mode needs a PLAINTEXT inter-broker listener (TLS and SASL between brokers are not done yet)",
+            ));
+        }
+        let listen = inter_broker.bind;
+        let adv_host = inter_broker.advertised_host.clone();
+        let adv_port = inter_broker.advertised_port;
         let data_dir = get("log.dirs")
             .split(',')
             .next()
@@ -714,7 +756,8 @@ impl BrokerConfig {
             node_id,
             listen,
             advertised_host: adv_host,
-            advertised_port: i32::from(adv_port),
+            advertised_port: adv_port,
+            listeners,
             data_dir: PathBuf::from(data_dir),
             shards,
             num_partitions,

@@ -11,7 +11,14 @@
 //! produce requests are pipelined: the next one starts as soon as the previous one's appends
 //! have taken their place in their logs' order, so they are appended in request order while
 //! their writes (and fsyncs) overlap.
+//!
+//! Security: on a TLS listener the stream is wrapped by rustls first (the principal is the
+//! client certificate's subject, if any), and fetch responses take the copy path (sendfile
+//! cannot write through TLS). On a SASL listener every frame passes through the connection's
+//! [`SaslConnection`] first: until it has authenticated, only ApiVersions, SaslHandshake and
+//! SaslAuthenticate are served, and frames are limited to `sasl.server.max.receive.size`.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::rc::Rc;
@@ -19,13 +26,17 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, WriteHalf};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
-use tracing::{debug, warn};
+use tokio_rustls::server::TlsStream;
+use tracing::{debug, info, warn};
+
+use crate::security::sasl::{Action, SaslConnection, SaslSettings, MAX_RECEIVE_BEFORE_AUTH};
+use crate::security::tls::ReloadableAcceptor;
 
 use super::handlers::{handle_request, RequestError, Response};
 use super::protocol::{FramePart, RecordsSource};
@@ -44,42 +55,173 @@ enum ReadEnd {
     BadSize(i32),
 }
 
+/// How long a client may take to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A listener as the shards serve it: its configuration (advertised port resolved) and its
+/// loaded TLS and SASL state.
+pub struct ListenerRuntime {
+    /// The listener's configuration.
+    pub config: super::listeners::ListenerConfig,
+    /// The TLS acceptor (TLS listeners).
+    pub tls: Option<Arc<ReloadableAcceptor>>,
+    /// The SASL settings (SASL listeners).
+    pub sasl: Option<Arc<SaslSettings>>,
+}
+
+/// What a request handler may need to know about its connection.
+#[derive(Debug)]
+pub struct ConnectionInfo {
+    /// The listener the request arrived on.
+    pub listener: String,
+    /// Host and port Metadata advertises for this broker to this client.
+    pub advertised: (String, i32),
+    /// Whether fetched records may go out with sendfile (not through TLS).
+    pub zero_copy: bool,
+}
+
+tokio::task_local! {
+    /// The connection whose request is being handled.
+    pub static CONNECTION: Rc<ConnectionInfo>;
+}
+
+/// The endpoint to advertise for this broker: the one of the listener the current request
+/// arrived on (Kafka answers with the endpoints of the request's listener), else the
+/// inter-broker listener's.
+pub fn advertised(cfg: &super::config::BrokerConfig) -> (String, i32) {
+    CONNECTION
+        .try_with(|c| c.advertised.clone())
+        .unwrap_or_else(|_| (cfg.advertised_host.clone(), cfg.advertised_port))
+}
+
+/// Whether the current request's connection may use sendfile for fetched records.
+pub fn zero_copy_allowed() -> bool {
+    CONNECTION.try_with(|c| c.zero_copy).unwrap_or(true)
+}
+
+/// The write side of a connection.
+enum Writer {
+    Plain(OwnedWriteHalf),
+    Tls(WriteHalf<TlsStream<TcpStream>>),
+}
+
 /// Serves `stream` until the peer closes it, a request is malformed, or the shard drains.
-pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
+pub async fn serve_connection(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<ListenerRuntime>,
+) {
     shard.connections.set(shard.connections.get() + 1);
     crate::metrics::connection_opened();
-    let _ = stream.set_nodelay(true);
-    let (rd, wr) = stream.into_split();
-    let (frames_tx, frames_rx) =
-        mpsc::channel::<Frame>(shard.ctx.config.max_inflight_per_connection);
-    let (responses_tx, responses_rx) =
-        mpsc::channel::<InFlight>(shard.ctx.config.max_inflight_per_connection);
-    let writer = crate::io::runtime::spawn(write_loop(responses_rx, wr, peer));
-    let processor =
-        crate::io::runtime::spawn(process_loop(shard.clone(), frames_rx, responses_tx, peer));
-    read_loop(&shard, rd, frames_tx, peer).await;
-    let _ = processor.await;
-    let _ = writer.await;
+    serve(&shard, stream, peer, &listener).await;
     shard.connections.set(shard.connections.get() - 1);
     crate::metrics::connection_closed();
     shard.connection_closed.notify_waiters();
     debug!(%peer, "connection closed");
 }
 
-async fn read_loop(
+async fn serve(shard: &Rc<Shard>, stream: TcpStream, peer: SocketAddr, l: &Arc<ListenerRuntime>) {
+    let _ = stream.set_nodelay(true);
+    let name = l.config.name.as_str();
+    let info = Rc::new(ConnectionInfo {
+        listener: name.to_string(),
+        advertised: (l.config.advertised_host.clone(), l.config.advertised_port),
+        zero_copy: l.tls.is_none(),
+    });
+    let sasl = l.sasl.clone().map(SaslConnection::new);
+    match &l.tls {
+        None => {
+            let (rd, wr) = stream.into_split();
+            run(shard, rd, Writer::Plain(wr), peer, info, sasl).await;
+        }
+        Some(tls) => {
+            let accepted =
+                tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream)).await;
+            let tls_stream = match accepted {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    warn!(%peer, listener = name, "closing connection: TLS handshake failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    warn!(%peer, listener = name, "closing connection: TLS handshake timed out");
+                    return;
+                }
+            };
+            let principal = tls_stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| crate::security::principal::subject_rfc2253(c.as_ref()));
+            match principal {
+                Some(Ok(dn)) => {
+                    info!(%peer, listener = name, principal = %format!("User:{dn}"), "TLS client authenticated")
+                }
+                Some(Err(e)) => {
+                    warn!(%peer, listener = name, "closing connection: client certificate: {e}");
+                    return;
+                }
+                None => {
+                    debug!(%peer, listener = name, principal = crate::security::principal::ANONYMOUS, "TLS connection")
+                }
+            }
+            let (rd, wr) = tokio::io::split(tls_stream);
+            run(shard, rd, Writer::Tls(wr), peer, info, sasl).await;
+        }
+    }
+}
+
+async fn run<R: AsyncRead + Unpin>(
     shard: &Rc<Shard>,
-    rd: OwnedReadHalf,
+    rd: R,
+    wr: Writer,
+    peer: SocketAddr,
+    info: Rc<ConnectionInfo>,
+    sasl: Option<SaslConnection>,
+) {
+    let (frames_tx, frames_rx) =
+        mpsc::channel::<Frame>(shard.ctx.config.max_inflight_per_connection);
+    let (responses_tx, responses_rx) =
+        mpsc::channel::<InFlight>(shard.ctx.config.max_inflight_per_connection);
+    // Until SASL succeeds, frames are limited to `sasl.server.max.receive.size`.
+    let authenticated = Rc::new(Cell::new(sasl.is_none()));
+    let writer = crate::io::runtime::spawn(write_loop(responses_rx, wr, peer));
+    let processor = crate::io::runtime::spawn(process_loop(
+        shard.clone(),
+        frames_rx,
+        responses_tx,
+        peer,
+        info,
+        sasl,
+        authenticated.clone(),
+    ));
+    read_loop(shard, rd, frames_tx, peer, &authenticated).await;
+    let _ = processor.await;
+    let _ = writer.await;
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(
+    shard: &Rc<Shard>,
+    rd: R,
     tx: mpsc::Sender<Frame>,
     peer: SocketAddr,
+    authenticated: &Cell<bool>,
 ) {
-    let max = shard.ctx.config.socket_request_max_bytes;
+    let configured_max = shard.ctx.config.socket_request_max_bytes;
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
-    let budget = Arc::new(Semaphore::new(max));
+    let budget = Arc::new(Semaphore::new(configured_max));
     let mut phase = shard.phase.subscribe();
     loop {
         if *phase.borrow() != Phase::Running {
             return;
         }
+        let max = if authenticated.get() {
+            configured_max
+        } else {
+            configured_max.min(MAX_RECEIVE_BEFORE_AUTH)
+        };
         let frame = tokio::select! {
             f = read_frame(&mut rd, max, &budget) => f,
             _ = phase.changed() => return,
@@ -107,8 +249,8 @@ async fn read_loop(
 }
 
 /// Reads one size-prefixed frame. The size is checked before anything is allocated.
-async fn read_frame(
-    rd: &mut BufReader<OwnedReadHalf>,
+async fn read_frame<R: AsyncRead + Unpin>(
+    rd: &mut BufReader<R>,
     max: usize,
     budget: &Arc<Semaphore>,
 ) -> Result<Frame, ReadEnd> {
@@ -117,7 +259,9 @@ async fn read_frame(
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(ReadEnd::Eof),
         Err(e) => return Err(ReadEnd::Io(e)),
     };
-    if size < 8 || size as usize > max {
+    // A raw SASL token (after a v0 SaslHandshake) may be shorter than a request header;
+    // a short request is refused by the handler.
+    if size < 1 || size as usize > max {
         return Err(ReadEnd::BadSize(size));
     }
     let size = size as usize;
@@ -140,11 +284,36 @@ async fn read_frame(
     Ok((buf, permit))
 }
 
+/// A response that is ready now (SASL replies), queued behind the earlier ones.
+fn ready(frame: BytesMut) -> InFlight {
+    crate::io::runtime::spawn(async move { Ok(Some(Response::Frame(frame))) })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn scram_nonce() -> String {
+    use rand::Rng;
+    rand::thread_rng()
+        .sample_iter(&rand::distributions::Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn process_loop(
     shard: Rc<Shard>,
     mut frames: mpsc::Receiver<Frame>,
     responses: mpsc::Sender<InFlight>,
     peer: SocketAddr,
+    info: Rc<ConnectionInfo>,
+    mut sasl: Option<SaslConnection>,
+    authenticated: Rc<Cell<bool>>,
 ) {
     // Completion signals of produce requests started but maybe not finished.
     let mut produces: Vec<oneshot::Receiver<bool>> = Vec::new();
@@ -156,9 +325,37 @@ async fn process_loop(
                 let _ = done.await;
             }
         }
+        if let Some(s) = sasl.as_mut() {
+            let listener = info.listener.as_str();
+            let reply = match s.on_frame(&frame, now_ms(), scram_nonce) {
+                Action::Forward => None,
+                Action::Reply(f) => Some(f),
+                Action::Authenticated { reply, principal } => {
+                    info!(%peer, listener, %principal, "SASL authentication succeeded");
+                    authenticated.set(true);
+                    Some(reply)
+                }
+                Action::ReplyAndClose(f, why) => {
+                    warn!(%peer, listener, "closing connection: {why}");
+                    let _ = responses.send(ready(f)).await;
+                    return;
+                }
+                Action::Close(why) => {
+                    warn!(%peer, listener, "closing connection: {why}");
+                    return;
+                }
+            };
+            if let Some(f) = reply {
+                if responses.send(ready(f)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        }
         let (submitted_tx, submitted_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
         let task_shard = shard.clone();
+        let task_info = info.clone();
         let api_key = i16::from_be_bytes([
             frame.first().copied().unwrap_or(0xff),
             frame.get(1).copied().unwrap_or(0xff),
@@ -166,7 +363,8 @@ async fn process_loop(
         let task = crate::io::runtime::spawn(async move {
             let started = std::time::Instant::now();
             let handled = handle_request(task_shard, frame.freeze(), Some(submitted_tx));
-            let result = super::groups::CLIENT_ADDR.scope(peer, handled).await;
+            let handled = super::groups::CLIENT_ADDR.scope(peer, handled);
+            let result = CONNECTION.scope(task_info, handled).await;
             crate::metrics::record_request(
                 api_key,
                 started.elapsed(),
@@ -192,7 +390,7 @@ async fn process_loop(
     }
 }
 
-async fn write_loop(mut rx: mpsc::Receiver<InFlight>, mut wr: OwnedWriteHalf, peer: SocketAddr) {
+async fn write_loop(mut rx: mpsc::Receiver<InFlight>, mut wr: Writer, peer: SocketAddr) {
     while let Some(task) = rx.recv().await {
         let response = match task.await {
             Ok(Ok(response)) => response,
@@ -223,7 +421,7 @@ async fn write_loop(mut rx: mpsc::Receiver<InFlight>, mut wr: OwnedWriteHalf, pe
         let result = match response {
             None => Ok(()),
             Some(Response::Frame(bytes)) => wr.write_all(&bytes).await,
-            Some(Response::Fetch(frame)) => write_fetch(&mut wr, frame.parts).await,
+            Some(Response::Fetch(frame)) => wr.write_fetch(frame.parts).await,
         };
         if result.is_ok() {
             crate::metrics::record_sent(len as u64);
@@ -248,16 +446,51 @@ fn request_error_name(e: &RequestError) -> Option<&'static str> {
     })
 }
 
-async fn write_fetch(wr: &mut OwnedWriteHalf, parts: Vec<FramePart>) -> std::io::Result<()> {
-    for part in parts {
-        match part {
-            FramePart::Head(b) => wr.write_all(&b).await?,
-            FramePart::Records(RecordsSource::Bytes(b)) => wr.write_all(&b).await?,
-            FramePart::Records(RecordsSource::File { fd, position, len }) => {
-                crate::io::net::sendfile_all(wr.as_ref(), fd.as_fd(), position, len as usize)
-                    .await?
+impl Writer {
+    async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Writer::Plain(w) => w.write_all(bytes).await,
+            Writer::Tls(w) => {
+                w.write_all(bytes).await?;
+                w.flush().await
             }
         }
     }
-    Ok(())
+
+    async fn write_fetch(&mut self, parts: Vec<FramePart>) -> std::io::Result<()> {
+        for part in parts {
+            match part {
+                FramePart::Head(b) => self.write_part(&b).await?,
+                FramePart::Records(RecordsSource::Bytes(b)) => self.write_part(&b).await?,
+                FramePart::Records(RecordsSource::File { fd, position, len }) => match self {
+                    Writer::Plain(wr) => {
+                        crate::io::net::sendfile_all(
+                            wr.as_ref(),
+                            fd.as_fd(),
+                            position,
+                            len as usize,
+                        )
+                        .await?
+                    }
+                    Writer::Tls(wr) => {
+                        // The handler takes the copy path on TLS connections; this only
+                        // guards against a file slice reaching here anyway.
+                        let bytes = crate::io::net::read_range(fd.as_fd(), position, len as usize)?;
+                        wr.write_all(&bytes).await?
+                    }
+                },
+            }
+        }
+        if let Writer::Tls(w) = self {
+            w.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn write_part(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Writer::Plain(w) => w.write_all(bytes).await,
+            Writer::Tls(w) => w.write_all(bytes).await,
+        }
+    }
 }

@@ -960,13 +960,10 @@ pub fn find_coordinator(
     let answer = |key_type: i8, key: &str| -> CoordinatorAnswer {
         match (key_type, &node) {
             (0, Some(node)) => cluster_coordinator(shard, node, key),
-            (0, None) => (
-                ec::NONE,
-                None,
-                cfg.node_id,
-                cfg.advertised_host.clone(),
-                cfg.advertised_port,
-            ),
+            (0, None) => {
+                let (host, port) = super::connection::advertised(cfg);
+                (ec::NONE, None, cfg.node_id, host, port)
+            }
             (1, _) => no_coordinator(ec::COORDINATOR_NOT_AVAILABLE, NO_TXN),
             _ => no_coordinator(ec::INVALID_REQUEST, "unknown coordinator key type"),
         }

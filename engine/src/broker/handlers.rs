@@ -189,6 +189,19 @@ pub async fn handle_request(
                 None => frame(&incremental_alter_configs(&shard, req).await?),
             }
         }
+        ApiKey::SaslHandshake => {
+            let _req = decode!(m::SaslHandshakeRequest);
+            // Not a SASL listener (SASL listeners answer in the connection layer).
+            frame(&m::SaslHandshakeResponse::default().with_error_code(ec::ILLEGAL_SASL_STATE))
+        }
+        ApiKey::SaslAuthenticate => {
+            let _req = decode!(m::SaslAuthenticateRequest);
+            frame(
+                &m::SaslAuthenticateResponse::default()
+                    .with_error_code(ec::ILLEGAL_SASL_STATE)
+                    .with_error_message(Some(str_bytes("this listener does not use SASL"))),
+            )
+        }
         ApiKey::DescribeCluster => {
             let _req = decode!(m::DescribeClusterRequest);
             match shard.ctx.metadata.cluster_node() {
@@ -531,7 +544,7 @@ async fn fetch(
     req: m::FetchRequest,
 ) -> Result<FetchFrame, RequestError> {
     let image = shard.image();
-    let zero_copy = shard.ctx.config.fetch_zero_copy;
+    let zero_copy = shard.ctx.config.fetch_zero_copy && super::connection::zero_copy_allowed();
     let mut layout: Vec<FetchLayout> = Vec::new();
     // Per partition: fetch offset, max bytes, current leader epoch, last fetched epoch.
     let mut work: Vec<(usize, String, i32, FetchPosition)> = Vec::new();
@@ -936,12 +949,13 @@ async fn metadata(
         }
     }
     let node = BrokerId(cfg.node_id);
+    let (host, port) = super::connection::advertised(cfg);
     Ok(m::MetadataResponse::default()
         .with_brokers(vec![m::metadata_response::MetadataResponseBroker::default(
         )
         .with_node_id(node)
-        .with_host(str_bytes(&cfg.advertised_host))
-        .with_port(cfg.advertised_port)])
+        .with_host(str_bytes(&host))
+        .with_port(port)])
         .with_cluster_id(Some(str_bytes(&image.cluster_id)))
         .with_controller_id(node)
         .with_topics(topics))
@@ -1447,6 +1461,7 @@ async fn incremental_alter_configs(
 fn describe_cluster(shard: &Rc<Shard>) -> m::DescribeClusterResponse {
     let cfg = &shard.ctx.config;
     let node = BrokerId(cfg.node_id);
+    let (host, port) = super::connection::advertised(cfg);
     m::DescribeClusterResponse::default()
         .with_cluster_id(str_bytes(&shard.image().cluster_id))
         .with_controller_id(node)
@@ -1454,7 +1469,7 @@ fn describe_cluster(shard: &Rc<Shard>) -> m::DescribeClusterResponse {
         .with_brokers(vec![
             m::describe_cluster_response::DescribeClusterBroker::default()
                 .with_broker_id(node)
-                .with_host(str_bytes(&cfg.advertised_host))
-                .with_port(cfg.advertised_port),
+                .with_host(str_bytes(&host))
+                .with_port(port),
         ])
 }

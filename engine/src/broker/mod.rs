@@ -10,7 +10,8 @@
 //! - [`groups`]: the consumer-group coordinator of each shard, `__consumer_offsets`.
 //! - [`producer_ids`]: InitProducerId (owned by shard 0), refusals of the transactional APIs.
 //! - [`quorum`]: DescribeQuorum (the controller voters' Raft state, forwarded to the leader).
-//! - [`connection`]: per-connection read/dispatch/in-order write.
+//! - [`connection`]: per-connection read/dispatch/in-order write (TLS and SASL on it).
+//! - [`listeners`]: named listeners, their security protocols, TLS and SASL settings.
 //! - [`server`]: starting shard threads, two-phase shutdown.
 
 pub mod cluster;
@@ -20,6 +21,7 @@ pub mod config;
 pub mod connection;
 pub mod groups;
 pub mod handlers;
+pub mod listeners;
 pub mod metadata;
 pub mod producer_ids;
 pub mod protocol;

@@ -33,6 +33,9 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::InitProducerId, 0, 5),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
     (ApiKey::DescribeQuorum, 0, 2),
+    // Served by the connection on SASL listeners; ILLEGAL_SASL_STATE elsewhere.
+    (ApiKey::SaslHandshake, 0, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
 ];
 
 /// The version range served for `key`, if any.
@@ -53,6 +56,7 @@ pub mod error_code {
     pub const REQUEST_TIMED_OUT: i16 = 7;
     pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
     pub const UNSUPPORTED_VERSION: i16 = 35;
+    pub const ILLEGAL_SASL_STATE: i16 = 34;
     pub const TOPIC_ALREADY_EXISTS: i16 = 36;
     pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
     pub const INVALID_PARTITIONS: i16 = 37;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tracing::{error, info, warn};
 
 use super::config::BrokerConfig;
-use super::connection::serve_connection;
+use super::connection::{serve_connection, ListenerRuntime};
 use super::metadata::{MetadataError, MetadataStore};
 use super::shard::{mailbox, BrokerContext, MailboxReceiver, Phase, Shard};
 
@@ -47,6 +47,17 @@ pub enum ServerError {
     /// A shard thread stopped before it was ready.
     #[error("shard {0} stopped during start-up")]
     StartFailed(usize),
+    /// A listener's TLS files could not be loaded.
+    #[error("listener {listener}: {source}")]
+    Tls {
+        /// The listener name.
+        listener: String,
+        /// The cause.
+        source: crate::security::tls::TlsError,
+    },
+    /// The SCRAM credential store could not be read.
+    #[error(transparent)]
+    Credentials(#[from] crate::security::credentials::CredentialError),
 }
 
 /// Events reported to the thread that owns the [`Server`].
@@ -68,8 +79,10 @@ pub struct Server {
     threads: Vec<JoinHandle<()>>,
     events: mpsc::Receiver<Event>,
     events_tx: mpsc::Sender<Event>,
-    /// The bound listener address (the real port when 0 was configured).
+    /// The bound address of the inter-broker listener (the real port when 0 was configured).
     pub local_addr: SocketAddr,
+    /// Every listener's name and bound address, the inter-broker one first.
+    pub listener_addrs: Vec<(String, SocketAddr)>,
     /// The admin HTTP listener, if enabled and bound.
     pub admin: Option<crate::admin::AdminServer>,
     /// Set to true once every shard is ready: shards listen only then.
@@ -93,20 +106,33 @@ impl Server {
             }
         };
         let shards = config.shards;
-        let mut listeners = Vec::with_capacity(shards);
         let listen_err = |addr, source| ServerError::Listen { addr, source };
-        crate::io::net::ensure_port_free(config.listen)
-            .map_err(|e| listen_err(config.listen, e))?;
-        let first = crate::io::net::reuseport_socket(config.listen)
-            .map_err(|e| listen_err(config.listen, e))?;
-        let local_addr = first
-            .local_addr()
-            .map_err(|e| listen_err(config.listen, e))?;
-        listeners.push(first);
-        for _ in 1..shards {
-            let l = crate::io::net::reuseport_socket(local_addr)
-                .map_err(|e| listen_err(local_addr, e))?;
-            listeners.push(l);
+        // Per listener: one SO_REUSEPORT socket per shard, all on the same port.
+        let mut bound: Vec<Vec<crate::io::net::BoundSocket>> = Vec::new();
+        let mut listener_addrs = Vec::new();
+        for l in &config.listeners {
+            crate::io::net::ensure_port_free(l.bind).map_err(|e| listen_err(l.bind, e))?;
+            let first =
+                crate::io::net::reuseport_socket(l.bind).map_err(|e| listen_err(l.bind, e))?;
+            let addr = first.local_addr().map_err(|e| listen_err(l.bind, e))?;
+            let mut sockets = vec![first];
+            for _ in 1..shards {
+                sockets
+                    .push(crate::io::net::reuseport_socket(addr).map_err(|e| listen_err(addr, e))?);
+            }
+            bound.push(sockets);
+            listener_addrs.push((l.name.clone(), addr));
+        }
+        let local_addr = listener_addrs[0].1;
+        let runtimes = Arc::new(listener_runtimes(&config, &listener_addrs)?);
+        spawn_tls_reloader(&config, &runtimes);
+        // Shard i gets the i-th socket of every listener.
+        let mut listeners: Vec<Vec<crate::io::net::BoundSocket>> =
+            (0..shards).map(|_| Vec::new()).collect();
+        for sockets in bound {
+            for (i, s) in sockets.into_iter().enumerate() {
+                listeners[i].push(s);
+            }
         }
         let mut mailboxes = Vec::with_capacity(shards);
         let mut receivers = Vec::with_capacity(shards);
@@ -131,11 +157,12 @@ impl Server {
             let ctx = ctx.clone();
             let tx = events_tx.clone();
             let serve_rx = serve_rx.clone();
+            let runtimes = runtimes.clone();
             let t = std::thread::Builder::new()
                 .name(format!("shard-{id}"))
                 .spawn(move || {
                     pin_to_core(id % cores);
-                    shard_main(id, ctx, rx, listener, serve_rx, tx.clone());
+                    shard_main(id, ctx, rx, listener, runtimes, serve_rx, tx.clone());
                     let _ = tx.send(Event::Exited(id));
                 })
                 .map_err(ServerError::Shard)?;
@@ -156,6 +183,9 @@ impl Server {
         // Every shard has opened its partitions: only now may clients connect.
         let _ = serve.send(true);
         ctx.metrics.set_readiness(crate::metrics::Readiness::Ready);
+        for (l, (name, addr)) in runtimes.iter().zip(&listener_addrs) {
+            info!(listener = %name, protocol = l.config.protocol.name(), %addr, "listener ready");
+        }
         info!(addr = %local_addr, shards, data_dir = %ctx.config.data_dir.display(), "sluice listening");
         Ok(Server {
             ctx,
@@ -163,6 +193,7 @@ impl Server {
             events,
             events_tx,
             local_addr,
+            listener_addrs,
             admin,
             _serve: serve,
         })
@@ -271,7 +302,8 @@ fn shard_main(
     id: usize,
     ctx: Arc<BrokerContext>,
     rx: MailboxReceiver,
-    listener: crate::io::net::BoundSocket,
+    sockets: Vec<crate::io::net::BoundSocket>,
+    runtimes: Arc<Vec<Arc<ListenerRuntime>>>,
     mut serve: tokio::sync::watch::Receiver<bool>,
     events: mpsc::Sender<Event>,
 ) {
@@ -287,36 +319,36 @@ fn shard_main(
         if serve.wait_for(|go| *go).await.is_err() {
             return;
         }
-        let listener = match listener
-            .listen(1024)
-            .and_then(tokio::net::TcpListener::from_std)
-        {
-            Ok(l) => l,
-            Err(e) => {
-                error!(shard = id, "cannot listen: {e}");
-                return;
-            }
-        };
+        let mut accepters = Vec::new();
+        for (socket, runtime) in sockets.into_iter().zip(runtimes.iter()) {
+            let listener = match socket
+                .listen(1024)
+                .and_then(tokio::net::TcpListener::from_std)
+            {
+                Ok(l) => l,
+                Err(e) => {
+                    error!(shard = id, listener = %runtime.config.name, "cannot listen: {e}");
+                    return;
+                }
+            };
+            accepters.push(crate::io::runtime::spawn(accept_loop(
+                shard.clone(),
+                listener,
+                runtime.clone(),
+            )));
+        }
         crate::io::runtime::spawn(retention_loop(shard.clone()));
         crate::io::runtime::spawn(shard.clone().run_log_cleaner());
         let mut phase = shard.phase.subscribe();
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        crate::io::runtime::spawn(serve_connection(shard.clone(), stream, peer));
-                    }
-                    Err(e) => {
-                        warn!(shard = id, "accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                },
-                _ = phase.changed() => {
-                    if *phase.borrow() != Phase::Running { break; }
-                }
+        while *phase.borrow() == Phase::Running {
+            if phase.changed().await.is_err() {
+                break;
             }
         }
-        drop(listener);
+        // Every accept loop ends (and drops its listener) on the phase change.
+        for a in accepters {
+            let _ = a.await;
+        }
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
         while shard.connections.get() > 0 {
             tokio::select! {
@@ -336,6 +368,116 @@ fn shard_main(
         shard.close_all().await;
         info!(shard = id, "shard closed");
     });
+}
+
+async fn accept_loop(
+    shard: Rc<Shard>,
+    listener: tokio::net::TcpListener,
+    runtime: Arc<ListenerRuntime>,
+) {
+    let mut phase = shard.phase.subscribe();
+    loop {
+        if *phase.borrow() != Phase::Running {
+            return;
+        }
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    crate::io::runtime::spawn(serve_connection(shard.clone(), stream, peer, runtime.clone()));
+                }
+                Err(e) => {
+                    warn!(shard = shard.id, listener = %runtime.config.name, "accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            _ = phase.changed() => {}
+        }
+    }
+}
+
+/// Loads each listener's TLS files and SASL settings, with the bound port advertised where
+/// port 0 was configured.
+fn listener_runtimes(
+    config: &BrokerConfig,
+    addrs: &[(String, SocketAddr)],
+) -> Result<Vec<Arc<ListenerRuntime>>, ServerError> {
+    let needs_store = config.listeners.iter().any(|l| l.sasl.is_some());
+    let store: Arc<dyn crate::security::credentials::CredentialStore> = if needs_store {
+        Arc::new(crate::security::credentials::FileCredentialStore::open(
+            &config.data_dir,
+        )?)
+    } else {
+        Arc::new(crate::security::credentials::FileCredentialStore::default())
+    };
+    let decoy_key: Vec<u8> = (0..32).map(|_| rand::random::<u8>()).collect();
+    let mut out = Vec::new();
+    for (l, (_, addr)) in config.listeners.iter().zip(addrs) {
+        let mut lc = l.clone();
+        if lc.advertised_port == 0 {
+            lc.advertised_port = i32::from(addr.port());
+        }
+        let tls = match &l.tls {
+            Some(t) => {
+                if t.key_password_set {
+                    warn!(listener = %l.name, "ssl.key.password is set: Sluice reads unencrypted PEM keys only and ignores it");
+                }
+                let acceptor =
+                    crate::security::tls::ReloadableAcceptor::new(t.clone()).map_err(|source| {
+                        ServerError::Tls {
+                            listener: l.name.clone(),
+                            source,
+                        }
+                    })?;
+                Some(Arc::new(acceptor))
+            }
+            None => None,
+        };
+        let sasl = l.sasl.as_ref().map(|s| {
+            Arc::new(crate::security::sasl::SaslSettings {
+                mechanisms: s.mechanisms.clone(),
+                plain_users: s.plain_users.clone(),
+                store: store.clone(),
+                max_reauth_ms: s.max_reauth_ms,
+                decoy_key: decoy_key.clone(),
+            })
+        });
+        out.push(Arc::new(ListenerRuntime {
+            config: lc,
+            tls,
+            sasl,
+        }));
+    }
+    Ok(out)
+}
+
+/// Checks the TLS listeners' files every `ssl.reload.interval.ms` and reloads changed ones.
+/// The thread ends when the server (the last holder of the listeners) is gone.
+fn spawn_tls_reloader(config: &BrokerConfig, runtimes: &Arc<Vec<Arc<ListenerRuntime>>>) {
+    let every: u64 = config
+        .raw
+        .get("ssl.reload.interval.ms")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(30_000);
+    if every == 0 || runtimes.iter().all(|l| l.tls.is_none()) {
+        return;
+    }
+    let weak = Arc::downgrade(runtimes);
+    let spawned = std::thread::Builder::new()
+        .name("tls-reload".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(every));
+            let Some(runtimes) = weak.upgrade() else {
+                return;
+            };
+            for l in runtimes.iter() {
+                if let Some(tls) = &l.tls {
+                    tls.reload_if_changed(&l.config.name);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        warn!("cannot start the TLS reload thread: {e}");
+    }
 }
 
 async fn retention_loop(shard: Rc<Shard>) {

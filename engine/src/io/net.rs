@@ -89,6 +89,26 @@ pub async fn sendfile_all(
     Ok(())
 }
 
+/// Reads `len` bytes of `file` at `position` (the copy fallback where sendfile cannot go,
+/// such as a TLS connection).
+pub fn read_range(file: BorrowedFd<'_>, position: u64, len: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    let mut done = 0;
+    while done < len {
+        let offset = i64::try_from(position + done as u64)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file position too large"))?;
+        let n = nix::sys::uio::pread(file, &mut buf[done..], offset).map_err(io::Error::from)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "segment shorter than the fetched slice",
+            ));
+        }
+        done += n;
+    }
+    Ok(buf)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
