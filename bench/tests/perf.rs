@@ -3,6 +3,7 @@
 //! files, that every run reconciled, and that the brokers' data directories are gone. No
 //! timing is asserted.
 
+#[allow(dead_code)] // the broker-starting helpers serve the other test files
 mod support;
 
 use std::process::Command;

@@ -71,7 +71,9 @@ pub fn request(frame: &[u8]) {
             for t in &p.topic_data {
                 for part in &t.partition_data {
                     if let Some(records) = &part.records {
-                        let _ = validate_leader(records, &cfg);
+                        // The produce handler validates a private copy (it may restamp it).
+                        let mut copy = records.to_vec();
+                        let _ = validate_leader(&mut copy, &cfg, 0);
                     }
                 }
             }
@@ -169,12 +171,12 @@ pub fn record_batches(data: &[u8]) {
         fix_batch_crcs(&mut buf);
     }
     let cfg = LogConfig::default();
-    let _ = validate_leader(&buf, &cfg);
+    let _ = validate_leader(&mut buf.clone(), &cfg, 0);
     let compact = LogConfig {
         compact: true,
         ..LogConfig::default()
     };
-    let _ = validate_leader(&buf, &compact);
+    let _ = validate_leader(&mut buf.clone(), &compact, 0);
     if let Ok(h) = validate_batch(&buf) {
         let _ = validate_follower(&buf, &cfg, h.base_offset);
     }

@@ -1910,7 +1910,7 @@ fn schedules_at_scale() {
                         }
                     }
                     let n = done.fetch_add(1, AtomicOrdering::Relaxed) + 1;
-                    if n % 10_000 == 0 {
+                    if n.is_multiple_of(10_000) {
                         let secs = started.elapsed().as_secs_f64();
                         eprintln!(
                             "progress: {n} schedules in {secs:.0} s ({:.0} schedules/s)",

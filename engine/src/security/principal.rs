@@ -142,7 +142,7 @@ fn attribute(oid: &[u8], tag: u8, value: &[u8], whole: &[u8]) -> Result<String, 
     let text = match tag {
         0x0c | 0x13 | 0x16 => std::str::from_utf8(value).ok().map(str::to_string),
         0x14 => Some(value.iter().map(|&b| char::from(b)).collect()),
-        0x1e if value.len() % 2 == 0 => {
+        0x1e if value.len().is_multiple_of(2) => {
             let units: Vec<u16> = value
                 .chunks_exact(2)
                 .map(|c| u16::from_be_bytes([c[0], c[1]]))

@@ -98,12 +98,16 @@ pub enum Action {
     },
 }
 
+// One per connection and short-lived: boxing the large variant would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 enum Exchange {
     Plain,
     /// The server exists once the client's first message (and a nonce) arrived.
     Scram(Option<ScramServer>),
 }
 
+// One per connection and short-lived: boxing the large variant would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 enum State {
     /// Waiting for SaslHandshake.
     Handshake,

@@ -215,6 +215,8 @@ fn valid_nonce(n: &str) -> bool {
     !n.is_empty() && n.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b',')
 }
 
+// One per connection and short-lived: boxing the large variant would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 enum ServerState {
     Initial,
     FirstSent {
