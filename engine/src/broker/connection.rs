@@ -217,13 +217,15 @@ async fn read_loop<R: AsyncRead + Unpin>(
         if *phase.borrow() != Phase::Running {
             return;
         }
-        let max = if authenticated.get() {
-            configured_max
+        // Before SASL succeeds frames are capped, and may be shorter than a request header
+        // (a raw token after a v0 SaslHandshake); otherwise a frame holds at least a header.
+        let (min, max) = if authenticated.get() {
+            (MIN_REQUEST_FRAME, configured_max)
         } else {
-            configured_max.min(MAX_RECEIVE_BEFORE_AUTH)
+            (1, configured_max.min(MAX_RECEIVE_BEFORE_AUTH))
         };
         let frame = tokio::select! {
-            f = read_frame(&mut rd, max, &budget) => f,
+            f = read_frame(&mut rd, min, max, &budget) => f,
             _ = phase.changed() => return,
             _ = tx.closed() => return,
         };
@@ -248,9 +250,13 @@ async fn read_loop<R: AsyncRead + Unpin>(
     }
 }
 
+/// The smallest request frame: a v0 request header (api key, version, correlation id).
+const MIN_REQUEST_FRAME: i32 = 8;
+
 /// Reads one size-prefixed frame. The size is checked before anything is allocated.
 async fn read_frame<R: AsyncRead + Unpin>(
     rd: &mut BufReader<R>,
+    min: i32,
     max: usize,
     budget: &Arc<Semaphore>,
 ) -> Result<Frame, ReadEnd> {
@@ -259,9 +265,7 @@ async fn read_frame<R: AsyncRead + Unpin>(
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(ReadEnd::Eof),
         Err(e) => return Err(ReadEnd::Io(e)),
     };
-    // A raw SASL token (after a v0 SaslHandshake) may be shorter than a request header;
-    // a short request is refused by the handler.
-    if size < 1 || size as usize > max {
+    if size < min || size as usize > max {
         return Err(ReadEnd::BadSize(size));
     }
     let size = size as usize;

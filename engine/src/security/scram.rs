@@ -311,6 +311,13 @@ impl ScramServer {
             return Err(ScramError::Malformed("bad nonce"));
         }
         for ext in parts {
+            // RFC 5802: an extension is `attr-val`, one letter (Kafka: a key) and `=`.
+            let well_formed = ext.split_once('=').is_some_and(|(k, _)| {
+                !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric())
+            });
+            if !well_formed {
+                return Err(ScramError::Malformed("bad extension"));
+            }
             if ext.starts_with("m=") {
                 return Err(ScramError::Unsupported("mandatory extension"));
             }
