@@ -214,32 +214,7 @@ fn split_fields(body: &str) -> Result<Vec<(String, String)>, String> {
             }
             key.push(c);
         }
-        let mut value = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            let mut closed = false;
-            while let Some(c) = chars.next() {
-                match c {
-                    '\\' => value.push(chars.next().ok_or("dangling escape")?),
-                    '"' => {
-                        closed = true;
-                        break;
-                    }
-                    c => value.push(c),
-                }
-            }
-            if !closed {
-                return Err("unterminated quote".into());
-            }
-        } else {
-            while let Some(&c) = chars.peek() {
-                if c == ',' {
-                    break;
-                }
-                value.push(c);
-                chars.next();
-            }
-        }
+        let value = read_value(&mut chars, |c| c == ',')?;
         out.push((key.trim().to_string(), value));
     }
 }
@@ -299,34 +274,37 @@ fn split_jaas_options(text: &str) -> Result<Vec<(String, String)>, String> {
         if !saw_eq || key.trim().is_empty() {
             return Err(format!("option {key:?} has no value"));
         }
-        let mut value = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            let mut closed = false;
-            while let Some(c) = chars.next() {
-                match c {
-                    '\\' => value.push(chars.next().ok_or("dangling escape")?),
-                    '"' => {
-                        closed = true;
-                        break;
-                    }
-                    c => value.push(c),
-                }
-            }
-            if !closed {
-                return Err("unterminated quote".into());
-            }
-        } else {
-            while let Some(&c) = chars.peek() {
-                if c.is_whitespace() {
-                    break;
-                }
-                value.push(c);
-                chars.next();
-            }
-        }
+        let value = read_value(&mut chars, char::is_whitespace)?;
         out.push((key.trim().to_string(), value));
     }
+}
+
+/// Reads one option value: a quoted string (which may hold the separator, with `\"` and
+/// `\\` escapes) or bare characters up to the first for which `ends` holds.
+fn read_value(
+    chars: &mut std::iter::Peekable<std::str::Chars<'_>>,
+    ends: impl Fn(char) -> bool,
+) -> Result<String, String> {
+    let mut value = String::new();
+    if chars.peek() == Some(&'"') {
+        chars.next();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => value.push(chars.next().ok_or("dangling escape")?),
+                '"' => return Ok(value),
+                c => value.push(c),
+            }
+        }
+        return Err("unterminated quote".into());
+    }
+    while let Some(&c) = chars.peek() {
+        if ends(c) {
+            break;
+        }
+        value.push(c);
+        chars.next();
+    }
+    Ok(value)
 }
 
 #[cfg(test)]
