@@ -15,6 +15,26 @@ use bytes::Bytes;
 /// Most iovecs handed to one `pwritev` (Linux's IOV_MAX is 1024).
 const IOV_BATCH: usize = 512;
 
+/// The bytes a `pwrite`/`pwritev` call wrote: `None` when a signal interrupted it (retry),
+/// an error when it failed or wrote nothing.
+fn written(n: isize, call: &str) -> io::Result<Option<usize>> {
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok(None)
+        } else {
+            Err(e)
+        };
+    }
+    if n == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("{call} wrote nothing"),
+        ));
+    }
+    Ok(Some(n as usize))
+}
+
 /// `fallocate` mode that reserves blocks without changing the file length.
 pub const FALLOC_KEEP_SIZE: i32 = libc::FALLOC_FL_KEEP_SIZE;
 
@@ -165,20 +185,9 @@ impl DiskFile {
             let n = unsafe {
                 libc::pwritev(self.raw_fd(), iov.as_ptr(), iov.len() as libc::c_int, off)
             };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "pwritev wrote nothing",
-                ));
-            }
-            let mut n = n as usize;
+            let Some(mut n) = written(n, "pwritev")? else {
+                continue;
+            };
             pos += n as u64;
             while n > 0 && first < bufs.len() {
                 let left = bufs[first].len() - skip;
@@ -219,20 +228,10 @@ impl DiskFile {
                     off,
                 )
             };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "pwrite wrote nothing",
-                ));
-            }
-            done += n as usize;
+            let Some(n) = written(n, "pwrite")? else {
+                continue;
+            };
+            done += n;
             pos += n as u64;
         }
         Ok(())
