@@ -141,6 +141,20 @@ impl Cluster {
     }
 }
 
+/// Produces `records` (acks=all) until the broker accepts them, for up to 15 s (a new leader
+/// or ISR may still be settling); fails the test with `what` and the last error code.
+fn produce_until_ok(b: &Broker, topic: &str, records: Bytes, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (code, _) = produce(b, topic, records.clone());
+        if code == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {code}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn produce(b: &Broker, topic: &str, records: Bytes) -> (i16, i64) {
     produce_with_timeout(b, topic, records, 5000)
 }
@@ -308,19 +322,13 @@ fn run(mode: &str) {
     // KIP-320: a replica claiming records of the old epoch beyond where that epoch ends on
     // the new leader learns the divergence point (no OFFSET_OUT_OF_RANGE, no records). The
     // dead old leader is the replica here, so no live follower's state is disturbed.
-    let deadline = Instant::now() + Duration::from_secs(15);
     let old_epoch_end = 5 + marker;
-    loop {
-        let (code, _) = produce(cluster.broker(new_leader), topic, batch("d", 2, 20));
-        if code == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "produce in the new epoch: {code}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    produce_until_ok(
+        cluster.broker(new_leader),
+        topic,
+        batch("d", 2, 20),
+        "produce in the new epoch",
+    );
     let (code, div_epoch, div_end, bytes) = replica_fetch(
         cluster.broker(new_leader),
         topic,
@@ -335,15 +343,12 @@ fn run(mode: &str) {
         "diverging_epoch of a replica ahead in the old epoch"
     );
     // The acknowledged records survived; new writes commit on the two survivors.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (code, _) = produce(cluster.broker(new_leader), topic, batch("b", 3, 10));
-        if code == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "produce after failover: {code}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    produce_until_ok(
+        cluster.broker(new_leader),
+        topic,
+        batch("b", 3, 10),
+        "produce after failover",
+    );
     let (code, _, vals) = fetch(cluster.broker(new_leader), topic, new_epoch);
     assert_eq!(code, 0);
     let a: Vec<&String> = vals.iter().filter(|v| v.starts_with("a-")).collect();
@@ -386,15 +391,12 @@ fn isr_acks_all_times_out_without_followers() {
     let topic = "stuck";
     cluster.create_topic(topic);
     let (leader, ..) = cluster.wait_for(1, topic, "initial leader", |s| s.2.len() == 3);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (code, _) = produce(cluster.broker(leader), topic, batch("ok", 1, 0));
-        if code == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "first produce: {code}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    produce_until_ok(
+        cluster.broker(leader),
+        topic,
+        batch("ok", 1, 0),
+        "first produce",
+    );
     for b in 1..=3 {
         if b != leader {
             cluster.brokers[(b - 1) as usize] = None;
@@ -457,15 +459,7 @@ fn high_watermark_is_checkpointed_at_shutdown() {
     let topic = "hwck";
     cluster.create_topic(topic);
     let (leader, ..) = cluster.wait_for(1, topic, "initial leader", |s| s.2.len() == 3);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (code, _) = produce(cluster.broker(leader), topic, batch("h", 7, 0));
-        if code == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "produce: {code}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    produce_until_ok(cluster.broker(leader), topic, batch("h", 7, 0), "produce");
     let follower = (1..=3).find(|b| *b != leader).expect("a follower");
     // The follower learns the HW from its next fetch.
     std::thread::sleep(Duration::from_millis(800));
