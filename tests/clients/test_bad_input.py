@@ -123,19 +123,7 @@ def test_produce_corrupt_batch_is_rejected_not_stored(broker, topic_name):
 
 def _valid_batch() -> bytes:
     """One uncompressed v2 record batch with a single record (key None, value b"hello")."""
-
-    def varint(n: int) -> bytes:
-        z = (n << 1) ^ (n >> 63)
-        out = bytearray()
-        while True:
-            b = z & 0x7F
-            z >>= 7
-            if z:
-                out.append(b | 0x80)
-            else:
-                out.append(b)
-                return bytes(out)
-
+    varint = kw.varint
     value = b"hello"
     rec = b"\x00" + varint(0) + varint(0) + varint(-1) + varint(len(value)) + value + varint(0)
     record = varint(len(rec)) + rec
