@@ -317,7 +317,17 @@ fn run(mode: &str) {
     let (new_leader, new_epoch, _) = cluster.wait_for(follower, topic, "failover", |s| {
         s.0 != leader && s.1 > epoch
     });
-    let (code, ..) = fetch(cluster.broker(new_leader), topic, epoch);
+    // The follower's metadata may name the new leader before the new leader has applied its
+    // own promotion: until then it is a follower of the old epoch and rightly answers
+    // NOT_LEADER_OR_FOLLOWER. Once promoted, a request in the old epoch is fenced.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let code = loop {
+        let (code, ..) = fetch(cluster.broker(new_leader), topic, epoch);
+        if code != NOT_LEADER_OR_FOLLOWER || Instant::now() > deadline {
+            break code;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(code, FENCED_LEADER_EPOCH, "the old epoch is fenced");
     // KIP-320: a replica claiming records of the old epoch beyond where that epoch ends on
     // the new leader learns the divergence point (no OFFSET_OUT_OF_RANGE, no records). The

@@ -33,6 +33,22 @@ fn sluice_bin() -> PathBuf {
     path
 }
 
+/// True once `addr` answers an ApiVersions v0 request with error 0: a Kafka answer, not just
+/// an accepted TCP connection, is what "the broker is up" means to the tests.
+fn answers_api_versions(addr: &str) -> bool {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    // size, api_key 18, api_version 0, correlation id 7, client id "t".
+    let req = [0, 0, 0, 11, 0, 18, 0, 0, 0, 0, 0, 7, 0, 1, b't'];
+    let mut head = [0u8; 10];
+    s.write_all(&req).is_ok()
+        && s.read_exact(&mut head).is_ok()
+        && head[4..8] == [0, 0, 0, 7]
+        && head[8..10] == [0, 0]
+}
+
 /// A broker on a free 127.0.0.1 port, killed on drop.
 struct Broker {
     child: Child,
@@ -58,17 +74,31 @@ impl Broker {
             .stderr(log)
             .spawn()
             .expect("spawn sluice");
-        let deadline = Instant::now() + LIMIT;
-        while TcpStream::connect(&addr).is_err() {
-            assert!(Instant::now() < deadline, "broker did not listen on {addr}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Broker {
+        let mut b = Broker {
             child,
             addr,
             data,
             _tmp: tmp,
+        };
+        let deadline = Instant::now() + LIMIT;
+        while !answers_api_versions(&b.addr) {
+            if let Ok(Some(status)) = b.child.try_wait() {
+                panic!("sluice exited ({status}) before serving: {}", b.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker did not serve on {}: {}",
+                b.addr,
+                b.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
+        b
+    }
+
+    /// The broker's log so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._tmp.path().join("broker.log")).unwrap_or_default()
     }
 
     /// Stops the broker with SIGTERM (a clean close writes the index files) and waits.
@@ -98,6 +128,8 @@ struct Out {
     code: i32,
     stdout: String,
     stderr: String,
+    /// The broker's log when a command against it failed (for the failure message).
+    broker_log: String,
 }
 
 impl Out {
@@ -148,6 +180,7 @@ fn run_program(mut cmd: Command, stdin: &str) -> Out {
         code: status.code().unwrap_or(-1),
         stdout: reader.join().expect("stdout reader"),
         stderr: ereader.join().expect("stderr reader"),
+        broker_log: String::new(),
     }
 }
 
@@ -159,11 +192,19 @@ fn ctl_in(addr: &str, args: &[&str], stdin: &str) -> Out {
 }
 
 fn ctl(b: &Broker, args: &[&str]) -> Out {
-    ctl_in(&b.addr, args, "")
+    let mut out = ctl_in(&b.addr, args, "");
+    if out.code != 0 {
+        out.broker_log = b.log();
+    }
+    out
 }
 
 fn ok(o: Out) -> Out {
-    assert_eq!(o.code, 0, "stdout: {}\nstderr: {}", o.stdout, o.stderr);
+    assert_eq!(
+        o.code, 0,
+        "stdout: {}\nstderr: {}\nbroker log:\n{}",
+        o.stdout, o.stderr, o.broker_log
+    );
     o
 }
 
