@@ -4,8 +4,9 @@
 //! drops and reordering, network partitions (brokers and the controller split into two
 //! sides), broker crashes and restarts, slow followers. Brokers run the real sans-IO core
 //! (`PartitionReplica` over a `MemoryLog`); the controller is a reliable oracle built on the
-//! real `PartitionControl`, reachable only over the faulty network, that detects dead
-//! brokers by session expiry. There are no threads and no clocks: time is a tick counter.
+//! production controller's partition rules (`replication::control`, which
+//! `controller::metadata` applies to its Raft-logged records), reachable only over the faulty
+//! network, that detects dead brokers by session expiry. There are no threads and no clocks: time is a tick counter.
 //!
 //! Crash model: logs are durable (an append survives a crash, as if flushed before it is
 //! acknowledged); a crash loses the replica's volatile state (high watermark, follower
@@ -48,9 +49,9 @@ use rand::{Rng, SeedableRng};
 use sluice::replication::{
     AlterPartitionRequest, CommitView, ElectionCandidate, ElectionOutcome, EpochEndOffset,
     EpochLog, FetchResponseInfo, FollowerFetch, FollowerRequest, FollowerStep, IsrPolicy,
-    LeaderAction, LeaderEpoch, MemoryLog, Offset, PartitionControl, PartitionReplica,
-    PartitionState, ProduceWaiter, QuorumPolicy, ReplicationConfig, ReplicationError,
-    ReplicationMode, ReplicationPolicy, RoleChange,
+    LeaderAction, LeaderEpoch, MemoryLog, Offset, PartitionReplica, PartitionState, ProduceWaiter,
+    QuorumPolicy, ReplicationConfig, ReplicationError, ReplicationMode, ReplicationPolicy,
+    RoleChange,
 };
 
 /// The record a quorum leader appends to open its epoch; client values start at 1.
@@ -279,6 +280,65 @@ struct Client {
     next_consume_at: u64,
 }
 
+/// The oracle controller's partition record, changed only by the production controller's
+/// rules ([`sluice::replication::PartitionRecordMut`]); it counts unclean elections as the
+/// controller's metadata image does.
+struct Control {
+    state: PartitionState,
+    config: ReplicationConfig,
+    unclean_elections: u64,
+}
+
+impl Control {
+    fn new(replicas: Vec<i32>, config: ReplicationConfig) -> Self {
+        Control {
+            state: PartitionState::new(replicas),
+            config,
+            unclean_elections: 0,
+        }
+    }
+
+    fn state(&self) -> &PartitionState {
+        &self.state
+    }
+
+    fn next_leader_epoch(&self) -> LeaderEpoch {
+        self.state.next_leader_epoch()
+    }
+
+    fn unclean_elections(&self) -> u64 {
+        self.unclean_elections
+    }
+
+    fn fence_broker(&mut self, broker: i32) -> bool {
+        self.state.record_mut().fence_replica(broker).changed
+    }
+
+    fn alter_partition(
+        &mut self,
+        req: &AlterPartitionRequest,
+        eligible: impl Fn(i32) -> bool,
+    ) -> Result<PartitionState, ReplicationError> {
+        self.state.record_mut().alter_partition(req, eligible)?;
+        Ok(self.state.clone())
+    }
+
+    fn elect(
+        &mut self,
+        policy: &dyn ReplicationPolicy,
+        candidates: &[ElectionCandidate],
+    ) -> ElectionOutcome {
+        let outcome = self
+            .state
+            .record_mut()
+            .elect(policy, &self.config, candidates);
+        if let ElectionOutcome::Elected { unclean: true, .. } = outcome {
+            self.unclean_elections += 1;
+        }
+        outcome
+    }
+}
+
 struct World<P> {
     p: Params,
     seed: u64,
@@ -287,7 +347,7 @@ struct World<P> {
     policy: P,
     config: ReplicationConfig,
     brokers: Vec<Broker<P>>,
-    control: PartitionControl,
+    control: Control,
     sessions: Vec<Session>,
     net: BinaryHeap<Envelope>,
     seq: u64,
@@ -351,7 +411,7 @@ impl<P: ReplicationPolicy + Clone> World<P> {
             .collect();
         let replicas: Vec<i32> = (0..n as i32).collect();
         World {
-            control: PartitionControl::new(replicas, config.clone()),
+            control: Control::new(replicas, config.clone()),
             sessions: vec![Session::default(); n],
             p,
             seed,

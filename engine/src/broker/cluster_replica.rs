@@ -598,7 +598,7 @@ fn drive(shard: &Rc<Shard>, node: &Arc<ClusterNode>, slot: &Rc<Replica>) {
                                 current: -1,
                             },
                             6 => ReplicationError::NotLeaderOrFollower,
-                            108 => ReplicationError::InvalidUpdateVersion {
+                            95 => ReplicationError::InvalidUpdateVersion {
                                 request: request.partition_epoch,
                                 current: -1,
                             },

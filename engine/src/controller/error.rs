@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::replication::{BrokerId, LeaderEpoch};
+use crate::replication::{BrokerId, LeaderEpoch, ReplicationError};
 
 /// A metadata command the state machine rejected. Replicated to the proposer, so serialisable.
 #[derive(Debug, Clone, PartialEq, Eq, Error, Serialize, Deserialize)]
@@ -86,6 +86,25 @@ pub enum MetadataError {
 }
 
 impl MetadataError {
+    /// A refusal of the shared partition rules (`replication::control`), for the proposer
+    /// `broker_id`.
+    pub fn from_rule(e: ReplicationError, broker_id: BrokerId) -> Self {
+        match e {
+            ReplicationError::FencedLeaderEpoch { request, current } => {
+                MetadataError::FencedLeaderEpoch { request, current }
+            }
+            ReplicationError::UnknownLeaderEpoch { request, current } => {
+                MetadataError::UnknownLeaderEpoch { request, current }
+            }
+            ReplicationError::InvalidUpdateVersion { request, current } => {
+                MetadataError::InvalidUpdateVersion { request, current }
+            }
+            ReplicationError::IneligibleReplica(b) => MetadataError::IneligibleReplica(b),
+            // The rules refuse nothing else; a proposer that does not lead is the remaining case.
+            _ => MetadataError::NotLeaderOrFollower(broker_id),
+        }
+    }
+
     /// The Kafka protocol error code a broker answers with.
     pub fn code(&self) -> i16 {
         match self {
@@ -98,7 +117,7 @@ impl MetadataError {
             MetadataError::FencedLeaderEpoch { .. } => 74,
             MetadataError::UnknownLeaderEpoch { .. } => 75,
             MetadataError::NotLeaderOrFollower(_) => 6,
-            MetadataError::InvalidUpdateVersion { .. } => 108,
+            MetadataError::InvalidUpdateVersion { .. } => 95,
             MetadataError::IneligibleReplica(_) => 107,
             MetadataError::BrokerIdNotRegistered(_) => 102,
             MetadataError::StaleBrokerEpoch { .. } => 77,

@@ -18,7 +18,10 @@ use uuid::Uuid;
 use crate::replication::policy::{
     ElectionCandidate, ElectionOutcome, IsrPolicy, LogPosition, QuorumPolicy, ReplicationPolicy,
 };
-use crate::replication::{BrokerId, LeaderEpoch, ReplicationConfig, ReplicationMode};
+use crate::replication::{
+    AlterPartitionRequest, BrokerId, LeaderEpoch, PartitionRecordMut, ReplicationConfig,
+    ReplicationMode,
+};
 
 use super::error::MetadataError;
 
@@ -114,6 +117,17 @@ impl PartitionImage {
     /// The epoch the next elected leader gets; quorum elections collect reports for it.
     pub fn next_leader_epoch(&self) -> LeaderEpoch {
         self.leader_epoch + 1
+    }
+
+    /// The controller rules' view of this record (the rules the simulator runs too).
+    fn record_mut(&mut self) -> PartitionRecordMut<'_> {
+        PartitionRecordMut {
+            leader: &mut self.leader,
+            leader_epoch: &mut self.leader_epoch,
+            partition_epoch: &mut self.partition_epoch,
+            replicas: &self.replicas,
+            isr: &mut self.isr,
+        }
     }
 }
 
@@ -592,20 +606,9 @@ impl MetadataImage {
                 if !p.replicas.contains(&broker) {
                     continue;
                 }
-                let mut changed = false;
-                if p.isr.len() > 1 && p.isr.contains(&broker) {
-                    p.isr.retain(|&b| b != broker);
-                    changed = true;
-                }
                 p.election_reports.remove(&broker);
-                if p.leader == Some(broker) {
-                    p.leader = None;
-                    p.leader_epoch += 1;
+                if p.record_mut().fence_replica(broker).lost_leader {
                     p.election_reports.clear();
-                    changed = true;
-                }
-                if changed {
-                    p.partition_epoch += 1;
                 }
                 if p.leader.is_none() {
                     self.try_elect(&name, index);
@@ -654,32 +657,12 @@ impl MetadataImage {
             ReplicationMode::Isr => &IsrPolicy,
             ReplicationMode::Quorum => &QuorumPolicy,
         };
-        let outcome = policy.elect_leader(&candidates, &config);
-        let ElectionOutcome::Elected {
-            mut leader,
-            unclean,
-        } = outcome
+        let ElectionOutcome::Elected { leader, unclean } =
+            p.record_mut().elect(policy, &config, &candidates)
         else {
             return;
         };
-        if never_led && policy.election_reads_logs() {
-            // Every log is empty, so all live replicas tie: keep the preferred replica first,
-            // as placement intended, rather than the highest id the tie-break would pick.
-            if let Some(first) = candidates.iter().find(|c| c.alive) {
-                leader = first.broker_id;
-            }
-        }
-        p.leader = Some(leader);
-        p.leader_epoch += 1;
-        p.partition_epoch += 1;
         p.election_reports.clear();
-        if unclean || (policy.election_reads_logs() && !never_led) {
-            // Unclean: nobody is known to match the new leader. Quorum: the ISR is bookkeeping
-            // only; members rejoin through AlterPartition as they catch up.
-            p.isr = vec![leader];
-        } else if !p.isr.contains(&leader) {
-            p.isr.push(leader);
-        }
         let epoch = p.leader_epoch;
         if unclean {
             self.unclean_elections += 1;
@@ -800,47 +783,15 @@ impl MetadataImage {
         self.checked_broker(broker_id, broker_epoch)?;
         let live = self.live_brokers();
         let p = self.partition_mut(topic, partition)?;
-        if leader_epoch < p.leader_epoch {
-            return Err(MetadataError::FencedLeaderEpoch {
-                request: leader_epoch,
-                current: p.leader_epoch,
-            });
-        }
-        if leader_epoch > p.leader_epoch {
-            return Err(MetadataError::UnknownLeaderEpoch {
-                request: leader_epoch,
-                current: p.leader_epoch,
-            });
-        }
-        if p.leader != Some(broker_id) {
-            return Err(MetadataError::NotLeaderOrFollower(broker_id));
-        }
-        if partition_epoch != p.partition_epoch {
-            if same_members(new_isr, &p.isr) {
-                // A retried proposal that already went through.
-                return Ok(Applied::Partition(p.clone()));
-            }
-            return Err(MetadataError::InvalidUpdateVersion {
-                request: partition_epoch,
-                current: p.partition_epoch,
-            });
-        }
-        if !new_isr.contains(&broker_id) {
-            return Err(MetadataError::IneligibleReplica(broker_id));
-        }
-        for &member in new_isr {
-            let joining = !p.isr.contains(&member);
-            if !p.replicas.contains(&member) || (joining && !live.contains(&member)) {
-                return Err(MetadataError::IneligibleReplica(member));
-            }
-        }
-        p.isr = p
-            .replicas
-            .iter()
-            .copied()
-            .filter(|r| new_isr.contains(r))
-            .collect();
-        p.partition_epoch += 1;
+        let request = AlterPartitionRequest {
+            broker_id,
+            leader_epoch,
+            partition_epoch,
+            new_isr: new_isr.to_vec(),
+        };
+        p.record_mut()
+            .alter_partition(&request, |b| live.contains(&b))
+            .map_err(|e| MetadataError::from_rule(e, broker_id))?;
         Ok(Applied::Partition(p.clone()))
     }
 
@@ -967,10 +918,6 @@ pub fn place_replicas(
                 .collect()
         })
         .collect()
-}
-
-fn same_members(a: &[BrokerId], b: &[BrokerId]) -> bool {
-    a.len() == b.len() && a.iter().all(|x| b.contains(x))
 }
 
 /// Kafka's topic name rule: 1..=249 chars of `[a-zA-Z0-9._-]`, not `.` or `..`.
@@ -1353,7 +1300,7 @@ mod tests {
                 &alter(p.leader_epoch, p.partition_epoch, vec![leader]),
             )
             .unwrap_err();
-        assert_eq!(err.code(), 108);
+        assert_eq!(err.code(), 95);
         // An old leader epoch: FENCED_LEADER_EPOCH.
         index += 1;
         let err = image

@@ -1,8 +1,9 @@
 //! The controller's record of one partition (leader, leader epoch, partition epoch, ISR,
-//! replicas) and the decisions it takes on it: AlterPartition validation, fencing a dead
-//! broker, electing through the policy. The real controller keeps this record in its Raft
-//! log; the simulator keeps it in an oracle. Both call the same code.
-
+//! replicas) and the rules it applies to it: AlterPartition validation, fencing a broker whose
+//! session ended, electing a leader through the replication policy. These rules exist once,
+//! here: the production controller (`controller::metadata`, which keeps the record in its Raft
+//! log as `PartitionImage`) and the replication simulator (which keeps a [`PartitionState`])
+//! both apply them through a [`PartitionRecordMut`] view of their own record.
 use super::policy::{ElectionCandidate, ElectionOutcome, ReplicationPolicy};
 use super::{BrokerId, LeaderEpoch, ReplicationConfig, ReplicationError};
 
@@ -34,58 +35,70 @@ pub struct AlterPartitionRequest {
     pub new_isr: Vec<BrokerId>,
 }
 
-/// The controller's per-partition state machine.
-#[derive(Debug, Clone)]
-pub struct PartitionControl {
-    state: PartitionState,
-    config: ReplicationConfig,
-    unclean_elections: u64,
-}
-
-impl PartitionControl {
+impl PartitionState {
     /// A new partition with its replicas assigned, no leader yet, every replica in the ISR.
-    pub fn new(replicas: Vec<BrokerId>, config: ReplicationConfig) -> Self {
-        PartitionControl {
-            state: PartitionState {
-                leader: None,
-                leader_epoch: -1,
-                partition_epoch: 0,
-                isr: replicas.clone(),
-                replicas,
-            },
-            config,
-            unclean_elections: 0,
+    pub fn new(replicas: Vec<BrokerId>) -> Self {
+        PartitionState {
+            leader: None,
+            leader_epoch: -1,
+            partition_epoch: 0,
+            isr: replicas.clone(),
+            replicas,
         }
-    }
-
-    /// The committed record.
-    pub fn state(&self) -> &PartitionState {
-        &self.state
-    }
-
-    /// The replication settings this partition uses.
-    pub fn config(&self) -> &ReplicationConfig {
-        &self.config
-    }
-
-    /// How many elections chose a leader outside the ISR.
-    pub fn unclean_elections(&self) -> u64 {
-        self.unclean_elections
     }
 
     /// The epoch the next leader will get; a vote-based election fences replicas to it first.
     pub fn next_leader_epoch(&self) -> LeaderEpoch {
-        self.state.leader_epoch + 1
+        self.leader_epoch + 1
     }
 
+    /// The controller rules' view of this record.
+    pub fn record_mut(&mut self) -> PartitionRecordMut<'_> {
+        PartitionRecordMut {
+            leader: &mut self.leader,
+            leader_epoch: &mut self.leader_epoch,
+            partition_epoch: &mut self.partition_epoch,
+            replicas: &self.replicas,
+            isr: &mut self.isr,
+        }
+    }
+}
+
+/// The fields of a partition's controller record that the rules read and change, borrowed
+/// from whichever struct holds them.
+#[derive(Debug)]
+pub struct PartitionRecordMut<'a> {
+    /// The current leader, `None` while the partition is offline.
+    pub leader: &'a mut Option<BrokerId>,
+    /// Bumped on every leader change.
+    pub leader_epoch: &'a mut LeaderEpoch,
+    /// Bumped on every change of the record.
+    pub partition_epoch: &'a mut i32,
+    /// Assigned replicas in preference order.
+    pub replicas: &'a [BrokerId],
+    /// The committed in-sync replica set.
+    pub isr: &'a mut Vec<BrokerId>,
+}
+
+/// What [`PartitionRecordMut::fence_replica`] changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Fenced {
+    /// The record changed (ISR or leader).
+    pub changed: bool,
+    /// The fenced broker was the leader: the partition is offline until an election.
+    pub lost_leader: bool,
+}
+
+impl PartitionRecordMut<'_> {
     /// Validates and applies an AlterPartition proposal. `eligible` says whether a broker may
-    /// join the ISR (registered and not fenced).
+    /// join the ISR (registered and not fenced). `Ok(true)`: the ISR changed; `Ok(false)`: a
+    /// retried proposal that already went through, answered with the current record.
     pub fn alter_partition(
         &mut self,
         request: &AlterPartitionRequest,
         eligible: impl Fn(BrokerId) -> bool,
-    ) -> Result<PartitionState, ReplicationError> {
-        let current = self.state.leader_epoch;
+    ) -> Result<bool, ReplicationError> {
+        let current = *self.leader_epoch;
         if request.leader_epoch < current {
             return Err(ReplicationError::FencedLeaderEpoch {
                 request: request.leader_epoch,
@@ -98,96 +111,100 @@ impl PartitionControl {
                 current,
             });
         }
-        if self.state.leader != Some(request.broker_id) {
+        if *self.leader != Some(request.broker_id) {
             return Err(ReplicationError::NotLeaderOrFollower);
         }
-        if request.partition_epoch != self.state.partition_epoch {
-            // A retried proposal that already went through is answered with the current state.
-            if same_members(&request.new_isr, &self.state.isr) {
-                return Ok(self.state.clone());
+        if request.partition_epoch != *self.partition_epoch {
+            if same_members(&request.new_isr, self.isr) {
+                return Ok(false);
             }
             return Err(ReplicationError::InvalidUpdateVersion {
                 request: request.partition_epoch,
-                current: self.state.partition_epoch,
+                current: *self.partition_epoch,
             });
         }
         if !request.new_isr.contains(&request.broker_id) {
             return Err(ReplicationError::IneligibleReplica(request.broker_id));
         }
         for &member in &request.new_isr {
-            let joining = !self.state.isr.contains(&member);
-            if !self.state.replicas.contains(&member) || (joining && !eligible(member)) {
+            let joining = !self.isr.contains(&member);
+            if !self.replicas.contains(&member) || (joining && !eligible(member)) {
                 return Err(ReplicationError::IneligibleReplica(member));
             }
         }
-        self.state.isr = self
-            .state
+        *self.isr = self
             .replicas
             .iter()
             .copied()
             .filter(|r| request.new_isr.contains(r))
             .collect();
-        self.state.partition_epoch += 1;
-        tracing::debug!(isr = ?self.state.isr, partition_epoch = self.state.partition_epoch, "ISR change committed");
-        Ok(self.state.clone())
+        *self.partition_epoch += 1;
+        tracing::debug!(isr = ?self.isr, partition_epoch = *self.partition_epoch, "ISR change committed");
+        Ok(true)
     }
 
     /// A broker's session ended: drop it from the ISR (unless it is the last member, which
-    /// must stay so a clean election can wait for it) and take away its leadership. Returns
-    /// true if the record changed.
-    pub fn fence_broker(&mut self, broker: BrokerId) -> bool {
-        let mut changed = false;
-        if self.state.isr.len() > 1 && self.state.isr.contains(&broker) {
-            self.state.isr.retain(|&b| b != broker);
-            changed = true;
+    /// must stay so a clean election can wait for it) and take away its leadership.
+    pub fn fence_replica(&mut self, broker: BrokerId) -> Fenced {
+        let mut out = Fenced::default();
+        if self.isr.len() > 1 && self.isr.contains(&broker) {
+            self.isr.retain(|&b| b != broker);
+            out.changed = true;
         }
-        if self.state.leader == Some(broker) {
-            self.state.leader = None;
-            self.state.leader_epoch += 1;
-            changed = true;
+        if *self.leader == Some(broker) {
+            *self.leader = None;
+            *self.leader_epoch += 1;
+            out.changed = true;
+            out.lost_leader = true;
         }
-        if changed {
-            self.state.partition_epoch += 1;
+        if out.changed {
+            *self.partition_epoch += 1;
         }
-        changed
+        out
     }
 
     /// Runs an election through `policy` when the partition has no leader. `candidates` lists
-    /// the replicas in assignment order. A new leader gets a new leader epoch.
+    /// the replicas in assignment order; for a partition that never had a leader (epoch -1)
+    /// every log is empty, so a live candidate's log is `(-1, 0)`. A new leader gets a new
+    /// leader epoch. Returns the outcome with the leader actually chosen.
     pub fn elect(
         &mut self,
         policy: &dyn ReplicationPolicy,
+        config: &ReplicationConfig,
         candidates: &[ElectionCandidate],
     ) -> ElectionOutcome {
-        if self.state.leader.is_some() {
+        if self.leader.is_some() {
             return ElectionOutcome::NoEligibleLeader;
         }
-        let outcome = policy.elect_leader(candidates, &self.config);
-        if let ElectionOutcome::Elected { leader, unclean } = outcome {
-            // A vote-based election may have fenced replicas to the next epoch already; the
-            // new epoch is above every epoch handed out so far either way.
-            self.state.leader = Some(leader);
-            self.state.leader_epoch += 1;
-            self.state.partition_epoch += 1;
-            if unclean || policy.election_reads_logs() {
-                // Unclean: nobody else is known to match the new leader's log. Quorum: the
-                // ISR is bookkeeping only; members rejoin as they catch up.
-                self.state.isr = vec![leader];
-            } else if !self.state.isr.contains(&leader) {
-                self.state.isr.push(leader);
-            }
-            if unclean {
-                self.unclean_elections += 1;
-                tracing::warn!(
-                    leader,
-                    epoch = self.state.leader_epoch,
-                    "unclean leader election"
-                );
-            } else {
-                tracing::info!(leader, epoch = self.state.leader_epoch, "leader elected");
+        let never_led = *self.leader_epoch < 0;
+        let outcome = policy.elect_leader(candidates, config);
+        let ElectionOutcome::Elected {
+            mut leader,
+            unclean,
+        } = outcome
+        else {
+            return outcome;
+        };
+        if never_led && policy.election_reads_logs() {
+            // Every log is empty, so all live replicas tie: keep the preferred replica first,
+            // as placement intended, rather than the highest id the tie-break would pick.
+            if let Some(first) = candidates.iter().find(|c| c.alive) {
+                leader = first.broker_id;
             }
         }
-        outcome
+        // A vote-based election may have fenced replicas to the next epoch already; the new
+        // epoch is above every epoch handed out so far either way.
+        *self.leader = Some(leader);
+        *self.leader_epoch += 1;
+        *self.partition_epoch += 1;
+        if unclean || (policy.election_reads_logs() && !never_led) {
+            // Unclean: nobody else is known to match the new leader's log. Quorum: the ISR is
+            // bookkeeping only; members rejoin through AlterPartition as they catch up.
+            *self.isr = vec![leader];
+        } else if !self.isr.contains(&leader) {
+            self.isr.push(leader);
+        }
+        ElectionOutcome::Elected { leader, unclean }
     }
 }
 
@@ -215,10 +232,23 @@ mod tests {
             .collect()
     }
 
+    fn elect(
+        s: &mut PartitionState,
+        policy: &dyn ReplicationPolicy,
+        alive: &[BrokerId],
+    ) -> ElectionOutcome {
+        let isr = s.isr.clone();
+        s.record_mut().elect(
+            policy,
+            &ReplicationConfig::default(),
+            &candidates(alive, &isr),
+        )
+    }
+
     #[test]
     fn election_bumps_epoch_and_alter_partition_checks_versions() {
-        let mut c = PartitionControl::new(vec![1, 2, 3], ReplicationConfig::default());
-        let out = c.elect(&IsrPolicy, &candidates(&[1, 2, 3], &[1, 2, 3]));
+        let mut c = PartitionState::new(vec![1, 2, 3]);
+        let out = elect(&mut c, &IsrPolicy, &[1, 2, 3]);
         assert_eq!(
             out,
             ElectionOutcome::Elected {
@@ -226,24 +256,26 @@ mod tests {
                 unclean: false
             }
         );
-        assert_eq!(c.state().leader_epoch, 0);
-        let pe = c.state().partition_epoch;
+        assert_eq!(c.leader_epoch, 0);
+        let pe = c.partition_epoch;
         let shrink = AlterPartitionRequest {
             broker_id: 1,
             leader_epoch: 0,
             partition_epoch: pe,
             new_isr: vec![1, 2],
         };
-        let st = c.alter_partition(&shrink, |_| true);
-        assert_eq!(st.map(|s| s.isr), Ok(vec![1, 2]));
+        assert_eq!(c.record_mut().alter_partition(&shrink, |_| true), Ok(true));
+        assert_eq!(c.isr, vec![1, 2]);
         // The same proposal retried is answered with the current record.
-        assert!(c.alter_partition(&shrink, |_| true).is_ok());
+        assert_eq!(c.record_mut().alter_partition(&shrink, |_| true), Ok(false));
         let stale = AlterPartitionRequest {
             new_isr: vec![1],
             ..shrink.clone()
         };
         assert_eq!(
-            c.alter_partition(&stale, |_| true).map_err(|e| e.code()),
+            c.record_mut()
+                .alter_partition(&stale, |_| true)
+                .map_err(|e| e.code()),
             Err(95)
         );
         let fenced = AlterPartitionRequest {
@@ -251,31 +283,46 @@ mod tests {
             ..shrink
         };
         assert_eq!(
-            c.alter_partition(&fenced, |_| true).map_err(|e| e.code()),
+            c.record_mut()
+                .alter_partition(&fenced, |_| true)
+                .map_err(|e| e.code()),
             Err(74)
         );
     }
 
     #[test]
     fn fencing_the_leader_bumps_epoch_and_keeps_last_isr_member() {
-        let mut c = PartitionControl::new(vec![1, 2, 3], ReplicationConfig::default());
-        c.elect(&IsrPolicy, &candidates(&[1, 2, 3], &[1, 2, 3]));
-        assert!(c.fence_broker(2));
-        assert!(c.fence_broker(3));
-        assert!(c.fence_broker(1));
-        assert_eq!(c.state().leader, None);
-        assert_eq!(c.state().isr, vec![1]);
-        assert_eq!(c.state().leader_epoch, 1);
+        let mut c = PartitionState::new(vec![1, 2, 3]);
+        elect(&mut c, &IsrPolicy, &[1, 2, 3]);
+        assert!(c.record_mut().fence_replica(2).changed);
+        assert!(c.record_mut().fence_replica(3).changed);
+        let last = c.record_mut().fence_replica(1);
+        assert!(last.changed && last.lost_leader);
+        assert_eq!(c.leader, None);
+        assert_eq!(c.isr, vec![1]);
+        assert_eq!(c.leader_epoch, 1);
         // Only broker 1 (the last ISR member) may lead, and it is down.
-        let out = c.elect(&IsrPolicy, &candidates(&[2, 3], &[1]));
+        let out = elect(&mut c, &IsrPolicy, &[2, 3]);
         assert_eq!(out, ElectionOutcome::NoEligibleLeader);
-        assert_eq!(c.state().leader_epoch, 1);
+        assert_eq!(c.leader_epoch, 1);
     }
 
     #[test]
-    fn quorum_election_resets_isr_to_leader() {
-        let mut c = PartitionControl::new(vec![1, 2, 3], ReplicationConfig::default());
-        let out = c.elect(&QuorumPolicy, &candidates(&[2, 3], &[1, 2, 3]));
+    fn quorum_first_election_keeps_placement_later_ones_reset_isr_to_leader() {
+        let mut c = PartitionState::new(vec![1, 2, 3]);
+        // Never led: every log is empty, the first live replica leads, the ISR stays whole.
+        let out = elect(&mut c, &QuorumPolicy, &[2, 3]);
+        assert_eq!(
+            out,
+            ElectionOutcome::Elected {
+                leader: 2,
+                unclean: false
+            }
+        );
+        assert_eq!(c.isr, vec![1, 2, 3]);
+        assert!(c.record_mut().fence_replica(2).lost_leader);
+        // Later elections pick the longest log (broker 3 here) and reset the ISR to it.
+        let out = elect(&mut c, &QuorumPolicy, &[2, 3]);
         assert_eq!(
             out,
             ElectionOutcome::Elected {
@@ -283,6 +330,6 @@ mod tests {
                 unclean: false
             }
         );
-        assert_eq!(c.state().isr, vec![3]);
+        assert_eq!(c.isr, vec![3]);
     }
 }
