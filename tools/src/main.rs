@@ -15,6 +15,7 @@ mod cmd;
 mod dump_log;
 mod output;
 
+use client::security::Security;
 use client::{ClientError, Cluster};
 use output::Format;
 
@@ -43,6 +44,18 @@ struct Cli {
     /// Timeout of each request to a broker (connect included), in milliseconds.
     #[arg(long, global = true, default_value_t = 10_000)]
     request_timeout_ms: u64,
+    /// Kafka client properties file (`security.protocol`, `ssl.*`, `sasl.*`), as Kafka's
+    /// tools take with --command-config.
+    #[arg(long, global = true, env = "SLUICE_COMMAND_CONFIG")]
+    command_config: Option<std::path::PathBuf>,
+    /// One client property, key=value (repeatable; wins over --command-config), as kcat -X.
+    #[arg(
+        short = 'X',
+        long = "property",
+        global = true,
+        value_name = "KEY=VALUE"
+    )]
+    property: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -79,13 +92,29 @@ pub struct Ctx {
     pub format: Format,
     /// Per-request timeout.
     pub timeout: Duration,
+    /// TLS and SASL settings of every connection.
+    pub security: Security,
 }
 
 impl Ctx {
     /// Connects to the cluster.
     pub fn cluster(&self) -> Result<Cluster, ClientError> {
-        Cluster::connect(&self.bootstrap, self.timeout)
+        Cluster::connect(&self.bootstrap, self.timeout, &self.security)
     }
+}
+
+/// The client properties of `--command-config` and `-X`, as connection settings.
+fn security(cli: &Cli) -> Result<Security, UsageError> {
+    let usage = |e: client::security::PropertyError| UsageError(e.to_string());
+    let mut props = match &cli.command_config {
+        Some(path) => client::security::read_properties(path).map_err(usage)?,
+        None => Default::default(),
+    };
+    for p in &cli.property {
+        let (k, v) = client::security::parse_property(p).map_err(usage)?;
+        props.insert(k, v);
+    }
+    Security::from_properties(&props).map_err(usage)
 }
 
 /// A usage mistake found after parsing (conflicting or malformed values): exit code 2.
@@ -95,6 +124,7 @@ pub struct UsageError(pub String);
 
 fn run(cli: Cli) -> anyhow::Result<bool> {
     let ctx = Ctx {
+        security: security(&cli)?,
         bootstrap: cli.bootstrap,
         format: cli.output,
         timeout: Duration::from_millis(cli.request_timeout_ms.max(1)),
@@ -142,6 +172,15 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 /// A next step for the common failures.
 fn hint(e: &anyhow::Error, bootstrap: &str) -> Option<String> {
     let c = e.chain().find_map(|c| c.downcast_ref::<ClientError>())?;
+    if let ClientError::Io { source, .. } = c {
+        // rustls reports a failed handshake (untrusted certificate, wrong host name, a
+        // plaintext port) as invalid data.
+        if source.kind() == std::io::ErrorKind::InvalidData {
+            return Some(
+                "the TLS handshake failed: check security.protocol, ssl.ca.location and that the address is the broker's TLS listener.".into(),
+            );
+        }
+    }
     if c.is_unreachable() {
         return Some(format!(
             "is a broker running at {bootstrap}? Set --bootstrap or SLUICE_BOOTSTRAP to host:port."
@@ -152,6 +191,8 @@ fn hint(e: &anyhow::Error, bootstrap: &str) -> Option<String> {
         Some(36) => Some("the topic exists; see `sluicectl topics describe NAME`.".into()),
         Some(69) => Some("list the groups with `sluicectl groups list`.".into()),
         Some(35) => Some("the broker does not support this request version or API yet.".into()),
+        Some(33) => Some("set sasl.mechanism to one the listener offers.".into()),
+        Some(58) => Some("check sasl.username and sasl.password (or sasl.jaas.config).".into()),
         _ => None,
     }
 }

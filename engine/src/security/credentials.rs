@@ -219,31 +219,43 @@ fn split_fields(body: &str) -> Result<Vec<(String, String)>, String> {
     }
 }
 
-/// The `user_<name>="<password>"` options of a JAAS `PlainLoginModule` entry, as Kafka's
-/// broker reads them: `org.apache.kafka.common.security.plain.PlainLoginModule required
-/// username="admin" password="admin-secret" user_admin="admin-secret";`.
-pub fn plain_users_from_jaas(jaas: &str) -> Result<BTreeMap<String, String>, CredentialError> {
+/// One JAAS login-module entry, as Kafka's `sasl.jaas.config` holds it:
+/// `<module> <flag> k="v" k2=v2;`. Returns the module's class name and its options.
+pub fn jaas_options(jaas: &str) -> Result<(String, BTreeMap<String, String>), CredentialError> {
     let bad = |why: &str| CredentialError::Syntax(format!("sasl.jaas.config: {why}"));
     let text = jaas.trim();
     let text = text.strip_suffix(';').unwrap_or(text).trim();
     let mut words = text.splitn(3, char::is_whitespace);
     let module = words.next().unwrap_or("");
-    if !module.ends_with("PlainLoginModule") {
-        return Err(bad(
-            "expected org.apache.kafka.common.security.plain.PlainLoginModule",
-        ));
+    if module.is_empty() {
+        return Err(bad("expected a login module class name"));
     }
     match words.next().map(str::trim) {
         Some("required" | "requisite" | "sufficient" | "optional") => {}
         _ => return Err(bad("expected a control flag (required) after the module")),
     }
-    let options = words.next().unwrap_or("");
+    let options = split_jaas_options(words.next().unwrap_or("")).map_err(|e| bad(&e))?;
+    Ok((module.to_string(), options.into_iter().collect()))
+}
+
+/// The `user_<name>="<password>"` options of a JAAS `PlainLoginModule` entry, as Kafka's
+/// broker reads them: `org.apache.kafka.common.security.plain.PlainLoginModule required
+/// username="admin" password="admin-secret" user_admin="admin-secret";`.
+pub fn plain_users_from_jaas(jaas: &str) -> Result<BTreeMap<String, String>, CredentialError> {
+    let (module, options) = jaas_options(jaas)?;
+    if !module.ends_with("PlainLoginModule") {
+        return Err(CredentialError::Syntax(
+            "sasl.jaas.config: expected org.apache.kafka.common.security.plain.PlainLoginModule"
+                .into(),
+        ));
+    }
     let mut users = BTreeMap::new();
-    let fields = split_jaas_options(options).map_err(|e| bad(&e))?;
-    for (k, v) in fields {
+    for (k, v) in options {
         if let Some(user) = k.strip_prefix("user_") {
             if user.is_empty() {
-                return Err(bad("user_ with no name"));
+                return Err(CredentialError::Syntax(
+                    "sasl.jaas.config: user_ with no name".into(),
+                ));
             }
             users.insert(user.to_string(), v);
         }
@@ -353,6 +365,21 @@ mod tests {
         assert!(back.scram(ScramMechanism::Sha512, "a").is_none());
         std::fs::write(dir.path().join(SCRAM_FILE), "{not json").unwrap();
         assert!(FileCredentialStore::open(dir.path()).is_err());
+    }
+
+    #[test]
+    fn jaas_client_options() {
+        let (module, o) = jaas_options(
+            "org.apache.kafka.common.security.scram.ScramLoginModule required username=\"alice\" password=\"a b=c\";",
+        )
+        .unwrap();
+        assert!(module.ends_with("ScramLoginModule"));
+        assert_eq!(
+            (o["username"].as_str(), o["password"].as_str()),
+            ("alice", "a b=c")
+        );
+        assert!(jaas_options("").is_err());
+        assert!(jaas_options("Module sometimes a=1;").is_err());
     }
 
     #[test]

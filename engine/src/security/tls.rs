@@ -167,18 +167,19 @@ pub fn server_config(s: &TlsSettings) -> Result<rustls::ServerConfig, TlsError> 
     Ok(builder.with_single_cert(chain, key)?)
 }
 
-/// Builds a rustls client configuration (inter-broker connections, tools): trusts the CAs of
-/// `truststore` and presents the key and chain of `keystore` if given.
+/// Builds a rustls client configuration (sluicectl, tests): trusts the CAs of `truststore` and,
+/// when `identity` is given, presents the chain of its first file and the key of its second
+/// (the same path twice for a PEM keystore that holds both).
 pub fn client_config(
     truststore: &Path,
-    keystore: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
 ) -> Result<rustls::ClientConfig, TlsError> {
     let roots = load_roots(truststore)?;
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots);
-    Ok(match keystore {
-        Some(k) => builder.with_client_auth_cert(load_certs(k)?, load_key(k)?)?,
+    Ok(match identity {
+        Some((chain, key)) => builder.with_client_auth_cert(load_certs(chain)?, load_key(key)?)?,
         None => builder.with_no_client_auth(),
     })
 }

@@ -12,6 +12,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use serde::Serialize;
 
+use super::security::Security;
 use super::{check, ClientError, Connection};
 
 /// Highest Metadata version used (all versions up to it address topics by name).
@@ -66,6 +67,7 @@ pub struct BrokerMeta {
 pub struct Cluster {
     bootstrap_conn: Connection,
     timeout: Duration,
+    security: Security,
     conns: HashMap<i32, Connection>,
     brokers: BTreeMap<i32, BrokerMeta>,
     cluster_id: Option<String>,
@@ -73,19 +75,25 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Connects to the first reachable address of a comma-separated bootstrap list.
-    pub fn connect(bootstrap: &str, timeout: Duration) -> Result<Self, ClientError> {
+    /// Connects to the first reachable address of a comma-separated bootstrap list; every
+    /// connection uses `security` (the protocol of the listener those addresses are on).
+    pub fn connect(
+        bootstrap: &str,
+        timeout: Duration,
+        security: &Security,
+    ) -> Result<Self, ClientError> {
         let mut last = None;
         for addr in bootstrap
             .split(',')
             .map(str::trim)
             .filter(|a| !a.is_empty())
         {
-            match Connection::connect(addr, timeout) {
+            match Connection::connect(addr, timeout, security) {
                 Ok(conn) => {
                     let mut cluster = Cluster {
                         bootstrap_conn: conn,
                         timeout,
+                        security: security.clone(),
                         conns: HashMap::new(),
                         brokers: BTreeMap::new(),
                         cluster_id: None,
@@ -144,7 +152,7 @@ impl Cluster {
             })?;
             let addr = format!("{}:{}", b.host, b.port);
             // The bootstrap connection may already be this broker.
-            let conn = Connection::connect(&addr, self.timeout)?;
+            let conn = Connection::connect(&addr, self.timeout, &self.security)?;
             self.conns.insert(node_id, conn);
         }
         self.conns
@@ -169,7 +177,7 @@ impl Cluster {
             .collect();
         for (node, addr) in candidates {
             self.conns.remove(&node);
-            if let Ok(conn) = Connection::connect(&addr, self.timeout) {
+            if let Ok(conn) = Connection::connect(&addr, self.timeout, &self.security) {
                 self.bootstrap_conn = conn;
                 return Ok(());
             }

@@ -1,5 +1,6 @@
-//! One blocking TCP connection to a broker: size-prefixed frames, correlation ids, and the
-//! version negotiated per API from the broker's ApiVersions answer.
+//! One blocking connection to a broker (TCP, or TLS over it): size-prefixed frames,
+//! correlation ids, the version negotiated per API from the broker's ApiVersions answer, and
+//! SASL authentication (PLAIN, SCRAM) when the listener asks for it.
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
@@ -7,12 +8,64 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, RequestHeader, ResponseHeader};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, RequestHeader, ResponseHeader, SaslAuthenticateRequest,
+    SaslHandshakeRequest,
+};
 use kafka_protocol::protocol::{
     encode_request_header_into_buffer, Decodable, HeaderVersion, Request, StrBytes,
 };
 
+use super::security::{SaslAuth, SaslMechanism, Security};
 use super::ClientError;
+
+/// The bytes under a connection: plain TCP, or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(t) => &t.sock,
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(t) => t.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(t) => t.flush(),
+        }
+    }
+}
+
+/// The host part of `host:port` (`[v6]:port` too), as TLS checks it against the certificate.
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+}
 
 /// Largest response frame accepted; a garbage length prefix must not allocate gigabytes.
 const MAX_FRAME: usize = 128 * 1024 * 1024;
@@ -20,7 +73,7 @@ const MAX_FRAME: usize = 128 * 1024 * 1024;
 /// A blocking connection to one broker.
 pub struct Connection {
     addr: String,
-    stream: TcpStream,
+    stream: Stream,
     next_correlation: i32,
     client_id: StrBytes,
     timeout: Duration,
@@ -34,9 +87,24 @@ fn api_name(key: i16) -> String {
         .unwrap_or_else(|_| format!("API key {key}"))
 }
 
+/// A fresh SCRAM client nonce: 24 random letters and digits.
+fn nonce() -> String {
+    use rand::Rng;
+    rand::thread_rng()
+        .sample_iter(&rand::distributions::Alphanumeric)
+        .take(24)
+        .map(char::from)
+        .collect()
+}
+
 impl Connection {
-    /// Connects within `timeout` and negotiates API versions.
-    pub fn connect(addr: &str, timeout: Duration) -> Result<Self, ClientError> {
+    /// Connects within `timeout`, starts TLS and authenticates as `security` says, and
+    /// negotiates API versions.
+    pub fn connect(
+        addr: &str,
+        timeout: Duration,
+        security: &Security,
+    ) -> Result<Self, ClientError> {
         let connect_err = |source| ClientError::Connect {
             addr: addr.to_string(),
             source,
@@ -61,6 +129,24 @@ impl Connection {
         stream.set_nodelay(true).map_err(io)?;
         stream.set_read_timeout(Some(timeout)).map_err(io)?;
         stream.set_write_timeout(Some(timeout)).map_err(io)?;
+        let stream = match &security.tls {
+            None => Stream::Plain(stream),
+            Some(config) => {
+                let name = rustls::pki_types::ServerName::try_from(host_of(addr).to_string())
+                    .map_err(|e| ClientError::Protocol {
+                        addr: addr.to_string(),
+                        message: format!("not a TLS server name: {e}"),
+                    })?;
+                let tls = rustls::ClientConnection::new(config.clone(), name).map_err(|e| {
+                    ClientError::Protocol {
+                        addr: addr.to_string(),
+                        message: format!("TLS: {e}"),
+                    }
+                })?;
+                // The handshake runs on the first request (ApiVersions below).
+                Stream::Tls(Box::new(rustls::StreamOwned::new(tls, stream)))
+            }
+        };
         let mut conn = Connection {
             addr: addr.to_string(),
             stream,
@@ -70,7 +156,60 @@ impl Connection {
             versions: HashMap::new(),
         };
         conn.negotiate()?;
+        if let Some(auth) = &security.sasl {
+            conn.authenticate(auth)?;
+        }
         Ok(conn)
+    }
+
+    /// SaslHandshake v1, then SaslAuthenticate rounds until the mechanism is done (KIP-152).
+    fn authenticate(&mut self, auth: &SaslAuth) -> Result<(), ClientError> {
+        let what = || format!("SASL {} as {:?}", auth.mechanism.name(), auth.username);
+        let hs = SaslHandshakeRequest::default()
+            .with_mechanism(StrBytes::from_static_str(auth.mechanism.name()));
+        let resp = self.call(&hs, 1)?;
+        let enabled: Vec<String> = resp.mechanisms.iter().map(|m| m.to_string()).collect();
+        super::check(
+            resp.error_code,
+            what,
+            Some(&format!("the listener offers {}", enabled.join(", "))),
+        )?;
+        match auth.mechanism {
+            SaslMechanism::Plain => {
+                let token = format!("\0{}\0{}", auth.username, auth.password);
+                self.sasl_round(token.into_bytes(), &what)?;
+            }
+            SaslMechanism::Scram(mech) => {
+                let mut client = sluice::security::scram::ScramClient::new(
+                    mech,
+                    &auth.username,
+                    &auth.password,
+                    nonce(),
+                );
+                let addr = self.addr.clone();
+                let scram = |e: sluice::security::scram::ScramError| ClientError::Protocol {
+                    addr: addr.clone(),
+                    message: format!("{}: {e}", what()),
+                };
+                let server_first = self.sasl_round(client.client_first(), &what)?;
+                let last = client.server_first(&server_first).map_err(scram)?;
+                let server_final = self.sasl_round(last, &what)?;
+                client.server_final(&server_final).map_err(scram)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One SaslAuthenticate exchange: sends `bytes`, returns the server's.
+    fn sasl_round(
+        &mut self,
+        bytes: Vec<u8>,
+        what: &dyn Fn() -> String,
+    ) -> Result<Bytes, ClientError> {
+        let req = SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(bytes));
+        let resp = self.call(&req, 2)?;
+        super::check(resp.error_code, what, resp.error_message.as_deref())?;
+        Ok(resp.auth_bytes)
     }
 
     /// The broker address this connection talks to.
@@ -82,6 +221,7 @@ impl Connection {
     pub fn set_timeout(&mut self, timeout: Duration) -> Result<(), ClientError> {
         self.timeout = timeout;
         self.stream
+            .tcp()
             .set_read_timeout(Some(timeout))
             .map_err(|source| ClientError::Io {
                 addr: self.addr.clone(),

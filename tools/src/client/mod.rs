@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod connection;
 pub mod ops;
 pub mod records;
+pub mod security;
 
 pub use cluster::{Cluster, TopicMeta};
 pub use connection::Connection;
