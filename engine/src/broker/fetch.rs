@@ -367,7 +367,7 @@ pub async fn fetch(
             created
         };
         if id != INVALID_SESSION_ID {
-            crate::metrics::record_fetch_session_created(evicted as u64);
+            crate::metrics::record_fetch_session_created(u64::from(evicted.is_some()));
         }
         session_id = id;
     }

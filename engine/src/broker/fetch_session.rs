@@ -310,25 +310,25 @@ impl FetchSessionCache {
     }
 
     /// Creates a session for a full fetch that read `partitions` (in request order) with the
-    /// given outcomes. Returns the new id and how many sessions were evicted for it, or
-    /// `(INVALID_SESSION_ID, 0)` when the cache is full and no session may be evicted.
+    /// given outcomes. Returns the new id and the session evicted for it, or
+    /// `(INVALID_SESSION_ID, None)` when the cache is full and no session may be evicted.
     pub fn create(
         &mut self,
         now_ms: u64,
         uses_topic_ids: bool,
         partitions: Vec<(PartitionKey, FetchParams, Outcome)>,
-    ) -> (i32, usize) {
+    ) -> (i32, Option<i32>) {
         if self.slots == 0 {
-            return (INVALID_SESSION_ID, 0);
+            return (INVALID_SESSION_ID, None);
         }
-        let mut evicted = 0;
+        let mut evicted = None;
         if self.sessions.len() >= self.slots {
             match self.evictable(now_ms, partitions.len()) {
                 Some(victim) => {
                     self.remove(victim);
-                    evicted = 1;
+                    evicted = Some(victim);
                 }
-                None => return (INVALID_SESSION_ID, 0),
+                None => return (INVALID_SESSION_ID, None),
             }
         }
         let mut cached: Vec<Cached> = Vec::with_capacity(partitions.len());
@@ -754,7 +754,7 @@ mod tests {
         c.begin_incremental(b, 1, false, 1500, vec![], &[]).unwrap();
         let (d, evicted) = c.create(1600, false, vec![(key("x", 0), params(0), quiet(0))]);
         assert_ne!(d, INVALID_SESSION_ID);
-        assert_eq!(evicted, 1);
+        assert_eq!(evicted, Some(a));
         assert_eq!(
             c.begin_incremental(a, 1, false, 1600, vec![], &[]),
             Err(error_code::FETCH_SESSION_ID_NOT_FOUND)
@@ -769,7 +769,7 @@ mod tests {
             (0..6).map(|p| (key("y", p), params(0), quiet(0))).collect(),
         );
         assert_ne!(e, INVALID_SESSION_ID);
-        assert_eq!(evicted, 1);
+        assert_eq!(evicted, Some(b));
         assert_eq!(
             c.begin_incremental(b, 2, false, 1700, vec![], &[]),
             Err(error_code::FETCH_SESSION_ID_NOT_FOUND)
@@ -824,5 +824,171 @@ mod tests {
         assert_eq!(c.stats().partitions, 1);
         let plan = c.begin_incremental(id, 1, true, 0, vec![], &[]).unwrap();
         assert_eq!(plan.partitions, vec![(key("t", 0), params(4))]);
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Advance the clock, then create a session over `n` partitions.
+        Create {
+            advance: u64,
+            n: i32,
+        },
+        /// An incremental fetch of the `pick`-th known session (or an unknown id), with the
+        /// right epoch or not, moving `moved` partitions and forgetting `forget` ones, then
+        /// finishing it with the given watermarks.
+        Incremental {
+            pick: usize,
+            good_epoch: bool,
+            moved: Vec<(i32, i64)>,
+            forget: Vec<i32>,
+            hw: i64,
+        },
+        Remove {
+            pick: usize,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u64..700, 0i32..6).prop_map(|(advance, n)| Op::Create { advance, n }),
+            (
+                0usize..8,
+                any::<bool>(),
+                proptest::collection::vec((0i32..8, 0i64..50), 0..4),
+                proptest::collection::vec(0i32..8, 0..3),
+                0i64..4,
+            )
+                .prop_map(|(pick, good_epoch, moved, forget, hw)| Op::Incremental {
+                    pick,
+                    good_epoch,
+                    moved,
+                    forget,
+                    hw
+                }),
+            (0usize..8).prop_map(|pick| Op::Remove { pick }),
+        ]
+    }
+
+    fn key(p: i32) -> PartitionKey {
+        PartitionKey {
+            topic: TopicKey::Name("t".into()),
+            partition: p,
+        }
+    }
+
+    fn params(offset: i64) -> FetchParams {
+        FetchParams {
+            fetch_offset: offset,
+            max_bytes: 100,
+            current_leader_epoch: -1,
+            last_fetched_epoch: -1,
+        }
+    }
+
+    /// A model session: its next epoch and partition -> fetch offset.
+    type Model = BTreeMap<i32, (i32, BTreeMap<i32, i64>)>;
+
+    proptest! {
+        /// The cache against a model: epochs, remembered positions, add/forget, accounting,
+        /// ids naming the shard, never more sessions than slots.
+        #[test]
+        fn cache_matches_model(ops in proptest::collection::vec(op(), 1..60), shard in 0usize..3) {
+            let slots = 4;
+            let mut c = FetchSessionCache::new(
+                SessionConfig { slots: slots * 3, eviction_ms: 1000 },
+                shard,
+                3,
+                11,
+            );
+            let mut model: Model = BTreeMap::new();
+            let mut now = 0u64;
+            for op in ops {
+                match op {
+                    Op::Create { advance, n } => {
+                        now += advance;
+                        let parts = (0..n).map(|p| (key(p), params(0), Outcome {
+                            has_records: false, error_code: 0, high_watermark: 0,
+                            log_start_offset: 0, diverging: false,
+                        })).collect();
+                        let (id, evicted) = c.create(now, false, parts);
+                        if let Some(gone) = evicted {
+                            prop_assert!(model.remove(&gone).is_some());
+                        }
+                        if id != INVALID_SESSION_ID {
+                            prop_assert_eq!(FetchSessionCache::owner(id, 3), shard);
+                            prop_assert!(!model.contains_key(&id));
+                            model.insert(id, (1, (0..n).map(|p| (p, 0)).collect()));
+                        } else {
+                            prop_assert!(evicted.is_none());
+                            prop_assert_eq!(model.len(), slots);
+                        }
+                    }
+                    Op::Incremental { pick, good_epoch, moved, forget, hw } => {
+                        let known: Vec<i32> = model.keys().copied().collect();
+                        let id = known.get(pick).copied().unwrap_or(i32::MAX);
+                        let expected = model.get(&id).map(|m| m.0);
+                        let epoch = match (expected, good_epoch) {
+                            (Some(e), true) => e,
+                            (Some(e), false) => next_epoch(e),
+                            (None, _) => 1,
+                        };
+                        let changes: Vec<_> = moved.iter().map(|(p, o)| (key(*p), params(*o))).collect();
+                        let forgotten: Vec<_> = forget.iter().map(|p| key(*p)).collect();
+                        let r = c.begin_incremental(id, epoch, false, now, changes, &forgotten);
+                        match (expected, good_epoch) {
+                            (None, _) => prop_assert_eq!(r, Err(error_code::FETCH_SESSION_ID_NOT_FOUND)),
+                            (Some(_), false) => prop_assert_eq!(r, Err(error_code::INVALID_FETCH_SESSION_EPOCH)),
+                            (Some(_), true) => {
+                                let plan = r.unwrap();
+                                let m = model.get_mut(&id).unwrap();
+                                for (p, o) in &moved {
+                                    m.1.insert(*p, *o);
+                                }
+                                for p in &forget {
+                                    m.1.remove(p);
+                                }
+                                if m.1.is_empty() {
+                                    prop_assert!(plan.closed);
+                                    model.remove(&id);
+                                    continue;
+                                }
+                                m.0 = next_epoch(m.0);
+                                prop_assert_eq!(plan.epoch, m.0);
+                                let got: BTreeMap<i32, i64> = plan.partitions.iter()
+                                    .map(|(k, p)| (k.partition, p.fetch_offset)).collect();
+                                prop_assert_eq!(&got, &m.1);
+                                prop_assert_eq!(got.len(), plan.partitions.len());
+                                let outcomes: Vec<_> = plan.partitions.iter().map(|(k, _)| (k.clone(), Outcome {
+                                    has_records: false, error_code: 0, high_watermark: hw,
+                                    log_start_offset: 0, diverging: false,
+                                })).collect();
+                                let include = c.finish_incremental(id, plan.epoch, &outcomes).unwrap();
+                                prop_assert_eq!(include.len(), outcomes.len());
+                            }
+                        }
+                    }
+                    Op::Remove { pick } => {
+                        let known: Vec<i32> = model.keys().copied().collect();
+                        if let Some(id) = known.get(pick) {
+                            prop_assert!(c.remove(*id));
+                            model.remove(id);
+                        }
+                    }
+                }
+                let st = c.stats();
+                prop_assert_eq!(st.sessions, model.len());
+                prop_assert!(st.sessions <= slots);
+                prop_assert_eq!(st.partitions, model.values().map(|m| m.1.len()).sum::<usize>());
+            }
+        }
     }
 }
