@@ -604,3 +604,71 @@ def record_timestamps(records: bytes) -> list[tuple[int, int]]:
             p = rec_end
         pos = end
     return out
+
+
+# ---------------------------------------------------------------- Fetch v7 (fetch sessions, KIP-227)
+
+FETCH_SESSION_ID_NOT_FOUND = 70
+INVALID_FETCH_SESSION_EPOCH = 71
+
+
+@dataclass
+class SessionFetchResponse:
+    error_code: int
+    session_id: int
+    partitions: dict[tuple[str, int], FetchPartition]
+
+
+def fetch_body_v7(
+    session_id: int,
+    epoch: int,
+    partitions: list[tuple[str, int, int]],
+    forgotten: list[tuple[str, int]] = (),
+    max_wait_ms: int = 100,
+    min_bytes: int = 1,
+    max_bytes: int = 10 << 20,
+    partition_max_bytes: int = 1 << 20,
+) -> bytes:
+    """A consumer's Fetch v7: `partitions` are (topic, partition, fetch offset) in order,
+    grouped by topic as listed; `forgotten` are (topic, partition) to drop from the session."""
+
+    def grouped(items, encode):
+        topics: dict[str, list[bytes]] = {}
+        for t, *rest in items:
+            topics.setdefault(t, []).append(encode(*rest))
+        return array([string(t) + array(ps) for t, ps in topics.items()])
+
+    topics = grouped(partitions, lambda p, off: i32(p) + i64(off) + i64(-1) + i32(partition_max_bytes))
+    forget = grouped(forgotten, lambda p: i32(p))
+    return (
+        i32(-1) + i32(max_wait_ms) + i32(min_bytes) + i32(max_bytes) + i8(0)
+        + i32(session_id) + i32(epoch) + topics + forget
+    )
+
+
+def parse_fetch_v7(body: bytes) -> SessionFetchResponse:
+    r = Reader(body)
+    r.i32()  # throttle_time_ms
+    err = r.i16()
+    session_id = r.i32()
+    out: dict[tuple[str, int], FetchPartition] = {}
+    for _ in range(r.i32()):
+        name = r.string()
+        for _ in range(r.i32()):
+            p = r.i32()
+            perr = r.i16()
+            hw = r.i64()
+            lso = r.i64()
+            r.i64()  # log_start_offset
+            r.array(lambda rr: (rr.i64(), rr.i64()))  # aborted transactions
+            recs = r.bytes_()
+            assert (name, p) not in out, f"partition {name}-{p} twice in one response"
+            out[(name, p)] = FetchPartition(p, perr, hw, lso, recs)
+    assert r.remaining() == 0
+    return SessionFetchResponse(err, session_id, out)
+
+
+def session_fetch(sock: socket.socket, session_id: int, epoch: int, partitions, forgotten=(),
+                  correlation_id: int = 40, **kw) -> SessionFetchResponse:
+    body = fetch_body_v7(session_id, epoch, partitions, forgotten, **kw)
+    return parse_fetch_v7(roundtrip(sock, FETCH, 7, correlation_id, body))

@@ -211,6 +211,16 @@ pub const BROKER_KEYS: &[(&str, &str, &str)] = &[
         "send fetched records with sendfile (false = read and write)",
     ),
     (
+        "max.incremental.fetch.session.cache.slots",
+        "1000",
+        "incremental fetch sessions (KIP-227) the broker keeps, split over its shards",
+    ),
+    (
+        "min.incremental.fetch.session.eviction.ms",
+        "120000",
+        "a fetch session idle (or, for a larger newcomer, alive) this long may be evicted",
+    ),
+    (
         "producer.id.expiration.ms",
         "86400000",
         "forget a partition's idle producer after this",
@@ -774,6 +784,7 @@ impl BrokerConfig {
         };
         // Validate the log defaults now so a bad value fails at start-up, not on first use.
         cfg.log_config(&BTreeMap::new())?;
+        super::fetch_session::SessionConfig::from_config(&cfg)?;
         crate::storage::cleaner::CleanerConfig::from_raw(&cfg.raw)
             .map_err(|(k, v)| invalid(&k, &v, "not a valid log cleaner setting"))?;
         Ok(cfg)

@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{self as m, ApiKey, BrokerId, RequestHeader, TopicName};
@@ -18,10 +17,10 @@ use super::groups;
 use super::metadata::{new_topic_id, validate_topic_name, TopicMeta};
 use super::producer_ids;
 use super::protocol::{
-    encode_fetch_response, encode_response, error_code as ec, peek_header, served_versions,
-    EncodeError, FetchFrame, FetchPartitionOut, FetchTopicOut, SUPPORTED_APIS,
+    encode_response, error_code as ec, peek_header, served_versions, EncodeError, FetchFrame,
+    SUPPORTED_APIS,
 };
-use super::shard::{FetchIn, FetchOut, OffsetOut, ProduceIn, ProduceOut, Shard};
+use super::shard::{OffsetOut, ProduceIn, ProduceOut, Shard};
 use super::{cluster, cluster_replica};
 use crate::group::OFFSETS_TOPIC;
 
@@ -139,7 +138,7 @@ pub async fn handle_request(
         ApiKey::Fetch => {
             let req = decode!(m::FetchRequest);
             Ok(Some(Response::Fetch(
-                fetch(&shard, version, cid, req).await?,
+                super::fetch::fetch(&shard, version, cid, req).await?,
             )))
         }
         ApiKey::ListOffsets => {
@@ -363,21 +362,14 @@ fn api_versions(frame: Bytes, cid: i32, version: i16) -> Result<BytesMut, Reques
 }
 
 /// Work for one owner shard: positions in the response, and (topic, partition, input) items.
-type ShardWork<T> = (Vec<usize>, Vec<(String, i32, T)>);
-
-/// A topic in a fetch response being assembled: name, id, and per partition its id, an error
-/// decided before reading (unknown topic/partition), and its slot in the results.
-type FetchLayout = (String, Uuid, Vec<(i32, Option<i16>, usize)>);
-
-/// A fetched partition's offset, max bytes, current leader epoch and last fetched epoch.
-type FetchPosition = (i64, i32, i32, i32);
+pub(super) type ShardWork<T> = (Vec<usize>, Vec<(String, i32, T)>);
 
 /// One config entry for DescribeConfigs: name, value, source, read-only.
 type ConfigEntry = (String, String, i8, bool);
 
 /// Groups items by owner shard, keeping each item's position so answers can be put back in
 /// request order.
-fn group_by_shard<T>(
+pub(super) fn group_by_shard<T>(
     shard: &Shard,
     items: Vec<(usize, String, i32, T)>,
 ) -> HashMap<usize, ShardWork<T>> {
@@ -535,203 +527,6 @@ fn err_out(code: i16, msg: &str) -> ProduceOut {
         log_append_time_ms: -1,
         log_start_offset: -1,
     }
-}
-
-async fn fetch(
-    shard: &Rc<Shard>,
-    version: i16,
-    cid: i32,
-    req: m::FetchRequest,
-) -> Result<FetchFrame, RequestError> {
-    let image = shard.image();
-    let zero_copy = shard.ctx.config.fetch_zero_copy && super::connection::zero_copy_allowed();
-    let mut layout: Vec<FetchLayout> = Vec::new();
-    // Per partition: fetch offset, max bytes, current leader epoch, last fetched epoch.
-    let mut work: Vec<(usize, String, i32, FetchPosition)> = Vec::new();
-    // A follower's fetch names its broker id (in replica_state from v15).
-    let replica_id = if version >= 15 {
-        req.replica_state.replica_id.0
-    } else {
-        req.replica_id.0
-    };
-    let mut slots = 0usize;
-    for t in &req.topics {
-        let meta = if version >= 13 {
-            image.topic_by_id(&t.topic_id)
-        } else {
-            image.topic(t.topic.as_str())
-        };
-        let unknown = if version >= 13 {
-            ec::UNKNOWN_TOPIC_ID
-        } else {
-            ec::UNKNOWN_TOPIC_OR_PARTITION
-        };
-        let name = meta
-            .map(|m| m.name.clone())
-            .unwrap_or_else(|| t.topic.as_str().to_string());
-        let mut parts = Vec::new();
-        for p in &t.partitions {
-            let pos = slots;
-            slots += 1;
-            match meta {
-                Some(m) if (0..m.partitions).contains(&p.partition) => {
-                    parts.push((p.partition, None, pos));
-                    work.push((
-                        pos,
-                        name.clone(),
-                        p.partition,
-                        (
-                            p.fetch_offset,
-                            p.partition_max_bytes,
-                            p.current_leader_epoch,
-                            p.last_fetched_epoch,
-                        ),
-                    ));
-                }
-                Some(_) => parts.push((p.partition, Some(ec::UNKNOWN_TOPIC_OR_PARTITION), pos)),
-                None => parts.push((p.partition, Some(unknown), pos)),
-            }
-        }
-        layout.push((name, t.topic_id, parts));
-    }
-    let max_wait = Duration::from_millis(u64::try_from(req.max_wait_ms.max(0)).unwrap_or(0));
-    let deadline = tokio::time::Instant::now() + max_wait;
-    let groups = group_by_shard(shard, work);
-    let mut results: Vec<Option<FetchOut>>;
-    loop {
-        results = (0..slots).map(|_| None).collect();
-        let calls = groups.iter().map(|(owner, (positions, items))| {
-            let items: Vec<FetchIn> = items
-                .iter()
-                .map(
-                    |(topic, partition, (offset, max_bytes, current_epoch, last_epoch))| FetchIn {
-                        topic: topic.clone(),
-                        partition: *partition,
-                        offset: *offset,
-                        max_bytes: *max_bytes,
-                        replica_id,
-                        current_leader_epoch: *current_epoch,
-                        last_fetched_epoch: *last_epoch,
-                    },
-                )
-                .collect();
-            let owner = *owner;
-            let shard = shard.clone();
-            async move {
-                (
-                    positions,
-                    shard
-                        .call(owner, move |s| s.fetch_local(items, zero_copy))
-                        .await,
-                )
-            }
-        });
-        let mut bytes = 0usize;
-        let mut any_error = false;
-        for (positions, outs) in futures_util::future::join_all(calls).await {
-            for (pos, out) in positions.iter().zip(outs?) {
-                bytes += out.records.as_ref().map_or(0, |r| r.len());
-                any_error |= out.error_code != ec::NONE;
-                results[*pos] = Some(out);
-            }
-        }
-        let satisfied = bytes >= usize::try_from(req.min_bytes.max(0)).unwrap_or(0) || any_error;
-        if satisfied || groups.is_empty() || tokio::time::Instant::now() >= deadline {
-            break;
-        }
-        // Long poll: wait for an append on any requested partition, then read again.
-        let waits = groups.iter().map(|(owner, (_, items))| {
-            let items: Vec<(String, i32, i64, bool)> = items
-                .iter()
-                .map(|(t, p, (off, ..))| (t.clone(), *p, *off, replica_id >= 0))
-                .collect();
-            let owner = *owner;
-            let shard = shard.clone();
-            Box::pin(async move {
-                let _ = shard
-                    .call(owner, move |s| s.wait_for_data(items, deadline))
-                    .await;
-            })
-        });
-        let waits: Vec<_> = waits.collect();
-        let mut phase = shard.phase.subscribe();
-        let draining = tokio::select! {
-            _ = futures_util::future::select_all(waits) => false,
-            _ = tokio::time::sleep_until(deadline) => false,
-            // Shutdown: answer with what we have rather than hold the drain up.
-            _ = phase.changed() => true,
-        };
-        if draining {
-            break;
-        }
-    }
-    // Response-wide max_bytes, in request order; the first non-empty partition always goes
-    // out whole so a batch larger than the limit can still be consumed (as Kafka does).
-    // max_bytes <= 0 still returns the first batch, like any limit smaller than a batch.
-    let mut remaining = usize::try_from(req.max_bytes).unwrap_or(0);
-    let mut first = true;
-    let mut topics = Vec::with_capacity(layout.len());
-    for (name, topic_id, parts) in layout {
-        let mut out_parts = Vec::with_capacity(parts.len());
-        for (partition, preset, pos) in parts {
-            let out = match preset {
-                Some(code) => FetchPartitionOut {
-                    partition,
-                    error_code: code,
-                    high_watermark: -1,
-                    last_stable_offset: -1,
-                    log_start_offset: -1,
-                    records: None,
-                    diverging_epoch: None,
-                },
-                None => {
-                    let r = results[pos].take();
-                    let (code, hw, ls, mut records, diverging_epoch) = match r {
-                        Some(o) => (
-                            o.error_code,
-                            o.high_watermark,
-                            o.log_start_offset,
-                            o.records,
-                            o.diverging_epoch,
-                        ),
-                        None => (ec::UNKNOWN_SERVER_ERROR, -1, -1, None, None),
-                    };
-                    if let Some(rec) = &records {
-                        let len = rec.len();
-                        if first || len <= remaining {
-                            remaining = remaining.saturating_sub(len);
-                            first = false;
-                        } else {
-                            records = None;
-                        }
-                    }
-                    FetchPartitionOut {
-                        partition,
-                        error_code: code,
-                        high_watermark: hw,
-                        last_stable_offset: hw,
-                        log_start_offset: ls,
-                        records,
-                        diverging_epoch,
-                    }
-                }
-            };
-            crate::metrics::record_error_code(ApiKey::Fetch as i16, out.error_code);
-            out_parts.push(out);
-        }
-        topics.push(FetchTopicOut {
-            name,
-            topic_id,
-            partitions: out_parts,
-        });
-    }
-    Ok(encode_fetch_response(
-        version,
-        cid,
-        ec::NONE,
-        topics,
-        req.isolation_level == 1,
-    ))
 }
 
 async fn list_offsets(

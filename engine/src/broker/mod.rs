@@ -7,6 +7,7 @@
 //! - [`protocol`]: served API versions, framing, the zero-copy FetchResponse encoder.
 //! - [`shard`]: per-core shard state, partition ownership, cross-shard jobs.
 //! - [`handlers`]: one function per Kafka API.
+//! - [`fetch`]: the Fetch handler; [`fetch_session`]: its KIP-227 session cache (sans-IO).
 //! - [`groups`]: the consumer-group coordinator of each shard, `__consumer_offsets`.
 //! - [`producer_ids`]: InitProducerId (owned by shard 0), refusals of the transactional APIs.
 //! - [`quorum`]: DescribeQuorum (the controller voters' Raft state, forwarded to the leader).
@@ -19,6 +20,8 @@ pub mod cluster_client;
 pub mod cluster_replica;
 pub mod config;
 pub mod connection;
+pub mod fetch;
+pub mod fetch_session;
 pub mod groups;
 pub mod handlers;
 pub mod listeners;

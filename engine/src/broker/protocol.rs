@@ -233,12 +233,14 @@ fn put_array_len(buf: &mut BytesMut, flexible: bool, n: usize) {
 
 /// Encodes a FetchResponse (versions 4..=16) around record sources without copying them.
 ///
-/// Sessionless (session id 0), no aborted transactions (`null` for read_uncommitted, empty
-/// for read_committed, as Kafka does), no tagged fields set.
+/// `session_id` is the KIP-227 fetch session (0: none; versions >= 7). No aborted
+/// transactions (`null` for read_uncommitted, empty for read_committed, as Kafka does), no
+/// tagged fields set.
 pub fn encode_fetch_response(
     version: i16,
     correlation_id: i32,
     error_code: i16,
+    session_id: i32,
     topics: Vec<FetchTopicOut>,
     read_committed: bool,
 ) -> FetchFrame {
@@ -255,7 +257,7 @@ pub fn encode_fetch_response(
     head.put_i32(0); // throttle_time_ms
     if version >= 7 {
         head.put_i16(error_code);
-        head.put_i32(0); // session_id: sessionless
+        head.put_i32(session_id);
     }
     put_array_len(&mut head, flexible, topics.len());
     for topic in topics {
@@ -398,7 +400,7 @@ mod tests {
                         }],
                     },
                 ];
-                let frame = encode_fetch_response(version, 77, 0, topics, read_committed);
+                let frame = encode_fetch_response(version, 77, 0, 9, topics, read_committed);
                 let total = frame.total_len;
                 let bytes = flatten(frame);
                 assert_eq!(bytes.len(), total, "v{version}");
@@ -416,6 +418,9 @@ mod tests {
                 let resp = FetchResponse::decode(&mut body, version).unwrap();
                 assert!(body.is_empty(), "v{version}: {} trailing bytes", body.len());
                 assert_eq!(resp.responses.len(), 2);
+                if version >= 7 {
+                    assert_eq!(resp.session_id, 9);
+                }
                 let t0 = &resp.responses[0];
                 if version >= 13 {
                     assert_eq!(t0.topic_id, id);

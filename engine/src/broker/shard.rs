@@ -168,6 +168,8 @@ pub struct Shard {
     pub replicas: super::cluster_replica::ShardReplicas,
     /// This shard's copy of the metadata image ([`Shard::image`]).
     image_cache: super::metadata::ImageCache,
+    /// The incremental fetch sessions whose ids name this shard (KIP-227).
+    pub fetch_sessions: RefCell<super::fetch_session::FetchSessionCache>,
 }
 
 /// Input for one partition of a produce.
@@ -336,6 +338,19 @@ impl Shard {
     pub fn new(id: usize, ctx: Arc<BrokerContext>) -> Shard {
         let (phase, _) = watch::channel(Phase::Running);
         let groups = super::groups::ShardGroups::new(&ctx.config, &ctx.metadata);
+        // Validated when the configuration was resolved; the defaults only for a hand-built one.
+        let sessions_config =
+            super::fetch_session::SessionConfig::from_config(&ctx.config).unwrap_or_default();
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ (id as u64).rotate_left(32);
+        let fetch_sessions = RefCell::new(super::fetch_session::FetchSessionCache::new(
+            sessions_config,
+            id,
+            ctx.shard_count(),
+            seed,
+        ));
         Shard {
             id,
             ctx,
@@ -347,6 +362,7 @@ impl Shard {
             producer_ids: Default::default(),
             replicas: Default::default(),
             image_cache: Default::default(),
+            fetch_sessions,
         }
     }
 

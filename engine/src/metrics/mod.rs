@@ -58,6 +58,12 @@ pub struct ShardMetrics {
     produce_records: AtomicU64,
     produce_bytes: AtomicU64,
     fetch_bytes: AtomicU64,
+    /// Fetch requests by [`FetchRequestKind`].
+    fetch_kinds: [AtomicU64; 3],
+    fetch_sessions: AtomicI64,
+    fetch_session_partitions: AtomicI64,
+    fetch_sessions_created: AtomicU64,
+    fetch_session_evictions: AtomicU64,
     fsync: Histogram,
     uring_submitted: AtomicU64,
     uring_completed: AtomicU64,
@@ -78,6 +84,11 @@ impl ShardMetrics {
             produce_records: AtomicU64::new(0),
             produce_bytes: AtomicU64::new(0),
             fetch_bytes: AtomicU64::new(0),
+            fetch_kinds: Default::default(),
+            fetch_sessions: AtomicI64::new(0),
+            fetch_session_partitions: AtomicI64::new(0),
+            fetch_sessions_created: AtomicU64::new(0),
+            fetch_session_evictions: AtomicU64::new(0),
             fsync: Histogram::default(),
             uring_submitted: AtomicU64::new(0),
             uring_completed: AtomicU64::new(0),
@@ -176,6 +187,49 @@ pub fn record_produce(records: u64, bytes: u64) {
 /// Record bytes written to clients in Fetch responses.
 pub fn record_fetch(bytes: u64) {
     with_current(|m| add(&m.fetch_bytes, bytes));
+}
+
+/// How a Fetch request used incremental fetch sessions (KIP-227).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchRequestKind {
+    /// A full fetch without a session (epoch -1, a version below 7, or a follower).
+    Sessionless = 0,
+    /// A full fetch asking for a session (epoch 0).
+    Full = 1,
+    /// An incremental fetch in an existing session.
+    Incremental = 2,
+}
+
+impl FetchRequestKind {
+    const LABELS: [&'static str; 3] = ["sessionless", "full", "incremental"];
+}
+
+/// A Fetch request of `kind` was received.
+pub fn record_fetch_request(kind: FetchRequestKind) {
+    with_current(|m| add(&m.fetch_kinds[kind as usize], 1));
+}
+
+/// The calling shard's fetch session cache now holds `sessions` sessions over `partitions`
+/// partitions.
+pub fn set_fetch_sessions(sessions: usize, partitions: usize) {
+    with_current(|m| {
+        m.fetch_sessions.store(
+            i64::try_from(sessions).unwrap_or(i64::MAX),
+            Ordering::Relaxed,
+        );
+        m.fetch_session_partitions.store(
+            i64::try_from(partitions).unwrap_or(i64::MAX),
+            Ordering::Relaxed,
+        );
+    });
+}
+
+/// The calling shard created a fetch session, evicting `evicted` others for it.
+pub fn record_fetch_session_created(evicted: u64) {
+    with_current(|m| {
+        add(&m.fetch_sessions_created, 1);
+        add(&m.fetch_session_evictions, evicted);
+    });
 }
 
 /// One fsync/fdatasync and how long it took.
@@ -442,6 +496,7 @@ impl Metrics {
         let mut e = TextEncoder::new();
         self.render_requests(&mut e);
         self.render_shards(&mut e, mailbox_jobs);
+        self.render_fetch_sessions(&mut e);
         render_partitions(&mut e, partitions);
         render_group_lag(&mut e, partitions, group_offsets);
         self.render_registered(&mut e);
@@ -544,6 +599,56 @@ impl Metrics {
             fsync.merge(&m.fsync.snapshot());
         }
         e.histogram("sluice_fsync_duration_seconds", &[], &fsync);
+    }
+
+    fn render_fetch_sessions(&self, e: &mut TextEncoder) {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        e.family(
+            "sluice_fetch_requests_total",
+            "Fetch requests by how they used incremental fetch sessions (KIP-227): sessionless, full (asking for a session) or incremental.",
+            Kind::Counter,
+        );
+        for (i, kind) in FetchRequestKind::LABELS.iter().enumerate() {
+            let n = self.sum(|m| load(&m.fetch_kinds[i]));
+            e.sample("sluice_fetch_requests_total", &[("kind", kind)], n);
+        }
+        e.family(
+            "sluice_fetch_sessions",
+            "Incremental fetch sessions open, by the shard that holds them.",
+            Kind::Gauge,
+        );
+        for m in &self.shards {
+            let shard = m.shard.to_string();
+            let v = m.fetch_sessions.load(Ordering::Relaxed) as f64;
+            e.sample("sluice_fetch_sessions", &[("shard", &shard)], v);
+        }
+        e.family(
+            "sluice_fetch_session_partitions",
+            "Partitions cached in open incremental fetch sessions, by shard.",
+            Kind::Gauge,
+        );
+        for m in &self.shards {
+            let shard = m.shard.to_string();
+            let v = m.fetch_session_partitions.load(Ordering::Relaxed) as f64;
+            e.sample("sluice_fetch_session_partitions", &[("shard", &shard)], v);
+        }
+        type Total = (&'static str, &'static str, fn(&ShardMetrics) -> u64);
+        let totals: [Total; 2] = [
+            (
+                "sluice_fetch_sessions_created_total",
+                "Incremental fetch sessions created.",
+                |m| m.fetch_sessions_created.load(Ordering::Relaxed),
+            ),
+            (
+                "sluice_fetch_session_evictions_total",
+                "Incremental fetch sessions evicted to make room for a new one.",
+                |m| m.fetch_session_evictions.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, f) in totals {
+            e.family(name, help, Kind::Counter);
+            e.sample(name, &[], self.sum(f));
+        }
     }
 
     fn render_shards(&self, e: &mut TextEncoder, mailbox_jobs: &[usize]) {
