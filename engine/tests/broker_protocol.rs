@@ -321,7 +321,7 @@ fn list_offsets_earliest_latest_and_by_timestamp() {
     produce(&mut c, 9, 1, "times", 0, batch("b", 3, 5_000)); // ts 5000..5002, offsets 3..5
     assert_eq!(list_offset(&mut c, "times", 0, -2), (0, 0, -1));
     assert_eq!(list_offset(&mut c, "times", 0, -1), (0, 6, -1));
-    let base = now_ms() - 3_600_000; // the helper's batch base timestamp, give or take
+    let base = batch_base_ms();
     let (err, off, ts) = list_offset(&mut c, "times", 0, base + 3_000);
     assert_eq!((err, off), (0, 3));
     assert!(ts >= base + 3_000);

@@ -217,9 +217,15 @@ pub fn now_ms() -> i64 {
 
 /// A RecordBatch v2 with `n` records `prefix-i`, keys `k-i`, created `ts_offset` ms after a
 /// base timestamp one hour ago (realistic timestamps: segment.ms rolls compare them to now).
-pub fn batch(prefix: &str, n: usize, ts_offset: i64) -> Bytes {
+/// The base timestamp of every [`batch`] of this test process: an hour before the first
+/// batch was built (one value for all tests, so compare against it, not against the clock).
+pub fn batch_base_ms() -> i64 {
     static BASE: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-    let timestamp = *BASE.get_or_init(|| now_ms() - 3_600_000) + ts_offset;
+    *BASE.get_or_init(|| now_ms() - 3_600_000)
+}
+
+pub fn batch(prefix: &str, n: usize, ts_offset: i64) -> Bytes {
+    let timestamp = batch_base_ms() + ts_offset;
     let records: Vec<Record> = (0..n)
         .map(|i| Record {
             transactional: false,
