@@ -26,16 +26,7 @@ fn topic_id(c: &mut Client, topic: &str) -> Uuid {
 }
 
 fn produce(c: &mut Client, topic: &str, partition: i32, prefix: &str, n: usize) {
-    let req = ProduceRequest::default()
-        .with_acks(1)
-        .with_timeout_ms(5000)
-        .with_topic_data(vec![produce_request::TopicProduceData::default()
-            .with_name(tn(topic))
-            .with_partition_data(vec![
-                produce_request::PartitionProduceData::default()
-                    .with_index(partition)
-                    .with_records(Some(batch(prefix, n, 0))),
-            ])]);
+    let req = produce_request(topic, partition, 1, batch(prefix, n, 0));
     let resp: ProduceResponse = c.request(9, &req);
     assert_eq!(resp.responses[0].partition_responses[0].error_code, 0);
 }

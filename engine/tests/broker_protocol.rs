@@ -36,16 +36,7 @@ fn produce(
     partition: i32,
     records: Bytes,
 ) -> Option<ProduceResponse> {
-    let req = ProduceRequest::default()
-        .with_acks(acks)
-        .with_timeout_ms(5000)
-        .with_topic_data(vec![produce_request::TopicProduceData::default()
-            .with_name(tn(topic))
-            .with_partition_data(vec![
-                produce_request::PartitionProduceData::default()
-                    .with_index(partition)
-                    .with_records(Some(records)),
-            ])]);
+    let req = produce_request(topic, partition, acks, records);
     if acks == 0 {
         c.send(version, &req);
         None

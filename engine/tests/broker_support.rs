@@ -217,6 +217,26 @@ pub fn now_ms() -> i64 {
 
 /// A RecordBatch v2 with `n` records `prefix-i`, keys `k-i`, created `ts_offset` ms after a
 /// base timestamp one hour ago (realistic timestamps: segment.ms rolls compare them to now).
+/// A Produce request of `records` to one partition, with a 5 s timeout.
+pub fn produce_request(
+    topic: &str,
+    partition: i32,
+    acks: i16,
+    records: Bytes,
+) -> kafka_protocol::messages::ProduceRequest {
+    use kafka_protocol::messages::{produce_request, ProduceRequest, TopicName};
+    ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![produce_request::TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partition_data(vec![
+                produce_request::PartitionProduceData::default()
+                    .with_index(partition)
+                    .with_records(Some(records)),
+            ])])
+}
+
 /// The base timestamp of every [`batch`] of this test process: an hour before the first
 /// batch was built (one value for all tests, so compare against it, not against the clock).
 pub fn batch_base_ms() -> i64 {

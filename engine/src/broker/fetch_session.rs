@@ -406,6 +406,19 @@ impl FetchSessionCache {
         }
     }
 
+    /// The session `id` if the request's `epoch` is its current one; else the error code
+    /// the response carries (FETCH_SESSION_ID_NOT_FOUND, INVALID_FETCH_SESSION_EPOCH).
+    fn session_at(&mut self, id: i32, epoch: i32) -> Result<&mut Session, i16> {
+        let session = self
+            .sessions
+            .get_mut(&id)
+            .ok_or(error_code::FETCH_SESSION_ID_NOT_FOUND)?;
+        if session.epoch != epoch {
+            return Err(error_code::INVALID_FETCH_SESSION_EPOCH);
+        }
+        Ok(session)
+    }
+
     /// First half of an incremental fetch: checks the session and epoch, applies the
     /// request's added/changed partitions and forgotten ones, and moves the session to its next
     /// epoch. Returns the partitions to read, or the Kafka error code for the response.
@@ -418,13 +431,7 @@ impl FetchSessionCache {
         changes: Vec<(PartitionKey, FetchParams)>,
         forgotten: &[PartitionKey],
     ) -> Result<IncrementalPlan, i16> {
-        let session = self
-            .sessions
-            .get_mut(&id)
-            .ok_or(error_code::FETCH_SESSION_ID_NOT_FOUND)?;
-        if session.epoch != epoch {
-            return Err(error_code::INVALID_FETCH_SESSION_EPOCH);
-        }
+        let session = self.session_at(id, epoch)?;
         if session.uses_topic_ids != uses_topic_ids {
             return Err(error_code::FETCH_SESSION_TOPIC_ID_ERROR);
         }
@@ -485,13 +492,7 @@ impl FetchSessionCache {
         epoch: i32,
         outcomes: &[(PartitionKey, Outcome)],
     ) -> Result<Vec<bool>, i16> {
-        let session = self
-            .sessions
-            .get_mut(&id)
-            .ok_or(error_code::FETCH_SESSION_ID_NOT_FOUND)?;
-        if session.epoch != epoch {
-            return Err(error_code::INVALID_FETCH_SESSION_EPOCH);
-        }
+        let session = self.session_at(id, epoch)?;
         let mut include = Vec::with_capacity(outcomes.len());
         let mut moved = vec![false; session.partitions.len()];
         for (key, outcome) in outcomes {
