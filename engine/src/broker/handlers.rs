@@ -258,6 +258,18 @@ pub async fn handle_request(
             let req = decode!(m::OffsetDeleteRequest);
             frame(&groups::offset_delete(&shard, req).await?)
         }
+        ApiKey::DeleteRecords => {
+            let req = decode!(m::DeleteRecordsRequest);
+            frame(&super::admin_records::delete_records(&shard, req).await?)
+        }
+        ApiKey::DescribeLogDirs => {
+            let req = decode!(m::DescribeLogDirsRequest);
+            frame(&super::admin_records::describe_log_dirs(&shard, version, req).await?)
+        }
+        ApiKey::DescribeProducers => {
+            let req = decode!(m::DescribeProducersRequest);
+            frame(&super::admin_records::describe_producers(&shard, req).await?)
+        }
         ApiKey::InitProducerId => {
             let req = decode!(m::InitProducerIdRequest);
             let req = crate::idempotence::init_producer_id_request(&req, version);
@@ -369,8 +381,9 @@ type ShardWork<T> = (Vec<usize>, Vec<(String, i32, T)>);
 /// decided before reading (unknown topic/partition), and its slot in the results.
 type FetchLayout = (String, Uuid, Vec<(i32, Option<i16>, usize)>);
 
-/// A fetched partition's offset, max bytes, current leader epoch and last fetched epoch.
-type FetchPosition = (i64, i32, i32, i32);
+/// A fetched partition's offset, max bytes, current leader epoch, last fetched epoch and the
+/// fetching replica's log start offset.
+type FetchPosition = (i64, i32, i32, i32, i64);
 
 /// One config entry for DescribeConfigs: name, value, source, read-only.
 type ConfigEntry = (String, String, i8, bool);
@@ -585,6 +598,7 @@ async fn fetch(
                             p.partition_max_bytes,
                             p.current_leader_epoch,
                             p.last_fetched_epoch,
+                            p.log_start_offset,
                         ),
                     ));
                 }
@@ -604,14 +618,17 @@ async fn fetch(
             let items: Vec<FetchIn> = items
                 .iter()
                 .map(
-                    |(topic, partition, (offset, max_bytes, current_epoch, last_epoch))| FetchIn {
-                        topic: topic.clone(),
-                        partition: *partition,
-                        offset: *offset,
-                        max_bytes: *max_bytes,
-                        replica_id,
-                        current_leader_epoch: *current_epoch,
-                        last_fetched_epoch: *last_epoch,
+                    |(topic, partition, (offset, max_bytes, current_epoch, last_epoch, start))| {
+                        FetchIn {
+                            topic: topic.clone(),
+                            partition: *partition,
+                            offset: *offset,
+                            max_bytes: *max_bytes,
+                            replica_id,
+                            current_leader_epoch: *current_epoch,
+                            last_fetched_epoch: *last_epoch,
+                            log_start_offset: *start,
+                        }
                     },
                 )
                 .collect();

@@ -287,6 +287,8 @@ pub struct FetchIn {
     pub current_leader_epoch: i32,
     /// last_fetched_epoch of the request (-1: none).
     pub last_fetched_epoch: i32,
+    /// The fetching replica's log start offset (Fetch v5+ `log_start_offset`; -1: none).
+    pub log_start_offset: i64,
 }
 
 /// Result for one partition of a fetch.
