@@ -187,6 +187,7 @@ async fn delete_one(
         Ok(t) => t,
         Err(code) => return (code, -1),
     };
+    let before = log.log_start_offset();
     let start = match log.delete_records_before(target).await {
         Ok(start) => start,
         Err(e) => {
@@ -195,12 +196,14 @@ async fn delete_one(
         }
     };
     debug_assert!(start >= target);
-    tracing::info!(
-        topic,
-        partition,
-        log_start_offset = start,
-        "records deleted"
-    );
+    if start > before {
+        tracing::info!(
+            topic,
+            partition,
+            log_start_offset = start,
+            "records deleted"
+        );
+    }
     // Cluster mode: answer once every in-sync replica has moved its log start too.
     loop {
         let low = match cluster_replica::record_watermarks(shard, topic, partition) {
