@@ -133,7 +133,6 @@ pub async fn delete_records(
                 .get_mut(pos)
                 .and_then(Option::take)
                 .unwrap_or((ec::UNKNOWN_SERVER_ERROR, -1));
-            crate::metrics::record_error_code(m::ApiKey::DeleteRecords as i16, code);
             topic.partitions.push(
                 m::delete_records_response::DeleteRecordsPartitionResult::default()
                     .with_partition_index(index)
@@ -305,13 +304,10 @@ pub async fn describe_log_dirs(
 fn disk_space(dir: &std::path::Path) -> (i64, i64) {
     match nix::sys::statvfs::statvfs(dir) {
         Ok(s) => {
-            let frag = u64::from(s.fragment_size());
+            let frag = s.fragment_size();
             let bytes =
                 |blocks: u64| i64::try_from(blocks.saturating_mul(frag)).unwrap_or(i64::MAX);
-            (
-                bytes(u64::from(s.blocks())),
-                bytes(u64::from(s.blocks_available())),
-            )
+            (bytes(s.blocks()), bytes(s.blocks_available()))
         }
         Err(e) => {
             warn!(dir = %dir.display(), "statvfs failed: {e}");
