@@ -327,3 +327,30 @@ def test_delete_records_cluster_rf3(make_broker):
     assert watermarks(cluster.bootstrap(), topic) == (30, 40)
     assert log_start_offsets(cluster, topic) == {1: 30, 2: 30, 3: 30}
     assert first_offsets(cluster.bootstrap(), topic, want=1) == [30]
+
+
+@pytest.mark.timeout(120)
+def test_follower_behind_the_new_log_start_restarts_there(make_broker):
+    cluster = Cluster(make_broker)
+    topic = "delete-records-behind"
+    cluster.create_topic(topic, partitions=1, rf=3, config=SMALL_SEGMENTS)
+    leader, _, _ = cluster.wait_partition(topic, "ISR of 3", lambda l, r, i: len(i) == 3)
+    behind = next(n for n in cluster.ids if n != leader)
+    produce(cluster.bootstrap(), topic, 10)
+    cluster.broker(behind).stop()
+    cluster.wait_partition(topic, f"broker {behind} out of the ISR", lambda l, r, i: behind not in i,
+                           exclude=(behind,), timeout=30)
+    produce(cluster.bootstrap(exclude=(behind,)), topic, 30, prefix="later")
+    admin = admin_client(cluster.bootstrap(exclude=(behind,)))
+    res = admin.delete_records({TopicPartition(topic, 0): 35}, timeout_ms=10000)
+    assert res[TopicPartition(topic, 0)]["low_watermark"] == 35
+    admin.close()
+    # Back, its log ends at 10, below the leader's start: it restarts at 35 and catches up.
+    cluster.broker(behind).restart()
+    cluster.wait_partition(topic, f"broker {behind} back in the ISR", lambda l, r, i: len(i) == 3, timeout=40)
+    assert log_start_offsets(cluster, topic)[behind] == 35
+    segs = segment_files(cluster.broker(behind).data_dir, topic)
+    assert int(segs[0].split(".")[0]) >= 35, segs
+    # (A producer without idempotence may have written retried batches twice meanwhile.)
+    earliest, latest = watermarks(cluster.bootstrap(), topic)
+    assert earliest == 35 and latest >= 40

@@ -1211,6 +1211,23 @@ async fn carry_out(slot: &Replica, step: FollowerStep, records: Option<Bytes>) -
             }
             true
         }
+        FollowerStep::StartAt(offset) => {
+            info!(
+                topic = slot.topic,
+                partition = slot.partition,
+                offset,
+                "behind the leader's log start: restarting the log there"
+            );
+            if let Err(e) = slot.part.log.truncate_fully_and_start_at(offset).await {
+                warn!(
+                    topic = slot.topic,
+                    partition = slot.partition,
+                    "cannot restart the log at the leader's start: {e}"
+                );
+                return false;
+            }
+            true
+        }
         FollowerStep::Backoff | FollowerStep::AwaitMetadata | FollowerStep::Ignore => false,
     }
 }
@@ -1462,6 +1479,10 @@ async fn fetcher_loop(shard: Rc<Shard>, node: Arc<ClusterNode>, leader: i32) {
                 let leader_log_start = part
                     .filter(|p| p.error_code == ec::NONE)
                     .map_or(-1, |p| p.log_start_offset);
+                // OFFSET_OUT_OF_RANGE with the leader's log start (Sluice leaders send it).
+                let out_of_range_start = part
+                    .filter(|p| p.error_code == ec::OFFSET_OUT_OF_RANGE && p.log_start_offset >= 0)
+                    .map(|p| p.log_start_offset);
                 let (answer, records) = match part {
                     None => (Err(ReplicationError::NotLeaderOrFollower), None),
                     Some(p) if p.error_code != ec::NONE => (
@@ -1492,9 +1513,12 @@ async fn fetcher_loop(shard: Rc<Shard>, node: Arc<ClusterNode>, leader: i32) {
                 };
                 let step = {
                     let mut st = slot.state.borrow_mut();
-                    match st.follower_mut() {
-                        Some(f) => f.on_fetch_response(request, answer, &slot.part.log),
-                        None => continue,
+                    match (st.follower_mut(), out_of_range_start) {
+                        (Some(f), Some(start)) => {
+                            f.on_fetch_out_of_range(request, start, &slot.part.log)
+                        }
+                        (Some(f), None) => f.on_fetch_response(request, answer, &slot.part.log),
+                        (None, _) => continue,
                     }
                 };
                 progress |= carry_out(slot, step, records).await;

@@ -679,7 +679,8 @@ impl Shard {
                 hw = limit.high_watermark;
                 reported_hw = Some(limit.high_watermark);
             }
-            Some(Err(code)) => return fail(code, -1, -1),
+            // The log start lets a follower behind it restart there (OFFSET_OUT_OF_RANGE).
+            Some(Err(code)) => return fail(code, -1, log.log_start_offset()),
         }
         let max_bytes = u32::try_from(item.max_bytes.max(0)).unwrap_or(0);
         let read = match log.read(item.offset, max_bytes, upper, true).await {
