@@ -873,7 +873,8 @@ impl<P: ReplicationPolicy + Clone> World<P> {
                 self.brokers[b].next_request_at = now;
             }
             FollowerStep::Backoff => self.brokers[b].next_request_at = now + BACKOFF,
-            FollowerStep::AwaitMetadata | FollowerStep::Ignore => {}
+            // The simulated logs keep every record: no leader log start to fall behind.
+            FollowerStep::AwaitMetadata | FollowerStep::Ignore | FollowerStep::StartAt(_) => {}
         }
         Ok(())
     }

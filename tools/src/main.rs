@@ -78,6 +78,15 @@ enum Command {
     /// Describe the cluster: brokers, controller, metadata quorum.
     #[command(subcommand)]
     Cluster(cmd::cluster::ClusterCmd),
+    /// Delete the records below an offset (DeleteRecords).
+    #[command(subcommand)]
+    Records(cmd::records::RecordsCmd),
+    /// Describe the brokers' log directories and partition sizes (DescribeLogDirs).
+    #[command(subcommand)]
+    Logdirs(cmd::logdirs::LogdirsCmd),
+    /// Describe the idempotent producers of a topic's partitions (DescribeProducers).
+    #[command(subcommand)]
+    Producers(cmd::producers::ProducersCmd),
     /// Print the batches of a segment file and check its indexes (like kafka-dump-log.sh).
     DumpLog(dump_log::Args),
     /// Check every segment's offset and time index in a partition directory.
@@ -138,6 +147,9 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Produce(a) => cmd::produce::run(&ctx, a, &mut out).map(|()| true),
         Command::Consume(a) => cmd::consume::run(&ctx, a, &mut out).map(|()| true),
         Command::Cluster(c) => cmd::cluster::run(&ctx, c, &mut out).map(|()| true),
+        Command::Records(c) => cmd::records::run(&ctx, c, &mut out),
+        Command::Logdirs(c) => cmd::logdirs::run(&ctx, c, &mut out).map(|()| true),
+        Command::Producers(c) => cmd::producers::run(&ctx, c, &mut out).map(|()| true),
         Command::DumpLog(a) => dump_log::run(&a, ctx.format, &mut out),
         Command::CheckIndex(a) => check_index::run(&a, ctx.format, &mut out),
     }?;

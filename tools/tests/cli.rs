@@ -795,3 +795,125 @@ fn cluster_describe_and_index_check() {
     );
     assert_eq!(ctl(&b, &["check-index", "/nonexistent-dir"]).code, 1);
 }
+
+#[test]
+fn records_delete_logdirs_and_producers() {
+    let b = Broker::start();
+    ok(ctl(&b, &["topics", "create", "rec", "--partitions", "2"]));
+    let lines: String = (0..10).map(|i| format!("v{i}\n")).collect();
+    ok(ctl_in(
+        &b.addr,
+        &["produce", "rec", "--partition", "0"],
+        &lines,
+    ));
+    // An idempotent producer (librdkafka) on partition 1.
+    let mut kcat = Command::new("kcat");
+    kcat.args(["-P", "-b", &b.addr, "-t", "rec", "-p", "1"])
+        .args(["-X", "enable.idempotence=true"]);
+    let k = run_program(kcat, "a\nb\nc\n");
+    assert_eq!(k.code, 0, "kcat: {}", k.stderr);
+
+    let producers = ok(ctl(
+        &b,
+        &["producers", "describe", "rec", "--output", "json"],
+    ))
+    .json();
+    let producers = producers.as_array().expect("array");
+    assert_eq!(producers.len(), 1, "{producers:?}");
+    assert_eq!(producers[0]["partition"], 1);
+    assert_eq!(producers[0]["last_sequence"], 2);
+    assert!(producers[0]["producer_id"].as_i64().expect("id") >= 0);
+    assert_eq!(producers[0]["current_txn_start_offset"], -1);
+
+    let dirs = ok(ctl(
+        &b,
+        &["logdirs", "describe", "--topic", "rec", "--output", "json"],
+    ))
+    .json();
+    let dirs = dirs.as_array().expect("array");
+    assert_eq!(dirs.len(), 1);
+    assert_eq!(dirs[0]["broker"], 1);
+    assert_eq!(dirs[0]["error"], "NONE");
+    assert!(dirs[0]["total_bytes"].as_i64().expect("total") > 0);
+    let replicas = dirs[0]["replicas"].as_array().expect("replicas");
+    assert_eq!(replicas.len(), 2);
+    for r in replicas {
+        assert_eq!(r["topic"], "rec");
+        assert!(r["size_bytes"].as_i64().expect("size") > 0, "{r}");
+        assert_eq!(r["offset_lag"], 0);
+    }
+    let table = ok(ctl(&b, &["logdirs", "describe"])).stdout;
+    assert!(
+        table.contains("__consumer_offsets") && table.contains("rec"),
+        "{table}"
+    );
+
+    let deleted = ok(ctl(
+        &b,
+        &[
+            "records",
+            "delete",
+            "rec",
+            "--partition",
+            "0",
+            "--before",
+            "4",
+            "--output",
+            "json",
+        ],
+    ))
+    .json();
+    assert_eq!(deleted[0]["low_watermark"], 4);
+    assert_eq!(deleted[0]["error"], "NONE");
+    let desc = ok(ctl(&b, &["topics", "describe", "rec", "--output", "json"])).json();
+    assert_eq!(desc["partitions"][0]["log_start_offset"], 4);
+    let consumed = ok(ctl(
+        &b,
+        &[
+            "consume",
+            "rec",
+            "--partition",
+            "0",
+            "--from-beginning",
+            "--max-messages",
+            "1",
+            "--timeout-ms",
+            "5000",
+        ],
+    ))
+    .stdout;
+    assert_eq!(consumed.trim(), "v4");
+
+    // Above the high watermark: the partition's error and exit code 1.
+    let above = ctl(
+        &b,
+        &[
+            "records",
+            "delete",
+            "rec",
+            "--partition",
+            "0",
+            "--before",
+            "11",
+        ],
+    );
+    assert_eq!(above.code, 1, "{}", above.stdout);
+    assert!(
+        above.stderr.contains("OFFSET_OUT_OF_RANGE"),
+        "{}",
+        above.stderr
+    );
+    let bad = ctl(&b, &["records", "delete", "rec", "--before", "-5"]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+
+    // `hw` empties every partition.
+    let all = ok(ctl(
+        &b,
+        &[
+            "records", "delete", "rec", "--before", "hw", "--output", "json",
+        ],
+    ))
+    .json();
+    assert_eq!(all[0]["low_watermark"], 10);
+    assert_eq!(all[1]["low_watermark"], 3);
+}

@@ -895,6 +895,7 @@ pub fn fetch_limit(shard: &Rc<Shard>, item: &FetchIn) -> Option<Result<FetchLimi
                         .then_some(item.last_fetched_epoch),
                 };
                 let d = l.on_follower_fetch(&fetch, &slot.part.log, now)?;
+                l.on_follower_log_start(item.replica_id, item.log_start_offset);
                 if d.diverging_epoch.is_some_and(|e| e.is_undefined()) {
                     // Nothing of the follower's last epoch is here (Kafka answers this with
                     // OFFSET_OUT_OF_RANGE too): it asks OffsetForLeaderEpoch and truncates.
@@ -950,6 +951,42 @@ pub fn list_offsets_latest(shard: &Shard, topic: &str, partition: i32) -> Option
         st.leader_for_request(None)
             .map(|l| l.high_watermark())
             .map_err(|e| e.code()),
+    )
+}
+
+/// DeleteRecords in cluster mode: the leader's high watermark and low watermark (the
+/// smallest log start offset of the in-sync replicas). Only the leader answers
+/// (NOT_LEADER_OR_FOLLOWER). `None` in single-node mode.
+pub fn record_watermarks(
+    shard: &Shard,
+    topic: &str,
+    partition: i32,
+) -> Option<Result<(i64, i64), i16>> {
+    shard.ctx.metadata.cluster_node()?;
+    let Some(slot) = shard.replicas.get(topic, partition) else {
+        return Some(Err(NOT_LEADER_OR_FOLLOWER));
+    };
+    let mut st = slot.state.borrow_mut();
+    Some(
+        st.leader_for_request(None)
+            .map(|l| {
+                (
+                    l.high_watermark(),
+                    l.low_watermark(slot.part.log.log_start_offset()),
+                )
+            })
+            .map_err(|e| e.code()),
+    )
+}
+
+/// Whether this broker leads `topic`-`partition`: `None` in single-node mode.
+pub fn is_leader(shard: &Shard, topic: &str, partition: i32) -> Option<bool> {
+    shard.ctx.metadata.cluster_node()?;
+    Some(
+        shard
+            .replicas
+            .get(topic, partition)
+            .is_some_and(|s| s.state.borrow().is_leader()),
     )
 }
 
@@ -1174,7 +1211,49 @@ async fn carry_out(slot: &Replica, step: FollowerStep, records: Option<Bytes>) -
             }
             true
         }
+        FollowerStep::StartAt(offset) => {
+            info!(
+                topic = slot.topic,
+                partition = slot.partition,
+                offset,
+                "behind the leader's log start: restarting the log there"
+            );
+            if let Err(e) = slot.part.log.truncate_fully_and_start_at(offset).await {
+                warn!(
+                    topic = slot.topic,
+                    partition = slot.partition,
+                    "cannot restart the log at the leader's start: {e}"
+                );
+                return false;
+            }
+            true
+        }
         FollowerStep::Backoff | FollowerStep::AwaitMetadata | FollowerStep::Ignore => false,
+    }
+}
+
+/// Moves a follower's log start up to the leader's (DeleteRecords or retention on the
+/// leader), as Kafka's fetcher does with the `log_start_offset` of each fetch answer; never
+/// past this replica's own log end. The next fetch reports the new start to the leader,
+/// whose DeleteRecords waits for every in-sync replica.
+async fn follow_log_start(slot: &Replica, leader_log_start: i64) {
+    let log = &slot.part.log;
+    let target = leader_log_start.min(log.log_end_offset());
+    if target <= log.log_start_offset() || slot.removed.get() {
+        return;
+    }
+    match log.delete_records_before(target).await {
+        Ok(start) => debug!(
+            topic = slot.topic,
+            partition = slot.partition,
+            log_start_offset = start,
+            "log start moved to the leader's"
+        ),
+        Err(e) => warn!(
+            topic = slot.topic,
+            partition = slot.partition,
+            "cannot move the log start to the leader's: {e}"
+        ),
     }
 }
 
@@ -1348,7 +1427,7 @@ async fn fetcher_loop(shard: Rc<Shard>, node: Arc<ClusterNode>, leader: i32) {
                             .with_current_leader_epoch(current_leader_epoch)
                             .with_fetch_offset(fetch_offset)
                             .with_last_fetched_epoch(last_fetched_epoch.unwrap_or(-1))
-                            .with_log_start_offset(-1)
+                            .with_log_start_offset(slot.part.log.log_start_offset())
                             .with_partition_max_bytes(FOLLOWER_PARTITION_BYTES),
                     );
                 }
@@ -1397,6 +1476,13 @@ async fn fetcher_loop(shard: Rc<Shard>, node: Arc<ClusterNode>, leader: i32) {
                     .filter(|t| t.topic.as_str() == slot.topic)
                     .flat_map(|t| t.partitions.iter())
                     .find(|p| p.partition_index == slot.partition);
+                let leader_log_start = part
+                    .filter(|p| p.error_code == ec::NONE)
+                    .map_or(-1, |p| p.log_start_offset);
+                // OFFSET_OUT_OF_RANGE with the leader's log start (Sluice leaders send it).
+                let out_of_range_start = part
+                    .filter(|p| p.error_code == ec::OFFSET_OUT_OF_RANGE && p.log_start_offset >= 0)
+                    .map(|p| p.log_start_offset);
                 let (answer, records) = match part {
                     None => (Err(ReplicationError::NotLeaderOrFollower), None),
                     Some(p) if p.error_code != ec::NONE => (
@@ -1427,12 +1513,16 @@ async fn fetcher_loop(shard: Rc<Shard>, node: Arc<ClusterNode>, leader: i32) {
                 };
                 let step = {
                     let mut st = slot.state.borrow_mut();
-                    match st.follower_mut() {
-                        Some(f) => f.on_fetch_response(request, answer, &slot.part.log),
-                        None => continue,
+                    match (st.follower_mut(), out_of_range_start) {
+                        (Some(f), Some(start)) => {
+                            f.on_fetch_out_of_range(request, start, &slot.part.log)
+                        }
+                        (Some(f), None) => f.on_fetch_response(request, answer, &slot.part.log),
+                        (None, _) => continue,
                     }
                 };
                 progress |= carry_out(slot, step, records).await;
+                follow_log_start(slot, leader_log_start).await;
             }
         }
         if !progress {

@@ -131,6 +131,7 @@ pub async fn fetch(
                         max_bytes: p.partition_max_bytes,
                         current_leader_epoch: p.current_leader_epoch,
                         last_fetched_epoch: p.last_fetched_epoch,
+                        log_start_offset: p.log_start_offset,
                     },
                 )
             })
@@ -226,6 +227,7 @@ pub async fn fetch(
                     replica_id,
                     current_leader_epoch: p.current_leader_epoch,
                     last_fetched_epoch: p.last_fetched_epoch,
+                    log_start_offset: p.log_start_offset,
                 })
                 .collect();
             let owner = *owner;

@@ -162,6 +162,9 @@ pub struct FetchParams {
     pub current_leader_epoch: i32,
     /// Epoch of the last record fetched (-1: none).
     pub last_fetched_epoch: i32,
+    /// A follower's own log start offset (-1 from consumers), so the leader knows how far
+    /// DeleteRecords has reached on its replicas.
+    pub log_start_offset: i64,
 }
 
 /// What a fetch returned for one partition, as far as the session must know.
@@ -535,6 +538,7 @@ mod tests {
             max_bytes: 1 << 20,
             current_leader_epoch: -1,
             last_fetched_epoch: -1,
+            log_start_offset: -1,
         }
     }
 
@@ -892,6 +896,7 @@ mod proptests {
             max_bytes: 100,
             current_leader_epoch: -1,
             last_fetched_epoch: -1,
+            log_start_offset: -1,
         }
     }
 

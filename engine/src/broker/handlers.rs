@@ -257,6 +257,18 @@ pub async fn handle_request(
             let req = decode!(m::OffsetDeleteRequest);
             frame(&groups::offset_delete(&shard, req).await?)
         }
+        ApiKey::DeleteRecords => {
+            let req = decode!(m::DeleteRecordsRequest);
+            frame(&super::admin_records::delete_records(&shard, req).await?)
+        }
+        ApiKey::DescribeLogDirs => {
+            let req = decode!(m::DescribeLogDirsRequest);
+            frame(&super::admin_records::describe_log_dirs(&shard, version, req).await?)
+        }
+        ApiKey::DescribeProducers => {
+            let req = decode!(m::DescribeProducersRequest);
+            frame(&super::admin_records::describe_producers(&shard, req).await?)
+        }
         ApiKey::InitProducerId => {
             let req = decode!(m::InitProducerIdRequest);
             let req = crate::idempotence::init_producer_id_request(&req, version);

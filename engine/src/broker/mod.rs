@@ -10,11 +10,13 @@
 //! - [`fetch`]: the Fetch handler; [`fetch_session`]: its KIP-227 session cache (sans-IO).
 //! - [`groups`]: the consumer-group coordinator of each shard, `__consumer_offsets`.
 //! - [`producer_ids`]: InitProducerId (owned by shard 0), refusals of the transactional APIs.
+//! - [`admin_records`]: DeleteRecords, DescribeLogDirs, DescribeProducers.
 //! - [`quorum`]: DescribeQuorum (the controller voters' Raft state, forwarded to the leader).
 //! - [`connection`]: per-connection read/dispatch/in-order write (TLS and SASL on it).
 //! - [`listeners`]: named listeners, their security protocols, TLS and SASL settings.
 //! - [`server`]: starting shard threads, two-phase shutdown.
 
+pub mod admin_records;
 pub mod cluster;
 pub mod cluster_client;
 pub mod cluster_replica;

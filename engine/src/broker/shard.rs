@@ -289,6 +289,8 @@ pub struct FetchIn {
     pub current_leader_epoch: i32,
     /// last_fetched_epoch of the request (-1: none).
     pub last_fetched_epoch: i32,
+    /// The fetching replica's log start offset (Fetch v5+ `log_start_offset`; -1: none).
+    pub log_start_offset: i64,
 }
 
 /// Result for one partition of a fetch.
@@ -693,7 +695,8 @@ impl Shard {
                 hw = limit.high_watermark;
                 reported_hw = Some(limit.high_watermark);
             }
-            Some(Err(code)) => return fail(code, -1, -1),
+            // The log start lets a follower behind it restart there (OFFSET_OUT_OF_RANGE).
+            Some(Err(code)) => return fail(code, -1, log.log_start_offset()),
         }
         let max_bytes = u32::try_from(item.max_bytes.max(0)).unwrap_or(0);
         let read = match log.read(item.offset, max_bytes, upper, true).await {

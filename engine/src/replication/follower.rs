@@ -54,6 +54,9 @@ pub enum FollowerStep {
     AwaitMetadata,
     /// Truncate the log to this offset, then send the next request.
     Truncate(Offset),
+    /// Delete the whole log and restart it empty at this offset (the leader's log start,
+    /// above our log end), then fetch from there.
+    StartAt(Offset),
     /// Append the answer's records verbatim; the high watermark becomes this.
     Append {
         /// The follower's new high watermark.
@@ -219,6 +222,43 @@ impl FollowerState {
         }
     }
 
+    /// The leader refused the Fetch sent as `sent` with OFFSET_OUT_OF_RANGE and named its log
+    /// start offset. When that start is above our fetch offset, the records we would fetch
+    /// next were deleted on the leader (retention or DeleteRecords) while we were behind: as
+    /// Kafka's fetcher does, the log restarts empty at the leader's start. Otherwise the
+    /// answer is an ordinary out-of-range error ([`Self::on_fetch_response`]).
+    pub fn on_fetch_out_of_range(
+        &mut self,
+        sent: &FollowerRequest,
+        leader_log_start: Offset,
+        log: &impl EpochLog,
+    ) -> FollowerStep {
+        let FollowerRequest::Fetch {
+            current_leader_epoch,
+            fetch_offset,
+            ..
+        } = *sent
+        else {
+            return FollowerStep::Ignore;
+        };
+        if current_leader_epoch != self.leader_epoch
+            || self.phase != Phase::Fetching
+            || fetch_offset != log.log_end_offset()
+        {
+            return FollowerStep::Ignore;
+        }
+        if leader_log_start <= fetch_offset {
+            let error = ReplicationError::OffsetOutOfRange {
+                offset: fetch_offset,
+                log_end_offset: -1,
+            };
+            return self.on_fetch_response(sent, Err(error), log);
+        }
+        // Everything below the leader's start is committed there; the empty log ends at it.
+        self.high_watermark = self.high_watermark.max(leader_log_start);
+        FollowerStep::StartAt(leader_log_start)
+    }
+
     /// KIP-279: compare the leader's answer with our own epoch cache.
     fn truncate_for(&mut self, answer: EpochEndOffset, log: &impl EpochLog) -> FollowerStep {
         let end = log.log_end_offset();
@@ -281,6 +321,36 @@ mod tests {
         if let FollowerStep::Truncate(to) = step {
             log.truncate_to(to);
         }
+    }
+
+    #[test]
+    fn restarts_at_the_leader_log_start_when_behind_it() {
+        let log = log_with(&[1, 1, 1]);
+        let mut f = FollowerState::new(Some(2), 1, 3, &log);
+        f.phase = Phase::Fetching;
+        let sent = f.next_request(&log).expect("a fetch");
+        // The leader deleted everything below 10: we restart there.
+        assert_eq!(
+            f.on_fetch_out_of_range(&sent, 10, &log),
+            FollowerStep::StartAt(10)
+        );
+        assert_eq!(f.high_watermark(), 10);
+        // A start at or below our fetch offset is the ordinary case: find the divergence.
+        let mut g = FollowerState::new(Some(2), 1, 3, &log);
+        g.phase = Phase::Fetching;
+        let sent = g.next_request(&log).expect("a fetch");
+        assert_eq!(
+            g.on_fetch_out_of_range(&sent, 2, &log),
+            FollowerStep::Backoff
+        );
+        assert!(!g.is_fetching());
+        // An answer to an older epoch's request is dropped.
+        let mut h = FollowerState::new(Some(2), 2, 3, &log);
+        h.phase = Phase::Fetching;
+        assert_eq!(
+            h.on_fetch_out_of_range(&sent, 10, &log),
+            FollowerStep::Ignore
+        );
     }
 
     /// KIP-101's example: the follower truncates at the divergence point, not at its HW.

@@ -74,6 +74,8 @@ struct FollowerProgress {
     last_caught_up_ms: Millis,
     last_fetch_ms: Millis,
     last_fetch_leader_log_end_offset: Offset,
+    /// The follower's log start offset, as its last fetch reported it (`None`: not yet).
+    log_start_offset: Option<Offset>,
 }
 
 #[derive(Debug, Clone)]
@@ -133,6 +135,7 @@ impl<P: ReplicationPolicy> LeaderState<P> {
                 last_caught_up_ms: if state.isr.contains(&r) { now } else { 0 },
                 last_fetch_ms: 0,
                 last_fetch_leader_log_end_offset: 0,
+                log_start_offset: None,
             })
             .collect();
         let mut leader = LeaderState {
@@ -225,6 +228,38 @@ impl<P: ReplicationPolicy> LeaderState<P> {
             .filter(|f| now.saturating_sub(f.last_fetch_ms.max(self.started_ms)) <= window)
             .count();
         reached * 2 > self.replicas.len()
+    }
+
+    /// A follower's fetch reported its log start offset (the Fetch request's
+    /// `log_start_offset`; followers move theirs to the leader's, which they learn from fetch
+    /// answers). Ignored for a replica that is not a follower of this partition.
+    pub fn on_follower_log_start(&mut self, replica_id: BrokerId, log_start_offset: Offset) {
+        if log_start_offset < 0 {
+            return;
+        }
+        if let Some(f) = self
+            .followers
+            .iter_mut()
+            .find(|f| f.broker_id == replica_id)
+        {
+            // A log start never moves back, except when a follower's log is replaced
+            // wholesale; the follower's own report is the truth either way.
+            f.log_start_offset = Some(log_start_offset);
+        }
+    }
+
+    /// Kafka's low watermark for DeleteRecords: the smallest log start offset among the
+    /// in-sync replicas, `leader_log_start` being the leader's own. An in-sync follower that
+    /// has not reported one yet counts as -1 (unknown), so a DeleteRecords waits for it.
+    pub fn low_watermark(&self, leader_log_start: Offset) -> Offset {
+        let low = self
+            .followers
+            .iter()
+            .filter(|f| self.isr.contains(&f.broker_id))
+            .map(|f| f.log_start_offset.unwrap_or(-1))
+            .fold(leader_log_start, Offset::min);
+        debug_assert!(low <= leader_log_start);
+        low
     }
 
     /// Fails every waiting acks=all write with `error` (a leader that knows it is cut off:
@@ -658,6 +693,24 @@ mod tests {
 
     fn drain<P: ReplicationPolicy>(l: &mut LeaderState<P>) -> Vec<LeaderAction> {
         std::iter::from_fn(|| l.poll_action()).collect()
+    }
+
+    #[test]
+    fn low_watermark_is_the_smallest_in_sync_log_start() {
+        let mut l = LeaderState::new(1, IsrPolicy, config(), &state(&[1, 2]), 10, 10, 0);
+        // Follower 2 is in sync but has not reported: unknown.
+        assert_eq!(l.low_watermark(5), -1);
+        l.on_follower_log_start(2, 3);
+        assert_eq!(l.low_watermark(5), 3);
+        l.on_follower_log_start(2, 7);
+        assert_eq!(l.low_watermark(5), 5);
+        // Follower 3 is out of the ISR: it does not hold the low watermark back.
+        l.on_follower_log_start(3, 0);
+        assert_eq!(l.low_watermark(5), 5);
+        // Unknown brokers and -1 reports change nothing.
+        l.on_follower_log_start(9, 0);
+        l.on_follower_log_start(2, -1);
+        assert_eq!(l.low_watermark(8), 7);
     }
 
     #[test]

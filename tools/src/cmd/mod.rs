@@ -4,7 +4,10 @@ pub mod cluster;
 pub mod configs;
 pub mod consume;
 pub mod groups;
+pub mod logdirs;
 pub mod produce;
+pub mod producers;
+pub mod records;
 pub mod topics;
 
 use crate::UsageError;

@@ -343,6 +343,17 @@ impl PartitionLog {
         self.inner.st.borrow().producers.len()
     }
 
+    /// The producers tracked in this partition, by producer id (DescribeProducers).
+    pub fn producer_entries(&self) -> Vec<crate::idempotence::ProducerEntry> {
+        self.inner
+            .st
+            .borrow()
+            .producers
+            .producers()
+            .cloned()
+            .collect()
+    }
+
     /// Offsets of the producer-state snapshot files of this partition, oldest first.
     pub fn producer_snapshot_offsets(&self) -> Vec<i64> {
         self.inner
