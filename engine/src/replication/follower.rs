@@ -176,6 +176,24 @@ impl FollowerState {
         }
     }
 
+    /// The fetch offset of `sent` if it is the Fetch this follower is waiting on: same leader
+    /// epoch, still fetching, and sent from the current log end (anything else is a stale
+    /// answer to ignore).
+    fn current_fetch(&self, sent: &FollowerRequest, log: &impl EpochLog) -> Option<Offset> {
+        let FollowerRequest::Fetch {
+            current_leader_epoch,
+            fetch_offset,
+            ..
+        } = *sent
+        else {
+            return None;
+        };
+        (current_leader_epoch == self.leader_epoch
+            && self.phase == Phase::Fetching
+            && fetch_offset == log.log_end_offset())
+        .then_some(fetch_offset)
+    }
+
     /// The leader answered the Fetch sent as `sent`.
     pub fn on_fetch_response(
         &mut self,
@@ -183,20 +201,9 @@ impl FollowerState {
         response: Result<FetchResponseInfo, ReplicationError>,
         log: &impl EpochLog,
     ) -> FollowerStep {
-        let FollowerRequest::Fetch {
-            current_leader_epoch,
-            fetch_offset,
-            ..
-        } = *sent
-        else {
+        let Some(fetch_offset) = self.current_fetch(sent, log) else {
             return FollowerStep::Ignore;
         };
-        if current_leader_epoch != self.leader_epoch
-            || self.phase != Phase::Fetching
-            || fetch_offset != log.log_end_offset()
-        {
-            return FollowerStep::Ignore;
-        }
         let info = match response {
             Ok(info) => info,
             Err(ReplicationError::OffsetOutOfRange { .. }) => {
@@ -233,20 +240,9 @@ impl FollowerState {
         leader_log_start: Offset,
         log: &impl EpochLog,
     ) -> FollowerStep {
-        let FollowerRequest::Fetch {
-            current_leader_epoch,
-            fetch_offset,
-            ..
-        } = *sent
-        else {
+        let Some(fetch_offset) = self.current_fetch(sent, log) else {
             return FollowerStep::Ignore;
         };
-        if current_leader_epoch != self.leader_epoch
-            || self.phase != Phase::Fetching
-            || fetch_offset != log.log_end_offset()
-        {
-            return FollowerStep::Ignore;
-        }
         if leader_log_start <= fetch_offset {
             let error = ReplicationError::OffsetOutOfRange {
                 offset: fetch_offset,

@@ -265,6 +265,29 @@ impl Cluster {
             })
     }
 
+    /// `partitions` of `topic` (every partition when empty) grouped by their leader, for
+    /// admin requests that only a partition's leader answers.
+    pub fn partitions_by_leader(
+        &mut self,
+        topic: &str,
+        partitions: Vec<i32>,
+    ) -> Result<BTreeMap<i32, Vec<i32>>, ClientError> {
+        let meta = self.topic(topic)?;
+        let partitions: Vec<i32> = if partitions.is_empty() {
+            meta.partitions.iter().map(|p| p.partition).collect()
+        } else {
+            partitions
+        };
+        let mut by_leader: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
+        for p in partitions {
+            by_leader
+                .entry(Cluster::leader_of(&meta, p)?)
+                .or_default()
+                .push(p);
+        }
+        Ok(by_leader)
+    }
+
     /// The leader of `topic`/`partition` from `meta`, or a clear error when it has none.
     pub fn leader_of(meta: &TopicMeta, partition: i32) -> Result<i32, ClientError> {
         let p = meta

@@ -2,7 +2,6 @@
 //! `kafka-transactions.sh describe-producers`: the idempotent producers whose state the
 //! partition keeps.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 
 use kafka_protocol::messages::describe_producers_request::TopicRequest;
@@ -10,7 +9,7 @@ use kafka_protocol::messages::{DescribeProducersRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use serde::Serialize;
 
-use crate::client::{check, Cluster};
+use crate::client::check;
 use crate::output::{write_json, Format, Table};
 use crate::Ctx;
 
@@ -43,19 +42,7 @@ struct ProducerRow {
 pub fn run(ctx: &Ctx, cmd: ProducersCmd, out: &mut impl Write) -> anyhow::Result<()> {
     let ProducersCmd::Describe { topic, partitions } = cmd;
     let mut cluster = ctx.cluster()?;
-    let meta = cluster.topic(&topic)?;
-    let partitions: Vec<i32> = if partitions.is_empty() {
-        meta.partitions.iter().map(|p| p.partition).collect()
-    } else {
-        partitions
-    };
-    let mut by_leader: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
-    for &p in &partitions {
-        by_leader
-            .entry(Cluster::leader_of(&meta, p)?)
-            .or_default()
-            .push(p);
-    }
+    let by_leader = cluster.partitions_by_leader(&topic, partitions)?;
     let mut rows = Vec::new();
     for (leader, ps) in by_leader {
         let req = DescribeProducersRequest::default().with_topics(vec![TopicRequest::default()

@@ -2,7 +2,6 @@
 //! `kafka-delete-records.sh`: records below the given offset become unreadable and the
 //! segments wholly below it are deleted.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 
 use kafka_protocol::messages::delete_records_request::{
@@ -12,7 +11,7 @@ use kafka_protocol::messages::{DeleteRecordsRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use serde::Serialize;
 
-use crate::client::{error_name, ClientError, Cluster};
+use crate::client::{error_name, ClientError};
 use crate::output::{write_json, Format, Table};
 use crate::{Ctx, UsageError};
 
@@ -66,22 +65,11 @@ pub fn run(ctx: &Ctx, cmd: RecordsCmd, out: &mut impl Write) -> anyhow::Result<b
         before,
     } = cmd;
     let mut cluster = ctx.cluster()?;
-    let meta = cluster.topic(&topic)?;
-    let partitions: Vec<i32> = if partitions.is_empty() {
-        meta.partitions.iter().map(|p| p.partition).collect()
-    } else {
-        partitions
-    };
-    if partitions.is_empty() {
+    let by_leader = cluster.partitions_by_leader(&topic, partitions)?;
+    if by_leader.is_empty() {
         return Err(UsageError(format!("topic '{topic}' has no partitions")).into());
     }
-    let mut by_leader: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
-    for &p in &partitions {
-        by_leader
-            .entry(Cluster::leader_of(&meta, p)?)
-            .or_default()
-            .push(p);
-    }
+    let asked: usize = by_leader.values().map(Vec::len).sum();
     let timeout_ms = ctx.timeout.as_millis().min(i32::MAX as u128) as i32;
     let mut rows = Vec::new();
     for (leader, ps) in by_leader {
@@ -116,11 +104,10 @@ pub fn run(ctx: &Ctx, cmd: RecordsCmd, out: &mut impl Write) -> anyhow::Result<b
         }
     }
     rows.sort_by_key(|r| r.partition);
-    if rows.len() != partitions.len() {
+    if rows.len() != asked {
         return Err(ClientError::Cluster(format!(
-            "DeleteRecords answered {} of {} partitions",
+            "DeleteRecords answered {} of {asked} partitions",
             rows.len(),
-            partitions.len()
         ))
         .into());
     }
