@@ -1166,6 +1166,21 @@ fn ensure_fetcher(shard: &Rc<Shard>, node: &Arc<ClusterNode>, leader: i32) {
     }
 }
 
+/// True when a follower's log operation `what` succeeded; a failure is logged.
+fn log_step<T, E: std::fmt::Display>(slot: &Replica, what: &str, result: Result<T, E>) -> bool {
+    match result {
+        Ok(_) => true,
+        Err(e) => {
+            warn!(
+                topic = slot.topic,
+                partition = slot.partition,
+                "{what} failed: {e}"
+            );
+            false
+        }
+    }
+}
+
 /// Carries out one follower step for `slot` (after a response). `records` are the complete
 /// batches a fetch returned. Returns whether the partition made progress.
 async fn carry_out(slot: &Replica, step: FollowerStep, records: Option<Bytes>) -> bool {
@@ -1174,25 +1189,16 @@ async fn carry_out(slot: &Replica, step: FollowerStep, records: Option<Bytes>) -
             let Some(records) = records.filter(|r| !r.is_empty()) else {
                 return false;
             };
-            match slot
+            let appended = slot
                 .part
                 .log
                 .append_follower(BytesMut::from(&records[..]))
-                .await
-            {
-                Ok(_) => {
-                    slot.part.appended.notify_waiters();
-                    true
-                }
-                Err(e) => {
-                    warn!(
-                        topic = slot.topic,
-                        partition = slot.partition,
-                        "follower append failed: {e}"
-                    );
-                    false
-                }
+                .await;
+            let appended = log_step(slot, "follower append", appended);
+            if appended {
+                slot.part.appended.notify_waiters();
             }
+            appended
         }
         FollowerStep::Truncate(offset) => {
             info!(
@@ -1201,15 +1207,7 @@ async fn carry_out(slot: &Replica, step: FollowerStep, records: Option<Bytes>) -
                 offset,
                 "truncating to the divergence point"
             );
-            if let Err(e) = slot.part.log.truncate_to(offset).await {
-                warn!(
-                    topic = slot.topic,
-                    partition = slot.partition,
-                    "truncation failed: {e}"
-                );
-                return false;
-            }
-            true
+            log_step(slot, "truncation", slot.part.log.truncate_to(offset).await)
         }
         FollowerStep::StartAt(offset) => {
             info!(
@@ -1218,15 +1216,11 @@ async fn carry_out(slot: &Replica, step: FollowerStep, records: Option<Bytes>) -
                 offset,
                 "behind the leader's log start: restarting the log there"
             );
-            if let Err(e) = slot.part.log.truncate_fully_and_start_at(offset).await {
-                warn!(
-                    topic = slot.topic,
-                    partition = slot.partition,
-                    "cannot restart the log at the leader's start: {e}"
-                );
-                return false;
-            }
-            true
+            log_step(
+                slot,
+                "restarting the log at the leader's start",
+                slot.part.log.truncate_fully_and_start_at(offset).await,
+            )
         }
         FollowerStep::Backoff | FollowerStep::AwaitMetadata | FollowerStep::Ignore => false,
     }

@@ -168,17 +168,23 @@ impl ProducerIdManager {
             }
             Err(()) => {
                 // Nothing was reserved: fail the waiters, the next request tries again.
-                self.waiting
-                    .drain(..)
-                    .map(|t| {
-                        respond(
-                            t,
-                            InitProducerIdResult::error(codes::COORDINATOR_NOT_AVAILABLE),
-                        )
-                    })
-                    .collect()
+                self.fail_waiters()
             }
         }
+    }
+
+    /// Answers every waiting request COORDINATOR_NOT_AVAILABLE (nothing was reserved; the
+    /// client's retry asks again).
+    fn fail_waiters(&mut self) -> Vec<ProducerIdAction> {
+        self.waiting
+            .drain(..)
+            .map(|t| {
+                respond(
+                    t,
+                    InitProducerIdResult::error(codes::COORDINATOR_NOT_AVAILABLE),
+                )
+            })
+            .collect()
     }
 
     /// Cluster mode: the reservation asked for by `PersistHighWaterMark { high_water_mark }`
@@ -211,15 +217,7 @@ impl ProducerIdManager {
                         "controller returned a producer id block below ids already used; refused"
                     );
                 }
-                self.waiting
-                    .drain(..)
-                    .map(|t| {
-                        respond(
-                            t,
-                            InitProducerIdResult::error(codes::COORDINATOR_NOT_AVAILABLE),
-                        )
-                    })
-                    .collect()
+                self.fail_waiters()
             }
         }
     }
