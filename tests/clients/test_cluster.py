@@ -28,8 +28,10 @@ FAST = [
 
 
 class Cluster:
-    def __init__(self, make_broker, mode: str = "isr", extra: list[str] | None = None, nodes: int = 3):
+    def __init__(self, make_broker, mode: str = "isr", extra: list[str] | None = None, nodes: int = 3,
+                 per_node=None):
         # Nodes 1-3 are the controller voters; any further node is a broker-only member.
+        # per_node(node_id, broker) -> extra flags of that broker alone (say its own listeners).
         self.brokers = [make_broker(shards=1, start=False) for _ in range(nodes)]
         voters = ",".join(f"{i + 1}@127.0.0.1:{free_port()}" for i in range(3))
         self.admin_ports = [free_port() for _ in range(nodes)]
@@ -41,6 +43,7 @@ class Cluster:
                 "--set", f"replication.mode={mode}",
                 *FAST,
                 *(extra or []),
+                *(per_node(i + 1, b) if per_node else []),
             ]
         for b in self.brokers:
             b.start()
@@ -195,18 +198,30 @@ def test_follower_restart_catches_up_and_rejoins_isr(make_broker):
         time.sleep(0.2)
     assert log_bytes(follower) == log_bytes(leader)
     assert log_bytes(leader).count(b"r-199") == 1
-    # The leader's /metrics counted the shrink and the expansion it had committed, and its
-    # election; with the ISR whole again nothing is under-replicated.
-    text = urllib.request.urlopen(
-        f"http://127.0.0.1:{cluster.admin_ports[leader - 1]}/metrics", timeout=10).read().decode()
-    totals: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
-    assert totals["sluice_isr_shrinks_total"] >= 1
-    assert totals["sluice_isr_expands_total"] >= 1
-    assert totals["sluice_leader_elections_total"] >= 1
-    assert totals["sluice_under_replicated_partitions"] == 0
+    # The cluster's /metrics counted the shrink and the expansion the leader committed, and the
+    # elections; with the ISR whole again nothing is under-replicated. Summed over the brokers
+    # and polled: each broker counts when it applies the metadata change, which may come after
+    # the broker that answered Metadata above, and a leader that lost its session on this loaded
+    # machine hands the counting to its successor.
+    def cluster_totals() -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for port in cluster.admin_ports:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+        return totals
+
+    def settled(t: dict[str, float]) -> bool:
+        return (t["sluice_isr_shrinks_total"] >= 1 and t["sluice_isr_expands_total"] >= 1
+                and t["sluice_leader_elections_total"] >= 1 and t["sluice_under_replicated_partitions"] == 0)
+
+    deadline = time.monotonic() + 20
+    totals = cluster_totals()
+    while not settled(totals) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        totals = cluster_totals()
+    assert settled(totals), {k: v for k, v in totals.items() if k.startswith(("sluice_isr", "sluice_leader", "sluice_under"))}
 
 
 @pytest.mark.timeout(90)
@@ -238,19 +253,22 @@ def test_min_insync_replicas_refuses_acks_all(make_broker):
         ConfigEntry("min.insync.replicas", "2", incremental_operation=AlterConfigOpType.SET)])
     [fut] = admin.incremental_alter_configs([res], request_timeout=15).values()
     fut.result(15)
+    # Delivery results are KafkaError or None; test them with `is None`: KafkaError's == against
+    # None leaves a TypeError pending that the next confluent-kafka call raises.
+    # A loaded machine may re-elect the controller meanwhile, so an attempt may time out too.
     accepted: list = []
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and accepted[-1:] != [None]:
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline and not (accepted and accepted[-1] is None):
         p.produce(topic, value=b"accepted", callback=lambda err, msg: accepted.append(err))
         p.flush(15)
         time.sleep(0.2)
-    assert accepted[-1:] == [None], accepted
+    assert accepted and accepted[-1] is None, accepted
     # acks=1 still works.
     ok: list = []
     p1 = Producer({"bootstrap.servers": cluster.broker(leader).bootstrap, "acks": 1})
     p1.produce(topic, value=b"acks1", callback=lambda err, msg: ok.append(err))
     p1.flush(15)
-    assert ok == [None]
+    assert len(ok) == 1 and ok[0] is None, ok
 
 
 @pytest.mark.timeout(90)
