@@ -72,6 +72,8 @@ pub struct ClusterNode {
     cache: Mutex<Option<(Arc<ClusterImage>, Arc<MetadataImage>)>>,
     stop: watch::Sender<bool>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The voter set is this node alone.
+    sole_voter: bool,
 }
 
 impl std::fmt::Debug for ClusterNode {
@@ -121,6 +123,7 @@ impl ClusterNode {
             return Ok(None);
         }
         let voters = parse_voters(&spec)?;
+        let sole_voter = voters.len() == 1 && voters[0].id == config.node_id as u64;
         let mut cc = ControllerConfig::default();
         for key in CONTROLLER_KEYS {
             if let Some(v) = config.raw.get(*key) {
@@ -151,7 +154,44 @@ impl ClusterNode {
             cache: Mutex::new(None),
             stop,
             thread: Mutex::new(None),
+            sole_voter,
         })))
+    }
+
+    /// Blocks until this broker is registered and unfenced and every partition it holds a
+    /// replica of has a leader, or `timeout` passes (false). A cluster of one waits for this
+    /// before it accepts clients, so its first client finds its topics led, as a single broker
+    /// should; a member of a larger quorum must not wait (the other voters may not be up).
+    pub fn wait_until_serving(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let epoch = self.broker_epoch();
+            let image = self.controller.metadata();
+            let unfenced = epoch >= 0
+                && image
+                    .broker(self.node_id)
+                    .is_some_and(|b| b.broker_epoch == epoch && !b.fenced);
+            let led = || {
+                image
+                    .topics
+                    .values()
+                    .flat_map(|t| t.partitions.iter())
+                    .filter(|p| p.replicas.contains(&self.node_id))
+                    .all(|p| p.leader.is_some())
+            };
+            if unfenced && led() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Whether this node is the only controller voter (a cluster of one).
+    pub fn sole_voter(&self) -> bool {
+        self.sole_voter
     }
 
     /// The broker epoch of this process's registration, -1 before it registered.
@@ -208,7 +248,13 @@ impl ClusterNode {
 
     /// Starts the membership thread: registration, heartbeats, and a reconciliation job on
     /// every shard for each new metadata image.
-    pub fn run(self: &Arc<Self>, ctx: Arc<BrokerContext>) -> std::io::Result<()> {
+    /// `listeners` are every client listener's advertised endpoint, the inter-broker
+    /// listener first, as the controller registers them.
+    pub fn run(
+        self: &Arc<Self>,
+        ctx: Arc<BrokerContext>,
+        listeners: Vec<Endpoint>,
+    ) -> std::io::Result<()> {
         let node = self.clone();
         let thread = std::thread::Builder::new()
             .name(format!("cluster-{}", self.node_id))
@@ -223,18 +269,13 @@ impl ClusterNode {
                         return;
                     }
                 };
-                runtime.block_on(node.membership(ctx));
+                runtime.block_on(node.membership(ctx, listeners));
             })?;
         *self.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(thread);
         Ok(())
     }
 
-    async fn register(&self, stop: &mut watch::Receiver<bool>, ctx: &BrokerContext) -> bool {
-        let listeners = vec![Endpoint {
-            name: "PLAINTEXT".into(),
-            host: ctx.config.advertised_host.clone(),
-            port: u16::try_from(ctx.config.advertised_port).unwrap_or(0),
-        }];
+    async fn register(&self, stop: &mut watch::Receiver<bool>, listeners: &[Endpoint]) -> bool {
         loop {
             if *stop.borrow() {
                 return false;
@@ -242,7 +283,7 @@ impl ClusterNode {
             let call = self.controller.register_broker(
                 self.node_id,
                 self.incarnation,
-                listeners.clone(),
+                listeners.to_vec(),
                 None,
             );
             let sent = self.clock_ms();
@@ -284,14 +325,14 @@ impl ClusterNode {
         }
     }
 
-    async fn membership(self: Arc<Self>, ctx: Arc<BrokerContext>) {
+    async fn membership(self: Arc<Self>, ctx: Arc<BrokerContext>, listeners: Vec<Endpoint>) {
         let mut stop = self.stop.subscribe();
         let mut images = self.controller.watch_metadata();
         // Replicas open and follow the metadata even before registration (a restarted broker
         // catches up while it is still fenced).
         let mut previous = images.borrow_and_update().clone();
         post_reconcile(&ctx, previous.clone());
-        if !self.register(&mut stop, &ctx).await {
+        if !self.register(&mut stop, &listeners).await {
             return;
         }
         let mut tick = tokio::time::interval(self.heartbeat_interval);
@@ -304,7 +345,7 @@ impl ClusterNode {
                     Err(ControllerError::Rejected(e)) => {
                         // A stale epoch or unknown broker: this registration is gone.
                         warn!("heartbeat refused ({e}); registering again");
-                        if !self.register(&mut stop, &ctx).await {
+                        if !self.register(&mut stop, &listeners).await {
                             return;
                         }
                     }
@@ -853,12 +894,13 @@ pub async fn metadata(
             }
         }
     }
+    let listener = super::connection::listener_name(cfg);
     let brokers = image
         .brokers
         .values()
         .filter(|b| !b.fenced || b.broker_id == node.node_id)
         .filter_map(|b| {
-            let ep = b.listeners.first()?;
+            let ep = b.endpoint(&listener)?;
             Some(
                 m::metadata_response::MetadataResponseBroker::default()
                     .with_node_id(BrokerId(b.broker_id))
@@ -884,13 +926,14 @@ pub async fn metadata(
 }
 
 /// DescribeCluster in cluster mode: the registered brokers and the active controller.
-pub fn describe_cluster(node: &ClusterNode) -> m::DescribeClusterResponse {
+pub fn describe_cluster(shard: &Shard, node: &ClusterNode) -> m::DescribeClusterResponse {
     let image = node.cluster_image();
+    let listener = super::connection::listener_name(&shard.ctx.config);
     let brokers = image
         .brokers
         .values()
         .filter_map(|b| {
-            let ep = b.listeners.first()?;
+            let ep = b.endpoint(&listener)?;
             Some(
                 m::describe_cluster_response::DescribeClusterBroker::default()
                     .with_broker_id(BrokerId(b.broker_id))

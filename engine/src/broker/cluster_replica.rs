@@ -1298,7 +1298,7 @@ async fn fetcher_loop(shard: Rc<Shard>, node: Arc<ClusterNode>, leader: i32) {
         }
         if client.is_none() {
             let image = node.cluster_image();
-            let Some(ep) = image.broker(leader).and_then(|b| b.listeners.first()) else {
+            let Some(ep) = image.broker(leader).and_then(|b| b.inter_broker_endpoint()) else {
                 sleep_ms(200).await;
                 continue;
             };

@@ -94,6 +94,19 @@ pub fn advertised(cfg: &super::config::BrokerConfig) -> (String, i32) {
         .unwrap_or_else(|_| (cfg.advertised_host.clone(), cfg.advertised_port))
 }
 
+/// The name of the listener the current request arrived on, else the inter-broker
+/// listener's.
+pub fn listener_name(cfg: &super::config::BrokerConfig) -> String {
+    CONNECTION
+        .try_with(|c| c.listener.clone())
+        .unwrap_or_else(|_| {
+            cfg.listeners
+                .first()
+                .map(|l| l.name.clone())
+                .unwrap_or_default()
+        })
+}
+
 /// Whether the current request's connection may use sendfile for fetched records.
 pub fn zero_copy_allowed() -> bool {
     CONNECTION.try_with(|c| c.zero_copy).unwrap_or(true)

@@ -936,7 +936,10 @@ fn cluster_coordinator(
     let endpoint = leader
         .and_then(|l| image.broker(l))
         .filter(|b| !b.fenced)
-        .and_then(|b| b.listeners.first().map(|ep| (b.broker_id, ep.clone())));
+        .and_then(|b| {
+            b.endpoint(&super::connection::listener_name(&shard.ctx.config))
+                .map(|ep| (b.broker_id, ep.clone()))
+        });
     match endpoint {
         Some((id, ep)) => (ec::NONE, None, id, ep.host, i32::from(ep.port)),
         None => no_coordinator(

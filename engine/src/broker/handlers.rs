@@ -204,7 +204,7 @@ pub async fn handle_request(
         ApiKey::DescribeCluster => {
             let _req = decode!(m::DescribeClusterRequest);
             match shard.ctx.metadata.cluster_node() {
-                Some(node) => frame(&cluster::describe_cluster(node)),
+                Some(node) => frame(&cluster::describe_cluster(&shard, node)),
                 None => frame(&describe_cluster(&shard)),
             }
         }

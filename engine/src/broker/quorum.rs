@@ -99,7 +99,7 @@ pub async fn describe_quorum(
     let Some(ep) = leader
         .filter(|l| *l != node.node_id)
         .and_then(|l| image.broker(l))
-        .and_then(|b| b.listeners.first())
+        .and_then(|b| b.inter_broker_endpoint())
     else {
         return failed(NOT_LEADER_OR_FOLLOWER, "no active controller is known");
     };

@@ -21,6 +21,10 @@ use super::shard::{mailbox, BrokerContext, MailboxReceiver, Phase, Shard};
 /// How long shards may take to finish in-flight requests on shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a cluster of one waits, before it serves, to be registered, unfenced and leading
+/// its partitions (normally milliseconds: it elects itself).
+const SOLE_VOTER_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Errors starting the broker.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -178,7 +182,24 @@ impl Server {
             }
         }
         if let Some(node) = &cluster {
-            node.run(ctx.clone()).map_err(ServerError::Shard)?;
+            // Every listener is registered (the inter-broker one first): each client is told
+            // the endpoints of the listener it came in on.
+            let endpoints = runtimes
+                .iter()
+                .map(|l| crate::controller::Endpoint {
+                    name: l.config.name.clone(),
+                    host: l.config.advertised_host.clone(),
+                    port: u16::try_from(l.config.advertised_port).unwrap_or(0),
+                })
+                .collect();
+            node.run(ctx.clone(), endpoints)
+                .map_err(ServerError::Shard)?;
+            if node.sole_voter() && !node.wait_until_serving(SOLE_VOTER_READY_TIMEOUT) {
+                warn!(
+                    "not yet registered and leading every partition after {:?}; serving anyway",
+                    SOLE_VOTER_READY_TIMEOUT
+                );
+            }
         }
         // Every shard has opened its partitions: only now may clients connect.
         let _ = serve.send(true);

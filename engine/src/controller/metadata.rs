@@ -65,6 +65,22 @@ pub struct BrokerRegistration {
     pub fenced: bool,
 }
 
+impl BrokerRegistration {
+    /// The endpoint of the listener named `listener` (Kafka answers Metadata,
+    /// DescribeCluster and FindCoordinator with the endpoints of the listener the request
+    /// arrived on; a broker without that listener is left out).
+    pub fn endpoint(&self, listener: &str) -> Option<&Endpoint> {
+        self.listeners
+            .iter()
+            .find(|ep| ep.name.eq_ignore_ascii_case(listener))
+    }
+
+    /// The inter-broker listener's endpoint (registered first), for calls between brokers.
+    pub fn inter_broker_endpoint(&self) -> Option<&Endpoint> {
+        self.listeners.first()
+    }
+}
+
 /// Where a replica's log ends, as reported for a quorum election (the replication core's
 /// [`LogPosition`], in a form the metadata log can store).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
