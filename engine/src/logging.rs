@@ -26,6 +26,12 @@ pub enum LogError {
 pub fn init(level: &str, json: bool) -> Result<(), LogError> {
     let filter = match EnvFilter::try_from_default_env() {
         Ok(f) => f,
+        // openraft narrates every election and membership step at INFO; its warnings are
+        // what an operator needs (RUST_LOG=openraft=info brings the rest back).
+        Err(_) if !level.contains("openraft") => {
+            EnvFilter::try_new(format!("{level},openraft=warn"))
+                .map_err(|e| LogError::Level(level.to_string(), e.to_string()))?
+        }
         Err(_) => EnvFilter::try_new(level)
             .map_err(|e| LogError::Level(level.to_string(), e.to_string()))?,
     };

@@ -413,3 +413,166 @@ fn a_second_broker_on_a_taken_port_refuses_to_start() {
     let (error, partitions, _) = partitions_of(&mut c, "__consumer_offsets");
     assert_eq!((error, partitions), (0, 50));
 }
+
+/// Turns a data directory of this release into what a release without a controller left:
+/// partition directories, `__sluice_metadata.json` and the producer-id file, no metadata log,
+/// no `meta.properties`, no high watermark checkpoints.
+fn make_legacy(dir: &std::path::Path, topic: &str, id: uuid::Uuid, partitions: i32, mark: i64) {
+    std::fs::remove_dir_all(dir.join("__cluster_metadata")).unwrap();
+    std::fs::remove_file(dir.join("meta.properties")).unwrap();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let _ = std::fs::remove_file(path.join("replication-offset-checkpoint"));
+        if path.is_dir()
+            && !path
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(topic)
+        {
+            std::fs::remove_dir_all(&path).unwrap();
+        }
+    }
+    let registry = serde_json::json!({
+        "version": 1,
+        "cluster_id": "LegacyClusterId0123456",
+        "topics": [{
+            "name": topic,
+            "id": id.to_string(),
+            "partitions": partitions,
+            "configs": {"retention.ms": "86400000"},
+        }],
+    });
+    std::fs::write(
+        dir.join("__sluice_metadata.json"),
+        serde_json::to_vec(&registry).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("producer-id-high-water-mark"),
+        sluice::idempotence::producer_id::encode_high_water_mark(mark),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_directory_of_the_release_without_a_controller_migrates_on_first_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut b = Broker::start_in(&dir, &["--num-partitions", "2"], &[]);
+    let mut c = b.client();
+    let (_, _, id) = partitions_of(&mut c, "legacy");
+    for p in 0..2 {
+        produce_ok(&mut c, "legacy", p, &format!("p{p}"), 30);
+    }
+    drop(c);
+    assert!(b.stop_with(Signal::SIGTERM).success(), "{}", b.log());
+    make_legacy(&dir, "legacy", id, 2, 7_000);
+
+    let mut b = Broker::start_in(&dir, &[], &[]);
+    assert!(
+        b.log().contains("migrated __sluice_metadata.json"),
+        "{}",
+        b.log()
+    );
+    assert!(dir.join("__sluice_metadata.json.migrated").exists());
+    assert!(!dir.join("__sluice_metadata.json").exists());
+    let mut c = b.client();
+    let meta: MetadataResponse = c.request(12, &MetadataRequest::default().with_topics(None));
+    assert_eq!(meta.cluster_id.as_deref(), Some("LegacyClusterId0123456"));
+    let (err, n, id2) = partitions_of(&mut c, "legacy");
+    assert_eq!(
+        (err, n, id2),
+        (0, 2, id),
+        "the topic keeps its id and partitions"
+    );
+    for p in 0..2 {
+        assert_eq!(
+            fetch_all(&mut c, "legacy", p),
+            expected(&format!("p{p}"), 30)
+        );
+    }
+    assert_eq!(produce_ok(&mut c, "legacy", 0, "after", 1), 30);
+    let init: InitProducerIdResponse = c.request(
+        4,
+        &InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+    );
+    assert_eq!(init.error_code, 0);
+    assert!(
+        init.producer_id.0 >= 7_000,
+        "producer id {} reused",
+        init.producer_id.0
+    );
+    let configs: DescribeConfigsResponse = c.request(
+        4,
+        &DescribeConfigsRequest::default().with_resources(vec![
+            describe_configs_request::DescribeConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from_static_str("legacy"))
+                .with_configuration_keys(Some(vec![StrBytes::from_static_str("retention.ms")])),
+        ]),
+    );
+    let value = configs.results[0].configs[0]
+        .value
+        .as_deref()
+        .map(str::to_string);
+    assert_eq!(
+        value.as_deref(),
+        Some("86400000"),
+        "the topic keeps its configs"
+    );
+    drop(c);
+    assert!(b.stop_with(Signal::SIGTERM).success(), "{}", b.log());
+
+    // The next start reads the metadata log alone.
+    let b = Broker::start_in(&dir, &[], &[]);
+    assert!(
+        !b.log().contains("migrated __sluice_metadata.json"),
+        "{}",
+        b.log()
+    );
+    let mut c = b.client();
+    assert_eq!(fetch_all(&mut c, "legacy", 0).len(), 31);
+}
+
+#[test]
+fn a_changed_voter_set_or_node_id_is_refused_with_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut b = Broker::start_in(&dir, &["--node-id", "3"], &[]);
+    assert!(b.stop_with(Signal::SIGTERM).success(), "{}", b.log());
+    let d = dir.to_str().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let err = run_expect_failure(
+        &["--data-dir", d, "--listen", &listen, "--node-id", "4"],
+        &[],
+    );
+    assert!(err.contains("node.id 3"), "{err}");
+    let voters = format!(
+        "3@127.0.0.1:{},5@127.0.0.1:{},6@127.0.0.1:{}",
+        free_port(),
+        free_port(),
+        free_port()
+    );
+    let err = run_expect_failure(
+        &[
+            "--data-dir",
+            d,
+            "--listen",
+            &listen,
+            "--node-id",
+            "3",
+            "--controller-voters",
+            &voters,
+        ],
+        &[],
+    );
+    assert!(
+        err.contains("cluster of one") && err.contains("Growing a cluster of one"),
+        "{err}"
+    );
+}

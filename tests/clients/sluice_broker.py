@@ -63,10 +63,6 @@ class Broker:
         self.starts = 0
         # Exit codes of every process we stopped or killed on purpose, in order.
         self.exit_codes: list[int] = []
-        # SLUICE_TEST_TOPOLOGY=one-voter runs every single broker as a one-voter cluster
-        # (its own controller quorum of one), so the single-node suite exercises the cluster
-        # path. The voter port is chosen once: the quorum keeps it across restarts.
-        self.voter_port = free_port() if os.environ.get("SLUICE_TEST_TOPOLOGY") == "one-voter" else None
 
     # ------------------------------------------------------------------ addresses
 
@@ -84,9 +80,6 @@ class Broker:
         return self.proc.pid if self.proc else None
 
     def command(self) -> list[str]:
-        topology = []
-        if self.voter_port is not None and "--controller-voters" not in self.extra_args:
-            topology = ["--controller-voters", f"1@127.0.0.1:{self.voter_port}"]
         return [
             str(self.binary),
             "--listen",
@@ -95,7 +88,6 @@ class Broker:
             str(self.data_dir),
             "--shards",
             str(self.shards),
-            *topology,
             *self.extra_args,
         ]
 

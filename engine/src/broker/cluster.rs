@@ -74,6 +74,8 @@ pub struct ClusterNode {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The voter set is this node alone.
     sole_voter: bool,
+    /// Started without `controller.quorum.voters` (a cluster of one by default).
+    implicit: bool,
 }
 
 impl std::fmt::Debug for ClusterNode {
@@ -112,18 +114,43 @@ fn cluster_id_for(voters: &str) -> String {
 }
 
 impl ClusterNode {
-    /// Starts the controller when `controller.quorum.voters` is set; `None` runs single-node.
-    pub fn start(config: &BrokerConfig) -> Result<Option<Arc<ClusterNode>>, ControllerError> {
-        let spec = config
+    /// Starts this node's controller: the voters of `controller.quorum.voters`, or, when it
+    /// is empty, a cluster of one whose sole voter is this node (its Raft port is an
+    /// ephemeral loopback one: nobody else dials it).
+    pub fn start(config: &BrokerConfig) -> Result<Arc<ClusterNode>, ControllerError> {
+        let configured = config
             .raw
             .get("controller.quorum.voters")
             .map(|s| s.trim().to_string())
             .unwrap_or_default();
-        if spec.is_empty() {
-            return Ok(None);
-        }
-        let voters = parse_voters(&spec)?;
+        let implicit = configured.is_empty();
+        let spec = if implicit {
+            format!("{}@127.0.0.1:0", config.node_id)
+        } else {
+            configured
+        };
+        let voters = if implicit {
+            vec![crate::controller::Voter {
+                id: config.node_id as u64,
+                addr: "127.0.0.1:0".into(),
+            }]
+        } else {
+            parse_voters(&spec)?
+        };
         let sole_voter = voters.len() == 1 && voters[0].id == config.node_id as u64;
+        let identity = super::node_identity::load_or_create(
+            &config.data_dir,
+            config.node_id,
+            &voters,
+            implicit,
+            || {
+                if implicit {
+                    super::metadata::new_cluster_id()
+                } else {
+                    cluster_id_for(&spec)
+                }
+            },
+        )?;
         let mut cc = ControllerConfig::default();
         for key in CONTROLLER_KEYS {
             if let Some(v) = config.raw.get(*key) {
@@ -134,12 +161,12 @@ impl ClusterNode {
         let node_id = config.node_id;
         let session_timeout_ms = cc.broker_session_timeout_ms;
         let controller = Controller::start(node_id as u64, &voters, &config.data_dir, cc)?;
-        info!(node_id, voters = spec, "cluster mode: controller started");
+        info!(node_id, voters = spec, cluster_id = %identity.cluster_id, "controller started");
         let (stop, _) = watch::channel(false);
-        Ok(Some(Arc::new(ClusterNode {
+        Ok(Arc::new(ClusterNode {
             node_id,
             controller,
-            cluster_id: cluster_id_for(&spec),
+            cluster_id: identity.cluster_id,
             incarnation: Uuid::new_v4(),
             broker_epoch: AtomicI64::new(-1),
             heartbeat_interval: Duration::from_millis(raw_ms(
@@ -155,7 +182,8 @@ impl ClusterNode {
             stop,
             thread: Mutex::new(None),
             sole_voter,
-        })))
+            implicit,
+        }))
     }
 
     /// Blocks until this broker is registered and unfenced and every partition it holds a
@@ -192,6 +220,11 @@ impl ClusterNode {
     /// Whether this node is the only controller voter (a cluster of one).
     pub fn sole_voter(&self) -> bool {
         self.sole_voter
+    }
+
+    /// Whether this node was started without `controller.quorum.voters`.
+    pub fn implicit(&self) -> bool {
+        self.implicit
     }
 
     /// The broker epoch of this process's registration, -1 before it registered.
@@ -459,7 +492,43 @@ fn default_replication_factor(shard: &Shard) -> i16 {
 }
 
 /// Creates a topic through the controller and waits until this node's image has it.
+/// Waits (bounded by the request timeout) until every partition of `topic` that the image
+/// says this broker leads is leader on its owner shard, so the creator's first request is not
+/// answered NOT_LEADER_OR_FOLLOWER by a replica still opening. Partitions led elsewhere are
+/// the client's to find (Metadata), as in Kafka.
+async fn wait_local_leaders(shard: &Rc<Shard>, node: &ClusterNode, topic: &str) {
+    let deadline = tokio::time::Instant::now() + node.request_timeout;
+    loop {
+        let image = node.cluster_image();
+        let Some(t) = image.topic(topic) else {
+            return;
+        };
+        let mine: Vec<i32> = (0..t.partitions.len() as i32)
+            .filter(|&p| t.partitions[p as usize].leader == Some(node.node_id))
+            .collect();
+        let mut ready = true;
+        for p in mine {
+            let name = topic.to_string();
+            let led = shard
+                .call(shard.ctx.owner(topic, p), move |s| async move {
+                    super::cluster_replica::is_leader(&s, &name, p) == Some(true)
+                })
+                .await
+                .unwrap_or(true);
+            if !led {
+                ready = false;
+                break;
+            }
+        }
+        if ready || tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 async fn create_topic(
+    shard: &Rc<Shard>,
     node: &ClusterNode,
     name: &str,
     partitions: i32,
@@ -474,6 +543,7 @@ async fn create_topic(
     if !node.wait_for_image(|i| i.topic(name).is_some()).await {
         return Err((ec::REQUEST_TIMED_OUT, "topic not visible in time".into()));
     }
+    wait_local_leaders(shard, node, name).await;
     info!(
         topic = name,
         partitions, replication_factor, "created topic"
@@ -539,7 +609,7 @@ pub async fn create_topics(
         };
         let outcome = match check() {
             Ok(()) if req.validate_only => Ok(Uuid::nil()),
-            Ok(()) => create_topic(node, &name, partitions, rf, configs.clone()).await,
+            Ok(()) => create_topic(shard, node, &name, partitions, rf, configs.clone()).await,
             Err(e) => Err(e),
         };
         let mut result =
@@ -871,8 +941,21 @@ pub async fn metadata(
                 topics.push(unknown(ec::UNKNOWN_TOPIC_OR_PARTITION));
                 continue;
             }
-            let rf = default_replication_factor(shard);
-            let created = create_topic(node, &name, cfg.num_partitions, rf, BTreeMap::new()).await;
+            let created = if name == crate::group::records::OFFSETS_TOPIC {
+                // The internal topic is created with its own partitions, replication and
+                // configs (as Kafka's auto-creation does), never the defaults of user topics.
+                let n = shard.groups.offsets_partitions();
+                super::groups::ensure_offsets_topic_cluster(node, cfg, n)
+                    .await
+                    .map(|()| Uuid::nil())
+                    .map_err(|e| (ec::COORDINATOR_NOT_AVAILABLE, e))
+            } else {
+                let rf = default_replication_factor(shard);
+                create_topic(shard, node, &name, cfg.num_partitions, rf, BTreeMap::new()).await
+            };
+            if created.is_ok() {
+                let _ = node.wait_for_image(|i| i.topic(&name).is_some()).await;
+            }
             image = node.cluster_image();
             match (created, image.topic(&name)) {
                 (_, Some(t)) => topics.push(describe_partitions(&image, t)),

@@ -205,10 +205,11 @@ pub fn ensure_offsets_topic(
 
 /// Cluster mode: checks the group keys at start-up (the topic itself is created through the
 /// controller on first use), so a bad key stops the broker naming the key.
-pub fn check_group_config(cfg: &BrokerConfig) -> Result<(), GroupSetupError> {
-    coordinator_config(cfg, None)?;
+/// Returns the configured `offsets.topic.num.partitions`.
+pub fn check_group_config(cfg: &BrokerConfig) -> Result<i32, GroupSetupError> {
+    let conf = coordinator_config(cfg, None)?;
     offsets_topic_configs(cfg)?;
-    Ok(())
+    Ok(conf.offsets_partitions)
 }
 
 /// Cluster mode: creates `__consumer_offsets` through the controller if the image lacks it

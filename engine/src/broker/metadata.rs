@@ -207,6 +207,19 @@ impl ImageCache {
     }
 }
 
+/// The registry a release without a controller left in `data_dir` (`__sluice_metadata.json`),
+/// if there is one; read once, by the migration into a cluster of one.
+pub fn read_legacy_registry(data_dir: &Path) -> Result<Option<MetadataImage>, MetadataError> {
+    let path = data_dir.join(METADATA_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => decode(&bytes)
+            .map(Some)
+            .map_err(|reason| MetadataError::Corrupt { path, reason }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(MetadataError::Io { path, source }),
+    }
+}
+
 /// The persistent, shared topic registry.
 #[derive(Debug)]
 pub struct MetadataStore {
@@ -321,7 +334,8 @@ pub fn new_topic_id() -> Uuid {
     }
 }
 
-fn new_cluster_id() -> String {
+/// A new random cluster id (Kafka's shape: 22 URL-safe base64 characters).
+pub fn new_cluster_id() -> String {
     // Kafka cluster ids are 22-character URL-safe base64 of a UUID.
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let bytes: [u8; 16] = rand::random();

@@ -28,6 +28,7 @@ pub mod groups;
 pub mod handlers;
 pub mod listeners;
 pub mod metadata;
+pub mod node_identity;
 pub mod producer_ids;
 pub mod protocol;
 pub mod quorum;

@@ -97,18 +97,9 @@ impl Server {
     /// Loads metadata, binds one SO_REUSEPORT listener per shard, starts the shard threads and
     /// waits until every shard has opened its partitions.
     pub fn start(config: BrokerConfig) -> Result<Server, ServerError> {
-        let cluster = super::cluster::ClusterNode::start(&config)?;
-        let metadata = match &cluster {
-            Some(node) => {
-                super::groups::check_group_config(&config)?;
-                MetadataStore::cluster(node.clone())
-            }
-            None => {
-                let metadata = MetadataStore::open(&config.data_dir)?;
-                super::groups::ensure_offsets_topic(&metadata, &config)?;
-                metadata
-            }
-        };
+        let node = super::cluster::ClusterNode::start(&config)?;
+        let offsets_partitions = super::groups::check_group_config(&config)?;
+        let metadata = MetadataStore::cluster(node.clone());
         let shards = config.shards;
         let listen_err = |addr, source| ServerError::Listen { addr, source };
         // Per listener: one SO_REUSEPORT socket per shard, all on the same port.
@@ -181,25 +172,57 @@ impl Server {
                 Err(_) => return Err(ServerError::StartFailed(0)),
             }
         }
-        if let Some(node) = &cluster {
-            // Every listener is registered (the inter-broker one first): each client is told
-            // the endpoints of the listener it came in on.
-            let endpoints = runtimes
-                .iter()
-                .map(|l| crate::controller::Endpoint {
-                    name: l.config.name.clone(),
-                    host: l.config.advertised_host.clone(),
-                    port: u16::try_from(l.config.advertised_port).unwrap_or(0),
-                })
-                .collect();
-            node.run(ctx.clone(), endpoints)
-                .map_err(ServerError::Shard)?;
-            if node.sole_voter() && !node.wait_until_serving(SOLE_VOTER_READY_TIMEOUT) {
-                warn!(
-                    "not yet registered and leading every partition after {:?}; serving anyway",
-                    SOLE_VOTER_READY_TIMEOUT
-                );
+        // Every listener is registered (the inter-broker one first): each client is told
+        // the endpoints of the listener it came in on.
+        let endpoints = runtimes
+            .iter()
+            .map(|l| crate::controller::Endpoint {
+                name: l.config.name.clone(),
+                host: l.config.advertised_host.clone(),
+                port: u16::try_from(l.config.advertised_port).unwrap_or(0),
+            })
+            .collect();
+        node.run(ctx.clone(), endpoints)
+            .map_err(ServerError::Shard)?;
+        if node.sole_voter() {
+            // A cluster of one prepares what a single broker has from its first request: a
+            // directory written by a release without a controller becomes its metadata log
+            // (once), and `__consumer_offsets` exists (a larger cluster creates it on the
+            // first FindCoordinator, once its brokers have registered). Both need this broker
+            // registered and unfenced first (placement).
+            let _ = node.wait_until_serving(SOLE_VOTER_READY_TIMEOUT);
+            let prepared = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(crate::controller::ControllerError::Io)
+                .and_then(|rt| {
+                    rt.block_on(async {
+                        if node.implicit() {
+                            super::node_identity::migrate_legacy(&node, &ctx.config.data_dir)
+                                .await?;
+                        }
+                        if let Err(e) = super::groups::ensure_offsets_topic_cluster(
+                            &node,
+                            &ctx.config,
+                            offsets_partitions,
+                        )
+                        .await
+                        {
+                            warn!("cannot create the offsets topic yet: {e}");
+                        }
+                        Ok(())
+                    })
+                });
+            if let Err(e) = prepared {
+                node.shutdown();
+                return Err(ServerError::Cluster(e));
             }
+        }
+        if node.sole_voter() && !node.wait_until_serving(SOLE_VOTER_READY_TIMEOUT) {
+            warn!(
+                "not yet registered and leading every partition after {:?}; serving anyway",
+                SOLE_VOTER_READY_TIMEOUT
+            );
         }
         // Every shard has opened its partitions: only now may clients connect.
         let _ = serve.send(true);

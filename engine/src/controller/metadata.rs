@@ -303,6 +303,12 @@ pub enum MetadataCommand {
         /// Its broker epoch.
         broker_epoch: i64,
     },
+    /// No producer id below `below` is handed out from now on (the migration of a node
+    /// whose ids came from its own file). Never moves allocation back.
+    ReserveProducerIds {
+        /// The first id that may still be allocated.
+        below: i64,
+    },
 }
 
 /// Producer ids in one [`MetadataCommand::AllocateProducerIds`] block (Kafka's block size).
@@ -493,6 +499,10 @@ impl MetadataImage {
                 broker_id,
                 broker_epoch,
             } => self.allocate_producer_ids(*broker_id, *broker_epoch),
+            MetadataCommand::ReserveProducerIds { below } => {
+                self.next_producer_id = self.next_producer_id.max(*below);
+                Ok(Applied::Done)
+            }
         }
     }
 

@@ -738,12 +738,31 @@ impl Controller {
         name: &str,
         partitions: i32,
         replication_factor: i16,
+        configs: BTreeMap<String, String>,
+    ) -> Result<Uuid, ControllerError> {
+        self.create_topic_with_id(
+            name,
+            Uuid::new_v4(),
+            partitions,
+            replication_factor,
+            configs,
+        )
+        .await
+    }
+
+    /// [`Controller::create_topic`] with the topic id chosen by the caller (a migrated topic
+    /// keeps the id its clients know).
+    pub async fn create_topic_with_id(
+        &self,
+        name: &str,
+        topic_id: Uuid,
+        partitions: i32,
+        replication_factor: i16,
         mut configs: BTreeMap<String, String>,
     ) -> Result<Uuid, ControllerError> {
         configs
             .entry(REPLICATION_MODE_CONFIG.to_string())
             .or_insert_with(|| self.default_mode.as_str().to_string());
-        let topic_id = Uuid::new_v4();
         let command = MetadataCommand::CreateTopic {
             name: name.to_string(),
             topic_id,

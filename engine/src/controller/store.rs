@@ -85,6 +85,48 @@ struct LogInner {
     meta: LogMeta,
 }
 
+/// A file of [`RESERVE_BYTES`] kept beside the metadata log and given up the first time a
+/// metadata write finds the disk full: the partitions' data may fill the disk, and the broker
+/// must still register, heartbeat and elect (openraft stops for good on a failed write).
+/// Recreated on the next start that finds the space.
+const RESERVE_FILE: &str = "space-reserve";
+const RESERVE_BYTES: usize = 512 * 1024;
+
+fn is_disk_full(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(28)
+}
+
+/// Creates the reserve if it is missing; a disk without room for it only gets a warning.
+fn ensure_reserve(dir: &Path) {
+    let path = dir.join(RESERVE_FILE);
+    if path.exists() {
+        return;
+    }
+    let made = File::create(&path).and_then(|mut f| {
+        f.write_all(&vec![0u8; RESERVE_BYTES])?;
+        f.sync_all()
+    });
+    if let Err(e) = made {
+        let _ = fs::remove_file(&path);
+        tracing::warn!(error = %e, "no room for the metadata log's space reserve");
+    }
+}
+
+/// Runs `write`; when it finds the disk full and the reserve is still there, frees the
+/// reserve and runs it once more.
+fn with_reserve<T>(dir: &Path, mut write: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    match write() {
+        Err(e) if is_disk_full(&e) && fs::remove_file(dir.join(RESERVE_FILE)).is_ok() => {
+            tracing::warn!(
+                "disk full: released the metadata log's {} KiB reserve so the controller keeps running; free space and restart to restore it",
+                RESERVE_BYTES / 1024
+            );
+            write()
+        }
+        other => other,
+    }
+}
+
 fn encode_frame(entry: &Entry<TypeConfig>, out: &mut Vec<u8>) -> io::Result<()> {
     let body = serde_json::to_vec(entry).map_err(io_err)?;
     let len = u32::try_from(body.len()).map_err(io_err)?;
@@ -127,6 +169,7 @@ pub(crate) fn decode_frames(bytes: &[u8]) -> (Vec<Entry<TypeConfig>>, usize) {
 impl LogInner {
     fn open(dir: &Path) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
+        ensure_reserve(dir);
         let meta = match fs::read(dir.join(META_FILE)) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(io_err)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => LogMeta::default(),
@@ -167,7 +210,8 @@ impl LogInner {
 
     fn save_meta(&self) -> io::Result<()> {
         let bytes = serde_json::to_vec(&self.meta).map_err(io_err)?;
-        write_atomic(&self.dir.join(META_FILE), &bytes)
+        let path = self.dir.join(META_FILE);
+        with_reserve(&self.dir, || write_atomic(&path, &bytes))
     }
 
     /// Appends and fsyncs `batch`; the entries become readable only once they are durable.
@@ -176,8 +220,17 @@ impl LogInner {
         for entry in &batch {
             encode_frame(entry, &mut buf)?;
         }
-        self.file.write_all(&buf)?;
-        self.file.sync_data()?;
+        let dir = self.dir.clone();
+        let file = &mut self.file;
+        let start = file.metadata()?.len();
+        with_reserve(&dir, || {
+            let written = file.write_all(&buf).and_then(|()| file.sync_data());
+            if written.is_err() {
+                // A partial frame must not stay in front of the retried one.
+                file.set_len(start)?;
+            }
+            written
+        })?;
         for entry in batch {
             debug_assert!(
                 self.entries
@@ -198,7 +251,7 @@ impl LogInner {
             encode_frame(entry, &mut buf)?;
         }
         let path = self.dir.join(LOG_FILE);
-        write_atomic(&path, &buf)?;
+        with_reserve(&self.dir, || write_atomic(&path, &buf))?;
         self.file = OpenOptions::new().read(true).append(true).open(&path)?;
         Ok(())
     }
@@ -559,6 +612,32 @@ mod tests {
             .chain([entry(2, 6).log_id])
             .collect();
         assert_eq!(ids, expected);
+    }
+
+    #[test]
+    fn a_full_disk_spends_the_reserve_once_then_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        ensure_reserve(dir.path());
+        assert!(dir.path().join(RESERVE_FILE).exists());
+        let mut calls = 0;
+        let full = || io::Error::from(io::ErrorKind::StorageFull);
+        let ok = with_reserve(dir.path(), || {
+            calls += 1;
+            if calls == 1 {
+                Err(full())
+            } else {
+                Ok(calls)
+            }
+        });
+        assert_eq!(ok.unwrap(), 2, "retried once the reserve was freed");
+        assert!(!dir.path().join(RESERVE_FILE).exists());
+        let err = with_reserve(dir.path(), || -> io::Result<()> { Err(full()) });
+        assert!(err.is_err(), "no reserve left: the error stands");
+        ensure_reserve(dir.path());
+        assert!(
+            dir.path().join(RESERVE_FILE).exists(),
+            "recreated when there is room"
+        );
     }
 
     #[test]
