@@ -576,3 +576,35 @@ fn a_changed_voter_set_or_node_id_is_refused_with_what_to_do() {
         "{err}"
     );
 }
+
+#[test]
+fn a_legacy_directory_with_a_damaged_producer_id_mark_is_refused() {
+    // Migrating past a mark that cannot be read could hand out an id a live producer holds:
+    // the start is refused, naming the file, and nothing is renamed.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("__sluice_metadata.json"),
+        br#"{"version":1,"cluster_id":"LegacyClusterId0123456","topics":[]}"#,
+    )
+    .unwrap();
+    std::fs::write(dir.join("producer-id-high-water-mark"), b"garbage").unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let err = run_expect_failure(
+        &[
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--listen",
+            &listen,
+            "--set",
+            "admin.listener=",
+        ],
+        &[],
+    );
+    assert!(err.contains("producer-id-high-water-mark"), "{err}");
+    assert!(
+        dir.join("__sluice_metadata.json").exists(),
+        "the registry was not renamed"
+    );
+}

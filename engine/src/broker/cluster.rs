@@ -115,8 +115,8 @@ fn cluster_id_for(voters: &str) -> String {
 
 impl ClusterNode {
     /// Starts this node's controller: the voters of `controller.quorum.voters`, or, when it
-    /// is empty, a cluster of one whose sole voter is this node (its Raft port is an
-    /// ephemeral loopback one: nobody else dials it).
+    /// is empty, a cluster of one whose sole voter is this node (it binds no controller
+    /// port: nobody else dials it).
     pub fn start(config: &BrokerConfig) -> Result<Arc<ClusterNode>, ControllerError> {
         let configured = config
             .raw

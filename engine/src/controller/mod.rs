@@ -954,7 +954,13 @@ async fn start_voter(
     }
     .validate()
     .map_err(|e| ControllerError::InvalidConfig(e.to_string()))?;
-    let listener = TcpListener::bind(&listen_addr).await?;
+    // A cluster of one started without voters (port 0) has nobody to talk to: it binds no
+    // port at all (an ephemeral one could take a port another process is about to bind).
+    let listener = if voters.len() == 1 && listen_addr.ends_with(":0") {
+        None
+    } else {
+        Some(TcpListener::bind(&listen_addr).await?)
+    };
     let raft = Raft::new(
         node_id,
         Arc::new(raft_config),
@@ -988,6 +994,9 @@ async fn start_voter(
     });
     let accept_core = core.clone();
     let accept = tokio::spawn(async move {
+        let Some(listener) = listener else {
+            return;
+        };
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
