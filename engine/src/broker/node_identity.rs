@@ -157,24 +157,11 @@ pub fn load_or_create(
                 cluster_id,
                 voter_ids,
             };
-            write_atomically(&path, render(&id).as_bytes()).map_err(io)?;
+            crate::controller::store::write_atomic(&path, render(&id).as_bytes()).map_err(io)?;
             Ok(id)
         }
         Err(e) => Err(io(e)),
     }
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 fn migrated(path: &Path) -> PathBuf {

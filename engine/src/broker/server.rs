@@ -217,12 +217,12 @@ impl Server {
                 node.shutdown();
                 return Err(ServerError::Cluster(e));
             }
-        }
-        if node.sole_voter() && !node.wait_until_serving(SOLE_VOTER_READY_TIMEOUT) {
-            warn!(
-                "not yet registered and leading every partition after {:?}; serving anyway",
-                SOLE_VOTER_READY_TIMEOUT
-            );
+            if !node.wait_until_serving(SOLE_VOTER_READY_TIMEOUT) {
+                warn!(
+                    "not yet registered and leading every partition after {:?}; serving anyway",
+                    SOLE_VOTER_READY_TIMEOUT
+                );
+            }
         }
         // Every shard has opened its partitions: only now may clients connect.
         let _ = serve.send(true);

@@ -54,7 +54,8 @@ fn read_err(e: io::Error) -> StorageError<NodeId> {
 }
 
 /// Replaces `path` with `bytes` so a crash leaves either the old or the new content.
-fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// Writes `bytes` to `path` crash-safely: a temporary file, fsync, rename, fsync the directory.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     // A unique temporary name: a snapshot build and a snapshot install may overlap.
     static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
     let tmp = path.with_extension(format!("tmp{}", NEXT_TMP.fetch_add(1, Ordering::Relaxed)));
