@@ -527,6 +527,29 @@ async fn wait_local_leaders(shard: &Rc<Shard>, node: &ClusterNode, topic: &str) 
     }
 }
 
+/// Waits (bounded by the request timeout) until no shard of this broker holds a replica of
+/// the deleted topic `topic_id` any more, so that when DeleteTopics answers, the partition
+/// directories here are gone and the name can be reused at once.
+async fn wait_local_deleted(shard: &Rc<Shard>, node: &ClusterNode, topic: &str, topic_id: Uuid) {
+    let deadline = tokio::time::Instant::now() + node.request_timeout;
+    loop {
+        let mut held = false;
+        for target in 0..shard.ctx.shard_count() {
+            let name = topic.to_string();
+            held |= shard
+                .call(target, move |s| async move {
+                    super::cluster_replica::holds_topic(&s, &name, topic_id)
+                })
+                .await
+                .unwrap_or(false);
+        }
+        if !held || tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 async fn create_topic(
     shard: &Rc<Shard>,
     node: &ClusterNode,
@@ -647,6 +670,7 @@ pub async fn create_topics(
 /// DeleteTopics in cluster mode: every broker deletes its replicas when the deletion reaches
 /// its metadata image.
 pub async fn delete_topics(
+    shard: &Rc<Shard>,
     node: &ClusterNode,
     version: i16,
     req: m::DeleteTopicsRequest,
@@ -698,6 +722,7 @@ pub async fn delete_topics(
                 match node.controller.propose(command).await {
                     Ok(_) => {
                         node.wait_for_image(|i| i.topic(&topic).is_none()).await;
+                        wait_local_deleted(shard, node, &topic, topic_id).await;
                         info!(topic, "deleted topic");
                     }
                     Err(e) => {
@@ -716,6 +741,7 @@ pub async fn delete_topics(
 
 /// CreatePartitions in cluster mode.
 pub async fn create_partitions(
+    shard: &Rc<Shard>,
     node: &ClusterNode,
     req: m::CreatePartitionsRequest,
 ) -> m::CreatePartitionsResponse {
@@ -758,6 +784,7 @@ pub async fn create_partitions(
                     .is_some_and(|t2| t2.partitions.len() as i32 >= t.count)
             })
             .await;
+            wait_local_leaders(shard, node, &name).await;
             info!(topic = name, from = old, to = t.count, "added partitions");
             Ok(())
         }

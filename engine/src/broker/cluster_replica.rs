@@ -145,6 +145,8 @@ pub struct ShardReplicas {
     topic_configs: RefCell<HashMap<String, BTreeMap<String, String>>>,
     /// Leader brokers this shard runs a replica fetcher for.
     fetchers: RefCell<std::collections::HashSet<i32>>,
+    /// Topics whose replicas this shard is deleting right now.
+    deleting: RefCell<std::collections::HashSet<String>>,
 }
 
 impl ShardReplicas {
@@ -227,6 +229,16 @@ fn cut_off(
     }
 }
 
+/// Whether this shard still holds (or is still deleting) a replica of topic `topic_id`.
+pub fn holds_topic(shard: &Shard, topic: &str, topic_id: Uuid) -> bool {
+    let r = &shard.replicas;
+    r.deleting.borrow().contains(topic)
+        || r.slots
+            .borrow()
+            .values()
+            .any(|s| s.topic == topic && s.topic_id == topic_id)
+}
+
 /// Applies a controller image to this shard's replicas. Images arriving while one is being
 /// applied are coalesced: only the newest is applied next.
 pub async fn reconcile(shard: Rc<Shard>, image: Arc<ClusterImage>) {
@@ -269,6 +281,9 @@ async fn reconcile_once(shard: &Rc<Shard>, image: &Arc<ClusterImage>) {
         .map(|r| (r.topic.clone(), r.partition))
         .collect();
     let mut deleted: HashMap<String, i32> = HashMap::new();
+    for (topic, _) in &stale {
+        shard.replicas.deleting.borrow_mut().insert(topic.clone());
+    }
     for (topic, p) in stale {
         if let Some(r) = shard
             .replicas
@@ -285,7 +300,11 @@ async fn reconcile_once(shard: &Rc<Shard>, image: &Arc<ClusterImage>) {
     }
     for (topic, n) in deleted {
         shard.replicas.topic_configs.borrow_mut().remove(&topic);
-        shard.clone().delete_topic_partitions(topic, n).await;
+        shard
+            .clone()
+            .delete_topic_partitions(topic.clone(), n)
+            .await;
+        shard.replicas.deleting.borrow_mut().remove(&topic);
     }
     for t in image.topics.values() {
         let changed = shard.replicas.topic_configs.borrow().get(&t.name) != Some(&t.configs);

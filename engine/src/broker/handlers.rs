@@ -162,14 +162,14 @@ pub async fn handle_request(
         ApiKey::DeleteTopics => {
             let req = decode!(m::DeleteTopicsRequest);
             match shard.ctx.metadata.cluster_node().cloned() {
-                Some(node) => frame(&cluster::delete_topics(&node, version, req).await),
+                Some(node) => frame(&cluster::delete_topics(&shard, &node, version, req).await),
                 None => frame(&delete_topics(&shard, version, req).await?),
             }
         }
         ApiKey::CreatePartitions => {
             let req = decode!(m::CreatePartitionsRequest);
             match shard.ctx.metadata.cluster_node().cloned() {
-                Some(node) => frame(&cluster::create_partitions(&node, req).await),
+                Some(node) => frame(&cluster::create_partitions(&shard, &node, req).await),
                 None => frame(&create_partitions(&shard, req).await?),
             }
         }
