@@ -1,4 +1,4 @@
-//! `sluice`: the single-node Kafka-compatible broker.
+//! `sluice`: the Kafka-compatible broker (with no cluster flags, a cluster of one).
 
 use std::path::PathBuf;
 
@@ -34,7 +34,7 @@ struct Args {
     /// Default partitions of new topics (`num.partitions`).
     #[arg(long)]
     num_partitions: Option<String>,
-    /// Cluster mode: controller voters `id@host:port,...` (`controller.quorum.voters`).
+    /// Controller voters `id@host:port,...` (`controller.quorum.voters`).
     #[arg(long)]
     controller_voters: Option<String>,
     /// Any config key: `--set log.segment.bytes=1048576` (repeatable).

@@ -459,6 +459,20 @@ fn admin_apis() {
     assert_eq!(alter(&mut c, "a1", "retention.ms", 1, None), 0);
     assert_eq!(alter(&mut c, "a1", "retention.ms", 0, Some("-7")), 40);
     assert_eq!(alter(&mut c, "nosuch", "retention.ms", 0, Some("1")), 3);
+    // APPEND (2) and SUBTRACT (3) on the list-valued cleanup.policy, from its effective value.
+    assert_eq!(alter(&mut c, "a2", "cleanup.policy", 2, Some("compact")), 0);
+    assert!(describe(&mut c, "a2").contains(&(
+        "cleanup.policy".into(),
+        "delete,compact".into(),
+        1
+    )));
+    assert_eq!(alter(&mut c, "a2", "cleanup.policy", 3, Some("delete")), 0);
+    assert!(describe(&mut c, "a2").contains(&("cleanup.policy".into(), "compact".into(), 1)));
+    assert_eq!(
+        alter(&mut c, "a2", "retention.ms", 2, Some("1")),
+        40,
+        "APPEND on a scalar"
+    );
     let cfg = describe(&mut c, "a1");
     assert!(
         cfg.contains(&("segment.bytes".into(), "1048576".into(), 1)),

@@ -1,6 +1,6 @@
 //! The record-level admin APIs: DeleteRecords (21), DescribeLogDirs (35) and
 //! DescribeProducers (61). Each request is split by owner shard like produce and fetch; the
-//! owner answers from its partition logs and, in cluster mode, from its replicas.
+//! owner answers from its partition logs and, from its replicas.
 //!
 //! DeleteRecords moves the leader's log start offset (`PartitionLog::delete_records_before`:
 //! segments wholly below it are deleted, the start is checkpointed) and, in a cluster, waits
@@ -173,9 +173,8 @@ async fn delete_one(
     };
     let log = &part.log;
     let high_watermark = match cluster_replica::record_watermarks(shard, topic, partition) {
-        None => log.log_end_offset(),
-        Some(Ok((hw, _))) => hw,
-        Some(Err(code)) => return (code, -1),
+        Ok((hw, _)) => hw,
+        Err(code) => return (code, -1),
     };
     // A compact-only topic keeps its records (Kafka: "can not be deleted due to the
     // configured policy").
@@ -203,12 +202,11 @@ async fn delete_one(
             "records deleted"
         );
     }
-    // Cluster mode: answer once every in-sync replica has moved its log start too.
+    // Answer once every in-sync replica has moved its log start too.
     loop {
         let low = match cluster_replica::record_watermarks(shard, topic, partition) {
-            None => return (ec::NONE, start),
-            Some(Ok((_, low))) => low,
-            Some(Err(code)) => return (code, -1),
+            Ok((_, low)) => low,
+            Err(code) => return (code, -1),
         };
         if low >= target {
             return (ec::NONE, low);
@@ -322,7 +320,7 @@ async fn log_dirs_local(
 ) -> Vec<Option<LogDirPartition>> {
     let mut out = Vec::with_capacity(items.len());
     for (topic, p, ()) in items {
-        // Cluster mode: a partition without a replica here is refused by `partition`.
+        // A partition without a replica here is refused by `partition`.
         out.push(match shard.partition(&topic, p).await {
             Ok(part) => {
                 let leo = part.log.log_end_offset();
@@ -401,7 +399,7 @@ pub async fn describe_producers(
 async fn producers_local(shard: Rc<Shard>, items: Vec<(String, i32, ())>) -> Vec<ProducersOut> {
     let mut out = Vec::with_capacity(items.len());
     for (topic, p, ()) in items {
-        if cluster_replica::is_leader(&shard, &topic, p) == Some(false) {
+        if !cluster_replica::is_leader(&shard, &topic, p) {
             out.push((
                 NOT_LEADER_OR_FOLLOWER,
                 Some("this broker does not lead the partition".into()),

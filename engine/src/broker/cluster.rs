@@ -1,14 +1,14 @@
-//! Cluster mode: this broker as a member of a multi-broker cluster whose metadata lives in the
-//! controller quorum (`crate::controller`).
+//! This broker as a member of its cluster, whose metadata lives in the controller quorum
+//! (`crate::controller`). A broker started with no cluster flags is a cluster of one: its
+//! own sole voter, through the same code as three brokers.
 //!
 //! [`ClusterNode`] starts this node's controller voter (or broker-only observer), registers
 //! the broker, heartbeats it, and turns every newly applied controller
 //! [`crate::controller::MetadataImage`] into the broker's topic registry image and a
 //! reconciliation job on every shard (open the partitions it hosts, become leader or
-//! follower: `super::cluster_replica`). The admin APIs of cluster mode (CreateTopics,
-//! DeleteTopics, CreatePartitions, IncrementalAlterConfigs, Metadata, DescribeCluster) are
-//! here too: they share the single-node handlers' validation and go through controller
-//! proposals instead of the local JSON registry.
+//! follower: `super::cluster_replica`). The admin APIs (CreateTopics, DeleteTopics,
+//! CreatePartitions, IncrementalAlterConfigs, Metadata, DescribeCluster) are here too: they
+//! validate with `super::handlers`' topic-config checks and go through controller proposals.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -511,7 +511,7 @@ async fn wait_local_leaders(shard: &Rc<Shard>, node: &ClusterNode, topic: &str) 
             let name = topic.to_string();
             let led = shard
                 .call(shard.ctx.owner(topic, p), move |s| async move {
-                    super::cluster_replica::is_leader(&s, &name, p) == Some(true)
+                    super::cluster_replica::is_leader(&s, &name, p)
                 })
                 .await
                 .unwrap_or(true);
@@ -574,7 +574,7 @@ async fn create_topic(
     Ok(id)
 }
 
-/// CreateTopics in cluster mode.
+/// CreateTopics.
 pub async fn create_topics(
     shard: &Rc<Shard>,
     node: &ClusterNode,
@@ -667,7 +667,7 @@ pub async fn create_topics(
     resp
 }
 
-/// DeleteTopics in cluster mode: every broker deletes its replicas when the deletion reaches
+/// DeleteTopics: every broker deletes its replicas when the deletion reaches
 /// its metadata image.
 pub async fn delete_topics(
     shard: &Rc<Shard>,
@@ -739,7 +739,7 @@ pub async fn delete_topics(
     resp
 }
 
-/// CreatePartitions in cluster mode.
+/// CreatePartitions.
 pub async fn create_partitions(
     shard: &Rc<Shard>,
     node: &ClusterNode,
@@ -801,7 +801,7 @@ pub async fn create_partitions(
     resp
 }
 
-/// IncrementalAlterConfigs (topic resources) in cluster mode: one ConfigChange proposal.
+/// IncrementalAlterConfigs (topic resources): one ConfigChange proposal.
 pub async fn incremental_alter_configs(
     shard: &Rc<Shard>,
     node: &ClusterNode,
@@ -839,6 +839,30 @@ pub async fn incremental_alter_configs(
                     1 => {
                         configs.remove(&key);
                         changes.insert(key, None);
+                    }
+                    2 | 3 if key == "cleanup.policy" => {
+                        // APPEND / SUBTRACT on the list, from the effective value.
+                        let v = c.value.as_ref().map(|v| v.as_str().to_string());
+                        let v =
+                            v.ok_or((ec::INVALID_CONFIG, format!("`{key}` without a value")))?;
+                        let current = shard.ctx.config.topic_value(&key, &configs);
+                        let mut list: Vec<String> = current
+                            .unwrap_or_default()
+                            .split(',')
+                            .map(|p| p.trim().to_string())
+                            .filter(|p| !p.is_empty())
+                            .collect();
+                        for item in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                            let has = list.iter().any(|p| p == item);
+                            if c.config_operation == 2 && !has {
+                                list.push(item.to_string());
+                            } else if c.config_operation == 3 {
+                                list.retain(|p| p != item);
+                            }
+                        }
+                        let joined = list.join(",");
+                        configs.insert(key.clone(), joined.clone());
+                        changes.insert(key, Some(joined));
                     }
                     op => {
                         return Err((
@@ -910,7 +934,7 @@ fn describe_partitions(
         .with_partitions(partitions)
 }
 
-/// Metadata in cluster mode: every live broker, and each partition's leader, leader epoch,
+/// Metadata: every live broker, and each partition's leader, leader epoch,
 /// replicas, ISR and offline replicas from the controller image.
 pub async fn metadata(
     shard: &Rc<Shard>,
@@ -1035,7 +1059,7 @@ pub async fn metadata(
         .with_topics(topics)
 }
 
-/// DescribeCluster in cluster mode: the registered brokers and the active controller.
+/// DescribeCluster: the registered brokers and the active controller.
 pub fn describe_cluster(shard: &Shard, node: &ClusterNode) -> m::DescribeClusterResponse {
     let image = node.cluster_image();
     let listener = super::connection::listener_name(&shard.ctx.config);

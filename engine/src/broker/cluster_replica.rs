@@ -259,9 +259,7 @@ pub async fn reconcile(shard: Rc<Shard>, image: Arc<ClusterImage>) {
 }
 
 async fn reconcile_once(shard: &Rc<Shard>, image: &Arc<ClusterImage>) {
-    let Some(node) = shard.ctx.metadata.cluster_node().cloned() else {
-        return;
-    };
+    let node = shard.ctx.metadata.cluster_node().clone();
     // A stopping shard opens nothing more (its logs are about to close).
     if *shard.phase.borrow() != Phase::Running {
         return;
@@ -667,9 +665,7 @@ pub async fn checkpoint_high_watermarks(shard: &Shard) {
 }
 
 async fn tick_loop(shard: Rc<Shard>) {
-    let Some(node) = shard.ctx.metadata.cluster_node().cloned() else {
-        return;
-    };
+    let node = shard.ctx.metadata.cluster_node().clone();
     let mut ticks: u64 = 0;
     loop {
         tokio::time::sleep(TICK).await;
@@ -774,27 +770,27 @@ pub struct Admitted {
 }
 
 /// Cluster-mode admission of a produce to `topic`-`partition`: this broker must lead it, and
-/// acks=all needs enough in-sync replicas (`NOT_ENOUGH_REPLICAS`). `None` in single-node mode.
+/// acks=all needs enough in-sync replicas (`NOT_ENOUGH_REPLICAS`).
 pub fn before_append(
     shard: &Shard,
     topic: &str,
     partition: i32,
     acks: i16,
-) -> Option<Result<Admitted, (i16, String)>> {
-    let node = shard.ctx.metadata.cluster_node()?;
+) -> Result<Admitted, (i16, String)> {
+    let node = shard.ctx.metadata.cluster_node();
     let Some(slot) = shard.replicas.get(topic, partition) else {
-        return Some(Err((
+        return Err((
             NOT_LEADER_OR_FOLLOWER,
             "this broker hosts no replica of the partition".into(),
-        )));
+        ));
     };
     let now = now();
     let pending = slot.marker_pending.get();
     if pending >= 0 && slot.state.borrow().role_leader_epoch() == Some(pending) {
-        return Some(Err((
+        return Err((
             NOT_LEADER_OR_FOLLOWER,
             "the new leader is still writing its epoch marker; retry".into(),
-        )));
+        ));
     }
     let admitted = {
         let mut st = slot.state.borrow_mut();
@@ -807,13 +803,13 @@ pub fn before_append(
             Ok(l.leader_epoch())
         })
     };
-    Some(match admitted {
+    match admitted {
         Ok(leader_epoch) => Ok(Admitted {
             slot: slot.clone(),
             leader_epoch,
         }),
         Err(e) => Err(error_out(&e)),
-    })
+    }
 }
 
 /// After the leader appended `[base_offset, last_offset]`: records the new log end and, for
@@ -827,9 +823,7 @@ pub async fn after_append(
     acks: i16,
     timeout_ms: i32,
 ) -> Result<(), (i16, String)> {
-    let Some(node) = shard.ctx.metadata.cluster_node().cloned() else {
-        return Ok(());
-    };
+    let node = shard.ctx.metadata.cluster_node().clone();
     let slot = admitted.slot;
     let required = last_offset + 1;
     let now = now();
@@ -879,7 +873,7 @@ pub async fn after_append(
     }
 }
 
-/// What a fetch may read in cluster mode.
+/// What a fetch may read.
 #[derive(Debug, Clone, Copy)]
 pub struct FetchLimit {
     /// Records are read up to here (exclusive).
@@ -891,13 +885,13 @@ pub struct FetchLimit {
     pub diverging_epoch: Option<EpochEndOffset>,
 }
 
-/// What a fetch may read in cluster mode. A replica's fetch (replica id set) updates the
+/// What a fetch may read. A replica's fetch (replica id set) updates the
 /// leader's follower state and reads up to the log end, or learns where its log diverges; a
-/// consumer reads up to the high watermark. `None` in single-node mode.
-pub fn fetch_limit(shard: &Rc<Shard>, item: &FetchIn) -> Option<Result<FetchLimit, i16>> {
-    let node = shard.ctx.metadata.cluster_node()?.clone();
+/// consumer reads up to the high watermark.
+pub fn fetch_limit(shard: &Rc<Shard>, item: &FetchIn) -> Result<FetchLimit, i16> {
+    let node = shard.ctx.metadata.cluster_node().clone();
     let Some(slot) = shard.replicas.get(&item.topic, item.partition) else {
-        return Some(Err(NOT_LEADER_OR_FOLLOWER));
+        return Err(NOT_LEADER_OR_FOLLOWER);
     };
     let epoch = (item.current_leader_epoch >= 0).then_some(item.current_leader_epoch);
     let now = now();
@@ -943,13 +937,13 @@ pub fn fetch_limit(shard: &Rc<Shard>, item: &FetchIn) -> Option<Result<FetchLimi
         })
     };
     drive(shard, &node, &slot);
-    Some(result.map_err(|e| e.code()))
+    result.map_err(|e| e.code())
 }
 
 /// The offset a long-polling fetch waits to pass: the high watermark for consumers of a
-/// cluster-mode leader, the log end otherwise.
+/// leader, the log end for a replica's fetch.
 pub fn wake_end(shard: &Shard, topic: &str, partition: i32, log_end: i64, replica: bool) -> i64 {
-    if replica || shard.ctx.metadata.cluster_node().is_none() {
+    if replica {
         return log_end;
     }
     shard
@@ -958,55 +952,40 @@ pub fn wake_end(shard: &Shard, topic: &str, partition: i32, log_end: i64, replic
         .map_or(log_end, |s| s.state.borrow().high_watermark())
 }
 
-/// ListOffsets in cluster mode: only the leader answers, and "latest" is the high watermark.
-/// `None` in single-node mode.
-pub fn list_offsets_latest(shard: &Shard, topic: &str, partition: i32) -> Option<Result<i64, i16>> {
-    shard.ctx.metadata.cluster_node()?;
+/// ListOffsets: only the leader answers, and "latest" is the high watermark.
+pub fn list_offsets_latest(shard: &Shard, topic: &str, partition: i32) -> Result<i64, i16> {
     let Some(slot) = shard.replicas.get(topic, partition) else {
-        return Some(Err(NOT_LEADER_OR_FOLLOWER));
+        return Err(NOT_LEADER_OR_FOLLOWER);
     };
     let mut st = slot.state.borrow_mut();
-    Some(
-        st.leader_for_request(None)
-            .map(|l| l.high_watermark())
-            .map_err(|e| e.code()),
-    )
+    st.leader_for_request(None)
+        .map(|l| l.high_watermark())
+        .map_err(|e| e.code())
 }
 
-/// DeleteRecords in cluster mode: the leader's high watermark and low watermark (the
-/// smallest log start offset of the in-sync replicas). Only the leader answers
-/// (NOT_LEADER_OR_FOLLOWER). `None` in single-node mode.
-pub fn record_watermarks(
-    shard: &Shard,
-    topic: &str,
-    partition: i32,
-) -> Option<Result<(i64, i64), i16>> {
-    shard.ctx.metadata.cluster_node()?;
+/// DeleteRecords: the leader's high watermark and low watermark (the smallest log start
+/// offset of the in-sync replicas). Only the leader answers (NOT_LEADER_OR_FOLLOWER).
+pub fn record_watermarks(shard: &Shard, topic: &str, partition: i32) -> Result<(i64, i64), i16> {
     let Some(slot) = shard.replicas.get(topic, partition) else {
-        return Some(Err(NOT_LEADER_OR_FOLLOWER));
+        return Err(NOT_LEADER_OR_FOLLOWER);
     };
     let mut st = slot.state.borrow_mut();
-    Some(
-        st.leader_for_request(None)
-            .map(|l| {
-                (
-                    l.high_watermark(),
-                    l.low_watermark(slot.part.log.log_start_offset()),
-                )
-            })
-            .map_err(|e| e.code()),
-    )
+    st.leader_for_request(None)
+        .map(|l| {
+            (
+                l.high_watermark(),
+                l.low_watermark(slot.part.log.log_start_offset()),
+            )
+        })
+        .map_err(|e| e.code())
 }
 
-/// Whether this broker leads `topic`-`partition`: `None` in single-node mode.
-pub fn is_leader(shard: &Shard, topic: &str, partition: i32) -> Option<bool> {
-    shard.ctx.metadata.cluster_node()?;
-    Some(
-        shard
-            .replicas
-            .get(topic, partition)
-            .is_some_and(|s| s.state.borrow().is_leader()),
-    )
+/// Whether this broker leads `topic`-`partition`.
+pub fn is_leader(shard: &Shard, topic: &str, partition: i32) -> bool {
+    shard
+        .replicas
+        .get(topic, partition)
+        .is_some_and(|s| s.state.borrow().is_leader())
 }
 
 /// OffsetForLeaderEpoch on this shard's partitions: `(topic, partition, current epoch,
@@ -1018,20 +997,13 @@ async fn offset_for_leader_epoch_local(
     let mut out = Vec::with_capacity(items.len());
     for (topic, partition, current, requested) in items {
         let current = (current >= 0).then_some(current);
-        let answer = if shard.ctx.metadata.cluster_node().is_some() {
-            match shard.replicas.get(&topic, partition) {
-                None => Err(NOT_LEADER_OR_FOLLOWER),
-                Some(slot) => {
-                    let mut st = slot.state.borrow_mut();
-                    st.leader_for_request(current)
-                        .and_then(|l| l.offset_for_leader_epoch(current, requested, &slot.part.log))
-                        .map_err(|e| e.code())
-                }
-            }
-        } else {
-            match shard.partition(&topic, partition).await {
-                Ok(p) => Ok(p.log.epoch_end_offset(requested)),
-                Err(code) => Err(code),
+        let answer = match shard.replicas.get(&topic, partition) {
+            None => Err(NOT_LEADER_OR_FOLLOWER),
+            Some(slot) => {
+                let mut st = slot.state.borrow_mut();
+                st.leader_for_request(current)
+                    .and_then(|l| l.offset_for_leader_epoch(current, requested, &slot.part.log))
+                    .map_err(|e| e.code())
             }
         };
         out.push(match answer {

@@ -324,7 +324,7 @@ pub const BROKER_KEYS: &[(&str, &str, &str)] = &[
     (
         "controller.quorum.voters",
         "",
-        "cluster mode: id@host:port,... of the controller voters (empty = a cluster of one: this node is its sole voter)",
+        "id@host:port,... of the controller voters (empty = a cluster of one: this node is its sole voter)",
     ),
     (
         "broker.session.timeout.ms",

@@ -29,7 +29,7 @@ use tokio::sync::{oneshot, Notify};
 use tracing::{debug, info, warn};
 
 use super::config::{parse_int, BrokerConfig, ConfigError};
-use super::metadata::{new_topic_id, MetadataError, MetadataImage, MetadataStore, TopicMeta};
+use super::metadata::{MetadataImage, MetadataStore};
 use super::protocol::error_code as ec;
 use super::shard::{now_ms, Phase, Shard, ShardGone};
 use crate::group::api::{
@@ -178,32 +178,7 @@ fn offsets_topic_configs(cfg: &BrokerConfig) -> Result<BTreeMap<String, String>,
     Ok(configs)
 }
 
-/// Checks the group keys and creates `__consumer_offsets` if it does not exist (compacted,
-/// 100 MiB segments, as Kafka creates it), before any shard starts.
-pub fn ensure_offsets_topic(
-    metadata: &MetadataStore,
-    cfg: &BrokerConfig,
-) -> Result<(), GroupSetupError> {
-    // Validated here, at every start, so a bad group key stops the broker naming the key.
-    let conf = coordinator_config(cfg, offsets_partitions(&metadata.image()))?;
-    if metadata.image().topic(OFFSETS_TOPIC).is_some() {
-        return Ok(());
-    }
-    let configs = offsets_topic_configs(cfg)?;
-    metadata.put_topic(TopicMeta {
-        name: OFFSETS_TOPIC.to_string(),
-        id: new_topic_id(),
-        partitions: conf.offsets_partitions,
-        configs,
-    })?;
-    info!(
-        partitions = conf.offsets_partitions,
-        "created internal topic {OFFSETS_TOPIC}"
-    );
-    Ok(())
-}
-
-/// Cluster mode: checks the group keys at start-up (the topic itself is created through the
+/// Checks the group keys at start-up (the topic itself is created through the
 /// controller on first use), so a bad key stops the broker naming the key.
 /// Returns the configured `offsets.topic.num.partitions`.
 pub fn check_group_config(cfg: &BrokerConfig) -> Result<i32, GroupSetupError> {
@@ -212,7 +187,7 @@ pub fn check_group_config(cfg: &BrokerConfig) -> Result<i32, GroupSetupError> {
     Ok(conf.offsets_partitions)
 }
 
-/// Cluster mode: creates `__consumer_offsets` through the controller if the image lacks it
+/// Creates `__consumer_offsets` through the controller if the image lacks it
 /// (on the first FindCoordinator for a group, as Kafka does, so the brokers of a starting
 /// cluster have registered by then). Its replication factor is
 /// `offsets.topic.replication.factor` (default 3) capped at the unfenced brokers, and its
@@ -267,9 +242,6 @@ pub enum GroupSetupError {
     /// A `group.*` / `offsets.*` key has a bad value.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// `__consumer_offsets` could not be created.
-    #[error(transparent)]
-    Metadata(#[from] MetadataError),
 }
 
 /// The `__consumer_offsets` partition count in effect (the topic's, once it exists).
@@ -286,14 +258,14 @@ pub struct ShardGroups {
     waiters: RefCell<HashMap<RequestToken, Waiter>>,
     next_token: Cell<RequestToken>,
     timer: Notify,
-    /// Cluster mode: bumped at every leadership change of an offsets partition, so a load
+    /// Bumped at every leadership change of an offsets partition, so a load
     /// started for an older leadership does not finish into a newer one.
     leadership: RefCell<HashMap<i32, u64>>,
     next_leadership: Cell<u64>,
-    /// Cluster mode: how long a coordinator write may wait for its commit
+    /// How long a coordinator write may wait for its commit
     /// (`offsets.commit.timeout.ms`, Kafka's default 5000).
     commit_timeout_ms: i32,
-    /// Cluster mode: this shard is asking the controller to create `__consumer_offsets`.
+    /// This shard is asking the controller to create `__consumer_offsets`.
     creating_offsets_topic: Cell<bool>,
 }
 
@@ -345,45 +317,11 @@ impl ShardGroups {
     }
 }
 
-/// Begins loading this shard's offsets partitions (requests for their groups answer
-/// COORDINATOR_LOAD_IN_PROGRESS meanwhile), then replays them and runs the timer, in tasks.
-/// Call when the shard starts, before its mailbox runs: other shards may forward group
-/// requests as soon as they accept connections, and must get LOAD_IN_PROGRESS, not
-/// NOT_COORDINATOR.
+/// Starts this shard's group timer. Offsets partitions are loaded when this broker becomes
+/// their leader ([`on_leadership_change`]).
 pub fn start(shard: &Rc<Shard>) {
-    if shard.ctx.metadata.cluster_node().is_some() {
-        // In a cluster a shard coordinates only the offsets partitions this broker leads:
-        // `on_leadership_change` loads and unloads them as leadership moves.
-        crate::io::runtime::spawn(timer_loop(shard.clone()));
-        return;
-    }
-    let owned = owned_offsets_partitions(shard);
-    {
-        let mut c = shard.groups.coordinator.borrow_mut();
-        for p in &owned {
-            c.begin_loading(*p);
-        }
-    }
-    let s = shard.clone();
-    crate::io::runtime::spawn(async move {
-        let started = std::time::Instant::now();
-        let (mut records, mut skipped) = (0, 0);
-        let count = owned.len();
-        for p in owned {
-            let (loaded, failed) = load_partition(&s, p, None, &|| true).await;
-            records += loaded;
-            skipped += failed;
-        }
-        info!(
-            shard = s.id,
-            partitions = count,
-            records,
-            skipped,
-            ms = started.elapsed().as_millis() as u64,
-            "loaded {OFFSETS_TOPIC}"
-        );
-        s.groups.timer.notify_one();
-    });
+    // A shard coordinates only the offsets partitions this broker leads:
+    // `on_leadership_change` loads and unloads them as leadership moves.
     crate::io::runtime::spawn(timer_loop(shard.clone()));
 }
 
@@ -510,7 +448,7 @@ async fn load_partition(
 /// must load up to.
 const LOAD_HW_POLL: Duration = Duration::from_millis(20);
 
-/// Cluster mode: this broker became leader (`leader_epoch` Some) of offsets partition `p`, or
+/// This broker became leader (`leader_epoch` Some) of offsets partition `p`, or
 /// stopped leading it (None). A new leader answers COORDINATOR_LOAD_IN_PROGRESS for the
 /// partition's groups, waits until its high watermark covers the log end it had when it was
 /// elected (every record it holds is then committed), replays the log up to there and
@@ -561,7 +499,7 @@ pub fn on_leadership_change(shard: &Rc<Shard>, p: i32, leader_epoch: Option<i32>
                 return;
             }
             match super::cluster_replica::list_offsets_latest(&s, OFFSETS_TOPIC, p) {
-                Some(Ok(hw)) if hw >= end => break,
+                Ok(hw) if hw >= end => break,
                 _ => tokio::time::sleep(LOAD_HW_POLL).await,
             }
         }
@@ -646,7 +584,7 @@ fn append_error(code: i16) -> AppendError {
         10 | 18 => AppendError::RecordTooLarge,
         ec::KAFKA_STORAGE_ERROR => AppendError::Storage,
         ec::UNKNOWN_TOPIC_OR_PARTITION => AppendError::NotEnoughReplicas,
-        // NOT_LEADER_OR_FOLLOWER, FENCED_LEADER_EPOCH: leadership moved (cluster mode).
+        // NOT_LEADER_OR_FOLLOWER, FENCED_LEADER_EPOCH: leadership moved.
         6 | 74 => AppendError::NotLeader,
         // NOT_ENOUGH_REPLICAS(_AFTER_APPEND)
         19 | 20 => AppendError::NotEnoughReplicas,
@@ -671,18 +609,17 @@ async fn start_append(
             return Ok(Err(AppendError::Other(codes::UNKNOWN_SERVER_ERROR)));
         }
     };
-    // Cluster mode: this broker must lead the partition, and the record counts only once the
-    // topic's replication rule committed it (acks=all), as Kafka's coordinator writes.
+    // This broker must lead the partition, and the record counts only once the topic's
+    // replication rule committed it (acks=all), as Kafka's coordinator writes.
     let admitted = match super::cluster_replica::before_append(shard, OFFSETS_TOPIC, partition, -1)
     {
-        None => None,
-        Some(Ok(a)) => Some(a),
-        Some(Err((code, msg))) => {
+        Ok(a) => a,
+        Err((code, msg)) => {
             debug!(partition, code, "{OFFSETS_TOPIC} append refused: {msg}");
             return Ok(Err(append_error(code)));
         }
     };
-    let epoch = admitted.as_ref().map_or(0, |a| a.leader_epoch);
+    let epoch = admitted.leader_epoch;
     let commit_timeout = shard.groups.commit_timeout_ms;
     let s = shard.clone();
     let mut fut: Completion = Box::pin(async move {
@@ -700,24 +637,22 @@ async fn start_append(
                 return Err(append_error(e.kafka_error_code()));
             }
         };
-        if let Some(a) = admitted {
-            super::cluster_replica::after_append(
-                &s,
-                a,
-                info.first_offset,
-                info.last_offset,
-                -1,
-                commit_timeout,
-            )
-            .await
-            .map_err(|(code, msg)| {
-                debug!(
-                    partition,
-                    code, "{OFFSETS_TOPIC} record not committed: {msg}"
-                );
-                append_error(code)
-            })?;
-        }
+        super::cluster_replica::after_append(
+            &s,
+            admitted,
+            info.first_offset,
+            info.last_offset,
+            -1,
+            commit_timeout,
+        )
+        .await
+        .map_err(|(code, msg)| {
+            debug!(
+                partition,
+                code, "{OFFSETS_TOPIC} record not committed: {msg}"
+            );
+            append_error(code)
+        })?;
         Ok(())
     });
     // One poll takes the log's FIFO append lock (the partition is open, so the lookup does
@@ -858,25 +793,6 @@ async fn timer_loop(shard: Rc<Shard>) {
     }
 }
 
-/// Tells every shard's coordinator that `topics` were deleted (their offsets go too).
-pub async fn topics_deleted(shard: &Rc<Shard>, topics: Vec<String>) -> Result<(), ShardGone> {
-    let calls = (0..shard.ctx.shard_count()).map(|s| {
-        let topics = topics.clone();
-        shard.call(s, move |sh| async move {
-            let actions = sh
-                .groups
-                .coordinator
-                .borrow_mut()
-                .on_topics_deleted(&topics);
-            execute(&sh, actions).await;
-        })
-    });
-    for r in futures_util::future::join_all(calls).await {
-        r?;
-    }
-    Ok(())
-}
-
 // ---------------------------------------------------------------------------------------------
 // Request handlers (called from `handlers::handle_request`).
 
@@ -907,7 +823,7 @@ fn no_coordinator(code: i16, msg: &str) -> CoordinatorAnswer {
     (code, Some(msg.to_string()), -1, String::new(), -1)
 }
 
-/// Cluster mode: the coordinator of `group_id` is the current leader of its
+/// The coordinator of `group_id` is the current leader of its
 /// `__consumer_offsets` partition. COORDINATOR_NOT_AVAILABLE while the topic is being
 /// created (this call starts the creation) or the partition has no live leader.
 fn cluster_coordinator(
@@ -950,8 +866,8 @@ fn cluster_coordinator(
     }
 }
 
-/// FindCoordinator v0-6. On a single node this broker coordinates every group; in a cluster
-/// a group's coordinator is the leader of its `__consumer_offsets` partition. Transactions
+/// FindCoordinator v0-6. A group's coordinator is the leader of its `__consumer_offsets`
+/// partition (on a cluster of one, this broker). Transactions
 /// are not served.
 pub fn find_coordinator(
     shard: &Rc<Shard>,
@@ -959,16 +875,11 @@ pub fn find_coordinator(
     req: m::FindCoordinatorRequest,
 ) -> m::FindCoordinatorResponse {
     const NO_TXN: &str = "transactions are not served by this broker";
-    let cfg = &shard.ctx.config;
-    let node = shard.ctx.metadata.cluster_node().cloned();
+    let node = shard.ctx.metadata.cluster_node();
     let answer = |key_type: i8, key: &str| -> CoordinatorAnswer {
-        match (key_type, &node) {
-            (0, Some(node)) => cluster_coordinator(shard, node, key),
-            (0, None) => {
-                let (host, port) = super::connection::advertised(cfg);
-                (ec::NONE, None, cfg.node_id, host, port)
-            }
-            (1, _) => no_coordinator(ec::COORDINATOR_NOT_AVAILABLE, NO_TXN),
+        match key_type {
+            0 => cluster_coordinator(shard, node, key),
+            1 => no_coordinator(ec::COORDINATOR_NOT_AVAILABLE, NO_TXN),
             _ => no_coordinator(ec::INVALID_REQUEST, "unknown coordinator key type"),
         }
     };
@@ -1005,9 +916,8 @@ pub fn find_coordinator(
     }
 }
 
-/// Cluster mode: topics left the metadata image; this shard's coordinator forgets their
-/// offsets (as [`topics_deleted`] does on a single node). Runs on every broker, so every
-/// coordinator hears of it whichever broker handled the DeleteTopics.
+/// Topics left the metadata image; this shard's coordinator forgets their offsets. Runs on
+/// every broker, so every coordinator hears of it whichever broker handled the DeleteTopics.
 pub async fn topics_deleted_here(shard: Rc<Shard>, topics: Vec<String>) {
     let actions = shard
         .groups

@@ -3,18 +3,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
-use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::{self as m, ApiKey, BrokerId, RequestHeader, TopicName};
+use kafka_protocol::messages::{self as m, ApiKey, RequestHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::sync::oneshot;
-use tracing::{debug, info};
-use uuid::Uuid;
+use tracing::debug;
 
 use super::config::{ConfigSource, TOPIC_KEYS};
 use super::groups;
-use super::metadata::{new_topic_id, validate_topic_name, TopicMeta};
 use super::producer_ids;
 use super::protocol::{
     encode_response, error_code as ec, peek_header, served_versions, EncodeError, FetchFrame,
@@ -77,10 +74,6 @@ pub const MAX_PARTITIONS_PER_TOPIC: i32 = 10_000;
 
 fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())
-}
-
-fn topic_name(s: &str) -> TopicName {
-    TopicName(str_bytes(s))
 }
 
 /// Handles one request frame (without its size prefix). `Ok(None)` means no response is
@@ -147,31 +140,23 @@ pub async fn handle_request(
         }
         ApiKey::Metadata => {
             let req = decode!(m::MetadataRequest);
-            match shard.ctx.metadata.cluster_node().cloned() {
-                Some(node) => frame(&cluster::metadata(&shard, &node, version, req).await),
-                None => frame(&metadata(&shard, version, req).await?),
-            }
+            let node = shard.ctx.metadata.cluster_node().clone();
+            frame(&cluster::metadata(&shard, &node, version, req).await)
         }
         ApiKey::CreateTopics => {
             let req = decode!(m::CreateTopicsRequest);
-            match shard.ctx.metadata.cluster_node().cloned() {
-                Some(node) => frame(&cluster::create_topics(&shard, &node, req).await),
-                None => frame(&create_topics(&shard, req).await?),
-            }
+            let node = shard.ctx.metadata.cluster_node().clone();
+            frame(&cluster::create_topics(&shard, &node, req).await)
         }
         ApiKey::DeleteTopics => {
             let req = decode!(m::DeleteTopicsRequest);
-            match shard.ctx.metadata.cluster_node().cloned() {
-                Some(node) => frame(&cluster::delete_topics(&shard, &node, version, req).await),
-                None => frame(&delete_topics(&shard, version, req).await?),
-            }
+            let node = shard.ctx.metadata.cluster_node().clone();
+            frame(&cluster::delete_topics(&shard, &node, version, req).await)
         }
         ApiKey::CreatePartitions => {
             let req = decode!(m::CreatePartitionsRequest);
-            match shard.ctx.metadata.cluster_node().cloned() {
-                Some(node) => frame(&cluster::create_partitions(&shard, &node, req).await),
-                None => frame(&create_partitions(&shard, req).await?),
-            }
+            let node = shard.ctx.metadata.cluster_node().clone();
+            frame(&cluster::create_partitions(&shard, &node, req).await)
         }
         ApiKey::OffsetForLeaderEpoch => {
             let req = decode!(m::OffsetForLeaderEpochRequest);
@@ -183,10 +168,8 @@ pub async fn handle_request(
         }
         ApiKey::IncrementalAlterConfigs => {
             let req = decode!(m::IncrementalAlterConfigsRequest);
-            match shard.ctx.metadata.cluster_node().cloned() {
-                Some(node) => frame(&cluster::incremental_alter_configs(&shard, &node, req).await),
-                None => frame(&incremental_alter_configs(&shard, req).await?),
-            }
+            let node = shard.ctx.metadata.cluster_node().clone();
+            frame(&cluster::incremental_alter_configs(&shard, &node, req).await)
         }
         ApiKey::SaslHandshake => {
             let _req = decode!(m::SaslHandshakeRequest);
@@ -203,15 +186,15 @@ pub async fn handle_request(
         }
         ApiKey::DescribeCluster => {
             let _req = decode!(m::DescribeClusterRequest);
-            match shard.ctx.metadata.cluster_node() {
-                Some(node) => frame(&cluster::describe_cluster(&shard, node)),
-                None => frame(&describe_cluster(&shard)),
-            }
+            frame(&cluster::describe_cluster(
+                &shard,
+                shard.ctx.metadata.cluster_node(),
+            ))
         }
         ApiKey::DescribeQuorum => {
             let req = decode!(m::DescribeQuorumRequest);
-            let node = shard.ctx.metadata.cluster_node().cloned();
-            frame(&super::quorum::describe_quorum(node.as_deref(), version, req).await)
+            let node = shard.ctx.metadata.cluster_node().clone();
+            frame(&super::quorum::describe_quorum(&node, version, req).await)
         }
         ApiKey::FindCoordinator => {
             let req = decode!(m::FindCoordinatorRequest);
@@ -309,7 +292,7 @@ fn refuse_transactional(frame: Bytes, api: ApiKey, version: i16) -> Result<Respo
     Ok(Response::Frame(body.encode_frame(api, version, cid)?))
 }
 
-/// One resource's IncrementalAlterConfigs answer (single-node and cluster paths).
+/// One resource's IncrementalAlterConfigs answer.
 pub(super) fn alter_config_result(
     r: &m::incremental_alter_configs_request::AlterConfigsResource,
     outcome: Result<(), (i16, String)>,
@@ -593,11 +576,9 @@ async fn list_offsets(
         let topic = name.as_str().to_string();
         let mut t = m::list_offsets_response::ListOffsetsTopicResponse::default().with_name(name);
         for (index, pos) in parts {
-            // Cluster mode: the partition's leader epoch; a single node's only epoch is 0.
             let epoch = image
                 .cluster
-                .as_ref()
-                .and_then(|c| c.partition(&topic, index))
+                .partition(&topic, index)
                 .map_or(0, |p| p.leader_epoch);
             let o = results[pos].take().unwrap_or(OffsetOut {
                 error_code: ec::UNKNOWN_SERVER_ERROR,
@@ -621,151 +602,6 @@ async fn list_offsets(
         resp.topics.push(t);
     }
     Ok(resp)
-}
-
-fn describe_topic(shard: &Shard, t: &TopicMeta) -> m::metadata_response::MetadataResponseTopic {
-    let node = BrokerId(shard.ctx.config.node_id);
-    let partitions = (0..t.partitions)
-        .map(|p| {
-            m::metadata_response::MetadataResponsePartition::default()
-                .with_partition_index(p)
-                .with_leader_id(node)
-                .with_leader_epoch(0)
-                .with_replica_nodes(vec![node])
-                .with_isr_nodes(vec![node])
-        })
-        .collect();
-    m::metadata_response::MetadataResponseTopic::default()
-        .with_name(Some(topic_name(&t.name)))
-        .with_topic_id(t.id)
-        .with_is_internal(t.name == OFFSETS_TOPIC)
-        .with_partitions(partitions)
-}
-
-/// Creates a topic: persists it, then opens its partitions on their owner shards. Callers
-/// hold the admin lock.
-async fn create_topic(
-    shard: &Rc<Shard>,
-    name: &str,
-    partitions: i32,
-    configs: BTreeMap<String, String>,
-) -> Result<Arc<TopicMeta>, (i16, String)> {
-    let meta = TopicMeta {
-        name: name.to_string(),
-        id: new_topic_id(),
-        partitions,
-        configs,
-    };
-    let image = shard
-        .ctx
-        .metadata
-        .put_topic(meta)
-        .map_err(|e| (ec::KAFKA_STORAGE_ERROR, e.to_string()))?;
-    open_partitions(shard, name, 0, partitions).await?;
-    info!(topic = name, partitions, "created topic");
-    image
-        .topic(name)
-        .cloned()
-        .ok_or((ec::UNKNOWN_SERVER_ERROR, "topic vanished".into()))
-}
-
-async fn open_partitions(
-    shard: &Rc<Shard>,
-    name: &str,
-    from: i32,
-    to: i32,
-) -> Result<(), (i16, String)> {
-    let calls = (0..shard.ctx.shard_count()).map(|s| {
-        let topic = name.to_string();
-        shard.call(s, move |sh| sh.open_topic_partitions(topic, from, to))
-    });
-    for r in futures_util::future::join_all(calls).await {
-        match r {
-            Ok(Ok(())) => {}
-            Ok(Err(code)) => return Err((code, "cannot open a partition".into())),
-            Err(e) => return Err((ec::UNKNOWN_SERVER_ERROR, e.to_string())),
-        }
-    }
-    Ok(())
-}
-
-async fn metadata(
-    shard: &Rc<Shard>,
-    version: i16,
-    req: m::MetadataRequest,
-) -> Result<m::MetadataResponse, RequestError> {
-    let cfg = &shard.ctx.config;
-    let mut image = shard.image();
-    let all = match &req.topics {
-        None => true,
-        Some(t) => t.is_empty() && version == 0,
-    };
-    let mut topics = Vec::new();
-    if all {
-        topics.extend(image.topics().map(|t| describe_topic(shard, t)));
-    } else {
-        let allow_auto = cfg.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
-        for rt in req.topics.iter().flatten() {
-            let by_id = rt.name.is_none() && !rt.topic_id.is_nil();
-            if by_id {
-                match image.topic_by_id(&rt.topic_id) {
-                    Some(t) => topics.push(describe_topic(shard, t)),
-                    None => topics.push(
-                        m::metadata_response::MetadataResponseTopic::default()
-                            .with_topic_id(rt.topic_id)
-                            .with_error_code(ec::UNKNOWN_TOPIC_ID),
-                    ),
-                }
-                continue;
-            }
-            let name = rt
-                .name
-                .as_ref()
-                .map(|n| n.as_str().to_string())
-                .unwrap_or_default();
-            if let Some(t) = image.topic(&name) {
-                topics.push(describe_topic(shard, t));
-                continue;
-            }
-            let unknown = |code| {
-                m::metadata_response::MetadataResponseTopic::default()
-                    .with_name(Some(topic_name(&name)))
-                    .with_error_code(code)
-            };
-            if validate_topic_name(&name).is_err() {
-                topics.push(unknown(ec::INVALID_TOPIC_EXCEPTION));
-                continue;
-            }
-            if !allow_auto {
-                topics.push(unknown(ec::UNKNOWN_TOPIC_OR_PARTITION));
-                continue;
-            }
-            let _admin = shard.ctx.metadata.admin_lock.lock().await;
-            image = shard.image();
-            let created = match image.topic(&name) {
-                Some(t) => Ok(t.clone()),
-                None => create_topic(shard, &name, cfg.num_partitions, BTreeMap::new()).await,
-            };
-            match created {
-                Ok(t) => topics.push(describe_topic(shard, &t)),
-                Err((code, msg)) => {
-                    tracing::warn!(topic = name, "auto-create failed: {msg}");
-                    topics.push(unknown(code));
-                }
-            }
-        }
-    }
-    let node = BrokerId(cfg.node_id);
-    let (host, port) = super::connection::advertised(cfg);
-    Ok(m::MetadataResponse::default()
-        .with_brokers(vec![m::metadata_response::MetadataResponseBroker::default(
-        )
-        .with_node_id(node)
-        .with_host(str_bytes(&host))
-        .with_port(port)])
-        .with_cluster_id(Some(str_bytes(&image.cluster_id)))
-        .with_controller_id(node)
-        .with_topics(topics))
 }
 
 /// Checks topic-level config overrides: known keys, values that parse.
@@ -809,250 +645,6 @@ pub(super) fn effective_topic_configs(
             (key.to_string(), value, source)
         })
         .collect()
-}
-
-async fn create_topics(
-    shard: &Rc<Shard>,
-    req: m::CreateTopicsRequest,
-) -> Result<m::CreateTopicsResponse, RequestError> {
-    let cfg = shard.ctx.config.clone();
-    let _admin = shard.ctx.metadata.admin_lock.lock().await;
-    let mut resp = m::CreateTopicsResponse::default();
-    for t in req.topics {
-        let name = t.name.as_str().to_string();
-        let mut result =
-            m::create_topics_response::CreatableTopicResult::default().with_name(t.name.clone());
-        let mut configs = BTreeMap::new();
-        for c in &t.configs {
-            if let Some(v) = &c.value {
-                configs.insert(c.name.as_str().to_string(), v.as_str().to_string());
-            }
-        }
-        let partitions = if !t.assignments.is_empty() {
-            t.assignments.len() as i32
-        } else {
-            t.num_partitions
-        };
-        let check = || -> Result<i32, (i16, String)> {
-            validate_topic_name(&name).map_err(|e| (ec::INVALID_TOPIC_EXCEPTION, e))?;
-            if shard.image().topic(&name).is_some() {
-                return Err((
-                    ec::TOPIC_ALREADY_EXISTS,
-                    format!("topic `{name}` already exists"),
-                ));
-            }
-            if !t.assignments.is_empty() {
-                if t.num_partitions != -1 || t.replication_factor != -1 {
-                    return Err((
-                        ec::INVALID_REQUEST,
-                        "assignments given with num_partitions or replication_factor".into(),
-                    ));
-                }
-                let node = BrokerId(cfg.node_id);
-                if t.assignments.iter().any(|a| a.broker_ids != vec![node]) {
-                    return Err((
-                        ec::INVALID_REPLICA_ASSIGNMENT,
-                        format!("this single node is broker {}", cfg.node_id),
-                    ));
-                }
-            }
-            let partitions = if partitions == -1 {
-                cfg.num_partitions
-            } else {
-                partitions
-            };
-            if !(1..=MAX_PARTITIONS_PER_TOPIC).contains(&partitions) {
-                return Err((
-                    ec::INVALID_PARTITIONS,
-                    format!("number of partitions must be in 1..={MAX_PARTITIONS_PER_TOPIC}"),
-                ));
-            }
-            if !matches!(t.replication_factor, -1 | 1) {
-                return Err((
-                    ec::INVALID_REPLICATION_FACTOR,
-                    "replication factor must be 1 on a single node".into(),
-                ));
-            }
-            validate_topic_configs(shard, &configs).map_err(|e| (ec::INVALID_CONFIG, e))?;
-            Ok(partitions)
-        };
-        let outcome = match check() {
-            Ok(n) if req.validate_only => Ok((n, Uuid::nil())),
-            Ok(n) => create_topic(shard, &name, n, configs.clone())
-                .await
-                .map(|m| (n, m.id)),
-            Err(e) => Err(e),
-        };
-        match outcome {
-            Ok((n, id)) => {
-                let cs = effective_topic_configs(shard, &configs)
-                    .into_iter()
-                    .map(|(k, v, src)| {
-                        m::create_topics_response::CreatableTopicConfigs::default()
-                            .with_name(StrBytes::from_string(k))
-                            .with_value(Some(StrBytes::from_string(v)))
-                            .with_config_source(src)
-                    })
-                    .collect();
-                result = result
-                    .with_topic_id(id)
-                    .with_num_partitions(n)
-                    .with_replication_factor(1)
-                    .with_configs(Some(cs));
-            }
-            Err((code, msg)) => {
-                result = result
-                    .with_error_code(code)
-                    .with_error_message(Some(StrBytes::from_string(msg)))
-                    .with_num_partitions(-1)
-                    .with_replication_factor(-1);
-            }
-        }
-        resp.topics.push(result);
-    }
-    Ok(resp)
-}
-
-async fn delete_topics(
-    shard: &Rc<Shard>,
-    version: i16,
-    req: m::DeleteTopicsRequest,
-) -> Result<m::DeleteTopicsResponse, RequestError> {
-    let _admin = shard.ctx.metadata.admin_lock.lock().await;
-    let targets: Vec<(Option<String>, Uuid)> = if version >= 6 {
-        req.topics
-            .iter()
-            .map(|t| (t.name.as_ref().map(|n| n.as_str().to_string()), t.topic_id))
-            .collect()
-    } else {
-        req.topic_names
-            .iter()
-            .map(|n| (Some(n.as_str().to_string()), Uuid::nil()))
-            .collect()
-    };
-    let mut resp = m::DeleteTopicsResponse::default();
-    for (name, id) in targets {
-        let image = shard.image();
-        let meta = match &name {
-            Some(n) => image.topic(n).cloned(),
-            None => image.topic_by_id(&id).cloned(),
-        };
-        let mut r = m::delete_topics_response::DeletableTopicResult::default()
-            .with_name(name.as_deref().map(topic_name))
-            .with_topic_id(id);
-        match meta {
-            None => {
-                let code = if name.is_some() {
-                    ec::UNKNOWN_TOPIC_OR_PARTITION
-                } else {
-                    ec::UNKNOWN_TOPIC_ID
-                };
-                r = r.with_error_code(code);
-            }
-            Some(meta) if meta.name == OFFSETS_TOPIC => {
-                r = r
-                    .with_name(Some(topic_name(&meta.name)))
-                    .with_topic_id(meta.id)
-                    .with_error_code(ec::INVALID_TOPIC_EXCEPTION)
-                    .with_error_message(Some(str_bytes("the internal topic cannot be deleted")));
-            }
-            Some(meta) => {
-                r = r
-                    .with_name(Some(topic_name(&meta.name)))
-                    .with_topic_id(meta.id);
-                match shard.ctx.metadata.remove_topic(&meta.name) {
-                    Err(e) => {
-                        r = r
-                            .with_error_code(ec::KAFKA_STORAGE_ERROR)
-                            .with_error_message(Some(StrBytes::from_string(e.to_string())))
-                    }
-                    Ok(_) => {
-                        let calls = (0..shard.ctx.shard_count()).map(|s| {
-                            let (topic, n) = (meta.name.clone(), meta.partitions);
-                            shard.call(s, move |sh| sh.delete_topic_partitions(topic, n))
-                        });
-                        for c in futures_util::future::join_all(calls).await {
-                            c?;
-                        }
-                        groups::topics_deleted(shard, vec![meta.name.clone()]).await?;
-                        info!(topic = meta.name, "deleted topic");
-                    }
-                }
-            }
-        }
-        resp.responses.push(r);
-    }
-    Ok(resp)
-}
-
-async fn create_partitions(
-    shard: &Rc<Shard>,
-    req: m::CreatePartitionsRequest,
-) -> Result<m::CreatePartitionsResponse, RequestError> {
-    let _admin = shard.ctx.metadata.admin_lock.lock().await;
-    let node = BrokerId(shard.ctx.config.node_id);
-    let mut resp = m::CreatePartitionsResponse::default();
-    for t in req.topics {
-        let name = t.name.as_str().to_string();
-        let image = shard.image();
-        let outcome: Result<(), (i16, String)> = async {
-            let meta = image.topic(&name).ok_or((
-                ec::UNKNOWN_TOPIC_OR_PARTITION,
-                format!("topic `{name}` does not exist"),
-            ))?;
-            if t.count > MAX_PARTITIONS_PER_TOPIC {
-                return Err((
-                    ec::INVALID_PARTITIONS,
-                    format!("at most {MAX_PARTITIONS_PER_TOPIC} partitions per topic"),
-                ));
-            }
-            if t.count <= meta.partitions {
-                return Err((
-                    ec::INVALID_PARTITIONS,
-                    format!(
-                        "topic has {} partitions; the new count must be larger",
-                        meta.partitions
-                    ),
-                ));
-            }
-            if let Some(a) = t.assignments.as_ref().filter(|a| !a.is_empty()) {
-                if a.len() as i32 != t.count - meta.partitions
-                    || a.iter().any(|x| x.broker_ids != vec![node])
-                {
-                    return Err((
-                        ec::INVALID_REPLICA_ASSIGNMENT,
-                        "assignments must name this broker once per new partition".into(),
-                    ));
-                }
-            }
-            if req.validate_only {
-                return Ok(());
-            }
-            let old = meta.partitions;
-            let next = TopicMeta {
-                partitions: t.count,
-                ..(**meta).clone()
-            };
-            shard
-                .ctx
-                .metadata
-                .put_topic(next)
-                .map_err(|e| (ec::KAFKA_STORAGE_ERROR, e.to_string()))?;
-            open_partitions(shard, &name, old, t.count).await?;
-            info!(topic = name, from = old, to = t.count, "added partitions");
-            Ok(())
-        }
-        .await;
-        let mut r = m::create_partitions_response::CreatePartitionsTopicResult::default()
-            .with_name(t.name.clone());
-        if let Err((code, msg)) = outcome {
-            r = r
-                .with_error_code(code)
-                .with_error_message(Some(StrBytes::from_string(msg)));
-        }
-        resp.results.push(r);
-    }
-    Ok(resp)
 }
 
 const RESOURCE_TOPIC: i8 = 2;
@@ -1170,113 +762,4 @@ fn describe_configs(
         resp.results.push(result);
     }
     resp
-}
-
-async fn incremental_alter_configs(
-    shard: &Rc<Shard>,
-    req: m::IncrementalAlterConfigsRequest,
-) -> Result<m::IncrementalAlterConfigsResponse, RequestError> {
-    let _admin = shard.ctx.metadata.admin_lock.lock().await;
-    let mut resp = m::IncrementalAlterConfigsResponse::default();
-    for r in req.resources {
-        let name = r.resource_name.as_str().to_string();
-        let outcome: Result<(), (i16, String)> = async {
-            if r.resource_type != RESOURCE_TOPIC {
-                return Err((
-                    ec::INVALID_REQUEST,
-                    "only topic configs can be altered (broker configs are static)".into(),
-                ));
-            }
-            let image = shard.image();
-            let meta = image.topic(&name).ok_or((
-                ec::UNKNOWN_TOPIC_OR_PARTITION,
-                format!("topic `{name}` does not exist"),
-            ))?;
-            let mut configs = meta.configs.clone();
-            for c in &r.configs {
-                let key = c.name.as_str().to_string();
-                match c.config_operation {
-                    0 => {
-                        let v = c
-                            .value
-                            .as_ref()
-                            .ok_or((ec::INVALID_CONFIG, format!("SET `{key}` without a value")))?;
-                        configs.insert(key, v.as_str().to_string());
-                    }
-                    1 => {
-                        configs.remove(&key);
-                    }
-                    2 | 3 if key == "cleanup.policy" => {
-                        // APPEND / SUBTRACT on the list, from the effective value.
-                        let v = c.value.as_ref().map(|v| v.as_str().to_string());
-                        let v =
-                            v.ok_or((ec::INVALID_CONFIG, format!("`{key}` without a value")))?;
-                        let current = shard.ctx.config.topic_value(&key, &configs);
-                        let mut list: Vec<String> = current
-                            .unwrap_or_default()
-                            .split(',')
-                            .map(|p| p.trim().to_string())
-                            .filter(|p| !p.is_empty())
-                            .collect();
-                        for item in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                            let has = list.iter().any(|p| p == item);
-                            if c.config_operation == 2 && !has {
-                                list.push(item.to_string());
-                            } else if c.config_operation == 3 {
-                                list.retain(|p| p != item);
-                            }
-                        }
-                        configs.insert(key, list.join(","));
-                    }
-                    op => {
-                        return Err((
-                            ec::INVALID_CONFIG,
-                            format!("operation {op} is not valid for `{key}`"),
-                        ))
-                    }
-                }
-            }
-            validate_topic_configs(shard, &configs).map_err(|e| (ec::INVALID_CONFIG, e))?;
-            if req.validate_only {
-                return Ok(());
-            }
-            let next = TopicMeta {
-                configs,
-                ..(**meta).clone()
-            };
-            shard
-                .ctx
-                .metadata
-                .put_topic(next)
-                .map_err(|e| (ec::KAFKA_STORAGE_ERROR, e.to_string()))?;
-            let calls = (0..shard.ctx.shard_count()).map(|s| {
-                let topic = name.clone();
-                shard.call(s, move |sh| sh.apply_topic_config(topic))
-            });
-            for c in futures_util::future::join_all(calls).await {
-                c.map_err(|e| (ec::UNKNOWN_SERVER_ERROR, e.to_string()))?;
-            }
-            info!(topic = name, "altered topic config");
-            Ok(())
-        }
-        .await;
-        resp.responses.push(alter_config_result(&r, outcome));
-    }
-    Ok(resp)
-}
-
-fn describe_cluster(shard: &Rc<Shard>) -> m::DescribeClusterResponse {
-    let cfg = &shard.ctx.config;
-    let node = BrokerId(cfg.node_id);
-    let (host, port) = super::connection::advertised(cfg);
-    m::DescribeClusterResponse::default()
-        .with_cluster_id(str_bytes(&shard.image().cluster_id))
-        .with_controller_id(node)
-        .with_endpoint_type(1)
-        .with_brokers(vec![
-            m::describe_cluster_response::DescribeClusterBroker::default()
-                .with_broker_id(node)
-                .with_host(str_bytes(&host))
-                .with_port(port),
-        ])
 }

@@ -1,19 +1,19 @@
-//! The topic registry: names, ids, partition counts and per-topic config overrides.
+//! The topic registry the shards read: names, ids, partition counts and per-topic config
+//! overrides, derived from the controller's metadata image.
 //!
-//! Readers take an immutable [`MetadataImage`] snapshot (an `Arc` swapped on every change), so
-//! the produce and fetch paths never wait on an admin request. Changes are serialised by the
-//! admin lock and persisted (write temp file, fsync, rename) before they are published. A later
-//! issue replaces the JSON file with a Raft metadata log; only this type changes then.
+//! Readers take an immutable [`MetadataImage`] snapshot; each shard keeps its own copy
+//! ([`ImageCache`]) refreshed when the controller's image changes, so the produce and fetch
+//! paths never wait on an admin request or on another shard. Changes go through the
+//! controller (`broker/cluster.rs`). The JSON registry of the release without a controller
+//! (`__sluice_metadata.json`) is only read, once, by the migration into a cluster of one.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use uuid::Uuid;
 
-/// File in the data directory holding the topic registry.
+/// The legacy registry file of the release without a controller (read by the migration).
 pub const METADATA_FILE: &str = "__sluice_metadata.json";
 
 /// Errors of the metadata store.
@@ -57,8 +57,9 @@ pub struct MetadataImage {
     pub cluster_id: String,
     topics: BTreeMap<String, Arc<TopicMeta>>,
     by_id: HashMap<Uuid, String>,
-    /// Cluster mode: the controller image this one was derived from (leaders, replicas, ISR).
-    pub cluster: Option<Arc<crate::controller::MetadataImage>>,
+    /// The controller image this one was derived from (leaders, replicas, ISR); empty in a
+    /// legacy registry read by the migration.
+    pub cluster: Arc<crate::controller::MetadataImage>,
 }
 
 impl MetadataImage {
@@ -77,7 +78,7 @@ impl MetadataImage {
         self.topics.values()
     }
 
-    /// The registry view of a controller image (cluster mode).
+    /// The registry view of a controller image.
     pub fn from_cluster(
         cluster_id: String,
         source: Arc<crate::controller::MetadataImage>,
@@ -98,7 +99,7 @@ impl MetadataImage {
                 }),
             );
         }
-        image.cluster = Some(source);
+        image.cluster = source;
         image
     }
 
@@ -109,14 +110,6 @@ impl MetadataImage {
         }
         next.by_id.insert(t.id, t.name.clone());
         next.topics.insert(t.name.clone(), Arc::new(t));
-        next
-    }
-
-    fn without_topic(&self, name: &str) -> MetadataImage {
-        let mut next = self.clone();
-        if let Some(old) = next.topics.remove(name) {
-            next.by_id.remove(&old.id);
-        }
         next
     }
 }
@@ -167,9 +160,9 @@ pub fn owner_shard(topic: &str, partition: i32, shards: usize) -> usize {
 /// answering shard's reads.
 #[derive(Default)]
 pub struct ImageCache {
-    cached: std::cell::RefCell<Option<(u64, Arc<MetadataImage>)>>,
-    /// Cluster mode: this shard's receiver of controller images (`has_changed` is an atomic
-    /// load of the watch's version).
+    cached: std::cell::RefCell<Option<Arc<MetadataImage>>>,
+    /// This shard's receiver of controller images (`has_changed` is an atomic load of the
+    /// watch's version).
     controller: std::cell::RefCell<
         Option<tokio::sync::watch::Receiver<Arc<crate::controller::MetadataImage>>>,
     >,
@@ -178,31 +171,27 @@ pub struct ImageCache {
 impl ImageCache {
     /// The current image of `store`.
     pub fn get(&self, store: &MetadataStore) -> Arc<MetadataImage> {
-        let version = match &store.cluster {
-            Some(node) => {
-                let mut rx = self.controller.borrow_mut();
-                let rx = rx.get_or_insert_with(|| {
-                    let mut rx = node.controller.watch_metadata();
-                    rx.mark_changed();
-                    rx
-                });
-                // A closed watch (controller stopping) keeps the last image.
-                if rx.has_changed().unwrap_or(false) {
-                    let _seen = rx.borrow_and_update();
-                    None
-                } else {
-                    Some(0)
-                }
+        let changed = {
+            let mut rx = self.controller.borrow_mut();
+            let rx = rx.get_or_insert_with(|| {
+                let mut rx = store.cluster_node().controller.watch_metadata();
+                rx.mark_changed();
+                rx
+            });
+            // A closed watch (controller stopping) keeps the last image.
+            let changed = rx.has_changed().unwrap_or(false);
+            if changed {
+                let _seen = rx.borrow_and_update();
             }
-            None => Some(store.version.load(Ordering::Acquire)),
+            changed
         };
-        if let (Some(v), Some((cached_v, image))) = (version, self.cached.borrow().as_ref()) {
-            if *cached_v == v {
+        if !changed {
+            if let Some(image) = self.cached.borrow().as_ref() {
                 return image.clone();
             }
         }
         let image = store.image();
-        *self.cached.borrow_mut() = Some((version.unwrap_or(0), image.clone()));
+        *self.cached.borrow_mut() = Some(image.clone());
         image
     }
 }
@@ -220,107 +209,28 @@ pub fn read_legacy_registry(data_dir: &Path) -> Result<Option<MetadataImage>, Me
     }
 }
 
-/// The persistent, shared topic registry.
+/// The topic registry every shard reads: the view of the controller's metadata image that
+/// this broker's [`super::cluster::ClusterNode`] keeps (a broker with no cluster flags is a
+/// cluster of one, so there is no other registry).
 #[derive(Debug)]
 pub struct MetadataStore {
-    path: PathBuf,
-    image: RwLock<Arc<MetadataImage>>,
-    /// Moves after every published change (single-node mode; [`ImageCache`] compares it).
-    version: std::sync::atomic::AtomicU64,
-    /// Serialises admin changes (create/delete/alter) across shards; never taken on the
-    /// produce or fetch path.
-    pub admin_lock: tokio::sync::Mutex<()>,
-    /// Cluster mode: the controller quorum is the registry (the JSON file is not used).
-    cluster: Option<Arc<super::cluster::ClusterNode>>,
+    node: Arc<super::cluster::ClusterNode>,
 }
 
 impl MetadataStore {
-    /// Loads the registry from `data_dir`, creating an empty one (with a new cluster id) if
-    /// there is none. Runs at start-up, before any shard serves.
-    pub fn open(data_dir: &Path) -> Result<MetadataStore, MetadataError> {
-        let path = data_dir.join(METADATA_FILE);
-        let io = |source| MetadataError::Io {
-            path: path.clone(),
-            source,
-        };
-        std::fs::create_dir_all(data_dir).map_err(io)?;
-        let image = match std::fs::read(&path) {
-            Ok(bytes) => decode(&bytes).map_err(|reason| MetadataError::Corrupt {
-                path: path.clone(),
-                reason,
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let image = MetadataImage {
-                    cluster_id: new_cluster_id(),
-                    ..Default::default()
-                };
-                persist(&path, &image).map_err(io)?;
-                image
-            }
-            Err(e) => return Err(io(e)),
-        };
-        Ok(MetadataStore {
-            path,
-            image: RwLock::new(Arc::new(image)),
-            version: std::sync::atomic::AtomicU64::new(0),
-            admin_lock: tokio::sync::Mutex::new(()),
-            cluster: None,
-        })
-    }
-
     /// A registry backed by the cluster's controller quorum.
     pub fn cluster(node: Arc<super::cluster::ClusterNode>) -> MetadataStore {
-        MetadataStore {
-            path: PathBuf::new(),
-            image: RwLock::new(Arc::new(MetadataImage::default())),
-            version: std::sync::atomic::AtomicU64::new(0),
-            admin_lock: tokio::sync::Mutex::new(()),
-            cluster: Some(node),
-        }
+        MetadataStore { node }
     }
 
-    /// The cluster membership, in cluster mode.
-    pub fn cluster_node(&self) -> Option<&Arc<super::cluster::ClusterNode>> {
-        self.cluster.as_ref()
+    /// This broker's cluster membership.
+    pub fn cluster_node(&self) -> &Arc<super::cluster::ClusterNode> {
+        &self.node
     }
 
     /// The current snapshot.
     pub fn image(&self) -> Arc<MetadataImage> {
-        if let Some(node) = &self.cluster {
-            return node.image();
-        }
-        match self.image.read() {
-            Ok(g) => g.clone(),
-            // A panic while holding the lock cannot leave a half-written Arc; keep serving.
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    fn publish(&self, next: MetadataImage) -> Result<Arc<MetadataImage>, MetadataError> {
-        persist(&self.path, &next).map_err(|source| MetadataError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
-        let next = Arc::new(next);
-        match self.image.write() {
-            Ok(mut g) => *g = next.clone(),
-            Err(poisoned) => *poisoned.into_inner() = next.clone(),
-        }
-        // After the image: a shard that sees the new version reads the new image.
-        self.version.fetch_add(1, Ordering::AcqRel);
-        Ok(next)
-    }
-
-    /// Adds or replaces a topic. Callers hold `admin_lock`.
-    pub fn put_topic(&self, topic: TopicMeta) -> Result<Arc<MetadataImage>, MetadataError> {
-        let next = self.image().with_topic(topic);
-        self.publish(next)
-    }
-
-    /// Removes a topic. Callers hold `admin_lock`.
-    pub fn remove_topic(&self, name: &str) -> Result<Arc<MetadataImage>, MetadataError> {
-        let next = self.image().without_topic(name);
-        self.publish(next)
+        self.node.image()
     }
 }
 
@@ -347,23 +257,6 @@ pub fn new_cluster_id() -> String {
             c
         })
         .collect()
-}
-
-fn encode(image: &MetadataImage) -> Vec<u8> {
-    let topics: Vec<serde_json::Value> = image
-        .topics
-        .values()
-        .map(|t| {
-            serde_json::json!({
-                "name": t.name,
-                "id": t.id.to_string(),
-                "partitions": t.partitions,
-                "configs": t.configs,
-            })
-        })
-        .collect();
-    let doc = serde_json::json!({ "version": 1, "cluster_id": image.cluster_id, "topics": topics });
-    serde_json::to_vec_pretty(&doc).unwrap_or_default()
 }
 
 fn decode(bytes: &[u8]) -> Result<MetadataImage, String> {
@@ -401,69 +294,33 @@ fn decode(bytes: &[u8]) -> Result<MetadataImage, String> {
     Ok(image)
 }
 
-fn persist(path: &Path, image: &MetadataImage) -> std::io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&encode(image))?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn topics_survive_reopen() {
+    fn legacy_registry_reads_and_refuses_corruption() {
         let dir = tempfile::tempdir().unwrap();
-        let store = MetadataStore::open(dir.path()).unwrap();
-        let cluster = store.image().cluster_id.clone();
-        assert_eq!(cluster.len(), 22);
-        let mut configs = BTreeMap::new();
-        configs.insert("retention.ms".to_string(), "1000".to_string());
-        let t = TopicMeta {
-            name: "orders".into(),
-            id: new_topic_id(),
-            partitions: 3,
-            configs,
-        };
-        store.put_topic(t.clone()).unwrap();
-        store
-            .put_topic(TopicMeta {
-                name: "gone".into(),
-                id: new_topic_id(),
-                partitions: 1,
-                configs: BTreeMap::new(),
-            })
-            .unwrap();
-        store.remove_topic("gone").unwrap();
-        drop(store);
-        let store = MetadataStore::open(dir.path()).unwrap();
-        let image = store.image();
-        assert_eq!(image.cluster_id, cluster);
+        assert!(read_legacy_registry(dir.path()).unwrap().is_none());
+        let id = new_topic_id();
+        std::fs::write(
+            dir.path().join(METADATA_FILE),
+            format!(
+                r#"{{"version":1,"cluster_id":"abc","topics":[{{"name":"orders","id":"{id}","partitions":3,"configs":{{"retention.ms":"1000"}}}}]}}"#
+            ),
+        )
+        .unwrap();
+        let image = read_legacy_registry(dir.path()).unwrap().unwrap();
+        assert_eq!(image.cluster_id, "abc");
+        let t = image.topic_by_id(&id).unwrap();
+        assert_eq!((t.name.as_str(), t.partitions), ("orders", 3));
         assert_eq!(
-            image.topic("orders").map(|t| (**t).clone()),
-            Some(t.clone())
+            t.configs.get("retention.ms").map(String::as_str),
+            Some("1000")
         );
-        assert_eq!(
-            image.topic_by_id(&t.id).map(|t| t.name.as_str()),
-            Some("orders")
-        );
-        assert!(image.topic("gone").is_none());
-    }
-
-    #[test]
-    fn corrupt_file_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(METADATA_FILE), b"{not json").unwrap();
         assert!(matches!(
-            MetadataStore::open(dir.path()),
+            read_legacy_registry(dir.path()),
             Err(MetadataError::Corrupt { .. })
         ));
     }

@@ -1,9 +1,12 @@
 //! The Kafka-protocol broker: configuration, shards, connections and request handlers.
 //!
-//! - [`cluster`], [`cluster_replica`], [`cluster_client`]: cluster mode (controller-backed
-//!   metadata, replication through storage, broker-to-broker calls).
+//! - [`cluster`], [`cluster_replica`], [`cluster_client`]: membership of the cluster (a
+//!   cluster of one by default): controller-backed metadata and admin APIs, replication
+//!   through storage, broker-to-broker calls.
+//! - [`node_identity`]: `meta.properties`, and the migration of a directory written by the
+//!   release without a controller.
 //! - [`config`]: TOML/env/flag configuration with Kafka key names.
-//! - [`metadata`]: the persistent topic registry (names, ids, partition counts, configs).
+//! - [`metadata`]: the topic registry the shards read (the controller image's view).
 //! - [`protocol`]: served API versions, framing, the zero-copy FetchResponse encoder.
 //! - [`shard`]: per-core shard state, partition ownership, cross-shard jobs.
 //! - [`handlers`]: one function per Kafka API.

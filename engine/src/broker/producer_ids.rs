@@ -4,10 +4,10 @@
 //! One [`ProducerIdManager`] serves the whole broker. It lives on shard 0 and other shards
 //! reach it with `Shard::call`: InitProducerId is rare (once per producer), the manager's
 //! persistence is an async io_uring write that must run on a runtime thread anyway, and a
-//! single owner needs no lock. On a single node its high-water mark is the file
-//! [`PRODUCER_ID_FILE`] in the data directory, read on first use; in cluster mode each block
-//! of ids is asked of the controller (`MetadataCommand::AllocateProducerIds`), whose metadata
-//! log records it, so ids are unique across the cluster and never reused.
+//! single owner needs no lock. Each block of ids is asked of the controller
+//! (`MetadataCommand::AllocateProducerIds`, Kafka's AllocateProducerIds), whose metadata log
+//! records it, so ids are unique across the cluster and never reused, on a cluster of one as
+//! on three brokers.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -20,15 +20,14 @@ use tracing::{error, info};
 
 use super::protocol::error_code as ec;
 use super::shard::Shard;
-use crate::idempotence::producer_id::{
-    codes, decode_high_water_mark, encode_high_water_mark, InitProducerIdResult,
-};
+use crate::idempotence::producer_id::{codes, InitProducerIdResult};
 use crate::idempotence::{
     InitProducerId, ProducerIdAction, ProducerIdManager, DEFAULT_PRODUCER_ID_BLOCK_SIZE,
     DEFAULT_PRODUCER_ID_EXPIRATION_MS,
 };
 
-/// File in the data directory holding the producer-id high-water mark.
+/// The file in which the release without a controller kept its producer-id high-water mark
+/// (read once, by the migration into a cluster of one).
 pub const PRODUCER_ID_FILE: &str = "producer-id-high-water-mark";
 
 /// The shard that owns the broker's producer-id manager.
@@ -74,45 +73,16 @@ fn failure(error: i16) -> InitProducerIdResult {
     }
 }
 
-/// Reads the stored mark; a missing file is a fresh broker. A corrupt file is an error:
-/// starting from 0 could hand out an id a live producer already has. In cluster mode there
-/// is no file: blocks come from the controller (Kafka's AllocateProducerIds), whose log
-/// records every block handed out.
-fn load_manager(shard: &Shard) -> Result<ProducerIdManager, String> {
-    if shard.ctx.metadata.cluster_node().is_some() {
-        return Ok(ProducerIdManager::new(None, DEFAULT_PRODUCER_ID_BLOCK_SIZE));
-    }
-    let path = shard.ctx.config.data_dir.join(PRODUCER_ID_FILE);
-    let mark = match std::fs::read(&path) {
-        Ok(bytes) => {
-            Some(decode_high_water_mark(&bytes).map_err(|e| format!("{}: {e}", path.display()))?)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(format!("{}: {e}", path.display())),
-    };
-    info!(high_water_mark = ?mark, "producer id manager loaded");
-    Ok(ProducerIdManager::new(mark, DEFAULT_PRODUCER_ID_BLOCK_SIZE))
-}
-
-/// InitProducerId on the owning shard: the answer once the manager has one (after
-/// persisting a new block if needed).
+/// InitProducerId on the owning shard: the answer once the manager has one (after asking
+/// the controller for a new block if needed).
 pub async fn init_producer_id(shard: Rc<Shard>, req: InitProducerId) -> InitProducerIdResult {
     debug_assert_eq!(shard.id, PRODUCER_ID_SHARD);
     let state = &shard.producer_ids;
     let actions = {
         let mut manager = state.manager.borrow_mut();
-        if manager.is_none() {
-            match load_manager(&shard) {
-                Ok(m) => *manager = Some(m),
-                Err(e) => {
-                    error!("cannot read the producer id high-water mark: {e}");
-                    return failure(codes::COORDINATOR_NOT_AVAILABLE);
-                }
-            }
-        }
-        let Some(manager) = manager.as_mut() else {
-            return failure(codes::COORDINATOR_NOT_AVAILABLE);
-        };
+        // No stored mark: every block comes from the controller.
+        let manager = manager
+            .get_or_insert_with(|| ProducerIdManager::new(None, DEFAULT_PRODUCER_ID_BLOCK_SIZE));
         let token = state.next_token.get();
         state.next_token.set(token + 1);
         let (tx, rx) = oneshot::channel();
@@ -135,47 +105,29 @@ fn run_actions(shard: &Rc<Shard>, actions: Vec<ProducerIdAction>) {
             }
             ProducerIdAction::PersistHighWaterMark { high_water_mark } => {
                 let shard = shard.clone();
-                if let Some(node) = shard.ctx.metadata.cluster_node().cloned() {
-                    crate::io::runtime::spawn(async move {
-                        let epoch = node.broker_epoch();
-                        let block = if epoch < 0 {
-                            Err("this broker is not registered yet".to_string())
-                        } else {
-                            node.controller
-                                .allocate_producer_ids(node.node_id, epoch)
-                                .await
-                                .map_err(|e| e.to_string())
-                        };
-                        match &block {
-                            Ok(b) => info!(
-                                first = b.start,
-                                end = b.end,
-                                "producer id block from the controller"
-                            ),
-                            Err(e) => {
-                                error!("cannot get a producer id block from the controller: {e}")
-                            }
-                        }
-                        let next = match shard.producer_ids.manager.borrow_mut().as_mut() {
-                            Some(m) => m.on_block_allocated(high_water_mark, block.map_err(|_| ())),
-                            None => Vec::new(),
-                        };
-                        run_actions(&shard, next);
-                    });
-                    continue;
-                }
+                let node = shard.ctx.metadata.cluster_node().clone();
                 crate::io::runtime::spawn(async move {
-                    let path = shard.ctx.config.data_dir.join(PRODUCER_ID_FILE);
-                    let res = crate::io::file::write_file_atomic(
-                        &path,
-                        encode_high_water_mark(high_water_mark),
-                    )
-                    .await;
-                    if let Err(e) = &res {
-                        error!(file = %path.display(), "cannot persist the producer id high-water mark: {e}");
+                    let epoch = node.broker_epoch();
+                    let block = if epoch < 0 {
+                        Err("this broker is not registered yet".to_string())
+                    } else {
+                        node.controller
+                            .allocate_producer_ids(node.node_id, epoch)
+                            .await
+                            .map_err(|e| e.to_string())
+                    };
+                    match &block {
+                        Ok(b) => info!(
+                            first = b.start,
+                            end = b.end,
+                            "producer id block from the controller"
+                        ),
+                        Err(e) => {
+                            error!("cannot get a producer id block from the controller: {e}")
+                        }
                     }
                     let next = match shard.producer_ids.manager.borrow_mut().as_mut() {
-                        Some(m) => m.on_persisted(high_water_mark, res.map_err(|_| ())),
+                        Some(m) => m.on_block_allocated(high_water_mark, block.map_err(|_| ())),
                         None => Vec::new(),
                     };
                     run_actions(&shard, next);

@@ -68,16 +68,10 @@ pub fn describe_local(node_id: i32, q: &QuorumState, now_ms: i64) -> m::Describe
 
 /// DescribeQuorum on any broker: answered here by the active controller, else forwarded to it.
 pub async fn describe_quorum(
-    node: Option<&ClusterNode>,
+    node: &ClusterNode,
     version: i16,
     req: m::DescribeQuorumRequest,
 ) -> m::DescribeQuorumResponse {
-    let Some(node) = node else {
-        return failed(
-            ec::UNSUPPORTED_VERSION,
-            "this broker runs single-node: it has no metadata quorum",
-        );
-    };
     let asks_metadata = req.topics.iter().any(|t| {
         t.topic_name.as_str() == METADATA_TOPIC
             && t.partitions.iter().any(|p| p.partition_index == 0)

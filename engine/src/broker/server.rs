@@ -15,7 +15,7 @@ use tracing::{error, info, warn};
 
 use super::config::BrokerConfig;
 use super::connection::{serve_connection, ListenerRuntime};
-use super::metadata::{MetadataError, MetadataStore};
+use super::metadata::MetadataStore;
 use super::shard::{mailbox, BrokerContext, MailboxReceiver, Phase, Shard};
 
 /// How long shards may take to finish in-flight requests on shutdown.
@@ -28,9 +28,6 @@ const SOLE_VOTER_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Errors starting the broker.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    /// The topic registry could not be loaded.
-    #[error(transparent)]
-    Metadata(#[from] MetadataError),
     /// Binding the listener failed.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -45,7 +42,7 @@ pub enum ServerError {
     /// The group coordinator's configuration or `__consumer_offsets` could not be set up.
     #[error(transparent)]
     Groups(#[from] super::groups::GroupSetupError),
-    /// Cluster mode: the controller could not start.
+    /// The controller could not start.
     #[error("cluster: {0}")]
     Cluster(#[from] crate::controller::ControllerError),
     /// A shard thread stopped before it was ready.
@@ -305,9 +302,7 @@ impl Server {
         for t in self.threads {
             let _ = t.join();
         }
-        if let Some(node) = self.ctx.metadata.cluster_node() {
-            node.shutdown();
-        }
+        self.ctx.metadata.cluster_node().shutdown();
         info!("stopped");
     }
 }

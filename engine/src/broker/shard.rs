@@ -164,7 +164,7 @@ pub struct Shard {
     pub groups: super::groups::ShardGroups,
     /// The broker's producer-id manager (used on shard 0 only).
     pub producer_ids: super::producer_ids::ProducerIds,
-    /// Cluster mode: this shard's partition replicas (empty on a single node).
+    /// This shard's partition replicas (leader or follower state of every hosted partition).
     pub replicas: super::cluster_replica::ShardReplicas,
     /// This shard's copy of the metadata image ([`Shard::image`]).
     image_cache: super::metadata::ImageCache,
@@ -180,9 +180,9 @@ pub struct ProduceIn {
     pub partition: i32,
     /// RecordBatch bytes.
     pub records: Option<BytesMut>,
-    /// The request's acks (cluster mode: -1 waits for the commit point).
+    /// The request's acks (-1 waits for the commit point).
     pub acks: i16,
-    /// The request's timeout_ms (cluster mode: how long acks=all waits).
+    /// The request's timeout_ms (how long acks=all waits).
     pub timeout_ms: i32,
 }
 
@@ -225,33 +225,28 @@ async fn append_one(shard: Rc<Shard>, partition: Rc<Partition>, item: ProduceIn)
     let admitted =
         match super::cluster_replica::before_append(&shard, &item.topic, item.partition, item.acks)
         {
-            None => None,
-            Some(Ok(a)) => Some(a),
-            Some(Err((code, msg))) => return produce_error(code, Some(msg)),
+            Ok(a) => a,
+            Err((code, msg)) => return produce_error(code, Some(msg)),
         };
-    let epoch = admitted.as_ref().map_or(0, |a| a.leader_epoch);
+    let epoch = admitted.leader_epoch;
     match partition.log.append_leader(records, epoch, now_ms()).await {
         Ok(info) => {
             crate::metrics::record_produce(u64::from(info.record_count), bytes);
-            // Wakes long-polling fetches. On a single node the append is now readable (the log
-            // already waited for the fsync if its flush policy syncs every append, whatever
-            // the acks); in a cluster followers replicate it, and consumers are woken again
-            // when the high watermark covers it.
+            // Wakes long-polling fetches: followers replicate the append, and consumers are
+            // woken again when the high watermark covers it.
             partition.appended.notify_waiters();
-            if let Some(admitted) = admitted {
-                let (first, last) = (info.first_offset, info.last_offset);
-                let committed = super::cluster_replica::after_append(
-                    &shard,
-                    admitted,
-                    first,
-                    last,
-                    item.acks,
-                    item.timeout_ms,
-                )
-                .await;
-                if let Err((code, msg)) = committed {
-                    return produce_error(code, Some(msg));
-                }
+            let (first, last) = (info.first_offset, info.last_offset);
+            let committed = super::cluster_replica::after_append(
+                &shard,
+                admitted,
+                first,
+                last,
+                item.acks,
+                item.timeout_ms,
+            )
+            .await;
+            if let Err((code, msg)) = committed {
+                return produce_error(code, Some(msg));
             }
             ProduceOut {
                 error_code: error_code::NONE,
@@ -298,7 +293,7 @@ pub struct FetchIn {
 pub struct FetchOut {
     /// Kafka error code.
     pub error_code: i16,
-    /// High watermark (= log end offset on a single node).
+    /// High watermark.
     pub high_watermark: i64,
     /// Log start offset.
     pub log_start_offset: i64,
@@ -466,15 +461,14 @@ impl Shard {
             .filter(|t| (0..t.partitions).contains(&partition))
             .ok_or(error_code::UNKNOWN_TOPIC_OR_PARTITION)?
             .clone();
-        // Cluster mode: only partitions this broker hosts a replica of have a log here.
-        if let Some(cluster) = &image.cluster {
-            let node = self.ctx.config.node_id;
-            if cluster
-                .partition(topic, partition)
-                .is_none_or(|p| !p.replicas.contains(&node))
-            {
-                return Err(6); // NOT_LEADER_OR_FOLLOWER
-            }
+        // Only partitions this broker hosts a replica of have a log here.
+        let node = self.ctx.config.node_id;
+        if image
+            .cluster
+            .partition(topic, partition)
+            .is_none_or(|p| !p.replicas.contains(&node))
+        {
+            return Err(6); // NOT_LEADER_OR_FOLLOWER
         }
         let config = self.ctx.config.log_config(&meta.configs).map_err(|e| {
             warn!(topic, partition, "invalid stored topic config: {e}");
@@ -544,18 +538,15 @@ impl Shard {
                 if self.ctx.owner(&topic.name, p) != self.id {
                     continue;
                 }
-                // Cluster mode: only replicas hosted here; (replicas, ISR) as the controller
-                // has them, counted on the leader only (as Kafka's UnderReplicatedPartitions).
-                let (replicas, in_sync) = match image.cluster.as_ref() {
-                    None => (1, 1),
-                    Some(c) => match c.partition(&topic.name, p) {
-                        Some(pi) if pi.replicas.contains(&me) => {
-                            let n = pi.replicas.len() as u32;
-                            let led_here = pi.leader == Some(me);
-                            (n, if led_here { pi.isr.len() as u32 } else { n })
-                        }
-                        _ => continue,
-                    },
+                // Only replicas hosted here; (replicas, ISR) as the controller has them,
+                // counted on the leader only (as Kafka's UnderReplicatedPartitions).
+                let (replicas, in_sync) = match image.cluster.partition(&topic.name, p) {
+                    Some(pi) if pi.replicas.contains(&me) => {
+                        let n = pi.replicas.len() as u32;
+                        let led_here = pi.leader == Some(me);
+                        (n, if led_here { pi.isr.len() as u32 } else { n })
+                    }
+                    _ => continue,
                 };
                 let slot = map.get(&topic.name).and_then(|m| m.get(&p));
                 let mut snap = crate::metrics::PartitionSnapshot {
@@ -609,7 +600,7 @@ impl Shard {
             .collect()
     }
 
-    /// Appends to local partitions (acks 1 and -1 behave alike on a single node).
+    /// Appends to local partitions this broker leads (acks=-1 waits for the replication rule).
     ///
     /// Two phases. First, in request order, each partition's append is started and polled
     /// once: the log takes its FIFO append lock at the first poll, so this fixes the order of
@@ -676,28 +667,21 @@ impl Shard {
             Err(code) => return fail(code, -1, -1),
         };
         let log = &partition.log;
-        let mut hw = log.log_end_offset();
-        let mut upper = hw;
-        let mut reported_hw = None;
-        match super::cluster_replica::fetch_limit(self, &item) {
-            None => {}
-            Some(Ok(limit)) => {
-                if let Some(d) = limit.diverging_epoch {
-                    return FetchOut {
-                        error_code: error_code::NONE,
-                        high_watermark: limit.high_watermark,
-                        log_start_offset: log.log_start_offset(),
-                        records: None,
-                        diverging_epoch: Some((d.leader_epoch, d.end_offset)),
-                    };
-                }
-                upper = limit.read_to;
-                hw = limit.high_watermark;
-                reported_hw = Some(limit.high_watermark);
-            }
+        let limit = match super::cluster_replica::fetch_limit(self, &item) {
+            Ok(limit) => limit,
             // The log start lets a follower behind it restart there (OFFSET_OUT_OF_RANGE).
-            Some(Err(code)) => return fail(code, -1, log.log_start_offset()),
+            Err(code) => return fail(code, -1, log.log_start_offset()),
+        };
+        if let Some(d) = limit.diverging_epoch {
+            return FetchOut {
+                error_code: error_code::NONE,
+                high_watermark: limit.high_watermark,
+                log_start_offset: log.log_start_offset(),
+                records: None,
+                diverging_epoch: Some((d.leader_epoch, d.end_offset)),
+            };
         }
+        let (upper, hw) = (limit.read_to, limit.high_watermark);
         let max_bytes = u32::try_from(item.max_bytes.max(0)).unwrap_or(0);
         let read = match log.read(item.offset, max_bytes, upper, true).await {
             Ok(r) => r,
@@ -747,7 +731,7 @@ impl Shard {
         };
         FetchOut {
             error_code: error_code::NONE,
-            high_watermark: reported_hw.unwrap_or(read.log_end_offset),
+            high_watermark: hw,
             log_start_offset: read.log_start_offset,
             records,
             diverging_epoch: None,
@@ -800,8 +784,8 @@ impl Shard {
     ) -> Vec<OffsetOut> {
         let mut out = Vec::with_capacity(items.len());
         for (topic, p, ts) in items {
-            // Cluster mode: only the leader answers, whatever the lookup.
-            if let Some(Err(code)) = super::cluster_replica::list_offsets_latest(&self, &topic, p) {
+            // Only the leader answers, whatever the lookup.
+            if let Err(code) = super::cluster_replica::list_offsets_latest(&self, &topic, p) {
                 out.push(OffsetOut {
                     error_code: code,
                     timestamp: -1,
@@ -817,20 +801,15 @@ impl Shard {
                 },
                 Ok(part) => match ts {
                     -1 => match super::cluster_replica::list_offsets_latest(&self, &topic, p) {
-                        Some(Err(code)) => OffsetOut {
+                        Err(code) => OffsetOut {
                             error_code: code,
                             timestamp: -1,
                             offset: -1,
                         },
-                        Some(Ok(hw)) => OffsetOut {
+                        Ok(hw) => OffsetOut {
                             error_code: 0,
                             timestamp: -1,
                             offset: hw,
-                        },
-                        None => OffsetOut {
-                            error_code: 0,
-                            timestamp: -1,
-                            offset: part.log.log_end_offset(),
                         },
                     },
                     -2 => OffsetOut {
@@ -868,21 +847,6 @@ impl Shard {
             out.push(r);
         }
         out
-    }
-
-    /// Opens the given partitions of `topic` that this shard owns (after create).
-    pub async fn open_topic_partitions(
-        self: Rc<Self>,
-        topic: String,
-        from: i32,
-        to: i32,
-    ) -> Result<(), i16> {
-        for p in from..to {
-            if self.ctx.owner(&topic, p) == self.id {
-                self.partition(&topic, p).await?;
-            }
-        }
-        Ok(())
     }
 
     /// Applies the topic's current config to its open partitions on this shard.

@@ -187,7 +187,7 @@ impl ProducerIdManager {
             .collect()
     }
 
-    /// Cluster mode: the reservation asked for by `PersistHighWaterMark { high_water_mark }`
+    /// The reservation asked for by `PersistHighWaterMark { high_water_mark }`
     /// was answered by the controller with the block `block` (Kafka's AllocateProducerIds),
     /// or failed. The block replaces the mark's range: ids come from `block` only.
     pub fn on_block_allocated(

@@ -306,9 +306,9 @@ pub struct PartitionSnapshot {
     pub size_bytes: u64,
     /// Number of segments.
     pub segments: u64,
-    /// Replicas assigned (1 on a single node).
+    /// Replicas assigned (1 on a cluster of one).
     pub replicas: u32,
-    /// Replicas in sync (1 on a single node: the leader itself).
+    /// Replicas in sync (1 on a cluster of one: the leader itself).
     pub in_sync_replicas: u32,
     /// The log cannot serve (failed to open, or went offline after an I/O error).
     pub offline: bool,
