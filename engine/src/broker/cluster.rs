@@ -892,6 +892,15 @@ pub async fn incremental_alter_configs(
                 .map_err(|e| controller_error(&e))?;
             node.wait_for_image(|i| i.topic(&name).is_some_and(|t| t.configs == configs))
                 .await;
+            // The replicas here run with the new config before the answer (reconciliation
+            // applies it too, later, on every broker).
+            let calls = (0..shard.ctx.shard_count()).map(|s| {
+                let topic = name.clone();
+                shard.call(s, move |sh| sh.apply_topic_config(topic))
+            });
+            for c in futures_util::future::join_all(calls).await {
+                c.map_err(|e| (ec::UNKNOWN_SERVER_ERROR, e.to_string()))?;
+            }
             info!(topic = name, "altered topic config");
             Ok(())
         }
