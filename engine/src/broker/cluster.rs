@@ -413,16 +413,28 @@ impl ClusterNode {
 
     /// Waits until this node's image satisfies `done` (a committed change reached it).
     async fn wait_for_image(&self, done: impl Fn(&ClusterImage) -> bool) -> bool {
-        let deadline = tokio::time::Instant::now() + self.request_timeout;
-        loop {
-            if done(&self.controller.metadata()) {
-                return true;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        poll_until(self.request_timeout, Duration::from_millis(10), || {
+            std::future::ready(done(&self.controller.metadata()))
+        })
+        .await
+    }
+}
+
+/// Polls `done` every `period` until it holds (true) or `timeout` has passed (false).
+async fn poll_until<Fut: std::future::Future<Output = bool>>(
+    timeout: Duration,
+    period: Duration,
+    mut done: impl FnMut() -> Fut,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if done().await {
+            return true;
         }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(period).await;
     }
 }
 
@@ -497,16 +509,14 @@ fn default_replication_factor(shard: &Shard) -> i16 {
 /// answered NOT_LEADER_OR_FOLLOWER by a replica still opening. Partitions led elsewhere are
 /// the client's to find (Metadata), as in Kafka.
 async fn wait_local_leaders(shard: &Rc<Shard>, node: &ClusterNode, topic: &str) {
-    let deadline = tokio::time::Instant::now() + node.request_timeout;
-    loop {
+    poll_until(node.request_timeout, Duration::from_millis(5), || async {
         let image = node.cluster_image();
         let Some(t) = image.topic(topic) else {
-            return;
+            return true;
         };
         let mine: Vec<i32> = (0..t.partitions.len() as i32)
             .filter(|&p| t.partitions[p as usize].leader == Some(node.node_id))
             .collect();
-        let mut ready = true;
         for p in mine {
             let name = topic.to_string();
             let led = shard
@@ -516,38 +526,34 @@ async fn wait_local_leaders(shard: &Rc<Shard>, node: &ClusterNode, topic: &str) 
                 .await
                 .unwrap_or(true);
             if !led {
-                ready = false;
-                break;
+                return false;
             }
         }
-        if ready || tokio::time::Instant::now() >= deadline {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+        true
+    })
+    .await;
 }
 
 /// Waits (bounded by the request timeout) until no shard of this broker holds a replica of
 /// the deleted topic `topic_id` any more, so that when DeleteTopics answers, the partition
 /// directories here are gone and the name can be reused at once.
 async fn wait_local_deleted(shard: &Rc<Shard>, node: &ClusterNode, topic: &str, topic_id: Uuid) {
-    let deadline = tokio::time::Instant::now() + node.request_timeout;
-    loop {
-        let mut held = false;
+    poll_until(node.request_timeout, Duration::from_millis(5), || async {
         for target in 0..shard.ctx.shard_count() {
             let name = topic.to_string();
-            held |= shard
+            let held = shard
                 .call(target, move |s| async move {
                     super::cluster_replica::holds_topic(&s, &name, topic_id)
                 })
                 .await
                 .unwrap_or(false);
+            if held {
+                return false;
+            }
         }
-        if !held || tokio::time::Instant::now() >= deadline {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+        true
+    })
+    .await;
 }
 
 async fn create_topic(
