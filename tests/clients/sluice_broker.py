@@ -76,6 +76,11 @@ class Broker:
         return f"{self.host}:{self.port}"
 
     @property
+    def nodes(self) -> list[tuple[str, int]]:
+        """(host, port) of every broker a client's Metadata should list: this one."""
+        return [(self.host, self.port)]
+
+    @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 

@@ -13,6 +13,7 @@ import time
 import pytest
 
 import kafka_wire as kw
+from sluice_cluster import ClusterBroker
 
 ANSWER_OR_CLOSE_S = 5.0
 
@@ -24,7 +25,7 @@ def assert_still_serving(broker, note: str) -> None:
         assert av.error_code == kw.NONE, f"ApiVersions after {note}: error {av.error_code}"
         assert kw.METADATA in av.apis and kw.PRODUCE in av.apis and kw.FETCH in av.apis
         md = kw.metadata(s, None, correlation_id=1002)
-        assert [(b[1], b[2]) for b in md.brokers] == [(broker.host, broker.port)], f"Metadata after {note}: {md.brokers}"
+        assert sorted((b[1], b[2]) for b in md.brokers) == sorted(broker.nodes), f"Metadata after {note}: {md.brokers}"
 
 
 def send_and_outcome(broker, payload: bytes, half_close: bool) -> str:
@@ -85,12 +86,25 @@ CASES = {
 }
 
 
+@pytest.mark.single_node("test_every_bad_input_case_on_one_cluster sends every case to one cluster")
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_answered_or_closed_and_broker_keeps_serving(broker, case):
     payload, half_close, allowed = CASES[case]
     outcome = send_and_outcome(broker, payload, half_close)
     assert outcome in allowed, f"{case}: broker left the connection {outcome!r} (allowed: {sorted(allowed)})"
     assert_still_serving(broker, case)
+
+
+@pytest.mark.timeout(180)
+def test_every_bad_input_case_on_one_cluster(make_broker):
+    """The cases above, each sent to node 1 of one three-broker cluster (a cluster per case
+    would cost the suite minutes): every one is answered or closed and the cluster keeps
+    serving, with all three brokers in its Metadata."""
+    cluster = ClusterBroker(make_broker)
+    for case, (payload, half_close, allowed) in CASES.items():
+        outcome = send_and_outcome(cluster, payload, half_close)
+        assert outcome in allowed, f"{case}: broker left the connection {outcome!r} (allowed: {sorted(allowed)})"
+        assert_still_serving(cluster, case)
 
 
 def test_produce_corrupt_batch_is_rejected_not_stored(broker, topic_name):
