@@ -79,7 +79,10 @@ def _member_main(lib: str, bootstrap: str, topic: str, group: str, instance: str
             for r in records:
                 emit(event="consumed", p=r.partition, o=r.offset, v=r.value.decode())
             if records:
-                c.commit()  # synchronous: the positions after what was just processed
+                try:
+                    c.commit()  # synchronous: the positions after what was just processed
+                except Exception as e:  # a failover or rebalance: these may be handed out again
+                    emit(event="commit_failed", error=repr(e), recs=[[r.partition, r.value.decode()] for r in records])
         c.close()
     else:
         from confluent_kafka import Consumer
@@ -111,7 +114,10 @@ def _member_main(lib: str, bootstrap: str, topic: str, group: str, instance: str
             for m in good:
                 emit(event="consumed", p=m.partition(), o=m.offset(), v=m.value().decode())
             if good:
-                c.commit(asynchronous=False)
+                try:
+                    c.commit(asynchronous=False)
+                except Exception as e:  # a failover or rebalance: these may be handed out again
+                    emit(event="commit_failed", error=repr(e), recs=[[m.partition(), m.value().decode()] for m in good])
         c.close()
 
 
@@ -160,6 +166,10 @@ class Member:
 
     def consumed(self) -> list[tuple[int, int, str]]:
         return [(ev["p"], ev["o"], ev["v"]) for _, ev in self.snapshot() if ev["event"] == "consumed"]
+
+    def uncommitted(self) -> set[tuple[int, str]]:
+        """(partition, value) of records whose synchronous commit failed (so may come again)."""
+        return {(p, v) for _, ev in self.snapshot() if ev["event"] == "commit_failed" for p, v in ev["recs"]}
 
     def kill9(self) -> None:
         self.proc.send_signal(signal.SIGKILL)

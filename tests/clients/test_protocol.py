@@ -137,7 +137,7 @@ def test_metadata_auto_creates_topics_with_default_partitions(broker, topic_name
             assert time.monotonic() < deadline, f"auto-created topic not ready: {t}"
             time.sleep(0.1)
         assert t.name == topic_name and len(t.partitions) == 1
-        assert md.controller_id == md.brokers[0][0]
+        assert md.controller_id in {b[0] for b in md.brokers}
     ghost = f"{topic_name}-not-created"
     c = ck_consumer(broker.bootstrap, **{"allow.auto.create.topics": False})
     try:
