@@ -3,7 +3,7 @@
 kafka-python's KafkaAdminClient (delete_records, describe_log_dirs, describe_producers),
 confluent-kafka producers and consumers, and raw requests (kafka_wire) for the error paths a
 client library would retry or hide. Single-node brokers come from the make_broker fixture,
-three-broker clusters from test_cluster.Cluster.
+three-broker clusters from sluice_cluster.Cluster.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import kafka_wire as kw
 from sluice_broker import free_port
-from test_cluster import Cluster
+from sluice_cluster import Cluster
 
 DELETE_RECORDS = 21
 DESCRIBE_LOG_DIRS = 35

@@ -12,12 +12,11 @@ import time
 import urllib.request
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import KafkaError, Producer
 from prometheus_client.parser import text_string_to_metric_families
 
-from sluice_broker import free_port
-from sluice_cluster import FAST, Cluster, consume_values  # noqa: F401 (FAST, re-exported)
+from sluice_cluster import Cluster, consume_values
+
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("mode", ["isr", "quorum"])

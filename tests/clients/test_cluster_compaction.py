@@ -18,7 +18,7 @@ import time
 import pytest
 from confluent_kafka import Producer
 
-from test_cluster import Cluster
+from sluice_cluster import Cluster
 
 KEYS = 20
 COMPACT_CONFIG = {

@@ -9,7 +9,7 @@
 - An idempotent confluent-kafka producer (acks=all) across a leader kill -9: the partition
   holds every message once, in order, with no gap.
 
-The cluster fixture (`Cluster`) comes from test_cluster.py and the member processes from
+The cluster fixture (`Cluster`) comes from sluice_cluster.py and the member processes from
 test_groups.py.
 """
 
@@ -25,7 +25,7 @@ import pytest
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import ConfigResource
 
-from test_cluster import Cluster, consume_values
+from sluice_cluster import Cluster, consume_values
 from test_groups import Member, _produce, _wait
 
 OFFSETS_PARTITIONS = 6

@@ -11,7 +11,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
 from sluice_broker import free_port
-from test_cluster import Cluster
+from sluice_cluster import Cluster
 
 USERS = {"erin": "erin-secret"}
 SASL = {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN",

@@ -202,7 +202,7 @@ def test_full_cache_answers_without_a_session(make_broker, topic_name):
 @pytest.mark.timeout(150)
 def test_cluster_consumer_with_sessions_reads_rf3_partitions(make_broker, topic_name):
     from kafka import TopicPartition
-    from test_cluster import Cluster
+    from sluice_cluster import Cluster
 
     cluster = Cluster(make_broker)
     cluster.create_topic(topic_name, partitions=6, rf=3)

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import kafka_wire as kw
 from clientutil import ck_produce, make_messages
-from test_cluster import Cluster
+from sluice_cluster import Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 GENERATOR = ROOT / "scripts" / "deploy" / "grafana_dashboard.py"
