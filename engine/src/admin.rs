@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use crate::broker::shard::{BrokerContext, Job, Shard};
+use crate::broker::groups::Groups;
+use crate::broker::services::ServicePeers;
+use crate::broker::shard::{BrokerContext, Job};
 use crate::metrics::encode::CONTENT_TYPE;
 use crate::metrics::{GroupOffsetSnapshot, PartitionSnapshot, Readiness};
 
@@ -178,14 +180,19 @@ pub struct AdminServer {
 
 impl AdminServer {
     /// Binds `addr` and serves on a new thread.
-    pub fn start(addr: SocketAddr, ctx: Arc<BrokerContext>) -> io::Result<AdminServer> {
+    pub fn start(
+        addr: SocketAddr,
+        ctx: Arc<BrokerContext>,
+        peers: Arc<ServicePeers>,
+    ) -> io::Result<AdminServer> {
+        let broker = Arc::new(Broker { ctx, peers });
         let listener = TcpListener::bind(addr)?;
         let local_addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = stop.clone();
         let thread = std::thread::Builder::new()
             .name("admin-http".into())
-            .spawn(move || accept_loop(listener, ctx, thread_stop))?;
+            .spawn(move || accept_loop(listener, broker, thread_stop))?;
         info!(addr = %local_addr, "admin listener (/metrics, /health, /ready)");
         Ok(AdminServer {
             local_addr,
@@ -204,7 +211,13 @@ impl Drop for AdminServer {
     }
 }
 
-fn accept_loop(listener: TcpListener, ctx: Arc<BrokerContext>, stop: Arc<AtomicBool>) {
+/// What the admin listener reads: the broker's shared state and its shards' services.
+struct Broker {
+    ctx: Arc<BrokerContext>,
+    peers: Arc<ServicePeers>,
+}
+
+fn accept_loop(listener: TcpListener, broker: Arc<Broker>, stop: Arc<AtomicBool>) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let active = Arc::new(AtomicUsize::new(0));
     while !stop.load(Ordering::Acquire) {
@@ -238,12 +251,12 @@ fn accept_loop(listener: TcpListener, ctx: Arc<BrokerContext>, stop: Arc<AtomicB
             continue;
         }
         active.fetch_add(1, Ordering::AcqRel);
-        let ctx = ctx.clone();
+        let broker = broker.clone();
         let done = active.clone();
         let spawned = std::thread::Builder::new()
             .name("admin-conn".into())
             .spawn(move || {
-                if let Err(e) = serve(stream, &ctx) {
+                if let Err(e) = serve(stream, &broker) {
                     debug!(%peer, "admin connection: {e}");
                 }
                 done.fetch_sub(1, Ordering::AcqRel);
@@ -255,7 +268,7 @@ fn accept_loop(listener: TcpListener, ctx: Arc<BrokerContext>, stop: Arc<AtomicB
     }
 }
 
-fn serve(mut stream: TcpStream, ctx: &BrokerContext) -> io::Result<()> {
+fn serve(mut stream: TcpStream, broker: &Broker) -> io::Result<()> {
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     let deadline = Instant::now() + IO_TIMEOUT;
     let mut buf = Vec::with_capacity(1024);
@@ -292,7 +305,9 @@ fn serve(mut stream: TcpStream, ctx: &BrokerContext) -> io::Result<()> {
             Err(e) => return Err(e),
         }
     };
-    let resp = route(&head, ctx.metrics.readiness(), || scrape(ctx));
+    let resp = route(&head, broker.ctx.metrics.readiness(), || {
+        scrape(&broker.ctx, &broker.peers)
+    });
     reply(stream, &resp)
 }
 
@@ -315,18 +330,19 @@ fn reply(mut stream: TcpStream, resp: &Response) -> io::Result<()> {
 }
 
 /// Renders `/metrics`: asks every shard for its partitions' state, then reads the counters.
-pub fn scrape(ctx: &BrokerContext) -> String {
+pub fn scrape(ctx: &BrokerContext, peers: &ServicePeers) -> String {
     type Reply = (Vec<PartitionSnapshot>, Vec<GroupOffsetSnapshot>);
     let (tx, rx) = mpsc::channel::<Reply>();
     let mut asked = 0;
     for id in 0..ctx.shard_count() {
         let tx = tx.clone();
-        let job: Job = Box::new(move |shard: std::rc::Rc<Shard>| {
+        let job: Job<Groups> = Box::new(move |groups: std::rc::Rc<Groups>| {
             Box::pin(async move {
-                let _ = tx.send((shard.partition_snapshots(), shard.groups.offset_snapshots()));
+                let partitions = groups.replicas.partition_snapshots();
+                let _ = tx.send((partitions, groups.offset_snapshots()));
             })
         });
-        if ctx.post(id, job).is_ok() {
+        if peers.groups.post(id, job).is_ok() {
             asked += 1;
         }
     }
@@ -349,7 +365,7 @@ pub fn scrape(ctx: &BrokerContext) -> String {
     partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
     group_offsets
         .sort_by(|a, b| (&a.group, &a.topic, a.partition).cmp(&(&b.group, &b.topic, b.partition)));
-    let jobs: Vec<usize> = (0..ctx.shard_count()).map(|i| ctx.mailbox_len(i)).collect();
+    let jobs: Vec<usize> = (0..ctx.shard_count()).map(|i| peers.queued(i)).collect();
     ctx.metrics.render(&partitions, &group_offsets, &jobs)
 }
 

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use kafka_protocol::messages::{self as m, ApiKey, RequestHeader};
 use kafka_protocol::protocol::Decodable;
 
-use crate::broker::producer_ids;
+use crate::broker::api::producers;
 use crate::broker::protocol::{peek_header, served_versions};
 use crate::group::assignor::{ConsumerAssignment, ConsumerSubscription};
 use crate::group::records::{GroupMetadataValue, OffsetCommitValue, OffsetsKey};
@@ -40,9 +40,9 @@ pub fn request(frame: &[u8]) {
     };
     let version = peek.api_version;
     let mut buf = Bytes::copy_from_slice(frame);
-    if producer_ids::is_transactional_api(api) && producer_ids::txn_version_known(api, version) {
+    if producers::is_transactional_api(api) && producers::txn_version_known(api, version) {
         if RequestHeader::decode(&mut buf, api.request_header_version(version)).is_ok() {
-            let _ = producer_ids::refuse_transactional(api, version, &mut buf);
+            let _ = producers::refusal(api, version, &mut buf);
         }
         return;
     }

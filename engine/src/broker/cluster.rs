@@ -4,38 +4,26 @@
 //!
 //! [`ClusterNode`] starts this node's controller voter (or broker-only observer), registers
 //! the broker, heartbeats it, and turns every newly applied controller
-//! [`crate::controller::MetadataImage`] into the broker's topic registry image and a
-//! reconciliation job on every shard (open the partitions it hosts, become leader or
-//! follower: `super::cluster_replica`). The admin APIs (CreateTopics, DeleteTopics,
-//! CreatePartitions, IncrementalAlterConfigs, Metadata, DescribeCluster) are here too: they
-//! validate with `super::handlers`' topic-config checks and go through controller proposals.
+//! [`crate::controller::MetadataImage`] into the broker's topic registry image, handed to an
+//! [`ImageSink`] (the services apply it on every shard: replicas open and follow, group
+//! coordinators forget deleted topics). The admin APIs that go through controller proposals
+//! are in `super::api` (topics, configs, metadata); this module imports nothing from the
+//! shard or its services.
 
-use std::collections::BTreeMap;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kafka_protocol::messages::{self as m, BrokerId, TopicName};
-use kafka_protocol::protocol::StrBytes;
 use tokio::sync::watch;
 use tracing::{info, warn};
 use uuid::Uuid;
 
 use super::config::BrokerConfig;
-use super::handlers::{effective_topic_configs, validate_topic_configs, MAX_PARTITIONS_PER_TOPIC};
-use super::metadata::{validate_topic_name, MetadataImage};
-use super::protocol::error_code as ec;
-use super::shard::{BrokerContext, Job, Shard};
+use super::metadata::MetadataImage;
 use crate::controller::{
-    parse_voters, ConfigResource, Controller, ControllerConfig, ControllerError, Endpoint,
-    HeartbeatRequest, MetadataCommand, MetadataImage as ClusterImage,
+    parse_voters, Controller, ControllerConfig, ControllerError, Endpoint, HeartbeatRequest,
+    MetadataImage as ClusterImage,
 };
-
-/// Kafka error code LEADER_NOT_AVAILABLE.
-const LEADER_NOT_AVAILABLE: i16 = 5;
-/// Kafka error code NOT_CONTROLLER.
-const NOT_CONTROLLER: i16 = 41;
 
 /// Controller settings read from the broker configuration (Kafka key names).
 const CONTROLLER_KEYS: &[&str] = &[
@@ -47,6 +35,10 @@ const CONTROLLER_KEYS: &[&str] = &[
     "metadata.snapshot.interval.entries",
     "metadata.poll.interval.ms",
 ];
+
+/// Where the membership thread hands each newly applied metadata image, with the one applied
+/// before it (`None` for the first): the broker's services (`ServicePeers::apply_image`).
+pub type ImageSink = Box<dyn Fn(Option<&Arc<ClusterImage>>, &Arc<ClusterImage>) + Send + 'static>;
 
 /// This broker's membership in a cluster: its controller handle, registration and the
 /// broker-side view of the cluster metadata.
@@ -60,7 +52,7 @@ pub struct ClusterNode {
     incarnation: Uuid,
     broker_epoch: AtomicI64,
     heartbeat_interval: Duration,
-    request_timeout: Duration,
+    pub(crate) request_timeout: Duration,
     /// `broker.session.timeout.ms`: how long the controller keeps this broker's session.
     session_timeout_ms: u64,
     /// Origin of `session_sent_ms`.
@@ -283,11 +275,7 @@ impl ClusterNode {
     /// every shard for each new metadata image.
     /// `listeners` are every client listener's advertised endpoint, the inter-broker
     /// listener first, as the controller registers them.
-    pub fn run(
-        self: &Arc<Self>,
-        ctx: Arc<BrokerContext>,
-        listeners: Vec<Endpoint>,
-    ) -> std::io::Result<()> {
+    pub fn run(self: &Arc<Self>, sink: ImageSink, listeners: Vec<Endpoint>) -> std::io::Result<()> {
         let node = self.clone();
         let thread = std::thread::Builder::new()
             .name(format!("cluster-{}", self.node_id))
@@ -302,7 +290,7 @@ impl ClusterNode {
                         return;
                     }
                 };
-                runtime.block_on(node.membership(ctx, listeners));
+                runtime.block_on(node.membership(sink, listeners));
             })?;
         *self.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(thread);
         Ok(())
@@ -358,13 +346,13 @@ impl ClusterNode {
         }
     }
 
-    async fn membership(self: Arc<Self>, ctx: Arc<BrokerContext>, listeners: Vec<Endpoint>) {
+    async fn membership(self: Arc<Self>, sink: ImageSink, listeners: Vec<Endpoint>) {
         let mut stop = self.stop.subscribe();
         let mut images = self.controller.watch_metadata();
         // Replicas open and follow the metadata even before registration (a restarted broker
         // catches up while it is still fenced).
         let mut previous = images.borrow_and_update().clone();
-        post_reconcile(&ctx, previous.clone());
+        sink(None, &previous);
         if !self.register(&mut stop, &listeners).await {
             return;
         }
@@ -389,8 +377,7 @@ impl ClusterNode {
                         break;
                     }
                     let image = images.borrow_and_update().clone();
-                    post_topics_deleted(&ctx, &previous, &image);
-                    post_reconcile(&ctx, image.clone());
+                    sink(Some(&previous), &image);
                     previous = image;
                 }
             }
@@ -412,7 +399,7 @@ impl ClusterNode {
     }
 
     /// Waits until this node's image satisfies `done` (a committed change reached it).
-    async fn wait_for_image(&self, done: impl Fn(&ClusterImage) -> bool) -> bool {
+    pub(crate) async fn wait_for_image(&self, done: impl Fn(&ClusterImage) -> bool) -> bool {
         poll_until(self.request_timeout, Duration::from_millis(10), || {
             std::future::ready(done(&self.controller.metadata()))
         })
@@ -421,7 +408,7 @@ impl ClusterNode {
 }
 
 /// Polls `done` every `period` until it holds (true) or `timeout` has passed (false).
-async fn poll_until<Fut: std::future::Future<Output = bool>>(
+pub(crate) async fn poll_until<Fut: std::future::Future<Output = bool>>(
     timeout: Duration,
     period: Duration,
     mut done: impl FnMut() -> Fut,
@@ -436,673 +423,6 @@ async fn poll_until<Fut: std::future::Future<Output = bool>>(
         }
         tokio::time::sleep(period).await;
     }
-}
-
-fn post_reconcile(ctx: &BrokerContext, image: Arc<ClusterImage>) {
-    for s in 0..ctx.shard_count() {
-        let image = image.clone();
-        let job: Job = Box::new(move |shard: Rc<Shard>| {
-            Box::pin(super::cluster_replica::reconcile(shard, image))
-        });
-        if ctx.post(s, job).is_err() {
-            tracing::debug!(shard = s, "shard gone; metadata not applied");
-        }
-    }
-}
-
-/// Tells every shard's group coordinator which topics left the image (deleted, or deleted
-/// and created again under a new id), so their committed offsets go too.
-fn post_topics_deleted(ctx: &BrokerContext, before: &ClusterImage, after: &ClusterImage) {
-    let gone: Vec<String> = before
-        .topics
-        .values()
-        .filter(|t| {
-            after
-                .topic(&t.name)
-                .is_none_or(|n| n.topic_id != t.topic_id)
-        })
-        .map(|t| t.name.clone())
-        .collect();
-    if gone.is_empty() {
-        return;
-    }
-    for s in 0..ctx.shard_count() {
-        let topics = gone.clone();
-        let job: Job = Box::new(move |shard: Rc<Shard>| {
-            Box::pin(super::groups::topics_deleted_here(shard, topics))
-        });
-        if ctx.post(s, job).is_err() {
-            tracing::debug!(
-                shard = s,
-                "shard gone; topic deletion not told to its groups"
-            );
-        }
-    }
-}
-
-fn str_bytes(s: &str) -> StrBytes {
-    StrBytes::from_string(s.to_string())
-}
-
-fn controller_error(e: &ControllerError) -> (i16, String) {
-    let code = match e {
-        ControllerError::Rejected(m) => m.code(),
-        ControllerError::NotAvailable(_) | ControllerError::Shutdown => NOT_CONTROLLER,
-        _ => ec::UNKNOWN_SERVER_ERROR,
-    };
-    (code, e.to_string())
-}
-
-fn default_replication_factor(shard: &Shard) -> i16 {
-    shard
-        .ctx
-        .config
-        .raw
-        .get("default.replication.factor")
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(1)
-}
-
-/// Creates a topic through the controller and waits until this node's image has it.
-/// Waits (bounded by the request timeout) until every partition of `topic` that the image
-/// says this broker leads is leader on its owner shard, so the creator's first request is not
-/// answered NOT_LEADER_OR_FOLLOWER by a replica still opening. Partitions led elsewhere are
-/// the client's to find (Metadata), as in Kafka.
-async fn wait_local_leaders(shard: &Rc<Shard>, node: &ClusterNode, topic: &str) {
-    poll_until(node.request_timeout, Duration::from_millis(5), || async {
-        let image = node.cluster_image();
-        let Some(t) = image.topic(topic) else {
-            return true;
-        };
-        let mine: Vec<i32> = (0..t.partitions.len() as i32)
-            .filter(|&p| t.partitions[p as usize].leader == Some(node.node_id))
-            .collect();
-        for p in mine {
-            let name = topic.to_string();
-            let led = shard
-                .call(shard.ctx.owner(topic, p), move |s| async move {
-                    super::cluster_replica::is_leader(&s, &name, p)
-                })
-                .await
-                .unwrap_or(true);
-            if !led {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
-}
-
-/// Waits (bounded by the request timeout) until no shard of this broker holds a replica of
-/// the deleted topic `topic_id` any more, so that when DeleteTopics answers, the partition
-/// directories here are gone and the name can be reused at once.
-async fn wait_local_deleted(shard: &Rc<Shard>, node: &ClusterNode, topic: &str, topic_id: Uuid) {
-    poll_until(node.request_timeout, Duration::from_millis(5), || async {
-        for target in 0..shard.ctx.shard_count() {
-            let name = topic.to_string();
-            let held = shard
-                .call(target, move |s| async move {
-                    super::cluster_replica::holds_topic(&s, &name, topic_id)
-                })
-                .await
-                .unwrap_or(false);
-            if held {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
-}
-
-async fn create_topic(
-    shard: &Rc<Shard>,
-    node: &ClusterNode,
-    name: &str,
-    partitions: i32,
-    replication_factor: i16,
-    configs: BTreeMap<String, String>,
-) -> Result<Uuid, (i16, String)> {
-    let id = node
-        .controller
-        .create_topic(name, partitions, replication_factor, configs)
-        .await
-        .map_err(|e| controller_error(&e))?;
-    if !node.wait_for_image(|i| i.topic(name).is_some()).await {
-        return Err((ec::REQUEST_TIMED_OUT, "topic not visible in time".into()));
-    }
-    wait_local_leaders(shard, node, name).await;
-    info!(
-        topic = name,
-        partitions, replication_factor, "created topic"
-    );
-    Ok(id)
-}
-
-/// CreateTopics.
-pub async fn create_topics(
-    shard: &Rc<Shard>,
-    node: &ClusterNode,
-    req: m::CreateTopicsRequest,
-) -> m::CreateTopicsResponse {
-    let mut resp = m::CreateTopicsResponse::default();
-    for t in req.topics {
-        let name = t.name.as_str().to_string();
-        let mut configs = BTreeMap::new();
-        for c in &t.configs {
-            if let Some(v) = &c.value {
-                configs.insert(c.name.as_str().to_string(), v.as_str().to_string());
-            }
-        }
-        let partitions = if t.num_partitions == -1 {
-            shard.ctx.config.num_partitions
-        } else {
-            t.num_partitions
-        };
-        let rf = if t.replication_factor == -1 {
-            default_replication_factor(shard)
-        } else {
-            t.replication_factor
-        };
-        let check = || -> Result<(), (i16, String)> {
-            validate_topic_name(&name).map_err(|e| (ec::INVALID_TOPIC_EXCEPTION, e))?;
-            if node.cluster_image().topic(&name).is_some() {
-                return Err((
-                    ec::TOPIC_ALREADY_EXISTS,
-                    format!("topic `{name}` already exists"),
-                ));
-            }
-            if !t.assignments.is_empty() {
-                return Err((
-                    ec::INVALID_REPLICA_ASSIGNMENT,
-                    "manual replica assignment is not supported; placement is the controller's"
-                        .into(),
-                ));
-            }
-            if !(1..=MAX_PARTITIONS_PER_TOPIC).contains(&partitions) {
-                return Err((
-                    ec::INVALID_PARTITIONS,
-                    format!("number of partitions must be in 1..={MAX_PARTITIONS_PER_TOPIC}"),
-                ));
-            }
-            let live = node.cluster_image().live_brokers().len();
-            if rf < 1 || rf as usize > live {
-                return Err((
-                    ec::INVALID_REPLICATION_FACTOR,
-                    format!("replication factor {rf} with {live} live brokers"),
-                ));
-            }
-            validate_topic_configs(shard, &configs).map_err(|e| (ec::INVALID_CONFIG, e))?;
-            Ok(())
-        };
-        let outcome = match check() {
-            Ok(()) if req.validate_only => Ok(Uuid::nil()),
-            Ok(()) => create_topic(shard, node, &name, partitions, rf, configs.clone()).await,
-            Err(e) => Err(e),
-        };
-        let mut result =
-            m::create_topics_response::CreatableTopicResult::default().with_name(t.name.clone());
-        match outcome {
-            Ok(id) => {
-                let cs = effective_topic_configs(shard, &configs)
-                    .into_iter()
-                    .map(|(k, v, src)| {
-                        m::create_topics_response::CreatableTopicConfigs::default()
-                            .with_name(StrBytes::from_string(k))
-                            .with_value(Some(StrBytes::from_string(v)))
-                            .with_config_source(src)
-                    })
-                    .collect();
-                result = result
-                    .with_topic_id(id)
-                    .with_num_partitions(partitions)
-                    .with_replication_factor(rf)
-                    .with_configs(Some(cs));
-            }
-            Err((code, msg)) => {
-                result = result
-                    .with_error_code(code)
-                    .with_error_message(Some(StrBytes::from_string(msg)))
-                    .with_num_partitions(-1)
-                    .with_replication_factor(-1);
-            }
-        }
-        resp.topics.push(result);
-    }
-    resp
-}
-
-/// DeleteTopics: every broker deletes its replicas when the deletion reaches
-/// its metadata image.
-pub async fn delete_topics(
-    shard: &Rc<Shard>,
-    node: &ClusterNode,
-    version: i16,
-    req: m::DeleteTopicsRequest,
-) -> m::DeleteTopicsResponse {
-    let targets: Vec<(Option<String>, Uuid)> = if version >= 6 {
-        req.topics
-            .iter()
-            .map(|t| (t.name.as_ref().map(|n| n.as_str().to_string()), t.topic_id))
-            .collect()
-    } else {
-        req.topic_names
-            .iter()
-            .map(|n| (Some(n.as_str().to_string()), Uuid::nil()))
-            .collect()
-    };
-    let mut resp = m::DeleteTopicsResponse::default();
-    for (name, id) in targets {
-        let image = node.cluster_image();
-        let found = match &name {
-            Some(n) => image.topic(n),
-            None => image.topic_by_id(id),
-        }
-        .map(|t| (t.name.clone(), t.topic_id));
-        let mut r = m::delete_topics_response::DeletableTopicResult::default()
-            .with_name(name.as_deref().map(|n| TopicName(str_bytes(n))))
-            .with_topic_id(id);
-        match found {
-            None => {
-                r = r.with_error_code(if name.is_some() {
-                    ec::UNKNOWN_TOPIC_OR_PARTITION
-                } else {
-                    ec::UNKNOWN_TOPIC_ID
-                });
-            }
-            Some((topic, topic_id)) if topic == crate::group::OFFSETS_TOPIC => {
-                r = r
-                    .with_name(Some(TopicName(str_bytes(&topic))))
-                    .with_topic_id(topic_id)
-                    .with_error_code(ec::INVALID_TOPIC_EXCEPTION)
-                    .with_error_message(Some(str_bytes("the internal topic cannot be deleted")));
-            }
-            Some((topic, topic_id)) => {
-                r = r
-                    .with_name(Some(TopicName(str_bytes(&topic))))
-                    .with_topic_id(topic_id);
-                let command = MetadataCommand::DeleteTopic {
-                    name: topic.clone(),
-                };
-                match node.controller.propose(command).await {
-                    Ok(_) => {
-                        node.wait_for_image(|i| i.topic(&topic).is_none()).await;
-                        wait_local_deleted(shard, node, &topic, topic_id).await;
-                        info!(topic, "deleted topic");
-                    }
-                    Err(e) => {
-                        let (code, msg) = controller_error(&e);
-                        r = r
-                            .with_error_code(code)
-                            .with_error_message(Some(StrBytes::from_string(msg)));
-                    }
-                }
-            }
-        }
-        resp.responses.push(r);
-    }
-    resp
-}
-
-/// CreatePartitions.
-pub async fn create_partitions(
-    shard: &Rc<Shard>,
-    node: &ClusterNode,
-    req: m::CreatePartitionsRequest,
-) -> m::CreatePartitionsResponse {
-    let mut resp = m::CreatePartitionsResponse::default();
-    for t in req.topics {
-        let name = t.name.as_str().to_string();
-        let outcome: Result<(), (i16, String)> = async {
-            let image = node.cluster_image();
-            let topic = image.topic(&name).ok_or((
-                ec::UNKNOWN_TOPIC_OR_PARTITION,
-                format!("topic `{name}` does not exist"),
-            ))?;
-            let old = topic.partitions.len() as i32;
-            if t.count > MAX_PARTITIONS_PER_TOPIC || t.count <= old {
-                return Err((
-                    ec::INVALID_PARTITIONS,
-                    format!("topic has {old} partitions; the new count must be larger (at most {MAX_PARTITIONS_PER_TOPIC})"),
-                ));
-            }
-            if t.assignments.as_ref().is_some_and(|a| !a.is_empty()) {
-                return Err((
-                    ec::INVALID_REPLICA_ASSIGNMENT,
-                    "manual replica assignment is not supported".into(),
-                ));
-            }
-            if req.validate_only {
-                return Ok(());
-            }
-            let command = MetadataCommand::CreatePartitions {
-                name: name.clone(),
-                total_count: t.count,
-                placement_start: rand::random::<u32>(),
-            };
-            node.controller
-                .propose(command)
-                .await
-                .map_err(|e| controller_error(&e))?;
-            node.wait_for_image(|i| {
-                i.topic(&name)
-                    .is_some_and(|t2| t2.partitions.len() as i32 >= t.count)
-            })
-            .await;
-            wait_local_leaders(shard, node, &name).await;
-            info!(topic = name, from = old, to = t.count, "added partitions");
-            Ok(())
-        }
-        .await;
-        let mut r = m::create_partitions_response::CreatePartitionsTopicResult::default()
-            .with_name(t.name.clone());
-        if let Err((code, msg)) = outcome {
-            r = r
-                .with_error_code(code)
-                .with_error_message(Some(StrBytes::from_string(msg)));
-        }
-        resp.results.push(r);
-    }
-    resp
-}
-
-/// IncrementalAlterConfigs (topic resources): one ConfigChange proposal.
-pub async fn incremental_alter_configs(
-    shard: &Rc<Shard>,
-    node: &ClusterNode,
-    req: m::IncrementalAlterConfigsRequest,
-) -> m::IncrementalAlterConfigsResponse {
-    const RESOURCE_TOPIC: i8 = 2;
-    let mut resp = m::IncrementalAlterConfigsResponse::default();
-    for r in req.resources {
-        let name = r.resource_name.as_str().to_string();
-        let outcome: Result<(), (i16, String)> = async {
-            if r.resource_type != RESOURCE_TOPIC {
-                return Err((
-                    ec::INVALID_REQUEST,
-                    "only topic configs can be altered (broker configs are static)".into(),
-                ));
-            }
-            let image = node.cluster_image();
-            let topic = image.topic(&name).ok_or((
-                ec::UNKNOWN_TOPIC_OR_PARTITION,
-                format!("topic `{name}` does not exist"),
-            ))?;
-            let mut configs = topic.configs.clone();
-            let mut changes = BTreeMap::new();
-            for c in &r.configs {
-                let key = c.name.as_str().to_string();
-                match c.config_operation {
-                    0 => {
-                        let v = c
-                            .value
-                            .as_ref()
-                            .ok_or((ec::INVALID_CONFIG, format!("SET `{key}` without a value")))?;
-                        configs.insert(key.clone(), v.as_str().to_string());
-                        changes.insert(key, Some(v.as_str().to_string()));
-                    }
-                    1 => {
-                        configs.remove(&key);
-                        changes.insert(key, None);
-                    }
-                    2 | 3 if key == "cleanup.policy" => {
-                        // APPEND / SUBTRACT on the list, from the effective value.
-                        let v = c.value.as_ref().map(|v| v.as_str().to_string());
-                        let v =
-                            v.ok_or((ec::INVALID_CONFIG, format!("`{key}` without a value")))?;
-                        let current = shard.ctx.config.topic_value(&key, &configs);
-                        let mut list: Vec<String> = current
-                            .unwrap_or_default()
-                            .split(',')
-                            .map(|p| p.trim().to_string())
-                            .filter(|p| !p.is_empty())
-                            .collect();
-                        for item in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                            let has = list.iter().any(|p| p == item);
-                            if c.config_operation == 2 && !has {
-                                list.push(item.to_string());
-                            } else if c.config_operation == 3 {
-                                list.retain(|p| p != item);
-                            }
-                        }
-                        let joined = list.join(",");
-                        configs.insert(key.clone(), joined.clone());
-                        changes.insert(key, Some(joined));
-                    }
-                    op => {
-                        return Err((
-                            ec::INVALID_CONFIG,
-                            format!("operation {op} is not valid for `{key}`"),
-                        ))
-                    }
-                }
-            }
-            if changes.contains_key(crate::controller::REPLICATION_MODE_CONFIG) {
-                return Err((
-                    ec::INVALID_CONFIG,
-                    "replication.mode is fixed when the topic is created".into(),
-                ));
-            }
-            validate_topic_configs(shard, &configs).map_err(|e| (ec::INVALID_CONFIG, e))?;
-            if req.validate_only {
-                return Ok(());
-            }
-            let command = MetadataCommand::ConfigChange {
-                resource: ConfigResource::Topic(name.clone()),
-                changes,
-            };
-            node.controller
-                .propose(command)
-                .await
-                .map_err(|e| controller_error(&e))?;
-            node.wait_for_image(|i| i.topic(&name).is_some_and(|t| t.configs == configs))
-                .await;
-            // The replicas here run with the new config before the answer (reconciliation
-            // applies it too, later, on every broker).
-            let calls = (0..shard.ctx.shard_count()).map(|s| {
-                let topic = name.clone();
-                shard.call(s, move |sh| sh.apply_topic_config(topic))
-            });
-            for c in futures_util::future::join_all(calls).await {
-                c.map_err(|e| (ec::UNKNOWN_SERVER_ERROR, e.to_string()))?;
-            }
-            info!(topic = name, "altered topic config");
-            Ok(())
-        }
-        .await;
-        resp.responses
-            .push(super::handlers::alter_config_result(&r, outcome));
-    }
-    resp
-}
-
-fn describe_partitions(
-    image: &ClusterImage,
-    topic: &crate::controller::TopicImage,
-) -> m::metadata_response::MetadataResponseTopic {
-    let live = |b: &i32| image.broker(*b).is_some_and(|r| !r.fenced);
-    let partitions = topic
-        .partitions
-        .iter()
-        .map(|p| {
-            let ids = |v: &[i32]| v.iter().map(|b| BrokerId(*b)).collect::<Vec<_>>();
-            let offline: Vec<i32> = p.replicas.iter().copied().filter(|b| !live(b)).collect();
-            m::metadata_response::MetadataResponsePartition::default()
-                .with_error_code(if p.leader.is_some() {
-                    ec::NONE
-                } else {
-                    LEADER_NOT_AVAILABLE
-                })
-                .with_partition_index(p.partition)
-                .with_leader_id(BrokerId(p.leader.unwrap_or(-1)))
-                .with_leader_epoch(p.leader_epoch)
-                .with_replica_nodes(ids(&p.replicas))
-                .with_isr_nodes(ids(&p.isr))
-                .with_offline_replicas(ids(&offline))
-        })
-        .collect();
-    m::metadata_response::MetadataResponseTopic::default()
-        .with_name(Some(TopicName(str_bytes(&topic.name))))
-        .with_topic_id(topic.topic_id)
-        .with_is_internal(topic.name == crate::group::OFFSETS_TOPIC)
-        .with_partitions(partitions)
-}
-
-/// Metadata: every live broker, and each partition's leader, leader epoch,
-/// replicas, ISR and offline replicas from the controller image.
-pub async fn metadata(
-    shard: &Rc<Shard>,
-    node: &ClusterNode,
-    version: i16,
-    req: m::MetadataRequest,
-) -> m::MetadataResponse {
-    let cfg = &shard.ctx.config;
-    let mut image = node.cluster_image();
-    let all = match &req.topics {
-        None => true,
-        Some(t) => t.is_empty() && version == 0,
-    };
-    let mut topics = Vec::new();
-    if all {
-        topics.extend(
-            image
-                .topics
-                .values()
-                .map(|t| describe_partitions(&image, t)),
-        );
-    } else {
-        let allow_auto = cfg.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
-        for rt in req.topics.iter().flatten() {
-            if rt.name.is_none() && !rt.topic_id.is_nil() {
-                match image.topic_by_id(rt.topic_id) {
-                    Some(t) => topics.push(describe_partitions(&image, t)),
-                    None => topics.push(
-                        m::metadata_response::MetadataResponseTopic::default()
-                            .with_topic_id(rt.topic_id)
-                            .with_error_code(ec::UNKNOWN_TOPIC_ID),
-                    ),
-                }
-                continue;
-            }
-            let name = rt
-                .name
-                .as_ref()
-                .map(|n| n.as_str().to_string())
-                .unwrap_or_default();
-            if let Some(t) = image.topic(&name) {
-                topics.push(describe_partitions(&image, t));
-                continue;
-            }
-            let unknown = |code| {
-                m::metadata_response::MetadataResponseTopic::default()
-                    .with_name(Some(TopicName(str_bytes(&name))))
-                    .with_error_code(code)
-            };
-            if validate_topic_name(&name).is_err() {
-                topics.push(unknown(ec::INVALID_TOPIC_EXCEPTION));
-                continue;
-            }
-            if !allow_auto {
-                topics.push(unknown(ec::UNKNOWN_TOPIC_OR_PARTITION));
-                continue;
-            }
-            let created = if name == crate::group::records::OFFSETS_TOPIC {
-                // The internal topic is created with its own partitions, replication and
-                // configs (as Kafka's auto-creation does), never the defaults of user topics.
-                let n = shard.groups.offsets_partitions();
-                super::groups::ensure_offsets_topic_cluster(node, cfg, n)
-                    .await
-                    .map(|()| Uuid::nil())
-                    .map_err(|e| (ec::COORDINATOR_NOT_AVAILABLE, e))
-            } else {
-                let rf = default_replication_factor(shard);
-                create_topic(shard, node, &name, cfg.num_partitions, rf, BTreeMap::new()).await
-            };
-            if created.is_ok() {
-                let _ = node.wait_for_image(|i| i.topic(&name).is_some()).await;
-            }
-            image = node.cluster_image();
-            match (created, image.topic(&name)) {
-                (_, Some(t)) => topics.push(describe_partitions(&image, t)),
-                (Err((code, msg)), None) => {
-                    warn!(topic = name, "auto-create failed: {msg}");
-                    topics.push(unknown(code));
-                }
-                (Ok(_), None) => topics.push(unknown(LEADER_NOT_AVAILABLE)),
-            }
-        }
-    }
-    if !node.session_alive() {
-        // This broker's session has expired (or is about to): its leaderships are moving,
-        // and naming itself leader would send clients back here. They ask another broker.
-        for p in topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
-            if p.leader_id.0 == node.node_id {
-                p.leader_id = BrokerId(-1);
-                p.error_code = LEADER_NOT_AVAILABLE;
-            }
-        }
-    }
-    let listener = super::connection::listener_name(cfg);
-    let brokers = image
-        .brokers
-        .values()
-        .filter(|b| !b.fenced || b.broker_id == node.node_id)
-        .filter_map(|b| {
-            let ep = b.endpoint(&listener)?;
-            Some(
-                m::metadata_response::MetadataResponseBroker::default()
-                    .with_node_id(BrokerId(b.broker_id))
-                    .with_host(str_bytes(&ep.host))
-                    .with_port(i32::from(ep.port))
-                    .with_rack(b.rack.as_deref().map(str_bytes)),
-            )
-        })
-        .collect();
-    // Clients send admin requests to the controller id; every broker forwards them, so while
-    // the controller is unknown or not a listed broker, name this broker (as KRaft brokers do).
-    let controller = node
-        .controller
-        .controller_id()
-        .and_then(|c| i32::try_from(c).ok())
-        .filter(|c| image.broker(*c).is_some_and(|b| !b.fenced))
-        .unwrap_or(node.node_id);
-    m::MetadataResponse::default()
-        .with_brokers(brokers)
-        .with_cluster_id(Some(str_bytes(&node.cluster_id)))
-        .with_controller_id(BrokerId(controller))
-        .with_topics(topics)
-}
-
-/// DescribeCluster: the registered brokers and the active controller.
-pub fn describe_cluster(shard: &Shard, node: &ClusterNode) -> m::DescribeClusterResponse {
-    let image = node.cluster_image();
-    let listener = super::connection::listener_name(&shard.ctx.config);
-    let brokers = image
-        .brokers
-        .values()
-        .filter_map(|b| {
-            let ep = b.endpoint(&listener)?;
-            Some(
-                m::describe_cluster_response::DescribeClusterBroker::default()
-                    .with_broker_id(BrokerId(b.broker_id))
-                    .with_host(str_bytes(&ep.host))
-                    .with_port(i32::from(ep.port))
-                    .with_rack(b.rack.as_deref().map(str_bytes))
-                    .with_is_fenced(b.fenced),
-            )
-        })
-        .collect();
-    let controller = node
-        .controller
-        .controller_id()
-        .and_then(|c| i32::try_from(c).ok())
-        .unwrap_or(-1);
-    m::DescribeClusterResponse::default()
-        .with_cluster_id(str_bytes(&node.cluster_id))
-        .with_controller_id(BrokerId(controller))
-        .with_endpoint_type(1)
-        .with_brokers(brokers)
 }
 
 #[cfg(test)]

@@ -564,6 +564,16 @@ pub fn parse_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
 }
 
 impl BrokerConfig {
+    /// `producer.id.expiration.ms`: how long an idle producer's state is kept in a partition
+    /// (default one day).
+    pub fn producer_id_expiration_ms(&self) -> i64 {
+        self.raw
+            .get("producer.id.expiration.ms")
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .filter(|v| *v > 0)
+            .unwrap_or(crate::idempotence::DEFAULT_PRODUCER_ID_EXPIRATION_MS)
+    }
+
     /// Resolves the configuration from its sources. `file` is the TOML text (if any), `env`
     /// the process environment, `flags` the overrides from the command line (already as Kafka
     /// keys). Returns the config and warnings for unknown keys.

@@ -38,9 +38,11 @@ use tracing::{debug, info, warn};
 use crate::security::sasl::{Action, SaslConnection, SaslSettings, MAX_RECEIVE_BEFORE_AUTH};
 use crate::security::tls::ReloadableAcceptor;
 
-use super::handlers::{handle_request, RequestError, Response};
+use super::api::{handle_request, RequestError, Response};
 use super::protocol::{FramePart, RecordsSource};
-use super::shard::{Phase, Shard};
+use super::request_context::{ConnectionInfo, CONNECTION};
+use super::services::Services;
+use super::shard::Phase;
 
 /// A started request, awaited by the writer in request order.
 type InFlight = JoinHandle<Result<Option<Response>, RequestError>>;
@@ -69,49 +71,6 @@ pub struct ListenerRuntime {
     pub sasl: Option<Arc<SaslSettings>>,
 }
 
-/// What a request handler may need to know about its connection.
-#[derive(Debug)]
-pub struct ConnectionInfo {
-    /// The listener the request arrived on.
-    pub listener: String,
-    /// Host and port Metadata advertises for this broker to this client.
-    pub advertised: (String, i32),
-    /// Whether fetched records may go out with sendfile (not through TLS).
-    pub zero_copy: bool,
-}
-
-tokio::task_local! {
-    /// The connection whose request is being handled.
-    pub static CONNECTION: Rc<ConnectionInfo>;
-}
-
-/// The endpoint to advertise for this broker: the one of the listener the current request
-/// arrived on (Kafka answers with the endpoints of the request's listener), else the
-/// inter-broker listener's.
-pub fn advertised(cfg: &super::config::BrokerConfig) -> (String, i32) {
-    CONNECTION
-        .try_with(|c| c.advertised.clone())
-        .unwrap_or_else(|_| (cfg.advertised_host.clone(), cfg.advertised_port))
-}
-
-/// The name of the listener the current request arrived on, else the inter-broker
-/// listener's.
-pub fn listener_name(cfg: &super::config::BrokerConfig) -> String {
-    CONNECTION
-        .try_with(|c| c.listener.clone())
-        .unwrap_or_else(|_| {
-            cfg.listeners
-                .first()
-                .map(|l| l.name.clone())
-                .unwrap_or_default()
-        })
-}
-
-/// Whether the current request's connection may use sendfile for fetched records.
-pub fn zero_copy_allowed() -> bool {
-    CONNECTION.try_with(|c| c.zero_copy).unwrap_or(true)
-}
-
 /// The write side of a connection.
 enum Writer {
     Plain(OwnedWriteHalf),
@@ -120,24 +79,26 @@ enum Writer {
 
 /// Serves `stream` until the peer closes it, a request is malformed, or the shard drains.
 pub async fn serve_connection(
-    shard: Rc<Shard>,
+    svc: Rc<Services>,
     stream: TcpStream,
     peer: SocketAddr,
     listener: Arc<ListenerRuntime>,
 ) {
+    let shard = svc.shard.clone();
     shard.connections.set(shard.connections.get() + 1);
     crate::metrics::connection_opened();
-    serve(&shard, stream, peer, &listener).await;
+    serve(&svc, stream, peer, &listener).await;
     shard.connections.set(shard.connections.get() - 1);
     crate::metrics::connection_closed();
     shard.connection_closed.notify_waiters();
     debug!(%peer, "connection closed");
 }
 
-async fn serve(shard: &Rc<Shard>, stream: TcpStream, peer: SocketAddr, l: &Arc<ListenerRuntime>) {
+async fn serve(svc: &Rc<Services>, stream: TcpStream, peer: SocketAddr, l: &Arc<ListenerRuntime>) {
     let _ = stream.set_nodelay(true);
     let name = l.config.name.as_str();
     let info = Rc::new(ConnectionInfo {
+        peer,
         listener: name.to_string(),
         advertised: (l.config.advertised_host.clone(), l.config.advertised_port),
         zero_copy: l.tls.is_none(),
@@ -146,7 +107,7 @@ async fn serve(shard: &Rc<Shard>, stream: TcpStream, peer: SocketAddr, l: &Arc<L
     match &l.tls {
         None => {
             let (rd, wr) = stream.into_split();
-            run(shard, rd, Writer::Plain(wr), peer, info, sasl).await;
+            run(svc, rd, Writer::Plain(wr), peer, info, sasl).await;
         }
         Some(tls) => {
             let accepted =
@@ -181,19 +142,20 @@ async fn serve(shard: &Rc<Shard>, stream: TcpStream, peer: SocketAddr, l: &Arc<L
                 }
             }
             let (rd, wr) = tokio::io::split(tls_stream);
-            run(shard, rd, Writer::Tls(wr), peer, info, sasl).await;
+            run(svc, rd, Writer::Tls(wr), peer, info, sasl).await;
         }
     }
 }
 
 async fn run<R: AsyncRead + Unpin>(
-    shard: &Rc<Shard>,
+    svc: &Rc<Services>,
     rd: R,
     wr: Writer,
     peer: SocketAddr,
     info: Rc<ConnectionInfo>,
     sasl: Option<SaslConnection>,
 ) {
+    let shard = &svc.shard;
     let (frames_tx, frames_rx) =
         mpsc::channel::<Frame>(shard.ctx.config.max_inflight_per_connection);
     let (responses_tx, responses_rx) =
@@ -202,7 +164,7 @@ async fn run<R: AsyncRead + Unpin>(
     let authenticated = Rc::new(Cell::new(sasl.is_none()));
     let writer = crate::io::runtime::spawn(write_loop(responses_rx, wr, peer));
     let processor = crate::io::runtime::spawn(process_loop(
-        shard.clone(),
+        svc.clone(),
         frames_rx,
         responses_tx,
         peer,
@@ -216,7 +178,7 @@ async fn run<R: AsyncRead + Unpin>(
 }
 
 async fn read_loop<R: AsyncRead + Unpin>(
-    shard: &Rc<Shard>,
+    shard: &Rc<super::shard::Shard>,
     rd: R,
     tx: mpsc::Sender<Frame>,
     peer: SocketAddr,
@@ -324,7 +286,7 @@ fn scram_nonce() -> String {
 
 #[allow(clippy::too_many_arguments)]
 async fn process_loop(
-    shard: Rc<Shard>,
+    svc: Rc<Services>,
     mut frames: mpsc::Receiver<Frame>,
     responses: mpsc::Sender<InFlight>,
     peer: SocketAddr,
@@ -371,7 +333,7 @@ async fn process_loop(
         }
         let (submitted_tx, submitted_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
-        let task_shard = shard.clone();
+        let task_svc = svc.clone();
         let task_info = info.clone();
         let api_key = i16::from_be_bytes([
             frame.first().copied().unwrap_or(0xff),
@@ -379,8 +341,7 @@ async fn process_loop(
         ]);
         let task = crate::io::runtime::spawn(async move {
             let started = std::time::Instant::now();
-            let handled = handle_request(task_shard, frame.freeze(), Some(submitted_tx));
-            let handled = super::groups::CLIENT_ADDR.scope(peer, handled);
+            let handled = handle_request(task_svc, frame.freeze(), Some(submitted_tx));
             let result = CONNECTION.scope(task_info, handled).await;
             crate::metrics::record_request(
                 api_key,

@@ -9,7 +9,7 @@
 //! only the partitions with records, an error, or a high watermark or log start offset that
 //! differs from what the session last told the client.
 //!
-//! This type decides; the Fetch handler (`broker::fetch`) reads the logs and calls it on the
+//! This type decides; the Fetch handler (`broker::api::fetch`) reads the logs and calls it on the
 //! shard that owns the session. Session ids are positive and `id % shards` names the owner
 //! shard, so a session created on one shard stays usable from a connection on any other.
 //! Time is the caller's (`now_ms`, any monotonic origin); ids come from a seeded generator.

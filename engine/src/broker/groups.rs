@@ -2,7 +2,7 @@
 //!
 //! Each shard runs one coordinator holding the groups of the `__consumer_offsets` partitions
 //! that shard owns. A group request is routed to the owner shard of its offsets partition
-//! (`Shard::call`), handed to the coordinator with a token, and answered when the coordinator
+//! (its peers' `ShardLocal::call`), handed to the coordinator with a token, and answered when the coordinator
 //! emits `Respond` for that token (JoinGroup and SyncGroup wait for the rebalance, commits for
 //! their append). `Append` actions become RecordBatch v2 appends to the offsets partition,
 //! started in the order the coordinator emitted them. A per-shard timer task drives `tick`,
@@ -11,7 +11,6 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -19,8 +18,6 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::{self as m, BrokerId, RequestHeader};
-use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
     Compression as WireCompression, Record, RecordBatchDecoder, RecordBatchEncoder,
     RecordEncodeOptions, TimestampType as WireTimestampType,
@@ -29,14 +26,13 @@ use tokio::sync::{oneshot, Notify};
 use tracing::{debug, info, warn};
 
 use super::config::{parse_int, BrokerConfig, ConfigError};
-use super::metadata::{MetadataImage, MetadataStore};
+use super::metadata::MetadataImage;
 use super::protocol::error_code as ec;
-use super::shard::{now_ms, Phase, Shard, ShardGone};
-use crate::group::api::{
-    codes, DescribedGroup, ListGroupsResult, OffsetFetch, OffsetFetchGroupResult,
-};
+use super::replicas::Replicas;
+use super::shard::{now_ms, Peers, Phase, Shard, ShardGone, ShardLocal};
+use crate::group::api::codes;
 use crate::group::{
-    offsets_partition_for, wire, AppendError, AppendId, CoordinatorAction, CoordinatorConfig,
+    offsets_partition_for, AppendError, AppendId, CoordinatorAction, CoordinatorConfig,
     GroupCoordinator, GroupRequest, GroupResponse, OffsetsRecord, RequestToken, OFFSETS_TOPIC,
 };
 use crate::storage::decompress::decompress_records;
@@ -60,12 +56,6 @@ const DEFAULT_OFFSETS_REPLICATION_FACTOR: i16 = 3;
 /// index interval (25,600 entries: 200 KiB of offset index, 300 KiB of time index), instead of
 /// preallocating the 10 MiB broker default twice for each of fifty partitions.
 const OFFSETS_SEGMENT_INDEX_BYTES: &str = "524288";
-
-tokio::task_local! {
-    /// The peer address of the connection whose request is being handled (JoinGroup records
-    /// it as the member's `client_host`).
-    pub static CLIENT_ADDR: SocketAddr;
-}
 
 /// Reads the `group.*` / `offset*` broker keys into the coordinator's configuration.
 /// `offsets_partitions` is the partition count of the existing `__consumer_offsets` topic,
@@ -251,9 +241,16 @@ fn offsets_partitions(image: &MetadataImage) -> Option<i32> {
 
 type Waiter = oneshot::Sender<GroupResponse>;
 
-/// Per-shard group state: the coordinator, the requests waiting for its answers, and the
-/// signal that re-arms the timer task.
-pub struct ShardGroups {
+/// The group service of one shard: the coordinator of the `__consumer_offsets` partitions
+/// this shard owns and this broker leads, the requests waiting for its answers, and the
+/// signal that re-arms the timer task. Built on the shard core and the replication service
+/// (whose leadership it follows and through which it writes).
+pub struct Groups {
+    /// The shard core.
+    pub shard: Rc<Shard>,
+    /// The replication service of the same shard.
+    pub replicas: Rc<Replicas>,
+    peers: Arc<Peers<Groups>>,
     coordinator: RefCell<GroupCoordinator>,
     waiters: RefCell<HashMap<RequestToken, Waiter>>,
     next_token: Cell<RequestToken>,
@@ -269,7 +266,17 @@ pub struct ShardGroups {
     creating_offsets_topic: Cell<bool>,
 }
 
-impl ShardGroups {
+impl ShardLocal for Groups {
+    fn shard_id(&self) -> usize {
+        self.shard.id
+    }
+
+    fn peers(&self) -> &Peers<Groups> {
+        &self.peers
+    }
+}
+
+impl Groups {
     /// The committed offsets of this shard's groups, for the consumer-lag metric.
     pub fn offset_snapshots(&self) -> Vec<crate::metrics::GroupOffsetSnapshot> {
         self.coordinator
@@ -287,14 +294,21 @@ impl ShardGroups {
             .collect()
     }
 
-    /// The group state of a shard (the config was validated by `Server::start`).
-    pub fn new(cfg: &BrokerConfig, metadata: &MetadataStore) -> ShardGroups {
+    /// The group service of a shard (the config was validated by `Server::start`). It follows
+    /// the leadership of the shard's offsets partitions from now on ([`on_leadership_change`]).
+    pub fn new(replicas: Rc<Replicas>, peers: Arc<Peers<Groups>>) -> Rc<Groups> {
+        let shard = replicas.shard.clone();
+        let cfg = &shard.ctx.config;
+        let metadata = &shard.ctx.metadata;
         let conf =
             coordinator_config(cfg, offsets_partitions(&metadata.image())).unwrap_or_else(|e| {
                 warn!("invalid group coordinator config ({e}); using defaults");
                 CoordinatorConfig::default()
             });
-        ShardGroups {
+        let groups = Rc::new(Groups {
+            shard: shard.clone(),
+            replicas: replicas.clone(),
+            peers,
             coordinator: RefCell::new(GroupCoordinator::new(conf)),
             waiters: RefCell::new(HashMap::new()),
             next_token: Cell::new(1),
@@ -308,7 +322,32 @@ impl ShardGroups {
                 .filter(|v| *v > 0)
                 .unwrap_or(DEFAULT_COMMIT_TIMEOUT_MS),
             creating_offsets_topic: Cell::new(false),
+        });
+        let weak = Rc::downgrade(&groups);
+        replicas.on_leadership_change(Box::new(move |topic, p, leader_epoch| {
+            if topic == OFFSETS_TOPIC {
+                if let Some(gs) = weak.upgrade() {
+                    on_leadership_change(&gs, p, leader_epoch);
+                }
+            }
+        }));
+        groups
+    }
+
+    /// Asks the controller to create `__consumer_offsets` (once at a time; FindCoordinator
+    /// answers COORDINATOR_NOT_AVAILABLE meanwhile and the client asks again).
+    pub fn create_offsets_topic(self: &Rc<Self>, node: &Arc<super::cluster::ClusterNode>) {
+        if self.creating_offsets_topic.replace(true) {
+            return;
         }
+        let (gs, node) = (self.clone(), node.clone());
+        let n = self.offsets_partitions();
+        crate::io::runtime::spawn(async move {
+            if let Err(e) = ensure_offsets_topic_cluster(&node, &gs.shard.ctx.config, n).await {
+                warn!("cannot create {OFFSETS_TOPIC}: {e}");
+            }
+            gs.creating_offsets_topic.set(false);
+        });
     }
 
     /// The `__consumer_offsets` partition count the coordinator maps groups onto.
@@ -319,16 +358,16 @@ impl ShardGroups {
 
 /// Starts this shard's group timer. Offsets partitions are loaded when this broker becomes
 /// their leader ([`on_leadership_change`]).
-pub fn start(shard: &Rc<Shard>) {
+pub fn start(gs: &Rc<Groups>) {
     // A shard coordinates only the offsets partitions this broker leads:
     // `on_leadership_change` loads and unloads them as leadership moves.
-    crate::io::runtime::spawn(timer_loop(shard.clone()));
+    crate::io::runtime::spawn(timer_loop(gs.clone()));
 }
 
-fn owned_offsets_partitions(shard: &Shard) -> Vec<i32> {
-    let n = shard.groups.offsets_partitions();
+fn owned_offsets_partitions(gs: &Groups) -> Vec<i32> {
+    let n = gs.offsets_partitions();
     (0..n)
-        .filter(|p| shard.ctx.owner(OFFSETS_TOPIC, *p) == shard.id)
+        .filter(|p| gs.shard.ctx.owner(OFFSETS_TOPIC, *p) == gs.shard.id)
         .collect()
 }
 
@@ -337,7 +376,7 @@ fn owned_offsets_partitions(shard: &Shard) -> Vec<i32> {
 /// `current()` turns false (leadership moved on meanwhile) it stops and leaves the
 /// partition to whoever took over.
 async fn load_partition(
-    shard: &Rc<Shard>,
+    gs: &Rc<Groups>,
     p: i32,
     end: Option<i64>,
     current: &dyn Fn() -> bool,
@@ -345,7 +384,7 @@ async fn load_partition(
     let started = std::time::Instant::now();
     let mut loaded = 0u64;
     let mut skipped = 0u64;
-    match shard.partition(OFFSETS_TOPIC, p).await {
+    match gs.shard.partition(OFFSETS_TOPIC, p).await {
         Err(code) => warn!(
             partition = p,
             code, "cannot open {OFFSETS_TOPIC} partition; its groups start empty"
@@ -373,7 +412,7 @@ async fn load_partition(
                     }
                 };
                 let mut next = offset;
-                let mut c = shard.groups.coordinator.borrow_mut();
+                let mut c = gs.coordinator.borrow_mut();
                 for item in BatchIter::new(&bytes) {
                     let (pos, h) = match item {
                         Ok(x) => x,
@@ -428,13 +467,9 @@ async fn load_partition(
     if !current() {
         return (loaded, skipped);
     }
-    shard
-        .groups
-        .coordinator
-        .borrow_mut()
-        .finish_loading(p, now_ms());
+    gs.coordinator.borrow_mut().finish_loading(p, now_ms());
     debug!(
-        shard = shard.id,
+        gs = gs.shard.id,
         partition = p,
         loaded,
         skipped,
@@ -454,8 +489,8 @@ const LOAD_HW_POLL: Duration = Duration::from_millis(20);
 /// elected (every record it holds is then committed), replays the log up to there and
 /// serves. A former leader drops the partition's groups; their requests answer
 /// NOT_COORDINATOR, waiting joins and syncs too, so clients look the coordinator up again.
-pub fn on_leadership_change(shard: &Rc<Shard>, p: i32, leader_epoch: Option<i32>) {
-    let n = shard.groups.offsets_partitions();
+pub fn on_leadership_change(gs: &Rc<Groups>, p: i32, leader_epoch: Option<i32>) {
+    let n = gs.offsets_partitions();
     if !(0..n).contains(&p) {
         warn!(
             partition = p,
@@ -464,26 +499,26 @@ pub fn on_leadership_change(shard: &Rc<Shard>, p: i32, leader_epoch: Option<i32>
         );
         return;
     }
-    let generation = shard.groups.next_leadership.get();
-    shard.groups.next_leadership.set(generation + 1);
-    shard.groups.leadership.borrow_mut().insert(p, generation);
-    let actions = shard.groups.coordinator.borrow_mut().unload(p);
-    let s = shard.clone();
+    let generation = gs.next_leadership.get();
+    gs.next_leadership.set(generation + 1);
+    gs.leadership.borrow_mut().insert(p, generation);
+    let actions = gs.coordinator.borrow_mut().unload(p);
+    let s = gs.clone();
     let Some(epoch) = leader_epoch else {
         info!(
-            shard = s.id,
+            gs = s.shard.id,
             partition = p,
             "no longer coordinating {OFFSETS_TOPIC} partition"
         );
         crate::io::runtime::spawn(async move { execute(&s, actions).await });
         return;
     };
-    shard.groups.coordinator.borrow_mut().begin_loading(p);
+    gs.coordinator.borrow_mut().begin_loading(p);
     crate::io::runtime::spawn(async move {
         execute(&s, actions).await;
-        let current = || s.groups.leadership.borrow().get(&p) == Some(&generation);
+        let current = || s.leadership.borrow().get(&p) == Some(&generation);
         let started = std::time::Instant::now();
-        let part = match s.partition(OFFSETS_TOPIC, p).await {
+        let part = match s.shard.partition(OFFSETS_TOPIC, p).await {
             Ok(part) => part,
             Err(code) => {
                 warn!(
@@ -495,10 +530,10 @@ pub fn on_leadership_change(shard: &Rc<Shard>, p: i32, leader_epoch: Option<i32>
         };
         let end = part.log.log_end_offset();
         loop {
-            if !current() || *s.phase.borrow() != Phase::Running {
+            if !current() || *s.shard.phase.borrow() != Phase::Running {
                 return;
             }
-            match super::cluster_replica::list_offsets_latest(&s, OFFSETS_TOPIC, p) {
+            match super::replicas::list_offsets_latest(&s.replicas, OFFSETS_TOPIC, p) {
                 Ok(hw) if hw >= end => break,
                 _ => tokio::time::sleep(LOAD_HW_POLL).await,
             }
@@ -506,7 +541,7 @@ pub fn on_leadership_change(shard: &Rc<Shard>, p: i32, leader_epoch: Option<i32>
         let (loaded, skipped) = load_partition(&s, p, Some(end), &current).await;
         if current() {
             info!(
-                shard = s.id,
+                gs = s.shard.id,
                 partition = p,
                 leader_epoch = epoch,
                 end_offset = end,
@@ -515,7 +550,7 @@ pub fn on_leadership_change(shard: &Rc<Shard>, p: i32, leader_epoch: Option<i32>
                 ms = started.elapsed().as_millis() as u64,
                 "coordinating {OFFSETS_TOPIC} partition"
             );
-            s.groups.timer.notify_one();
+            s.timer.notify_one();
         }
     });
 }
@@ -598,7 +633,7 @@ type Completion = Pin<Box<dyn Future<Output = Result<(), AppendError>>>>;
 
 /// Starts one append; its place in the partition's order is taken before this returns.
 async fn start_append(
-    shard: &Rc<Shard>,
+    gs: &Rc<Groups>,
     partition: i32,
     records: &[OffsetsRecord],
 ) -> Result<Result<(), AppendError>, Completion> {
@@ -611,7 +646,7 @@ async fn start_append(
     };
     // This broker must lead the partition, and the record counts only once the topic's
     // replication rule committed it (acks=all), as Kafka's coordinator writes.
-    let admitted = match super::cluster_replica::before_append(shard, OFFSETS_TOPIC, partition, -1)
+    let admitted = match super::replicas::before_append(&gs.replicas, OFFSETS_TOPIC, partition, -1)
     {
         Ok(a) => a,
         Err((code, msg)) => {
@@ -620,10 +655,11 @@ async fn start_append(
         }
     };
     let epoch = admitted.leader_epoch;
-    let commit_timeout = shard.groups.commit_timeout_ms;
-    let s = shard.clone();
+    let commit_timeout = gs.commit_timeout_ms;
+    let s = gs.clone();
     let mut fut: Completion = Box::pin(async move {
         let part = s
+            .shard
             .partition(OFFSETS_TOPIC, partition)
             .await
             .map_err(append_error)?;
@@ -637,8 +673,8 @@ async fn start_append(
                 return Err(append_error(e.kafka_error_code()));
             }
         };
-        super::cluster_replica::after_append(
-            &s,
+        super::replicas::after_append(
+            &s.replicas,
             admitted,
             info.first_offset,
             info.last_offset,
@@ -665,17 +701,14 @@ async fn start_append(
 
 /// Carries out coordinator actions: answers waiting requests and starts appends, feeding
 /// completions back in.
-fn execute(
-    shard: &Rc<Shard>,
-    actions: Vec<CoordinatorAction>,
-) -> Pin<Box<dyn Future<Output = ()>>> {
-    let shard = shard.clone();
+fn execute(gs: &Rc<Groups>, actions: Vec<CoordinatorAction>) -> Pin<Box<dyn Future<Output = ()>>> {
+    let gs = gs.clone();
     Box::pin(async move {
         let mut queue: VecDeque<CoordinatorAction> = actions.into();
         while let Some(action) = queue.pop_front() {
             match action {
                 CoordinatorAction::Respond { token, response } => {
-                    if let Some(tx) = shard.groups.waiters.borrow_mut().remove(&token) {
+                    if let Some(tx) = gs.waiters.borrow_mut().remove(&token) {
                         // The requester may have gone (connection closed): nothing to do.
                         let _ = tx.send(response);
                     }
@@ -684,13 +717,13 @@ fn execute(
                     append_id,
                     partition,
                     records,
-                } => match start_append(&shard, partition, &records).await {
+                } => match start_append(&gs, partition, &records).await {
                     Ok(result) => {
-                        let more = complete(&shard, append_id, result);
+                        let more = complete(&gs, append_id, result);
                         queue.extend(more);
                     }
                     Err(pending) => {
-                        let s = shard.clone();
+                        let s = gs.clone();
                         crate::io::runtime::spawn(async move {
                             let result = pending.await;
                             let more = complete(&s, append_id, result);
@@ -700,92 +733,89 @@ fn execute(
                 },
             }
         }
-        shard.groups.timer.notify_one();
+        gs.timer.notify_one();
     })
 }
 
 fn complete(
-    shard: &Shard,
+    gs: &Groups,
     append_id: AppendId,
     result: Result<(), AppendError>,
 ) -> Vec<CoordinatorAction> {
-    shard
-        .groups
-        .coordinator
+    gs.coordinator
         .borrow_mut()
         .on_append_complete(append_id, now_ms(), result)
 }
 
 /// The coordinator's answer, or the error code to give when it cannot answer (the shard is
 /// shutting down and dropped the request).
-type Answer = Result<GroupResponse, i16>;
+pub type Answer = Result<GroupResponse, i16>;
 
 /// Runs `request` on this shard's coordinator and waits for its answer.
-async fn submit_local(shard: Rc<Shard>, request: GroupRequest) -> Answer {
-    let token = shard.groups.next_token.get();
-    shard.groups.next_token.set(token.wrapping_add(1));
+pub async fn submit_local(gs: Rc<Groups>, request: GroupRequest) -> Answer {
+    let token = gs.next_token.get();
+    gs.next_token.set(token.wrapping_add(1));
     let (tx, rx) = oneshot::channel();
-    shard.groups.waiters.borrow_mut().insert(token, tx);
-    let image = shard.ctx.metadata.image();
+    gs.waiters.borrow_mut().insert(token, tx);
+    let image = gs.shard.ctx.metadata.image();
     let catalog = |topic: &str, p: i32| {
         image
             .topic(topic)
             .is_some_and(|t| (0..t.partitions).contains(&p))
     };
-    let actions = shard
-        .groups
+    let actions = gs
         .coordinator
         .borrow_mut()
         .handle(token, now_ms(), request, &catalog);
-    execute(&shard, actions).await;
+    execute(&gs, actions).await;
     // Dropped only on shutdown, when the runtime drops the coordinator's waiters.
     rx.await.map_err(|_| codes::NOT_COORDINATOR)
 }
 
 /// The shard hosting `group_id`'s coordinator.
-fn coordinator_shard(shard: &Shard, group_id: &str) -> usize {
-    let p = offsets_partition_for(group_id, shard.groups.offsets_partitions());
-    shard.ctx.owner(OFFSETS_TOPIC, p)
+pub fn coordinator_shard(gs: &Groups, group_id: &str) -> usize {
+    let p = offsets_partition_for(group_id, gs.offsets_partitions());
+    gs.shard.ctx.owner(OFFSETS_TOPIC, p)
 }
 
 /// Sends `request` to the coordinator of `group_id`.
-async fn submit(
-    shard: &Rc<Shard>,
+pub async fn submit(
+    gs: &Rc<Groups>,
     group_id: &str,
     request: GroupRequest,
 ) -> Result<Answer, ShardGone> {
-    let owner = coordinator_shard(shard, group_id);
-    shard.call(owner, move |s| submit_local(s, request)).await
+    let owner = coordinator_shard(gs, group_id);
+    gs.call(owner, move |s| submit_local(s, request)).await
 }
 
 /// Drives the coordinator's timers: sleeps until `next_deadline`, re-armed whenever an input
 /// may have moved it. On drain, unloads every partition so waiting members are told
 /// NOT_COORDINATOR (as a Kafka broker does when it shuts down) instead of holding the drain.
-async fn timer_loop(shard: Rc<Shard>) {
-    let mut phase = shard.phase.subscribe();
+async fn timer_loop(gs: Rc<Groups>) {
+    let mut phase = gs.shard.phase.subscribe();
     // The first tick arms the periodic offset-retention check.
-    let actions = shard.groups.coordinator.borrow_mut().tick(now_ms());
-    execute(&shard, actions).await;
+    let actions = gs.coordinator.borrow_mut().tick(now_ms());
+    execute(&gs, actions).await;
     loop {
-        let next = shard.groups.coordinator.borrow().next_deadline();
+        let next = gs.coordinator.borrow().next_deadline();
         let wait = match next {
             Some(t) => Duration::from_millis(u64::try_from(t - now_ms()).unwrap_or(0)),
             None => Duration::from_secs(3600),
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {
-                let actions = shard.groups.coordinator.borrow_mut().tick(now_ms());
-                execute(&shard, actions).await;
+                let actions = gs.coordinator.borrow_mut().tick(now_ms());
+                execute(&gs, actions).await;
             }
-            _ = shard.groups.timer.notified() => {}
+            _ = gs.timer.notified() => {}
             changed = phase.changed() => {
                 if changed.is_err() || *phase.borrow() != Phase::Running {
-                    let owned = owned_offsets_partitions(&shard);
+                    let owned = owned_offsets_partitions(&gs);
                     let mut actions = Vec::new();
                     for p in owned {
-                        actions.extend(shard.groups.coordinator.borrow_mut().unload(p));
+                        actions.extend(gs.coordinator.borrow_mut().unload(p));
                     }
-                    execute(&shard, actions).await;
+                    execute(&gs, actions).await;
                     return;
                 }
             }
@@ -796,472 +826,11 @@ async fn timer_loop(shard: Rc<Shard>) {
 // ---------------------------------------------------------------------------------------------
 // Request handlers (called from `handlers::handle_request`).
 
-fn client_id(header: &RequestHeader) -> String {
-    header
-        .client_id
-        .as_ref()
-        .map(|c| c.as_str().to_string())
-        .unwrap_or_default()
-}
-
-fn client_host() -> String {
-    CLIENT_ADDR
-        .try_with(|a| format!("/{}", a.ip()))
-        .unwrap_or_else(|_| "/".to_string())
-}
-
-/// A response of the wrong kind means a coordinator bug; answer with a generic error rather
-/// than panic on a client's request.
-fn mismatch(what: &str) {
-    tracing::error!("group coordinator answered {what} with a different response kind");
-}
-
-/// Where FindCoordinator sends a client: (error, message, node id, host, port).
-type CoordinatorAnswer = (i16, Option<String>, i32, String, i32);
-
-fn no_coordinator(code: i16, msg: &str) -> CoordinatorAnswer {
-    (code, Some(msg.to_string()), -1, String::new(), -1)
-}
-
-/// The coordinator of `group_id` is the current leader of its
-/// `__consumer_offsets` partition. COORDINATOR_NOT_AVAILABLE while the topic is being
-/// created (this call starts the creation) or the partition has no live leader.
-fn cluster_coordinator(
-    shard: &Rc<Shard>,
-    node: &Arc<super::cluster::ClusterNode>,
-    group_id: &str,
-) -> CoordinatorAnswer {
-    let image = node.cluster_image();
-    let n = shard.groups.offsets_partitions();
-    if image.topic(OFFSETS_TOPIC).is_none() {
-        if !shard.groups.creating_offsets_topic.replace(true) {
-            let (s, node) = (shard.clone(), node.clone());
-            crate::io::runtime::spawn(async move {
-                if let Err(e) = ensure_offsets_topic_cluster(&node, &s.ctx.config, n).await {
-                    warn!("cannot create {OFFSETS_TOPIC}: {e}");
-                }
-                s.groups.creating_offsets_topic.set(false);
-            });
-        }
-        return no_coordinator(
-            ec::COORDINATOR_NOT_AVAILABLE,
-            "the offsets topic is being created",
-        );
-    }
-    let p = offsets_partition_for(group_id, n);
-    let leader = image.partition(OFFSETS_TOPIC, p).and_then(|p| p.leader);
-    let endpoint = leader
-        .and_then(|l| image.broker(l))
-        .filter(|b| !b.fenced)
-        .and_then(|b| {
-            b.endpoint(&super::connection::listener_name(&shard.ctx.config))
-                .map(|ep| (b.broker_id, ep.clone()))
-        });
-    match endpoint {
-        Some((id, ep)) => (ec::NONE, None, id, ep.host, i32::from(ep.port)),
-        None => no_coordinator(
-            ec::COORDINATOR_NOT_AVAILABLE,
-            "the group's offsets partition has no live leader",
-        ),
-    }
-}
-
-/// FindCoordinator v0-6. A group's coordinator is the leader of its `__consumer_offsets`
-/// partition (on a cluster of one, this broker). Transactions
-/// are not served.
-pub fn find_coordinator(
-    shard: &Rc<Shard>,
-    version: i16,
-    req: m::FindCoordinatorRequest,
-) -> m::FindCoordinatorResponse {
-    const NO_TXN: &str = "transactions are not served by this broker";
-    let node = shard.ctx.metadata.cluster_node();
-    let answer = |key_type: i8, key: &str| -> CoordinatorAnswer {
-        match key_type {
-            0 => cluster_coordinator(shard, node, key),
-            1 => no_coordinator(ec::COORDINATOR_NOT_AVAILABLE, NO_TXN),
-            _ => no_coordinator(ec::INVALID_REQUEST, "unknown coordinator key type"),
-        }
-    };
-    let str_bytes = |s: &str| StrBytes::from_string(s.to_string());
-    let resp = m::FindCoordinatorResponse::default();
-    if version >= 4 {
-        let coordinators = req
-            .coordinator_keys
-            .into_iter()
-            .map(|key| {
-                let (code, msg, node, host, port) = answer(req.key_type, key.as_str());
-                m::find_coordinator_response::Coordinator::default()
-                    .with_key(key)
-                    .with_node_id(BrokerId(node))
-                    .with_host(str_bytes(&host))
-                    .with_port(port)
-                    .with_error_code(code)
-                    .with_error_message(msg.as_deref().map(str_bytes))
-            })
-            .collect();
-        resp.with_coordinators(coordinators)
-    } else {
-        let (code, msg, node, host, port) = answer(req.key_type, req.key.as_str());
-        let resp = resp
-            .with_error_code(code)
-            .with_node_id(BrokerId(node))
-            .with_host(str_bytes(&host))
-            .with_port(port);
-        if version >= 1 {
-            resp.with_error_message(msg.as_deref().map(str_bytes))
-        } else {
-            resp
-        }
-    }
-}
-
 /// Topics left the metadata image; this shard's coordinator forgets their offsets. Runs on
 /// every broker, so every coordinator hears of it whichever broker handled the DeleteTopics.
-pub async fn topics_deleted_here(shard: Rc<Shard>, topics: Vec<String>) {
-    let actions = shard
-        .groups
-        .coordinator
-        .borrow_mut()
-        .on_topics_deleted(&topics);
-    execute(&shard, actions).await;
-}
-
-/// JoinGroup.
-pub async fn join_group(
-    shard: &Rc<Shard>,
-    version: i16,
-    header: &RequestHeader,
-    req: m::JoinGroupRequest,
-) -> Result<m::JoinGroupResponse, ShardGone> {
-    let r = wire::join_group_request(&req, version, &client_id(header), &client_host());
-    let group = r.group_id.clone();
-    let member = r.member_id.clone();
-    let result = match submit(shard, &group, GroupRequest::Join(r)).await? {
-        Ok(GroupResponse::Join(j)) => j,
-        Err(code) => crate::group::api::JoinGroupResult::error(code, member),
-        Ok(_) => {
-            mismatch("JoinGroup");
-            crate::group::api::JoinGroupResult::error(codes::UNKNOWN_SERVER_ERROR, member)
-        }
-    };
-    Ok(wire::join_group_response(&result, version))
-}
-
-/// SyncGroup.
-pub async fn sync_group(
-    shard: &Rc<Shard>,
-    version: i16,
-    req: m::SyncGroupRequest,
-) -> Result<m::SyncGroupResponse, ShardGone> {
-    let r = wire::sync_group_request(&req, version);
-    let group = r.group_id.clone();
-    let result = match submit(shard, &group, GroupRequest::Sync(r)).await? {
-        Ok(GroupResponse::Sync(s)) => s,
-        Err(code) => crate::group::api::SyncGroupResult::error(code),
-        Ok(_) => {
-            mismatch("SyncGroup");
-            crate::group::api::SyncGroupResult::error(codes::UNKNOWN_SERVER_ERROR)
-        }
-    };
-    Ok(wire::sync_group_response(&result, version))
-}
-
-/// Heartbeat.
-pub async fn heartbeat(
-    shard: &Rc<Shard>,
-    version: i16,
-    req: m::HeartbeatRequest,
-) -> Result<m::HeartbeatResponse, ShardGone> {
-    let r = wire::heartbeat_request(&req, version);
-    let group = r.group_id.clone();
-    let code = match submit(shard, &group, GroupRequest::Heartbeat(r)).await? {
-        Ok(GroupResponse::Heartbeat(code)) | Err(code) => code,
-        Ok(_) => {
-            mismatch("Heartbeat");
-            codes::UNKNOWN_SERVER_ERROR
-        }
-    };
-    Ok(wire::heartbeat_response(code))
-}
-
-/// LeaveGroup.
-pub async fn leave_group(
-    shard: &Rc<Shard>,
-    version: i16,
-    req: m::LeaveGroupRequest,
-) -> Result<m::LeaveGroupResponse, ShardGone> {
-    let r = wire::leave_group_request(&req, version);
-    let group = r.group_id.clone();
-    let result = match submit(shard, &group, GroupRequest::Leave(r)).await? {
-        Ok(GroupResponse::Leave(l)) => l,
-        other => {
-            let code = match other {
-                Err(code) => code,
-                Ok(_) => {
-                    mismatch("LeaveGroup");
-                    codes::UNKNOWN_SERVER_ERROR
-                }
-            };
-            crate::group::api::LeaveGroupResult {
-                error: code,
-                members: Vec::new(),
-            }
-        }
-    };
-    Ok(wire::leave_group_response(&result, version))
-}
-
-/// OffsetCommit.
-pub async fn offset_commit(
-    shard: &Rc<Shard>,
-    version: i16,
-    req: m::OffsetCommitRequest,
-) -> Result<m::OffsetCommitResponse, ShardGone> {
-    let r = wire::offset_commit_request(&req, version);
-    let group = r.group_id.clone();
-    let fallback: Vec<(String, i32, i16)> = r
-        .partitions
-        .iter()
-        .map(|p| (p.topic.clone(), p.partition, codes::UNKNOWN_SERVER_ERROR))
-        .collect();
-    let result = match submit(shard, &group, GroupRequest::OffsetCommit(r)).await? {
-        Ok(GroupResponse::OffsetCommit(v)) => v,
-        Err(code) => fallback.into_iter().map(|(t, p, _)| (t, p, code)).collect(),
-        Ok(_) => {
-            mismatch("OffsetCommit");
-            fallback
-        }
-    };
-    Ok(wire::offset_commit_response(&result))
-}
-
-/// OffsetFetch, including v8+ with several groups that may live on different shards.
-pub async fn offset_fetch(
-    shard: &Rc<Shard>,
-    version: i16,
-    req: m::OffsetFetchRequest,
-) -> Result<m::OffsetFetchResponse, ShardGone> {
-    let request = wire::offset_fetch_request(&req, version);
-    // Split by coordinator shard, keeping each group's position.
-    let mut by_shard: HashMap<usize, (Vec<usize>, OffsetFetch)> = HashMap::new();
-    for (pos, g) in request.groups.iter().enumerate() {
-        let owner = coordinator_shard(shard, &g.group_id);
-        let e = by_shard
-            .entry(owner)
-            .or_insert_with(|| (Vec::new(), OffsetFetch { groups: Vec::new() }));
-        e.0.push(pos);
-        e.1.groups.push(g.clone());
-    }
-    let mut results: Vec<Option<OffsetFetchGroupResult>> = vec![None; request.groups.len()];
-    let calls = by_shard.into_iter().map(|(owner, (positions, part))| {
-        let shard = shard.clone();
-        async move {
-            let r = shard
-                .call(owner, move |s| {
-                    submit_local(s, GroupRequest::OffsetFetch(part))
-                })
-                .await;
-            (positions, r)
-        }
-    });
-    for (positions, r) in futures_util::future::join_all(calls).await {
-        match r? {
-            Ok(GroupResponse::OffsetFetch(groups)) => {
-                for (pos, g) in positions.into_iter().zip(groups) {
-                    results[pos] = Some(g);
-                }
-            }
-            other => {
-                let code = match other {
-                    Err(code) => code,
-                    Ok(_) => {
-                        mismatch("OffsetFetch");
-                        codes::UNKNOWN_SERVER_ERROR
-                    }
-                };
-                for pos in positions {
-                    results[pos] = Some(OffsetFetchGroupResult {
-                        group_id: request.groups[pos].group_id.clone(),
-                        error: code,
-                        offsets: Vec::new(),
-                    });
-                }
-            }
-        }
-    }
-    let results: Vec<OffsetFetchGroupResult> = results
-        .into_iter()
-        .zip(&request.groups)
-        .map(|(r, g)| {
-            r.unwrap_or_else(|| OffsetFetchGroupResult {
-                group_id: g.group_id.clone(),
-                error: codes::UNKNOWN_SERVER_ERROR,
-                offsets: Vec::new(),
-            })
-        })
-        .collect();
-    Ok(wire::offset_fetch_response(&request, &results, version))
-}
-
-/// ListGroups: every shard's groups.
-pub async fn list_groups(
-    shard: &Rc<Shard>,
-    version: i16,
-    req: m::ListGroupsRequest,
-) -> Result<m::ListGroupsResponse, ShardGone> {
-    let r = wire::list_groups_request(&req, version);
-    let calls = (0..shard.ctx.shard_count()).map(|s| {
-        let r = r.clone();
-        shard.call(s, move |sh| submit_local(sh, GroupRequest::ListGroups(r)))
-    });
-    let mut merged = ListGroupsResult {
-        error: codes::NONE,
-        groups: Vec::new(),
-    };
-    for r in futures_util::future::join_all(calls).await {
-        match r? {
-            Ok(GroupResponse::ListGroups(l)) => {
-                if merged.error == codes::NONE {
-                    merged.error = l.error;
-                }
-                merged.groups.extend(l.groups);
-            }
-            Err(code) => {
-                if merged.error == codes::NONE {
-                    merged.error = code;
-                }
-            }
-            Ok(_) => mismatch("ListGroups"),
-        }
-    }
-    merged.groups.sort_by(|a, b| a.group_id.cmp(&b.group_id));
-    Ok(wire::list_groups_response(&merged, version))
-}
-
-/// Splits group ids by coordinator shard, runs `make(ids)` on each, and puts the per-group
-/// answers back in request order.
-async fn per_group<T: Send + 'static>(
-    shard: &Rc<Shard>,
-    ids: Vec<String>,
-    make: fn(Vec<String>) -> GroupRequest,
-    extract: fn(GroupResponse) -> Option<Vec<T>>,
-    fail: impl Fn(&str, i16) -> T,
-) -> Result<Vec<T>, ShardGone> {
-    let mut by_shard: HashMap<usize, (Vec<usize>, Vec<String>)> = HashMap::new();
-    for (pos, id) in ids.iter().enumerate() {
-        let e = by_shard.entry(coordinator_shard(shard, id)).or_default();
-        e.0.push(pos);
-        e.1.push(id.clone());
-    }
-    let mut out: Vec<Option<T>> = (0..ids.len()).map(|_| None).collect();
-    let calls = by_shard.into_iter().map(|(owner, (positions, part))| {
-        let shard = shard.clone();
-        async move {
-            let r = shard
-                .call(owner, move |s| submit_local(s, make(part)))
-                .await;
-            (positions, r)
-        }
-    });
-    for (positions, r) in futures_util::future::join_all(calls).await {
-        let (code, items) = match r? {
-            Ok(resp) => (codes::UNKNOWN_SERVER_ERROR, extract(resp)),
-            Err(code) => (code, None),
-        };
-        match items {
-            Some(items) => {
-                for (pos, item) in positions.into_iter().zip(items) {
-                    out[pos] = Some(item);
-                }
-            }
-            None => {
-                for pos in positions {
-                    out[pos] = Some(fail(&ids[pos], code));
-                }
-            }
-        }
-    }
-    Ok(out
-        .into_iter()
-        .zip(&ids)
-        .map(|(o, id)| o.unwrap_or_else(|| fail(id, codes::UNKNOWN_SERVER_ERROR)))
-        .collect())
-}
-
-/// DescribeGroups (groups may live on different shards).
-pub async fn describe_groups(
-    shard: &Rc<Shard>,
-    version: i16,
-    req: m::DescribeGroupsRequest,
-) -> Result<m::DescribeGroupsResponse, ShardGone> {
-    let ids = wire::describe_groups_request(&req);
-    let groups = per_group(
-        shard,
-        ids,
-        GroupRequest::DescribeGroups,
-        |r| match r {
-            GroupResponse::DescribeGroups(g) => Some(g),
-            _ => None,
-        },
-        |id, code| DescribedGroup {
-            error: code,
-            group_id: id.to_string(),
-            exists: false,
-            state: "Dead".into(),
-            protocol_type: String::new(),
-            protocol: String::new(),
-            members: Vec::new(),
-        },
-    )
-    .await?;
-    Ok(wire::describe_groups_response(&groups, version))
-}
-
-/// DeleteGroups (fanned out over the shards that coordinate the groups).
-pub async fn delete_groups(
-    shard: &Rc<Shard>,
-    req: m::DeleteGroupsRequest,
-) -> Result<m::DeleteGroupsResponse, ShardGone> {
-    let ids = wire::delete_groups_request(&req);
-    let results = per_group(
-        shard,
-        ids,
-        GroupRequest::DeleteGroups,
-        |r| match r {
-            GroupResponse::DeleteGroups(g) => Some(g),
-            _ => None,
-        },
-        |id, code| (id.to_string(), code),
-    )
-    .await?;
-    Ok(wire::delete_groups_response(&results))
-}
-
-/// OffsetDelete.
-pub async fn offset_delete(
-    shard: &Rc<Shard>,
-    req: m::OffsetDeleteRequest,
-) -> Result<m::OffsetDeleteResponse, ShardGone> {
-    let r = wire::offset_delete_request(&req);
-    let group = r.group_id.clone();
-    let result = match submit(shard, &group, GroupRequest::OffsetDelete(r)).await? {
-        Ok(GroupResponse::OffsetDelete(d)) => d,
-        other => {
-            let code = match other {
-                Err(code) => code,
-                Ok(_) => {
-                    mismatch("OffsetDelete");
-                    codes::UNKNOWN_SERVER_ERROR
-                }
-            };
-            crate::group::api::OffsetDeleteResult {
-                error: code,
-                partitions: Vec::new(),
-            }
-        }
-    };
-    Ok(wire::offset_delete_response(&result))
+pub async fn topics_deleted_here(gs: Rc<Groups>, topics: Vec<String>) {
+    let actions = gs.coordinator.borrow_mut().on_topics_deleted(&topics);
+    execute(&gs, actions).await;
 }
 
 #[cfg(test)]

@@ -20,9 +20,12 @@ use std::path::{Path, PathBuf};
 use tracing::info;
 
 use super::metadata::{read_legacy_registry, METADATA_FILE};
-use super::producer_ids::PRODUCER_ID_FILE;
 use crate::controller::{ControllerError, MetadataCommand, Voter};
 use crate::idempotence::producer_id::decode_high_water_mark;
+
+/// The file in which the release without a controller kept its producer-id high-water mark
+/// (read once, by the migration into a cluster of one).
+pub const PRODUCER_ID_FILE: &str = "producer-id-high-water-mark";
 
 /// The identity file in the data directory.
 pub const META_PROPERTIES: &str = "meta.properties";

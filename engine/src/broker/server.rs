@@ -16,7 +16,8 @@ use tracing::{error, info, warn};
 use super::config::BrokerConfig;
 use super::connection::{serve_connection, ListenerRuntime};
 use super::metadata::MetadataStore;
-use super::shard::{mailbox, BrokerContext, MailboxReceiver, Phase, Shard};
+use super::services::{ServicePeers, ServiceReceivers, Services};
+use super::shard::{BrokerContext, Phase, Shard};
 
 /// How long shards may take to finish in-flight requests on shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -77,6 +78,7 @@ pub enum Event {
 /// A running broker.
 pub struct Server {
     ctx: Arc<BrokerContext>,
+    peers: Arc<ServicePeers>,
     threads: Vec<JoinHandle<()>>,
     events: mpsc::Receiver<Event>,
     events_tx: mpsc::Sender<Event>,
@@ -126,19 +128,13 @@ impl Server {
                 listeners[i].push(s);
             }
         }
-        let mut mailboxes = Vec::with_capacity(shards);
-        let mut receivers = Vec::with_capacity(shards);
-        for _ in 0..shards {
-            let (tx, rx) = mailbox().map_err(ServerError::Shard)?;
-            mailboxes.push(tx);
-            receivers.push(rx);
-        }
+        let (peers, receivers) = ServicePeers::new(shards).map_err(ServerError::Shard)?;
         let mut config = config;
         if config.listen.port() == 0 && config.advertised_port == 0 {
             config.advertised_port = i32::from(local_addr.port());
         }
-        let ctx = Arc::new(BrokerContext::new(Arc::new(config), metadata, mailboxes));
-        let admin = start_admin(&ctx)?;
+        let ctx = Arc::new(BrokerContext::new(Arc::new(config), metadata, shards));
+        let admin = start_admin(&ctx, &peers)?;
         let (events_tx, events) = mpsc::channel();
         let (serve, serve_rx) = tokio::sync::watch::channel(false);
         let cores = std::thread::available_parallelism()
@@ -147,6 +143,7 @@ impl Server {
         let mut threads = Vec::with_capacity(shards);
         for (id, (listener, rx)) in listeners.into_iter().zip(receivers).enumerate() {
             let ctx = ctx.clone();
+            let peers = peers.clone();
             let tx = events_tx.clone();
             let serve_rx = serve_rx.clone();
             let runtimes = runtimes.clone();
@@ -154,7 +151,16 @@ impl Server {
                 .name(format!("shard-{id}"))
                 .spawn(move || {
                     pin_to_core(id % cores);
-                    shard_main(id, ctx, rx, listener, runtimes, serve_rx, tx.clone());
+                    shard_main(
+                        id,
+                        ctx,
+                        &peers,
+                        rx,
+                        listener,
+                        runtimes,
+                        serve_rx,
+                        tx.clone(),
+                    );
                     let _ = tx.send(Event::Exited(id));
                 })
                 .map_err(ServerError::Shard)?;
@@ -179,8 +185,10 @@ impl Server {
                 port: u16::try_from(l.config.advertised_port).unwrap_or(0),
             })
             .collect();
-        node.run(ctx.clone(), endpoints)
-            .map_err(ServerError::Shard)?;
+        let sink_peers = peers.clone();
+        let sink: super::cluster::ImageSink =
+            Box::new(move |previous, image| sink_peers.apply_image(previous.map(|p| &**p), image));
+        node.run(sink, endpoints).map_err(ServerError::Shard)?;
         if node.sole_voter() {
             // A cluster of one prepares what a single broker has from its first request: a
             // directory written by a release without a controller becomes its metadata log
@@ -230,6 +238,7 @@ impl Server {
         info!(addr = %local_addr, shards, data_dir = %ctx.config.data_dir.display(), "sluice listening");
         Ok(Server {
             ctx,
+            peers,
             threads,
             events,
             events_tx,
@@ -265,12 +274,12 @@ impl Server {
 
     fn set_phase(&self, phase: Phase) {
         for id in 0..self.ctx.shard_count() {
-            let job: super::shard::Job = Box::new(move |shard: Rc<Shard>| {
+            let job: super::shard::Job<Shard> = Box::new(move |shard: Rc<Shard>| {
                 Box::pin(async move {
                     shard.phase.send_replace(phase);
                 })
             });
-            if self.ctx.post(id, job).is_err() {
+            if self.peers.shards.post(id, job).is_err() {
                 warn!(shard = id, "shard already stopped");
             }
         }
@@ -310,11 +319,14 @@ impl Server {
 /// Starts the admin listener. A bind failure on the default address is only a warning (a
 /// second broker on the host, or a test, must still start); an address the operator chose
 /// must bind.
-fn start_admin(ctx: &Arc<BrokerContext>) -> Result<Option<crate::admin::AdminServer>, ServerError> {
+fn start_admin(
+    ctx: &Arc<BrokerContext>,
+    peers: &Arc<ServicePeers>,
+) -> Result<Option<crate::admin::AdminServer>, ServerError> {
     let Some(addr) = ctx.config.admin_listener else {
         return Ok(None);
     };
-    match crate::admin::AdminServer::start(addr, ctx.clone()) {
+    match crate::admin::AdminServer::start(addr, ctx.clone(), peers.clone()) {
         Ok(a) => Ok(Some(a)),
         Err(source)
             if ctx.config.sources.get("admin.listener")
@@ -337,10 +349,12 @@ fn pin_to_core(core: usize) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn shard_main(
     id: usize,
     ctx: Arc<BrokerContext>,
-    rx: MailboxReceiver,
+    peers: &ServicePeers,
+    rx: ServiceReceivers,
     sockets: Vec<crate::io::net::BoundSocket>,
     runtimes: Arc<Vec<Arc<ListenerRuntime>>>,
     mut serve: tokio::sync::watch::Receiver<bool>,
@@ -348,10 +362,8 @@ fn shard_main(
 ) {
     crate::io::runtime::block_on(async move {
         ctx.metrics.attach_shard(id);
-        let shard = Rc::new(Shard::new(id, ctx));
-        // Before the mailbox runs: other shards may forward group requests at once.
-        super::groups::start(&shard);
-        crate::io::runtime::spawn(shard.clone().run_mailbox(rx));
+        let svc = Services::start(id, ctx, peers, rx);
+        let shard = svc.shard.clone();
         shard.open_owned_partitions().await;
         let _ = events.send(Event::Started(id));
         // Start-up failed elsewhere when the sender is dropped before saying "serve".
@@ -371,7 +383,7 @@ fn shard_main(
                 }
             };
             accepters.push(crate::io::runtime::spawn(accept_loop(
-                shard.clone(),
+                svc.clone(),
                 listener,
                 runtime.clone(),
             )));
@@ -404,16 +416,17 @@ fn shard_main(
                 break;
             }
         }
-        shard.close_all().await;
+        svc.replicas.close().await;
         info!(shard = id, "shard closed");
     });
 }
 
 async fn accept_loop(
-    shard: Rc<Shard>,
+    svc: Rc<Services>,
     listener: tokio::net::TcpListener,
     runtime: Arc<ListenerRuntime>,
 ) {
+    let shard = &svc.shard;
     let mut phase = shard.phase.subscribe();
     loop {
         if *phase.borrow() != Phase::Running {
@@ -422,7 +435,7 @@ async fn accept_loop(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    crate::io::runtime::spawn(serve_connection(shard.clone(), stream, peer, runtime.clone()));
+                    crate::io::runtime::spawn(serve_connection(svc.clone(), stream, peer, runtime.clone()));
                 }
                 Err(e) => {
                     warn!(shard = shard.id, listener = %runtime.config.name, "accept failed: {e}");

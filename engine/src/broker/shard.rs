@@ -1,9 +1,12 @@
-//! Shards: one pinned thread per core, each owning a disjoint set of partitions.
+//! The shard core: one pinned thread per core, each owning a disjoint set of partitions, and
+//! the mailboxes that carry work between shards.
 //!
-//! A request touching a partition owned by another shard is forwarded as a job over that
-//! shard's crossbeam queue; the owner is woken through an eventfd its runtime awaits, runs the
-//! job on its own thread (so a `PartitionLog` is only ever touched by its owner, without
-//! locks), and answers through a oneshot channel that wakes the requester's runtime.
+//! A request touching a partition owned by another shard is forwarded as a job over the
+//! owner's crossbeam queue for the per-shard value it needs (the core, or a service built on
+//! it: [`Peers`]); the owner is woken through an eventfd its runtime awaits, runs the job on
+//! its own thread (so a `PartitionLog` is only ever touched by its owner, without locks), and
+//! answers through a oneshot channel that wakes the requester's runtime. This module names no
+//! service: replication, groups and producer ids are built on it (`broker::services`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -11,10 +14,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::BytesMut;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{oneshot, watch, Notify};
@@ -23,75 +24,67 @@ use uuid::Uuid;
 
 use super::config::BrokerConfig;
 use super::metadata::{owner_shard, MetadataStore};
-use super::protocol::{error_code, RecordsSource};
-use crate::storage::{PartitionLog, ReadError};
+use super::protocol::error_code;
+use crate::storage::PartitionLog;
 
-/// A unit of work sent to another shard: builds a (non-`Send`) future on the owner thread.
-pub type Job = Box<dyn FnOnce(Rc<Shard>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+/// A unit of work for the `T` of another shard: builds a (non-`Send`) future on the owner
+/// thread from that shard's `T`.
+pub type Job<T> = Box<dyn FnOnce(Rc<T>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
 
 /// The target shard has stopped and can no longer answer.
 #[derive(Debug, thiserror::Error)]
 #[error("shard {0} is gone")]
 pub struct ShardGone(pub usize);
 
-/// The sending side of a shard's queue, shared by every shard.
-#[derive(Debug)]
-pub struct Mailbox {
-    tx: crossbeam_channel::Sender<Job>,
+/// The sending side of one shard's queue of `T` jobs.
+struct Mailbox<T> {
+    tx: crossbeam_channel::Sender<Job<T>>,
     wake: Arc<EventFd>,
 }
 
-/// The receiving side of a shard's queue, moved onto the shard thread.
-pub struct MailboxReceiver {
-    rx: crossbeam_channel::Receiver<Job>,
+/// The receiving side of a shard's queue of `T` jobs, moved onto the shard thread.
+pub struct MailboxReceiver<T> {
+    rx: crossbeam_channel::Receiver<Job<T>>,
     wake: Arc<EventFd>,
 }
 
-/// Creates a shard's queue and its eventfd.
-pub fn mailbox() -> std::io::Result<(Mailbox, MailboxReceiver)> {
-    let wake = Arc::new(EventFd::from_flags(
-        EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
-    )?);
-    let (tx, rx) = crossbeam_channel::unbounded();
-    Ok((
-        Mailbox {
-            tx,
-            wake: wake.clone(),
-        },
-        MailboxReceiver { rx, wake },
-    ))
+/// The queues that reach the per-shard instances of `T` (the shard core, or a service built
+/// on it) on every shard: `Peers<T>` is how a `T` on one shard runs code on the `T` of
+/// another (Seastar's `sharded<T>`). Each service has its own, so a service reaches its
+/// peers without naming the services above it. `Send + Sync`: shared by every shard, the
+/// controller thread and the admin listener.
+pub struct Peers<T> {
+    mailboxes: Vec<Mailbox<T>>,
 }
 
-/// State shared by all shards (`Send + Sync`): configuration, the topic registry, mailboxes.
-pub struct BrokerContext {
-    /// The resolved configuration.
-    pub config: Arc<BrokerConfig>,
-    /// The topic registry.
-    pub metadata: MetadataStore,
-    mailboxes: Vec<Mailbox>,
-    /// Per-shard counters and readiness, read by the admin listener.
-    pub metrics: Arc<crate::metrics::Metrics>,
-}
-
-impl BrokerContext {
-    /// Builds the context; `mailboxes[i]` belongs to shard `i`.
-    pub fn new(
-        config: Arc<BrokerConfig>,
-        metadata: MetadataStore,
-        mailboxes: Vec<Mailbox>,
-    ) -> Self {
-        let metrics = Arc::new(crate::metrics::Metrics::new(mailboxes.len()));
-        BrokerContext {
-            config,
-            metadata,
-            mailboxes,
-            metrics,
-        }
+impl<T> std::fmt::Debug for Peers<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peers")
+            .field("shards", &self.mailboxes.len())
+            .finish()
     }
+}
 
-    /// Jobs queued for `shard` and not yet started (its load, for /metrics).
-    pub fn mailbox_len(&self, shard: usize) -> usize {
-        self.mailboxes.get(shard).map_or(0, |m| m.tx.len())
+/// New queues of a per-shard type: the shared sending side, and one receiver per shard.
+pub type PeersAndReceivers<T> = (Arc<Peers<T>>, Vec<MailboxReceiver<T>>);
+
+impl<T: 'static> Peers<T> {
+    /// Queues for `shards` shards; `receivers[i]` belongs to shard `i`'s `T`.
+    pub fn new(shards: usize) -> std::io::Result<PeersAndReceivers<T>> {
+        let mut mailboxes = Vec::with_capacity(shards);
+        let mut receivers = Vec::with_capacity(shards);
+        for _ in 0..shards {
+            let wake = Arc::new(EventFd::from_flags(
+                EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
+            )?);
+            let (tx, rx) = crossbeam_channel::unbounded();
+            mailboxes.push(Mailbox {
+                tx,
+                wake: wake.clone(),
+            });
+            receivers.push(MailboxReceiver { rx, wake });
+        }
+        Ok((Arc::new(Peers { mailboxes }), receivers))
     }
 
     /// Number of shards.
@@ -99,13 +92,116 @@ impl BrokerContext {
         self.mailboxes.len()
     }
 
+    /// Jobs queued for `shard` and not yet started (its load, for /metrics).
+    pub fn queued(&self, shard: usize) -> usize {
+        self.mailboxes.get(shard).map_or(0, |m| m.tx.len())
+    }
+
     /// Queues `job` on `shard` and wakes it.
-    pub fn post(&self, shard: usize, job: Job) -> Result<(), ShardGone> {
+    pub fn post(&self, shard: usize, job: Job<T>) -> Result<(), ShardGone> {
         let mb = self.mailboxes.get(shard).ok_or(ShardGone(shard))?;
         mb.tx.send(job).map_err(|_| ShardGone(shard))?;
         // EAGAIN only when the counter would overflow, in which case the shard is awake anyway.
         let _ = mb.wake.write(1);
         Ok(())
+    }
+}
+
+/// A per-shard value that other shards reach through its [`Peers`]: the shard core and each
+/// service above it.
+pub trait ShardLocal: Sized + 'static {
+    /// The shard this instance lives on.
+    fn shard_id(&self) -> usize;
+    /// The queues to this type's instances on every shard.
+    fn peers(&self) -> &Peers<Self>;
+
+    /// Runs `f` on shard `target`'s instance and returns its result: directly when `target`
+    /// is this shard, otherwise through the target's mailbox.
+    fn call<R, F, Fut>(
+        self: &Rc<Self>,
+        target: usize,
+        f: F,
+    ) -> impl Future<Output = Result<R, ShardGone>>
+    where
+        R: Send + 'static,
+        F: FnOnce(Rc<Self>) -> Fut + Send + 'static,
+        Fut: Future<Output = R> + 'static,
+    {
+        let me = self.clone();
+        async move {
+            if target == me.shard_id() {
+                return Ok(f(me).await);
+            }
+            let (tx, rx) = oneshot::channel();
+            let job: Job<Self> = Box::new(move |local| {
+                Box::pin(async move {
+                    let _ = tx.send(f(local).await);
+                })
+            });
+            me.peers().post(target, job)?;
+            rx.await.map_err(|_| ShardGone(target))
+        }
+    }
+}
+
+/// Receives jobs for `local` (this shard's instance of `T`) until the runtime stops.
+pub async fn run_mailbox<T: ShardLocal>(local: Rc<T>, mailbox: MailboxReceiver<T>) {
+    let shard = local.shard_id();
+    // SAFETY: the Arc keeps the EventFd (and so its fd) open and unchanged for as long as
+    // the AsyncFd, which owns one of the Arc's references, exists.
+    let registered = unsafe {
+        AsyncFd::register_with_interest(mailbox.wake.clone(), tokio::io::Interest::READABLE)
+    };
+    let fd = match registered.map_err(|e| e.into_parts().1) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::error!(shard, "cannot register the mailbox eventfd: {e}");
+            return;
+        }
+    };
+    loop {
+        // Reset the counter before draining: a job queued after the drain re-arms it.
+        match fd.readable().await {
+            Ok(mut guard) => {
+                let _ = guard.try_io(|inner| inner.get_ref().read().map_err(std::io::Error::from));
+            }
+            Err(e) => {
+                tracing::error!(shard, "mailbox eventfd failed: {e}");
+                return;
+            }
+        }
+        while let Ok(job) = mailbox.rx.try_recv() {
+            crate::io::runtime::spawn(job(local.clone()));
+        }
+    }
+}
+
+/// State shared by all shards (`Send + Sync`): configuration, the topic registry, metrics.
+pub struct BrokerContext {
+    /// The resolved configuration.
+    pub config: Arc<BrokerConfig>,
+    /// The topic registry.
+    pub metadata: MetadataStore,
+    shards: usize,
+    /// Per-shard counters and readiness, read by the admin listener.
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl BrokerContext {
+    /// Builds the context of a broker with `shards` shards.
+    pub fn new(config: Arc<BrokerConfig>, metadata: MetadataStore, shards: usize) -> Self {
+        let metrics = Arc::new(crate::metrics::Metrics::new(shards));
+        BrokerContext {
+            config,
+            metadata,
+            shards,
+            metrics,
+        }
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.shards
     }
 
     /// The shard owning `(topic, partition)`.
@@ -147,7 +243,9 @@ enum Slot {
     Open(Rc<Partition>),
 }
 
-/// Per-thread shard state.
+/// The core of one shard (one thread, one core): the partitions it owns, its copy of the
+/// metadata image, its phase and connection count. Replication, groups and producer ids are
+/// services built on it (`broker::services`); the core names none of them.
 pub struct Shard {
     /// Shard index.
     pub id: usize,
@@ -160,159 +258,19 @@ pub struct Shard {
     pub connections: Cell<usize>,
     /// Signalled when a connection closes.
     pub connection_closed: Notify,
-    /// The group coordinator of this shard's `__consumer_offsets` partitions.
-    pub groups: super::groups::ShardGroups,
-    /// The broker's producer-id manager (used on shard 0 only).
-    pub producer_ids: super::producer_ids::ProducerIds,
-    /// This shard's partition replicas (leader or follower state of every hosted partition).
-    pub replicas: super::cluster_replica::ShardReplicas,
     /// This shard's copy of the metadata image ([`Shard::image`]).
     image_cache: super::metadata::ImageCache,
-    /// The incremental fetch sessions whose ids name this shard (KIP-227).
-    pub fetch_sessions: RefCell<super::fetch_session::FetchSessionCache>,
+    peers: Arc<Peers<Shard>>,
 }
 
-/// Input for one partition of a produce.
-pub struct ProduceIn {
-    /// Topic.
-    pub topic: String,
-    /// Partition.
-    pub partition: i32,
-    /// RecordBatch bytes.
-    pub records: Option<BytesMut>,
-    /// The request's acks (-1 waits for the commit point).
-    pub acks: i16,
-    /// The request's timeout_ms (how long acks=all waits).
-    pub timeout_ms: i32,
-}
-
-/// Result for one partition of a produce.
-#[derive(Debug, Clone)]
-pub struct ProduceOut {
-    /// Kafka error code.
-    pub error_code: i16,
-    /// Error message for the client.
-    pub error_message: Option<String>,
-    /// Offset of the first record appended.
-    pub base_offset: i64,
-    /// Append time (LogAppendTime topics) or -1.
-    pub log_append_time_ms: i64,
-    /// Log start offset after the append.
-    pub log_start_offset: i64,
-}
-
-/// A produce to one partition, started in order (see [`Shard::produce_local`]).
-enum Started {
-    Done(ProduceOut),
-    Pending(Pin<Box<dyn Future<Output = ProduceOut>>>),
-}
-
-fn produce_error(code: i16, msg: Option<String>) -> ProduceOut {
-    ProduceOut {
-        error_code: code,
-        error_message: msg,
-        base_offset: -1,
-        log_append_time_ms: -1,
-        log_start_offset: -1,
+impl ShardLocal for Shard {
+    fn shard_id(&self) -> usize {
+        self.id
     }
-}
 
-async fn append_one(shard: Rc<Shard>, partition: Rc<Partition>, item: ProduceIn) -> ProduceOut {
-    let Some(records) = item.records.filter(|r| !r.is_empty()) else {
-        return produce_error(error_code::CORRUPT_MESSAGE, Some("empty record set".into()));
-    };
-    let bytes = records.len() as u64;
-    let admitted =
-        match super::cluster_replica::before_append(&shard, &item.topic, item.partition, item.acks)
-        {
-            Ok(a) => a,
-            Err((code, msg)) => return produce_error(code, Some(msg)),
-        };
-    let epoch = admitted.leader_epoch;
-    match partition.log.append_leader(records, epoch, now_ms()).await {
-        Ok(info) => {
-            crate::metrics::record_produce(u64::from(info.record_count), bytes);
-            // Wakes long-polling fetches: followers replicate the append, and consumers are
-            // woken again when the high watermark covers it.
-            partition.appended.notify_waiters();
-            let (first, last) = (info.first_offset, info.last_offset);
-            let committed = super::cluster_replica::after_append(
-                &shard,
-                admitted,
-                first,
-                last,
-                item.acks,
-                item.timeout_ms,
-            )
-            .await;
-            if let Err((code, msg)) = committed {
-                return produce_error(code, Some(msg));
-            }
-            ProduceOut {
-                error_code: error_code::NONE,
-                error_message: None,
-                base_offset: info.first_offset,
-                log_append_time_ms: info.log_append_time_ms,
-                log_start_offset: info.log_start_offset,
-            }
-        }
-        Err(e) => {
-            debug!(
-                topic = item.topic,
-                partition = item.partition,
-                "append rejected: {e}"
-            );
-            produce_error(e.kafka_error_code(), Some(e.to_string()))
-        }
+    fn peers(&self) -> &Peers<Shard> {
+        &self.peers
     }
-}
-
-/// Input for one partition of a fetch.
-#[derive(Debug, Clone)]
-pub struct FetchIn {
-    /// Topic.
-    pub topic: String,
-    /// Partition.
-    pub partition: i32,
-    /// First offset wanted.
-    pub offset: i64,
-    /// partition_max_bytes.
-    pub max_bytes: i32,
-    /// The fetching replica's broker id; -1 for a consumer.
-    pub replica_id: i32,
-    /// current_leader_epoch of the request (-1: not checked).
-    pub current_leader_epoch: i32,
-    /// last_fetched_epoch of the request (-1: none).
-    pub last_fetched_epoch: i32,
-    /// The fetching replica's log start offset (Fetch v5+ `log_start_offset`; -1: none).
-    pub log_start_offset: i64,
-}
-
-/// Result for one partition of a fetch.
-#[derive(Debug)]
-pub struct FetchOut {
-    /// Kafka error code.
-    pub error_code: i16,
-    /// High watermark.
-    pub high_watermark: i64,
-    /// Log start offset.
-    pub log_start_offset: i64,
-    /// Records, if any.
-    pub records: Option<RecordsSource>,
-    /// The fetching replica's log diverges: where the leader's log ends for its last epoch
-    /// (KIP-320; the follower truncates there, no records are sent).
-    pub diverging_epoch: Option<(i32, i64)>,
-}
-
-/// Result of a ListOffsets lookup.
-#[derive(Debug, Clone, Copy)]
-pub struct OffsetOut {
-    /// Kafka error code.
-    pub error_code: i16,
-    /// Timestamp of the found record (-1 for earliest/latest).
-    pub timestamp: i64,
-    /// The offset (-1 if none).
-    pub offset: i64,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -331,23 +289,9 @@ impl Shard {
         self.image_cache.get(&self.ctx.metadata)
     }
 
-    /// Creates the state for shard `id`.
-    pub fn new(id: usize, ctx: Arc<BrokerContext>) -> Shard {
+    /// Creates the core of shard `id`; `peers` reaches the cores of every shard.
+    pub fn new(id: usize, ctx: Arc<BrokerContext>, peers: Arc<Peers<Shard>>) -> Shard {
         let (phase, _) = watch::channel(Phase::Running);
-        let groups = super::groups::ShardGroups::new(&ctx.config, &ctx.metadata);
-        // Validated when the configuration was resolved; the defaults only for a hand-built one.
-        let sessions_config =
-            super::fetch_session::SessionConfig::from_config(&ctx.config).unwrap_or_default();
-        let seed = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-            ^ (id as u64).rotate_left(32);
-        let fetch_sessions = RefCell::new(super::fetch_session::FetchSessionCache::new(
-            sessions_config,
-            id,
-            ctx.shard_count(),
-            seed,
-        ));
         Shard {
             id,
             ctx,
@@ -355,64 +299,8 @@ impl Shard {
             phase,
             connections: Cell::new(0),
             connection_closed: Notify::new(),
-            groups,
-            producer_ids: Default::default(),
-            replicas: Default::default(),
             image_cache: Default::default(),
-            fetch_sessions,
-        }
-    }
-
-    /// Runs `f` on shard `target` and returns its result: directly when `target` is this
-    /// shard, otherwise through the target's mailbox.
-    pub async fn call<R, F, Fut>(self: &Rc<Self>, target: usize, f: F) -> Result<R, ShardGone>
-    where
-        R: Send + 'static,
-        F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
-        Fut: Future<Output = R> + 'static,
-    {
-        if target == self.id {
-            return Ok(f(self.clone()).await);
-        }
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |shard| {
-            Box::pin(async move {
-                let _ = tx.send(f(shard).await);
-            })
-        });
-        self.ctx.post(target, job)?;
-        rx.await.map_err(|_| ShardGone(target))
-    }
-
-    /// Receives jobs from other shards until the runtime stops.
-    pub async fn run_mailbox(self: Rc<Self>, mailbox: MailboxReceiver) {
-        // SAFETY: the Arc keeps the EventFd (and so its fd) open and unchanged for as long as
-        // the AsyncFd, which owns one of the Arc's references, exists.
-        let registered = unsafe {
-            AsyncFd::register_with_interest(mailbox.wake.clone(), tokio::io::Interest::READABLE)
-        };
-        let fd = match registered.map_err(|e| e.into_parts().1) {
-            Ok(fd) => fd,
-            Err(e) => {
-                tracing::error!(shard = self.id, "cannot register the mailbox eventfd: {e}");
-                return;
-            }
-        };
-        loop {
-            // Reset the counter before draining: a job queued after the drain re-arms it.
-            match fd.readable().await {
-                Ok(mut guard) => {
-                    let _ =
-                        guard.try_io(|inner| inner.get_ref().read().map_err(std::io::Error::from));
-                }
-                Err(e) => {
-                    tracing::error!(shard = self.id, "mailbox eventfd failed: {e}");
-                    return;
-                }
-            }
-            while let Ok(job) = mailbox.rx.try_recv() {
-                crate::io::runtime::spawn(job(self.clone()));
-            }
+            peers,
         }
     }
 
@@ -528,7 +416,11 @@ impl Shard {
 
     /// The state of every partition this shard owns, for /metrics: open logs, and owned
     /// partitions that are not open (their open failed) as offline.
-    pub fn partition_snapshots(&self) -> Vec<crate::metrics::PartitionSnapshot> {
+    /// `high_watermark(topic, partition, log_end)` is what the replica reports as committed.
+    pub fn partition_snapshots(
+        &self,
+        high_watermark: &dyn Fn(&str, i32, i64) -> i64,
+    ) -> Vec<crate::metrics::PartitionSnapshot> {
         let image = self.image();
         let map = self.partitions.borrow();
         let mut out = Vec::new();
@@ -568,15 +460,7 @@ impl Shard {
                         let log = &part.log;
                         snap.log_start_offset = log.log_start_offset();
                         snap.log_end_offset = log.log_end_offset();
-                        // Single node: everything appended is committed; a cluster
-                        // leader reports its high watermark.
-                        snap.high_watermark = super::cluster_replica::wake_end(
-                            self,
-                            &topic.name,
-                            p,
-                            snap.log_end_offset,
-                            false,
-                        );
+                        snap.high_watermark = high_watermark(&topic.name, p, snap.log_end_offset);
                         snap.size_bytes = log.size_bytes();
                         snap.segments = log.segment_count() as u64;
                         snap.offline = log.is_offline();
@@ -588,7 +472,8 @@ impl Shard {
         out
     }
 
-    fn open_partitions(&self) -> Vec<Rc<Partition>> {
+    /// The partitions open on this shard.
+    pub fn open_partitions(&self) -> Vec<Rc<Partition>> {
         self.partitions
             .borrow()
             .values()
@@ -598,255 +483,6 @@ impl Shard {
                 Slot::Opening(_) => None,
             })
             .collect()
-    }
-
-    /// Appends to local partitions this broker leads (acks=-1 waits for the replication rule).
-    ///
-    /// Two phases. First, in request order, each partition's append is started and polled
-    /// once: the log takes its FIFO append lock at the first poll, so this fixes the order of
-    /// the offsets (the storage contract: appends to a partition are ordered by call). Then
-    /// `submitted` fires, which lets the connection start its next produce request, and the
-    /// appends are awaited together.
-    pub async fn produce_local(
-        self: Rc<Self>,
-        items: Vec<ProduceIn>,
-        submitted: Option<oneshot::Sender<()>>,
-    ) -> Vec<ProduceOut> {
-        let mut started = Vec::with_capacity(items.len());
-        for item in items {
-            let partition = match self.partition(&item.topic, item.partition).await {
-                Ok(p) => p,
-                Err(code) => {
-                    started.push(Started::Done(produce_error(code, None)));
-                    continue;
-                }
-            };
-            let mut append = Box::pin(append_one(self.clone(), partition, item));
-            let first = std::future::poll_fn(|cx| Poll::Ready(append.as_mut().poll(cx))).await;
-            started.push(match first {
-                Poll::Ready(out) => Started::Done(out),
-                Poll::Pending => Started::Pending(append),
-            });
-        }
-        if let Some(tx) = submitted {
-            let _ = tx.send(());
-        }
-        let finish = started.into_iter().map(|s| async move {
-            match s {
-                Started::Done(out) => out,
-                Started::Pending(append) => append.await,
-            }
-        });
-        futures_util::future::join_all(finish).await
-    }
-
-    /// Reads from local partitions. With `zero_copy` the records are a dup'd segment fd and a
-    /// range (sent later with sendfile); otherwise they are copied into memory here.
-    pub async fn fetch_local(
-        self: Rc<Self>,
-        items: Vec<FetchIn>,
-        zero_copy: bool,
-    ) -> Vec<FetchOut> {
-        let mut out = Vec::with_capacity(items.len());
-        for item in items {
-            out.push(self.fetch_one(item, zero_copy).await);
-        }
-        out
-    }
-
-    async fn fetch_one(self: &Rc<Self>, item: FetchIn, zero_copy: bool) -> FetchOut {
-        let fail = |code: i16, hw: i64, ls: i64| FetchOut {
-            error_code: code,
-            high_watermark: hw,
-            log_start_offset: ls,
-            records: None,
-            diverging_epoch: None,
-        };
-        let partition = match self.partition(&item.topic, item.partition).await {
-            Ok(p) => p,
-            Err(code) => return fail(code, -1, -1),
-        };
-        let log = &partition.log;
-        let limit = match super::cluster_replica::fetch_limit(self, &item) {
-            Ok(limit) => limit,
-            // The log start lets a follower behind it restart there (OFFSET_OUT_OF_RANGE).
-            Err(code) => return fail(code, -1, log.log_start_offset()),
-        };
-        if let Some(d) = limit.diverging_epoch {
-            return FetchOut {
-                error_code: error_code::NONE,
-                high_watermark: limit.high_watermark,
-                log_start_offset: log.log_start_offset(),
-                records: None,
-                diverging_epoch: Some((d.leader_epoch, d.end_offset)),
-            };
-        }
-        let (upper, hw) = (limit.read_to, limit.high_watermark);
-        let max_bytes = u32::try_from(item.max_bytes.max(0)).unwrap_or(0);
-        let read = match log.read(item.offset, max_bytes, upper, true).await {
-            Ok(r) => r,
-            Err(ReadError::OffsetOutOfRange {
-                log_start, log_end, ..
-            }) => {
-                return fail(error_code::OFFSET_OUT_OF_RANGE, log_end, log_start);
-            }
-            Err(e) => {
-                warn!(
-                    topic = item.topic,
-                    partition = item.partition,
-                    "read failed: {e}"
-                );
-                return fail(error_code::KAFKA_STORAGE_ERROR, hw, log.log_start_offset());
-            }
-        };
-        let records = match read.slice {
-            None => None,
-            Some(slice) if zero_copy => {
-                // SAFETY: `slice` keeps the segment file open for the whole borrow, so the
-                // raw fd is valid; we immediately duplicate it into an owned fd.
-                let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(slice.raw_fd()) };
-                match borrowed.try_clone_to_owned() {
-                    Ok(fd) => Some(RecordsSource::File {
-                        fd,
-                        position: slice.position(),
-                        len: slice.len(),
-                    }),
-                    Err(e) => {
-                        warn!("cannot dup segment fd: {e}");
-                        return fail(error_code::KAFKA_STORAGE_ERROR, hw, read.log_start_offset);
-                    }
-                }
-            }
-            Some(slice) => match slice.read_to_vec().await {
-                Ok(v) => Some(RecordsSource::Bytes(v.into())),
-                Err(e) => {
-                    warn!(
-                        topic = item.topic,
-                        partition = item.partition,
-                        "read failed: {e}"
-                    );
-                    return fail(error_code::KAFKA_STORAGE_ERROR, hw, read.log_start_offset);
-                }
-            },
-        };
-        FetchOut {
-            error_code: error_code::NONE,
-            high_watermark: hw,
-            log_start_offset: read.log_start_offset,
-            records,
-            diverging_epoch: None,
-        }
-    }
-
-    /// Waits until any of the local partitions has data at or beyond the given offset, or
-    /// until `deadline`. Returns immediately if one already has.
-    pub async fn wait_for_data(
-        self: Rc<Self>,
-        items: Vec<(String, i32, i64, bool)>,
-        deadline: tokio::time::Instant,
-    ) {
-        let mut parts = Vec::with_capacity(items.len());
-        for (topic, p, offset, replica) in items {
-            if let Ok(part) = self.partition(&topic, p).await {
-                parts.push((part, offset, topic, p, replica));
-            }
-        }
-        let mut waits = Vec::with_capacity(parts.len());
-        for (part, offset, topic, p, replica) in &parts {
-            let mut n = Box::pin(part.appended.notified());
-            n.as_mut().enable();
-            let end = super::cluster_replica::wake_end(
-                &self,
-                topic,
-                *p,
-                part.log.log_end_offset(),
-                *replica,
-            );
-            if end > *offset {
-                return;
-            }
-            waits.push(n);
-        }
-        if waits.is_empty() {
-            tokio::time::sleep_until(deadline).await;
-            return;
-        }
-        tokio::select! {
-            _ = futures_util::future::select_all(waits) => {}
-            _ = tokio::time::sleep_until(deadline) => {}
-        }
-    }
-
-    /// ListOffsets on local partitions: -1 latest, -2 earliest, otherwise by timestamp.
-    pub async fn list_offsets_local(
-        self: Rc<Self>,
-        items: Vec<(String, i32, i64)>,
-    ) -> Vec<OffsetOut> {
-        let mut out = Vec::with_capacity(items.len());
-        for (topic, p, ts) in items {
-            // Only the leader answers, whatever the lookup.
-            if let Err(code) = super::cluster_replica::list_offsets_latest(&self, &topic, p) {
-                out.push(OffsetOut {
-                    error_code: code,
-                    timestamp: -1,
-                    offset: -1,
-                });
-                continue;
-            }
-            let r = match self.partition(&topic, p).await {
-                Err(code) => OffsetOut {
-                    error_code: code,
-                    timestamp: -1,
-                    offset: -1,
-                },
-                Ok(part) => match ts {
-                    -1 => match super::cluster_replica::list_offsets_latest(&self, &topic, p) {
-                        Err(code) => OffsetOut {
-                            error_code: code,
-                            timestamp: -1,
-                            offset: -1,
-                        },
-                        Ok(hw) => OffsetOut {
-                            error_code: 0,
-                            timestamp: -1,
-                            offset: hw,
-                        },
-                    },
-                    -2 => OffsetOut {
-                        error_code: 0,
-                        timestamp: -1,
-                        offset: part.log.log_start_offset(),
-                    },
-                    t if t < 0 => OffsetOut {
-                        error_code: error_code::INVALID_REQUEST,
-                        timestamp: -1,
-                        offset: -1,
-                    },
-                    t => match part.log.offset_for_timestamp(t).await {
-                        Ok(Some((offset, timestamp))) => OffsetOut {
-                            error_code: 0,
-                            timestamp,
-                            offset,
-                        },
-                        Ok(None) => OffsetOut {
-                            error_code: 0,
-                            timestamp: -1,
-                            offset: -1,
-                        },
-                        Err(e) => {
-                            warn!(topic, partition = p, "timestamp lookup failed: {e}");
-                            OffsetOut {
-                                error_code: error_code::KAFKA_STORAGE_ERROR,
-                                timestamp: -1,
-                                offset: -1,
-                            }
-                        }
-                    },
-                },
-            };
-            out.push(r);
-        }
-        out
     }
 
     /// Applies the topic's current config to its open partitions on this shard.
@@ -928,7 +564,7 @@ impl Shard {
     /// Enforces retention and time-based rolls on every open partition.
     pub async fn enforce_retention(&self) {
         let now = now_ms();
-        let producer_expiration = super::producer_ids::producer_id_expiration_ms(self);
+        let producer_expiration = self.ctx.config.producer_id_expiration_ms();
         for p in self.open_partitions() {
             p.log.expire_producers(now, producer_expiration);
             if let Err(e) = p.log.enforce_retention(now).await {
@@ -961,9 +597,9 @@ impl Shard {
         .await;
     }
 
-    /// Flushes and closes every open partition (writes the clean-shutdown markers).
+    /// Flushes and closes every open partition (writes the clean-shutdown markers). The
+    /// replication service checkpoints its high watermarks first.
     pub async fn close_all(&self) {
-        super::cluster_replica::checkpoint_high_watermarks(self).await;
         let parts = self.open_partitions();
         self.partitions.borrow_mut().clear();
         for p in parts {

@@ -11,9 +11,9 @@ use kafka_protocol::messages::{self as m, ApiKey, BrokerId, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use tracing::debug;
 
-use super::cluster::ClusterNode;
-use super::cluster_client::KafkaClient;
-use super::protocol::error_code as ec;
+use crate::broker::cluster::ClusterNode;
+use crate::broker::cluster_client::KafkaClient;
+use crate::broker::protocol::error_code as ec;
 use crate::controller::QuorumState;
 
 /// The topic name of the metadata log in DescribeQuorum (Kafka's).
@@ -83,7 +83,7 @@ pub async fn describe_quorum(
         );
     }
     if let Some(q) = node.controller.quorum().filter(|q| q.is_leader) {
-        return describe_local(node.node_id, &q, super::shard::now_ms());
+        return describe_local(node.node_id, &q, crate::broker::shard::now_ms());
     }
     let leader = node
         .controller

@@ -2,7 +2,7 @@
 //! incremental fetch session it names), reads them on their owner shards with long polling,
 //! and answers through the zero-copy encoder.
 //!
-//! Sessions (KIP-227) are decided by [`super::fetch_session`]; this shell calls it on the
+//! Sessions (KIP-227) are decided by [`crate::broker::fetch_session`]; this shell calls it on the
 //! shard that holds the session (`id % shards`), so a client that reconnects onto another
 //! shard keeps its session. Follower fetches never create sessions (the replica fetcher sends
 //! full fetches); a follower that asks for one gets a sessionless answer.
@@ -15,14 +15,16 @@ use std::time::{Duration, Instant};
 use kafka_protocol::messages::{self as m, ApiKey};
 use uuid::Uuid;
 
-use super::fetch_session::{
+use super::{group_by_shard, RequestError};
+use crate::broker::fetch_session::{
     FetchKind, FetchParams, FetchSessionCache, Outcome, PartitionKey, TopicKey, INVALID_SESSION_ID,
 };
-use super::handlers::{group_by_shard, RequestError};
-use super::protocol::{
+use crate::broker::partition_io::{FetchIn, FetchOut};
+use crate::broker::protocol::{
     encode_fetch_response, error_code as ec, FetchFrame, FetchPartitionOut, FetchTopicOut,
 };
-use super::shard::{FetchIn, FetchOut, Shard};
+use crate::broker::services::Services;
+use crate::broker::shard::ShardLocal;
 use crate::metrics::FetchRequestKind;
 
 /// Milliseconds on a monotonic clock (sessions only compare times taken on one shard).
@@ -34,15 +36,16 @@ fn now_ms() -> u64 {
 
 /// Runs `f` on the session cache of the shard that holds session `id`, then refreshes that
 /// shard's session gauges.
-async fn on_session_shard<R, F>(shard: &Rc<Shard>, id: i32, f: F) -> Result<R, RequestError>
+async fn on_session_shard<R, F>(svc: &Rc<Services>, id: i32, f: F) -> Result<R, RequestError>
 where
     R: Send + 'static,
     F: FnOnce(&mut FetchSessionCache) -> R + Send + 'static,
 {
-    let owner = FetchSessionCache::owner(id, shard.ctx.shard_count());
-    Ok(shard
+    let owner = FetchSessionCache::owner(id, svc.shard.ctx.shard_count());
+    Ok(svc
+        .fetch_sessions
         .call(owner, move |s| async move {
-            let mut cache = s.fetch_sessions.borrow_mut();
+            let mut cache = s.cache.borrow_mut();
             let r = f(&mut cache);
             let stats = cache.stats();
             crate::metrics::set_fetch_sessions(stats.sessions, stats.partitions);
@@ -77,13 +80,15 @@ fn session_error(version: i16, cid: i32, code: i16, read_committed: bool) -> Fet
 
 /// Handles one Fetch request (versions 4..=16).
 pub async fn fetch(
-    shard: &Rc<Shard>,
+    svc: &Rc<Services>,
     version: i16,
     cid: i32,
     req: m::FetchRequest,
 ) -> Result<FetchFrame, RequestError> {
+    let shard = &svc.shard;
     let image = shard.image();
-    let zero_copy = shard.ctx.config.fetch_zero_copy && super::connection::zero_copy_allowed();
+    let zero_copy =
+        shard.ctx.config.fetch_zero_copy && crate::broker::request_context::zero_copy_allowed();
     let read_committed = req.isolation_level == 1;
     // A follower's fetch names its broker id (in replica_state from v15).
     let replica_id = if version >= 15 {
@@ -106,7 +111,7 @@ pub async fn fetch(
     });
     if let FetchKind::Sessionless { close: Some(id) } | FetchKind::Full { close: Some(id) } = kind {
         // Any session a full fetch names is closed (KIP-227).
-        on_session_shard(shard, id, move |c| c.remove(id)).await?;
+        on_session_shard(svc, id, move |c| c.remove(id)).await?;
     }
     let topic_key = |name: &m::TopicName, id: Uuid| {
         if uses_topic_ids {
@@ -151,7 +156,7 @@ pub async fn fetch(
                 })
                 .collect();
             let now = now_ms();
-            let begun = on_session_shard(shard, id, move |c| {
+            let begun = on_session_shard(svc, id, move |c| {
                 c.begin_incremental(id, epoch, uses_topic_ids, now, requested, &forgotten)
             })
             .await?;
@@ -212,7 +217,7 @@ pub async fn fetch(
         .collect();
     let max_wait = Duration::from_millis(u64::try_from(req.max_wait_ms.max(0)).unwrap_or(0));
     let deadline = tokio::time::Instant::now() + max_wait;
-    let groups = group_by_shard(shard, work);
+    let groups = group_by_shard(&svc.shard, work);
     let mut results: Vec<Option<FetchOut>>;
     loop {
         results = (0..entries.len()).map(|_| None).collect();
@@ -231,11 +236,11 @@ pub async fn fetch(
                 })
                 .collect();
             let owner = *owner;
-            let shard = shard.clone();
+            let replicas = svc.replicas.clone();
             async move {
                 (
                     positions,
-                    shard
+                    replicas
                         .call(owner, move |s| s.fetch_local(items, zero_copy))
                         .await,
                 )
@@ -261,9 +266,9 @@ pub async fn fetch(
                 .map(|(t, p, params)| (t.clone(), *p, params.fetch_offset, replica_id >= 0))
                 .collect();
             let owner = *owner;
-            let shard = shard.clone();
+            let replicas = svc.replicas.clone();
             Box::pin(async move {
-                let _ = shard
+                let _ = replicas
                     .call(owner, move |s| s.wait_for_data(items, deadline))
                     .await;
             })
@@ -345,10 +350,7 @@ pub async fn fetch(
             .zip(&outs)
             .map(|(e, o)| (e.key.clone(), outcome(o)))
             .collect();
-        match on_session_shard(shard, id, move |c| {
-            c.finish_incremental(id, epoch, &outcomes)
-        })
-        .await?
+        match on_session_shard(svc, id, move |c| c.finish_incremental(id, epoch, &outcomes)).await?
         {
             Ok(keep) => include = keep,
             Err(code) => return Ok(session_error(version, cid, code, read_committed)),
@@ -362,7 +364,7 @@ pub async fn fetch(
             .collect();
         // A new session lives on the shard of the connection that asked for it.
         let (id, evicted) = {
-            let mut cache = shard.fetch_sessions.borrow_mut();
+            let mut cache = svc.fetch_sessions.cache.borrow_mut();
             let created = cache.create(now_ms(), uses_topic_ids, partitions);
             let stats = cache.stats();
             crate::metrics::set_fetch_sessions(stats.sessions, stats.partitions);

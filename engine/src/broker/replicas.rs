@@ -26,8 +26,9 @@ use uuid::Uuid;
 use super::cluster::ClusterNode;
 use super::cluster_client::KafkaClient;
 use super::config::BrokerConfig;
+use super::partition_io::FetchIn;
 use super::protocol::error_code as ec;
-use super::shard::{FetchIn, Partition, Phase, Shard};
+use super::shard::{Partition, Peers, Phase, Shard, ShardLocal};
 use crate::controller::{
     ControllerError, MetadataImage as ClusterImage, PartitionImage, TopicImage,
 };
@@ -108,11 +109,11 @@ struct ReplicationCounters {
     leader_elections: Counter,
 }
 
-fn counters(shard: &Shard) -> &ReplicationCounters {
-    shard.replicas.counters.get_or_init(|| {
-        let id = shard.id.to_string();
+fn counters(rs: &Replicas) -> &ReplicationCounters {
+    rs.counters.get_or_init(|| {
+        let id = rs.shard.id.to_string();
         let labels = [("shard", id.as_str())];
-        let m = &shard.ctx.metrics;
+        let m = &rs.shard.ctx.metrics;
         ReplicationCounters {
             isr_shrinks: m.register_counter(
                 names::ISR_SHRINKS_TOTAL,
@@ -133,9 +134,18 @@ fn counters(shard: &Shard) -> &ReplicationCounters {
     })
 }
 
-/// The replicas of one shard (a field of [`Shard`]).
-#[derive(Default)]
-pub struct ShardReplicas {
+/// Called when this broker becomes leader of a partition (with its leader epoch) or stops
+/// leading it (`None`): how a service above replication follows leadership.
+pub type LeadershipListener = Box<dyn Fn(&str, i32, Option<i32>)>;
+
+/// The replication service of one shard: the leader or follower state of every partition
+/// replica the shard owns, driven by the controller's images, and the produce, fetch and
+/// list-offsets paths that go through it (`broker::partition_io`).
+pub struct Replicas {
+    /// The shard core this service runs on.
+    pub shard: Rc<Shard>,
+    peers: Arc<Peers<Replicas>>,
+    leadership_listeners: RefCell<Vec<LeadershipListener>>,
     counters: std::cell::OnceCell<ReplicationCounters>,
     slots: RefCell<HashMap<(String, i32), Rc<Replica>>>,
     pending: RefCell<Option<Arc<ClusterImage>>>,
@@ -149,7 +159,52 @@ pub struct ShardReplicas {
     deleting: RefCell<std::collections::HashSet<String>>,
 }
 
-impl ShardReplicas {
+impl ShardLocal for Replicas {
+    fn shard_id(&self) -> usize {
+        self.shard.id
+    }
+
+    fn peers(&self) -> &Peers<Replicas> {
+        &self.peers
+    }
+}
+
+impl Replicas {
+    /// The replication service of `shard`; `peers` reaches the other shards' services.
+    pub fn new(shard: Rc<Shard>, peers: Arc<Peers<Replicas>>) -> Replicas {
+        Replicas {
+            shard,
+            peers,
+            leadership_listeners: RefCell::new(Vec::new()),
+            counters: Default::default(),
+            slots: Default::default(),
+            pending: Default::default(),
+            reconciling: Default::default(),
+            ticking: Default::default(),
+            next_waiter: Default::default(),
+            topic_configs: Default::default(),
+            fetchers: Default::default(),
+            deleting: Default::default(),
+        }
+    }
+
+    /// Registers `listener` for the leadership changes of this shard's replicas.
+    pub fn on_leadership_change(&self, listener: LeadershipListener) {
+        self.leadership_listeners.borrow_mut().push(listener);
+    }
+
+    /// Every replica's committed prefix for /metrics: the state of this shard's partitions.
+    pub fn partition_snapshots(&self) -> Vec<crate::metrics::PartitionSnapshot> {
+        self.shard
+            .partition_snapshots(&|topic, p, log_end| wake_end(self, topic, p, log_end, false))
+    }
+
+    /// Checkpoints the high watermarks, then closes every partition of the shard.
+    pub async fn close(&self) {
+        checkpoint_high_watermarks(self).await;
+        self.shard.close_all().await;
+    }
+
     fn get(&self, topic: &str, partition: i32) -> Option<Rc<Replica>> {
         self.slots
             .borrow()
@@ -230,8 +285,8 @@ fn cut_off(
 }
 
 /// Whether this shard still holds (or is still deleting) a replica of topic `topic_id`.
-pub fn holds_topic(shard: &Shard, topic: &str, topic_id: Uuid) -> bool {
-    let r = &shard.replicas;
+pub fn holds_topic(rs: &Replicas, topic: &str, topic_id: Uuid) -> bool {
+    let r = rs;
     r.deleting.borrow().contains(topic)
         || r.slots
             .borrow()
@@ -241,8 +296,8 @@ pub fn holds_topic(shard: &Shard, topic: &str, topic_id: Uuid) -> bool {
 
 /// Applies a controller image to this shard's replicas. Images arriving while one is being
 /// applied are coalesced: only the newest is applied next.
-pub async fn reconcile(shard: Rc<Shard>, image: Arc<ClusterImage>) {
-    let replicas = &shard.replicas;
+pub async fn reconcile(rs: Rc<Replicas>, image: Arc<ClusterImage>) {
+    let replicas = &rs;
     *replicas.pending.borrow_mut() = Some(image);
     if replicas.reconciling.replace(true) {
         return;
@@ -250,24 +305,23 @@ pub async fn reconcile(shard: Rc<Shard>, image: Arc<ClusterImage>) {
     loop {
         let next = replicas.pending.borrow_mut().take();
         let Some(image) = next else { break };
-        reconcile_once(&shard, &image).await;
+        reconcile_once(&rs, &image).await;
     }
     replicas.reconciling.set(false);
     if !replicas.ticking.replace(true) {
-        crate::io::runtime::spawn(tick_loop(shard.clone()));
+        crate::io::runtime::spawn(tick_loop(rs.clone()));
     }
 }
 
-async fn reconcile_once(shard: &Rc<Shard>, image: &Arc<ClusterImage>) {
-    let node = shard.ctx.metadata.cluster_node().clone();
+async fn reconcile_once(rs: &Rc<Replicas>, image: &Arc<ClusterImage>) {
+    let node = rs.shard.ctx.metadata.cluster_node().clone();
     // A stopping shard opens nothing more (its logs are about to close).
-    if *shard.phase.borrow() != Phase::Running {
+    if *rs.shard.phase.borrow() != Phase::Running {
         return;
     }
     let node_id = node.node_id;
     // Topics deleted (or deleted and recreated) since the last image.
-    let stale: Vec<(String, i32)> = shard
-        .replicas
+    let stale: Vec<(String, i32)> = rs
         .slots
         .borrow()
         .values()
@@ -280,15 +334,10 @@ async fn reconcile_once(shard: &Rc<Shard>, image: &Arc<ClusterImage>) {
         .collect();
     let mut deleted: HashMap<String, i32> = HashMap::new();
     for (topic, _) in &stale {
-        shard.replicas.deleting.borrow_mut().insert(topic.clone());
+        rs.deleting.borrow_mut().insert(topic.clone());
     }
     for (topic, p) in stale {
-        if let Some(r) = shard
-            .replicas
-            .slots
-            .borrow_mut()
-            .remove(&(topic.clone(), p))
-        {
+        if let Some(r) = rs.slots.borrow_mut().remove(&(topic.clone(), p)) {
             r.removed.set(true);
             r.fetcher_epoch.set(-1);
             r.waiters.borrow_mut().clear();
@@ -297,32 +346,32 @@ async fn reconcile_once(shard: &Rc<Shard>, image: &Arc<ClusterImage>) {
         *n = (*n).max(p + 1);
     }
     for (topic, n) in deleted {
-        shard.replicas.topic_configs.borrow_mut().remove(&topic);
-        shard
+        rs.topic_configs.borrow_mut().remove(&topic);
+        rs.shard
             .clone()
             .delete_topic_partitions(topic.clone(), n)
             .await;
-        shard.replicas.deleting.borrow_mut().remove(&topic);
+        rs.deleting.borrow_mut().remove(&topic);
     }
     for t in image.topics.values() {
-        let changed = shard.replicas.topic_configs.borrow().get(&t.name) != Some(&t.configs);
+        let changed = rs.topic_configs.borrow().get(&t.name) != Some(&t.configs);
         if changed {
-            shard
-                .replicas
-                .topic_configs
+            rs.topic_configs
                 .borrow_mut()
                 .insert(t.name.clone(), t.configs.clone());
-            shard.clone().apply_topic_config(t.name.clone()).await;
+            rs.shard.clone().apply_topic_config(t.name.clone()).await;
         }
         let mode = t.replication_mode();
         for p in &t.partitions {
-            if !p.replicas.contains(&node_id) || shard.ctx.owner(&t.name, p.partition) != shard.id {
+            if !p.replicas.contains(&node_id)
+                || rs.shard.ctx.owner(&t.name, p.partition) != rs.shard.id
+            {
                 continue;
             }
-            let slot = match shard.replicas.get(&t.name, p.partition) {
+            let slot = match rs.get(&t.name, p.partition) {
                 Some(s) if s.topic_id == t.topic_id => s,
                 _ => {
-                    let part = match shard.partition(&t.name, p.partition).await {
+                    let part = match rs.shard.partition(&t.name, p.partition).await {
                         Ok(part) => part,
                         Err(code) => {
                             warn!(
@@ -342,7 +391,7 @@ async fn reconcile_once(shard: &Rc<Shard>, image: &Arc<ClusterImage>) {
                     let state = PartitionReplica::new(
                         node_id,
                         policy_for(mode),
-                        replication_config(&shard.ctx.config, t),
+                        replication_config(&rs.shard.ctx.config, t),
                         checkpointed.unwrap_or(0),
                         &part.log,
                     );
@@ -361,9 +410,7 @@ async fn reconcile_once(shard: &Rc<Shard>, image: &Arc<ClusterImage>) {
                         cut_off: Cell::new(false),
                         hw_written: Cell::new(checkpointed.unwrap_or(-1)),
                     });
-                    shard
-                        .replicas
-                        .slots
+                    rs.slots
                         .borrow_mut()
                         .insert((t.name.clone(), p.partition), slot.clone());
                     slot
@@ -372,15 +419,15 @@ async fn reconcile_once(shard: &Rc<Shard>, image: &Arc<ClusterImage>) {
             if changed {
                 slot.state
                     .borrow_mut()
-                    .set_config(replication_config(&shard.ctx.config, t));
+                    .set_config(replication_config(&rs.shard.ctx.config, t));
             }
-            apply(shard, &node, &slot, p, mode);
+            apply(rs, &node, &slot, p, mode);
         }
     }
 }
 
 fn apply(
-    shard: &Rc<Shard>,
+    rs: &Rc<Replicas>,
     node: &Arc<ClusterNode>,
     slot: &Rc<Replica>,
     p: &PartitionImage,
@@ -392,8 +439,8 @@ fn apply(
     let seen = slot.isr_seen.replace(p.isr.len());
     if p.leader == Some(node.node_id) && seen != 0 {
         match p.isr.len().cmp(&seen) {
-            std::cmp::Ordering::Less => counters(shard).isr_shrinks.inc(),
-            std::cmp::Ordering::Greater => counters(shard).isr_expands.inc(),
+            std::cmp::Ordering::Less => counters(rs).isr_shrinks.inc(),
+            std::cmp::Ordering::Greater => counters(rs).isr_expands.inc(),
             std::cmp::Ordering::Equal => {}
         }
     }
@@ -401,16 +448,15 @@ fn apply(
         slot.state
             .borrow_mut()
             .apply_partition_state(&partition_state(p), &slot.part.log, now);
-    // The group coordinator of an offsets partition follows its leadership.
-    if slot.topic == crate::group::OFFSETS_TOPIC {
-        match &change {
-            RoleChange::BecameLeader { leader_epoch, .. } => {
-                super::groups::on_leadership_change(shard, slot.partition, Some(*leader_epoch))
-            }
-            RoleChange::BecameFollower { .. } => {
-                super::groups::on_leadership_change(shard, slot.partition, None)
-            }
-            RoleChange::IsrChanged | RoleChange::None => {}
+    // Services that follow leadership (the group coordinator of an offsets partition).
+    let led = match &change {
+        RoleChange::BecameLeader { leader_epoch, .. } => Some(Some(*leader_epoch)),
+        RoleChange::BecameFollower { .. } => Some(None),
+        RoleChange::IsrChanged | RoleChange::None => None,
+    };
+    if let Some(epoch) = led {
+        for listener in rs.leadership_listeners.borrow().iter() {
+            listener(&slot.topic, slot.partition, epoch);
         }
     }
     match change {
@@ -425,13 +471,13 @@ fn apply(
                 leader_epoch,
                 "leading"
             );
-            counters(shard).leader_elections.inc();
+            counters(rs).leader_elections.inc();
             slot.fetcher_epoch.set(-1);
             slot.part.appended.notify_waiters();
             if append_epoch_marker {
                 slot.marker_pending.set(leader_epoch);
                 crate::io::runtime::spawn(append_epoch_marker_record(
-                    shard.clone(),
+                    rs.clone(),
                     node.clone(),
                     slot.clone(),
                     leader_epoch,
@@ -450,7 +496,7 @@ fn apply(
                 "following"
             );
             slot.fetcher_epoch.set(leader_epoch);
-            ensure_fetcher(shard, node, leader);
+            ensure_fetcher(rs, node, leader);
         }
         RoleChange::BecameFollower { leader: None, .. } => slot.fetcher_epoch.set(-1),
         RoleChange::IsrChanged | RoleChange::None => {}
@@ -493,7 +539,7 @@ fn apply(
             }
         });
     }
-    drive(shard, node, slot);
+    drive(rs, node, slot);
 }
 
 /// A control batch starting `epoch` (the role of Raft's no-op entry and KRaft's LeaderChange
@@ -537,7 +583,7 @@ fn epoch_marker(leader: i32, epoch: i32) -> Option<BytesMut> {
 }
 
 async fn append_epoch_marker_record(
-    shard: Rc<Shard>,
+    rs: Rc<Replicas>,
     node: Arc<ClusterNode>,
     slot: Rc<Replica>,
     epoch: i32,
@@ -566,7 +612,7 @@ async fn append_epoch_marker_record(
                 }
             }
             slot.part.appended.notify_waiters();
-            drive(&shard, &node, &slot);
+            drive(&rs, &node, &slot);
         }
         Err(e) => warn!(
             topic = slot.topic,
@@ -577,7 +623,7 @@ async fn append_epoch_marker_record(
 }
 
 /// Carries out the leader's pending actions.
-fn drive(shard: &Rc<Shard>, node: &Arc<ClusterNode>, slot: &Rc<Replica>) {
+fn drive(rs: &Rc<Replicas>, node: &Arc<ClusterNode>, slot: &Rc<Replica>) {
     loop {
         let action = slot.state.borrow_mut().poll_action();
         match action {
@@ -589,7 +635,7 @@ fn drive(shard: &Rc<Shard>, node: &Arc<ClusterNode>, slot: &Rc<Replica>) {
                 }
             }
             Some(LeaderAction::AlterPartition(request)) => {
-                let (shard, node, slot) = (shard.clone(), node.clone(), slot.clone());
+                let (rs, node, slot) = (rs.clone(), node.clone(), slot.clone());
                 crate::io::runtime::spawn(async move {
                     let answer = node
                         .controller
@@ -630,7 +676,7 @@ fn drive(shard: &Rc<Shard>, node: &Arc<ClusterNode>, slot: &Rc<Replica>) {
                     if let Some(l) = slot.state.borrow_mut().leader_mut() {
                         l.on_alter_partition_response(&request, response, now());
                     }
-                    drive(&shard, &node, &slot);
+                    drive(&rs, &node, &slot);
                 });
             }
         }
@@ -639,8 +685,8 @@ fn drive(shard: &Rc<Shard>, node: &Arc<ClusterNode>, slot: &Rc<Replica>) {
 
 /// Writes the high watermark of every replica of this shard whose value changed since its
 /// last checkpoint (Kafka's `replication-offset-checkpoint`, per partition directory here).
-pub async fn checkpoint_high_watermarks(shard: &Shard) {
-    let slots: Vec<Rc<Replica>> = shard.replicas.slots.borrow().values().cloned().collect();
+pub async fn checkpoint_high_watermarks(rs: &Replicas) {
+    let slots: Vec<Rc<Replica>> = rs.slots.borrow().values().cloned().collect();
     for slot in slots {
         if slot.removed.get() {
             continue;
@@ -664,21 +710,21 @@ pub async fn checkpoint_high_watermarks(shard: &Shard) {
     }
 }
 
-async fn tick_loop(shard: Rc<Shard>) {
-    let node = shard.ctx.metadata.cluster_node().clone();
+async fn tick_loop(rs: Rc<Replicas>) {
+    let node = rs.shard.ctx.metadata.cluster_node().clone();
     let mut ticks: u64 = 0;
     loop {
         tokio::time::sleep(TICK).await;
-        let phase = *shard.phase.borrow();
+        let phase = *rs.shard.phase.borrow();
         if phase == Phase::Closing {
             // The shard's close writes the last checkpoint.
             return;
         }
         ticks += 1;
         if phase == Phase::Running && ticks.is_multiple_of(HW_CHECKPOINT_TICKS) {
-            checkpoint_high_watermarks(&shard).await;
+            checkpoint_high_watermarks(&rs).await;
         }
-        let slots: Vec<Rc<Replica>> = shard.replicas.slots.borrow().values().cloned().collect();
+        let slots: Vec<Rc<Replica>> = rs.slots.borrow().values().cloned().collect();
         let now = now();
         for slot in slots {
             slot.part
@@ -721,9 +767,9 @@ async fn tick_loop(shard: Rc<Shard>) {
                 }
             };
             if consistent {
-                drive(&shard, &node, &slot);
+                drive(&rs, &node, &slot);
             } else {
-                restart_leadership(&shard, &node, &slot);
+                restart_leadership(&rs, &node, &slot);
             }
         }
     }
@@ -731,7 +777,7 @@ async fn tick_loop(shard: Rc<Shard>) {
 
 /// Rebuilds a leader whose state no longer matches its log (see [`sync_log_end`]): a fresh
 /// replica takes the current partition record and leads again from the log as it is.
-fn restart_leadership(shard: &Rc<Shard>, node: &Arc<ClusterNode>, slot: &Rc<Replica>) {
+fn restart_leadership(rs: &Rc<Replicas>, node: &Arc<ClusterNode>, slot: &Rc<Replica>) {
     let image = node.cluster_image();
     let Some(topic) = image.topic(&slot.topic) else {
         return;
@@ -748,14 +794,14 @@ fn restart_leadership(shard: &Rc<Shard>, node: &Arc<ClusterNode>, slot: &Rc<Repl
     let fresh = PartitionReplica::new(
         node.node_id,
         policy_for(mode),
-        replication_config(&shard.ctx.config, topic),
+        replication_config(&rs.shard.ctx.config, topic),
         hw,
         &slot.part.log,
     );
     drop(slot.state.replace(fresh));
     // Waiting acks=all produces of the old state fail (their senders drop): clients retry.
     slot.waiters.borrow_mut().clear();
-    apply(shard, node, slot, p, mode);
+    apply(rs, node, slot, p, mode);
 }
 
 fn error_out(e: &ReplicationError) -> (i16, String) {
@@ -772,13 +818,13 @@ pub struct Admitted {
 /// Cluster-mode admission of a produce to `topic`-`partition`: this broker must lead it, and
 /// acks=all needs enough in-sync replicas (`NOT_ENOUGH_REPLICAS`).
 pub fn before_append(
-    shard: &Shard,
+    rs: &Replicas,
     topic: &str,
     partition: i32,
     acks: i16,
 ) -> Result<Admitted, (i16, String)> {
-    let node = shard.ctx.metadata.cluster_node();
-    let Some(slot) = shard.replicas.get(topic, partition) else {
+    let node = rs.shard.ctx.metadata.cluster_node();
+    let Some(slot) = rs.get(topic, partition) else {
         return Err((
             NOT_LEADER_OR_FOLLOWER,
             "this broker hosts no replica of the partition".into(),
@@ -816,14 +862,14 @@ pub fn before_append(
 /// acks=all, waits until the policy's commit point covers it (or `timeout_ms` passes:
 /// `REQUEST_TIMED_OUT`; or leadership is lost: `NOT_LEADER_OR_FOLLOWER`).
 pub async fn after_append(
-    shard: &Rc<Shard>,
+    rs: &Rc<Replicas>,
     admitted: Admitted,
     base_offset: i64,
     last_offset: i64,
     acks: i16,
     timeout_ms: i32,
 ) -> Result<(), (i16, String)> {
-    let node = shard.ctx.metadata.cluster_node().clone();
+    let node = rs.shard.ctx.metadata.cluster_node().clone();
     let slot = admitted.slot;
     let required = last_offset + 1;
     let now = now();
@@ -845,8 +891,8 @@ pub async fn after_append(
             .max(required)
             .max(l.log_end_offset());
         if acks == -1 {
-            let id = shard.replicas.next_waiter.get();
-            shard.replicas.next_waiter.set(id + 1);
+            let id = rs.next_waiter.get();
+            rs.next_waiter.set(id + 1);
             let (tx, rx) = oneshot::channel();
             slot.waiters.borrow_mut().insert(id, tx);
             let waiter = ProduceWaiter {
@@ -862,7 +908,7 @@ pub async fn after_append(
             None
         }
     };
-    drive(shard, &node, &slot);
+    drive(rs, &node, &slot);
     match rx {
         None => Ok(()),
         Some(rx) => match rx.await {
@@ -888,9 +934,9 @@ pub struct FetchLimit {
 /// What a fetch may read. A replica's fetch (replica id set) updates the
 /// leader's follower state and reads up to the log end, or learns where its log diverges; a
 /// consumer reads up to the high watermark.
-pub fn fetch_limit(shard: &Rc<Shard>, item: &FetchIn) -> Result<FetchLimit, i16> {
-    let node = shard.ctx.metadata.cluster_node().clone();
-    let Some(slot) = shard.replicas.get(&item.topic, item.partition) else {
+pub fn fetch_limit(rs: &Rc<Replicas>, item: &FetchIn) -> Result<FetchLimit, i16> {
+    let node = rs.shard.ctx.metadata.cluster_node().clone();
+    let Some(slot) = rs.get(&item.topic, item.partition) else {
         return Err(NOT_LEADER_OR_FOLLOWER);
     };
     let epoch = (item.current_leader_epoch >= 0).then_some(item.current_leader_epoch);
@@ -936,25 +982,23 @@ pub fn fetch_limit(shard: &Rc<Shard>, item: &FetchIn) -> Result<FetchLimit, i16>
             }
         })
     };
-    drive(shard, &node, &slot);
+    drive(rs, &node, &slot);
     result.map_err(|e| e.code())
 }
 
 /// The offset a long-polling fetch waits to pass: the high watermark for consumers of a
 /// leader, the log end for a replica's fetch.
-pub fn wake_end(shard: &Shard, topic: &str, partition: i32, log_end: i64, replica: bool) -> i64 {
+pub fn wake_end(rs: &Replicas, topic: &str, partition: i32, log_end: i64, replica: bool) -> i64 {
     if replica {
         return log_end;
     }
-    shard
-        .replicas
-        .get(topic, partition)
+    rs.get(topic, partition)
         .map_or(log_end, |s| s.state.borrow().high_watermark())
 }
 
 /// ListOffsets: only the leader answers, and "latest" is the high watermark.
-pub fn list_offsets_latest(shard: &Shard, topic: &str, partition: i32) -> Result<i64, i16> {
-    let Some(slot) = shard.replicas.get(topic, partition) else {
+pub fn list_offsets_latest(rs: &Replicas, topic: &str, partition: i32) -> Result<i64, i16> {
+    let Some(slot) = rs.get(topic, partition) else {
         return Err(NOT_LEADER_OR_FOLLOWER);
     };
     let mut st = slot.state.borrow_mut();
@@ -965,8 +1009,8 @@ pub fn list_offsets_latest(shard: &Shard, topic: &str, partition: i32) -> Result
 
 /// DeleteRecords: the leader's high watermark and low watermark (the smallest log start
 /// offset of the in-sync replicas). Only the leader answers (NOT_LEADER_OR_FOLLOWER).
-pub fn record_watermarks(shard: &Shard, topic: &str, partition: i32) -> Result<(i64, i64), i16> {
-    let Some(slot) = shard.replicas.get(topic, partition) else {
+pub fn record_watermarks(rs: &Replicas, topic: &str, partition: i32) -> Result<(i64, i64), i16> {
+    let Some(slot) = rs.get(topic, partition) else {
         return Err(NOT_LEADER_OR_FOLLOWER);
     };
     let mut st = slot.state.borrow_mut();
@@ -981,23 +1025,21 @@ pub fn record_watermarks(shard: &Shard, topic: &str, partition: i32) -> Result<(
 }
 
 /// Whether this broker leads `topic`-`partition`.
-pub fn is_leader(shard: &Shard, topic: &str, partition: i32) -> bool {
-    shard
-        .replicas
-        .get(topic, partition)
+pub fn is_leader(rs: &Replicas, topic: &str, partition: i32) -> bool {
+    rs.get(topic, partition)
         .is_some_and(|s| s.state.borrow().is_leader())
 }
 
 /// OffsetForLeaderEpoch on this shard's partitions: `(topic, partition, current epoch,
 /// requested epoch)` -> `(error, epoch, end offset)`.
-async fn offset_for_leader_epoch_local(
-    shard: Rc<Shard>,
+pub async fn offset_for_leader_epoch_local(
+    rs: Rc<Replicas>,
     items: Vec<(String, i32, i32, i32)>,
 ) -> Vec<(i16, i32, i64)> {
     let mut out = Vec::with_capacity(items.len());
     for (topic, partition, current, requested) in items {
         let current = (current >= 0).then_some(current);
-        let answer = match shard.replicas.get(&topic, partition) {
+        let answer = match rs.get(&topic, partition) {
             None => Err(NOT_LEADER_OR_FOLLOWER),
             Some(slot) => {
                 let mut st = slot.state.borrow_mut();
@@ -1015,77 +1057,6 @@ async fn offset_for_leader_epoch_local(
         });
     }
     out
-}
-
-/// Work for one owner shard: (topic, partition) positions in the response, and
-/// (topic, partition, current epoch, requested epoch) items.
-type EpochWork = (Vec<(usize, usize)>, Vec<(String, i32, i32, i32)>);
-
-/// The OffsetForLeaderEpoch API (v2-4): where the leader's log ends for each requested epoch.
-pub async fn offset_for_leader_epoch(
-    shard: &Rc<Shard>,
-    req: m::OffsetForLeaderEpochRequest,
-) -> Result<m::OffsetForLeaderEpochResponse, super::shard::ShardGone> {
-    let mut groups: HashMap<usize, EpochWork> = HashMap::new();
-    let mut resp = m::OffsetForLeaderEpochResponse::default();
-    for (ti, t) in req.topics.iter().enumerate() {
-        let name = t.topic.as_str().to_string();
-        let mut result = m::offset_for_leader_epoch_response::OffsetForLeaderTopicResult::default()
-            .with_topic(t.topic.clone());
-        for (pi, p) in t.partitions.iter().enumerate() {
-            result.partitions.push(
-                m::offset_for_leader_epoch_response::EpochEndOffset::default()
-                    .with_partition(p.partition)
-                    .with_error_code(ec::UNKNOWN_TOPIC_OR_PARTITION)
-                    .with_leader_epoch(-1)
-                    .with_end_offset(-1),
-            );
-            let known = shard
-                .ctx
-                .metadata
-                .image()
-                .topic(&name)
-                .is_some_and(|m| (0..m.partitions).contains(&p.partition));
-            if known {
-                let g = groups
-                    .entry(shard.ctx.owner(&name, p.partition))
-                    .or_default();
-                g.0.push((ti, pi));
-                g.1.push((
-                    name.clone(),
-                    p.partition,
-                    p.current_leader_epoch,
-                    p.leader_epoch,
-                ));
-            }
-        }
-        resp.topics.push(result);
-    }
-    let calls = groups.into_iter().map(|(owner, (positions, items))| {
-        let shard = shard.clone();
-        async move {
-            (
-                positions,
-                shard
-                    .call(owner, move |s| offset_for_leader_epoch_local(s, items))
-                    .await,
-            )
-        }
-    });
-    for (positions, outs) in futures_util::future::join_all(calls).await {
-        for ((ti, pi), (code, epoch, end)) in positions.into_iter().zip(outs?) {
-            if let Some(e) = resp
-                .topics
-                .get_mut(ti)
-                .and_then(|t| t.partitions.get_mut(pi))
-            {
-                e.error_code = code;
-                e.leader_epoch = epoch;
-                e.end_offset = end;
-            }
-        }
-    }
-    Ok(resp)
 }
 
 fn code_to_error(code: i16, epoch: i32, offset: i64) -> ReplicationError {
@@ -1131,8 +1102,8 @@ async fn sleep_ms(ms: u64) {
 }
 
 /// The partitions this shard follows `leader` in, each with its next request.
-fn followed_partitions(shard: &Shard, leader: i32) -> Vec<(Rc<Replica>, Option<FollowerRequest>)> {
-    let slots: Vec<Rc<Replica>> = shard.replicas.slots.borrow().values().cloned().collect();
+fn followed_partitions(rs: &Replicas, leader: i32) -> Vec<(Rc<Replica>, Option<FollowerRequest>)> {
+    let slots: Vec<Rc<Replica>> = rs.slots.borrow().values().cloned().collect();
     let mut out = Vec::new();
     for slot in slots {
         if slot.removed.get() || slot.fetcher_epoch.get() < 0 {
@@ -1151,9 +1122,9 @@ fn followed_partitions(shard: &Shard, leader: i32) -> Vec<(Rc<Replica>, Option<F
 }
 
 /// Starts the fetcher of (this shard, `leader`) unless it runs.
-fn ensure_fetcher(shard: &Rc<Shard>, node: &Arc<ClusterNode>, leader: i32) {
-    if shard.replicas.fetchers.borrow_mut().insert(leader) {
-        crate::io::runtime::spawn(fetcher_loop(shard.clone(), node.clone(), leader));
+fn ensure_fetcher(rs: &Rc<Replicas>, node: &Arc<ClusterNode>, leader: i32) {
+    if rs.fetchers.borrow_mut().insert(leader) {
+        crate::io::runtime::spawn(fetcher_loop(rs.clone(), node.clone(), leader));
     }
 }
 
@@ -1247,8 +1218,9 @@ async fn follow_log_start(slot: &Replica, leader_log_start: i64) {
 /// truncates by OffsetForLeaderEpoch (one batched request), then fetches all of them in one
 /// Fetch with its replica id and appends the leader's batches verbatim. It ends when this
 /// shard follows nothing on `leader` any more or the shard stops.
-async fn fetcher_loop(shard: Rc<Shard>, node: Arc<ClusterNode>, leader: i32) {
-    let wait_ms: i32 = shard
+async fn fetcher_loop(rs: Rc<Replicas>, node: Arc<ClusterNode>, leader: i32) {
+    let wait_ms: i32 = rs
+        .shard
         .ctx
         .config
         .raw
@@ -1258,15 +1230,15 @@ async fn fetcher_loop(shard: Rc<Shard>, node: Arc<ClusterNode>, leader: i32) {
     let call_timeout = Duration::from_millis(u64::try_from(wait_ms.max(0)).unwrap_or(0) + 5_000);
     let mut client: Option<KafkaClient> = None;
     loop {
-        let partitions = if *shard.phase.borrow() == Phase::Running {
-            followed_partitions(&shard, leader)
+        let partitions = if *rs.shard.phase.borrow() == Phase::Running {
+            followed_partitions(&rs, leader)
         } else {
             Vec::new()
         };
         if partitions.is_empty() {
             // Decided and deregistered without an await in between, so a partition that
             // starts following `leader` later starts a new fetcher.
-            shard.replicas.fetchers.borrow_mut().remove(&leader);
+            rs.fetchers.borrow_mut().remove(&leader);
             return;
         }
         let epochs: Vec<(Rc<Replica>, FollowerRequest)> = partitions

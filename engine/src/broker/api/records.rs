@@ -6,7 +6,7 @@
 //! segments wholly below it are deleted, the start is checkpointed) and, in a cluster, waits
 //! up to the request's timeout until every in-sync replica has moved its own: followers learn
 //! the leader's log start from fetch answers and report theirs in their fetch requests
-//! (`broker::cluster_replica`). The answer's `low_watermark` is the smallest of them.
+//! (`broker::replicas`). The answer's `low_watermark` is the smallest of them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
@@ -16,9 +16,10 @@ use kafka_protocol::messages::{self as m, ProducerId, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use tracing::warn;
 
-use super::cluster_replica;
-use super::protocol::error_code as ec;
-use super::shard::{Shard, ShardGone};
+use crate::broker::protocol::error_code as ec;
+use crate::broker::replicas::{self, Replicas};
+use crate::broker::services::Services;
+use crate::broker::shard::{Shard, ShardGone, ShardLocal};
 use crate::group::OFFSETS_TOPIC;
 
 /// Kafka error code NOT_LEADER_OR_FOLLOWER.
@@ -63,7 +64,7 @@ fn push_work<T>(work: &mut Work<T>, shard: &Shard, pos: usize, topic: &str, p: i
 
 /// Runs `local` on every owner shard and puts the answers back at their positions.
 async fn scatter<T, R, F, Fut>(
-    shard: &Rc<Shard>,
+    svc: &Rc<Services>,
     work: Work<T>,
     results: &mut [Option<R>],
     local: F,
@@ -71,13 +72,18 @@ async fn scatter<T, R, F, Fut>(
 where
     T: Send + 'static,
     R: Send + 'static,
-    F: Fn(Rc<Shard>, Vec<(String, i32, T)>) -> Fut + Clone + Send + 'static,
+    F: Fn(Rc<Replicas>, Vec<(String, i32, T)>) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Vec<R>> + 'static,
 {
     let calls = work.into_iter().map(|(owner, (positions, items))| {
-        let shard = shard.clone();
+        let replicas = svc.replicas.clone();
         let local = local.clone();
-        async move { (positions, shard.call(owner, move |s| local(s, items)).await) }
+        async move {
+            (
+                positions,
+                replicas.call(owner, move |s| local(s, items)).await,
+            )
+        }
     });
     for (positions, outs) in futures_util::future::join_all(calls).await {
         for (pos, out) in positions.into_iter().zip(outs?) {
@@ -91,9 +97,10 @@ where
 
 /// The DeleteRecords API (v0-2).
 pub async fn delete_records(
-    shard: &Rc<Shard>,
+    svc: &Rc<Services>,
     req: m::DeleteRecordsRequest,
 ) -> Result<m::DeleteRecordsResponse, ShardGone> {
+    let shard = &svc.shard;
     let image = shard.image();
     let timeout = Duration::from_millis(u64::try_from(req.timeout_ms.max(0)).unwrap_or(0));
     let mut results: Vec<Option<(i16, i64)>> = Vec::new();
@@ -120,7 +127,7 @@ pub async fn delete_records(
         }
         layout.push((t.name.clone(), parts));
     }
-    scatter(shard, work, &mut results, move |s, items| {
+    scatter(svc, work, &mut results, move |s, items| {
         delete_records_local(s, items, timeout)
     })
     .await?;
@@ -148,31 +155,31 @@ pub async fn delete_records(
 /// DeleteRecords on this shard's partitions, all at once (a cluster answer may wait for the
 /// followers): `(topic, partition, offset)` -> `(error, low watermark)`.
 async fn delete_records_local(
-    shard: Rc<Shard>,
+    rs: Rc<Replicas>,
     items: Vec<(String, i32, i64)>,
     timeout: Duration,
 ) -> Vec<(i16, i64)> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let shard = &shard;
-    let each = items.into_iter().map(|(topic, p, offset)| async move {
-        delete_one(shard, &topic, p, offset, deadline).await
-    });
+    let rs = &rs;
+    let each = items
+        .into_iter()
+        .map(|(topic, p, offset)| async move { delete_one(rs, &topic, p, offset, deadline).await });
     futures_util::future::join_all(each).await
 }
 
 async fn delete_one(
-    shard: &Rc<Shard>,
+    rs: &Rc<Replicas>,
     topic: &str,
     partition: i32,
     offset: i64,
     deadline: tokio::time::Instant,
 ) -> (i16, i64) {
-    let part = match shard.partition(topic, partition).await {
+    let part = match rs.shard.partition(topic, partition).await {
         Ok(p) => p,
         Err(code) => return (code, -1),
     };
     let log = &part.log;
-    let high_watermark = match cluster_replica::record_watermarks(shard, topic, partition) {
+    let high_watermark = match replicas::record_watermarks(rs, topic, partition) {
         Ok((hw, _)) => hw,
         Err(code) => return (code, -1),
     };
@@ -204,7 +211,7 @@ async fn delete_one(
     }
     // Answer once every in-sync replica has moved its log start too.
     loop {
-        let low = match cluster_replica::record_watermarks(shard, topic, partition) {
+        let low = match replicas::record_watermarks(rs, topic, partition) {
             Ok((_, low)) => low,
             Err(code) => return (code, -1),
         };
@@ -228,10 +235,11 @@ struct LogDirPartition {
 /// The DescribeLogDirs API (v1-4): the broker's one data directory with every partition
 /// replica it holds (all of them when `topics` is null or empty, as Kafka's tools send).
 pub async fn describe_log_dirs(
-    shard: &Rc<Shard>,
+    svc: &Rc<Services>,
     version: i16,
     req: m::DescribeLogDirsRequest,
 ) -> Result<m::DescribeLogDirsResponse, ShardGone> {
+    let shard = &svc.shard;
     let image = shard.image();
     let mut wanted: Vec<(String, i32)> = Vec::new();
     match req.topics.as_deref() {
@@ -260,7 +268,7 @@ pub async fn describe_log_dirs(
     for (pos, (topic, p)) in wanted.iter().enumerate() {
         push_work(&mut work, shard, pos, topic, *p, ());
     }
-    scatter(shard, work, &mut results, log_dirs_local).await?;
+    scatter(svc, work, &mut results, log_dirs_local).await?;
     let mut topics: BTreeMap<&str, Vec<m::describe_log_dirs_response::DescribeLogDirsPartition>> =
         BTreeMap::new();
     for ((topic, p), out) in wanted.iter().zip(results) {
@@ -315,16 +323,16 @@ fn disk_space(dir: &std::path::Path) -> (i64, i64) {
 }
 
 async fn log_dirs_local(
-    shard: Rc<Shard>,
+    rs: Rc<Replicas>,
     items: Vec<(String, i32, ())>,
 ) -> Vec<Option<LogDirPartition>> {
     let mut out = Vec::with_capacity(items.len());
     for (topic, p, ()) in items {
         // A partition without a replica here is refused by `partition`.
-        out.push(match shard.partition(&topic, p).await {
+        out.push(match rs.shard.partition(&topic, p).await {
             Ok(part) => {
                 let leo = part.log.log_end_offset();
-                let hw = cluster_replica::wake_end(&shard, &topic, p, leo, false);
+                let hw = replicas::wake_end(&rs, &topic, p, leo, false);
                 Some(LogDirPartition {
                     size: i64::try_from(part.log.size_bytes()).unwrap_or(i64::MAX),
                     offset_lag: offset_lag(hw, leo),
@@ -345,9 +353,10 @@ type ProducersOut = (
 
 /// The DescribeProducers API (v0): the idempotent producers each partition's leader tracks.
 pub async fn describe_producers(
-    shard: &Rc<Shard>,
+    svc: &Rc<Services>,
     req: m::DescribeProducersRequest,
 ) -> Result<m::DescribeProducersResponse, ShardGone> {
+    let shard = &svc.shard;
     let image = shard.image();
     let mut results: Vec<Option<ProducersOut>> = Vec::new();
     let mut work: Work<()> = HashMap::new();
@@ -373,7 +382,7 @@ pub async fn describe_producers(
         }
         layout.push((t.name.clone(), parts));
     }
-    scatter(shard, work, &mut results, producers_local).await?;
+    scatter(svc, work, &mut results, producers_local).await?;
     let mut resp = m::DescribeProducersResponse::default();
     for (name, parts) in layout {
         let mut topic = m::describe_producers_response::TopicResponse::default().with_name(name);
@@ -396,10 +405,10 @@ pub async fn describe_producers(
     Ok(resp)
 }
 
-async fn producers_local(shard: Rc<Shard>, items: Vec<(String, i32, ())>) -> Vec<ProducersOut> {
+async fn producers_local(rs: Rc<Replicas>, items: Vec<(String, i32, ())>) -> Vec<ProducersOut> {
     let mut out = Vec::with_capacity(items.len());
     for (topic, p, ()) in items {
-        if !cluster_replica::is_leader(&shard, &topic, p) {
+        if !replicas::is_leader(&rs, &topic, p) {
             out.push((
                 NOT_LEADER_OR_FOLLOWER,
                 Some("this broker does not lead the partition".into()),
@@ -407,7 +416,7 @@ async fn producers_local(shard: Rc<Shard>, items: Vec<(String, i32, ())>) -> Vec
             ));
             continue;
         }
-        let part = match shard.partition(&topic, p).await {
+        let part = match rs.shard.partition(&topic, p).await {
             Ok(part) => part,
             Err(code) => {
                 out.push((code, None, Vec::new()));

@@ -1,0 +1,356 @@
+//! The request handlers, one module per API family: decode with kafka-protocol, route
+//! partitions and groups to the shards that own them through the services' peers, gather,
+//! encode. [`handle_request`] dispatches one frame.
+//!
+//! - [`produce`]: Produce. [`fetch`]: Fetch (with KIP-227 sessions). [`offsets`]: ListOffsets,
+//!   OffsetForLeaderEpoch.
+//! - [`metadata`]: Metadata, DescribeCluster. [`topics`]: CreateTopics, DeleteTopics,
+//!   CreatePartitions. [`configs`]: DescribeConfigs, IncrementalAlterConfigs.
+//! - [`records`]: DeleteRecords, DescribeLogDirs, DescribeProducers.
+//! - [`groups`]: FindCoordinator and the group APIs. [`producers`]: InitProducerId and the
+//!   refused transactional APIs. [`quorum`]: DescribeQuorum.
+//!
+//! Handlers sit above every service (`broker::services`); no service imports them.
+
+pub mod configs;
+pub mod fetch;
+pub mod groups;
+pub mod metadata;
+pub mod offsets;
+pub mod produce;
+pub mod producers;
+pub mod quorum;
+pub mod records;
+pub mod topics;
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::{self as m, ApiKey, RequestHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use tokio::sync::oneshot;
+use tracing::debug;
+
+use super::protocol::{
+    encode_response, error_code as ec, peek_header, served_versions, EncodeError, FetchFrame,
+    SUPPORTED_APIS,
+};
+use super::services::Services;
+use super::shard::Shard;
+use crate::controller::ControllerError;
+
+/// Kafka error code NOT_CONTROLLER.
+const NOT_CONTROLLER: i16 = 41;
+
+/// A response ready for the connection writer.
+#[derive(Debug)]
+pub enum Response {
+    /// A fully encoded frame.
+    Frame(BytesMut),
+    /// A fetch response whose record bytes are still in segment files.
+    Fetch(FetchFrame),
+}
+
+/// A request the connection cannot answer: the connection is closed (with a log line).
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The frame is shorter than a request header.
+    #[error("frame too short for a request header ({0} bytes)")]
+    TooShort(usize),
+    /// The API key is not one Kafka defines.
+    #[error("unknown api key {0}")]
+    UnknownApi(i16),
+    /// The API or version is not served (and not advertised in ApiVersions).
+    #[error("unsupported {api:?} version {version}")]
+    Unsupported {
+        /// The API.
+        api: ApiKey,
+        /// The requested version.
+        version: i16,
+    },
+    /// The header or body does not parse at the requested version.
+    #[error("malformed {api:?} v{version} request: {reason}")]
+    Malformed {
+        /// The API.
+        api: ApiKey,
+        /// The version.
+        version: i16,
+        /// The codec's message.
+        reason: String,
+    },
+    /// The response could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// An acks=0 produce failed; the connection is closed to tell the client.
+    #[error("acks=0 produce failed with error code {0}")]
+    AcksZeroFailed(i16),
+    /// A shard stopped while the request was in flight (shutdown).
+    #[error(transparent)]
+    ShardGone(#[from] super::shard::ShardGone),
+}
+
+pub(crate) fn str_bytes(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}
+
+/// Handles one request frame (without its size prefix). `Ok(None)` means no response is
+/// sent (produce with acks=0).
+///
+/// For a Produce, `submitted` fires once every partition's append has taken its place in its
+/// log's order (the connection may then start the next produce); for other requests it is
+/// dropped when the request completes.
+pub async fn handle_request(
+    svc: Rc<Services>,
+    frame: Bytes,
+    submitted: Option<oneshot::Sender<()>>,
+) -> Result<Option<Response>, RequestError> {
+    let peek = peek_header(&frame).ok_or(RequestError::TooShort(frame.len()))?;
+    let api = ApiKey::try_from(peek.api_key).map_err(|_| RequestError::UnknownApi(peek.api_key))?;
+    let version = peek.api_version;
+    if api == ApiKey::ApiVersions {
+        return api_versions(frame, peek.correlation_id, version).map(|r| Some(Response::Frame(r)));
+    }
+    if producers::is_transactional_api(api) && producers::txn_version_known(api, version) {
+        return producers::refuse_transactional(frame, api, version).map(Some);
+    }
+    match served_versions(api) {
+        Some((lo, hi)) if (lo..=hi).contains(&version) => {}
+        _ => return Err(RequestError::Unsupported { api, version }),
+    }
+    let malformed = |e: anyhow::Error| RequestError::Malformed {
+        api,
+        version,
+        reason: e.to_string(),
+    };
+    let mut buf = frame;
+    let header =
+        RequestHeader::decode(&mut buf, api.request_header_version(version)).map_err(malformed)?;
+    let cid = header.correlation_id;
+    macro_rules! decode {
+        ($t:ty) => {
+            <$t>::decode(&mut buf, version).map_err(malformed)?
+        };
+    }
+    let frame = |body: &dyn ErasedEncodable| -> Result<Option<Response>, RequestError> {
+        Ok(Some(Response::Frame(body.encode_frame(api, version, cid)?)))
+    };
+    match api {
+        ApiKey::Produce => {
+            let req = decode!(m::ProduceRequest);
+            match produce::produce(&svc, version, req, submitted).await? {
+                Some(resp) => {
+                    crate::metrics::record_produce_errors(&resp);
+                    frame(&resp)
+                }
+                None => Ok(None),
+            }
+        }
+        ApiKey::Fetch => {
+            let req = decode!(m::FetchRequest);
+            Ok(Some(Response::Fetch(
+                fetch::fetch(&svc, version, cid, req).await?,
+            )))
+        }
+        ApiKey::ListOffsets => {
+            let req = decode!(m::ListOffsetsRequest);
+            frame(&offsets::list_offsets(&svc, version, req).await?)
+        }
+        ApiKey::Metadata => {
+            let req = decode!(m::MetadataRequest);
+            let node = svc.shard.ctx.metadata.cluster_node().clone();
+            frame(&metadata::metadata(&svc, &node, version, req).await)
+        }
+        ApiKey::CreateTopics => {
+            let req = decode!(m::CreateTopicsRequest);
+            let node = svc.shard.ctx.metadata.cluster_node().clone();
+            frame(&topics::create_topics(&svc, &node, req).await)
+        }
+        ApiKey::DeleteTopics => {
+            let req = decode!(m::DeleteTopicsRequest);
+            let node = svc.shard.ctx.metadata.cluster_node().clone();
+            frame(&topics::delete_topics(&svc, &node, version, req).await)
+        }
+        ApiKey::CreatePartitions => {
+            let req = decode!(m::CreatePartitionsRequest);
+            let node = svc.shard.ctx.metadata.cluster_node().clone();
+            frame(&topics::create_partitions(&svc, &node, req).await)
+        }
+        ApiKey::OffsetForLeaderEpoch => {
+            let req = decode!(m::OffsetForLeaderEpochRequest);
+            frame(&offsets::offset_for_leader_epoch(&svc, req).await?)
+        }
+        ApiKey::DescribeConfigs => {
+            let req = decode!(m::DescribeConfigsRequest);
+            frame(&configs::describe_configs(&svc, req))
+        }
+        ApiKey::IncrementalAlterConfigs => {
+            let req = decode!(m::IncrementalAlterConfigsRequest);
+            let node = svc.shard.ctx.metadata.cluster_node().clone();
+            frame(&configs::incremental_alter_configs(&svc, &node, req).await)
+        }
+        ApiKey::SaslHandshake => {
+            let _req = decode!(m::SaslHandshakeRequest);
+            // Not a SASL listener (SASL listeners answer in the connection layer).
+            frame(&m::SaslHandshakeResponse::default().with_error_code(ec::ILLEGAL_SASL_STATE))
+        }
+        ApiKey::SaslAuthenticate => {
+            let _req = decode!(m::SaslAuthenticateRequest);
+            frame(
+                &m::SaslAuthenticateResponse::default()
+                    .with_error_code(ec::ILLEGAL_SASL_STATE)
+                    .with_error_message(Some(str_bytes("this listener does not use SASL"))),
+            )
+        }
+        ApiKey::DescribeCluster => {
+            let _req = decode!(m::DescribeClusterRequest);
+            frame(&metadata::describe_cluster(
+                &svc,
+                svc.shard.ctx.metadata.cluster_node(),
+            ))
+        }
+        ApiKey::DescribeQuorum => {
+            let req = decode!(m::DescribeQuorumRequest);
+            let node = svc.shard.ctx.metadata.cluster_node().clone();
+            frame(&quorum::describe_quorum(&node, version, req).await)
+        }
+        ApiKey::FindCoordinator => {
+            let req = decode!(m::FindCoordinatorRequest);
+            frame(&groups::find_coordinator(&svc.groups, version, req))
+        }
+        ApiKey::JoinGroup => {
+            let req = decode!(m::JoinGroupRequest);
+            frame(&groups::join_group(&svc.groups, version, &header, req).await?)
+        }
+        ApiKey::SyncGroup => {
+            let req = decode!(m::SyncGroupRequest);
+            frame(&groups::sync_group(&svc.groups, version, req).await?)
+        }
+        ApiKey::Heartbeat => {
+            let req = decode!(m::HeartbeatRequest);
+            frame(&groups::heartbeat(&svc.groups, version, req).await?)
+        }
+        ApiKey::LeaveGroup => {
+            let req = decode!(m::LeaveGroupRequest);
+            frame(&groups::leave_group(&svc.groups, version, req).await?)
+        }
+        ApiKey::OffsetCommit => {
+            let req = decode!(m::OffsetCommitRequest);
+            frame(&groups::offset_commit(&svc.groups, version, req).await?)
+        }
+        ApiKey::OffsetFetch => {
+            let req = decode!(m::OffsetFetchRequest);
+            frame(&groups::offset_fetch(&svc.groups, version, req).await?)
+        }
+        ApiKey::ListGroups => {
+            let req = decode!(m::ListGroupsRequest);
+            frame(&groups::list_groups(&svc.groups, version, req).await?)
+        }
+        ApiKey::DescribeGroups => {
+            let req = decode!(m::DescribeGroupsRequest);
+            frame(&groups::describe_groups(&svc.groups, version, req).await?)
+        }
+        ApiKey::DeleteGroups => {
+            let req = decode!(m::DeleteGroupsRequest);
+            frame(&groups::delete_groups(&svc.groups, req).await?)
+        }
+        ApiKey::OffsetDelete => {
+            let req = decode!(m::OffsetDeleteRequest);
+            frame(&groups::offset_delete(&svc.groups, req).await?)
+        }
+        ApiKey::DeleteRecords => {
+            let req = decode!(m::DeleteRecordsRequest);
+            frame(&records::delete_records(&svc, req).await?)
+        }
+        ApiKey::DescribeLogDirs => {
+            let req = decode!(m::DescribeLogDirsRequest);
+            frame(&records::describe_log_dirs(&svc, version, req).await?)
+        }
+        ApiKey::DescribeProducers => {
+            let req = decode!(m::DescribeProducersRequest);
+            frame(&records::describe_producers(&svc, req).await?)
+        }
+        ApiKey::InitProducerId => {
+            let req = decode!(m::InitProducerIdRequest);
+            frame(&producers::init_producer_id(&svc, version, req).await?)
+        }
+        _ => Err(RequestError::Unsupported { api, version }),
+    }
+}
+
+/// A controller refusal or failure as a Kafka error code and message.
+pub(crate) fn controller_error(e: &ControllerError) -> (i16, String) {
+    let code = match e {
+        ControllerError::Rejected(m) => m.code(),
+        ControllerError::NotAvailable(_) | ControllerError::Shutdown => NOT_CONTROLLER,
+        _ => ec::UNKNOWN_SERVER_ERROR,
+    };
+    (code, e.to_string())
+}
+
+/// Object-safe wrapper so one closure can encode any response body.
+pub(crate) trait ErasedEncodable {
+    fn encode_frame(&self, api: ApiKey, version: i16, cid: i32) -> Result<BytesMut, EncodeError>;
+}
+
+impl<T: Encodable> ErasedEncodable for T {
+    fn encode_frame(&self, api: ApiKey, version: i16, cid: i32) -> Result<BytesMut, EncodeError> {
+        encode_response(api, version, cid, self)
+    }
+}
+
+/// ApiVersions, including KIP-511's fallback: a version we do not know gets a v0 response
+/// carrying UNSUPPORTED_VERSION and our API list, so the client can retry with a version we do.
+fn api_versions(frame: Bytes, cid: i32, version: i16) -> Result<BytesMut, RequestError> {
+    let api_keys: Vec<m::api_versions_response::ApiVersion> = SUPPORTED_APIS
+        .iter()
+        .map(|(k, lo, hi)| {
+            m::api_versions_response::ApiVersion::default()
+                .with_api_key(*k as i16)
+                .with_min_version(*lo)
+                .with_max_version(*hi)
+        })
+        .collect();
+    let (lo, hi) = served_versions(ApiKey::ApiVersions).unwrap_or((0, 0));
+    if !(lo..=hi).contains(&version) {
+        let resp = m::ApiVersionsResponse::default()
+            .with_error_code(ec::UNSUPPORTED_VERSION)
+            .with_api_keys(api_keys);
+        return Ok(encode_response(ApiKey::ApiVersions, 0, cid, &resp)?);
+    }
+    let api = ApiKey::ApiVersions;
+    let malformed = |e: anyhow::Error| RequestError::Malformed {
+        api,
+        version,
+        reason: e.to_string(),
+    };
+    let mut buf = frame;
+    RequestHeader::decode(&mut buf, api.request_header_version(version)).map_err(malformed)?;
+    let req = m::ApiVersionsRequest::decode(&mut buf, version).map_err(malformed)?;
+    debug!(
+        client = req.client_software_name.as_str(),
+        version = req.client_software_version.as_str(),
+        "ApiVersions"
+    );
+    let resp = m::ApiVersionsResponse::default().with_api_keys(api_keys);
+    Ok(encode_response(api, version, cid, &resp)?)
+}
+
+/// Work for one owner shard: positions in the response, and (topic, partition, input) items.
+pub(super) type ShardWork<T> = (Vec<usize>, Vec<(String, i32, T)>);
+
+/// Groups items by owner shard, keeping each item's position so answers can be put back in
+/// request order.
+pub(super) fn group_by_shard<T>(
+    shard: &Shard,
+    items: Vec<(usize, String, i32, T)>,
+) -> HashMap<usize, ShardWork<T>> {
+    let mut groups: HashMap<usize, ShardWork<T>> = HashMap::new();
+    for (pos, topic, p, item) in items {
+        let owner = shard.ctx.owner(&topic, p);
+        let g = groups.entry(owner).or_default();
+        g.0.push(pos);
+        g.1.push((topic, p, item));
+    }
+    groups
+}
