@@ -485,3 +485,30 @@ fn high_watermark_is_checkpointed_at_shutdown() {
         assert_eq!(text, "0\n7\n", "broker {id}");
     }
 }
+
+/// A broker whose controller quorum is gone (the other voters stopped first) stops promptly:
+/// a heartbeat in flight is abandoned and the controlled-shutdown heartbeat is bounded
+/// (3 s), instead of two whole request timeouts (10 s each) spent waiting for a controller
+/// that cannot answer.
+#[test]
+fn last_broker_stops_without_waiting_for_a_lost_quorum() {
+    let mut cluster = Cluster::start("isr");
+    // Every broker registered (an RF-3 topic needs all three).
+    cluster.create_topic("lastone");
+    for id in [1, 2] {
+        let b = cluster.brokers[id - 1].as_mut().expect("running");
+        let status = b.stop_with(nix::sys::signal::Signal::SIGTERM);
+        assert!(status.success(), "broker {id} exit: {status:?}");
+    }
+    // Let broker 3 notice: its heartbeats now go unanswered.
+    std::thread::sleep(Duration::from_millis(600));
+    let b = cluster.brokers[2].as_mut().expect("running");
+    let started = Instant::now();
+    let status = b.stop_with(nix::sys::signal::Signal::SIGTERM);
+    let took = started.elapsed();
+    assert!(status.success(), "broker 3 exit: {status:?}");
+    assert!(
+        took < Duration::from_secs(8),
+        "the last broker took {took:?} to stop (the controller request timeout is 10 s)"
+    );
+}

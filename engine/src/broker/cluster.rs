@@ -25,6 +25,9 @@ use crate::controller::{
     MetadataImage as ClusterImage,
 };
 
+/// The longest a stopping broker waits for its controlled-shutdown heartbeat.
+const CONTROLLED_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Controller settings read from the broker configuration (Kafka key names).
 const CONTROLLER_KEYS: &[&str] = &[
     "controller.quorum.election.timeout.ms",
@@ -329,7 +332,11 @@ impl ClusterNode {
         }
     }
 
-    async fn heartbeat(&self, want_shutdown: bool) -> Result<bool, ControllerError> {
+    async fn heartbeat(
+        &self,
+        want_shutdown: bool,
+        timeout: Duration,
+    ) -> Result<bool, ControllerError> {
         let request = HeartbeatRequest {
             broker_id: self.node_id,
             broker_epoch: self.broker_epoch(),
@@ -337,12 +344,28 @@ impl ClusterNode {
             want_shutdown,
         };
         let sent = self.clock_ms();
-        match tokio::time::timeout(self.request_timeout, self.controller.heartbeat(request)).await {
+        match tokio::time::timeout(timeout, self.controller.heartbeat(request)).await {
             Ok(r) => r.map(|r| {
                 self.session_renewed(sent);
                 r.fenced
             }),
             Err(_) => Err(ControllerError::NotAvailable("heartbeat timed out".into())),
+        }
+    }
+
+    /// A regular heartbeat, abandoned (`None`) when the broker is asked to stop meanwhile: a
+    /// heartbeat to an unreachable controller would otherwise hold the stop for a whole
+    /// request timeout.
+    async fn heartbeat_unless_stopped(
+        &self,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<Result<bool, ControllerError>> {
+        if *stop.borrow() {
+            return None;
+        }
+        tokio::select! {
+            r = self.heartbeat(false, self.request_timeout) => Some(r),
+            _ = stop.changed() => None,
         }
     }
 
@@ -361,16 +384,17 @@ impl ClusterNode {
         loop {
             tokio::select! {
                 _ = stop.changed() => break,
-                _ = tick.tick() => match self.heartbeat(false).await {
-                    Ok(_) => {}
-                    Err(ControllerError::Rejected(e)) => {
+                _ = tick.tick() => match self.heartbeat_unless_stopped(&mut stop).await {
+                    None => break,
+                    Some(Ok(_)) => {}
+                    Some(Err(ControllerError::Rejected(e))) => {
                         // A stale epoch or unknown broker: this registration is gone.
                         warn!("heartbeat refused ({e}); registering again");
                         if !self.register(&mut stop, &listeners).await {
                             return;
                         }
                     }
-                    Err(e) => tracing::debug!("heartbeat failed: {e}"),
+                    Some(Err(e)) => tracing::debug!("heartbeat failed: {e}"),
                 },
                 changed = images.changed() => {
                     if changed.is_err() {
@@ -382,8 +406,11 @@ impl ClusterNode {
                 }
             }
         }
-        // Controlled shutdown: fenced now, so leaderships move before the process stops.
-        if let Err(e) = self.heartbeat(true).await {
+        // Controlled shutdown: fenced now, so leaderships move before the process stops. With
+        // no controller to answer (the other voters already stopped) waiting longer gains
+        // nothing: the session lapses and the controller fences this broker anyway.
+        let bound = self.request_timeout.min(CONTROLLED_SHUTDOWN_TIMEOUT);
+        if let Err(e) = self.heartbeat(true, bound).await {
             warn!("controlled shutdown heartbeat failed: {e}");
         }
     }
