@@ -480,4 +480,14 @@ mod tests {
             assert!(r.min <= *lo && *hi <= r.max, "{key:?}");
         }
     }
+
+    #[test]
+    fn every_served_api_has_its_acl_requirements() {
+        for (key, _, _) in SUPPORTED_APIS {
+            assert!(
+                crate::security::acl::required_acls(*key as i16).is_some(),
+                "{key:?} is served but missing from security::acl's table"
+            );
+        }
+    }
 }

@@ -1,8 +1,9 @@
-//! Connection security: TLS (rustls), SASL (PLAIN, SCRAM-SHA-256/512), principals, and the
-//! SCRAM credential store. The cores (`scram`, `sasl`, `principal`) are sans-IO; `tls` loads
-//! files and builds rustls configurations; the connection layer (`broker::connection`) drives
-//! them.
+//! Connection security: TLS (rustls), SASL (PLAIN, SCRAM-SHA-256/512), principals, the
+//! SCRAM credential store, and Kafka's ACL model and authorizer. The cores (`scram`, `sasl`,
+//! `principal`, `acl`) are sans-IO; `tls` loads files and builds rustls configurations; the
+//! connection layer (`broker::connection`) drives them (`acl` is not wired in yet).
 
+pub mod acl;
 pub mod credentials;
 pub mod principal;
 pub mod sasl;
