@@ -469,7 +469,7 @@ async fn load_partition(
     }
     gs.coordinator.borrow_mut().finish_loading(p, now_ms());
     debug!(
-        gs = gs.shard.id,
+        shard = gs.shard.id,
         partition = p,
         loaded,
         skipped,
@@ -506,7 +506,7 @@ pub fn on_leadership_change(gs: &Rc<Groups>, p: i32, leader_epoch: Option<i32>) 
     let s = gs.clone();
     let Some(epoch) = leader_epoch else {
         info!(
-            gs = s.shard.id,
+            shard = s.shard.id,
             partition = p,
             "no longer coordinating {OFFSETS_TOPIC} partition"
         );
@@ -541,7 +541,7 @@ pub fn on_leadership_change(gs: &Rc<Groups>, p: i32, leader_epoch: Option<i32>) 
         let (loaded, skipped) = load_partition(&s, p, Some(end), &current).await;
         if current() {
             info!(
-                gs = s.shard.id,
+                shard = s.shard.id,
                 partition = p,
                 leader_epoch = epoch,
                 end_offset = end,
