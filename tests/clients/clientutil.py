@@ -100,8 +100,10 @@ def ck_create_topic(bootstrap: str, topic: str, partitions: int, config: dict | 
     from confluent_kafka.admin import NewTopic
 
     admin = ck_admin(bootstrap)
+    # replication_factor=-1: the broker's default.replication.factor, 1 on one broker and 3 on
+    # the cluster topology (sluice_cluster.ClusterBroker), so the same test covers both.
     fut = admin.create_topics(
-        [NewTopic(topic, num_partitions=partitions, replication_factor=1, config=config or {})],
+        [NewTopic(topic, num_partitions=partitions, replication_factor=-1, config=config or {})],
         request_timeout=15,
     )[topic]
     fut.result(timeout=20)
@@ -109,7 +111,15 @@ def ck_create_topic(bootstrap: str, topic: str, partitions: int, config: dict | 
 
 
 def wait_for_partitions_ck(bootstrap: str, topic: str, partitions: int, timeout: float = 10.0) -> None:
-    """Metadata shows the topic with `partitions` partitions, each with a leader."""
+    """Metadata shows the topic with `partitions` partitions, each with a leader, and each
+    leader answers a ListOffsets for its partition without error.
+
+    The second half matters on a cluster: the broker that answers Metadata may have applied the
+    new topic before its leader has opened the partition (for a few ms the leader answers
+    NOT_LEADER_OR_FOLLOWER, a retriable error that clients retry but a test's one-shot call
+    such as get_watermark_offsets does not)."""
+    import kafka_wire as kw
+
     admin = ck_admin(bootstrap)
     deadline = time.monotonic() + timeout
     seen = None
@@ -118,10 +128,18 @@ def wait_for_partitions_ck(bootstrap: str, topic: str, partitions: int, timeout:
         t = md.topics.get(topic)
         if t is not None and t.error is None:
             seen = {p: pm.leader for p, pm in t.partitions.items()}
-            if len(seen) == partitions and all(leader >= 0 for leader in seen.values()):
-                return
+            if len(seen) == partitions and all(leader in md.brokers for leader in seen.values()):
+                errors = {}
+                for p, leader in seen.items():
+                    with kw.connect(md.brokers[leader].port, timeout=5) as s:
+                        err, _, _ = kw.list_offsets(s, topic, p, -1)
+                    if err != kw.NONE:
+                        errors[p] = err
+                if not errors:
+                    return
+                seen = f"leaders {seen}, ListOffsets errors {errors}"
         time.sleep(0.1)
-    raise AssertionError(f"topic {topic}: metadata never showed {partitions} partitions with leaders (last: {seen})")
+    raise AssertionError(f"topic {topic}: metadata never showed {partitions} served partitions with leaders (last: {seen})")
 
 
 def ck_produce(bootstrap: str, topic: str, msgs: list[Msg], acks: str = "all", codec: str = "none", **extra):
@@ -346,7 +364,8 @@ def kp_create_topic(bootstrap: str, topic: str, partitions: int, config: dict | 
     admin = kp_admin(bootstrap)
     try:
         admin.create_topics(
-            {topic: {"num_partitions": partitions, "replication_factor": 1, "configs": config or {}}},
+            # -1: default.replication.factor, as in ck_create_topic
+            {topic: {"num_partitions": partitions, "replication_factor": -1, "configs": config or {}}},
             timeout_ms=15000,
         )
     finally:

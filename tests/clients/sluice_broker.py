@@ -80,6 +80,14 @@ class Broker:
         """(host, port) of every broker a client's Metadata should list: this one."""
         return [(self.host, self.port)]
 
+    # Replicas of every partition a test creates: one here, three on a ClusterBroker.
+    replication_factor = 1
+
+    def leader_port(self, topic: str, partition: int = 0, timeout: float = 20.0) -> int:
+        """The port of the broker leading topic-partition, for raw-socket requests that only
+        the leader answers (Produce, Fetch, ListOffsets): this broker's own port."""
+        return self.port
+
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None

@@ -28,14 +28,27 @@ FAST = [
 ]
 
 
+def _unused_port(used: set[int], port: int | None = None) -> int:
+    """A free port (or `port`) not already in `used`, which it joins."""
+    while port is None or port in used:
+        port = free_port()
+    used.add(port)
+    return port
+
+
 class Cluster:
     def __init__(self, make_broker, mode: str = "isr", extra: list[str] | None = None, nodes: int = 3,
                  per_node=None, shards: int = 1):
         # Nodes 1-3 are the controller voters; any further node is a broker-only member.
         # per_node(node_id, broker) -> extra flags of that broker alone (say its own listeners).
         self.brokers = [make_broker(shards=shards, start=False) for _ in range(nodes)]
-        voters = ",".join(f"{i + 1}@127.0.0.1:{free_port()}" for i in range(3))
-        self.admin_ports = [free_port() for _ in range(nodes)]
+        # Nothing listens on these ports until the nodes start, so free_port() can hand out the
+        # same one twice (seen: a voter port equal to another node's listener): keep them apart.
+        used: set[int] = set()
+        for b in self.brokers:
+            b.port = _unused_port(used, b.port)
+        voters = ",".join(f"{i + 1}@127.0.0.1:{_unused_port(used)}" for i in range(3))
+        self.admin_ports = [_unused_port(used) for _ in range(nodes)]
         for i, b in enumerate(self.brokers):
             b.extra_args += [
                 "--node-id", str(i + 1),
@@ -181,6 +194,26 @@ class ClusterBroker:
     def nodes(self) -> list[tuple[str, int]]:
         return [(b.host, b.port) for b in self.brokers]
 
+    replication_factor = 3
+
+    def leader_port(self, topic: str, partition: int = 0, timeout: float = 20.0) -> int:
+        """The port of the broker leading topic-partition (a raw Produce, Fetch or ListOffsets
+        sent to another broker is answered NOT_LEADER_OR_FOLLOWER, as Kafka does). Waits until
+        Metadata names a leader; asks without auto-creating the topic."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                md = AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(topic, timeout=5)
+                pm = md.topics[topic].partitions.get(partition)
+                if pm is not None and pm.leader >= 0 and pm.leader in md.brokers:
+                    return md.brokers[pm.leader].port
+                last = pm
+            except Exception as e:  # a broker still starting
+                last = repr(e)
+            time.sleep(0.2)
+        raise AssertionError(f"no leader for {topic}-{partition} after {timeout}s: {last}")
+
     @property
     def data_dir(self) -> Path:
         return self.brokers[0].data_dir
@@ -219,6 +252,13 @@ class ClusterBroker:
     def stop(self) -> int:
         codes = self._all(lambda b: b.stop())
         return next((c for c in codes if c != 0), 0)
+
+    def stop_running(self) -> None:
+        """Stops every node still running, all at once (the broker fixture's teardown). One by
+        one, the last node has no controller quorum left for its controlled-shutdown heartbeat
+        and waits out the heartbeat's timeout (10 s, sometimes more) before it exits. A node
+        that died by itself is left alone, so the fixture still reports it."""
+        self._all(lambda b: b.stop() if b.alive() else None)
 
     def kill9(self) -> None:
         for b in self.brokers:
