@@ -30,9 +30,11 @@ def ctl(addr: str, *args: str, expect: int | None = 0) -> subprocess.CompletedPr
 
 
 @pytest.fixture
-def broker(make_broker, certs):  # noqa: F811
-    """A broker with SASL_SSL (SCRAM and PLAIN), SSL (client certificates required) and
-    SASL_PLAINTEXT (PLAIN only) listeners."""
+def secured_broker(make_broker, certs):  # noqa: F811
+    """One broker with SASL_SSL (SCRAM and PLAIN), SSL (client certificates required) and
+    SASL_PLAINTEXT (PLAIN only) listeners. Not the topology-parametrised `broker` fixture (a
+    fixture of that name here would run its "cluster3" cases on this one broker):
+    test_cluster_listeners.py covers SASL listeners on a three-broker cluster."""
     ports = {"SASL_SSL": free_port(), "SSL": free_port(), "SASL_PLAINTEXT": free_port()}
     b = make_broker(shards=2, start=False)
     jaas = "org.apache.kafka.common.security.plain.PlainLoginModule required " + " ".join(
@@ -61,14 +63,14 @@ def addr(b, listener: str) -> str:
     return f"127.0.0.1:{b.ports[listener]}"
 
 
-def test_sluicectl_sasl_ssl_scram_with_flags_and_a_command_config(broker, certs, tmp_path, topic_name):  # noqa: F811
+def test_sluicectl_sasl_ssl_scram_with_flags_and_a_command_config(secured_broker, certs, tmp_path, topic_name):  # noqa: F811
     user, pw = SCRAM_USERS["SCRAM-SHA-512"]
     flags = ["-X", "security.protocol=SASL_SSL", "-X", "sasl.mechanisms=SCRAM-SHA-512",
              "-X", f"sasl.username={user}", "-X", f"sasl.password={pw}",
              "-X", f"ssl.ca.location={certs / 'ca.pem'}"]
-    ctl(addr(broker, "SASL_SSL"), *flags, "topics", "create", topic_name, "--partitions", "2")
+    ctl(addr(secured_broker, "SASL_SSL"), *flags, "topics", "create", topic_name, "--partitions", "2")
     p = subprocess.run(
-        [str(sluicectl_binary()), "--bootstrap", addr(broker, "SASL_SSL"), *flags, "produce", topic_name],
+        [str(sluicectl_binary()), "--bootstrap", addr(secured_broker, "SASL_SSL"), *flags, "produce", topic_name],
         input="one\ntwo\nthree\n", capture_output=True, text=True, timeout=60,
     )
     assert p.returncode == 0, p.stderr
@@ -83,41 +85,41 @@ def test_sluicectl_sasl_ssl_scram_with_flags_and_a_command_config(broker, certs,
         "ssl.truststore.type=PEM\n"
         f"ssl.truststore.location={certs / 'ca.pem'}\n"
     )
-    out = ctl(addr(broker, "SASL_SSL"), "--command-config", str(props), "consume", topic_name,
+    out = ctl(addr(secured_broker, "SASL_SSL"), "--command-config", str(props), "consume", topic_name,
               "--from-beginning", "--max-messages", "3", "--timeout-ms", "10000").stdout
     assert sorted(out.split()) == ["one", "three", "two"]
-    desc = ctl(addr(broker, "SASL_SSL"), "--command-config", str(props), "cluster", "describe").stdout
+    desc = ctl(addr(secured_broker, "SASL_SSL"), "--command-config", str(props), "cluster", "describe").stdout
     # Metadata advertises the listener the client came through.
-    assert f"{broker.ports['SASL_SSL']}" in desc, desc
+    assert f"{secured_broker.ports['SASL_SSL']}" in desc, desc
 
 
-def test_sluicectl_ssl_client_certificate(broker, certs, topic_name):  # noqa: F811
+def test_sluicectl_ssl_client_certificate(secured_broker, certs, topic_name):  # noqa: F811
     base = ["-X", "security.protocol=SSL", "-X", f"ssl.ca.location={certs / 'ca.pem'}"]
     good = [*base, "-X", f"ssl.certificate.location={certs / 'client.pem'}",
             "-X", f"ssl.key.location={certs / 'client.key'}"]
-    ctl(addr(broker, "SSL"), *good, "topics", "create", topic_name, "--partitions", "1")
-    assert topic_name in ctl(addr(broker, "SSL"), *good, "topics", "list").stdout.split()
+    ctl(addr(secured_broker, "SSL"), *good, "topics", "create", topic_name, "--partitions", "1")
+    assert topic_name in ctl(addr(secured_broker, "SSL"), *good, "topics", "list").stdout.split()
     # The same with a PEM keystore (key and chain in one file).
     ks = [*base, "-X", "ssl.keystore.type=PEM", "-X", f"ssl.keystore.location={certs / 'client.keystore.pem'}"]
-    assert topic_name in ctl(addr(broker, "SSL"), *ks, "topics", "list").stdout.split()
+    assert topic_name in ctl(addr(secured_broker, "SSL"), *ks, "topics", "list").stdout.split()
     # No client certificate on a listener that requires one: refused, not a hang.
-    ctl(addr(broker, "SSL"), *base, "topics", "list", expect=3)
+    ctl(addr(secured_broker, "SSL"), *base, "topics", "list", expect=3)
     # A CA that did not sign the broker's certificate.
-    p = ctl(addr(broker, "SSL"), "-X", "security.protocol=SSL", "-X", f"ssl.ca.location={certs / 'rogue-ca.pem'}",
+    p = ctl(addr(secured_broker, "SSL"), "-X", "security.protocol=SSL", "-X", f"ssl.ca.location={certs / 'rogue-ca.pem'}",
             "topics", "list", expect=3)
     assert "TLS" in p.stderr, p.stderr
 
 
-def test_sasl_plain_with_sluicectl_confluent_and_kafka_python(broker, topic_name):
+def test_sasl_plain_with_sluicectl_confluent_and_kafka_python(secured_broker, topic_name):
     user = "dave"
-    ctl(addr(broker, "SASL_PLAINTEXT"), "-X", "security.protocol=SASL_PLAINTEXT", "-X", "sasl.mechanism=PLAIN",
+    ctl(addr(secured_broker, "SASL_PLAINTEXT"), "-X", "security.protocol=SASL_PLAINTEXT", "-X", "sasl.mechanism=PLAIN",
         "-X", f"sasl.username={user}", "-X", f"sasl.password={PLAIN_USERS[user]}", "topics", "list")
     conf = {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN",
             "sasl.username": "carol", "sasl.password": PLAIN_USERS["carol"]}
-    ck_round_trip(addr(broker, "SASL_PLAINTEXT"), conf, topic_name)
+    ck_round_trip(addr(secured_broker, "SASL_PLAINTEXT"), conf, topic_name)
 
     from kafka import KafkaConsumer
-    c = KafkaConsumer(topic_name, bootstrap_servers=addr(broker, "SASL_PLAINTEXT"), security_protocol="SASL_PLAINTEXT",
+    c = KafkaConsumer(topic_name, bootstrap_servers=addr(secured_broker, "SASL_PLAINTEXT"), security_protocol="SASL_PLAINTEXT",
                       sasl_mechanism="PLAIN", sasl_plain_username="carol", sasl_plain_password=PLAIN_USERS["carol"],
                       auto_offset_reset="earliest", consumer_timeout_ms=10000)
     try:
@@ -127,20 +129,20 @@ def test_sasl_plain_with_sluicectl_confluent_and_kafka_python(broker, topic_name
     assert len(got) >= 20, got
 
 
-def test_sluicectl_refusals(broker, certs):  # noqa: F811
+def test_sluicectl_refusals(secured_broker, certs):  # noqa: F811
     sasl = ["-X", "security.protocol=SASL_PLAINTEXT", "-X", "sasl.mechanism=PLAIN", "-X", "sasl.username=carol"]
-    p = ctl(addr(broker, "SASL_PLAINTEXT"), *sasl, "-X", "sasl.password=wrong", "topics", "list", expect=1)
+    p = ctl(addr(secured_broker, "SASL_PLAINTEXT"), *sasl, "-X", "sasl.password=wrong", "topics", "list", expect=1)
     assert "SASL_AUTHENTICATION_FAILED" in p.stderr, p.stderr
     assert "wrong" not in p.stderr
     # SCRAM is not offered on this listener: the error lists what is.
-    p = ctl(addr(broker, "SASL_PLAINTEXT"), "-X", "security.protocol=SASL_PLAINTEXT", "-X", "sasl.mechanism=SCRAM-SHA-256",
+    p = ctl(addr(secured_broker, "SASL_PLAINTEXT"), "-X", "security.protocol=SASL_PLAINTEXT", "-X", "sasl.mechanism=SCRAM-SHA-256",
             "-X", "sasl.username=alice", "-X", "sasl.password=alice-secret", "topics", "list", expect=1)
     assert "UNSUPPORTED_SASL_MECHANISM" in p.stderr and "PLAIN" in p.stderr, p.stderr
     # A misspelt property is a usage error, not a silent downgrade.
-    p = ctl(addr(broker, "SASL_PLAINTEXT"), *sasl, "-X", "sasl.pasword=x", "topics", "list", expect=2)
+    p = ctl(addr(secured_broker, "SASL_PLAINTEXT"), *sasl, "-X", "sasl.pasword=x", "topics", "list", expect=2)
     assert "sasl.pasword" in p.stderr, p.stderr
-    p = ctl(addr(broker, "SASL_SSL"), "-X", "security.protocol=SASL_SSL", "-X", "sasl.mechanism=PLAIN",
+    p = ctl(addr(secured_broker, "SASL_SSL"), "-X", "security.protocol=SASL_SSL", "-X", "sasl.mechanism=PLAIN",
             "-X", "sasl.username=carol", "-X", "sasl.password=carol-secret", "topics", "list", expect=2)
     assert "ssl.ca.location" in p.stderr, p.stderr
     # The broker still serves good clients.
-    ctl(addr(broker, "SASL_PLAINTEXT"), *sasl, "-X", f"sasl.password={PLAIN_USERS['carol']}", "topics", "list")
+    ctl(addr(secured_broker, "SASL_PLAINTEXT"), *sasl, "-X", f"sasl.password={PLAIN_USERS['carol']}", "topics", "list")
