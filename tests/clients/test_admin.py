@@ -40,6 +40,7 @@ def _ck_topics(admin) -> dict:
 # ============================================================================ confluent-kafka
 
 
+@pytest.mark.cluster_ci
 def test_confluent_topic_lifecycle(broker, topic_name):
     """create (incl. errors and validate_only) -> list -> describe -> add partitions -> use the
     new partition -> delete -> gone; deleting again is UNKNOWN_TOPIC_OR_PARTITION; recreating
@@ -102,6 +103,7 @@ def test_confluent_topic_lifecycle(broker, topic_name):
         cons.close()
 
 
+@pytest.mark.cluster_ci
 def test_confluent_describe_cluster(broker):
     """DescribeCluster (or Metadata, whichever the client picks) names every broker (this single
     node, or the three of a cluster) and a controller among them."""
@@ -119,6 +121,7 @@ def _ck_describe(admin, topic: str) -> dict:
     return fut.result(timeout=20)
 
 
+@pytest.mark.cluster_ci
 def test_confluent_describe_and_incremental_alter_configs(broker, topic_name):
     """DescribeConfigs shows topic configs with their source; a creation-time override and an
     IncrementalAlterConfigs SET show as DYNAMIC_TOPIC_CONFIG; DELETE returns to the default;
@@ -300,6 +303,7 @@ def test_log_configs_apply_live_segment_bytes_and_retention(make_broker, topic_n
         assert fp.error_code == kw.NONE and kw.parse_batches(fp.records or b"")[0].base_offset <= lo
 
 
+@pytest.mark.cluster_ci
 def test_kafka_python_create_topic_with_broker_defaults(broker, topic_name):
     """CreateTopics with num_partitions=-1 and replication_factor=-1 uses num.partitions (1)."""
     admin = kp_admin(broker.bootstrap)
@@ -312,6 +316,7 @@ def test_kafka_python_create_topic_with_broker_defaults(broker, topic_name):
         admin.close()
 
 
+@pytest.mark.cluster_ci
 def test_delete_topic_by_id(broker, topic_name):
     """Topics have UUIDs (Metadata v10+); DeleteTopics by id (v6+) deletes the right topic."""
     import uuid

@@ -107,6 +107,7 @@ def test_every_bad_input_case_on_one_cluster(make_broker):
         assert_still_serving(cluster, case)
 
 
+@pytest.mark.cluster_ci
 def test_produce_corrupt_batch_is_rejected_not_stored(broker, topic_name):
     """A Produce whose record batch fails its CRC gets an error (CORRUPT_MESSAGE or
     INVALID_RECORD) or a closed connection, and nothing of it becomes readable."""
@@ -118,7 +119,7 @@ def test_produce_corrupt_batch_is_rejected_not_stored(broker, topic_name):
     body = kw.string(None) + kw.i16(1) + kw.i32(5000) + kw.array(
         [kw.string(topic_name) + kw.array([kw.i32(0) + kw.i32(len(batch)) + bytes(batch)])]
     )
-    with kw.connect(broker.port) as s:
+    with kw.connect(broker.leader_port(topic_name)) as s:
         s.sendall(kw.request(kw.PRODUCE, 3, 9, body))
         try:
             corr, resp = kw.read_response(s)
@@ -129,7 +130,7 @@ def test_produce_corrupt_batch_is_rejected_not_stored(broker, topic_name):
             assert err in (kw.CORRUPT_MESSAGE, 87), f"corrupt batch: error {err}, base offset {base}"  # 87 = INVALID_RECORD
         except kw.ConnectionClosed:
             pass
-        with kw.connect(broker.port) as s2:
+        with kw.connect(broker.leader_port(topic_name)) as s2:
             fp = kw.fetch(s2, topic_name, 0, 0, correlation_id=10)
             assert fp.error_code == kw.NONE and fp.high_watermark == 0, f"corrupt batch stored: hw {fp.high_watermark}"
     assert_still_serving(broker, "corrupt batch")
@@ -150,16 +151,18 @@ def _valid_batch() -> bytes:
     return kw.i64(0) + kw.i32(len(body)) + body
 
 
+@pytest.mark.cluster_ci
 def test_valid_raw_produce_is_accepted(broker, topic_name):
     """The hand-built batch used above is valid (so the corrupt-batch test tests the CRC)."""
     from clientutil import ck_create_topic
 
     ck_create_topic(broker.bootstrap, topic_name, 1)
     batch = _valid_batch()
-    body = kw.string(None) + kw.i16(1) + kw.i32(5000) + kw.array(
+    # acks=-1: the fetch below reads up to the high watermark, which on RF 3 acks=1 does not wait for.
+    body = kw.string(None) + kw.i16(-1) + kw.i32(5000) + kw.array(
         [kw.string(topic_name) + kw.array([kw.i32(0) + kw.i32(len(batch)) + batch])]
     )
-    with kw.connect(broker.port) as s:
+    with kw.connect(broker.leader_port(topic_name)) as s:
         resp = kw.roundtrip(s, kw.PRODUCE, 3, 11, body)
         r = kw.Reader(resp)
         [(name, [(p, err, base, _)])] = r.array(lambda rr: (rr.string(), rr.array(lambda x: (x.i32(), x.i16(), x.i64(), x.i64()))))

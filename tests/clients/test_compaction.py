@@ -141,6 +141,7 @@ def test_compaction_keeps_latest_per_key(make_broker, topic_name):
     assert [(m.offset, m.key, m.value) for m in again] == [(m.offset, m.key, m.value) for m in got]
 
 
+@pytest.mark.cluster_ci
 @pytest.mark.timeout(60)
 def test_compacted_topic_refuses_keyless_records(broker, topic_name):
     from confluent_kafka import KafkaError, Producer

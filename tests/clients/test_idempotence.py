@@ -28,8 +28,8 @@ def assert_batches_idempotent_and_in_sequence(broker, topic: str, partitions: in
     """Read every stored batch header with a raw Fetch: each batch carries a producer id, and
     per (producer id, epoch) the sequences run on without overlap or hole: the proof that the
     client really produced idempotently and the broker stored each batch once."""
-    with kw.connect(broker.port) as sock:
-        for p in range(partitions):
+    for p in range(partitions):
+        with kw.connect(broker.leader_port(topic, p)) as sock:  # each partition from its leader
             offset, hw, headers = 0, None, []
             while hw is None or offset < hw:
                 part = kw.fetch(sock, topic, p, offset, max_wait_ms=0)
@@ -129,6 +129,7 @@ def test_confluent_idempotent_producer_across_kill9_restart(make_broker, topic_n
     assert_batches_idempotent_and_in_sequence(broker, topic_name, PARTITIONS)
 
 
+@pytest.mark.cluster_ci
 @pytest.mark.timeout(60)
 def test_kafka_python_idempotent_producer(broker, topic_name):
     ck_create_topic(broker.bootstrap, topic_name, PARTITIONS)

@@ -43,15 +43,18 @@ def test_kcat_version_is_the_old_client():
     assert "librdkafka 2.0." in out, out
 
 
+@pytest.mark.cluster_ci
 def test_kcat_metadata(broker, topic_name):
-    """`kcat -L` lists this broker at its advertised 127.0.0.1:port and the topic with its
-    partitions, each led by this broker with it as the only replica and ISR."""
+    """`kcat -L` lists every broker of the topology at its advertised 127.0.0.1:port and the
+    topic with its partitions, each led by one of them with replication-factor replicas (this
+    broker alone on one node, three on the cluster), all in the ISR."""
     ck_create_topic(broker.bootstrap, topic_name, 4)
     md = json.loads(kcat_ok("-b", broker.bootstrap, "-L", "-J"))
     brokers = md["brokers"]
-    assert len(brokers) == 1, brokers
-    node = brokers[0]["id"]
-    assert brokers[0]["name"] == broker.bootstrap, f"advertised {brokers[0]['name']}, listening on {broker.bootstrap}"
+    names = sorted(b["name"] for b in brokers)
+    assert names == sorted(f"{h}:{p}" for h, p in broker.nodes), f"advertised {names}, listening on {broker.nodes}"
+    ids = {b["id"] for b in brokers}
+    assert len(ids) == len(brokers), brokers
     topics = {t["topic"]: t for t in md["topics"]}
     assert topic_name in topics, f"{topic_name} missing from {sorted(topics)}"
     t = topics[topic_name]
@@ -59,9 +62,10 @@ def test_kcat_metadata(broker, topic_name):
     parts = sorted(t["partitions"], key=lambda p: p["partition"])
     assert [p["partition"] for p in parts] == [0, 1, 2, 3]
     for p in parts:
-        assert p["leader"] == node, p
-        assert [r["id"] for r in p["replicas"]] == [node], p
-        assert [r["id"] for r in p["isrs"]] == [node], p
+        replicas = [r["id"] for r in p["replicas"]]
+        assert len(replicas) == broker.replication_factor and set(replicas) <= ids, p
+        assert p["leader"] in replicas, p
+        assert sorted(r["id"] for r in p["isrs"]) == sorted(replicas), p
     text = kcat_ok("-b", broker.bootstrap, "-L", "-t", topic_name)
     assert f'topic "{topic_name}" with 4 partitions' in text, text
 
@@ -125,7 +129,7 @@ def test_kcat_100k_keyed_messages(make_broker, topic_name, tmp_path, zero_copy):
     assert len(set(key_partition.values())) == partitions, "keys did not spread over every partition"
 
 
-@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", pytest.param("zstd", marks=pytest.mark.cluster_ci)])
 def test_kcat_compressed_produce_and_partial_consume(broker, topic_name, tmp_path, codec):
     """kcat -z CODEC produces compressed batches the broker accepts; kcat reads them back, also
     from an absolute offset on one partition (-p 0 -o 250)."""
@@ -144,6 +148,7 @@ def test_kcat_compressed_produce_and_partial_consume(broker, topic_name, tmp_pat
     assert tail == [(str(o), k, v) for o, k, v in p0[250:]], "kcat -p 0 -o 250 did not return offsets 250.. of partition 0"
 
 
+@pytest.mark.cluster_ci
 def test_kcat_reads_what_confluent_wrote(broker, topic_name):
     """Messages from a current librdkafka (confluent-kafka, zstd, headers, CreateTime) are read by
     librdkafka 2.0.2 with keys, values, timestamps and headers intact."""
@@ -170,6 +175,7 @@ def test_kcat_reads_what_confluent_wrote(broker, topic_name):
         assert norm == want, f"partition {p}: kcat read differs from what confluent-kafka wrote"
 
 
+@pytest.mark.cluster_ci
 def test_kcat_consume_from_timestamp(broker, topic_name):
     """`kcat -o s@TS` (ListOffsets by timestamp from librdkafka 2.0.2) starts at the first
     message whose timestamp is >= TS."""

@@ -7,6 +7,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 import kafka_wire as kw
 from clientutil import ck_admin, ck_consumer, ck_create_topic, ck_produce, make_messages
 
@@ -57,6 +59,7 @@ def test_api_versions_unknown_version_gets_v0_fallback(broker):
         assert kw.api_versions(s, correlation_id=56, version=0).error_code == kw.NONE
 
 
+@pytest.mark.cluster_ci
 def test_pipelined_requests_answered_in_order(broker, topic_name):
     """Twenty requests written at once, the first a Fetch that long-polls 600 ms: the responses
     come back in request order, the fast ones not overtaking the parked fetch."""
@@ -72,7 +75,7 @@ def test_pipelined_requests_answered_in_order(broker, topic_name):
         else:
             reqs.append(kw.request(kw.FETCH, 4, corr, kw.fetch_body_v4(topic_name, 1, 0, max_wait_ms=0, min_bytes=0)))
         corrs.append(corr)
-    with kw.connect(broker.port) as s:
+    with kw.connect(broker.leader_port(topic_name, 0)) as s:
         t0 = time.monotonic()
         s.sendall(b"".join(reqs))
         got = []
@@ -84,9 +87,10 @@ def test_pipelined_requests_answered_in_order(broker, topic_name):
     assert took >= 0.4, f"the parked fetch was answered after {took:.2f}s, before its max.wait.ms with no data"
 
 
+@pytest.mark.cluster_ci
 def test_fetch_long_poll_waits_then_wakes_on_produce(broker, topic_name):
     ck_create_topic(broker.bootstrap, topic_name, 1)
-    with kw.connect(broker.port) as s:
+    with kw.connect(broker.leader_port(topic_name)) as s:
         t0 = time.monotonic()
         fp = kw.fetch(s, topic_name, 0, 0, max_wait_ms=800, min_bytes=1)
         took = time.monotonic() - t0
@@ -110,10 +114,12 @@ def test_fetch_long_poll_waits_then_wakes_on_produce(broker, topic_name):
         assert result["took"] < 4.0, f"fetch parked for {result['took']:.2f}s despite a produce after 0.5s"
 
 
+@pytest.mark.cluster_ci
 def test_fetch_out_of_range_offset(broker, topic_name):
     ck_create_topic(broker.bootstrap, topic_name, 1)
-    ck_produce(broker.bootstrap, topic_name, make_messages(10, 1, seed=62), acks="1")
-    with kw.connect(broker.port) as s:
+    # acks=all: a Fetch reads below the high watermark, which on RF 3 acks=1 does not wait for.
+    ck_produce(broker.bootstrap, topic_name, make_messages(10, 1, seed=62), acks="all")
+    with kw.connect(broker.leader_port(topic_name)) as s:
         fp = kw.fetch(s, topic_name, 0, 10**9, max_wait_ms=0)
         assert fp.error_code == kw.OFFSET_OUT_OF_RANGE, f"fetch at 1e9: error {fp.error_code}"
         fp = kw.fetch(s, topic_name, 0, -5, correlation_id=4, max_wait_ms=0)
@@ -124,6 +130,7 @@ def test_fetch_out_of_range_offset(broker, topic_name):
         assert fp.error_code == kw.UNKNOWN_TOPIC_OR_PARTITION, f"unknown topic: error {fp.error_code}"
 
 
+@pytest.mark.cluster_ci
 def test_metadata_auto_creates_topics_with_default_partitions(broker, topic_name):
     """Metadata v1 for an unknown topic auto-creates it with num.partitions (default 1);
     a consumer's metadata request (allow_auto_topic_creation=false) does not."""
@@ -148,18 +155,21 @@ def test_metadata_auto_creates_topics_with_default_partitions(broker, topic_name
     assert ghost not in ck_admin(broker.bootstrap).list_topics(timeout=10).topics
 
 
+@pytest.mark.cluster_ci
 def test_producing_to_a_new_topic_auto_creates_it(broker, topic_name):
     msgs = make_messages(50, 1, seed=63)
     reports = ck_produce(broker.bootstrap, topic_name, msgs, acks="all")
     assert sorted(off for _, off in reports) == list(range(50))
 
 
+@pytest.mark.cluster_ci
 def test_fetch_max_bytes_smaller_than_a_batch_still_makes_progress(broker, topic_name):
     """KIP-74 (Fetch v3+): when the first batch at the fetch offset is larger than max_bytes
     the broker still returns that whole batch, so a consumer can always make progress."""
     ck_create_topic(broker.bootstrap, topic_name, 1)
-    ck_produce(broker.bootstrap, topic_name, make_messages(300, 1, seed=64), acks="1", **{"linger.ms": 50})
-    with kw.connect(broker.port) as s:
+    # acks=all: a Fetch reads below the high watermark, which on RF 3 acks=1 does not wait for.
+    ck_produce(broker.bootstrap, topic_name, make_messages(300, 1, seed=64), acks="all", **{"linger.ms": 50})
+    with kw.connect(broker.leader_port(topic_name)) as s:
         fp = kw.fetch(s, topic_name, 0, 0, max_wait_ms=0, max_bytes=1)
         assert fp.error_code == kw.NONE
         batches = kw.parse_batches(fp.records or b"")
@@ -171,6 +181,7 @@ def test_fetch_max_bytes_smaller_than_a_batch_still_makes_progress(broker, topic
         assert total == 300, f"a 1 MiB fetch returned {total} of 300 records"
 
 
+@pytest.mark.cluster_ci
 def test_produce_acks_0_sends_no_response(broker, topic_name):
     """acks=0: the broker answers nothing, so the next response on the connection belongs to
     the next request; the data is still appended."""
@@ -181,7 +192,7 @@ def test_produce_acks_0_sends_no_response(broker, topic_name):
     body = kw.string(None) + kw.i16(0) + kw.i32(5000) + kw.array(
         [kw.string(topic_name) + kw.array([kw.i32(0) + kw.i32(len(batch)) + batch])]
     )
-    with kw.connect(broker.port) as s:
+    with kw.connect(broker.leader_port(topic_name)) as s:
         s.sendall(kw.request(kw.PRODUCE, 3, 31, body) + kw.api_versions_request(0, 32))
         corr, _ = kw.read_response(s)
         assert corr == 32, f"first response has correlation id {corr}: acks=0 Produce was answered"
@@ -202,12 +213,14 @@ def test_advertised_listener_is_what_metadata_returns(make_broker):
     assert [(b[1], b[2]) for b in md.brokers] == [("localhost", broker.port)], md.brokers
 
 
+@pytest.mark.cluster_ci
 def test_fetch_min_bytes_waits_for_more_data(broker, topic_name):
     """min.bytes above what is available: the fetch waits out max.wait.ms, then returns what
     there is; min.bytes=1 with data available returns at once."""
     ck_create_topic(broker.bootstrap, topic_name, 1)
-    ck_produce(broker.bootstrap, topic_name, make_messages(5, 1, seed=65), acks="1")
-    with kw.connect(broker.port) as s:
+    # acks=all: a Fetch reads below the high watermark, which on RF 3 acks=1 does not wait for.
+    ck_produce(broker.bootstrap, topic_name, make_messages(5, 1, seed=65), acks="all")
+    with kw.connect(broker.leader_port(topic_name)) as s:
         t0 = time.monotonic()
         fp = kw.fetch(s, topic_name, 0, 0, max_wait_ms=700, min_bytes=10 << 20)
         took = time.monotonic() - t0

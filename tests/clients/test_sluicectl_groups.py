@@ -86,6 +86,7 @@ def _committed(desc: dict, topic: str) -> dict[int, int | None]:
     return {o["partition"]: o["committed_offset"] for o in desc["offsets"] if o["topic"] == topic}
 
 
+@pytest.mark.cluster_ci
 def test_groups_describe_reset_delete_with_a_live_consumer(broker, topic_name):
     ctl(broker, "topics", "create", topic_name, "--partitions", "6")
     lines = "".join(f"key-{i}:value-{i}\n" for i in range(60))
@@ -165,6 +166,7 @@ def test_groups_describe_reset_delete_with_a_live_consumer(broker, topic_name):
     assert group in gone.stderr
 
 
+@pytest.mark.cluster_ci
 def test_console_consumer_with_group_commits_its_position(broker, topic_name):
     ctl(broker, "topics", "create", topic_name, "--partitions", "1")
     ctl(broker, "produce", topic_name, stdin="".join(f"m{i}\n" for i in range(10)))
