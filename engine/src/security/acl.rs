@@ -28,21 +28,21 @@
 //! binding is identified by its value, and adding one that exists is a no-op, as in Kafka's
 //! `AclControlManager`.
 //!
-//! Not done yet (every authenticated principal still may do everything, see
-//! `docs/security.md`): calling the authorizer from the request path (`broker::connection` or
-//! the handlers, with [`required_acls`] as the guide), keeping the bindings in the cluster
-//! metadata (Kafka's `AccessControlEntryRecord`/`RemoveAccessControlEntryRecord`) so every
-//! broker has the same set, the CreateAcls/DescribeAcls/DeleteAcls handlers, the
-//! `authorizer.class.name`/`super.users`/`allow.everyone.if.no.acl.found` configuration keys,
-//! "may this principal do X on some resource of a type" (Kafka's `authorizeByResourceType`,
-//! needed by InitProducerId without a transactional id) and the authorized-operations bit sets
-//! of Metadata, DescribeCluster and DescribeGroups.
+//! Wired in: the bindings live in the cluster metadata image (`controller::MetadataCommand`'s
+//! `CreateAcls`/`DeleteAcls`, serialised with serde), the broker keeps `super.users` and
+//! `allow.everyone.if.no.acl.found` in an [`Authorizer`] without bindings and asks
+//! [`Authorizer::decide_with`] over the image's set (`broker::api::acls`).
+//!
+//! Not done yet (see `docs/security.md`): "may this principal do X on some resource of a
+//! type" (Kafka's `authorizeByResourceType`, needed by InitProducerId without a transactional
+//! id) and the authorized-operations bit sets of Metadata, DescribeCluster and DescribeGroups.
 
 use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 
 use kafka_protocol::messages::ApiKey;
+use serde::{Deserialize, Serialize};
 
 /// Kafka's INVALID_REQUEST error code, the code of every validation failure here.
 pub const INVALID_REQUEST: i16 = 42;
@@ -99,7 +99,7 @@ macro_rules! wire_enum {
         { $( $(#[$vmeta:meta])* $var:ident = $code:literal, $text:literal; )+ }
     ) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         pub enum $ty {
             $( $(#[$vmeta])* $var, )+
         }
@@ -257,7 +257,7 @@ fn invalid(message: String) -> AclError {
 }
 
 /// The resources an ACL applies to: a type, a name and how the name is matched.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ResourcePattern {
     /// The resource type (not ANY or UNKNOWN in a valid binding).
     pub resource_type: ResourceType,
@@ -294,7 +294,7 @@ impl ResourcePattern {
 }
 
 /// Who may (or may not) do what from where: the second half of a binding.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct AccessControlEntry {
     /// `Type:name`, e.g. `User:alice`; `User:*` for every principal.
     pub principal: String,
@@ -324,7 +324,7 @@ impl AccessControlEntry {
 }
 
 /// One ACL: a resource pattern and an entry.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct AclBinding {
     /// The resources.
     pub pattern: ResourcePattern,
@@ -410,7 +410,7 @@ impl AclBinding {
 }
 
 /// Selects resource patterns, as Kafka's `ResourcePatternFilter`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ResourcePatternFilter {
     /// ANY, or the type a pattern must have.
     pub resource_type: ResourceType,
@@ -468,7 +468,7 @@ impl ResourcePatternFilter {
 
 /// Selects entries, as Kafka's `AccessControlEntryFilter`: each field is absent/ANY or must
 /// be equal (there is no MATCH for entries: `User:*` selects the `User:*` entries only).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct AccessControlEntryFilter {
     /// `None` matches every principal.
     pub principal: Option<String>,
@@ -508,7 +508,7 @@ impl AccessControlEntryFilter {
 }
 
 /// The filter of DescribeAcls and of each DeleteAcls filter.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct AclBindingFilter {
     /// Selects the pattern.
     pub pattern: ResourcePatternFilter,
@@ -723,12 +723,34 @@ impl Authorizer {
         resource_type: ResourceType,
         resource_name: &str,
     ) -> Decision {
+        self.decide_with(
+            &self.bindings,
+            principal,
+            host,
+            operation,
+            resource_type,
+            resource_name,
+        )
+    }
+
+    /// [`Self::decide`] over `bindings` instead of this authorizer's own (a broker keeps its
+    /// `super.users` and `allow.everyone.if.no.acl.found` here and reads the bindings from
+    /// the cluster metadata image).
+    pub fn decide_with(
+        &self,
+        bindings: &BTreeSet<AclBinding>,
+        principal: &str,
+        host: &str,
+        operation: AclOperation,
+        resource_type: ResourceType,
+        resource_name: &str,
+    ) -> Decision {
         if self.is_super_user(principal) {
             return Decision::SuperUser;
         }
         let mut resource_has_acls = false;
         let mut allow = None;
-        for b in self.of_type(resource_type) {
+        for b in of_type(bindings, resource_type) {
             if !b.pattern.applies_to(resource_type, resource_name) {
                 continue;
             }
@@ -756,14 +778,17 @@ impl Authorizer {
             },
         }
     }
+}
 
-    /// The bindings whose pattern has this resource type (contiguous in the set's order).
-    fn of_type(&self, resource_type: ResourceType) -> impl Iterator<Item = &AclBinding> {
-        self.bindings
-            .iter()
-            .skip_while(move |b| b.pattern.resource_type < resource_type)
-            .take_while(move |b| b.pattern.resource_type == resource_type)
-    }
+/// The bindings whose pattern has this resource type (contiguous in the set's order).
+fn of_type(
+    bindings: &BTreeSet<AclBinding>,
+    resource_type: ResourceType,
+) -> impl Iterator<Item = &AclBinding> {
+    bindings
+        .iter()
+        .skip_while(move |b| b.pattern.resource_type < resource_type)
+        .take_while(move |b| b.pattern.resource_type == resource_type)
 }
 
 /// Where an operation is checked.
