@@ -106,6 +106,21 @@ pub const BROKER_KEYS: &[(&str, &str, &str)] = &[
         "SASL session lifetime; a connection must re-authenticate within it (0 = no limit)",
     ),
     (
+        "authorizer.class.name",
+        "",
+        "ACL authorizer: empty = none (every principal may do everything); org.apache.kafka.metadata.authorizer.StandardAuthorizer (or kafka.security.authorizer.AclAuthorizer) = ACLs from the cluster metadata",
+    ),
+    (
+        "super.users",
+        "",
+        "principals allowed everything when an authorizer is on, `;`-separated (User:admin;User:ANONYMOUS)",
+    ),
+    (
+        "allow.everyone.if.no.acl.found",
+        "false",
+        "with an authorizer: allow an operation on a resource no ACL names",
+    ),
+    (
         "log.dirs",
         "./data",
         "data directory (one directory; the first of a comma list)",
@@ -470,11 +485,20 @@ pub struct BrokerConfig {
     pub log_level: String,
     /// `log.format` is `json`.
     pub log_json: bool,
+    /// The authorizer's settings (`super.users`, `allow.everyone.if.no.acl.found`; its
+    /// bindings come from the cluster metadata) when `authorizer.class.name` turns it on;
+    /// `None`: every principal may do everything.
+    pub authorizer: Option<crate::security::acl::Authorizer>,
     /// Every resolved key as a string, for DescribeConfigs and topic-config defaults.
     pub raw: BTreeMap<String, String>,
     /// Where each key's value came from.
     pub sources: BTreeMap<String, ConfigSource>,
 }
+
+/// Kafka's KRaft authorizer class: ACLs in the cluster metadata.
+pub const STANDARD_AUTHORIZER: &str = "org.apache.kafka.metadata.authorizer.StandardAuthorizer";
+/// The ZooKeeper-era class name, accepted as the same authorizer.
+pub const ACL_AUTHORIZER: &str = "kafka.security.authorizer.AclAuthorizer";
 
 /// Where a configuration value came from (reported by DescribeConfigs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -772,6 +796,26 @@ impl BrokerConfig {
             "json" => true,
             other => return Err(invalid("log.format", other, "expected text or json")),
         };
+        let authorizer = match get("authorizer.class.name").trim() {
+            "" => None,
+            STANDARD_AUTHORIZER | ACL_AUTHORIZER => {
+                let allow = parse_bool(
+                    "allow.everyone.if.no.acl.found",
+                    get("allow.everyone.if.no.acl.found"),
+                )?;
+                Some(
+                    crate::security::acl::Authorizer::from_config(get("super.users"), allow)
+                        .map_err(|e| invalid("super.users", get("super.users"), &e.message))?,
+                )
+            }
+            other => {
+                return Err(invalid(
+                    "authorizer.class.name",
+                    other,
+                    "expected empty (no authorization) or org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+                ))
+            }
+        };
         let cfg = BrokerConfig {
             node_id,
             listen,
@@ -789,6 +833,7 @@ impl BrokerConfig {
             admin_listener,
             log_level: get("log.level").trim().to_string(),
             log_json,
+            authorizer,
             raw,
             sources,
         };
