@@ -2,9 +2,10 @@
 listener (`admin` is a super user, `alice` and `bob` are not) and a PLAINTEXT listener whose
 clients are `User:ANONYMOUS`.
 
-CreateAcls/DescribeAcls/DeleteAcls through confluent-kafka's AdminClient, produce with
-confluent-kafka, consume with kafka-python (no group: assign), and raw requests on the
-PLAINTEXT listener for the exact error codes.
+CreateAcls/DescribeAcls/DeleteAcls through confluent-kafka's AdminClient (and kafka-python's),
+produce with confluent-kafka, consume with kafka-python (assign, and as a group), and raw
+requests on the PLAINTEXT listener for the exact error codes. The last test runs three brokers
+with `User:ANONYMOUS` (the PLAINTEXT inter-broker listener) as a super user.
 """
 
 from __future__ import annotations
@@ -272,3 +273,87 @@ def test_kafka_python_admin_acls_and_not_yet_authorised_apis(acl_broker, topic_n
     assert with_bob.error is None
     errs = produce(ab, "bob", topic_name, n=1)
     assert errs and is_topic_auth_error(errs[0]), errs
+
+
+def test_consumer_group_needs_group_and_topic_acls(acl_broker, topic_name):
+    """A kafka-python group consumer: READ on the topic is not enough, READ on the group is
+    needed too (GROUP_AUTHORIZATION_FAILED); with both it consumes and commits."""
+    from kafka import KafkaConsumer
+    from kafka.errors import GroupAuthorizationFailedError
+
+    ab = acl_broker
+    group = f"g-{topic_name}"
+    create_topic(ab, topic_name)
+    assert produce(ab, "admin", topic_name) == []
+    create_acls(ab, [binding(topic_name, "User:alice", "READ")])
+
+    def group_consume(n: int):
+        c = KafkaConsumer(topic_name, **ab.kp_conf("alice"), group_id=group, auto_offset_reset="earliest",
+                          enable_auto_commit=False)
+        try:
+            got: list[bytes] = []
+            deadline = time.monotonic() + 20
+            while len(got) < n and time.monotonic() < deadline:
+                for recs in c.poll(timeout_ms=300).values():
+                    got += [r.value for r in recs]
+            c.commit()
+            return got
+        finally:
+            c.close()
+
+    with pytest.raises(GroupAuthorizationFailedError):
+        group_consume(3)
+    create_acls(ab, [binding(group, "User:alice", "READ", rtype="GROUP")])
+    assert group_consume(3) == [b"admin-0", b"admin-1", b"admin-2"]
+    # The committed offset is there for the group (OffsetFetch, DESCRIBE on group and topic).
+    from kafka import TopicPartition
+
+    c = KafkaConsumer(**ab.kp_conf("alice"), group_id=group, enable_auto_commit=False)
+    try:
+        assert c.committed(TopicPartition(topic_name, 0)) == 3
+    finally:
+        c.close()
+
+
+def test_cluster_brokers_share_acls_and_replicate_with_anonymous_super_user(make_broker, topic_name):
+    """Three brokers with an authorizer and the PLAINTEXT inter-broker listener's
+    User:ANONYMOUS in super.users (as docs/security.md says): followers still replicate (they
+    need CLUSTER_ACTION), and an ACL created through one broker is seen by the others."""
+    from sluice_cluster import Cluster
+
+    cluster = Cluster(make_broker, extra=[
+        "--set", "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "--set", "super.users=User:ANONYMOUS",
+    ])
+    cluster.create_topic(topic_name, rf=3)
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": cluster.bootstrap(), "acks": "all"})
+    for i in range(5):
+        p.produce(topic_name, value=f"v{i}".encode())
+    assert p.flush(20) == 0
+    cluster.wait_partition(topic_name, "ISR of 3 with an authorizer on", lambda leader, replicas, isr: len(isr) == 3)
+    a1 = AdminClientFor(cluster.broker(1).bootstrap)
+    for f in a1.create_acls([binding(topic_name, "User:carol", "READ")], request_timeout=15).values():
+        f.result(timeout=15)
+    from confluent_kafka.admin import AclBindingFilter, AclOperation, AclPermissionType, ResourcePatternType, ResourceType
+
+    flt = AclBindingFilter(ResourceType.TOPIC, topic_name, ResourcePatternType.ANY, None, None,
+                           AclOperation.ANY, AclPermissionType.ANY)
+    for node in (2, 3):
+        a = AdminClientFor(cluster.broker(node).bootstrap)
+        deadline = time.monotonic() + 10
+        seen = []
+        while time.monotonic() < deadline and not seen:
+            seen = a.describe_acls(flt, request_timeout=15).result(timeout=15)
+            time.sleep(0.1)
+        assert [b.principal for b in seen] == ["User:carol"], node
+
+
+def AdminClientFor(bootstrap: str):
+    from confluent_kafka.admin import AdminClient
+
+    key = (bootstrap, "plaintext")
+    if key not in _ADMINS:
+        _ADMINS[key] = AdminClient({"bootstrap.servers": bootstrap})
+    return _ADMINS[key]
