@@ -33,9 +33,9 @@
 //! `allow.everyone.if.no.acl.found` in an [`Authorizer`] without bindings and asks
 //! [`Authorizer::decide_with`] over the image's set (`broker::api::acls`).
 //!
-//! Not done yet (see `docs/security.md`): "may this principal do X on some resource of a
-//! type" (Kafka's `authorizeByResourceType`, needed by InitProducerId without a transactional
-//! id) and the authorized-operations bit sets of Metadata, DescribeCluster and DescribeGroups.
+//! [`Authorizer::decide_by_type_with`] is Kafka's `authorizeByResourceType` (InitProducerId
+//! without a transactional id). Not done yet (see `docs/security.md`): the authorized-operations
+//! bit sets of Metadata, DescribeCluster and DescribeGroups.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -778,6 +778,74 @@ impl Authorizer {
             },
         }
     }
+
+    /// May `principal` do `operation` on *some* resource of `resource_type` (Kafka's
+    /// `authorizeByResourceType`, asked by InitProducerId without a transactional id: WRITE
+    /// on some topic)? As Kafka's default implementation: allowed when a check of a made-up
+    /// resource named `hardcode` is (a super user, or `allow.everyone.if.no.acl.found` with no
+    /// ACL applying to it); denied by a matching literal `*` DENY; else allowed when some
+    /// matching ALLOW (of exactly this operation or ALL) is not dominated by a DENY (a literal
+    /// ALLOW by a DENY of the same name or of a prefix of it, a prefixed ALLOW by a prefixed
+    /// DENY of a prefix of it).
+    pub fn decide_by_type_with(
+        &self,
+        bindings: &BTreeSet<AclBinding>,
+        principal: &str,
+        host: &str,
+        operation: AclOperation,
+        resource_type: ResourceType,
+    ) -> bool {
+        if self
+            .decide_with(
+                bindings,
+                principal,
+                host,
+                operation,
+                resource_type,
+                "hardcode",
+            )
+            .is_allowed()
+        {
+            return true;
+        }
+        let mut deny_literals = BTreeSet::new();
+        let mut deny_prefixes = BTreeSet::new();
+        let mut allow_literals = BTreeSet::new();
+        let mut allow_prefixes = BTreeSet::new();
+        for b in of_type(bindings, resource_type) {
+            let e = &b.entry;
+            if (e.principal != principal && e.principal != WILDCARD_PRINCIPAL)
+                || (e.host != host && e.host != WILDCARD)
+                || (e.operation != operation && e.operation != AclOperation::All)
+            {
+                continue;
+            }
+            let name = b.pattern.name.as_str();
+            match (e.permission, b.pattern.pattern_type) {
+                (AclPermissionType::Deny, PatternType::Literal) if name == WILDCARD => {
+                    return false
+                }
+                (AclPermissionType::Deny, PatternType::Literal) => {
+                    deny_literals.insert(name);
+                }
+                (AclPermissionType::Deny, PatternType::Prefixed) => {
+                    deny_prefixes.insert(name);
+                }
+                (AclPermissionType::Allow, PatternType::Literal) => {
+                    allow_literals.insert(name);
+                }
+                (AclPermissionType::Allow, PatternType::Prefixed) => {
+                    allow_prefixes.insert(name);
+                }
+                _ => {}
+            }
+        }
+        let prefix_denied = |name: &str| deny_prefixes.iter().any(|p| name.starts_with(p));
+        allow_literals
+            .iter()
+            .any(|a| *a == WILDCARD || (!deny_literals.contains(a) && !prefix_denied(a)))
+            || allow_prefixes.iter().any(|a| !prefix_denied(a))
+    }
 }
 
 /// The bindings whose pattern has this resource type (contiguous in the set's order).
@@ -801,8 +869,8 @@ pub enum On {
     /// others are served.
     Each(ResourceType),
     /// Some resource of this type, whatever its name: Kafka's `authorizeByResourceType` (allowed
-    /// when some ALLOW of the principal on that type is not cancelled by a DENY). Not
-    /// evaluated by [`Authorizer`] yet.
+    /// when some ALLOW of the principal on that type is not cancelled by a DENY):
+    /// [`Authorizer::decide_by_type_with`].
     SomeOfType(ResourceType),
 }
 
@@ -1121,6 +1189,51 @@ mod tests {
             a.add(b.clone()).unwrap();
         }
         a
+    }
+
+    #[test]
+    fn by_resource_type_follows_kafkas_default_rules() {
+        use AclOperation::{Read, Write};
+        let by_type = |a: &Authorizer, principal: &str| {
+            a.decide_by_type_with(&a.bindings, principal, "10.0.0.1", Write, Rt::Topic)
+        };
+        // No ACL: allow.everyone.if.no.acl.found decides; a super user always may.
+        assert!(!by_type(&Authorizer::new(Vec::new(), false), "User:a"));
+        assert!(by_type(&Authorizer::new(Vec::new(), true), "User:a"));
+        assert!(by_type(
+            &Authorizer::new(vec!["User:root".to_string()], false),
+            "User:root"
+        ));
+        // An ALLOW of another operation does not count; one of WRITE does.
+        let a = authorizer(&[topic_acl("t", Literal, "User:a", Read, Allow)]);
+        assert!(!by_type(&a, "User:a"));
+        let a = authorizer(&[topic_acl("t", Literal, "User:a", Write, Allow)]);
+        assert!(by_type(&a, "User:a"));
+        assert!(!by_type(&a, "User:b"));
+        // A DENY of the same name or of a prefix dominates; a DENY elsewhere does not.
+        let a = authorizer(&[
+            topic_acl("team.t", Literal, "User:a", Write, Allow),
+            topic_acl("team.", Prefixed, "User:a", Write, Deny),
+        ]);
+        assert!(!by_type(&a, "User:a"));
+        let a = authorizer(&[
+            topic_acl("team.t", Literal, "User:a", Write, Allow),
+            topic_acl("other", Literal, "User:a", Write, Deny),
+        ]);
+        assert!(by_type(&a, "User:a"));
+        // A prefixed ALLOW under a shorter prefixed DENY is dominated; a literal `*` DENY
+        // denies everything.
+        let a = authorizer(&[
+            topic_acl("team.a", Prefixed, "User:a", Write, Allow),
+            topic_acl("team.", Prefixed, "User:a", Write, Deny),
+        ]);
+        assert!(!by_type(&a, "User:a"));
+        let a = authorizer(&[
+            topic_acl("t", Literal, "User:*", AclOperation::All, Allow),
+            topic_acl("*", Literal, "User:a", Write, Deny),
+        ]);
+        assert!(!by_type(&a, "User:a"));
+        assert!(by_type(&a, "User:b"));
     }
 
     const ALICE: &str = "User:alice";
