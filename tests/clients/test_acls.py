@@ -235,9 +235,10 @@ def test_prefixed_acl_metadata_hides_topics_and_super_user(acl_broker, topic_nam
     assert len(admin(ab).describe_acls(any_filter, request_timeout=15).result(timeout=15)) == 2
 
 
-def test_kafka_python_admin_acls_and_not_yet_authorised_apis(acl_broker, topic_name):
-    """kafka-python's admin client creates and lists ACLs too; an API not authorised yet is
-    served to super users only."""
+def test_kafka_python_admin_acls_idempotent_producer_and_admin_apis(acl_broker, topic_name):
+    """kafka-python's admin client creates and lists ACLs too; an idempotent producer needs
+    WRITE on some topic (InitProducerId); cluster-level admin APIs need DESCRIBE on the
+    cluster; group APIs answer GROUP_AUTHORIZATION_FAILED."""
     from kafka import KafkaAdminClient
     from kafka.admin import ACL, ACLFilter, ACLOperation, ACLPermissionType, ResourcePattern, ResourceType
     from kafka.admin import ResourcePatternFilter, ACLResourcePatternType
@@ -254,15 +255,28 @@ def test_kafka_python_admin_acls_and_not_yet_authorised_apis(acl_broker, topic_n
                         ResourcePatternFilter(ResourceType.TOPIC, topic_name, ACLResourcePatternType.ANY))
         acls, err = a.describe_acls(flt)
         assert [x.operation for x in acls] == [ACLOperation.DESCRIBE], (acls, err)
-        # DescribeLogDirs is not authorised yet: the super user is served...
-        a.describe_log_dirs()
+        # DescribeLogDirs: the super user sees this broker's log dir...
+        assert a.describe_log_dirs()
     finally:
         a.close()
-    # ...anyone else has the connection closed.
     with kw.connect(ab.b.port) as s:
-        with pytest.raises(kw.ConnectionClosed):
-            kw.roundtrip(s, 35, 1, 9, kw.i32(-1))  # DescribeLogDirs v1, every topic
-    assert "DescribeLogDirs is not authorised yet" in ab.b.log_text()
+        # ...User:ANONYMOUS gets an empty answer (no DESCRIBE on the cluster), as in Kafka.
+        r = kw.Reader(kw.roundtrip(s, 35, 1, 9, kw.i32(-1)))  # DescribeLogDirs v1, every topic
+        r.i32()  # throttle
+        assert r.i32() == 0
+        # InitProducerId without a transactional id: no IDEMPOTENT_WRITE, no WRITE anywhere.
+        r = kw.Reader(kw.roundtrip(s, 22, 0, 10, kw.string(None) + kw.i32(60000)))
+        r.i32()  # throttle
+        assert r.i16() == CLUSTER_AUTHORIZATION_FAILED
+    # An idempotent producer of a principal that may write the topic gets its producer id.
+    create_acls(ab, [binding(topic_name, "User:alice", "WRITE")])
+    from confluent_kafka import Producer
+
+    p = Producer({**ab.conf("alice"), "enable.idempotence": True, "message.timeout.ms": 8000})
+    errors: list = []
+    for i in range(3):
+        p.produce(topic_name, value=b"idem", on_delivery=lambda err, msg: errors.append(err))
+    assert p.flush(15) == 0 and errors == [None] * 3, errors
     # Group APIs are authorised: GROUP_AUTHORIZATION_FAILED (30) without a GROUP ACL.
     with kw.connect(ab.b.port) as s:
         r = kw.Reader(kw.roundtrip(s, 10, 1, 11, kw.string("some-group") + kw.i8(0)))  # FindCoordinator v1

@@ -149,6 +149,11 @@ pub fn is_authorised_api(api: ApiKey) -> bool {
             | ApiKey::CreatePartitions
             | ApiKey::DescribeConfigs
             | ApiKey::IncrementalAlterConfigs
+            | ApiKey::DeleteRecords
+            | ApiKey::DescribeLogDirs
+            | ApiKey::DescribeProducers
+            | ApiKey::InitProducerId
+            | ApiKey::DescribeQuorum
     )
 }
 
@@ -829,4 +834,139 @@ pub async fn incremental_alter_configs(
     let mut resp = super::configs::incremental_alter_configs(svc, node, req).await;
     resp.responses.extend(denied);
     resp
+}
+
+// ------------------------------------------------------------------ records, producers, quorum
+
+impl Authz<'_> {
+    /// May the principal do `operation` on some resource of `resource_type` (Kafka's
+    /// `authorizeByResourceType`)? Always true without an authorizer.
+    pub fn allows_some(&self, operation: AclOperation, resource_type: ResourceType) -> bool {
+        self.policy.is_none_or(|p| {
+            p.decide_by_type_with(
+                &self.image.acls,
+                &self.principal,
+                &self.host,
+                operation,
+                resource_type,
+            )
+        })
+    }
+}
+
+/// InitProducerId: WRITE on the transactional id when there is one (else
+/// TRANSACTIONAL_ID_AUTHORIZATION_FAILED); without one, IDEMPOTENT_WRITE on the cluster or
+/// WRITE on some topic (else CLUSTER_AUTHORIZATION_FAILED).
+pub async fn init_producer_id(
+    svc: &Rc<Services>,
+    version: i16,
+    req: m::InitProducerIdRequest,
+) -> Result<m::InitProducerIdResponse, super::RequestError> {
+    let authz = Authz::current(svc);
+    let denied = match &req.transactional_id {
+        Some(id) => (!authz.allows(
+            AclOperation::Write,
+            ResourceType::TransactionalId,
+            id.as_str(),
+        ))
+        .then_some(TRANSACTIONAL_ID_AUTHORIZATION_FAILED),
+        None => (!authz.allows_cluster(AclOperation::IdempotentWrite)
+            && !authz.allows_some(AclOperation::Write, ResourceType::Topic))
+        .then_some(CLUSTER_AUTHORIZATION_FAILED),
+    };
+    if let Some(code) = denied {
+        return Ok(m::InitProducerIdResponse::default()
+            .with_error_code(code)
+            .with_producer_id(m::ProducerId(-1))
+            .with_producer_epoch(-1));
+    }
+    super::producers::init_producer_id(svc, version, req).await
+}
+
+/// DeleteRecords: DELETE on each topic; the others' partitions are answered
+/// TOPIC_AUTHORIZATION_FAILED.
+pub async fn delete_records(
+    svc: &Rc<Services>,
+    mut req: m::DeleteRecordsRequest,
+) -> Result<m::DeleteRecordsResponse, super::RequestError> {
+    let authz = Authz::current(svc);
+    let (ok, denied): (Vec<_>, Vec<_>) = std::mem::take(&mut req.topics)
+        .into_iter()
+        .partition(|t| authz.allows_topic(AclOperation::Delete, t.name.as_str()));
+    let mut resp = super::records::delete_records(svc, req.with_topics(ok)).await?;
+    resp.topics.extend(denied.into_iter().map(|t| {
+        m::delete_records_response::DeleteRecordsTopicResult::default()
+            .with_name(t.name)
+            .with_partitions(
+                t.partitions
+                    .iter()
+                    .map(|p| {
+                        m::delete_records_response::DeleteRecordsPartitionResult::default()
+                            .with_partition_index(p.partition_index)
+                            .with_low_watermark(-1)
+                            .with_error_code(TOPIC_AUTHORIZATION_FAILED)
+                    })
+                    .collect(),
+            )
+    }));
+    Ok(resp)
+}
+
+/// DescribeProducers: READ on each topic; the others' partitions are answered
+/// TOPIC_AUTHORIZATION_FAILED.
+pub async fn describe_producers(
+    svc: &Rc<Services>,
+    mut req: m::DescribeProducersRequest,
+) -> Result<m::DescribeProducersResponse, super::RequestError> {
+    let authz = Authz::current(svc);
+    let (ok, denied): (Vec<_>, Vec<_>) = std::mem::take(&mut req.topics)
+        .into_iter()
+        .partition(|t| authz.allows_topic(AclOperation::Read, t.name.as_str()));
+    let mut resp = super::records::describe_producers(svc, req.with_topics(ok)).await?;
+    resp.topics.extend(denied.into_iter().map(|t| {
+        m::describe_producers_response::TopicResponse::default()
+            .with_name(t.name)
+            .with_partitions(
+                t.partition_indexes
+                    .iter()
+                    .map(|p| {
+                        m::describe_producers_response::PartitionResponse::default()
+                            .with_partition_index(*p)
+                            .with_error_code(TOPIC_AUTHORIZATION_FAILED)
+                    })
+                    .collect(),
+            )
+    }));
+    Ok(resp)
+}
+
+/// DescribeLogDirs: DESCRIBE on the cluster; without it the answer is empty (with
+/// CLUSTER_AUTHORIZATION_FAILED from v3, which has the field), as in Kafka.
+pub async fn describe_log_dirs(
+    svc: &Rc<Services>,
+    version: i16,
+    req: m::DescribeLogDirsRequest,
+) -> Result<m::DescribeLogDirsResponse, super::RequestError> {
+    if !Authz::current(svc).allows_cluster(AclOperation::Describe) {
+        let resp = m::DescribeLogDirsResponse::default();
+        return Ok(if version >= 3 {
+            resp.with_error_code(CLUSTER_AUTHORIZATION_FAILED)
+        } else {
+            resp
+        });
+    }
+    Ok(super::records::describe_log_dirs(svc, version, req).await?)
+}
+
+/// DescribeQuorum: DESCRIBE on the cluster, else CLUSTER_AUTHORIZATION_FAILED.
+pub async fn describe_quorum(
+    svc: &Rc<Services>,
+    node: &ClusterNode,
+    version: i16,
+    req: m::DescribeQuorumRequest,
+) -> m::DescribeQuorumResponse {
+    if !Authz::current(svc).allows_cluster(AclOperation::Describe) {
+        return m::DescribeQuorumResponse::default().with_error_code(CLUSTER_AUTHORIZATION_FAILED);
+    }
+    super::quorum::describe_quorum(node, version, req).await
 }

@@ -233,7 +233,7 @@ pub async fn handle_request(
         ApiKey::DescribeQuorum => {
             let req = decode!(m::DescribeQuorumRequest);
             let node = svc.shard.ctx.metadata.cluster_node().clone();
-            frame(&quorum::describe_quorum(&node, version, req).await)
+            frame(&acls::describe_quorum(&svc, &node, version, req).await)
         }
         ApiKey::FindCoordinator => {
             let req = decode!(m::FindCoordinatorRequest);
@@ -310,15 +310,15 @@ pub async fn handle_request(
         }
         ApiKey::DeleteRecords => {
             let req = decode!(m::DeleteRecordsRequest);
-            frame(&records::delete_records(&svc, req).await?)
+            frame(&acls::delete_records(&svc, req).await?)
         }
         ApiKey::DescribeLogDirs => {
             let req = decode!(m::DescribeLogDirsRequest);
-            frame(&records::describe_log_dirs(&svc, version, req).await?)
+            frame(&acls::describe_log_dirs(&svc, version, req).await?)
         }
         ApiKey::DescribeProducers => {
             let req = decode!(m::DescribeProducersRequest);
-            frame(&records::describe_producers(&svc, req).await?)
+            frame(&acls::describe_producers(&svc, req).await?)
         }
         ApiKey::CreateAcls => {
             let req = decode!(m::CreateAclsRequest);
@@ -336,7 +336,7 @@ pub async fn handle_request(
         }
         ApiKey::InitProducerId => {
             let req = decode!(m::InitProducerIdRequest);
-            frame(&producers::init_producer_id(&svc, version, req).await?)
+            frame(&acls::init_producer_id(&svc, version, req).await?)
         }
         _ => Err(RequestError::Unsupported { api, version }),
     }
