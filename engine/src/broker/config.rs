@@ -673,6 +673,26 @@ impl BrokerConfig {
             sources.insert("log.retention.ms".into(), src);
         }
         let cfg = Self::from_raw(raw, sources)?;
+        let clustered = !cfg
+            .raw
+            .get("controller.quorum.voters")
+            .is_none_or(|v| v.trim().is_empty());
+        if clustered
+            && cfg
+                .authorizer
+                .as_ref()
+                .is_some_and(|a| !a.is_super_user(crate::security::principal::ANONYMOUS))
+        {
+            // Brokers reach each other on the PLAINTEXT inter-broker listener as
+            // User:ANONYMOUS; as in Kafka, that principal needs its rights (docs/security.md).
+            warnings.push(
+                "authorizer.class.name is set in a cluster but super.users does not name \
+                 User:ANONYMOUS, the principal of the PLAINTEXT inter-broker listener: follower \
+                 fetches and forwarded requests between brokers will be refused unless ACLs \
+                 allow them"
+                    .to_string(),
+            );
+        }
         Ok((cfg, warnings))
     }
 
@@ -1044,6 +1064,51 @@ mod tests {
             resolve(Some("= broken"), &[], &[]),
             Err(ConfigError::Toml(_))
         ));
+    }
+
+    #[test]
+    fn authorizer_keys() {
+        let resolve = |flags: &[(&str, &str)]| {
+            let flags: Vec<(String, String)> = flags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            BrokerConfig::resolve(None, Vec::new(), &flags)
+        };
+        let (c, _) = resolve(&[]).unwrap();
+        assert!(c.authorizer.is_none(), "off by default");
+        for class in [STANDARD_AUTHORIZER, ACL_AUTHORIZER] {
+            let (c, w) = resolve(&[
+                ("authorizer.class.name", class),
+                ("super.users", "User:admin; User:ops"),
+            ])
+            .unwrap();
+            let a = c.authorizer.expect("on");
+            assert!(a.is_super_user("User:admin") && a.is_super_user("User:ops"));
+            assert!(w.is_empty(), "{w:?}");
+        }
+        let e = resolve(&[("authorizer.class.name", "com.example.Custom")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("authorizer.class.name"), "{e}");
+        let e = resolve(&[
+            ("authorizer.class.name", STANDARD_AUTHORIZER),
+            ("super.users", "admin"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("super.users"), "{e}");
+        // In a cluster, the inter-broker principal must be a super user, or a warning says so.
+        let voters = ("controller.quorum.voters", "1@127.0.0.1:9093");
+        let (_, w) = resolve(&[("authorizer.class.name", STANDARD_AUTHORIZER), voters]).unwrap();
+        assert!(w.iter().any(|w| w.contains("User:ANONYMOUS")), "{w:?}");
+        let (_, w) = resolve(&[
+            ("authorizer.class.name", STANDARD_AUTHORIZER),
+            ("super.users", "User:ANONYMOUS"),
+            voters,
+        ])
+        .unwrap();
+        assert!(w.is_empty(), "{w:?}");
     }
 
     #[test]
