@@ -681,3 +681,153 @@ fn find_coordinator_is_served_and_names_this_broker_for_groups() {
     );
     assert_eq!(r.coordinators[0].error_code, 15);
 }
+
+fn acl_creation(
+    resource_type: i8,
+    name: &str,
+    pattern_type: i8,
+    principal: &str,
+    operation: i8,
+) -> create_acls_request::AclCreation {
+    create_acls_request::AclCreation::default()
+        .with_resource_type(resource_type)
+        .with_resource_name(StrBytes::from_string(name.into()))
+        .with_resource_pattern_type(pattern_type)
+        .with_principal(StrBytes::from_string(principal.into()))
+        .with_host(StrBytes::from_static_str("*"))
+        .with_operation(operation)
+        .with_permission_type(3) // ALLOW
+}
+
+fn describe_all_acls(c: &mut Client) -> DescribeAclsResponse {
+    c.request(
+        3,
+        &DescribeAclsRequest::default()
+            .with_resource_type_filter(1) // ANY
+            .with_resource_name_filter(None)
+            .with_pattern_type_filter(1) // ANY
+            .with_principal_filter(None)
+            .with_host_filter(None)
+            .with_operation(1)
+            .with_permission_type(1),
+    )
+}
+
+/// ACLs over the protocol on one broker with an authorizer: CreateAcls (one invalid
+/// creation refused alone), DescribeAcls grouped by resource, enforcement on Produce and
+/// Metadata, DeleteAcls, and the bindings surviving a restart (they are in the metadata log).
+#[test]
+fn acls_are_created_enforced_deleted_and_survive_a_restart() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    // Without a super user, `allow.everyone.if.no.acl.found` lets User:ANONYMOUS (this
+    // PLAINTEXT client) create the first ACLs.
+    let flags = [
+        "--set",
+        "authorizer.class.name=kafka.security.authorizer.AclAuthorizer",
+        "--set",
+        "allow.everyone.if.no.acl.found=true",
+    ];
+    let mut broker = Broker::start_in(&dir, &flags, &[]);
+    let mut c = broker.client();
+    for t in ["guarded", "open"] {
+        assert_eq!(metadata(&mut c, 12, &[t], true).topics[0].error_code, 0);
+    }
+    let (topic, prefixed, literal, cluster) = (2, 4, 3, 4);
+    let r: CreateAclsResponse = c.request(
+        3,
+        &CreateAclsRequest::default().with_creations(vec![
+            acl_creation(cluster, "kafka-cluster", literal, "User:ANONYMOUS", 7), // ALTER
+            acl_creation(cluster, "kafka-cluster", literal, "User:ANONYMOUS", 8), // DESCRIBE
+            acl_creation(cluster, "not-the-cluster", literal, "User:ANONYMOUS", 8),
+            acl_creation(topic, "guar", prefixed, "User:alice", 3), // READ
+        ]),
+    );
+    let codes: Vec<i16> = r.results.iter().map(|r| r.error_code).collect();
+    assert_eq!(codes, vec![0, 0, 42, 0]);
+    let d = describe_all_acls(&mut c);
+    assert_eq!(d.error_code, 0);
+    let shape: Vec<(i8, String, usize)> = d
+        .resources
+        .iter()
+        .map(|r| (r.resource_type, r.resource_name.to_string(), r.acls.len()))
+        .collect();
+    assert_eq!(
+        shape,
+        vec![
+            (topic, "guar".to_string(), 1),
+            (cluster, "kafka-cluster".to_string(), 2)
+        ]
+    );
+    // "guarded" now has an ACL that is not ANONYMOUS': produce and describe are refused;
+    // "open" has none, and allow.everyone.if.no.acl.found lets it through.
+    let p = produce(&mut c, 9, -1, "guarded", 0, batch("x", 1, 0)).expect("response");
+    assert_eq!(p.responses[0].partition_responses[0].error_code, 29);
+    let p = produce(&mut c, 9, -1, "open", 0, batch("x", 1, 0)).expect("response");
+    assert_eq!(p.responses[0].partition_responses[0].error_code, 0);
+    assert_eq!(
+        metadata(&mut c, 12, &["guarded"], false).topics[0].error_code,
+        29
+    );
+    let all: MetadataResponse = c.request(12, &MetadataRequest::default().with_topics(None));
+    let names: Vec<String> = all
+        .topics
+        .iter()
+        .filter_map(|t| t.name.as_ref().map(|n| n.to_string()))
+        .collect();
+    assert!(names.contains(&"open".to_string()), "{names:?}");
+    assert!(!names.contains(&"guarded".to_string()), "{names:?}");
+    // The bindings are in the metadata log: a restart keeps them.
+    broker.stop_with(nix::sys::signal::Signal::SIGTERM);
+    drop(c);
+    let broker = Broker::start_in(&dir, &flags, &[]);
+    let mut c = broker.client();
+    assert_eq!(describe_all_acls(&mut c).resources.len(), 2);
+    assert_eq!(
+        metadata(&mut c, 12, &["guarded"], false).topics[0].error_code,
+        29
+    );
+    // DeleteAcls by filter: the topic ACL goes, and "guarded" is open again.
+    let r: DeleteAclsResponse = c.request(
+        3,
+        &DeleteAclsRequest::default().with_filters(vec![
+            delete_acls_request::DeleteAclsFilter::default()
+                .with_resource_type_filter(topic)
+                .with_resource_name_filter(None)
+                .with_principal_filter(None)
+                .with_host_filter(None)
+                .with_pattern_type_filter(1) // ANY
+                .with_operation(1)
+                .with_permission_type(1),
+        ]),
+    );
+    assert_eq!(r.filter_results[0].error_code, 0);
+    assert_eq!(r.filter_results[0].matching_acls.len(), 1);
+    assert_eq!(
+        r.filter_results[0].matching_acls[0].principal.to_string(),
+        "User:alice"
+    );
+    assert_eq!(
+        metadata(&mut c, 12, &["guarded"], false).topics[0].error_code,
+        0
+    );
+    let p = produce(&mut c, 9, -1, "guarded", 0, batch("y", 1, 0)).expect("response");
+    assert_eq!(p.responses[0].partition_responses[0].error_code, 0);
+}
+
+/// An unknown `authorizer.class.name` stops the broker at start-up with the key named.
+#[test]
+fn unknown_authorizer_class_is_a_start_up_error() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .args(["--set", "authorizer.class.name=com.example.MyAuthorizer"])
+        .output()
+        .expect("run sluice");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("authorizer.class.name"), "{err}");
+}

@@ -106,6 +106,21 @@ pub const BROKER_KEYS: &[(&str, &str, &str)] = &[
         "SASL session lifetime; a connection must re-authenticate within it (0 = no limit)",
     ),
     (
+        "authorizer.class.name",
+        "",
+        "ACL authorizer: empty = none (every principal may do everything); org.apache.kafka.metadata.authorizer.StandardAuthorizer (or kafka.security.authorizer.AclAuthorizer) = ACLs from the cluster metadata",
+    ),
+    (
+        "super.users",
+        "",
+        "principals allowed everything when an authorizer is on, `;`-separated (User:admin;User:ANONYMOUS)",
+    ),
+    (
+        "allow.everyone.if.no.acl.found",
+        "false",
+        "with an authorizer: allow an operation on a resource no ACL names",
+    ),
+    (
         "log.dirs",
         "./data",
         "data directory (one directory; the first of a comma list)",
@@ -470,11 +485,20 @@ pub struct BrokerConfig {
     pub log_level: String,
     /// `log.format` is `json`.
     pub log_json: bool,
+    /// The authorizer's settings (`super.users`, `allow.everyone.if.no.acl.found`; its
+    /// bindings come from the cluster metadata) when `authorizer.class.name` turns it on;
+    /// `None`: every principal may do everything.
+    pub authorizer: Option<crate::security::acl::Authorizer>,
     /// Every resolved key as a string, for DescribeConfigs and topic-config defaults.
     pub raw: BTreeMap<String, String>,
     /// Where each key's value came from.
     pub sources: BTreeMap<String, ConfigSource>,
 }
+
+/// Kafka's KRaft authorizer class: ACLs in the cluster metadata.
+pub const STANDARD_AUTHORIZER: &str = "org.apache.kafka.metadata.authorizer.StandardAuthorizer";
+/// The ZooKeeper-era class name, accepted as the same authorizer.
+pub const ACL_AUTHORIZER: &str = "kafka.security.authorizer.AclAuthorizer";
 
 /// Where a configuration value came from (reported by DescribeConfigs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -649,6 +673,26 @@ impl BrokerConfig {
             sources.insert("log.retention.ms".into(), src);
         }
         let cfg = Self::from_raw(raw, sources)?;
+        let clustered = !cfg
+            .raw
+            .get("controller.quorum.voters")
+            .is_none_or(|v| v.trim().is_empty());
+        if clustered
+            && cfg
+                .authorizer
+                .as_ref()
+                .is_some_and(|a| !a.is_super_user(crate::security::principal::ANONYMOUS))
+        {
+            // Brokers reach each other on the PLAINTEXT inter-broker listener as
+            // User:ANONYMOUS; as in Kafka, that principal needs its rights (docs/security.md).
+            warnings.push(
+                "authorizer.class.name is set in a cluster but super.users does not name \
+                 User:ANONYMOUS, the principal of the PLAINTEXT inter-broker listener: follower \
+                 fetches and forwarded requests between brokers will be refused unless ACLs \
+                 allow them"
+                    .to_string(),
+            );
+        }
         Ok((cfg, warnings))
     }
 
@@ -772,6 +816,26 @@ impl BrokerConfig {
             "json" => true,
             other => return Err(invalid("log.format", other, "expected text or json")),
         };
+        let authorizer = match get("authorizer.class.name").trim() {
+            "" => None,
+            STANDARD_AUTHORIZER | ACL_AUTHORIZER => {
+                let allow = parse_bool(
+                    "allow.everyone.if.no.acl.found",
+                    get("allow.everyone.if.no.acl.found"),
+                )?;
+                Some(
+                    crate::security::acl::Authorizer::from_config(get("super.users"), allow)
+                        .map_err(|e| invalid("super.users", get("super.users"), &e.message))?,
+                )
+            }
+            other => {
+                return Err(invalid(
+                    "authorizer.class.name",
+                    other,
+                    "expected empty (no authorization) or org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+                ))
+            }
+        };
         let cfg = BrokerConfig {
             node_id,
             listen,
@@ -789,6 +853,7 @@ impl BrokerConfig {
             admin_listener,
             log_level: get("log.level").trim().to_string(),
             log_json,
+            authorizer,
             raw,
             sources,
         };
@@ -999,6 +1064,51 @@ mod tests {
             resolve(Some("= broken"), &[], &[]),
             Err(ConfigError::Toml(_))
         ));
+    }
+
+    #[test]
+    fn authorizer_keys() {
+        let resolve = |flags: &[(&str, &str)]| {
+            let flags: Vec<(String, String)> = flags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            BrokerConfig::resolve(None, Vec::new(), &flags)
+        };
+        let (c, _) = resolve(&[]).unwrap();
+        assert!(c.authorizer.is_none(), "off by default");
+        for class in [STANDARD_AUTHORIZER, ACL_AUTHORIZER] {
+            let (c, w) = resolve(&[
+                ("authorizer.class.name", class),
+                ("super.users", "User:admin; User:ops"),
+            ])
+            .unwrap();
+            let a = c.authorizer.expect("on");
+            assert!(a.is_super_user("User:admin") && a.is_super_user("User:ops"));
+            assert!(w.is_empty(), "{w:?}");
+        }
+        let e = resolve(&[("authorizer.class.name", "com.example.Custom")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("authorizer.class.name"), "{e}");
+        let e = resolve(&[
+            ("authorizer.class.name", STANDARD_AUTHORIZER),
+            ("super.users", "admin"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("super.users"), "{e}");
+        // In a cluster, the inter-broker principal must be a super user, or a warning says so.
+        let voters = ("controller.quorum.voters", "1@127.0.0.1:9093");
+        let (_, w) = resolve(&[("authorizer.class.name", STANDARD_AUTHORIZER), voters]).unwrap();
+        assert!(w.iter().any(|w| w.contains("User:ANONYMOUS")), "{w:?}");
+        let (_, w) = resolve(&[
+            ("authorizer.class.name", STANDARD_AUTHORIZER),
+            ("super.users", "User:ANONYMOUS"),
+            voters,
+        ])
+        .unwrap();
+        assert!(w.is_empty(), "{w:?}");
     }
 
     #[test]

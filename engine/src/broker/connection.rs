@@ -35,6 +35,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::server::TlsStream;
 use tracing::{debug, info, warn};
 
+use crate::security::principal::ANONYMOUS;
 use crate::security::sasl::{Action, SaslConnection, SaslSettings, MAX_RECEIVE_BEFORE_AUTH};
 use crate::security::tls::ReloadableAcceptor;
 
@@ -97,17 +98,18 @@ pub async fn serve_connection(
 async fn serve(svc: &Rc<Services>, stream: TcpStream, peer: SocketAddr, l: &Arc<ListenerRuntime>) {
     let _ = stream.set_nodelay(true);
     let name = l.config.name.as_str();
-    let info = Rc::new(ConnectionInfo {
+    let mut info = ConnectionInfo {
         peer,
         listener: name.to_string(),
         advertised: (l.config.advertised_host.clone(), l.config.advertised_port),
         zero_copy: l.tls.is_none(),
-    });
+        principal: ANONYMOUS.to_string(),
+    };
     let sasl = l.sasl.clone().map(SaslConnection::new);
     match &l.tls {
         None => {
             let (rd, wr) = stream.into_split();
-            run(svc, rd, Writer::Plain(wr), peer, info, sasl).await;
+            run(svc, rd, Writer::Plain(wr), peer, Rc::new(info), sasl).await;
         }
         Some(tls) => {
             let accepted =
@@ -131,18 +133,19 @@ async fn serve(svc: &Rc<Services>, stream: TcpStream, peer: SocketAddr, l: &Arc<
                 .map(|c| crate::security::principal::subject_rfc2253(c.as_ref()));
             match principal {
                 Some(Ok(dn)) => {
-                    info!(%peer, listener = name, principal = %format!("User:{dn}"), "TLS client authenticated")
+                    info.principal = format!("User:{dn}");
+                    info!(%peer, listener = name, principal = %info.principal, "TLS client authenticated")
                 }
                 Some(Err(e)) => {
                     warn!(%peer, listener = name, "closing connection: client certificate: {e}");
                     return;
                 }
                 None => {
-                    debug!(%peer, listener = name, principal = crate::security::principal::ANONYMOUS, "TLS connection")
+                    debug!(%peer, listener = name, principal = ANONYMOUS, "TLS connection")
                 }
             }
             let (rd, wr) = tokio::io::split(tls_stream);
-            run(svc, rd, Writer::Tls(wr), peer, info, sasl).await;
+            run(svc, rd, Writer::Tls(wr), peer, Rc::new(info), sasl).await;
         }
     }
 }
@@ -290,7 +293,7 @@ async fn process_loop(
     mut frames: mpsc::Receiver<Frame>,
     responses: mpsc::Sender<InFlight>,
     peer: SocketAddr,
-    info: Rc<ConnectionInfo>,
+    mut info: Rc<ConnectionInfo>,
     mut sasl: Option<SaslConnection>,
     authenticated: Rc<Cell<bool>>,
 ) {
@@ -312,6 +315,10 @@ async fn process_loop(
                 Action::Authenticated { reply, principal } => {
                     info!(%peer, listener, %principal, "SASL authentication succeeded");
                     authenticated.set(true);
+                    // Requests from now on run as this principal.
+                    let mut next = (*info).clone();
+                    next.principal = principal;
+                    info = Rc::new(next);
                     Some(reply)
                 }
                 Action::ReplyAndClose(f, why) => {
@@ -419,6 +426,7 @@ fn request_error_name(e: &RequestError) -> Option<&'static str> {
         RequestError::TooShort(_) | RequestError::Malformed { .. } => "INVALID_REQUEST",
         RequestError::UnknownApi(_) | RequestError::Unsupported { .. } => "UNSUPPORTED_VERSION",
         RequestError::ShardGone(_) => "BROKER_NOT_AVAILABLE",
+        RequestError::NotAuthorised { .. } => "CLUSTER_AUTHORIZATION_FAILED",
         RequestError::AcksZeroFailed(_) => return None,
         _ => "UNKNOWN_SERVER_ERROR",
     })

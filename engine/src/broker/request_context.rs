@@ -9,7 +9,7 @@ use std::rc::Rc;
 use super::config::BrokerConfig;
 
 /// What a request handler may need to know about its connection.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ConnectionInfo {
     /// The client's address (JoinGroup records it as the member's `client_host`).
     pub peer: SocketAddr,
@@ -19,6 +19,16 @@ pub struct ConnectionInfo {
     pub advertised: (String, i32),
     /// Whether fetched records may go out with sendfile (not through TLS).
     pub zero_copy: bool,
+    /// The authenticated principal, as Kafka names it: `User:<name>` after SASL,
+    /// `User:<subject DN>` for a TLS client certificate, else `User:ANONYMOUS`.
+    pub principal: String,
+}
+
+impl ConnectionInfo {
+    /// The client's IP address as text (what an ACL's host is compared with).
+    pub fn host(&self) -> String {
+        self.peer.ip().to_string()
+    }
 }
 
 tokio::task_local! {
@@ -45,6 +55,19 @@ pub fn listener_name(cfg: &BrokerConfig) -> String {
                 .first()
                 .map(|l| l.name.clone())
                 .unwrap_or_default()
+        })
+}
+
+/// The principal and client host of the current request (`User:ANONYMOUS` and no host
+/// outside a connection).
+pub fn principal_and_host() -> (String, String) {
+    CONNECTION
+        .try_with(|c| (c.principal.clone(), c.host()))
+        .unwrap_or_else(|_| {
+            (
+                crate::security::principal::ANONYMOUS.to_string(),
+                String::new(),
+            )
         })
 }
 

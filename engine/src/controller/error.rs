@@ -80,6 +80,9 @@ pub enum MetadataError {
         /// Registered epoch.
         current: i64,
     },
+    /// `INVALID_REQUEST`: an ACL binding or filter that `security::acl` refuses.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
     /// A snapshot could not be encoded or decoded.
     #[error("metadata snapshot: {0}")]
     Snapshot(String),
@@ -121,6 +124,7 @@ impl MetadataError {
             MetadataError::IneligibleReplica(_) => 107,
             MetadataError::BrokerIdNotRegistered(_) => 102,
             MetadataError::StaleBrokerEpoch { .. } => 77,
+            MetadataError::InvalidRequest(_) => 42,
             // UNKNOWN_SERVER_ERROR: nothing a client can act on.
             MetadataError::Snapshot(_) => -1,
             MetadataError::ProducerIdsExhausted(_) => -1,

@@ -28,21 +28,21 @@
 //! binding is identified by its value, and adding one that exists is a no-op, as in Kafka's
 //! `AclControlManager`.
 //!
-//! Not done yet (every authenticated principal still may do everything, see
-//! `docs/security.md`): calling the authorizer from the request path (`broker::connection` or
-//! the handlers, with [`required_acls`] as the guide), keeping the bindings in the cluster
-//! metadata (Kafka's `AccessControlEntryRecord`/`RemoveAccessControlEntryRecord`) so every
-//! broker has the same set, the CreateAcls/DescribeAcls/DeleteAcls handlers, the
-//! `authorizer.class.name`/`super.users`/`allow.everyone.if.no.acl.found` configuration keys,
-//! "may this principal do X on some resource of a type" (Kafka's `authorizeByResourceType`,
-//! needed by InitProducerId without a transactional id) and the authorized-operations bit sets
-//! of Metadata, DescribeCluster and DescribeGroups.
+//! Wired in: the bindings live in the cluster metadata image (`controller::MetadataCommand`'s
+//! `CreateAcls`/`DeleteAcls`, serialised with serde), the broker keeps `super.users` and
+//! `allow.everyone.if.no.acl.found` in an [`Authorizer`] without bindings and asks
+//! [`Authorizer::decide_with`] over the image's set (`broker::api::acls`).
+//!
+//! [`Authorizer::decide_by_type_with`] is Kafka's `authorizeByResourceType` (InitProducerId
+//! without a transactional id). Not done yet (see `docs/security.md`): the authorized-operations
+//! bit sets of Metadata, DescribeCluster and DescribeGroups.
 
 use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 
 use kafka_protocol::messages::ApiKey;
+use serde::{Deserialize, Serialize};
 
 /// Kafka's INVALID_REQUEST error code, the code of every validation failure here.
 pub const INVALID_REQUEST: i16 = 42;
@@ -99,7 +99,7 @@ macro_rules! wire_enum {
         { $( $(#[$vmeta:meta])* $var:ident = $code:literal, $text:literal; )+ }
     ) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         pub enum $ty {
             $( $(#[$vmeta])* $var, )+
         }
@@ -257,7 +257,7 @@ fn invalid(message: String) -> AclError {
 }
 
 /// The resources an ACL applies to: a type, a name and how the name is matched.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ResourcePattern {
     /// The resource type (not ANY or UNKNOWN in a valid binding).
     pub resource_type: ResourceType,
@@ -294,7 +294,7 @@ impl ResourcePattern {
 }
 
 /// Who may (or may not) do what from where: the second half of a binding.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct AccessControlEntry {
     /// `Type:name`, e.g. `User:alice`; `User:*` for every principal.
     pub principal: String,
@@ -324,7 +324,7 @@ impl AccessControlEntry {
 }
 
 /// One ACL: a resource pattern and an entry.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct AclBinding {
     /// The resources.
     pub pattern: ResourcePattern,
@@ -410,7 +410,7 @@ impl AclBinding {
 }
 
 /// Selects resource patterns, as Kafka's `ResourcePatternFilter`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ResourcePatternFilter {
     /// ANY, or the type a pattern must have.
     pub resource_type: ResourceType,
@@ -468,7 +468,7 @@ impl ResourcePatternFilter {
 
 /// Selects entries, as Kafka's `AccessControlEntryFilter`: each field is absent/ANY or must
 /// be equal (there is no MATCH for entries: `User:*` selects the `User:*` entries only).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct AccessControlEntryFilter {
     /// `None` matches every principal.
     pub principal: Option<String>,
@@ -508,7 +508,7 @@ impl AccessControlEntryFilter {
 }
 
 /// The filter of DescribeAcls and of each DeleteAcls filter.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct AclBindingFilter {
     /// Selects the pattern.
     pub pattern: ResourcePatternFilter,
@@ -723,12 +723,34 @@ impl Authorizer {
         resource_type: ResourceType,
         resource_name: &str,
     ) -> Decision {
+        self.decide_with(
+            &self.bindings,
+            principal,
+            host,
+            operation,
+            resource_type,
+            resource_name,
+        )
+    }
+
+    /// [`Self::decide`] over `bindings` instead of this authorizer's own (a broker keeps its
+    /// `super.users` and `allow.everyone.if.no.acl.found` here and reads the bindings from
+    /// the cluster metadata image).
+    pub fn decide_with(
+        &self,
+        bindings: &BTreeSet<AclBinding>,
+        principal: &str,
+        host: &str,
+        operation: AclOperation,
+        resource_type: ResourceType,
+        resource_name: &str,
+    ) -> Decision {
         if self.is_super_user(principal) {
             return Decision::SuperUser;
         }
         let mut resource_has_acls = false;
         let mut allow = None;
-        for b in self.of_type(resource_type) {
+        for b in of_type(bindings, resource_type) {
             if !b.pattern.applies_to(resource_type, resource_name) {
                 continue;
             }
@@ -757,13 +779,84 @@ impl Authorizer {
         }
     }
 
-    /// The bindings whose pattern has this resource type (contiguous in the set's order).
-    fn of_type(&self, resource_type: ResourceType) -> impl Iterator<Item = &AclBinding> {
-        self.bindings
+    /// May `principal` do `operation` on *some* resource of `resource_type` (Kafka's
+    /// `authorizeByResourceType`, asked by InitProducerId without a transactional id: WRITE
+    /// on some topic)? As Kafka's default implementation: allowed when a check of a made-up
+    /// resource named `hardcode` is (a super user, or `allow.everyone.if.no.acl.found` with no
+    /// ACL applying to it); denied by a matching literal `*` DENY; else allowed when some
+    /// matching ALLOW (of exactly this operation or ALL) is not dominated by a DENY (a literal
+    /// ALLOW by a DENY of the same name or of a prefix of it, a prefixed ALLOW by a prefixed
+    /// DENY of a prefix of it).
+    pub fn decide_by_type_with(
+        &self,
+        bindings: &BTreeSet<AclBinding>,
+        principal: &str,
+        host: &str,
+        operation: AclOperation,
+        resource_type: ResourceType,
+    ) -> bool {
+        if self
+            .decide_with(
+                bindings,
+                principal,
+                host,
+                operation,
+                resource_type,
+                "hardcode",
+            )
+            .is_allowed()
+        {
+            return true;
+        }
+        let mut deny_literals = BTreeSet::new();
+        let mut deny_prefixes = BTreeSet::new();
+        let mut allow_literals = BTreeSet::new();
+        let mut allow_prefixes = BTreeSet::new();
+        for b in of_type(bindings, resource_type) {
+            let e = &b.entry;
+            if (e.principal != principal && e.principal != WILDCARD_PRINCIPAL)
+                || (e.host != host && e.host != WILDCARD)
+                || (e.operation != operation && e.operation != AclOperation::All)
+            {
+                continue;
+            }
+            let name = b.pattern.name.as_str();
+            match (e.permission, b.pattern.pattern_type) {
+                (AclPermissionType::Deny, PatternType::Literal) if name == WILDCARD => {
+                    return false
+                }
+                (AclPermissionType::Deny, PatternType::Literal) => {
+                    deny_literals.insert(name);
+                }
+                (AclPermissionType::Deny, PatternType::Prefixed) => {
+                    deny_prefixes.insert(name);
+                }
+                (AclPermissionType::Allow, PatternType::Literal) => {
+                    allow_literals.insert(name);
+                }
+                (AclPermissionType::Allow, PatternType::Prefixed) => {
+                    allow_prefixes.insert(name);
+                }
+                _ => {}
+            }
+        }
+        let prefix_denied = |name: &str| deny_prefixes.iter().any(|p| name.starts_with(p));
+        allow_literals
             .iter()
-            .skip_while(move |b| b.pattern.resource_type < resource_type)
-            .take_while(move |b| b.pattern.resource_type == resource_type)
+            .any(|a| *a == WILDCARD || (!deny_literals.contains(a) && !prefix_denied(a)))
+            || allow_prefixes.iter().any(|a| !prefix_denied(a))
     }
+}
+
+/// The bindings whose pattern has this resource type (contiguous in the set's order).
+fn of_type(
+    bindings: &BTreeSet<AclBinding>,
+    resource_type: ResourceType,
+) -> impl Iterator<Item = &AclBinding> {
+    bindings
+        .iter()
+        .skip_while(move |b| b.pattern.resource_type < resource_type)
+        .take_while(move |b| b.pattern.resource_type == resource_type)
 }
 
 /// Where an operation is checked.
@@ -776,8 +869,8 @@ pub enum On {
     /// others are served.
     Each(ResourceType),
     /// Some resource of this type, whatever its name: Kafka's `authorizeByResourceType` (allowed
-    /// when some ALLOW of the principal on that type is not cancelled by a DENY). Not
-    /// evaluated by [`Authorizer`] yet.
+    /// when some ALLOW of the principal on that type is not cancelled by a DENY):
+    /// [`Authorizer::decide_by_type_with`].
     SomeOfType(ResourceType),
 }
 
@@ -1096,6 +1189,51 @@ mod tests {
             a.add(b.clone()).unwrap();
         }
         a
+    }
+
+    #[test]
+    fn by_resource_type_follows_kafkas_default_rules() {
+        use AclOperation::{Read, Write};
+        let by_type = |a: &Authorizer, principal: &str| {
+            a.decide_by_type_with(&a.bindings, principal, "10.0.0.1", Write, Rt::Topic)
+        };
+        // No ACL: allow.everyone.if.no.acl.found decides; a super user always may.
+        assert!(!by_type(&Authorizer::new(Vec::new(), false), "User:a"));
+        assert!(by_type(&Authorizer::new(Vec::new(), true), "User:a"));
+        assert!(by_type(
+            &Authorizer::new(vec!["User:root".to_string()], false),
+            "User:root"
+        ));
+        // An ALLOW of another operation does not count; one of WRITE does.
+        let a = authorizer(&[topic_acl("t", Literal, "User:a", Read, Allow)]);
+        assert!(!by_type(&a, "User:a"));
+        let a = authorizer(&[topic_acl("t", Literal, "User:a", Write, Allow)]);
+        assert!(by_type(&a, "User:a"));
+        assert!(!by_type(&a, "User:b"));
+        // A DENY of the same name or of a prefix dominates; a DENY elsewhere does not.
+        let a = authorizer(&[
+            topic_acl("team.t", Literal, "User:a", Write, Allow),
+            topic_acl("team.", Prefixed, "User:a", Write, Deny),
+        ]);
+        assert!(!by_type(&a, "User:a"));
+        let a = authorizer(&[
+            topic_acl("team.t", Literal, "User:a", Write, Allow),
+            topic_acl("other", Literal, "User:a", Write, Deny),
+        ]);
+        assert!(by_type(&a, "User:a"));
+        // A prefixed ALLOW under a shorter prefixed DENY is dominated; a literal `*` DENY
+        // denies everything.
+        let a = authorizer(&[
+            topic_acl("team.a", Prefixed, "User:a", Write, Allow),
+            topic_acl("team.", Prefixed, "User:a", Write, Deny),
+        ]);
+        assert!(!by_type(&a, "User:a"));
+        let a = authorizer(&[
+            topic_acl("t", Literal, "User:*", AclOperation::All, Allow),
+            topic_acl("*", Literal, "User:a", Write, Deny),
+        ]);
+        assert!(!by_type(&a, "User:a"));
+        assert!(by_type(&a, "User:b"));
     }
 
     const ALICE: &str = "User:alice";

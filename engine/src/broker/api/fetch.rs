@@ -97,6 +97,16 @@ pub async fn fetch(
         req.replica_id.0
     };
     let uses_topic_ids = version >= 13;
+    let authz = super::acls::Authz::current(svc);
+    if replica_id >= 0 && !authz.allows_cluster(crate::security::acl::AclOperation::ClusterAction) {
+        // A follower's fetch needs CLUSTER_ACTION on the cluster (the whole request fails).
+        return Ok(session_error(
+            version,
+            cid,
+            super::acls::CLUSTER_AUTHORIZATION_FAILED,
+            req.isolation_level == 1,
+        ));
+    }
     let kind = if version >= 7 {
         FetchKind::of(req.session_id, req.session_epoch)
     } else {
@@ -195,6 +205,13 @@ pub async fn fetch(
                 (TopicKey::Name(n), m) => (n.clone(), m.map_or(Uuid::nil(), |m| m.id)),
             };
             let preset = match meta {
+                // A consumer needs READ on the topic.
+                Some(_)
+                    if replica_id < 0
+                        && !authz.allows_topic(crate::security::acl::AclOperation::Read, &name) =>
+                {
+                    Some(super::acls::TOPIC_AUTHORIZATION_FAILED)
+                }
                 Some(m) if (0..m.partitions).contains(&key.partition) => None,
                 Some(_) => Some(ec::UNKNOWN_TOPIC_OR_PARTITION),
                 None => Some(unknown_topic),

@@ -18,6 +18,7 @@ use crate::broker::metadata::validate_topic_name;
 use crate::broker::protocol::error_code as ec;
 use crate::broker::services::Services;
 use crate::controller::MetadataImage as ClusterImage;
+use crate::security::acl::AclOperation;
 
 fn describe_partitions(
     image: &ClusterImage,
@@ -61,6 +62,12 @@ pub async fn metadata(
 ) -> m::MetadataResponse {
     let cfg = &svc.shard.ctx.config;
     let mut image = node.cluster_image();
+    let authz = super::acls::Authz::current(svc);
+    let denied = |name: &str| {
+        m::metadata_response::MetadataResponseTopic::default()
+            .with_name(Some(TopicName(str_bytes(name))))
+            .with_error_code(super::acls::TOPIC_AUTHORIZATION_FAILED)
+    };
     let all = match &req.topics {
         None => true,
         Some(t) => t.is_empty() && version == 0,
@@ -71,6 +78,8 @@ pub async fn metadata(
             image
                 .topics
                 .values()
+                // Topics the principal may not describe are left out.
+                .filter(|t| authz.allows_topic(AclOperation::Describe, &t.name))
                 .map(|t| describe_partitions(&image, t)),
         );
     } else {
@@ -78,6 +87,11 @@ pub async fn metadata(
         for rt in req.topics.iter().flatten() {
             if rt.name.is_none() && !rt.topic_id.is_nil() {
                 match image.topic_by_id(rt.topic_id) {
+                    Some(t) if !authz.allows_topic(AclOperation::Describe, &t.name) => topics.push(
+                        m::metadata_response::MetadataResponseTopic::default()
+                            .with_topic_id(rt.topic_id)
+                            .with_error_code(super::acls::TOPIC_AUTHORIZATION_FAILED),
+                    ),
                     Some(t) => topics.push(describe_partitions(&image, t)),
                     None => topics.push(
                         m::metadata_response::MetadataResponseTopic::default()
@@ -92,6 +106,10 @@ pub async fn metadata(
                 .as_ref()
                 .map(|n| n.as_str().to_string())
                 .unwrap_or_default();
+            if !authz.allows_topic(AclOperation::Describe, &name) {
+                topics.push(denied(&name));
+                continue;
+            }
             if let Some(t) = image.topic(&name) {
                 topics.push(describe_partitions(&image, t));
                 continue;
@@ -107,6 +125,13 @@ pub async fn metadata(
             }
             if !allow_auto {
                 topics.push(unknown(ec::UNKNOWN_TOPIC_OR_PARTITION));
+                continue;
+            }
+            // Auto-creation needs CREATE on the cluster or on the topic.
+            if !authz.allows_cluster(AclOperation::Create)
+                && !authz.allows_topic(AclOperation::Create, &name)
+            {
+                topics.push(denied(&name));
                 continue;
             }
             let created = if name == crate::group::records::OFFSETS_TOPIC {

@@ -7,11 +7,14 @@
 //! - [`metadata`]: Metadata, DescribeCluster. [`topics`]: CreateTopics, DeleteTopics,
 //!   CreatePartitions. [`configs`]: DescribeConfigs, IncrementalAlterConfigs.
 //! - [`records`]: DeleteRecords, DescribeLogDirs, DescribeProducers.
+//! - [`acls`]: CreateAcls, DescribeAcls, DeleteAcls, and [`acls::Authz`], what the request's
+//!   principal may do (every handler of an authorised API asks it).
 //! - [`groups`]: FindCoordinator and the group APIs. [`producers`]: InitProducerId and the
 //!   refused transactional APIs. [`quorum`]: DescribeQuorum.
 //!
 //! Handlers sit above every service (`broker::services`); no service imports them.
 
+pub mod acls;
 pub mod configs;
 pub mod fetch;
 pub mod groups;
@@ -85,6 +88,15 @@ pub enum RequestError {
     /// An acks=0 produce failed; the connection is closed to tell the client.
     #[error("acks=0 produce failed with error code {0}")]
     AcksZeroFailed(i16),
+    /// An authorizer is configured and the API is not authorised yet: only super users may
+    /// use it.
+    #[error("{api:?} is not authorised yet and {principal} is not a super user")]
+    NotAuthorised {
+        /// The API.
+        api: ApiKey,
+        /// The request's principal.
+        principal: String,
+    },
     /// A shard stopped while the request was in flight (shutdown).
     #[error(transparent)]
     ShardGone(#[from] super::shard::ShardGone),
@@ -127,6 +139,15 @@ pub async fn handle_request(
     let header =
         RequestHeader::decode(&mut buf, api.request_header_version(version)).map_err(malformed)?;
     let cid = header.correlation_id;
+    if !acls::is_authorised_api(api) {
+        let authz = acls::Authz::current(&svc);
+        if !authz.is_super_user() {
+            return Err(RequestError::NotAuthorised {
+                api,
+                principal: authz.principal().to_string(),
+            });
+        }
+    }
     macro_rules! decode {
         ($t:ty) => {
             <$t>::decode(&mut buf, version).map_err(malformed)?
@@ -164,17 +185,17 @@ pub async fn handle_request(
         ApiKey::CreateTopics => {
             let req = decode!(m::CreateTopicsRequest);
             let node = svc.shard.ctx.metadata.cluster_node().clone();
-            frame(&topics::create_topics(&svc, &node, req).await)
+            frame(&acls::create_topics(&svc, &node, req).await)
         }
         ApiKey::DeleteTopics => {
             let req = decode!(m::DeleteTopicsRequest);
             let node = svc.shard.ctx.metadata.cluster_node().clone();
-            frame(&topics::delete_topics(&svc, &node, version, req).await)
+            frame(&acls::delete_topics(&svc, &node, version, req).await)
         }
         ApiKey::CreatePartitions => {
             let req = decode!(m::CreatePartitionsRequest);
             let node = svc.shard.ctx.metadata.cluster_node().clone();
-            frame(&topics::create_partitions(&svc, &node, req).await)
+            frame(&acls::create_partitions(&svc, &node, req).await)
         }
         ApiKey::OffsetForLeaderEpoch => {
             let req = decode!(m::OffsetForLeaderEpochRequest);
@@ -182,12 +203,12 @@ pub async fn handle_request(
         }
         ApiKey::DescribeConfigs => {
             let req = decode!(m::DescribeConfigsRequest);
-            frame(&configs::describe_configs(&svc, req))
+            frame(&acls::describe_configs(&svc, req))
         }
         ApiKey::IncrementalAlterConfigs => {
             let req = decode!(m::IncrementalAlterConfigsRequest);
             let node = svc.shard.ctx.metadata.cluster_node().clone();
-            frame(&configs::incremental_alter_configs(&svc, &node, req).await)
+            frame(&acls::incremental_alter_configs(&svc, &node, req).await)
         }
         ApiKey::SaslHandshake => {
             let _req = decode!(m::SaslHandshakeRequest);
@@ -212,67 +233,110 @@ pub async fn handle_request(
         ApiKey::DescribeQuorum => {
             let req = decode!(m::DescribeQuorumRequest);
             let node = svc.shard.ctx.metadata.cluster_node().clone();
-            frame(&quorum::describe_quorum(&node, version, req).await)
+            frame(&acls::describe_quorum(&svc, &node, version, req).await)
         }
         ApiKey::FindCoordinator => {
             let req = decode!(m::FindCoordinatorRequest);
-            frame(&groups::find_coordinator(&svc.groups, version, req))
+            frame(&acls::find_coordinator(&svc, version, req))
         }
         ApiKey::JoinGroup => {
             let req = decode!(m::JoinGroupRequest);
+            if !acls::may_use_group(&svc, req.group_id.as_str()) {
+                return frame(
+                    &m::JoinGroupResponse::default()
+                        .with_error_code(acls::GROUP_AUTHORIZATION_FAILED)
+                        .with_generation_id(-1),
+                );
+            }
             frame(&groups::join_group(&svc.groups, version, &header, req).await?)
         }
         ApiKey::SyncGroup => {
             let req = decode!(m::SyncGroupRequest);
+            if !acls::may_use_group(&svc, req.group_id.as_str()) {
+                return frame(
+                    &m::SyncGroupResponse::default()
+                        .with_error_code(acls::GROUP_AUTHORIZATION_FAILED),
+                );
+            }
             frame(&groups::sync_group(&svc.groups, version, req).await?)
         }
         ApiKey::Heartbeat => {
             let req = decode!(m::HeartbeatRequest);
+            if !acls::may_use_group(&svc, req.group_id.as_str()) {
+                return frame(
+                    &m::HeartbeatResponse::default()
+                        .with_error_code(acls::GROUP_AUTHORIZATION_FAILED),
+                );
+            }
             frame(&groups::heartbeat(&svc.groups, version, req).await?)
         }
         ApiKey::LeaveGroup => {
             let req = decode!(m::LeaveGroupRequest);
+            if !acls::may_use_group(&svc, req.group_id.as_str()) {
+                return frame(
+                    &m::LeaveGroupResponse::default()
+                        .with_error_code(acls::GROUP_AUTHORIZATION_FAILED),
+                );
+            }
             frame(&groups::leave_group(&svc.groups, version, req).await?)
         }
         ApiKey::OffsetCommit => {
             let req = decode!(m::OffsetCommitRequest);
-            frame(&groups::offset_commit(&svc.groups, version, req).await?)
+            frame(&acls::offset_commit(&svc, version, req).await?)
         }
         ApiKey::OffsetFetch => {
             let req = decode!(m::OffsetFetchRequest);
-            frame(&groups::offset_fetch(&svc.groups, version, req).await?)
+            frame(&acls::offset_fetch(&svc, version, req).await?)
         }
         ApiKey::ListGroups => {
             let req = decode!(m::ListGroupsRequest);
-            frame(&groups::list_groups(&svc.groups, version, req).await?)
+            let mut resp = groups::list_groups(&svc.groups, version, req).await?;
+            acls::filter_list_groups(&svc, &mut resp);
+            frame(&resp)
         }
         ApiKey::DescribeGroups => {
             let req = decode!(m::DescribeGroupsRequest);
-            frame(&groups::describe_groups(&svc.groups, version, req).await?)
+            let mut resp = groups::describe_groups(&svc.groups, version, req).await?;
+            acls::filter_describe_groups(&svc, &mut resp);
+            frame(&resp)
         }
         ApiKey::DeleteGroups => {
             let req = decode!(m::DeleteGroupsRequest);
-            frame(&groups::delete_groups(&svc.groups, req).await?)
+            frame(&acls::delete_groups(&svc, req).await?)
         }
         ApiKey::OffsetDelete => {
             let req = decode!(m::OffsetDeleteRequest);
-            frame(&groups::offset_delete(&svc.groups, req).await?)
+            frame(&acls::offset_delete(&svc, req).await?)
         }
         ApiKey::DeleteRecords => {
             let req = decode!(m::DeleteRecordsRequest);
-            frame(&records::delete_records(&svc, req).await?)
+            frame(&acls::delete_records(&svc, req).await?)
         }
         ApiKey::DescribeLogDirs => {
             let req = decode!(m::DescribeLogDirsRequest);
-            frame(&records::describe_log_dirs(&svc, version, req).await?)
+            frame(&acls::describe_log_dirs(&svc, version, req).await?)
         }
         ApiKey::DescribeProducers => {
             let req = decode!(m::DescribeProducersRequest);
-            frame(&records::describe_producers(&svc, req).await?)
+            frame(&acls::describe_producers(&svc, req).await?)
+        }
+        ApiKey::CreateAcls => {
+            let req = decode!(m::CreateAclsRequest);
+            let node = svc.shard.ctx.metadata.cluster_node().clone();
+            frame(&acls::create_acls(&svc, &node, req).await)
+        }
+        ApiKey::DescribeAcls => {
+            let req = decode!(m::DescribeAclsRequest);
+            frame(&acls::describe_acls(&svc, req))
+        }
+        ApiKey::DeleteAcls => {
+            let req = decode!(m::DeleteAclsRequest);
+            let node = svc.shard.ctx.metadata.cluster_node().clone();
+            frame(&acls::delete_acls(&svc, &node, req).await)
         }
         ApiKey::InitProducerId => {
             let req = decode!(m::InitProducerIdRequest);
-            frame(&producers::init_producer_id(&svc, version, req).await?)
+            frame(&acls::init_producer_id(&svc, version, req).await?)
         }
         _ => Err(RequestError::Unsupported { api, version }),
     }

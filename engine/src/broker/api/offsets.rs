@@ -12,6 +12,7 @@ use crate::broker::protocol::error_code as ec;
 use crate::broker::replicas::offset_for_leader_epoch_local;
 use crate::broker::services::Services;
 use crate::broker::shard::{ShardGone, ShardLocal};
+use crate::security::acl::AclOperation;
 
 pub async fn list_offsets(
     svc: &Rc<Services>,
@@ -19,17 +20,24 @@ pub async fn list_offsets(
     req: m::ListOffsetsRequest,
 ) -> Result<m::ListOffsetsResponse, RequestError> {
     let image = svc.shard.image();
+    let authz = super::acls::Authz::current(svc);
     let mut results: Vec<Option<OffsetOut>> = Vec::new();
     let mut work = Vec::new();
     let mut layout = Vec::new();
     for t in &req.topics {
         let name = t.name.as_str().to_string();
         let meta = image.topic(&name);
+        let authorized = authz.allows_topic(AclOperation::Describe, &name);
         let mut parts = Vec::new();
         for p in &t.partitions {
             let pos = results.len();
             parts.push((p.partition_index, pos));
             match meta {
+                _ if !authorized => results.push(Some(OffsetOut {
+                    error_code: super::acls::TOPIC_AUTHORIZATION_FAILED,
+                    timestamp: -1,
+                    offset: -1,
+                })),
                 Some(m) if (0..m.partitions).contains(&p.partition_index) => {
                     results.push(None);
                     work.push((pos, name.clone(), p.partition_index, p.timestamp));
@@ -104,25 +112,34 @@ pub async fn offset_for_leader_epoch(
 ) -> Result<m::OffsetForLeaderEpochResponse, ShardGone> {
     let mut groups: HashMap<usize, EpochWork> = HashMap::new();
     let mut resp = m::OffsetForLeaderEpochResponse::default();
+    let authz = super::acls::Authz::current(svc);
+    // CLUSTER_ACTION on the cluster (a follower), else DESCRIBE on each topic.
+    let cluster_action = authz.allows_cluster(AclOperation::ClusterAction);
     for (ti, t) in req.topics.iter().enumerate() {
         let name = t.topic.as_str().to_string();
+        let authorized = cluster_action || authz.allows_topic(AclOperation::Describe, &name);
         let mut result = m::offset_for_leader_epoch_response::OffsetForLeaderTopicResult::default()
             .with_topic(t.topic.clone());
         for (pi, p) in t.partitions.iter().enumerate() {
             result.partitions.push(
                 m::offset_for_leader_epoch_response::EpochEndOffset::default()
                     .with_partition(p.partition)
-                    .with_error_code(ec::UNKNOWN_TOPIC_OR_PARTITION)
+                    .with_error_code(if authorized {
+                        ec::UNKNOWN_TOPIC_OR_PARTITION
+                    } else {
+                        super::acls::TOPIC_AUTHORIZATION_FAILED
+                    })
                     .with_leader_epoch(-1)
                     .with_end_offset(-1),
             );
-            let known = svc
-                .shard
-                .ctx
-                .metadata
-                .image()
-                .topic(&name)
-                .is_some_and(|m| (0..m.partitions).contains(&p.partition));
+            let known = authorized
+                && svc
+                    .shard
+                    .ctx
+                    .metadata
+                    .image()
+                    .topic(&name)
+                    .is_some_and(|m| (0..m.partitions).contains(&p.partition));
             if known {
                 let g = groups
                     .entry(svc.shard.ctx.owner(&name, p.partition))

@@ -24,12 +24,14 @@ pub async fn produce(
     let acks = req.acks;
     let timeout_ms = req.timeout_ms;
     let image = svc.shard.image();
+    let authz = super::acls::Authz::current(svc);
     let mut results: Vec<Option<ProduceOut>> = Vec::new();
     let mut work = Vec::new();
     let mut layout = Vec::new();
     for topic in &req.topic_data {
         let name = topic.name.as_str().to_string();
         let known = image.topic(&name).cloned();
+        let authorized = authz.allows_topic(crate::security::acl::AclOperation::Write, &name);
         let mut parts = Vec::new();
         for p in &topic.partition_data {
             let pos = results.len();
@@ -37,6 +39,10 @@ pub async fn produce(
             let invalid_acks = !matches!(acks, -1..=1);
             match &known {
                 _ if invalid_acks => results.push(Some(err_out(21, "acks must be -1, 0 or 1"))),
+                _ if !authorized => results.push(Some(err_out(
+                    super::acls::TOPIC_AUTHORIZATION_FAILED,
+                    "not authorized to write to this topic",
+                ))),
                 // Only the group coordinator writes the offsets topic (Kafka's answer).
                 Some(_) if name == OFFSETS_TOPIC => results.push(Some(err_out(
                     ec::INVALID_TOPIC_EXCEPTION,
