@@ -831,3 +831,28 @@ fn unknown_authorizer_class_is_a_start_up_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("authorizer.class.name"), "{err}");
 }
+
+/// Without `authorizer.class.name` the ACL APIs answer SECURITY_DISABLED (54), as Kafka's
+/// do, and store nothing.
+#[test]
+fn acl_apis_without_an_authorizer_answer_security_disabled() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start_in(&tmp.path().join("data"), &[], &[]);
+    let mut c = broker.client();
+    let (topic, literal) = (2, 3);
+    let r: CreateAclsResponse = c.request(
+        3,
+        &CreateAclsRequest::default().with_creations(vec![acl_creation(
+            topic,
+            "t",
+            literal,
+            "User:alice",
+            3,
+        )]),
+    );
+    let codes: Vec<i16> = r.results.iter().map(|r| r.error_code).collect();
+    assert_eq!(codes, vec![54]);
+    let d = describe_all_acls(&mut c);
+    assert_eq!(d.error_code, 54);
+    assert!(d.resources.is_empty());
+}

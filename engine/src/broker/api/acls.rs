@@ -35,6 +35,10 @@ pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
 pub const GROUP_AUTHORIZATION_FAILED: i16 = 30;
 /// Kafka error code CLUSTER_AUTHORIZATION_FAILED.
 pub const CLUSTER_AUTHORIZATION_FAILED: i16 = 31;
+/// Kafka error code SECURITY_DISABLED: the ACL APIs on a broker without an authorizer.
+pub const SECURITY_DISABLED: i16 = 54;
+/// The message that goes with [`SECURITY_DISABLED`].
+const NO_AUTHORIZER: &str = "no authorizer is configured on the broker (authorizer.class.name)";
 /// Kafka error code TRANSACTIONAL_ID_AUTHORIZATION_FAILED.
 pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
 
@@ -50,9 +54,16 @@ pub struct Authz<'a> {
 impl<'a> Authz<'a> {
     /// The authorisation context of the request being handled on `svc`'s shard.
     pub fn current(svc: &'a Services) -> Authz<'a> {
-        let (principal, host) = principal_and_host();
+        let policy = svc.shard.ctx.config.authorizer.as_ref();
+        // Without an authorizer every check passes: the produce and fetch paths then pay for
+        // no principal or image copy.
+        let (principal, host) = if policy.is_some() {
+            principal_and_host()
+        } else {
+            (String::new(), String::new())
+        };
         Authz {
-            policy: svc.shard.ctx.config.authorizer.as_ref(),
+            policy,
             image: svc.shard.image().cluster.clone(),
             principal,
             host,
@@ -224,11 +235,19 @@ pub async fn create_acls(
             .with_error_message(msg.map(|s| str_bytes(&s)))
     };
     let authz = Authz::current(svc);
-    if !authz.allows_cluster(AclOperation::Alter) {
+    // As Kafka: without an authorizer the ACL APIs answer SECURITY_DISABLED.
+    let refusal = if !authz.enabled() {
+        Some((SECURITY_DISABLED, Some(NO_AUTHORIZER.to_string())))
+    } else if !authz.allows_cluster(AclOperation::Alter) {
+        Some((CLUSTER_AUTHORIZATION_FAILED, None))
+    } else {
+        None
+    };
+    if let Some((code, msg)) = refusal {
         let results = req
             .creations
             .iter()
-            .map(|_| result(CLUSTER_AUTHORIZATION_FAILED, None))
+            .map(|_| result(code, msg.clone()))
             .collect();
         return m::CreateAclsResponse::default().with_results(results);
     }
@@ -289,6 +308,11 @@ pub async fn create_acls(
 /// resource pattern.
 pub fn describe_acls(svc: &Rc<Services>, req: m::DescribeAclsRequest) -> m::DescribeAclsResponse {
     let authz = Authz::current(svc);
+    if !authz.enabled() {
+        return m::DescribeAclsResponse::default()
+            .with_error_code(SECURITY_DISABLED)
+            .with_error_message(Some(str_bytes(NO_AUTHORIZER)));
+    }
     if !authz.allows_cluster(AclOperation::Describe) {
         return m::DescribeAclsResponse::default()
             .with_error_code(CLUSTER_AUTHORIZATION_FAILED)
@@ -351,11 +375,18 @@ pub async fn delete_acls(
             .with_error_message(msg.map(|s| str_bytes(&s)))
     };
     let authz = Authz::current(svc);
-    if !authz.allows_cluster(AclOperation::Alter) {
+    let refusal = if !authz.enabled() {
+        Some((SECURITY_DISABLED, Some(NO_AUTHORIZER.to_string())))
+    } else if !authz.allows_cluster(AclOperation::Alter) {
+        Some((CLUSTER_AUTHORIZATION_FAILED, None))
+    } else {
+        None
+    };
+    if let Some((code, msg)) = refusal {
         let results = req
             .filters
             .iter()
-            .map(|_| failed(CLUSTER_AUTHORIZATION_FAILED, None))
+            .map(|_| failed(code, msg.clone()))
             .collect();
         return m::DeleteAclsResponse::default().with_filter_results(results);
     }
