@@ -222,6 +222,18 @@ fn filter_of(
     Ok(filter)
 }
 
+/// Why an ACL API is refused, if it is: SECURITY_DISABLED without an authorizer (as Kafka),
+/// CLUSTER_AUTHORIZATION_FAILED without `operation` on the cluster.
+fn refusal(authz: &Authz<'_>, operation: AclOperation) -> Option<(i16, Option<String>)> {
+    if !authz.enabled() {
+        Some((SECURITY_DISABLED, Some(NO_AUTHORIZER.to_string())))
+    } else if !authz.allows_cluster(operation) {
+        Some((CLUSTER_AUTHORIZATION_FAILED, None))
+    } else {
+        None
+    }
+}
+
 /// CreateAcls: ALTER on the cluster; each creation validated, the valid ones added in one
 /// metadata command.
 pub async fn create_acls(
@@ -235,15 +247,7 @@ pub async fn create_acls(
             .with_error_message(msg.map(|s| str_bytes(&s)))
     };
     let authz = Authz::current(svc);
-    // As Kafka: without an authorizer the ACL APIs answer SECURITY_DISABLED.
-    let refusal = if !authz.enabled() {
-        Some((SECURITY_DISABLED, Some(NO_AUTHORIZER.to_string())))
-    } else if !authz.allows_cluster(AclOperation::Alter) {
-        Some((CLUSTER_AUTHORIZATION_FAILED, None))
-    } else {
-        None
-    };
-    if let Some((code, msg)) = refusal {
+    if let Some((code, msg)) = refusal(&authz, AclOperation::Alter) {
         let results = req
             .creations
             .iter()
@@ -308,17 +312,13 @@ pub async fn create_acls(
 /// resource pattern.
 pub fn describe_acls(svc: &Rc<Services>, req: m::DescribeAclsRequest) -> m::DescribeAclsResponse {
     let authz = Authz::current(svc);
-    if !authz.enabled() {
+    if let Some((code, msg)) = refusal(&authz, AclOperation::Describe) {
+        let msg = msg.unwrap_or_else(|| {
+            "not authorized to describe ACLs (DESCRIBE on the cluster)".to_string()
+        });
         return m::DescribeAclsResponse::default()
-            .with_error_code(SECURITY_DISABLED)
-            .with_error_message(Some(str_bytes(NO_AUTHORIZER)));
-    }
-    if !authz.allows_cluster(AclOperation::Describe) {
-        return m::DescribeAclsResponse::default()
-            .with_error_code(CLUSTER_AUTHORIZATION_FAILED)
-            .with_error_message(Some(str_bytes(
-                "not authorized to describe ACLs (DESCRIBE on the cluster)",
-            )));
+            .with_error_code(code)
+            .with_error_message(Some(str_bytes(&msg)));
     }
     let filter = match filter_of(
         req.resource_type_filter,
@@ -375,14 +375,7 @@ pub async fn delete_acls(
             .with_error_message(msg.map(|s| str_bytes(&s)))
     };
     let authz = Authz::current(svc);
-    let refusal = if !authz.enabled() {
-        Some((SECURITY_DISABLED, Some(NO_AUTHORIZER.to_string())))
-    } else if !authz.allows_cluster(AclOperation::Alter) {
-        Some((CLUSTER_AUTHORIZATION_FAILED, None))
-    } else {
-        None
-    };
-    if let Some((code, msg)) = refusal {
+    if let Some((code, msg)) = refusal(&authz, AclOperation::Alter) {
         let results = req
             .filters
             .iter()
