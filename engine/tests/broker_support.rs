@@ -29,24 +29,9 @@ pub struct Broker {
     pub log_path: PathBuf,
 }
 
-/// A free 127.0.0.1 port (bound and released; the broker binds it right after).
-///
-/// A port is handed out at most once per test process: a port picked for one broker (its
-/// controller port, say) is free again until that broker binds it, and the kernel may offer
-/// it to the next caller, which made two brokers of one cluster collide (CI saw node 3's
-/// Kafka listener get node 3's own controller port).
-pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let port = l.local_addr().expect("local addr").port();
-        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-    }
-}
+#[path = "support/ports.rs"]
+pub mod ports;
+pub use ports::free_port;
 
 impl Broker {
     /// Starts a broker with 2 shards in a fresh temp dir.

@@ -35,7 +35,7 @@ struct Cluster {
 impl Cluster {
     fn start(mode: &str) -> Cluster {
         let dirs = tempfile::tempdir().expect("tempdir");
-        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let ports = support::ports::free_ports(3);
         let voters = ports
             .iter()
             .enumerate()

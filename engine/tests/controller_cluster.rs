@@ -13,15 +13,9 @@ use sluice::controller::{
 };
 use uuid::Uuid;
 
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect()
-}
+#[path = "support/ports.rs"]
+mod ports;
+use ports::free_ports;
 
 fn config() -> ControllerConfig {
     ControllerConfig {

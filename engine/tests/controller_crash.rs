@@ -16,6 +16,10 @@ use sluice::controller::{
 };
 use uuid::Uuid;
 
+#[path = "support/ports.rs"]
+mod ports;
+use ports::free_ports;
+
 const CHILD_LIFETIME: Duration = Duration::from_secs(40);
 
 fn config() -> ControllerConfig {
@@ -110,12 +114,7 @@ async fn read_image(addr: &str) -> Option<MetadataImage> {
 #[tokio::test(flavor = "current_thread")]
 async fn kill9_controller_fails_over_and_restarts_from_disk() {
     let root = tempfile::tempdir().expect("tempdir");
-    let ports: Vec<u16> = (0..3)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect::<Vec<_>>()
-        .iter()
-        .map(|l| l.local_addr().expect("addr").port())
-        .collect();
+    let ports = free_ports(3);
     let spec = format!(
         "1@127.0.0.1:{},2@127.0.0.1:{},3@127.0.0.1:{}",
         ports[0], ports[1], ports[2]

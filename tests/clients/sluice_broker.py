@@ -36,11 +36,40 @@ def sluice_binary() -> Path:
     return path
 
 
+# Ports come from below the kernel's ephemeral range: a port picked by binding port 0 is an
+# ephemeral one, and between its release and the broker's bind (or across a broker restart) the
+# kernel may give it to any client's outgoing connection. Ports below the range are never given
+# to outgoing connections. 19091-19093 are scripts/cluster.sh's; a port goes out once per process.
+_FIRST_PORT = 10_000
+_RESERVED_PORTS = {19091, 19092, 19093}
+_given_ports: set[int] = set()
+
+
+def _ephemeral_start() -> int:
+    try:
+        first = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+    return first if first > _FIRST_PORT + 1000 else 32768
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A 127.0.0.1 port nothing listens on now, below the ephemeral range, never handed out twice."""
+    end = _ephemeral_start()
+    span = end - _FIRST_PORT
+    start = (os.getpid() * 2654435761 ^ time.time_ns()) % span
+    for step in range(span):
+        port = _FIRST_PORT + (start + step) % span
+        if port in _RESERVED_PORTS or port in _given_ports:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _given_ports.add(port)
+        return port
+    raise BrokerError(f"no free 127.0.0.1 port in {_FIRST_PORT}..{end}")
 
 
 class BrokerError(Exception):

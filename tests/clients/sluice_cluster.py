@@ -28,27 +28,16 @@ FAST = [
 ]
 
 
-def _unused_port(used: set[int], port: int | None = None) -> int:
-    """A free port (or `port`) not already in `used`, which it joins."""
-    while port is None or port in used:
-        port = free_port()
-    used.add(port)
-    return port
-
-
 class Cluster:
     def __init__(self, make_broker, mode: str = "isr", extra: list[str] | None = None, nodes: int = 3,
                  per_node=None, shards: int = 1):
         # Nodes 1-3 are the controller voters; any further node is a broker-only member.
         # per_node(node_id, broker) -> extra flags of that broker alone (say its own listeners).
         self.brokers = [make_broker(shards=shards, start=False) for _ in range(nodes)]
-        # Nothing listens on these ports until the nodes start, so free_port() can hand out the
-        # same one twice (seen: a voter port equal to another node's listener): keep them apart.
-        used: set[int] = set()
-        for b in self.brokers:
-            b.port = _unused_port(used, b.port)
-        voters = ",".join(f"{i + 1}@127.0.0.1:{_unused_port(used)}" for i in range(3))
-        self.admin_ports = [_unused_port(used) for _ in range(nodes)]
+        # free_port() hands a port out once per process, so the voters' ports and the brokers'
+        # listeners (none bound until the nodes start) never coincide.
+        voters = ",".join(f"{i + 1}@127.0.0.1:{free_port()}" for i in range(3))
+        self.admin_ports = [free_port() for _ in range(nodes)]
         for i, b in enumerate(self.brokers):
             b.extra_args += [
                 "--node-id", str(i + 1),

@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+#[path = "../../engine/tests/support/ports.rs"]
+mod ports;
+
 const CTL: &str = env!("CARGO_BIN_EXE_sluicectl");
 /// Bound on any one command or wait in these tests.
 const LIMIT: Duration = Duration::from_secs(30);
@@ -60,10 +63,7 @@ struct Broker {
 impl Broker {
     fn start() -> Broker {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = ports::free_port();
         let addr = format!("127.0.0.1:{port}");
         let data = tmp.path().join("data");
         let log = std::fs::File::create(tmp.path().join("broker.log")).expect("log");
@@ -412,11 +412,7 @@ fn error_exit_codes() {
     assert_eq!(no_partition.code, 1, "{}", no_partition.stderr);
 
     // Nothing listens on a port we just released.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = ports::free_port();
     let down = ctl_in(&format!("127.0.0.1:{port}"), &["topics", "list"], "");
     assert_eq!(down.code, 3, "{}", down.stderr);
     assert!(

@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "../../../engine/tests/support/ports.rs"]
+mod ports;
+
 /// The `sluice` binary to test: $SLUICE_BIN, else the newest of target/{release,debug}/sluice.
 pub fn sluice_binary() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("SLUICE_BIN") {
@@ -51,11 +54,7 @@ pub fn start_sluice() -> Option<LocalSluice> {
         eprintln!("skipping: no sluice binary (cargo build -p engine --bin sluice)");
         return None;
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = ports::free_port();
     let addr = format!("127.0.0.1:{port}");
     let data = tempfile::tempdir().unwrap();
     let child = Command::new(&bin)
