@@ -777,6 +777,17 @@ fn acls_are_created_enforced_deleted_and_survive_a_restart() {
         .collect();
     assert!(names.contains(&"open".to_string()), "{names:?}");
     assert!(!names.contains(&"guarded".to_string()), "{names:?}");
+    // Fetch asks for READ before it looks the topic up: a topic the principal may not read
+    // answers TOPIC_AUTHORIZATION_FAILED whether it exists or not, so names cannot be probed;
+    // an unknown topic it could read is UNKNOWN_TOPIC_OR_PARTITION.
+    let fetch_error = |c: &mut Client, topic: &str| {
+        let r: FetchResponse = c.request(12, &fetch_req(topic, Uuid::nil(), 0, 0, 0, 1));
+        r.responses[0].partitions[0].error_code
+    };
+    assert_eq!(fetch_error(&mut c, "guarded"), 29);
+    assert_eq!(fetch_error(&mut c, "guarded-but-missing"), 29);
+    assert_eq!(fetch_error(&mut c, "missing"), 3);
+    assert_eq!(fetch_error(&mut c, "open"), 0);
     // The bindings are in the metadata log: a restart keeps them.
     broker.stop_with(nix::sys::signal::Signal::SIGTERM);
     drop(c);

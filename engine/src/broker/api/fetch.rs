@@ -204,14 +204,14 @@ pub async fn fetch(
                 (TopicKey::Id(id), m) => (m.map(|m| m.name.clone()).unwrap_or_default(), *id),
                 (TopicKey::Name(n), m) => (n.clone(), m.map_or(Uuid::nil(), |m| m.id)),
             };
+            // A consumer needs READ on the topic, asked before whether it exists (as Kafka
+            // does), so a principal without it cannot probe for topic names. A topic id that
+            // names no topic has no name to authorise: UNKNOWN_TOPIC_ID.
+            let denied = replica_id < 0
+                && !name.is_empty()
+                && !authz.allows_topic(crate::security::acl::AclOperation::Read, &name);
             let preset = match meta {
-                // A consumer needs READ on the topic.
-                Some(_)
-                    if replica_id < 0
-                        && !authz.allows_topic(crate::security::acl::AclOperation::Read, &name) =>
-                {
-                    Some(super::acls::TOPIC_AUTHORIZATION_FAILED)
-                }
+                _ if denied => Some(super::acls::TOPIC_AUTHORIZATION_FAILED),
                 Some(m) if (0..m.partitions).contains(&key.partition) => None,
                 Some(_) => Some(ec::UNKNOWN_TOPIC_OR_PARTITION),
                 None => Some(unknown_topic),
