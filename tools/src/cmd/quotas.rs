@@ -122,8 +122,11 @@ struct QuotaEntry {
     values: BTreeMap<String, f64>,
 }
 
+/// `user=alice,client-id=<default>`: the user first, as kafka-configs.sh prints entities.
 fn entity_text(entity: &BTreeMap<String, Option<String>>) -> String {
-    entity
+    let mut parts: Vec<(&String, &Option<String>)> = entity.iter().collect();
+    parts.sort_by_key(|(t, _)| t.as_str() != "user");
+    parts
         .iter()
         .map(|(t, n)| format!("{t}={}", n.as_deref().unwrap_or("<default>")))
         .collect::<Vec<_>>()
