@@ -134,6 +134,28 @@ pub fn request(frame: &[u8]) {
         }
         ApiKey::DeleteGroups => drop(body!(m::DeleteGroupsRequest)),
         ApiKey::OffsetDelete => drop(body!(m::OffsetDeleteRequest)),
+        ApiKey::DescribeClientQuotas => {
+            let r = body!(m::DescribeClientQuotasRequest);
+            let _ = crate::security::quota::QuotaFilter::from_components(
+                r.components
+                    .iter()
+                    .map(|c| (c.entity_type.as_str(), c.match_type, c._match.as_deref())),
+                r.strict,
+            );
+        }
+        ApiKey::AlterClientQuotas => {
+            let r = body!(m::AlterClientQuotasRequest);
+            for e in &r.entries {
+                let _ = crate::security::quota::QuotaEntity::from_components(
+                    e.entity
+                        .iter()
+                        .map(|c| (c.entity_type.as_str(), c.entity_name.as_deref())),
+                );
+                for op in &e.ops {
+                    let _ = crate::security::quota::validate_value(op.key.as_str(), op.value);
+                }
+            }
+        }
         _ => {}
     }
 }

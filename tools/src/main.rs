@@ -87,6 +87,9 @@ enum Command {
     /// Describe the idempotent producers of a topic's partitions (DescribeProducers).
     #[command(subcommand)]
     Producers(cmd::producers::ProducersCmd),
+    /// Describe and alter client quotas (DescribeClientQuotas, AlterClientQuotas).
+    #[command(subcommand)]
+    Quotas(cmd::quotas::QuotasCmd),
     /// Print the batches of a segment file and check its indexes (like kafka-dump-log.sh).
     DumpLog(dump_log::Args),
     /// Check every segment's offset and time index in a partition directory.
@@ -150,6 +153,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Records(c) => cmd::records::run(&ctx, c, &mut out),
         Command::Logdirs(c) => cmd::logdirs::run(&ctx, c, &mut out).map(|()| true),
         Command::Producers(c) => cmd::producers::run(&ctx, c, &mut out).map(|()| true),
+        Command::Quotas(c) => cmd::quotas::run(&ctx, c, &mut out).map(|()| true),
         Command::DumpLog(a) => dump_log::run(&a, ctx.format, &mut out),
         Command::CheckIndex(a) => check_index::run(&a, ctx.format, &mut out),
     }?;

@@ -913,3 +913,213 @@ fn records_delete_logdirs_and_producers() {
     assert_eq!(all[0]["low_watermark"], 10);
     assert_eq!(all[1]["low_watermark"], 3);
 }
+
+#[test]
+fn quotas_alter_describe_and_delete() {
+    let b = Broker::start();
+    ok(ctl(
+        &b,
+        &[
+            "quotas",
+            "alter",
+            "--entity-type",
+            "clients",
+            "--entity-name",
+            "slow",
+            "--add-config",
+            "producer_byte_rate=1048576,consumer_byte_rate=2097152",
+        ],
+    ));
+    ok(ctl(
+        &b,
+        &[
+            "quotas",
+            "alter",
+            "--user",
+            "alice",
+            "--client-defaults",
+            "--add-config",
+            "request_percentage=12.5",
+        ],
+    ));
+    ok(ctl(
+        &b,
+        &[
+            "quotas",
+            "alter",
+            "--entity-type",
+            "users",
+            "--entity-default",
+            "--add-config",
+            "producer_byte_rate=4096",
+        ],
+    ));
+    // validate_only changes nothing.
+    ok(ctl(
+        &b,
+        &[
+            "quotas",
+            "alter",
+            "--entity-type",
+            "users",
+            "--entity-name",
+            "zed",
+            "--add-config",
+            "producer_byte_rate=1",
+            "--validate-only",
+        ],
+    ));
+    let all = ok(ctl(&b, &["quotas", "describe", "--output", "json"])).json();
+    let all = all.as_array().expect("array");
+    assert_eq!(all.len(), 3, "{all:?}");
+    let slow = ok(ctl(
+        &b,
+        &[
+            "quotas",
+            "describe",
+            "--entity-type",
+            "clients",
+            "--entity-name",
+            "slow",
+            "--output",
+            "json",
+        ],
+    ))
+    .json();
+    assert_eq!(
+        slow,
+        serde_json::json!([{
+            "entity": {"client-id": "slow"},
+            "values": {"consumer_byte_rate": 2097152.0, "producer_byte_rate": 1048576.0}
+        }])
+    );
+    let defaults = ok(ctl(
+        &b,
+        &[
+            "quotas",
+            "describe",
+            "--entity-type",
+            "users",
+            "--entity-default",
+            "--output",
+            "json",
+        ],
+    ))
+    .json();
+    assert_eq!(defaults[0]["entity"]["user"], Value::Null);
+    assert_eq!(defaults.as_array().map(Vec::len), Some(1));
+    // Every entity of a type: alice's user+client-id pair and the default user.
+    let users = ok(ctl(
+        &b,
+        &[
+            "quotas",
+            "describe",
+            "--entity-type",
+            "users",
+            "--output",
+            "json",
+        ],
+    ))
+    .json();
+    assert_eq!(users.as_array().map(Vec::len), Some(2), "{users}");
+    let table = ok(ctl(&b, &["quotas", "describe"])).stdout;
+    assert!(table.contains("user=alice,client-id=<default>"), "{table}");
+
+    ok(ctl(
+        &b,
+        &[
+            "quotas",
+            "alter",
+            "--entity-type",
+            "clients",
+            "--entity-name",
+            "slow",
+            "--delete-config",
+            "producer_byte_rate,consumer_byte_rate",
+        ],
+    ));
+    let all = ok(ctl(&b, &["quotas", "describe", "--output", "json"])).json();
+    assert_eq!(all.as_array().map(Vec::len), Some(2));
+
+    // The broker refuses an unknown key (INVALID_REQUEST): exit code 1, the message shown.
+    let bad = ctl(
+        &b,
+        &[
+            "quotas",
+            "alter",
+            "--entity-type",
+            "clients",
+            "--entity-name",
+            "x",
+            "--add-config",
+            "bogus_rate=1",
+        ],
+    );
+    assert_eq!(bad.code, 1, "{}", bad.stderr);
+    assert!(bad.stderr.contains("bogus_rate"), "{}", bad.stderr);
+    // Usage mistakes: exit code 2.
+    assert_eq!(
+        ctl(
+            &b,
+            &[
+                "quotas",
+                "alter",
+                "--entity-type",
+                "clients",
+                "--entity-name",
+                "x"
+            ]
+        )
+        .code,
+        2
+    );
+    assert_eq!(
+        ctl(
+            &b,
+            &[
+                "quotas",
+                "alter",
+                "--entity-type",
+                "hosts",
+                "--entity-name",
+                "x",
+                "--add-config",
+                "producer_byte_rate=1"
+            ]
+        )
+        .code,
+        2
+    );
+    assert_eq!(
+        ctl(
+            &b,
+            &[
+                "quotas",
+                "alter",
+                "--entity-type",
+                "clients",
+                "--add-config",
+                "producer_byte_rate=1"
+            ]
+        )
+        .code,
+        2
+    );
+    assert_eq!(
+        ctl(
+            &b,
+            &[
+                "quotas",
+                "alter",
+                "--entity-type",
+                "clients",
+                "--entity-name",
+                "x",
+                "--add-config",
+                "producer_byte_rate=fast"
+            ]
+        )
+        .code,
+        2
+    );
+}

@@ -251,6 +251,16 @@ pub const BROKER_KEYS: &[(&str, &str, &str)] = &[
         "pipelined requests read ahead on one connection",
     ),
     (
+        "quota.window.num",
+        "11",
+        "windows a client quota's rate is measured over",
+    ),
+    (
+        "quota.window.size.seconds",
+        "1",
+        "length of one client quota window",
+    ),
+    (
         "offsets.topic.num.partitions",
         "50",
         "partitions of __consumer_offsets, set when it is created",
@@ -486,6 +496,9 @@ pub struct BrokerConfig {
     pub fetch_zero_copy: bool,
     /// `queued.max.requests.per.connection`.
     pub max_inflight_per_connection: usize,
+    /// `quota.window.num` and `quota.window.size.seconds`: client quota rates are measured
+    /// over this many windows of this many seconds.
+    pub quota_windows: (usize, u64),
     /// `admin.listener` (None = disabled).
     pub admin_listener: Option<SocketAddr>,
     /// `log.level`.
@@ -822,6 +835,23 @@ impl BrokerConfig {
                 "must be in 1..=1024",
             ));
         }
+        let quota_window_num: usize = parse_int("quota.window.num", get("quota.window.num"))?;
+        if !(2..=3600).contains(&quota_window_num) {
+            let v = get("quota.window.num");
+            return Err(invalid("quota.window.num", v, "must be in 2..=3600"));
+        }
+        let quota_window_secs: u64 = parse_int(
+            "quota.window.size.seconds",
+            get("quota.window.size.seconds"),
+        )?;
+        if !(1..=3600).contains(&quota_window_secs) {
+            let v = get("quota.window.size.seconds");
+            return Err(invalid(
+                "quota.window.size.seconds",
+                v,
+                "must be in 1..=3600",
+            ));
+        }
         let admin_listener = match get("admin.listener").trim() {
             "" => None,
             a => Some(a.parse::<SocketAddr>().map_err(|_| {
@@ -872,6 +902,7 @@ impl BrokerConfig {
             socket_request_max_bytes,
             fetch_zero_copy,
             max_inflight_per_connection: max_inflight,
+            quota_windows: (quota_window_num, quota_window_secs),
             admin_listener,
             log_level: get("log.level").trim().to_string(),
             log_json,

@@ -41,7 +41,7 @@ use crate::security::tls::ReloadableAcceptor;
 
 use super::api::{handle_request, RequestError, Response};
 use super::protocol::{FramePart, RecordsSource};
-use super::request_context::{ConnectionInfo, CONNECTION};
+use super::request_context::{wait_unmuted, ConnectionInfo, CONNECTION};
 use super::services::Services;
 use super::shard::Phase;
 
@@ -104,6 +104,7 @@ async fn serve(svc: &Rc<Services>, stream: TcpStream, peer: SocketAddr, l: &Arc<
         advertised: (l.config.advertised_host.clone(), l.config.advertised_port),
         zero_copy: l.tls.is_none(),
         principal: ANONYMOUS.to_string(),
+        muted_until: Rc::new(Cell::new(None)),
     };
     let sasl = l.sasl.clone().map(SaslConnection::new);
     match &l.tls {
@@ -166,6 +167,7 @@ async fn run<R: AsyncRead + Unpin>(
     // Until SASL succeeds, frames are limited to `sasl.server.max.receive.size`.
     let authenticated = Rc::new(Cell::new(sasl.is_none()));
     let writer = crate::io::runtime::spawn(write_loop(responses_rx, wr, peer));
+    let muted_until = info.muted_until.clone();
     let processor = crate::io::runtime::spawn(process_loop(
         svc.clone(),
         frames_rx,
@@ -175,7 +177,7 @@ async fn run<R: AsyncRead + Unpin>(
         sasl,
         authenticated.clone(),
     ));
-    read_loop(shard, rd, frames_tx, peer, &authenticated).await;
+    read_loop(shard, rd, frames_tx, peer, &authenticated, &muted_until).await;
     let _ = processor.await;
     let _ = writer.await;
 }
@@ -186,6 +188,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     tx: mpsc::Sender<Frame>,
     peer: SocketAddr,
     authenticated: &Cell<bool>,
+    muted_until: &Cell<Option<tokio::time::Instant>>,
 ) {
     let configured_max = shard.ctx.config.socket_request_max_bytes;
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
@@ -197,6 +200,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
         }
         // Before SASL succeeds frames are capped, and may be shorter than a request header
         // (a raw token after a v0 SaslHandshake); otherwise a frame holds at least a header.
+        // A quota muted the connection (KIP-219): read nothing more until it ends.
+        tokio::select! {
+            _ = wait_unmuted(muted_until) => {}
+            _ = phase.changed() => return,
+        }
         let (min, max) = if authenticated.get() {
             (MIN_REQUEST_FRAME, configured_max)
         } else {
@@ -300,6 +308,14 @@ async fn process_loop(
     // Completion signals of produce requests started but maybe not finished.
     let mut produces: Vec<oneshot::Receiver<bool>> = Vec::new();
     while let Some((frame, budget)) = frames.recv().await {
+        // A frame read before a quota muted the connection waits out the mute (or the drain).
+        if info.muted_until.get().is_some() {
+            let mut phase = svc.shard.phase.subscribe();
+            tokio::select! {
+                _ = wait_unmuted(&info.muted_until) => {}
+                _ = phase.changed() => return,
+            }
+        }
         let is_produce = frame.len() >= 2 && i16::from_be_bytes([frame[0], frame[1]]) == 0;
         if !is_produce {
             // A fetch, metadata or admin request sees every earlier produce's effect.

@@ -3,6 +3,7 @@
 //! client's address, and whether records may leave with sendfile. The connection sets it
 //! (`CONNECTION.scope`) around each request it hands to `broker::api`.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
@@ -22,6 +23,9 @@ pub struct ConnectionInfo {
     /// The authenticated principal, as Kafka names it: `User:<name>` after SASL,
     /// `User:<subject DN>` for a TLS client certificate, else `User:ANONYMOUS`.
     pub principal: String,
+    /// Until when the connection is muted by a quota (KIP-219): no request is read from it
+    /// or started before then. Shared by every request of the connection.
+    pub muted_until: Rc<Cell<Option<tokio::time::Instant>>>,
 }
 
 impl ConnectionInfo {
@@ -74,4 +78,30 @@ pub fn principal_and_host() -> (String, String) {
 /// Whether the current request's connection may use sendfile for fetched records.
 pub fn zero_copy_allowed() -> bool {
     CONNECTION.try_with(|c| c.zero_copy).unwrap_or(true)
+}
+
+/// Mutes the current request's connection for `ms` milliseconds from now (a quota
+/// violation); a longer mute already in place stays.
+pub fn mute_connection(ms: i32) {
+    if ms <= 0 {
+        return;
+    }
+    let until = tokio::time::Instant::now() + std::time::Duration::from_millis(ms as u64);
+    let _ = CONNECTION.try_with(|c| {
+        if c.muted_until.get().is_none_or(|t| t < until) {
+            c.muted_until.set(Some(until));
+        }
+    });
+}
+
+/// Waits until `muted_until` has passed (returns at once when the connection is not muted).
+pub async fn wait_unmuted(muted_until: &Cell<Option<tokio::time::Instant>>) {
+    // A mute may be extended while we sleep: look again after each wait.
+    while let Some(until) = muted_until.get() {
+        if tokio::time::Instant::now() >= until {
+            muted_until.set(None);
+            return;
+        }
+        tokio::time::sleep_until(until).await;
+    }
 }

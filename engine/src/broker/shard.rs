@@ -185,17 +185,23 @@ pub struct BrokerContext {
     shards: usize,
     /// Per-shard counters and readiness, read by the admin listener.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The client quota sensors of this broker, shared by its shards.
+    pub quota_sensors: crate::security::quota::QuotaSensors,
 }
 
 impl BrokerContext {
     /// Builds the context of a broker with `shards` shards.
     pub fn new(config: Arc<BrokerConfig>, metadata: MetadataStore, shards: usize) -> Self {
         let metrics = Arc::new(crate::metrics::Metrics::new(shards));
+        let (windows, window_secs) = config.quota_windows;
+        let quota_sensors =
+            crate::security::quota::QuotaSensors::new(windows, window_secs.saturating_mul(1000));
         BrokerContext {
             config,
             metadata,
             shards,
             metrics,
+            quota_sensors,
         }
     }
 

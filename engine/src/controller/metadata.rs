@@ -25,6 +25,7 @@ use crate::replication::{
 
 use super::error::MetadataError;
 use crate::security::acl::{AclBinding, AclBindingFilter};
+use crate::security::quota::{ClientQuotas, QuotaAlteration};
 
 /// Topic config key selecting the replication rule (`isr` or `quorum`).
 pub const REPLICATION_MODE_CONFIG: &str = "replication.mode";
@@ -323,6 +324,12 @@ pub enum MetadataCommand {
         /// The first id that may still be allocated.
         below: i64,
     },
+    /// Set or remove client quotas (Kafka's ClientQuotaRecord): one AlterClientQuotas
+    /// request's valid entries; one invalid entry rejects the whole command.
+    AlterClientQuotas {
+        /// Per entity, the key changes.
+        alterations: Vec<QuotaAlteration>,
+    },
 }
 
 /// Producer ids in one [`MetadataCommand::AllocateProducerIds`] block (Kafka's block size).
@@ -380,6 +387,9 @@ pub struct MetadataImage {
     /// The ACL bindings (empty in images written before ACLs were stored).
     #[serde(default)]
     pub acls: BTreeSet<AclBinding>,
+    /// The client quotas (empty in images written before quotas were stored).
+    #[serde(default)]
+    pub client_quotas: ClientQuotas,
 }
 
 impl MetadataImage {
@@ -545,6 +555,12 @@ impl MetadataImage {
             }
             MetadataCommand::ReserveProducerIds { below } => {
                 self.next_producer_id = self.next_producer_id.max(*below);
+                Ok(Applied::Done)
+            }
+            MetadataCommand::AlterClientQuotas { alterations } => {
+                self.client_quotas
+                    .apply(alterations)
+                    .map_err(|e| MetadataError::InvalidRequest(e.0))?;
                 Ok(Applied::Done)
             }
         }
@@ -1277,6 +1293,57 @@ mod tests {
         let old = MetadataImage::from_snapshot(&serde_json::to_vec(&json).expect("encode"))
             .expect("old snapshot loads");
         assert!(old.acls.is_empty());
+    }
+
+    #[test]
+    fn client_quotas_apply_replay_and_survive_snapshots() {
+        use crate::security::quota::{EntityName, QuotaEntity, QuotaValue};
+        let (mut a, mut i, _) = cluster(1);
+        let entity = QuotaEntity {
+            user: None,
+            client_id: Some(EntityName::Named("slow".into())),
+        };
+        let set = MetadataCommand::AlterClientQuotas {
+            alterations: vec![QuotaAlteration {
+                entity: entity.clone(),
+                ops: vec![("producer_byte_rate".into(), Some(QuotaValue(1024.0)))],
+            }],
+        };
+        i += 1;
+        a.apply(i, &set).expect("set");
+        assert_eq!(
+            a.client_quotas.get(&entity).expect("stored")["producer_byte_rate"],
+            QuotaValue(1024.0)
+        );
+        // An unknown key rejects the whole command and changes nothing.
+        let bad = MetadataCommand::AlterClientQuotas {
+            alterations: vec![QuotaAlteration {
+                entity: entity.clone(),
+                ops: vec![
+                    ("consumer_byte_rate".into(), Some(QuotaValue(1.0))),
+                    ("bogus".into(), Some(QuotaValue(1.0))),
+                ],
+            }],
+        };
+        i += 1;
+        let before = a.client_quotas.clone();
+        assert!(matches!(
+            a.apply(i, &bad),
+            Err(MetadataError::InvalidRequest(_))
+        ));
+        assert_eq!(a.client_quotas, before);
+        let restored =
+            MetadataImage::from_snapshot(&a.to_snapshot().expect("snapshot")).expect("restore");
+        assert_eq!(restored, a);
+        // A snapshot written before quotas were stored has none.
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&a.to_snapshot().expect("snapshot")).expect("json");
+        json.as_object_mut()
+            .expect("object")
+            .remove("client_quotas");
+        let old = MetadataImage::from_snapshot(&serde_json::to_vec(&json).expect("encode"))
+            .expect("old snapshot loads");
+        assert!(old.client_quotas.is_empty());
     }
 
     #[test]

@@ -1140,6 +1140,14 @@ const TABLE: &[(ApiKey, &[ApiAcl])] = &[
         ApiKey::DescribeProducers,
         &[one(When::Always, Op::Read, TOPIC)],
     ),
+    (
+        ApiKey::DescribeClientQuotas,
+        &[one(When::Always, Op::DescribeConfigs, CLUSTER)],
+    ),
+    (
+        ApiKey::AlterClientQuotas,
+        &[one(When::Always, Op::AlterConfigs, CLUSTER)],
+    ),
 ];
 
 /// What Kafka authorizes for the API `api_key`: `Some(&[])` for an API that is never

@@ -7,6 +7,7 @@ pub mod groups;
 pub mod logdirs;
 pub mod produce;
 pub mod producers;
+pub mod quotas;
 pub mod records;
 pub mod topics;
 

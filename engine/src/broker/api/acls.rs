@@ -165,6 +165,8 @@ pub fn is_authorised_api(api: ApiKey) -> bool {
             | ApiKey::DescribeProducers
             | ApiKey::InitProducerId
             | ApiKey::DescribeQuorum
+            | ApiKey::DescribeClientQuotas
+            | ApiKey::AlterClientQuotas
     )
 }
 

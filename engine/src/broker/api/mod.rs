@@ -9,6 +9,8 @@
 //! - [`records`]: DeleteRecords, DescribeLogDirs, DescribeProducers.
 //! - [`acls`]: CreateAcls, DescribeAcls, DeleteAcls, and [`acls::Authz`], what the request's
 //!   principal may do (every handler of an authorised API asks it).
+//! - [`quotas`]: DescribeClientQuotas, AlterClientQuotas, and the produce and fetch
+//!   throttling under client quotas.
 //! - [`groups`]: FindCoordinator and the group APIs. [`producers`]: InitProducerId and the
 //!   refused transactional APIs. [`quorum`]: DescribeQuorum.
 //!
@@ -23,6 +25,7 @@ pub mod offsets;
 pub mod produce;
 pub mod producers;
 pub mod quorum;
+pub mod quotas;
 pub mod records;
 pub mod topics;
 
@@ -135,6 +138,7 @@ pub async fn handle_request(
         version,
         reason: e.to_string(),
     };
+    let request_bytes = frame.len();
     let mut buf = frame;
     let header =
         RequestHeader::decode(&mut buf, api.request_header_version(version)).map_err(malformed)?;
@@ -159,8 +163,11 @@ pub async fn handle_request(
     match api {
         ApiKey::Produce => {
             let req = decode!(m::ProduceRequest);
+            let client_id = header.client_id.as_deref();
+            let throttle = quotas::throttle_produce(&svc, client_id, request_bytes);
             match produce::produce(&svc, version, req, submitted).await? {
-                Some(resp) => {
+                Some(mut resp) => {
+                    resp.throttle_time_ms = throttle;
                     crate::metrics::record_produce_errors(&resp);
                     frame(&resp)
                 }
@@ -169,9 +176,22 @@ pub async fn handle_request(
         }
         ApiKey::Fetch => {
             let req = decode!(m::FetchRequest);
-            Ok(Some(Response::Fetch(
-                fetch::fetch(&svc, version, cid, req).await?,
-            )))
+            let follower = if version >= 15 {
+                req.replica_state.replica_id.0 >= 0
+            } else {
+                req.replica_id.0 >= 0
+            };
+            let incremental = version >= 7 && req.session_id > 0 && req.session_epoch > 0;
+            let resp = fetch::fetch(&svc, version, cid, req).await?;
+            Ok(Some(Response::Fetch(quotas::throttle_fetch(
+                &svc,
+                header.client_id.as_deref(),
+                version,
+                cid,
+                incremental,
+                follower,
+                resp,
+            ))))
         }
         ApiKey::ListOffsets => {
             let req = decode!(m::ListOffsetsRequest);
@@ -333,6 +353,15 @@ pub async fn handle_request(
             let req = decode!(m::DeleteAclsRequest);
             let node = svc.shard.ctx.metadata.cluster_node().clone();
             frame(&acls::delete_acls(&svc, &node, req).await)
+        }
+        ApiKey::DescribeClientQuotas => {
+            let req = decode!(m::DescribeClientQuotasRequest);
+            frame(&quotas::describe_client_quotas(&svc, req))
+        }
+        ApiKey::AlterClientQuotas => {
+            let req = decode!(m::AlterClientQuotasRequest);
+            let node = svc.shard.ctx.metadata.cluster_node().clone();
+            frame(&quotas::alter_client_quotas(&svc, &node, req).await)
         }
         ApiKey::InitProducerId => {
             let req = decode!(m::InitProducerIdRequest);
