@@ -25,7 +25,7 @@ use crate::broker::services::Services;
 use crate::controller::{Applied, MetadataCommand, MetadataImage as ClusterImage};
 use crate::security::acl::{
     self, AccessControlEntry, AccessControlEntryFilter, AclBinding, AclBindingFilter, AclOperation,
-    AclPermissionType, Authorizer, PatternType, ResourcePattern, ResourcePatternFilter,
+    AclPermissionType, Authorizer, Decision, PatternType, ResourcePattern, ResourcePatternFilter,
     ResourceType, CLUSTER_NAME,
 };
 
@@ -78,17 +78,9 @@ impl<'a> Authz<'a> {
     /// May the request's principal do `operation` on `(resource_type, name)`? Always true
     /// without an authorizer.
     pub fn allows(&self, operation: AclOperation, resource_type: ResourceType, name: &str) -> bool {
-        let Some(policy) = self.policy else {
+        let Some(decision) = self.decide(operation, resource_type, name) else {
             return true;
         };
-        let decision = policy.decide_with(
-            &self.image.acls,
-            &self.principal,
-            &self.host,
-            operation,
-            resource_type,
-            name,
-        );
         let allowed = decision.is_allowed();
         if !allowed {
             tracing::debug!(
@@ -104,23 +96,32 @@ impl<'a> Authz<'a> {
         allowed
     }
 
+    /// The authorizer's decision, `None` without an authorizer.
+    fn decide(
+        &self,
+        operation: AclOperation,
+        resource_type: ResourceType,
+        name: &str,
+    ) -> Option<Decision> {
+        let policy = self.policy?;
+        Some(policy.decide_with(
+            &self.image.acls,
+            &self.principal,
+            &self.host,
+            operation,
+            resource_type,
+            name,
+        ))
+    }
+
     /// The KIP-430 bit set of the operations the principal may do on `(resource_type, name)`
     /// (implied operations included, as the authorizer's rules imply them); every operation
     /// of the type without an authorizer. Unlike [`Self::allows`], refusals are not logged:
     /// they are answers here, not denied requests.
     pub fn authorized_operations(&self, resource_type: ResourceType, name: &str) -> i32 {
-        acl::authorized_operations(resource_type, |operation| match self.policy {
-            None => true,
-            Some(policy) => policy
-                .decide_with(
-                    &self.image.acls,
-                    &self.principal,
-                    &self.host,
-                    operation,
-                    resource_type,
-                    name,
-                )
-                .is_allowed(),
+        acl::authorized_operations(resource_type, |operation| {
+            self.decide(operation, resource_type, name)
+                .is_none_or(|d| d.is_allowed())
         })
     }
 
