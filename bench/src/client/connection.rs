@@ -314,13 +314,14 @@ impl Connection {
         } else {
             None
         };
-        self.writer
-            .write_all(&buf)
-            .await
-            .map_err(|source| ClientError::Io {
-                addr: self.addr.clone(),
-                source,
-            })?;
+        let io = |source| ClientError::Io {
+            addr: self.addr.clone(),
+            source,
+        };
+        self.writer.write_all(&buf).await.map_err(io)?;
+        // TLS may keep encrypted records in its buffer when the socket was full; a flush
+        // sends them (a no-op on plain TCP).
+        self.writer.flush().await.map_err(io)?;
         Ok(rx.map(|rx| ResponseFuture {
             addr: self.addr.clone(),
             rx,
