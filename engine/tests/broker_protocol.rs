@@ -874,16 +874,27 @@ const TOPIC_OPS: i32 = ops(&[3, 4, 5, 6, 7, 8, 10, 11]);
 const GROUP_OPS: i32 = ops(&[3, 6, 8]);
 const CLUSTER_OPS: i32 = ops(&[5, 7, 8, 9, 10, 11, 12]);
 
+/// The KIP-430 fields one client sees.
+struct AuthorizedOps {
+    /// Metadata: (topic, error code, operations) per topic.
+    topics: Vec<(String, i16, i32)>,
+    /// Metadata: the cluster's operations.
+    metadata_cluster: i32,
+    /// DescribeGroups: (error code, operations) of the group.
+    group: (i16, i32),
+    /// DescribeCluster: the cluster's operations.
+    cluster: i32,
+}
+
 /// The KIP-430 fields of Metadata (topics; the cluster in v8-10), DescribeGroups and
-/// DescribeCluster: `(metadata topic ops by name, metadata cluster ops, describe-groups ops,
-/// describe-cluster ops)` as this client sees them, each asked for with `include`.
+/// DescribeCluster, each asked for with `include`.
 fn authorized_operations(
     c: &mut Client,
     metadata_version: i16,
     topics: &[&str],
     group: &str,
     include: bool,
-) -> (Vec<(String, i16, i32)>, i32, (i16, i32), i32) {
+) -> AuthorizedOps {
     let md: MetadataResponse = c.request(
         metadata_version,
         &MetadataRequest::default()
@@ -930,12 +941,12 @@ fn authorized_operations(
         &DescribeClusterRequest::default().with_include_cluster_authorized_operations(include),
     );
     assert_eq!(dc.error_code, 0);
-    (
-        topic_ops,
-        md.cluster_authorized_operations,
-        (dg.groups[0].error_code, dg.groups[0].authorized_operations),
-        dc.cluster_authorized_operations,
-    )
+    AuthorizedOps {
+        topics: topic_ops,
+        metadata_cluster: md.cluster_authorized_operations,
+        group: (dg.groups[0].error_code, dg.groups[0].authorized_operations),
+        cluster: dc.cluster_authorized_operations,
+    }
 }
 
 /// KIP-430 with an authorizer: the bit sets carry exactly the operations the principal's
@@ -969,8 +980,12 @@ fn authorized_operations_follow_the_acls() {
     );
     assert!(r.results.iter().all(|r| r.error_code == 0), "{r:?}");
 
-    let (topics, md_cluster, dg, dc) =
-        authorized_operations(&mut c, 10, &["read-only", "open", "hidden"], "g", true);
+    let AuthorizedOps {
+        topics,
+        metadata_cluster: md_cluster,
+        group: dg,
+        cluster: dc,
+    } = authorized_operations(&mut c, 10, &["read-only", "open", "hidden"], "g", true);
     assert_eq!(
         topics,
         vec![
@@ -986,8 +1001,12 @@ fn authorized_operations_follow_the_acls() {
     assert_eq!(dg, (0, ops(&[3, 8])));
 
     // Not asked: the sentinel everywhere.
-    let (topics, md_cluster, dg, dc) =
-        authorized_operations(&mut c, 10, &["read-only", "open"], "g", false);
+    let AuthorizedOps {
+        topics,
+        metadata_cluster: md_cluster,
+        group: dg,
+        cluster: dc,
+    } = authorized_operations(&mut c, 10, &["read-only", "open"], "g", false);
     assert!(topics.iter().all(|t| t.2 == OPS_OMITTED), "{topics:?}");
     assert_eq!(
         (md_cluster, dg.1, dc),
@@ -995,7 +1014,11 @@ fn authorized_operations_follow_the_acls() {
     );
 
     // Metadata v11+ has no cluster field; the topics still carry theirs.
-    let (topics, md_cluster, _, _) = authorized_operations(&mut c, 12, &["read-only"], "g", true);
+    let AuthorizedOps {
+        topics,
+        metadata_cluster: md_cluster,
+        ..
+    } = authorized_operations(&mut c, 12, &["read-only"], "g", true);
     assert_eq!(topics[0].2, ops(&[3, 8]));
     assert_eq!(md_cluster, OPS_OMITTED);
 }
@@ -1007,7 +1030,12 @@ fn authorized_operations_without_an_authorizer_are_every_operation() {
     let broker = Broker::start_in(&tmp.path().join("data"), &[], &[]);
     let mut c = broker.client();
     assert_eq!(metadata(&mut c, 12, &["t"], true).topics[0].error_code, 0);
-    let (topics, md_cluster, dg, dc) = authorized_operations(&mut c, 9, &["t"], "g", true);
+    let AuthorizedOps {
+        topics,
+        metadata_cluster: md_cluster,
+        group: dg,
+        cluster: dc,
+    } = authorized_operations(&mut c, 9, &["t"], "g", true);
     assert_eq!(topics, vec![("t".to_string(), 0, TOPIC_OPS)]);
     assert_eq!(
         (md_cluster, dg, dc),
