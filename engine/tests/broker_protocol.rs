@@ -907,7 +907,8 @@ fn authorized_operations(
                     .collect(),
             ))
             .with_include_topic_authorized_operations(include)
-            .with_include_cluster_authorized_operations(include),
+            // The cluster's field exists in v8-10 only (encoding it in v11+ is refused).
+            .with_include_cluster_authorized_operations(include && metadata_version <= 10),
     );
     let topic_ops = md
         .topics
@@ -1013,7 +1014,8 @@ fn authorized_operations_follow_the_acls() {
         (OPS_OMITTED, OPS_OMITTED, OPS_OMITTED)
     );
 
-    // Metadata v11+ has no cluster field; the topics still carry theirs.
+    // Metadata v11+ has no cluster field (it decodes as the sentinel); the topics still carry
+    // theirs.
     let AuthorizedOps {
         topics,
         metadata_cluster: md_cluster,
