@@ -17,6 +17,7 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::RecordBatchDecoder;
+use sluice::security::client::Security;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -50,6 +51,8 @@ pub struct ConsumerSpec {
     pub max_wait_ms: i32,
     /// `max.partition.fetch.bytes`.
     pub partition_max_bytes: i32,
+    /// TLS and SASL settings of every connection.
+    pub security: Security,
 }
 
 /// What a consumer hands back.
@@ -111,6 +114,7 @@ pub struct Fetcher {
     run_id: u64,
     max_wait_ms: i32,
     partition_max_bytes: i32,
+    security: Security,
     shared: Arc<Shared>,
     result: ConsumerResult,
     conns: HashMap<i32, Connection>,
@@ -133,6 +137,7 @@ impl Fetcher {
             run_id: spec.run_id,
             max_wait_ms: spec.max_wait_ms,
             partition_max_bytes: spec.partition_max_bytes,
+            security: spec.security,
             shared,
             result: ConsumerResult {
                 e2e: new_histogram(),
@@ -244,7 +249,7 @@ impl Fetcher {
                     message: "no address for leader".into(),
                 })?;
             let client_id = format!("sluice-bench-c{}", self.consumer);
-            let c = Connection::connect(&addr, &client_id).await?;
+            let c = Connection::connect(&addr, &client_id, &self.security).await?;
             self.conns.insert(broker, c);
         }
         let Some(conn) = self.conns.get_mut(&broker) else {
@@ -276,7 +281,8 @@ impl Fetcher {
         addrs.sort();
         for addr in addrs {
             let attempt = async {
-                let mut c = Connection::connect(&addr, "sluice-bench-metadata").await?;
+                let mut c =
+                    Connection::connect(&addr, "sluice-bench-metadata", &self.security).await?;
                 cluster::metadata(&mut c, std::slice::from_ref(&self.topic)).await
             };
             let Ok(Ok(cl)) = tokio::time::timeout(Duration::from_secs(2), attempt).await else {

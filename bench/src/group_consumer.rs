@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use sluice::group::assignor::{
     assignor_by_name, AssignorMember, ConsumerAssignment, ConsumerSubscription,
 };
+use sluice::security::client::Security;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -424,6 +425,7 @@ struct Member {
     index: u32,
     client_id: String,
     bootstrap: String,
+    security: Security,
     group_id: String,
     topic: String,
     partition_count: i32,
@@ -519,7 +521,7 @@ impl Member {
     async fn coordinator_conn(&mut self) -> Result<&mut Connection, GroupError> {
         if self.coordinator.is_none() {
             let addr = self.find_coordinator().await?;
-            let c = Connection::connect(&addr, &self.client_id).await?;
+            let c = Connection::connect(&addr, &self.client_id, &self.security).await?;
             self.coordinator = Some(c);
         }
         self.coordinator
@@ -528,7 +530,8 @@ impl Member {
     }
 
     async fn find_coordinator(&mut self) -> Result<String, GroupError> {
-        let mut conn = Connection::connect(&self.bootstrap, &self.client_id).await?;
+        let mut conn =
+            Connection::connect(&self.bootstrap, &self.client_id, &self.security).await?;
         let addr = conn.addr().to_string();
         let version = conn.versions().pick(
             &addr,
@@ -921,6 +924,7 @@ pub async fn run_group_consumer(
         index,
         client_id: format!("sluice-bench-c{index}"),
         bootstrap: spec.bootstrap,
+        security: spec.fetch.security.clone(),
         group_id: spec.group_id,
         topic,
         partition_count: spec.partition_count,

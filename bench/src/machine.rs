@@ -74,9 +74,11 @@ pub fn git_commit() -> String {
     }
 }
 
-/// The command line, shell-quoted where needed.
+/// The command line, shell-quoted where needed, with secrets (`-X sasl.password=...`,
+/// `-X sasl.jaas.config=...`) replaced by `***`: it is stamped on every result.
 pub fn command_line() -> String {
     std::env::args()
+        .map(|a| redact(&a))
         .map(|a| {
             if a.is_empty()
                 || a.contains(|c: char| c.is_whitespace() || "'\"$*?;&|<>()".contains(c))
@@ -88,4 +90,27 @@ pub fn command_line() -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// `arg` with the value of a secret client property hidden.
+fn redact(arg: &str) -> String {
+    for key in ["sasl.password=", "sasl.jaas.config="] {
+        if let Some(i) = arg.find(key) {
+            return format!("{}***", &arg[..i + key.len()]);
+        }
+    }
+    arg.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn secrets_are_not_stamped() {
+        assert_eq!(super::redact("sasl.password=hunter2"), "sasl.password=***");
+        assert_eq!(
+            super::redact("--property=sasl.password=x y"),
+            "--property=sasl.password=***"
+        );
+        assert_eq!(super::redact("sasl.username=alice"), "sasl.username=alice");
+    }
 }

@@ -3,6 +3,7 @@
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
+use sluice::security::client::Security;
 use sluice_bench::baseline::{self, BaselineOptions};
 use sluice_bench::fake_broker::{FakeBroker, LatencyModel};
 use sluice_bench::report::{self, BrokerInfo};
@@ -275,6 +276,13 @@ struct RunArgs {
     /// Do not draw the progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Kafka client properties file (`security.protocol`, `ssl.*`, `sasl.*`), as Kafka's
+    /// tools take with --command-config; the same keys as sluicectl.
+    #[arg(long)]
+    command_config: Option<PathBuf>,
+    /// One client property, key=value (repeatable; wins over --command-config), as kcat -X.
+    #[arg(short = 'X', long = "property", value_name = "KEY=VALUE")]
+    property: Vec<String>,
 }
 
 fn build_workload(a: &RunArgs) -> Result<Workload> {
@@ -379,6 +387,7 @@ fn run_once(a: &RunArgs, w: &Workload, name: &str) -> Result<report::Summary> {
         seed: a.seed,
         progress: !a.no_progress && std::io::stderr().is_terminal(),
         markers: Vec::new(),
+        security: Security::from_sources(a.command_config.as_deref(), &a.property)?,
     };
     let outcome = runner::run(w, &opts)?;
     let summary = report::summarize(

@@ -16,6 +16,7 @@ use crate::runner::{self, RunOptions};
 use crate::workload::Workload;
 use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
+use sluice::security::client::Security;
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -377,6 +378,7 @@ fn broker_run(
         seed: 1,
         progress: false,
         markers: Vec::new(),
+        security: Security::default(),
     };
     let outcome = runner::run(&w, &opts);
     let cpu1 = proc_cpu_seconds(pid)?;

@@ -23,6 +23,7 @@ use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 use rand::{Rng, SeedableRng};
+use sluice::security::client::Security;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -64,6 +65,8 @@ pub struct ProducerSpec {
     pub template: Bytes,
     /// Run id stamped into values.
     pub run_id: u64,
+    /// TLS and SASL settings of every connection.
+    pub security: Security,
 }
 
 /// What a producer hands back at the end.
@@ -380,7 +383,9 @@ impl Producer {
         let mut fallback = None;
         for addr in addrs {
             let attempt = async {
-                let mut c = Connection::connect(&addr, "sluice-bench-metadata").await?;
+                let mut c =
+                    Connection::connect(&addr, "sluice-bench-metadata", &self.spec.security)
+                        .await?;
                 cluster::metadata(&mut c, std::slice::from_ref(&self.spec.topic)).await
             };
             let Ok(Ok(cl)) = tokio::time::timeout(Duration::from_secs(2), attempt).await else {
@@ -422,8 +427,12 @@ impl Producer {
                         addr: format!("broker {broker}"),
                         message: "no address for leader".into(),
                     })?;
-            let c =
-                Connection::connect(&addr, &format!("sluice-bench-p{}", self.spec.index)).await?;
+            let c = Connection::connect(
+                &addr,
+                &format!("sluice-bench-p{}", self.spec.index),
+                &self.spec.security,
+            )
+            .await?;
             self.conns.insert(broker, c);
         }
         self.conns

@@ -17,6 +17,7 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
+use sluice::security::client::Security;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -151,6 +152,8 @@ pub struct RunOptions {
     pub progress: bool,
     /// Extra events to mark on the time axis (e.g. faults a scenario injects at known times).
     pub markers: Vec<Marker>,
+    /// TLS and SASL settings of every connection (`security.protocol` and friends).
+    pub security: Security,
 }
 
 /// Everything a run measured.
@@ -295,6 +298,7 @@ async fn run_async(w: Workload, opts: RunOptions) -> Result<RunOutcome> {
             t,
             w.partitions_per_topic as i32,
             w.replication_factor,
+            &opts.security,
         )
         .await
         .with_context(|| format!("creating topic {t} on {}", opts.bootstrap))?;
@@ -332,7 +336,7 @@ async fn run_async(w: Workload, opts: RunOptions) -> Result<RunOutcome> {
             let addr = leaders_addr
                 .get(leader)
                 .ok_or_else(|| anyhow!("no address for broker {leader}"))?;
-            let mut conn = Connection::connect(addr, "sluice-bench-admin").await?;
+            let mut conn = Connection::connect(addr, "sluice-bench-admin", &opts.security).await?;
             start_offsets.extend(cluster::list_offsets(&mut conn, topic, ps, -1).await?);
         }
         for sub in 0..w.subscriptions_per_topic {
@@ -373,6 +377,7 @@ async fn run_async(w: Workload, opts: RunOptions) -> Result<RunOutcome> {
                     run_id,
                     max_wait_ms: w.fetch_max_wait_ms,
                     partition_max_bytes: w.max_partition_fetch_bytes,
+                    security: opts.security.clone(),
                 };
                 consumer_index += 1;
                 if let Some(g) = &group {
@@ -463,6 +468,7 @@ async fn run_async(w: Workload, opts: RunOptions) -> Result<RunOutcome> {
                 workload: w.clone(),
                 template: payload_template(&w, opts.seed.wrapping_add(index as u64))?,
                 run_id,
+                security: opts.security.clone(),
             };
             producers.push(tokio::spawn(run_producer(spec, shared.clone())));
             index += 1;

@@ -46,6 +46,7 @@ consumerMode = "assign"
             seed: 3,
             progress: false,
             markers: Vec::new(),
+            security: Default::default(),
         },
     )
     .unwrap();

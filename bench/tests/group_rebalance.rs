@@ -6,6 +6,7 @@
 
 mod support;
 
+use sluice::security::client::Security;
 use sluice_bench::client::cluster;
 use sluice_bench::consumer::ConsumerSpec;
 use sluice_bench::group_consumer::{
@@ -36,9 +37,16 @@ fn a_member_joining_mid_run_moves_partitions_without_loss() {
 
 async fn scenario(bootstrap: String) {
     let topic = "rebalance-test".to_string();
-    let cl = cluster::create_topic(&bootstrap, "test", &topic, PARTITIONS, 1)
-        .await
-        .unwrap();
+    let cl = cluster::create_topic(
+        &bootstrap,
+        "test",
+        &topic,
+        PARTITIONS,
+        1,
+        &Security::default(),
+    )
+    .await
+    .unwrap();
     let parts = cl.topics[&topic].clone();
     let w = Arc::new(
         Workload::from_toml(
@@ -63,6 +71,7 @@ async fn scenario(bootstrap: String) {
                 run_id: 7,
                 max_wait_ms: 100,
                 partition_max_bytes: 1 << 20,
+                security: Security::default(),
             },
             bootstrap: bootstrap.clone(),
             group_id: "rebalance-group".into(),
@@ -101,6 +110,7 @@ async fn scenario(bootstrap: String) {
             workload: w.clone(),
             template: bytes::Bytes::from(vec![7u8; 512]),
             run_id: 7,
+            security: Security::default(),
         },
         shared.clone(),
     ));

@@ -21,6 +21,7 @@ fn options(addr: std::net::SocketAddr) -> RunOptions {
         seed: 7,
         progress: false,
         markers: Vec::new(),
+        security: Default::default(),
     }
 }
 

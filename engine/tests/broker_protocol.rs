@@ -867,3 +867,191 @@ fn acl_apis_without_an_authorizer_answer_security_disabled() {
     assert_eq!(d.error_code, 54);
     assert!(d.resources.is_empty());
 }
+
+/// Kafka's value of an authorized-operations field that was not asked for.
+const OPS_OMITTED: i32 = i32::MIN;
+/// Bit sets of operation codes (KIP-430): READ 3, ALTER 7, DESCRIBE 8.
+const fn ops(codes: &[i8]) -> i32 {
+    let mut bits = 0;
+    let mut i = 0;
+    while i < codes.len() {
+        bits |= 1 << codes[i];
+        i += 1;
+    }
+    bits
+}
+/// Every operation that applies to a topic, a group, the cluster (Kafka's values).
+const TOPIC_OPS: i32 = ops(&[3, 4, 5, 6, 7, 8, 10, 11]);
+const GROUP_OPS: i32 = ops(&[3, 6, 8]);
+const CLUSTER_OPS: i32 = ops(&[5, 7, 8, 9, 10, 11, 12]);
+
+/// The KIP-430 fields one client sees.
+struct AuthorizedOps {
+    /// Metadata: (topic, error code, operations) per topic.
+    topics: Vec<(String, i16, i32)>,
+    /// Metadata: the cluster's operations.
+    metadata_cluster: i32,
+    /// DescribeGroups: (error code, operations) of the group.
+    group: (i16, i32),
+    /// DescribeCluster: the cluster's operations.
+    cluster: i32,
+}
+
+/// The KIP-430 fields of Metadata (topics; the cluster in v8-10), DescribeGroups and
+/// DescribeCluster, each asked for with `include`.
+fn authorized_operations(
+    c: &mut Client,
+    metadata_version: i16,
+    topics: &[&str],
+    group: &str,
+    include: bool,
+) -> AuthorizedOps {
+    let md: MetadataResponse = c.request(
+        metadata_version,
+        &MetadataRequest::default()
+            .with_topics(Some(
+                topics
+                    .iter()
+                    .map(|t| {
+                        metadata_request::MetadataRequestTopic::default().with_name(Some(tn(t)))
+                    })
+                    .collect(),
+            ))
+            .with_include_topic_authorized_operations(include)
+            // The cluster's field exists in v8-10 only (encoding it in v11+ is refused).
+            .with_include_cluster_authorized_operations(include && metadata_version <= 10),
+    );
+    let topic_ops = md
+        .topics
+        .iter()
+        .map(|t| {
+            let name = t.name.as_ref().map(|n| n.to_string()).unwrap_or_default();
+            (name, t.error_code, t.topic_authorized_operations)
+        })
+        .collect();
+    // The group coordinator may still be coming up (the offsets topic is created on the first
+    // FindCoordinator): retry its retriable errors, bounded.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let dg = loop {
+        let _: FindCoordinatorResponse = c.request(
+            3,
+            &FindCoordinatorRequest::default().with_key(StrBytes::from_string(group.into())),
+        );
+        let dg: DescribeGroupsResponse = c.request(
+            5,
+            &DescribeGroupsRequest::default()
+                .with_groups(vec![GroupId(StrBytes::from_string(group.into()))])
+                .with_include_authorized_operations(include),
+        );
+        if ![14, 15, 16].contains(&dg.groups[0].error_code) || Instant::now() > deadline {
+            break dg;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let dc: DescribeClusterResponse = c.request(
+        1,
+        &DescribeClusterRequest::default().with_include_cluster_authorized_operations(include),
+    );
+    assert_eq!(dc.error_code, 0);
+    AuthorizedOps {
+        topics: topic_ops,
+        metadata_cluster: md.cluster_authorized_operations,
+        group: (dg.groups[0].error_code, dg.groups[0].authorized_operations),
+        cluster: dc.cluster_authorized_operations,
+    }
+}
+
+/// KIP-430 with an authorizer: the bit sets carry exactly the operations the principal's
+/// ACLs allow, implied ones included (DESCRIBE from READ or ALTER); a resource with no ACL
+/// falls to `allow.everyone.if.no.acl.found` (every operation); a topic the principal may not
+/// describe keeps the sentinel with its error; without the flag every field is the sentinel;
+/// Metadata carries the cluster's set only in v8-10.
+#[test]
+fn authorized_operations_follow_the_acls() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let flags = [
+        "--set",
+        "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "--set",
+        "allow.everyone.if.no.acl.found=true",
+    ];
+    let broker = Broker::start_in(&tmp.path().join("data"), &flags, &[]);
+    let mut c = broker.client();
+    for t in ["read-only", "open", "hidden"] {
+        assert_eq!(metadata(&mut c, 12, &[t], true).topics[0].error_code, 0);
+    }
+    let (topic, group, cluster, literal) = (2, 3, 4, 3);
+    let r: CreateAclsResponse = c.request(
+        3,
+        &CreateAclsRequest::default().with_creations(vec![
+            acl_creation(cluster, "kafka-cluster", literal, "User:ANONYMOUS", 7), // ALTER
+            acl_creation(topic, "read-only", literal, "User:ANONYMOUS", 3),       // READ
+            acl_creation(topic, "hidden", literal, "User:someone-else", 3),
+            acl_creation(group, "g", literal, "User:ANONYMOUS", 3), // READ
+        ]),
+    );
+    assert!(r.results.iter().all(|r| r.error_code == 0), "{r:?}");
+
+    let AuthorizedOps {
+        topics,
+        metadata_cluster: md_cluster,
+        group: dg,
+        cluster: dc,
+    } = authorized_operations(&mut c, 10, &["read-only", "open", "hidden"], "g", true);
+    assert_eq!(
+        topics,
+        vec![
+            ("read-only".to_string(), 0, ops(&[3, 8])),
+            ("open".to_string(), 0, TOPIC_OPS),
+            ("hidden".to_string(), 29, OPS_OMITTED),
+        ]
+    );
+    // ALTER on the cluster implies DESCRIBE, nothing else.
+    assert_eq!(md_cluster, ops(&[7, 8]));
+    assert_eq!(dc, ops(&[7, 8]));
+    // A group never joined is described as Dead (v5) with the principal's operations.
+    assert_eq!(dg, (0, ops(&[3, 8])));
+
+    // Not asked: the sentinel everywhere.
+    let AuthorizedOps {
+        topics,
+        metadata_cluster: md_cluster,
+        group: dg,
+        cluster: dc,
+    } = authorized_operations(&mut c, 10, &["read-only", "open"], "g", false);
+    assert!(topics.iter().all(|t| t.2 == OPS_OMITTED), "{topics:?}");
+    assert_eq!(
+        (md_cluster, dg.1, dc),
+        (OPS_OMITTED, OPS_OMITTED, OPS_OMITTED)
+    );
+
+    // Metadata v11+ has no cluster field (it decodes as the sentinel); the topics still carry
+    // theirs.
+    let AuthorizedOps {
+        topics,
+        metadata_cluster: md_cluster,
+        ..
+    } = authorized_operations(&mut c, 12, &["read-only"], "g", true);
+    assert_eq!(topics[0].2, ops(&[3, 8]));
+    assert_eq!(md_cluster, OPS_OMITTED);
+}
+
+/// KIP-430 without an authorizer: every operation that applies to the resource type.
+#[test]
+fn authorized_operations_without_an_authorizer_are_every_operation() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start_in(&tmp.path().join("data"), &[], &[]);
+    let mut c = broker.client();
+    assert_eq!(metadata(&mut c, 12, &["t"], true).topics[0].error_code, 0);
+    let AuthorizedOps {
+        topics,
+        metadata_cluster: md_cluster,
+        group: dg,
+        cluster: dc,
+    } = authorized_operations(&mut c, 9, &["t"], "g", true);
+    assert_eq!(topics, vec![("t".to_string(), 0, TOPIC_OPS)]);
+    assert_eq!(
+        (md_cluster, dg, dc),
+        (CLUSTER_OPS, (0, GROUP_OPS), CLUSTER_OPS)
+    );
+}

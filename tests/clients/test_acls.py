@@ -329,6 +329,69 @@ def test_consumer_group_needs_group_and_topic_acls(acl_broker, topic_name):
         c.close()
 
 
+def test_authorized_operations_of_topics_groups_and_the_cluster(acl_broker, topic_name):
+    """KIP-430 through confluent-kafka's AdminClient: describe_topics, describe_consumer_groups
+    and describe_cluster with include_authorized_operations list exactly the operations the
+    ACLs allow (implied ones included); a super user gets every operation of the resource
+    type; without the flag there is no list."""
+    from confluent_kafka import TopicCollection
+    from confluent_kafka.admin import AclOperation as Op
+    from kafka import KafkaConsumer
+
+    ab = acl_broker
+    group = f"g-{topic_name}"
+    create_topic(ab, topic_name)
+    create_acls(ab, [
+        binding(topic_name, "User:alice", "READ"),
+        binding(group, "User:alice", "READ", rtype="GROUP"),
+        binding("kafka-cluster", "User:alice", "DESCRIBE", rtype="BROKER"),
+        binding("kafka-cluster", "User:alice", "ALTER_CONFIGS", rtype="BROKER"),
+    ])
+    # The group exists once a member has joined and committed.
+    c = KafkaConsumer(topic_name, **ab.kp_conf("alice"), group_id=group, auto_offset_reset="earliest",
+                      enable_auto_commit=False)
+    try:
+        deadline = time.monotonic() + 20
+        while not c.assignment() and time.monotonic() < deadline:
+            c.poll(timeout_ms=300)
+        assert c.assignment(), "the group never assigned its partition"
+        c.commit()
+    finally:
+        c.close()
+
+    def ops(result) -> set:
+        return set(result.authorized_operations or [])
+
+    def topic_ops(user: str, include: bool = True):
+        fs = admin(ab, user).describe_topics(TopicCollection([topic_name]), include_authorized_operations=include,
+                                             request_timeout=15)
+        return fs[topic_name].result(timeout=20)
+
+    def group_ops(user: str, include: bool = True):
+        fs = admin(ab, user).describe_consumer_groups([group], include_authorized_operations=include,
+                                                      request_timeout=15)
+        return fs[group].result(timeout=20)
+
+    def cluster_ops(user: str, include: bool = True):
+        return admin(ab, user).describe_cluster(include_authorized_operations=include,
+                                                request_timeout=15).result(timeout=20)
+
+    # READ implies DESCRIBE; ALTER_CONFIGS implies DESCRIBE_CONFIGS.
+    assert ops(topic_ops("alice")) == {Op.READ, Op.DESCRIBE}
+    assert ops(group_ops("alice")) == {Op.READ, Op.DESCRIBE}
+    assert ops(cluster_ops("alice")) == {Op.DESCRIBE, Op.ALTER_CONFIGS, Op.DESCRIBE_CONFIGS}
+    # A super user: every operation that applies to the resource type, and no other.
+    assert ops(topic_ops("admin")) == {Op.READ, Op.WRITE, Op.CREATE, Op.DELETE, Op.ALTER, Op.DESCRIBE,
+                                       Op.DESCRIBE_CONFIGS, Op.ALTER_CONFIGS}
+    assert ops(group_ops("admin")) == {Op.READ, Op.DESCRIBE, Op.DELETE}
+    assert ops(cluster_ops("admin")) == {Op.CREATE, Op.CLUSTER_ACTION, Op.DESCRIBE_CONFIGS, Op.ALTER_CONFIGS,
+                                         Op.IDEMPOTENT_WRITE, Op.ALTER, Op.DESCRIBE}
+    # Not asked for: none.
+    assert topic_ops("alice", include=False).authorized_operations is None
+    assert group_ops("alice", include=False).authorized_operations is None
+    assert cluster_ops("alice", include=False).authorized_operations is None
+
+
 def test_cluster_brokers_share_acls_and_replicate_with_anonymous_super_user(make_broker, topic_name):
     """Three brokers with an authorizer and the PLAINTEXT inter-broker listener's
     User:ANONYMOUS in super.users (as docs/security.md says): followers still replicate (they

@@ -117,16 +117,8 @@ impl Ctx {
 
 /// The client properties of `--command-config` and `-X`, as connection settings.
 fn security(cli: &Cli) -> Result<Security, UsageError> {
-    let usage = |e: client::security::PropertyError| UsageError(e.to_string());
-    let mut props = match &cli.command_config {
-        Some(path) => client::security::read_properties(path).map_err(usage)?,
-        None => Default::default(),
-    };
-    for p in &cli.property {
-        let (k, v) = client::security::parse_property(p).map_err(usage)?;
-        props.insert(k, v);
-    }
-    Security::from_properties(&props).map_err(usage)
+    Security::from_sources(cli.command_config.as_deref(), &cli.property)
+        .map_err(|e| UsageError(e.to_string()))
 }
 
 /// A usage mistake found after parsing (conflicting or malformed values): exit code 2.

@@ -9,6 +9,7 @@ use kafka_protocol::messages::{
     ApiKey, BrokerId, CreateTopicsRequest, ListOffsetsRequest, MetadataRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
+use sluice::security::client::Security;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -120,17 +121,18 @@ pub async fn create_topic(
     topic: &str,
     partitions: i32,
     replication_factor: i16,
+    security: &Security,
 ) -> Result<Cluster, ClientError> {
-    let mut conn = Connection::connect(bootstrap, client_id).await?;
+    let mut conn = Connection::connect(bootstrap, client_id, security).await?;
     let cluster = metadata(&mut conn, &[]).await?;
     // Kafka needs CreateTopics at the controller (else NOT_CONTROLLER); brokers that route it
     // themselves are fine either way.
     let mut admin = match cluster.addr_of(cluster.controller) {
-        Some(a) if a != bootstrap => match Connection::connect(a, client_id).await {
+        Some(a) if a != bootstrap => match Connection::connect(a, client_id, security).await {
             Ok(c) => c,
-            Err(_) => Connection::connect(bootstrap, client_id).await?,
+            Err(_) => Connection::connect(bootstrap, client_id, security).await?,
         },
-        _ => Connection::connect(bootstrap, client_id).await?,
+        _ => Connection::connect(bootstrap, client_id, security).await?,
     };
     let addr = admin.addr().to_string();
     let v = admin.versions().pick(

@@ -1,21 +1,32 @@
-//! One TCP connection to a broker: length-prefixed frames, correlation ids, and pipelined
+//! One connection to a broker (TCP, or TLS over it, with SASL authentication when the
+//! listener asks for it; the settings and the SASL exchange are `sluice::security::client`'s,
+//! which sluicectl uses too): length-prefixed frames, correlation ids, and pipelined
 //! requests. Responses are matched by correlation id rather than by arrival order: Kafka
 //! brokers answer in order anyway, and the in-process fake broker may answer out of order to
 //! inject per-request latency without head-of-line blocking.
 
 use super::ClientError;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, RequestHeader, ResponseHeader};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, RequestHeader, ResponseHeader, SaslAuthenticateRequest,
+    SaslHandshakeRequest,
+};
 use kafka_protocol::protocol::{
     encode_request_header_into_buffer, Decodable, HeaderVersion, Request, StrBytes,
 };
+use sluice::security::client::{SaslAuth, SaslExchange, Security};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
+
+/// The sending half of a connection: a TCP write half, or TLS's.
+type Writer = Box<dyn AsyncWrite + Unpin + Send>;
+/// The receiving half, read by the connection's reader task.
+type Reader = Box<dyn AsyncRead + Unpin + Send>;
 
 /// Largest response frame accepted (guards against garbage length prefixes).
 const MAX_FRAME: usize = 256 * 1024 * 1024;
@@ -55,7 +66,7 @@ impl ApiVersions {
 /// A pipelined connection to one broker.
 pub struct Connection {
     addr: String,
-    writer: OwnedWriteHalf,
+    writer: Writer,
     pending: Pending,
     next_correlation: i32,
     client_id: StrBytes,
@@ -87,8 +98,13 @@ impl ResponseFuture {
 }
 
 impl Connection {
-    /// Connects and negotiates API versions.
-    pub async fn connect(addr: &str, client_id: &str) -> Result<Self, ClientError> {
+    /// Connects, starts TLS and authenticates as `security` says, and negotiates API
+    /// versions.
+    pub async fn connect(
+        addr: &str,
+        client_id: &str,
+        security: &Security,
+    ) -> Result<Self, ClientError> {
         let io = |source| ClientError::Io {
             addr: addr.to_string(),
             source,
@@ -98,7 +114,31 @@ impl Connection {
             .map_err(|_| ClientError::Timeout(addr.to_string()))?
             .map_err(io)?;
         stream.set_nodelay(true).map_err(io)?;
-        let (mut read, writer) = stream.into_split();
+        let (mut read, writer): (Reader, Writer) = match &security.tls {
+            None => {
+                let (r, w) = stream.into_split();
+                (Box::new(r), Box::new(w))
+            }
+            Some(config) => {
+                let name =
+                    Security::server_name(addr).map_err(|message| ClientError::Protocol {
+                        addr: addr.to_string(),
+                        message,
+                    })?;
+                let tls = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    tokio_rustls::TlsConnector::from(config.clone()).connect(name, stream),
+                )
+                .await
+                .map_err(|_| ClientError::Timeout(addr.to_string()))?
+                .map_err(|source| ClientError::Tls {
+                    addr: addr.to_string(),
+                    source,
+                })?;
+                let (r, w) = tokio::io::split(tls);
+                (Box::new(r), Box::new(w))
+            }
+        };
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let reader_pending = pending.clone();
         let reader_addr = addr.to_string();
@@ -121,7 +161,71 @@ impl Connection {
             reader,
         };
         conn.negotiate().await?;
+        if let Some(auth) = &security.sasl {
+            conn.authenticate(auth).await?;
+        }
         Ok(conn)
+    }
+
+    /// SaslHandshake, then SaslAuthenticate rounds until the mechanism is done (KIP-152).
+    async fn authenticate(&mut self, auth: &SaslAuth) -> Result<(), ClientError> {
+        let timeout = Duration::from_secs(10);
+        let refused = |addr: &str, code: i16, detail: String| ClientError::Auth {
+            addr: addr.to_string(),
+            message: format!(
+                "SASL {} as {:?}: {} ({code}){detail}",
+                auth.mechanism.name(),
+                auth.username,
+                ResponseError::try_from_code(code)
+                    .map_or_else(|| "NONE".to_string(), |e| e.to_string()),
+            ),
+        };
+        let v = self
+            .versions
+            .pick(&self.addr, ApiKey::SaslHandshake, "SaslHandshake", (1, 1))?;
+        let hs = SaslHandshakeRequest::default()
+            .with_mechanism(StrBytes::from_static_str(auth.mechanism.name()));
+        let resp = self.request(&hs, v, timeout).await?;
+        if resp.error_code != 0 {
+            let offered: Vec<String> = resp.mechanisms.iter().map(|m| m.to_string()).collect();
+            let detail = format!(": the listener offers {}", offered.join(", "));
+            return Err(refused(&self.addr, resp.error_code, detail));
+        }
+        let v = self.versions.pick(
+            &self.addr,
+            ApiKey::SaslAuthenticate,
+            "SaslAuthenticate",
+            (0, 2),
+        )?;
+        let mut exchange = SaslExchange::new(auth);
+        let client_side =
+            |addr: &str, e: sluice::security::client::SaslClientError| ClientError::Auth {
+                addr: addr.to_string(),
+                message: format!("SASL {} as {:?}: {e}", auth.mechanism.name(), auth.username),
+            };
+        let mut token = exchange
+            .first_token()
+            .map_err(|e| client_side(&self.addr, e))?;
+        loop {
+            let req = SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(token));
+            let resp = self.request(&req, v, timeout).await?;
+            if resp.error_code != 0 {
+                let detail = resp
+                    .error_message
+                    .as_deref()
+                    .filter(|m| !m.is_empty())
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default();
+                return Err(refused(&self.addr, resp.error_code, detail));
+            }
+            match exchange
+                .step(&resp.auth_bytes)
+                .map_err(|e| client_side(&self.addr, e))?
+            {
+                Some(next) => token = next,
+                None => return Ok(()),
+            }
+        }
     }
 
     /// The peer address.
@@ -210,13 +314,14 @@ impl Connection {
         } else {
             None
         };
-        self.writer
-            .write_all(&buf)
-            .await
-            .map_err(|source| ClientError::Io {
-                addr: self.addr.clone(),
-                source,
-            })?;
+        let io = |source| ClientError::Io {
+            addr: self.addr.clone(),
+            source,
+        };
+        self.writer.write_all(&buf).await.map_err(io)?;
+        // TLS may keep encrypted records in its buffer when the socket was full; a flush
+        // sends them (a no-op on plain TCP).
+        self.writer.flush().await.map_err(io)?;
         Ok(rx.map(|rx| ResponseFuture {
             addr: self.addr.clone(),
             rx,
@@ -251,10 +356,7 @@ pub fn decode_response<R: Request>(
     })
 }
 
-async fn read_loop(
-    read: &mut tokio::net::tcp::OwnedReadHalf,
-    pending: &Pending,
-) -> std::io::Result<()> {
+async fn read_loop(read: &mut Reader, pending: &Pending) -> std::io::Result<()> {
     loop {
         let len = read.read_i32().await?;
         if len < 4 || len as usize > MAX_FRAME {

@@ -20,6 +20,22 @@ pub enum ClientError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The TLS handshake failed (untrusted or mismatched certificate, not a TLS port, ...).
+    #[error("TLS with {addr} failed: {source}")]
+    Tls {
+        /// Peer address.
+        addr: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The broker refused the SASL authentication, or the exchange failed.
+    #[error("authentication with {addr} failed: {message}")]
+    Auth {
+        /// Peer address.
+        addr: String,
+        /// Mechanism, user and the broker's reason.
+        message: String,
+    },
     /// The connection closed with the request outstanding.
     #[error("connection to {0} closed")]
     Closed(String),

@@ -7,6 +7,7 @@ use super::netns::Network;
 use super::proxy::DelayProxy;
 use crate::client::{cluster as meta, Connection};
 use anyhow::{anyhow, Context, Result};
+use sluice::security::client::Security;
 use std::collections::HashMap;
 use std::fs::File;
 use std::net::{SocketAddr, TcpStream};
@@ -196,7 +197,9 @@ impl LocalCluster {
             for n in self.live() {
                 let addr = self.addr(n);
                 let got = self.rt.block_on(async {
-                    let mut c = Connection::connect(&addr, "replexp-admin").await.ok()?;
+                    let mut c = Connection::connect(&addr, "replexp-admin", &Security::default())
+                        .await
+                        .ok()?;
                     tokio::time::timeout(Duration::from_secs(2), meta::metadata(&mut c, &[]))
                         .await
                         .ok()?

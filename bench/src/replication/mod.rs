@@ -17,6 +17,7 @@ use anyhow::{anyhow, Context, Result};
 use cluster::{ClusterSpec, LocalCluster};
 use probe::{Probe, ProbeSample, ProbeTargets};
 use serde::{Deserialize, Serialize};
+use sluice::security::client::Security;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -298,7 +299,7 @@ fn leader_of(c: &LocalCluster, prefix: &str) -> Option<(i32, Vec<i32>)> {
 
 async fn replicas_of(addr: &str, prefix: &str) -> Option<(i32, Vec<i32>)> {
     use kafka_protocol::messages::{ApiKey, MetadataRequest};
-    let mut c = crate::client::Connection::connect(addr, "replexp-admin")
+    let mut c = crate::client::Connection::connect(addr, "replexp-admin", &Security::default())
         .await
         .ok()?;
     let v = c
@@ -477,6 +478,7 @@ fn run_case(o: &ExperimentOptions, case: &Case, mode: &str, index: usize) -> Res
         seed: o.seed,
         progress: false,
         markers: Vec::new(),
+        security: Security::default(),
     };
     let outcome = runner::run(&w, &opts);
     let faults = faults

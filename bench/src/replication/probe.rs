@@ -6,6 +6,7 @@ use crate::client::cluster::METADATA_VERSIONS;
 use crate::client::Connection;
 use kafka_protocol::messages::{ApiKey, MetadataRequest};
 use serde::{Deserialize, Serialize};
+use sluice::security::client::Security;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -84,7 +85,9 @@ impl Probe {
 }
 
 async fn poll_once(id: u32, addr: &str, prefix: &str) -> Option<ProbeSample> {
-    let mut c = Connection::connect(addr, "replexp-probe").await.ok()?;
+    let mut c = Connection::connect(addr, "replexp-probe", &Security::default())
+        .await
+        .ok()?;
     let v = c
         .versions()
         .pick(addr, ApiKey::Metadata, "Metadata", METADATA_VERSIONS)

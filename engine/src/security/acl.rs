@@ -34,8 +34,8 @@
 //! [`Authorizer::decide_with`] over the image's set (`broker::api::acls`).
 //!
 //! [`Authorizer::decide_by_type_with`] is Kafka's `authorizeByResourceType` (InitProducerId
-//! without a transactional id). Not done yet (see `docs/security.md`): the authorized-operations
-//! bit sets of Metadata, DescribeCluster and DescribeGroups.
+//! without a transactional id). [`authorized_operations`] builds the KIP-430 bit sets of
+//! Metadata, DescribeCluster and DescribeGroups over [`supported_operations`].
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -1158,6 +1158,58 @@ pub fn required_acls(api_key: i16) -> Option<&'static [ApiAcl]> {
     TABLE.iter().find(|(k, _)| *k == key).map(|(_, acls)| *acls)
 }
 
+/// The value of an authorized-operations field (KIP-430) that was not asked for:
+/// `Integer.MIN_VALUE`, as Kafka sends it.
+pub const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
+
+/// The operations that apply to a resource type (Kafka's `AclEntry.supportedOperations`),
+/// the ones an authorized-operations bit set may name.
+pub fn supported_operations(resource_type: ResourceType) -> &'static [AclOperation] {
+    use AclOperation as Op;
+    match resource_type {
+        ResourceType::Topic => &[
+            Op::Read,
+            Op::Write,
+            Op::Create,
+            Op::Describe,
+            Op::Delete,
+            Op::Alter,
+            Op::DescribeConfigs,
+            Op::AlterConfigs,
+        ],
+        ResourceType::Group => &[Op::Read, Op::Describe, Op::Delete],
+        ResourceType::Cluster => &[
+            Op::Create,
+            Op::ClusterAction,
+            Op::DescribeConfigs,
+            Op::AlterConfigs,
+            Op::IdempotentWrite,
+            Op::Alter,
+            Op::Describe,
+        ],
+        ResourceType::TransactionalId => &[Op::Describe, Op::Write],
+        ResourceType::DelegationToken => &[Op::Describe],
+        ResourceType::User => &[Op::CreateTokens, Op::DescribeTokens],
+        ResourceType::Unknown | ResourceType::Any => &[],
+    }
+}
+
+/// The KIP-430 bit set of the operations of `resource_type` that `allowed` accepts: bit `c`
+/// set for each allowed operation of code `c` (Kafka's `Utils.to32BitField`).
+pub fn authorized_operations(
+    resource_type: ResourceType,
+    mut allowed: impl FnMut(AclOperation) -> bool,
+) -> i32 {
+    let mut bits = 0i32;
+    for op in supported_operations(resource_type) {
+        debug_assert!((0..31).contains(&op.code()));
+        if allowed(*op) {
+            bits |= 1 << op.code();
+        }
+    }
+    bits
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1647,6 +1699,27 @@ mod tests {
         assert!(may(&a, BOB, Op::Write, "*star"));
         // Another type with the same name is another resource.
         assert!(!a.authorize(ALICE, HOST, Op::Read, Rt::Group, "orders"));
+    }
+
+    #[test]
+    fn authorized_operations_bit_sets() {
+        // Without an authorizer every supported operation: Kafka's values for a topic (READ..
+        // ALTER_CONFIGS but not ALL, CLUSTER_ACTION, IDEMPOTENT_WRITE), a group and the cluster.
+        let all = |rt| authorized_operations(rt, |_| true);
+        assert_eq!(all(Rt::Topic), 0b1101_1111_1000);
+        assert_eq!(all(Rt::Group), (1 << 3) | (1 << 6) | (1 << 8));
+        assert_eq!(all(Rt::Cluster), 0b1_1111_1010_0000);
+        assert_eq!(authorized_operations(Rt::Topic, |_| false), 0);
+        // Implied operations come from the authorizer's rules: an ALLOW of READ and of
+        // ALTER_CONFIGS on a topic gives READ, DESCRIBE, ALTER_CONFIGS and DESCRIBE_CONFIGS.
+        let a = authorizer(&[
+            binding(Rt::Topic, "t", Literal, ALICE, "*", Op::Read, Allow),
+            binding(Rt::Topic, "t", Literal, ALICE, "*", Op::AlterConfigs, Allow),
+        ]);
+        let bits =
+            authorized_operations(Rt::Topic, |op| a.authorize(ALICE, HOST, op, Rt::Topic, "t"));
+        assert_eq!(bits, (1 << 3) | (1 << 8) | (1 << 10) | (1 << 11));
+        assert_eq!(AUTHORIZED_OPERATIONS_OMITTED, -2147483648);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use kafka_protocol::protocol::{
     encode_request_header_into_buffer, Decodable, HeaderVersion, Request, StrBytes,
 };
 
-use super::security::{SaslAuth, SaslMechanism, Security};
+use super::security::{SaslAuth, SaslClientError, SaslExchange, Security};
 use super::ClientError;
 
 /// The bytes under a connection: plain TCP, or TLS over it.
@@ -59,14 +59,6 @@ impl Write for Stream {
     }
 }
 
-/// The host part of `host:port` (`[v6]:port` too), as TLS checks it against the certificate.
-fn host_of(addr: &str) -> &str {
-    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
-    host.strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host)
-}
-
 /// Largest response frame accepted; a garbage length prefix must not allocate gigabytes.
 const MAX_FRAME: usize = 128 * 1024 * 1024;
 
@@ -85,16 +77,6 @@ fn api_name(key: i16) -> String {
     ApiKey::try_from(key)
         .map(|k| format!("{k:?}"))
         .unwrap_or_else(|_| format!("API key {key}"))
-}
-
-/// A fresh SCRAM client nonce: 24 random letters and digits.
-fn nonce() -> String {
-    use rand::Rng;
-    rand::thread_rng()
-        .sample_iter(&rand::distributions::Alphanumeric)
-        .take(24)
-        .map(char::from)
-        .collect()
 }
 
 impl Connection {
@@ -132,10 +114,10 @@ impl Connection {
         let stream = match &security.tls {
             None => Stream::Plain(stream),
             Some(config) => {
-                let name = rustls::pki_types::ServerName::try_from(host_of(addr).to_string())
-                    .map_err(|e| ClientError::Protocol {
+                let name =
+                    Security::server_name(addr).map_err(|message| ClientError::Protocol {
                         addr: addr.to_string(),
-                        message: format!("not a TLS server name: {e}"),
+                        message,
                     })?;
                 let tls = rustls::ClientConnection::new(config.clone(), name).map_err(|e| {
                     ClientError::Protocol {
@@ -174,30 +156,20 @@ impl Connection {
             what,
             Some(&format!("the listener offers {}", enabled.join(", "))),
         )?;
-        match auth.mechanism {
-            SaslMechanism::Plain => {
-                let token = format!("\0{}\0{}", auth.username, auth.password);
-                self.sasl_round(token.into_bytes(), &what)?;
-            }
-            SaslMechanism::Scram(mech) => {
-                let mut client = sluice::security::scram::ScramClient::new(
-                    mech,
-                    &auth.username,
-                    &auth.password,
-                    nonce(),
-                );
-                let addr = self.addr.clone();
-                let scram = |e: sluice::security::scram::ScramError| ClientError::Protocol {
-                    addr: addr.clone(),
-                    message: format!("{}: {e}", what()),
-                };
-                let server_first = self.sasl_round(client.client_first(), &what)?;
-                let last = client.server_first(&server_first).map_err(scram)?;
-                let server_final = self.sasl_round(last, &what)?;
-                client.server_final(&server_final).map_err(scram)?;
+        let mut exchange = SaslExchange::new(auth);
+        let addr = self.addr.clone();
+        let failed = |e: SaslClientError| ClientError::Protocol {
+            addr: addr.clone(),
+            message: format!("{}: {e}", what()),
+        };
+        let mut token = exchange.first_token().map_err(failed)?;
+        loop {
+            let reply = self.sasl_round(token, &what)?;
+            match exchange.step(&reply).map_err(failed)? {
+                Some(next) => token = next,
+                None => return Ok(()),
             }
         }
-        Ok(())
     }
 
     /// One SaslAuthenticate exchange: sends `bytes`, returns the server's.

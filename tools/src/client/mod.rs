@@ -7,10 +7,11 @@ pub mod cluster;
 pub mod connection;
 pub mod ops;
 pub mod records;
-pub mod security;
 
 pub use cluster::{Cluster, TopicMeta};
 pub use connection::Connection;
+/// Client properties to TLS/SASL settings, shared with sluice-bench.
+pub use sluice::security::client as security;
 
 use kafka_protocol::error::ResponseError;
 

@@ -24,8 +24,8 @@ use crate::broker::request_context::principal_and_host;
 use crate::broker::services::Services;
 use crate::controller::{Applied, MetadataCommand, MetadataImage as ClusterImage};
 use crate::security::acl::{
-    AccessControlEntry, AccessControlEntryFilter, AclBinding, AclBindingFilter, AclOperation,
-    AclPermissionType, Authorizer, PatternType, ResourcePattern, ResourcePatternFilter,
+    self, AccessControlEntry, AccessControlEntryFilter, AclBinding, AclBindingFilter, AclOperation,
+    AclPermissionType, Authorizer, Decision, PatternType, ResourcePattern, ResourcePatternFilter,
     ResourceType, CLUSTER_NAME,
 };
 
@@ -78,17 +78,9 @@ impl<'a> Authz<'a> {
     /// May the request's principal do `operation` on `(resource_type, name)`? Always true
     /// without an authorizer.
     pub fn allows(&self, operation: AclOperation, resource_type: ResourceType, name: &str) -> bool {
-        let Some(policy) = self.policy else {
+        let Some(decision) = self.decide(operation, resource_type, name) else {
             return true;
         };
-        let decision = policy.decide_with(
-            &self.image.acls,
-            &self.principal,
-            &self.host,
-            operation,
-            resource_type,
-            name,
-        );
         let allowed = decision.is_allowed();
         if !allowed {
             tracing::debug!(
@@ -102,6 +94,45 @@ impl<'a> Authz<'a> {
             );
         }
         allowed
+    }
+
+    /// The authorizer's decision, `None` without an authorizer.
+    fn decide(
+        &self,
+        operation: AclOperation,
+        resource_type: ResourceType,
+        name: &str,
+    ) -> Option<Decision> {
+        let policy = self.policy?;
+        Some(policy.decide_with(
+            &self.image.acls,
+            &self.principal,
+            &self.host,
+            operation,
+            resource_type,
+            name,
+        ))
+    }
+
+    /// The KIP-430 bit set of the operations the principal may do on `(resource_type, name)`
+    /// (implied operations included, as the authorizer's rules imply them); every operation
+    /// of the type without an authorizer. Unlike [`Self::allows`], refusals are not logged:
+    /// they are answers here, not denied requests.
+    pub fn authorized_operations(&self, resource_type: ResourceType, name: &str) -> i32 {
+        acl::authorized_operations(resource_type, |operation| {
+            self.decide(operation, resource_type, name)
+                .is_none_or(|d| d.is_allowed())
+        })
+    }
+
+    /// The principal's operations on the cluster (KIP-430) as Metadata and DescribeCluster
+    /// answer them: 0 without DESCRIBE on the cluster, as Kafka's.
+    pub fn cluster_authorized_operations(&self) -> i32 {
+        if self.allows_cluster(AclOperation::Describe) {
+            self.authorized_operations(ResourceType::Cluster, CLUSTER_NAME)
+        } else {
+            0
+        }
     }
 
     /// [`Self::allows`] on the cluster resource.
@@ -638,14 +669,24 @@ pub fn filter_list_groups(svc: &Rc<Services>, resp: &mut m::ListGroupsResponse) 
 }
 
 /// DescribeGroups: a group the principal may not describe is answered
-/// GROUP_AUTHORIZATION_FAILED with nothing else.
-pub fn filter_describe_groups(svc: &Rc<Services>, resp: &mut m::DescribeGroupsResponse) {
+/// GROUP_AUTHORIZATION_FAILED with nothing else. With `include_operations` (v3+), each group
+/// described without error carries the principal's operations on it (KIP-430).
+pub fn filter_describe_groups(
+    svc: &Rc<Services>,
+    include_operations: bool,
+    resp: &mut m::DescribeGroupsResponse,
+) {
     let authz = Authz::current(svc);
     for g in &mut resp.groups {
         if !allows_group(&authz, AclOperation::Describe, g.group_id.as_str()) {
             *g = m::describe_groups_response::DescribedGroup::default()
                 .with_group_id(g.group_id.clone())
                 .with_error_code(GROUP_AUTHORIZATION_FAILED);
+        } else if include_operations && g.error_code == ec::NONE {
+            g.authorized_operations =
+                authz.authorized_operations(ResourceType::Group, g.group_id.as_str());
+        } else {
+            g.authorized_operations = acl::AUTHORIZED_OPERATIONS_OMITTED;
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::broker::metadata::validate_topic_name;
 use crate::broker::protocol::error_code as ec;
 use crate::broker::services::Services;
 use crate::controller::MetadataImage as ClusterImage;
-use crate::security::acl::AclOperation;
+use crate::security::acl::{AclOperation, ResourceType, AUTHORIZED_OPERATIONS_OMITTED};
 
 fn describe_partitions(
     image: &ClusterImage,
@@ -194,15 +194,40 @@ pub async fn metadata(
         .and_then(|c| i32::try_from(c).ok())
         .filter(|c| image.broker(*c).is_some_and(|b| !b.fenced))
         .unwrap_or(node.node_id);
+    // KIP-430: the principal's operations on each topic it may describe, and (v8-10) on the
+    // cluster; Kafka's MIN_VALUE when not asked for.
+    if version >= 8 && req.include_topic_authorized_operations {
+        for t in &mut topics {
+            if t.error_code == super::acls::TOPIC_AUTHORIZATION_FAILED {
+                continue;
+            }
+            if let Some(name) = &t.name {
+                t.topic_authorized_operations =
+                    authz.authorized_operations(ResourceType::Topic, name.as_str());
+            }
+        }
+    }
+    let cluster_operations =
+        if (8..=10).contains(&version) && req.include_cluster_authorized_operations {
+            authz.cluster_authorized_operations()
+        } else {
+            AUTHORIZED_OPERATIONS_OMITTED
+        };
     m::MetadataResponse::default()
+        .with_cluster_authorized_operations(cluster_operations)
         .with_brokers(brokers)
         .with_cluster_id(Some(str_bytes(&node.cluster_id)))
         .with_controller_id(BrokerId(controller))
         .with_topics(topics)
 }
 
-/// DescribeCluster: the registered brokers and the active controller.
-pub fn describe_cluster(svc: &Services, node: &ClusterNode) -> m::DescribeClusterResponse {
+/// DescribeCluster: the registered brokers, the active controller and, when asked, the
+/// principal's operations on the cluster (KIP-430).
+pub fn describe_cluster(
+    svc: &Services,
+    node: &ClusterNode,
+    req: &m::DescribeClusterRequest,
+) -> m::DescribeClusterResponse {
     let image = node.cluster_image();
     let listener = crate::broker::request_context::listener_name(&svc.shard.ctx.config);
     let brokers = image
@@ -225,7 +250,13 @@ pub fn describe_cluster(svc: &Services, node: &ClusterNode) -> m::DescribeCluste
         .controller_id()
         .and_then(|c| i32::try_from(c).ok())
         .unwrap_or(-1);
+    let cluster_operations = if req.include_cluster_authorized_operations {
+        super::acls::Authz::current(svc).cluster_authorized_operations()
+    } else {
+        AUTHORIZED_OPERATIONS_OMITTED
+    };
     m::DescribeClusterResponse::default()
+        .with_cluster_authorized_operations(cluster_operations)
         .with_cluster_id(str_bytes(&node.cluster_id))
         .with_controller_id(BrokerId(controller))
         .with_endpoint_type(1)

@@ -244,10 +244,11 @@ pub async fn handle_request(
             )
         }
         ApiKey::DescribeCluster => {
-            let _req = decode!(m::DescribeClusterRequest);
+            let req = decode!(m::DescribeClusterRequest);
             frame(&metadata::describe_cluster(
                 &svc,
                 svc.shard.ctx.metadata.cluster_node(),
+                &req,
             ))
         }
         ApiKey::DescribeQuorum => {
@@ -316,8 +317,9 @@ pub async fn handle_request(
         }
         ApiKey::DescribeGroups => {
             let req = decode!(m::DescribeGroupsRequest);
+            let include_operations = req.include_authorized_operations;
             let mut resp = groups::describe_groups(&svc.groups, version, req).await?;
-            acls::filter_describe_groups(&svc, &mut resp);
+            acls::filter_describe_groups(&svc, include_operations, &mut resp);
             frame(&resp)
         }
         ApiKey::DeleteGroups => {

@@ -1,6 +1,8 @@
-//! How sluicectl reaches a secured listener: `security.protocol`, TLS trust and client
-//! certificates, and SASL credentials, read from Kafka client properties (a
-//! `--command-config` file as Kafka's tools take, and `-X key=value` as kcat takes).
+//! How Sluice's clients (sluicectl, sluice-bench) reach a secured listener:
+//! `security.protocol`, TLS trust and client certificates, and SASL credentials, read from
+//! Kafka client properties (a `--command-config` file as Kafka's tools take, and `-X key=value`
+//! as kcat takes); and the client side of a SASL exchange (`SaslExchange`, sans-IO: each
+//! client's connection carries its tokens in SaslAuthenticate requests).
 //!
 //! Both spellings Kafka users have are accepted: librdkafka's (`ssl.ca.location`,
 //! `ssl.certificate.location`, `ssl.key.location`, `sasl.mechanisms`, `sasl.username`,
@@ -11,9 +13,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sluice::security::credentials::jaas_options;
-use sluice::security::scram::ScramMechanism;
-use sluice::security::tls::TlsError;
+use super::credentials::jaas_options;
+use super::scram::{ScramClient, ScramError, ScramMechanism};
+use super::tls::TlsError;
 
 /// Kafka's `security.protocol` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,7 +30,7 @@ pub enum Protocol {
     SaslSsl,
 }
 
-/// A SASL mechanism the tool speaks.
+/// A SASL mechanism the clients speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SaslMechanism {
     /// PLAIN (RFC 4616).
@@ -67,7 +69,7 @@ impl std::fmt::Debug for SaslAuth {
     }
 }
 
-/// What every connection of one sluicectl run uses.
+/// What every connection of one client run uses.
 #[derive(Clone)]
 pub struct Security {
     /// The protocol of the listener the bootstrap addresses point at.
@@ -183,7 +185,7 @@ impl Security {
                     | "sasl.jaas.config"
             ) || IGNORED.contains(&k.as_str());
             if !known && (k.starts_with("ssl.") || k.starts_with("sasl.")) {
-                return Err(bad(k, "not supported by sluicectl"));
+                return Err(bad(k, "not a client property Sluice's tools support"));
             }
         }
         let protocol = match get("security.protocol")
@@ -215,6 +217,135 @@ impl Security {
             tls,
             sasl,
         })
+    }
+
+    /// The settings of a properties file (`--command-config`) with `key=value` overrides
+    /// (`-X`, which win over the file).
+    pub fn from_sources(
+        command_config: Option<&Path>,
+        overrides: &[String],
+    ) -> Result<Self, PropertyError> {
+        let mut props = match command_config {
+            Some(path) => read_properties(path)?,
+            None => BTreeMap::new(),
+        };
+        for p in overrides {
+            let (k, v) = parse_property(p)?;
+            props.insert(k, v);
+        }
+        Security::from_properties(&props)
+    }
+
+    /// The name TLS checks the broker's certificate against: the host of `addr` (`host:port`,
+    /// `[v6]:port`).
+    pub fn server_name(addr: &str) -> Result<rustls::pki_types::ServerName<'static>, String> {
+        let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        rustls::pki_types::ServerName::try_from(host.to_string())
+            .map_err(|e| format!("{host:?} is not a TLS server name: {e}"))
+    }
+}
+
+/// The client side of one SASL authentication, sans IO: the caller sends SaslHandshake with
+/// `mechanism()`, then each token in a SaslAuthenticate request and hands the server's reply
+/// to `step` until it returns `None` (KIP-152).
+pub struct SaslExchange {
+    state: ExchangeState,
+}
+
+enum ExchangeState {
+    /// PLAIN's one token, not yet sent.
+    Plain(Vec<u8>),
+    /// PLAIN: token sent, waiting for the (empty) reply.
+    PlainSent,
+    /// SCRAM: client-first not yet sent.
+    ScramFirst(ScramClient),
+    /// SCRAM: waiting for server-first.
+    ScramServerFirst(ScramClient),
+    /// SCRAM: waiting for server-final.
+    ScramServerFinal(ScramClient),
+    /// Nothing more to send.
+    Done,
+}
+
+/// Why a SASL exchange failed on the client side (the server's own refusals come back as
+/// SaslAuthenticate error codes).
+#[derive(Debug, thiserror::Error)]
+pub enum SaslClientError {
+    /// The server's SCRAM message was malformed or did not prove it knows the password.
+    #[error(transparent)]
+    Scram(#[from] ScramError),
+    /// The server answered a token after the exchange was complete (or before it started).
+    #[error("SASL exchange out of step: the server sent a token when none was expected")]
+    OutOfStep,
+}
+
+impl SaslExchange {
+    /// An exchange for `auth` with a fresh random SCRAM nonce.
+    pub fn new(auth: &SaslAuth) -> Self {
+        use rand::Rng;
+        let nonce: String = rand::thread_rng()
+            .sample_iter(&rand::distributions::Alphanumeric)
+            .take(24)
+            .map(char::from)
+            .collect();
+        Self::with_nonce(auth, nonce)
+    }
+
+    /// An exchange for `auth` with the given SCRAM client nonce (printable, fresh).
+    pub fn with_nonce(auth: &SaslAuth, nonce: String) -> Self {
+        let state = match auth.mechanism {
+            SaslMechanism::Plain => {
+                ExchangeState::Plain(format!("\0{}\0{}", auth.username, auth.password).into_bytes())
+            }
+            SaslMechanism::Scram(m) => ExchangeState::ScramFirst(ScramClient::new(
+                m,
+                &auth.username,
+                &auth.password,
+                nonce,
+            )),
+        };
+        SaslExchange { state }
+    }
+
+    /// The first token to send in SaslAuthenticate (after SaslHandshake succeeded).
+    pub fn first_token(&mut self) -> Result<Vec<u8>, SaslClientError> {
+        match std::mem::replace(&mut self.state, ExchangeState::Done) {
+            ExchangeState::Plain(token) => {
+                self.state = ExchangeState::PlainSent;
+                Ok(token)
+            }
+            ExchangeState::ScramFirst(mut c) => {
+                let token = c.client_first();
+                self.state = ExchangeState::ScramServerFirst(c);
+                Ok(token)
+            }
+            _ => Err(SaslClientError::OutOfStep),
+        }
+    }
+
+    /// The server's reply to the last token: the next token to send, or `None` when the
+    /// exchange is complete (for SCRAM, once the server proved it knows the password).
+    pub fn step(&mut self, server: &[u8]) -> Result<Option<Vec<u8>>, SaslClientError> {
+        match std::mem::replace(&mut self.state, ExchangeState::Done) {
+            ExchangeState::ScramServerFirst(mut c) => {
+                let token = c.server_first(server)?;
+                self.state = ExchangeState::ScramServerFinal(c);
+                Ok(Some(token))
+            }
+            ExchangeState::ScramServerFinal(mut c) => {
+                c.server_final(server)?;
+                Ok(None)
+            }
+            // PLAIN's reply is empty; the error code says whether it was accepted.
+            ExchangeState::PlainSent => Ok(None),
+            ExchangeState::Plain(_) | ExchangeState::ScramFirst(_) | ExchangeState::Done => {
+                Err(SaslClientError::OutOfStep)
+            }
+        }
     }
 }
 
@@ -248,7 +379,7 @@ fn tls_config(p: &Props<'_>) -> Result<rustls::ClientConfig, PropertyError> {
         Some(a) => {
             return Err(bad(
                 "ssl.endpoint.identification.algorithm",
-                format!("{a:?}: sluicectl always checks the broker's host name (https)"),
+                format!("{a:?}: the broker's host name is always checked (https)"),
             ))
         }
     }
@@ -278,7 +409,7 @@ fn tls_config(p: &Props<'_>) -> Result<rustls::ClientConfig, PropertyError> {
         (None, None, Some(ks)) => Some((PathBuf::from(ks), PathBuf::from(ks))),
         (None, None, None) => None,
     };
-    sluice::security::tls::client_config(
+    super::tls::client_config(
         &truststore,
         identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
     )
@@ -315,7 +446,7 @@ fn sasl_auth(p: &Props<'_>) -> Result<SaslAuth, PropertyError> {
             None => {
                 return Err(bad(
                     mech_key,
-                    format!("{other:?}: sluicectl speaks PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512"),
+                    format!("{other:?}: supported are PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512"),
                 ))
             }
         },
@@ -444,6 +575,58 @@ mod tests {
             ]),
             "ssl.truststore.type"
         );
+    }
+
+    fn auth(mechanism: SaslMechanism, password: &str) -> SaslAuth {
+        SaslAuth {
+            mechanism,
+            username: "alice".into(),
+            password: password.into(),
+        }
+    }
+
+    #[test]
+    fn scram_exchange_against_the_server_core() {
+        use crate::security::scram::{ScramCredential, ScramServer};
+        let mech = ScramMechanism::Sha256;
+        let stored = ScramCredential::new(mech, "right", b"salt-salt", 4096);
+        for (password, ok) in [("right", true), ("wrong", false)] {
+            let mut client = SaslExchange::with_nonce(
+                &auth(SaslMechanism::Scram(mech), password),
+                "cn0nce".into(),
+            );
+            let mut server = ScramServer::new(mech, "sn0nce".into());
+            let first = client.first_token().unwrap();
+            let server_first = server
+                .client_first(&first, |u| (u == "alice").then(|| stored.clone()), b"decoy")
+                .unwrap();
+            let last = client.step(&server_first).unwrap().expect("client-final");
+            match server.client_final(&last) {
+                Ok(done) => {
+                    assert!(ok, "a wrong password was accepted");
+                    assert_eq!(client.step(&done.server_final).unwrap(), None);
+                    assert!(matches!(client.step(b""), Err(SaslClientError::OutOfStep)));
+                }
+                Err(_) => assert!(!ok, "the right password was refused"),
+            }
+        }
+    }
+
+    #[test]
+    fn plain_exchange_is_one_token() {
+        let mut client = SaslExchange::new(&auth(SaslMechanism::Plain, "pw"));
+        assert!(matches!(client.step(b""), Err(SaslClientError::OutOfStep)));
+        let mut client = SaslExchange::new(&auth(SaslMechanism::Plain, "pw"));
+        assert_eq!(client.first_token().unwrap(), b"\0alice\0pw");
+        assert_eq!(client.step(b"").unwrap(), None);
+    }
+
+    #[test]
+    fn server_names() {
+        assert!(Security::server_name("localhost:9093").is_ok());
+        assert!(Security::server_name("127.0.0.1:9093").is_ok());
+        assert!(Security::server_name("[::1]:9093").is_ok());
+        assert!(Security::server_name("bad host:1").is_err());
     }
 
     #[test]
