@@ -24,6 +24,7 @@ use crate::replication::{
 };
 
 use super::error::MetadataError;
+use super::scram::{AlterScramCredentials, ScramCredentials};
 use crate::security::acl::{AclBinding, AclBindingFilter};
 
 /// Topic config key selecting the replication rule (`isr` or `quorum`).
@@ -317,6 +318,9 @@ pub enum MetadataCommand {
         /// The filters.
         filters: Vec<AclBindingFilter>,
     },
+    /// Add, replace and remove SCRAM credentials (Kafka's UserScramCredentialRecord and
+    /// RemoveUserScramCredentialRecord), validated by `controller::scram`.
+    AlterScramCredentials(AlterScramCredentials),
     /// No producer id below `below` is handed out from now on (the migration of a node
     /// whose ids came from its own file). Never moves allocation back.
     ReserveProducerIds {
@@ -380,6 +384,9 @@ pub struct MetadataImage {
     /// The ACL bindings (empty in images written before ACLs were stored).
     #[serde(default)]
     pub acls: BTreeSet<AclBinding>,
+    /// The SCRAM credentials (empty in images written before they were stored).
+    #[serde(default)]
+    pub scram: ScramCredentials,
 }
 
 impl MetadataImage {
@@ -542,6 +549,9 @@ impl MetadataImage {
                     removed.push(matched);
                 }
                 Ok(Applied::AclsDeleted(removed))
+            }
+            MetadataCommand::AlterScramCredentials(alter) => {
+                self.scram.apply(alter).map(|()| Applied::Done)
             }
             MetadataCommand::ReserveProducerIds { below } => {
                 self.next_producer_id = self.next_producer_id.max(*below);
