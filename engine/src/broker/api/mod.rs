@@ -9,6 +9,8 @@
 //! - [`records`]: DeleteRecords, DescribeLogDirs, DescribeProducers.
 //! - [`acls`]: CreateAcls, DescribeAcls, DeleteAcls, and [`acls::Authz`], what the request's
 //!   principal may do (every handler of an authorised API asks it).
+//! - [`users`]: DescribeUserScramCredentials, AlterUserScramCredentials, and the import of
+//!   the bootstrap SCRAM credentials.
 //! - [`groups`]: FindCoordinator and the group APIs. [`producers`]: InitProducerId and the
 //!   refused transactional APIs. [`quorum`]: DescribeQuorum.
 //!
@@ -25,6 +27,7 @@ pub mod producers;
 pub mod quorum;
 pub mod records;
 pub mod topics;
+pub mod users;
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -333,6 +336,15 @@ pub async fn handle_request(
             let req = decode!(m::DeleteAclsRequest);
             let node = svc.shard.ctx.metadata.cluster_node().clone();
             frame(&acls::delete_acls(&svc, &node, req).await)
+        }
+        ApiKey::DescribeUserScramCredentials => {
+            let req = decode!(m::DescribeUserScramCredentialsRequest);
+            frame(&users::describe_user_scram_credentials(&svc, req))
+        }
+        ApiKey::AlterUserScramCredentials => {
+            let req = decode!(m::AlterUserScramCredentialsRequest);
+            let node = svc.shard.ctx.metadata.cluster_node().clone();
+            frame(&users::alter_user_scram_credentials(&svc, &node, req).await)
         }
         ApiKey::InitProducerId => {
             let req = decode!(m::InitProducerIdRequest);
