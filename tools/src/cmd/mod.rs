@@ -1,5 +1,6 @@
 //! The cluster subcommands, one module each.
 
+pub mod acls;
 pub mod cluster;
 pub mod configs;
 pub mod consume;
@@ -9,6 +10,7 @@ pub mod produce;
 pub mod producers;
 pub mod records;
 pub mod topics;
+pub mod users;
 
 use crate::UsageError;
 
