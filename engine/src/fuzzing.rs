@@ -134,6 +134,8 @@ pub fn request(frame: &[u8]) {
         }
         ApiKey::DeleteGroups => drop(body!(m::DeleteGroupsRequest)),
         ApiKey::OffsetDelete => drop(body!(m::OffsetDeleteRequest)),
+        ApiKey::DescribeUserScramCredentials => drop(body!(m::DescribeUserScramCredentialsRequest)),
+        ApiKey::AlterUserScramCredentials => drop(body!(m::AlterUserScramCredentialsRequest)),
         _ => {}
     }
 }

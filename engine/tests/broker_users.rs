@@ -136,6 +136,7 @@ fn scram_user_apis_alter_describe_errors_and_restart() {
             upsert("carol", 3, "x", 4096),
             upsert("dave", SHA256, "x", 4095),
             upsert("erin", SHA512, "x", 16385),
+            upsert("neg", SHA512, "x", -1),
             upsert("gina", SHA256, "x", 4096),
             upsert("hank", SHA256, "x", 4096),
             upsert("hank", SHA512, "x", 4096),
@@ -151,6 +152,7 @@ fn scram_user_apis_alter_describe_errors_and_restart() {
             ("carol", 33),
             ("dave", 93),
             ("erin", 93),
+            ("neg", 93),
             ("ghost", 91),
             // Its deletion failed first (no such credential): that error is its answer.
             ("gina", 91),
@@ -346,5 +348,34 @@ fn format_add_scram_bootstraps_the_metadata_once() {
         d["admin"],
         Ok(vec![(SHA256, 4096), (SHA512, 8192)]),
         "a bootstrap credential never replaces one in the metadata"
+    );
+}
+
+/// A malformed AlterUserScramCredentials (an upsertion array claiming 2^31 - 1 entries) closes
+/// its connection only; the broker keeps answering, and stored nothing.
+#[test]
+fn malformed_alter_request_closes_only_its_connection() {
+    use std::io::{Read, Write};
+    let broker = Broker::start(&[]);
+    let mut c = broker.client();
+    // Header v2: api key 51, version 0, correlation id 9, client id "t", no tagged fields.
+    let mut frame = vec![0, 51, 0, 0, 0, 0, 0, 9, 0, 1, b't', 0];
+    // Body: deletions = 0 entries (compact array: 1), upsertions = a huge compact count.
+    frame.extend_from_slice(&[1, 0xff, 0xff, 0xff, 0xff, 0x07, 0]);
+    let mut sized = (frame.len() as u32).to_be_bytes().to_vec();
+    sized.extend_from_slice(&frame);
+    c.stream.write_all(&sized).expect("write");
+    c.stream
+        .set_read_timeout(Some(TIMEOUT))
+        .expect("read timeout");
+    let mut buf = [0u8; 16];
+    let n = c.stream.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the connection is closed without an answer");
+    let mut c = broker.client();
+    assert_eq!(describe(&mut c, None), (0, BTreeMap::new()));
+    assert!(
+        broker.log().contains("AlterUserScramCredentials"),
+        "{}",
+        broker.log()
     );
 }
