@@ -199,3 +199,33 @@ def test_a_user_created_through_one_broker_logs_in_on_the_others(make_broker, to
     assert alter(admin3, [UserScramCredentialDeletion("frank", ScramMechanism.SCRAM_SHA_512)]) == {"frank": None}
     errors = eventually(sasl_ports[1], "SCRAM-SHA-512", "frank", "frank-secret", want=False)
     assert not errors, f"a deleted user still logs in on node 1: {errors}"
+
+
+def test_format_bootstrap_credentials_of_one_node_reach_every_broker(make_broker, topic_name):
+    """`sluice format --add-scram` on node 2 only: once the quorum answers, that node imports
+    its bootstrap file into the cluster metadata (then renames it), and the user logs in on
+    every broker."""
+    import subprocess
+
+    from sluice_broker import sluice_binary
+    from sluice_cluster import Cluster
+
+    sasl_ports: dict[int, int] = {}
+
+    def listeners(node: int, b) -> list[str]:
+        sasl_ports[node] = free_port()
+        if node == 2:
+            b.data_dir.mkdir(parents=True, exist_ok=True)
+            subprocess.run([str(sluice_binary()), "format", "--data-dir", str(b.data_dir),
+                            "--add-scram", "SCRAM-SHA-256=[name=boot,password=boot-secret]"],
+                           check=True, capture_output=True, timeout=30)
+        return sasl_listener_args(b.port, sasl_ports[node])
+
+    cluster = Cluster(make_broker, "isr", per_node=listeners)
+    cluster.create_topic(topic_name, rf=3)
+    for node in cluster.ids:
+        errors = eventually(sasl_ports[node], "SCRAM-SHA-256", "boot", "boot-secret", want=True, timeout=30)
+        assert not errors, f"node {node}: {errors}"
+    data = cluster.broker(2).data_dir
+    assert not (data / "scram-credentials.json").exists()
+    assert (data / "scram-credentials.json.imported").exists()
