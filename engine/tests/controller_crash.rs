@@ -105,7 +105,14 @@ async fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) 
 }
 
 async fn read_image(addr: &str) -> Option<MetadataImage> {
-    match call(addr, &RpcRequest::ReadMetadata, Duration::from_millis(500)).await {
+    match call(
+        addr,
+        None,
+        &RpcRequest::ReadMetadata,
+        Duration::from_millis(500),
+    )
+    .await
+    {
         Ok(RpcResponse::Metadata { image, .. }) => Some(*image),
         _ => None,
     }

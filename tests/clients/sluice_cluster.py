@@ -36,7 +36,8 @@ class Cluster:
         self.brokers = [make_broker(shards=shards, start=False) for _ in range(nodes)]
         # free_port() hands a port out once per process, so the voters' ports and the brokers'
         # listeners (none bound until the nodes start) never coincide.
-        voters = ",".join(f"{i + 1}@127.0.0.1:{free_port()}" for i in range(3))
+        self.voter_ports = [free_port() for _ in range(3)]
+        voters = ",".join(f"{i + 1}@127.0.0.1:{port}" for i, port in enumerate(self.voter_ports))
         self.admin_ports = [free_port() for _ in range(nodes)]
         for i, b in enumerate(self.brokers):
             b.extra_args += [

@@ -24,6 +24,7 @@ use crate::controller::{
     parse_voters, Controller, ControllerConfig, ControllerError, Endpoint, HeartbeatRequest,
     MetadataImage as ClusterImage,
 };
+use crate::security::tls::PeerTls;
 
 /// The longest a stopping broker waits for its controlled-shutdown heartbeat.
 const CONTROLLED_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
@@ -71,6 +72,8 @@ pub struct ClusterNode {
     sole_voter: bool,
     /// Started without `controller.quorum.voters` (a cluster of one by default).
     implicit: bool,
+    /// TLS for connections to other brokers' inter-broker listeners (it is SSL).
+    pub inter_broker_tls: Option<Arc<PeerTls>>,
 }
 
 impl std::fmt::Debug for ClusterNode {
@@ -152,6 +155,17 @@ impl ClusterNode {
                 cc.set(key, v)?;
             }
         }
+        cc.tls = config.controller_tls.clone();
+        // A cluster of one never dials another broker.
+        let inter_broker_tls = match config.listeners.first().and_then(|l| l.tls.clone()) {
+            _ if implicit => None,
+            Some(settings) => Some(Arc::new(
+                PeerTls::client("inter-broker", settings).map_err(|e| {
+                    ControllerError::InvalidConfig(format!("inter-broker listener TLS: {e}"))
+                })?,
+            )),
+            None => None,
+        };
         let request_timeout = Duration::from_millis(cc.request_timeout_ms);
         let node_id = config.node_id;
         let session_timeout_ms = cc.broker_session_timeout_ms;
@@ -178,6 +192,7 @@ impl ClusterNode {
             thread: Mutex::new(None),
             sole_voter,
             implicit,
+            inter_broker_tls,
         }))
     }
 

@@ -1,5 +1,6 @@
 //! A minimal Kafka-protocol client for broker-to-broker calls (follower Fetch and
-//! OffsetForLeaderEpoch): one connection, one request at a time, every call bounded in time.
+//! OffsetForLeaderEpoch, forwarded DescribeQuorum): one connection, one request at a time,
+//! every call bounded in time, over TLS when the inter-broker listener is SSL.
 
 use std::time::Duration;
 
@@ -7,7 +8,8 @@ use bytes::{Buf, BufMut, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+use crate::security::tls::{connect_peer, PeerStream, PeerTls};
 
 /// Largest response frame a replica accepts (a fetch answer is bounded by its max_bytes).
 const MAX_RESPONSE: usize = 256 * 1024 * 1024;
@@ -27,24 +29,36 @@ pub enum ClientError {
 }
 
 /// One connection to another broker's Kafka listener.
-#[derive(Debug)]
 pub struct KafkaClient {
-    stream: TcpStream,
+    stream: Box<dyn PeerStream>,
     next_correlation_id: i32,
     client_id: String,
 }
 
+impl std::fmt::Debug for KafkaClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaClient")
+            .field("client_id", &self.client_id)
+            .finish()
+    }
+}
+
 impl KafkaClient {
-    /// Connects to `addr` (`host:port`) within `timeout`.
+    /// Connects to `addr` (`host:port`) within `timeout`, with TLS when `tls` is given (the
+    /// inter-broker listener is SSL).
     pub async fn connect(
         addr: &str,
+        tls: Option<&PeerTls>,
         client_id: String,
         timeout: Duration,
     ) -> Result<Self, ClientError> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| ClientError::Timeout)??;
-        stream.set_nodelay(true)?;
+        let stream = connect_peer(addr, tls, timeout).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                ClientError::Timeout
+            } else {
+                ClientError::Io(e)
+            }
+        })?;
         Ok(KafkaClient {
             stream,
             next_correlation_id: 0,
@@ -89,6 +103,7 @@ impl KafkaClient {
             .map_err(|_| ClientError::Codec("request too large".into()))?;
         buf[..4].copy_from_slice(&len.to_be_bytes());
         self.stream.write_all(&buf).await?;
+        self.stream.flush().await?;
         let size = self.stream.read_i32().await?;
         let size = usize::try_from(size)
             .ok()

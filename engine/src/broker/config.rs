@@ -53,6 +53,11 @@ pub const BROKER_KEYS: &[(&str, &str, &str)] = &[
         "",
         "listener registered for other brokers (default: the first of listeners)",
     ),
+    (
+        "controller.listener.names",
+        "",
+        "listener name of the controller channel (PLAINTEXT or SSL; not a Kafka listener)",
+    ),
     ("ssl.keystore.type", "PEM", "keystore format (PEM only)"),
     (
         "ssl.keystore.location",
@@ -463,6 +468,8 @@ pub struct BrokerConfig {
     pub advertised_port: i32,
     /// Every listener, the inter-broker one first.
     pub listeners: Vec<super::listeners::ListenerConfig>,
+    /// TLS of the controller channel (`controller.listener.names` mapped to SSL).
+    pub controller_tls: Option<crate::security::tls::TlsSettings>,
     /// `log.dirs` (first entry).
     pub data_dir: PathBuf,
     /// Number of shard threads (resolved: never 0).
@@ -678,6 +685,7 @@ impl BrokerConfig {
             .get("controller.quorum.voters")
             .is_none_or(|v| v.trim().is_empty());
         if clustered
+            && cfg.listeners[0].protocol == super::listeners::SecurityProtocol::Plaintext
             && cfg
                 .authorizer
                 .as_ref()
@@ -707,17 +715,30 @@ impl BrokerConfig {
         }
         let listeners = super::listeners::parse_listeners(&raw)?;
         let inter_broker = &listeners[0];
-        if !get("controller.quorum.voters").trim().is_empty()
-            && inter_broker.protocol != super::listeners::SecurityProtocol::Plaintext
-        {
-            // The follower fetcher and the group/controller calls between brokers speak
-            // plain TCP today (docs/security.md).
+        if !get("controller.quorum.voters").trim().is_empty() && inter_broker.protocol.sasl() {
+            // The follower fetcher authenticates with its certificate (SSL), not with SASL.
             return Err(invalid(
                 "inter.broker.listener.name",
                 &inter_broker.name,
-                "cluster mode needs a PLAINTEXT inter-broker listener (TLS and SASL between brokers are not done yet)",
+                "cluster mode needs a PLAINTEXT or SSL inter-broker listener (SASL between brokers is not done yet; SSL with ssl.client.auth=required authenticates brokers by certificate)",
             ));
         }
+        if !get("controller.quorum.voters").trim().is_empty()
+            && inter_broker
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.truststore.is_none())
+        {
+            return Err(invalid(
+                "ssl.truststore.location",
+                "",
+                format!(
+                    "the SSL inter-broker listener {} needs the CAs of the other brokers' certificates",
+                    inter_broker.name
+                ),
+            ));
+        }
+        let controller_tls = super::listeners::controller_channel_tls(&raw)?;
         let listen = inter_broker.bind;
         let adv_host = inter_broker.advertised_host.clone();
         let adv_port = inter_broker.advertised_port;
@@ -842,6 +863,7 @@ impl BrokerConfig {
             advertised_host: adv_host,
             advertised_port: adv_port,
             listeners,
+            controller_tls,
             data_dir: PathBuf::from(data_dir),
             shards,
             num_partitions,
@@ -1109,6 +1131,39 @@ mod tests {
         ])
         .unwrap();
         assert!(w.is_empty(), "{w:?}");
+    }
+
+    #[test]
+    fn cluster_inter_broker_listener_is_plaintext_or_ssl_with_a_truststore() {
+        let resolve = |flags: &[(&str, &str)]| {
+            let flags: Vec<(String, String)> = flags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            BrokerConfig::resolve(None, Vec::new(), &flags)
+        };
+        let voters = ("controller.quorum.voters", "1@127.0.0.1:9093");
+        let ssl = [
+            ("listeners", "SSL://127.0.0.1:9092"),
+            ("ssl.keystore.location", "/node.pem"),
+            voters,
+        ];
+        let e = resolve(&ssl).unwrap_err().to_string();
+        assert!(e.contains("ssl.truststore.location"), "{e}");
+        let mut trusted = ssl.to_vec();
+        trusted.push(("ssl.truststore.location", "/ca.pem"));
+        let (c, _) = resolve(&trusted).unwrap();
+        assert!(c.listeners[0].tls.is_some());
+        // A single node may serve SSL without a truststore: it dials no other broker.
+        assert!(resolve(&ssl[..2]).is_ok());
+        let e = resolve(&[
+            ("listeners", "SASL_PLAINTEXT://127.0.0.1:9092"),
+            ("sasl.enabled.mechanisms", "SCRAM-SHA-256"),
+            voters,
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("inter.broker.listener.name"), "{e}");
     }
 
     #[test]

@@ -141,11 +141,15 @@ pub fn listener_value<'a>(raw: &'a BTreeMap<String, String>, listener: &str, key
         .unwrap_or("")
 }
 
-/// Resolves every listener. The first one of `listeners` is the default inter-broker one.
-pub fn parse_listeners(raw: &BTreeMap<String, String>) -> Result<Vec<ListenerConfig>, ConfigError> {
-    let get = |k: &str| raw.get(k).map(String::as_str).unwrap_or("");
+/// `listener.security.protocol.map`, names upper case.
+fn protocol_map(
+    raw: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, SecurityProtocol>, ConfigError> {
+    let map_text = raw
+        .get("listener.security.protocol.map")
+        .map(String::as_str)
+        .unwrap_or("");
     let mut map: BTreeMap<String, SecurityProtocol> = BTreeMap::new();
-    let map_text = get("listener.security.protocol.map");
     for item in split_list(map_text) {
         let (name, proto) = item.split_once(':').ok_or_else(|| {
             invalid(
@@ -163,10 +167,76 @@ pub fn parse_listeners(raw: &BTreeMap<String, String>) -> Result<Vec<ListenerCon
         })?;
         map.insert(name.trim().to_ascii_uppercase(), proto);
     }
+    Ok(map)
+}
+
+/// The names of `controller.listener.names`, upper case.
+fn controller_listener_names(raw: &BTreeMap<String, String>) -> Vec<String> {
+    split_list(
+        raw.get("controller.listener.names")
+            .map_or("", String::as_str),
+    )
+    .map(str::to_ascii_uppercase)
+    .collect()
+}
+
+/// The TLS settings of the controller channel (the Raft traffic between voters and the
+/// brokers' calls to them), from the first of `controller.listener.names` as Kafka names the
+/// controller listener: `None` when it is PLAINTEXT (or not named). SSL is mutual TLS: every
+/// node presents its keystore's certificate and trusts the truststore's CAs for the others'.
+/// SASL is not offered on this channel.
+pub fn controller_channel_tls(
+    raw: &BTreeMap<String, String>,
+) -> Result<Option<TlsSettings>, ConfigError> {
+    let Some(name) = controller_listener_names(raw).into_iter().next() else {
+        return Ok(None);
+    };
+    let protocol = protocol_map(raw)?.get(&name).copied().unwrap_or(
+        // Kafka's rule for a name missing from the map: the name itself, else PLAINTEXT.
+        SecurityProtocol::parse(&name).unwrap_or(SecurityProtocol::Plaintext),
+    );
+    match protocol {
+        SecurityProtocol::Plaintext => Ok(None),
+        SecurityProtocol::Ssl => {
+            let settings = tls_settings(raw, &name)?;
+            if settings.truststore.is_none() {
+                return Err(invalid(
+                    &format!(
+                        "listener.name.{}.ssl.truststore.location",
+                        name.to_ascii_lowercase()
+                    ),
+                    "",
+                    "the SSL controller channel needs the CAs of the other nodes' certificates",
+                ));
+            }
+            Ok(Some(settings))
+        }
+        other => Err(invalid(
+            "controller.listener.names",
+            &name,
+            format!(
+                "the controller channel speaks PLAINTEXT or SSL (mutual TLS), not {}",
+                other.name()
+            ),
+        )),
+    }
+}
+
+/// Resolves every listener. The first one of `listeners` is the default inter-broker one.
+/// Listeners named in `controller.listener.names` are not Kafka listeners (the controller
+/// binds its voter address from `controller.quorum.voters`), so a Kafka `server.properties`
+/// that lists `CONTROLLER://...` among its listeners keeps working.
+pub fn parse_listeners(raw: &BTreeMap<String, String>) -> Result<Vec<ListenerConfig>, ConfigError> {
+    let get = |k: &str| raw.get(k).map(String::as_str).unwrap_or("");
+    let map = protocol_map(raw)?;
+    let controller_names = controller_listener_names(raw);
     let listeners_text = get("listeners");
     let mut out: Vec<ListenerConfig> = Vec::new();
     for item in split_list(listeners_text) {
         let (name, host, port) = parse_endpoint("listeners", listeners_text, item)?;
+        if controller_names.contains(&name) {
+            continue;
+        }
         let protocol = *map.get(&name).ok_or_else(|| {
             invalid(
                 "listeners",
@@ -538,6 +608,55 @@ mod tests {
     }
 
     #[test]
+    fn the_controller_listener_is_the_controller_channel_not_a_kafka_listener() {
+        // Kafka's combined-mode server.properties lists CONTROLLER among the listeners.
+        let base = [
+            (
+                "listeners",
+                "PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093",
+            ),
+            (
+                "listener.security.protocol.map",
+                "PLAINTEXT:PLAINTEXT,CONTROLLER:SSL",
+            ),
+            ("controller.listener.names", "CONTROLLER"),
+            (
+                "listener.name.controller.ssl.keystore.location",
+                "/node.pem",
+            ),
+        ];
+        let ls = parse_listeners(&raw(&base)).unwrap();
+        let names: Vec<&str> = ls.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["PLAINTEXT"]);
+        // SSL without the CAs of the other nodes is refused, naming the key.
+        let e = controller_channel_tls(&raw(&base)).unwrap_err().to_string();
+        assert!(e.contains("ssl.truststore.location"), "{e}");
+        let mut with_trust = base.to_vec();
+        with_trust.push(("ssl.truststore.location", "/ca.pem"));
+        let t = controller_channel_tls(&raw(&with_trust)).unwrap().unwrap();
+        assert_eq!(t.keystore, PathBuf::from("/node.pem"));
+        assert_eq!(t.truststore, Some(PathBuf::from("/ca.pem")));
+        // PLAINTEXT (or no controller listener at all): plain TCP.
+        let plain = raw(&[
+            ("listeners", "PLAINTEXT://127.0.0.1:9092"),
+            (
+                "listener.security.protocol.map",
+                "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            ),
+            ("controller.listener.names", "CONTROLLER"),
+        ]);
+        assert_eq!(controller_channel_tls(&plain).unwrap(), None);
+        assert_eq!(controller_channel_tls(&raw(&[])).unwrap(), None);
+        // SASL is not offered on the controller channel.
+        let sasl = raw(&[
+            ("listener.security.protocol.map", "CONTROLLER:SASL_SSL"),
+            ("controller.listener.names", "CONTROLLER"),
+        ]);
+        let e = controller_channel_tls(&sasl).unwrap_err().to_string();
+        assert!(e.contains("controller.listener.names"), "{e}");
+    }
+
+    #[test]
     fn plain_users_come_from_the_listener_jaas() {
         let r = raw(&[
             ("listeners", "SASL_PLAINTEXT://127.0.0.1:0"),
@@ -574,5 +693,24 @@ mod example_tests {
             Some(3_600_000)
         );
         assert_eq!(c.listeners[1].advertised_host, "broker1.example.com");
+    }
+
+    #[test]
+    fn secure_cluster_example_resolves() {
+        let text = include_str!("../../../scripts/deploy/secure-cluster.toml");
+        let (c, warnings) =
+            super::super::config::BrokerConfig::resolve(Some(text), Vec::new(), &[]).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let names: Vec<&str> = c.listeners.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["INTERNAL", "PLAINTEXT", "SASL_SSL"]);
+        assert_eq!(
+            c.listeners[0].tls.as_ref().map(|t| t.client_auth),
+            Some(crate::security::tls::ClientAuth::Required)
+        );
+        let controller = c.controller_tls.expect("the controller channel is SSL");
+        assert!(controller.truststore.is_some());
+        assert!(c
+            .authorizer
+            .is_some_and(|a| a.is_super_user("User:CN=broker2.example.com")));
     }
 }

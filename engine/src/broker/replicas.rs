@@ -1268,6 +1268,7 @@ async fn fetcher_loop(rs: Rc<Replicas>, node: Arc<ClusterNode>, leader: i32) {
             let addr = format!("{}:{}", ep.host, ep.port);
             match KafkaClient::connect(
                 &addr,
+                node.inter_broker_tls.as_deref(),
                 format!("sluice-replica-{}", node.node_id),
                 Duration::from_secs(2),
             )

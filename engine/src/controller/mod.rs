@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, Raft, SnapshotPolicy};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
@@ -46,6 +47,7 @@ pub use scram::{AlterScramCredentials, ScramCredentials, ScramDeletion, ScramUps
 pub use store::NodeId;
 
 use crate::replication::{BrokerId, ReplicationMode};
+use crate::security::tls::PeerTls;
 use network::{ApplyHeartbeat, Redirect, RpcRequest, RpcResponse};
 use session::BrokerSessions;
 use store::{LogStore, StateMachineStore};
@@ -64,6 +66,8 @@ openraft::declare_raft_types!(
 
 /// A server-side controller connection idle this long is closed.
 const IDLE_CONNECTION: Duration = Duration::from_secs(60);
+/// How long a peer of the SSL controller channel may take to complete its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The directory under a node's data dir that holds the metadata quorum's files.
 pub const METADATA_DIR: &str = "__cluster_metadata";
@@ -151,6 +155,9 @@ pub struct ControllerConfig {
     pub default_replication_mode: ReplicationMode,
     /// Broker-only nodes: how often the metadata image is pulled from the controller.
     pub metadata_poll_ms: u64,
+    /// TLS of the controller channel (`controller.listener.names` mapped to SSL): mutual TLS
+    /// between voters and from brokers. `None`: plain TCP.
+    pub tls: Option<crate::security::tls::TlsSettings>,
 }
 
 impl ControllerConfig {
@@ -205,6 +212,7 @@ impl Default for ControllerConfig {
             snapshot_every_entries: 1_000,
             default_replication_mode: ReplicationMode::Isr,
             metadata_poll_ms: 200,
+            tls: None,
         }
     }
 }
@@ -222,6 +230,8 @@ struct Core {
     sessions: Mutex<BrokerSessions>,
     image: watch::Receiver<Arc<MetadataImage>>,
     config: ControllerConfig,
+    /// TLS of the controller channel, both directions (`config.tls` loaded).
+    channel: Option<Arc<PeerTls>>,
     epoch: Instant,
 }
 
@@ -392,7 +402,8 @@ impl Core {
                         Call::Propose(c) => RpcRequest::Propose(c.clone()),
                         Call::Heartbeat(h) => RpcRequest::Heartbeat(h.clone()),
                     };
-                    match network::call(addr, &request, rpc_timeout).await {
+                    match network::call(addr, self.channel.as_deref(), &request, rpc_timeout).await
+                    {
                         Ok(RpcResponse::Propose(Ok(r))) => return Ok(Answer::Applied(r)),
                         Ok(RpcResponse::Heartbeat(Ok(r))) => return Ok(Answer::Heartbeat(r)),
                         Ok(RpcResponse::Propose(Err(Redirect::NotController(h))))
@@ -452,7 +463,14 @@ impl Core {
             return;
         };
         let timeout = Duration::from_millis(self.config.request_timeout_ms.clamp(100, 2_000));
-        match network::call(addr, &RpcRequest::ReadMetadata, timeout).await {
+        match network::call(
+            addr,
+            self.channel.as_deref(),
+            &RpcRequest::ReadMetadata,
+            timeout,
+        )
+        .await
+        {
             Ok(RpcResponse::Metadata { image, controller }) => {
                 self.observe_leader(controller);
                 if image.metadata_offset > publish.borrow().metadata_offset {
@@ -501,14 +519,27 @@ impl Core {
     }
 }
 
-async fn serve_connection(core: Arc<Core>, mut stream: TcpStream) {
+/// Serves one connection to the controller listener: the TLS handshake first when the
+/// channel is SSL (a peer without a trusted certificate is logged and dropped).
+async fn accept_connection(core: Arc<Core>, stream: TcpStream, peer: std::net::SocketAddr) {
     let _ = stream.set_nodelay(true);
+    let Some(tls) = core.channel.clone() else {
+        return serve_connection(core, stream).await;
+    };
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+        Ok(Ok(stream)) => serve_connection(core, stream).await,
+        Ok(Err(e)) => tracing::warn!(%peer, error = %e, "controller channel TLS handshake failed"),
+        Err(_) => tracing::warn!(%peer, "controller channel TLS handshake timed out"),
+    }
+}
+
+async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(core: Arc<Core>, mut stream: S) {
     loop {
         // Voters reuse connections and the leader heartbeats every few hundred milliseconds,
         // so a connection silent this long belongs to a peer that vanished without a FIN.
         let read = tokio::time::timeout(
             IDLE_CONNECTION,
-            network::read_frame::<RpcRequest>(&mut stream),
+            network::read_frame::<RpcRequest, _>(&mut stream),
         );
         let request = match read.await {
             Ok(Ok(Some(r))) => r,
@@ -887,6 +918,25 @@ type Ready = (
     watch::Receiver<Arc<MetadataImage>>,
 );
 
+/// The controller channel's TLS (`config.tls` loaded): a voter serves and dials it, a
+/// broker-only node only dials it.
+fn peer_channel(
+    config: &ControllerConfig,
+    voter: bool,
+) -> Result<Option<Arc<PeerTls>>, ControllerError> {
+    let Some(settings) = &config.tls else {
+        return Ok(None);
+    };
+    let channel = if voter {
+        PeerTls::mutual("controller", settings.clone())
+    } else {
+        PeerTls::client("controller", settings.clone())
+    };
+    channel
+        .map(|c| Some(Arc::new(c)))
+        .map_err(|e| ControllerError::InvalidConfig(format!("controller channel TLS: {e}")))
+}
+
 async fn run_controller(
     node_id: NodeId,
     listen_addr: Option<String>,
@@ -896,9 +946,16 @@ async fn run_controller(
     ready: std::sync::mpsc::Sender<Result<Ready, ControllerError>>,
     shutdown: oneshot::Receiver<()>,
 ) {
+    let channel = match peer_channel(&config, listen_addr.is_some()) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
     let started = match listen_addr {
-        Some(addr) => start_voter(node_id, addr, voters, dir, config).await,
-        None => Ok(start_observer(node_id, voters, config)),
+        Some(addr) => start_voter(node_id, addr, voters, dir, config, channel).await,
+        None => Ok(start_observer(node_id, voters, config, channel)),
     };
     let (core, tasks, image_rx) = match started {
         Ok(s) => s,
@@ -942,6 +999,7 @@ async fn start_voter(
     voters: BTreeMap<NodeId, String>,
     dir: PathBuf,
     config: ControllerConfig,
+    channel: Option<Arc<PeerTls>>,
 ) -> Result<Started, ControllerError> {
     let log_store = LogStore::open(&dir)?;
     let (image_tx, image_rx) = watch::channel(Arc::new(MetadataImage::new()));
@@ -967,7 +1025,9 @@ async fn start_voter(
     let raft = Raft::new(
         node_id,
         Arc::new(raft_config),
-        network::Network,
+        network::Network {
+            tls: channel.clone(),
+        },
         log_store,
         state_machine,
     )
@@ -993,6 +1053,7 @@ async fn start_voter(
         sessions: Mutex::new(BrokerSessions::new(config.broker_session_timeout_ms)),
         image: image_rx.clone(),
         config,
+        channel,
         epoch: Instant::now(),
     });
     let accept_core = core.clone();
@@ -1002,8 +1063,8 @@ async fn start_voter(
         };
         loop {
             match listener.accept().await {
-                Ok((stream, _)) => {
-                    tokio::spawn(serve_connection(accept_core.clone(), stream));
+                Ok((stream, peer)) => {
+                    tokio::spawn(accept_connection(accept_core.clone(), stream, peer));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "controller accept failed");
@@ -1030,6 +1091,7 @@ fn start_observer(
     node_id: NodeId,
     voters: BTreeMap<NodeId, String>,
     config: ControllerConfig,
+    channel: Option<Arc<PeerTls>>,
 ) -> Started {
     let (image_tx, image_rx) = watch::channel(Arc::new(MetadataImage::new()));
     let poll_every = Duration::from_millis(config.metadata_poll_ms.max(10));
@@ -1042,6 +1104,7 @@ fn start_observer(
         sessions: Mutex::new(BrokerSessions::new(config.broker_session_timeout_ms)),
         image: image_rx.clone(),
         config,
+        channel,
         epoch: Instant::now(),
     });
     let poll_core = core.clone();

@@ -14,13 +14,15 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::metadata::{ApplyResult, MetadataCommand, MetadataImage};
 use super::store::NodeId;
 use super::TypeConfig;
 use crate::replication::BrokerId;
+use crate::security::tls::{connect_peer, PeerStream, PeerTls};
 
 /// A frame larger than this is a protocol error (snapshots are sent in smaller chunks).
 const MAX_FRAME: usize = 64 << 20;
@@ -102,7 +104,10 @@ pub enum RpcResponse {
 pub type ApplyHeartbeat = Result<HeartbeatResponse, super::error::MetadataError>;
 
 /// Writes one frame.
-pub async fn write_frame<T: Serialize>(stream: &mut TcpStream, value: &T) -> std::io::Result<()> {
+pub async fn write_frame<T: Serialize, S: AsyncWrite + Unpin + ?Sized>(
+    stream: &mut S,
+    value: &T,
+) -> std::io::Result<()> {
     let body = serde_json::to_vec(value)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
     let len = u32::try_from(body.len())
@@ -115,7 +120,9 @@ pub async fn write_frame<T: Serialize>(stream: &mut TcpStream, value: &T) -> std
 }
 
 /// Reads one frame; `Ok(None)` on a clean end of stream.
-pub async fn read_frame<T: DeserializeOwned>(stream: &mut TcpStream) -> std::io::Result<Option<T>> {
+pub async fn read_frame<T: DeserializeOwned, S: AsyncRead + Unpin + ?Sized>(
+    stream: &mut S,
+) -> std::io::Result<Option<T>> {
     let mut header = [0u8; 4];
     match stream.read_exact(&mut header).await {
         Ok(_) => {}
@@ -137,14 +144,14 @@ pub async fn read_frame<T: DeserializeOwned>(stream: &mut TcpStream) -> std::io:
 }
 
 /// One request/response exchange on `stream`, bounded by `timeout`.
-pub async fn exchange(
-    stream: &mut TcpStream,
+pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(
+    stream: &mut S,
     request: &RpcRequest,
     timeout: Duration,
 ) -> std::io::Result<RpcResponse> {
     let fut = async {
         write_frame(stream, request).await?;
-        read_frame::<RpcResponse>(stream).await?.ok_or_else(|| {
+        read_frame::<RpcResponse, _>(stream).await?.ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "controller closed")
         })
     };
@@ -153,22 +160,24 @@ pub async fn exchange(
     })?
 }
 
-/// One call on a fresh connection to `addr` (client calls: rare, so no pooling).
+/// One call on a fresh connection to `addr` (client calls: rare, so no pooling), over TLS
+/// when the controller channel is SSL.
 pub async fn call(
     addr: &str,
+    tls: Option<&PeerTls>,
     request: &RpcRequest,
     timeout: Duration,
 ) -> std::io::Result<RpcResponse> {
-    let mut stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-    stream.set_nodelay(true)?;
+    let mut stream = connect_peer(addr, tls, timeout).await?;
     exchange(&mut stream, request, timeout).await
 }
 
 /// Creates one [`VoterConnection`] per target voter.
 #[derive(Debug, Clone, Default)]
-pub struct Network;
+pub struct Network {
+    /// TLS of the controller channel (SSL), `None` for PLAINTEXT.
+    pub tls: Option<Arc<PeerTls>>,
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = VoterConnection;
@@ -177,17 +186,28 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         VoterConnection {
             target,
             addr: node.addr.clone(),
+            tls: self.tls.clone(),
             stream: None,
         }
     }
 }
 
 /// A cached connection to one voter, reopened after any error.
-#[derive(Debug)]
 pub struct VoterConnection {
     target: NodeId,
     addr: String,
-    stream: Option<TcpStream>,
+    tls: Option<Arc<PeerTls>>,
+    stream: Option<Box<dyn PeerStream>>,
+}
+
+impl std::fmt::Debug for VoterConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VoterConnection")
+            .field("target", &self.target)
+            .field("addr", &self.addr)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
@@ -199,12 +219,15 @@ impl VoterConnection {
         timeout: Duration,
     ) -> std::io::Result<RpcResponse> {
         if self.stream.is_none() {
-            let stream = tokio::time::timeout(timeout, TcpStream::connect(&self.addr))
+            let stream = connect_peer(&self.addr, self.tls.as_deref(), timeout)
                 .await
-                .map_err(|_| {
-                    std::io::Error::new(std::io::ErrorKind::NotConnected, "connect timed out")
-                })??;
-            stream.set_nodelay(true)?;
+                .map_err(|e| match e.kind() {
+                    // Backed off as unreachable (see `network_error`).
+                    std::io::ErrorKind::TimedOut => {
+                        std::io::Error::new(std::io::ErrorKind::NotConnected, e.to_string())
+                    }
+                    _ => e,
+                })?;
             self.stream = Some(stream);
         }
         let Some(stream) = self.stream.as_mut() else {
@@ -305,7 +328,7 @@ impl RaftNetwork<TypeConfig> for VoterConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     async fn pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -325,7 +348,7 @@ mod tests {
             want_shutdown: true,
         });
         write_frame(&mut a, &request).await.unwrap();
-        match read_frame::<RpcRequest>(&mut b).await.unwrap() {
+        match read_frame::<RpcRequest, _>(&mut b).await.unwrap() {
             Some(RpcRequest::Heartbeat(h)) => {
                 assert_eq!(
                     (h.broker_id, h.broker_epoch, h.want_shutdown),
@@ -336,16 +359,16 @@ mod tests {
         }
         // Oversized length prefix: refused before allocating.
         a.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
-        assert!(read_frame::<RpcRequest>(&mut b).await.is_err());
+        assert!(read_frame::<RpcRequest, _>(&mut b).await.is_err());
 
         let (mut a, mut b) = pair().await;
         a.write_all(&5u32.to_be_bytes()).await.unwrap();
         a.write_all(b"{bad}").await.unwrap();
-        assert!(read_frame::<RpcRequest>(&mut b).await.is_err());
+        assert!(read_frame::<RpcRequest, _>(&mut b).await.is_err());
 
         let (a, mut b) = pair().await;
         drop(a);
-        assert!(read_frame::<RpcRequest>(&mut b).await.unwrap().is_none());
+        assert!(read_frame::<RpcRequest, _>(&mut b).await.unwrap().is_none());
     }
 
     #[tokio::test(flavor = "current_thread")]

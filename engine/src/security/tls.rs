@@ -1,16 +1,20 @@
-//! TLS for the Kafka listeners on rustls (ring provider): PEM keystore and truststore files
-//! under Kafka's key names, client authentication modes, and reload of changed files without
-//! a restart (each listener's files are checked for a new modification time, and a new
-//! acceptor replaces the old one for new connections; a broken new file keeps the old one).
+//! TLS on rustls (ring provider) for the Kafka listeners and the channels between cluster
+//! nodes: PEM keystore and truststore files under Kafka's key names, client authentication
+//! modes, and reload of changed files without a restart (the files are checked for a new
+//! modification time, and a new configuration replaces the old one for new connections; a
+//! broken new file keeps the old one).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::ServerName;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use tokio_rustls::TlsAcceptor;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{info, warn};
 
 /// `ssl.client.auth`.
@@ -188,21 +192,26 @@ fn mtime(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-/// A listener's acceptor, replaced when its files change.
-pub struct ReloadableAcceptor {
+/// A TLS configuration built from files and rebuilt when one of their modification times
+/// changes; a file that does not load keeps the previous configuration (and is logged).
+struct Reloading<T: Clone> {
     settings: TlsSettings,
-    current: RwLock<TlsAcceptor>,
+    build: fn(&TlsSettings) -> Result<T, TlsError>,
+    current: RwLock<T>,
     stamps: RwLock<Vec<Option<SystemTime>>>,
 }
 
-impl ReloadableAcceptor {
-    /// Loads the listener's TLS files; errors are fatal at start-up.
-    pub fn new(settings: TlsSettings) -> Result<Self, TlsError> {
-        let config = server_config(&settings)?;
+impl<T: Clone> Reloading<T> {
+    fn new(
+        settings: TlsSettings,
+        build: fn(&TlsSettings) -> Result<T, TlsError>,
+    ) -> Result<Self, TlsError> {
+        let current = build(&settings)?;
         let stamps = Self::stamps_of(&settings);
-        Ok(ReloadableAcceptor {
+        Ok(Reloading {
             settings,
-            current: RwLock::new(TlsAcceptor::from(Arc::new(config))),
+            build,
+            current: RwLock::new(current),
             stamps: RwLock::new(stamps),
         })
     }
@@ -215,17 +224,14 @@ impl ReloadableAcceptor {
         v
     }
 
-    /// The acceptor for a new connection.
-    pub fn acceptor(&self) -> TlsAcceptor {
+    fn get(&self) -> T {
         match self.current.read() {
             Ok(a) => a.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
-    /// Reloads when a file's modification time changed. Returns whether a new configuration
-    /// is in use; a file that does not load keeps the old configuration (and is logged).
-    pub fn reload_if_changed(&self, listener: &str) -> bool {
+    fn reload_if_changed(&self, what: &str) -> bool {
         let now = Self::stamps_of(&self.settings);
         let changed = match self.stamps.read() {
             Ok(s) => *s != now,
@@ -237,21 +243,171 @@ impl ReloadableAcceptor {
         if let Ok(mut s) = self.stamps.write() {
             *s = now;
         }
-        match server_config(&self.settings) {
+        match (self.build)(&self.settings) {
             Ok(config) => {
                 if let Ok(mut a) = self.current.write() {
-                    *a = TlsAcceptor::from(Arc::new(config));
+                    *a = config;
                 }
-                info!(listener, keystore = %self.settings.keystore.display(), "TLS certificates reloaded");
+                info!(what, keystore = %self.settings.keystore.display(), "TLS certificates reloaded");
                 true
             }
             Err(e) => {
                 warn!(
-                    listener,
+                    what,
                     "TLS files changed but do not load; keeping the previous certificates: {e}"
                 );
                 false
             }
         }
     }
+}
+
+/// A listener's acceptor, replaced when its files change.
+pub struct ReloadableAcceptor(Reloading<TlsAcceptor>);
+
+impl ReloadableAcceptor {
+    /// Loads the listener's TLS files; errors are fatal at start-up.
+    pub fn new(settings: TlsSettings) -> Result<Self, TlsError> {
+        Reloading::new(settings, |s| {
+            Ok(TlsAcceptor::from(Arc::new(server_config(s)?)))
+        })
+        .map(ReloadableAcceptor)
+    }
+
+    /// The acceptor for a new connection.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        self.0.get()
+    }
+
+    /// Reloads when a file's modification time changed. Returns whether a new configuration
+    /// is in use; a file that does not load keeps the old configuration (and is logged).
+    pub fn reload_if_changed(&self, listener: &str) -> bool {
+        self.0.reload_if_changed(listener)
+    }
+}
+
+/// A byte stream that may or may not be TLS, for the channels between cluster nodes.
+pub trait PeerStream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> PeerStream for T {}
+
+/// TLS on a channel between cluster nodes (the controller's Raft channel, the follower
+/// fetcher and forwarded calls between brokers). Each node presents its keystore's certificate
+/// on both ends and trusts the truststore's CAs for the other's: mutual TLS. The files are
+/// checked for changes at every new connection, so rotated certificates apply without restart.
+pub struct PeerTls {
+    what: &'static str,
+    connector: Reloading<TlsConnector>,
+    acceptor: Option<Reloading<TlsAcceptor>>,
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerTls")
+            .field("channel", &self.what)
+            .field("keystore", &self.connector.settings.keystore)
+            .finish()
+    }
+}
+
+fn peer_connector(s: &TlsSettings) -> Result<TlsConnector, TlsError> {
+    let trust = s.truststore.as_deref().ok_or_else(|| {
+        invalid(
+            &s.keystore,
+            "TLS between cluster nodes needs ssl.truststore.location (the CAs of the other nodes)",
+        )
+    })?;
+    let roots = load_roots(trust)?;
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&versions(s.tls12, s.tls13))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(load_certs(&s.keystore)?, load_key(&s.keystore)?)?;
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+impl PeerTls {
+    /// The client side only (a channel this node connects out on: the follower fetcher).
+    pub fn client(what: &'static str, settings: TlsSettings) -> Result<Self, TlsError> {
+        Ok(PeerTls {
+            what,
+            connector: Reloading::new(settings, peer_connector)?,
+            acceptor: None,
+        })
+    }
+
+    /// Both sides; the server side requires a client certificate from the truststore's CAs
+    /// whatever `ssl.client.auth` says (the controller channel).
+    pub fn mutual(what: &'static str, settings: TlsSettings) -> Result<Self, TlsError> {
+        let required = TlsSettings {
+            client_auth: ClientAuth::Required,
+            ..settings
+        };
+        Ok(PeerTls {
+            what,
+            connector: Reloading::new(required.clone(), peer_connector)?,
+            acceptor: Some(Reloading::new(required, |s| {
+                Ok(TlsAcceptor::from(Arc::new(server_config(s)?)))
+            })?),
+        })
+    }
+
+    /// Opens TLS on `tcp`, connected to `host` (an IP address or a DNS name the other node's
+    /// certificate must name).
+    pub async fn connect(
+        &self,
+        tcp: TcpStream,
+        host: &str,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        self.connector.reload_if_changed(self.what);
+        let name = ServerName::try_from(host.to_string()).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{host} is not a host name TLS can verify: {e}"),
+            )
+        })?;
+        self.connector.get().connect(name, tcp).await
+    }
+
+    /// Accepts TLS on `tcp` (the server side of [`PeerTls::mutual`]).
+    pub async fn accept(
+        &self,
+        tcp: TcpStream,
+    ) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+        let Some(acceptor) = &self.acceptor else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "this channel only connects out",
+            ));
+        };
+        acceptor.reload_if_changed(self.what);
+        acceptor.get().accept(tcp).await
+    }
+}
+
+/// Connects to `addr` (`host:port`) within `timeout`, with TLS when `tls` is given; `Nagle`
+/// off either way.
+pub async fn connect_peer(
+    addr: &str,
+    tls: Option<&PeerTls>,
+    timeout: std::time::Duration,
+) -> std::io::Result<Box<dyn PeerStream>> {
+    let fut = async {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        Ok::<Box<dyn PeerStream>, std::io::Error>(match tls {
+            None => Box::new(tcp),
+            Some(tls) => {
+                let host = addr
+                    .rsplit_once(':')
+                    .map_or(addr, |(h, _)| h)
+                    .trim_matches(['[', ']']);
+                Box::new(tls.connect(tcp, host).await?)
+            }
+        })
+    };
+    tokio::time::timeout(timeout, fut).await.map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("connecting to {addr} timed out"),
+        )
+    })?
 }

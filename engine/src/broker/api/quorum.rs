@@ -101,6 +101,7 @@ pub async fn describe_quorum(
     let forwarded = async {
         let mut client = KafkaClient::connect(
             &addr,
+            node.inter_broker_tls.as_deref(),
             format!("sluice-forward-{}", node.node_id),
             FORWARD_TIMEOUT,
         )
