@@ -156,6 +156,8 @@ pub fn request(frame: &[u8]) {
                 }
             }
         }
+        ApiKey::DescribeUserScramCredentials => drop(body!(m::DescribeUserScramCredentialsRequest)),
+        ApiKey::AlterUserScramCredentials => drop(body!(m::AlterUserScramCredentialsRequest)),
         _ => {}
     }
 }

@@ -57,8 +57,9 @@ enum Command {
         output: Output,
     },
     /// Prepare a data directory before the first start, as `kafka-storage.sh format` does:
-    /// `--add-scram 'SCRAM-SHA-256=[name=admin,password=admin-secret]'` stores a SCRAM
-    /// credential (salted, never the password) for the SASL listeners.
+    /// `--add-scram 'SCRAM-SHA-256=[name=admin,password=admin-secret]'` stores a bootstrap
+    /// SCRAM credential (salted, never the password), which the next start imports into the
+    /// cluster metadata unless the metadata already has one for that user and mechanism.
     Format {
         /// Data directory (default: `log.dirs` from --config / flags / defaults).
         #[arg(long)]
@@ -176,7 +177,7 @@ fn format_data_dir(dir: &std::path::Path, add_scram: &[String]) -> anyhow::Resul
             ScramCredential::new(spec.mechanism, &spec.password, &salt, spec.iterations);
         store.upsert(spec.mechanism, &spec.name, credential);
         println!(
-            "{}: added {} credential for user {:?} ({} iterations)",
+            "{}: added bootstrap {} credential for user {:?} ({} iterations; imported into the cluster metadata at the next start)",
             dir.join(SCRAM_FILE).display(),
             spec.mechanism.name(),
             spec.name,

@@ -90,6 +90,12 @@ enum Command {
     /// Describe and alter client quotas (DescribeClientQuotas, AlterClientQuotas).
     #[command(subcommand)]
     Quotas(cmd::quotas::QuotasCmd),
+    /// List, describe, set and delete SCRAM users (Describe/AlterUserScramCredentials).
+    #[command(subcommand)]
+    Users(cmd::users::UsersCmd),
+    /// List, create and delete ACLs (as kafka-acls.sh).
+    #[command(subcommand)]
+    Acls(cmd::acls::AclsCmd),
     /// Print the batches of a segment file and check its indexes (like kafka-dump-log.sh).
     DumpLog(dump_log::Args),
     /// Check every segment's offset and time index in a partition directory.
@@ -146,6 +152,8 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Logdirs(c) => cmd::logdirs::run(&ctx, c, &mut out).map(|()| true),
         Command::Producers(c) => cmd::producers::run(&ctx, c, &mut out).map(|()| true),
         Command::Quotas(c) => cmd::quotas::run(&ctx, c, &mut out).map(|()| true),
+        Command::Users(c) => cmd::users::run(&ctx, c, &mut out).map(|()| true),
+        Command::Acls(c) => cmd::acls::run(&ctx, c, &mut out).map(|()| true),
         Command::DumpLog(a) => dump_log::run(&a, ctx.format, &mut out),
         Command::CheckIndex(a) => check_index::run(&a, ctx.format, &mut out),
     }?;
@@ -201,6 +209,10 @@ fn hint(e: &anyhow::Error, bootstrap: &str) -> Option<String> {
         Some(35) => Some("the broker does not support this request version or API yet.".into()),
         Some(33) => Some("set sasl.mechanism to one the listener offers.".into()),
         Some(58) => Some("check sasl.username and sasl.password (or sasl.jaas.config).".into()),
+        Some(91) => Some("list the users with `sluicectl users list`.".into()),
+        Some(31) => Some(
+            "the principal needs ALTER or DESCRIBE on the cluster (see `sluicectl acls`).".into(),
+        ),
         _ => None,
     }
 }

@@ -62,6 +62,11 @@ struct Broker {
 
 impl Broker {
     fn start() -> Broker {
+        Broker::start_with(|_| Vec::new())
+    }
+
+    /// A broker with more flags, made from its PLAINTEXT address (say, more listeners).
+    fn start_with(extra: impl FnOnce(&str) -> Vec<String>) -> Broker {
         let tmp = tempfile::tempdir().expect("tempdir");
         let port = ports::free_port();
         let addr = format!("127.0.0.1:{port}");
@@ -70,6 +75,7 @@ impl Broker {
         let child = Command::new(sluice_bin())
             .args(["--data-dir", data.to_str().expect("utf8 path")])
             .args(["--listen", &addr, "--shards", "2"])
+            .args(extra(&addr))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -1122,4 +1128,316 @@ fn quotas_alter_describe_and_delete() {
         .code,
         2
     );
+}
+
+/// `sluicectl users`: set, list, describe and delete SCRAM credentials on a broker with a
+/// SCRAM listener, and sluicectl itself logging in with them (and no longer after delete).
+#[test]
+fn users_set_list_describe_delete_and_log_in() {
+    let sasl_port = ports::free_port();
+    let sasl = format!("127.0.0.1:{sasl_port}");
+    let b = Broker::start_with(|plain| {
+        vec![
+            "--set".into(),
+            format!("listeners=PLAINTEXT://{plain},SASL_PLAINTEXT://{sasl}"),
+            "--set".into(),
+            "sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512".into(),
+        ]
+    });
+    let login = |mech: &str, pw: &str| {
+        let prop = |k: &str, v: &str| format!("{k}={v}");
+        let args = [
+            "-X".to_string(),
+            prop("security.protocol", "SASL_PLAINTEXT"),
+            "-X".into(),
+            prop("sasl.mechanism", mech),
+            "-X".into(),
+            prop("sasl.username", "alice"),
+            "-X".into(),
+            prop("sasl.password", pw),
+            "topics".into(),
+            "list".into(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ctl_in(&sasl, &args, "")
+    };
+    assert_eq!(
+        ok(ctl(&b, &["users", "list", "--output", "json"])).json(),
+        serde_json::json!([])
+    );
+    assert_eq!(login("SCRAM-SHA-256", "pw-1").code, 1, "no such user yet");
+    ok(ctl(
+        &b,
+        &[
+            "users",
+            "set",
+            "alice",
+            "--mechanism",
+            "SCRAM-SHA-256",
+            "--password",
+            "pw-1",
+        ],
+    ));
+    let set = ok(ctl(
+        &b,
+        &[
+            "users",
+            "set",
+            "alice",
+            "--mechanism",
+            "scram-sha-512",
+            "--password",
+            "pw-1",
+            "--iterations",
+            "8192",
+            "--output",
+            "json",
+        ],
+    ))
+    .json();
+    assert_eq!(set["mechanism"], "SCRAM-SHA-512");
+    let d = ok(ctl(&b, &["users", "describe", "alice", "--output", "json"])).json();
+    assert_eq!(
+        d,
+        serde_json::json!([{ "user": "alice", "credentials": [
+            { "mechanism": "SCRAM-SHA-256", "iterations": 4096 },
+            { "mechanism": "SCRAM-SHA-512", "iterations": 8192 },
+        ]}])
+    );
+    let table = ok(ctl(&b, &["users", "list"])).stdout;
+    assert!(
+        table.contains("USER") && table.contains("SCRAM-SHA-512  8192"),
+        "{table}"
+    );
+    // Both mechanisms log in at once; a wrong password does not.
+    ok(login("SCRAM-SHA-256", "pw-1"));
+    ok(login("SCRAM-SHA-512", "pw-1"));
+    let wrong = login("SCRAM-SHA-512", "pw-2");
+    assert_eq!(wrong.code, 1);
+    assert!(
+        wrong.stderr.contains("SASL_AUTHENTICATION_FAILED"),
+        "{}",
+        wrong.stderr
+    );
+    // Refused before anything is sent: exit code 2.
+    for args in [
+        &[
+            "users",
+            "set",
+            "bob",
+            "--mechanism",
+            "PLAIN",
+            "--password",
+            "x",
+        ][..],
+        &[
+            "users",
+            "set",
+            "bob",
+            "--mechanism",
+            "SCRAM-SHA-256",
+            "--password",
+            "x",
+            "--iterations",
+            "100",
+        ],
+        &[
+            "users",
+            "set",
+            "bob",
+            "--mechanism",
+            "SCRAM-SHA-256",
+            "--password",
+            "",
+        ],
+    ] {
+        assert_eq!(ctl(&b, args).code, 2, "{args:?}");
+    }
+    ok(ctl(
+        &b,
+        &["users", "delete", "alice", "--mechanism", "SCRAM-SHA-512"],
+    ));
+    let again = ctl(
+        &b,
+        &["users", "delete", "alice", "--mechanism", "SCRAM-SHA-512"],
+    );
+    assert_eq!(again.code, 1);
+    assert!(
+        again.stderr.contains("RESOURCE_NOT_FOUND"),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(login("SCRAM-SHA-512", "pw-1").code, 1, "deleted credential");
+    ok(login("SCRAM-SHA-256", "pw-1"));
+    let missing = ctl(&b, &["users", "describe", "nobody"]);
+    assert_eq!(missing.code, 1);
+    assert!(
+        missing.stderr.contains("RESOURCE_NOT_FOUND"),
+        "{}",
+        missing.stderr
+    );
+    // Without an authorizer the ACL APIs are disabled, as Kafka's.
+    let acls = ctl(&b, &["acls", "list"]);
+    assert_eq!(acls.code, 1);
+    assert!(acls.stderr.contains("SECURITY_DISABLED"), "{}", acls.stderr);
+}
+
+/// `sluicectl acls` with kafka-acls.sh's flags on a broker with an authorizer.
+#[test]
+fn acls_create_list_delete() {
+    let b = Broker::start_with(|_| {
+        [
+            "--set",
+            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "--set",
+            "super.users=User:ANONYMOUS",
+        ]
+        .map(String::from)
+        .to_vec()
+    });
+    let created = ok(ctl(
+        &b,
+        &[
+            "acls",
+            "create",
+            "--allow-principal",
+            "User:alice",
+            "--operation",
+            "Read",
+            "--operation",
+            "Write",
+            "--topic",
+            "orders",
+            "--output",
+            "json",
+        ],
+    ))
+    .json();
+    assert_eq!(created.as_array().map(Vec::len), Some(2));
+    assert_eq!(created[0]["resource_type"], "TOPIC");
+    assert_eq!(created[0]["pattern_type"], "LITERAL");
+    assert_eq!(created[0]["host"], "*");
+    ok(ctl(
+        &b,
+        &[
+            "acls",
+            "create",
+            "--deny-principal",
+            "User:bob",
+            "--operation",
+            "read",
+            "--topic",
+            "ord",
+            "--resource-pattern-type",
+            "prefixed",
+        ],
+    ));
+    ok(ctl(
+        &b,
+        &[
+            "acls",
+            "create",
+            "--allow-principal",
+            "User:alice",
+            "--operation",
+            "DescribeConfigs",
+            "--cluster",
+        ],
+    ));
+    let all = ok(ctl(&b, &["acls", "list", "--output", "json"])).json();
+    assert_eq!(all.as_array().map(Vec::len), Some(4), "{all}");
+    let orders = ok(ctl(
+        &b,
+        &["acls", "list", "--topic", "orders", "--output", "json"],
+    ))
+    .json();
+    let ops: Vec<&str> = orders
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|a| a["operation"].as_str())
+        .collect();
+    assert_eq!(ops, vec!["READ", "WRITE"]);
+    let alice = ok(ctl(
+        &b,
+        &[
+            "acls",
+            "list",
+            "--allow-principal",
+            "User:alice",
+            "--output",
+            "json",
+        ],
+    ))
+    .json();
+    assert_eq!(alice.as_array().map(Vec::len), Some(3));
+    let table = ok(ctl(&b, &["acls", "list", "--cluster"])).stdout;
+    assert!(
+        table.contains("DESCRIBE_CONFIGS") && table.contains("kafka-cluster"),
+        "{table}"
+    );
+    let deleted = ok(ctl(
+        &b,
+        &[
+            "acls",
+            "delete",
+            "--topic",
+            "ord",
+            "--resource-pattern-type",
+            "prefixed",
+            "--output",
+            "json",
+        ],
+    ))
+    .json();
+    assert_eq!(deleted.as_array().map(Vec::len), Some(1));
+    assert_eq!(deleted[0]["principal"], "User:bob");
+    assert_eq!(deleted[0]["permission"], "DENY");
+    let left = ok(ctl(&b, &["acls", "list", "--output", "json"])).json();
+    assert_eq!(left.as_array().map(Vec::len), Some(3));
+    // Usage mistakes: exit code 2, nothing sent.
+    for args in [
+        &["acls", "delete"][..],
+        &[
+            "acls",
+            "create",
+            "--topic",
+            "t",
+            "--operation",
+            "Fly",
+            "--allow-principal",
+            "User:a",
+        ],
+        &["acls", "create", "--topic", "t", "--operation", "Read"],
+        &[
+            "acls",
+            "create",
+            "--topic",
+            "t",
+            "--allow-principal",
+            "User:a",
+            "--operation",
+            "Read",
+            "--resource-pattern-type",
+            "match",
+        ],
+    ] {
+        assert_eq!(ctl(&b, args).code, 2, "{args:?}");
+    }
+    // A binding the broker refuses (a principal without a type): INVALID_REQUEST, exit 1.
+    let bad = ctl(
+        &b,
+        &[
+            "acls",
+            "create",
+            "--topic",
+            "t",
+            "--operation",
+            "Read",
+            "--allow-principal",
+            "alice",
+        ],
+    );
+    assert_eq!(bad.code, 1);
+    assert!(bad.stderr.contains("INVALID_REQUEST"), "{}", bad.stderr);
 }

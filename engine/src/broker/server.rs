@@ -96,6 +96,9 @@ impl Server {
     /// Loads metadata, binds one SO_REUSEPORT listener per shard, starts the shard threads and
     /// waits until every shard has opened its partitions.
     pub fn start(config: BrokerConfig) -> Result<Server, ServerError> {
+        // The bootstrap SCRAM file (`sluice format --add-scram`) must be readable before
+        // anything starts; its credentials go into the metadata once the node serves.
+        crate::security::credentials::FileCredentialStore::open(&config.data_dir)?;
         let node = super::cluster::ClusterNode::start(&config)?;
         let offsets_partitions = super::groups::check_group_config(&config)?;
         let metadata = MetadataStore::cluster(node.clone());
@@ -118,7 +121,7 @@ impl Server {
             listener_addrs.push((l.name.clone(), addr));
         }
         let local_addr = listener_addrs[0].1;
-        let runtimes = Arc::new(listener_runtimes(&config, &listener_addrs)?);
+        let runtimes = Arc::new(listener_runtimes(&config, &listener_addrs, &node)?);
         spawn_tls_reloader(&config, &runtimes);
         // Shard i gets the i-th socket of every listener.
         let mut listeners: Vec<Vec<crate::io::net::BoundSocket>> =
@@ -206,6 +209,12 @@ impl Server {
                             super::node_identity::migrate_legacy(&node, &ctx.config.data_dir)
                                 .await?;
                         }
+                        // Served from the first request on, as the file was before.
+                        super::api::users::import_bootstrap_credentials(
+                            &node,
+                            &ctx.config.data_dir,
+                        )
+                        .await?;
                         if let Err(e) = super::groups::ensure_offsets_topic_cluster(
                             &node,
                             &ctx.config,
@@ -228,6 +237,9 @@ impl Server {
                     SOLE_VOTER_READY_TIMEOUT
                 );
             }
+        }
+        if !node.sole_voter() {
+            spawn_bootstrap_import(&node, &ctx.config.data_dir);
         }
         // Every shard has opened its partitions: only now may clients connect.
         let _ = serve.send(true);
@@ -452,15 +464,18 @@ async fn accept_loop(
 fn listener_runtimes(
     config: &BrokerConfig,
     addrs: &[(String, SocketAddr)],
+    node: &super::cluster::ClusterNode,
 ) -> Result<Vec<Arc<ListenerRuntime>>, ServerError> {
-    let needs_store = config.listeners.iter().any(|l| l.sasl.is_some());
-    let store: Arc<dyn crate::security::credentials::CredentialStore> = if needs_store {
-        Arc::new(crate::security::credentials::FileCredentialStore::open(
-            &config.data_dir,
-        )?)
-    } else {
-        Arc::new(crate::security::credentials::FileCredentialStore::default())
-    };
+    // SCRAM credentials come from the current metadata image: a credential altered through
+    // any broker applies to the next authentication here.
+    let image = node.controller.watch_metadata();
+    let store: Arc<dyn crate::security::credentials::CredentialStore> = Arc::new(
+        move |mech: crate::security::scram::ScramMechanism,
+              user: &str|
+              -> Option<crate::security::scram::ScramCredential> {
+            image.borrow().scram.get(mech, user).cloned()
+        },
+    );
     let decoy_key: Vec<u8> = (0..32).map(|_| rand::random::<u8>()).collect();
     let mut out = Vec::new();
     for (l, (_, addr)) in config.listeners.iter().zip(addrs) {
@@ -500,6 +515,43 @@ fn listener_runtimes(
         }));
     }
     Ok(out)
+}
+
+/// How long a broker of a larger cluster keeps trying to import its bootstrap SCRAM
+/// credentials (the quorum may have no leader yet when it starts).
+const BOOTSTRAP_IMPORT_DEADLINE: Duration = Duration::from_secs(300);
+
+/// Imports the bootstrap SCRAM credentials on a thread of its own, retrying while the
+/// controller quorum is not available (a sole voter imports before serving instead).
+fn spawn_bootstrap_import(node: &Arc<super::cluster::ClusterNode>, data_dir: &std::path::Path) {
+    if !data_dir
+        .join(crate::security::credentials::SCRAM_FILE)
+        .exists()
+    {
+        return;
+    }
+    let node = node.clone();
+    let dir = data_dir.to_path_buf();
+    let spawned = std::thread::Builder::new()
+        .name("scram-bootstrap".into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => {
+                    rt.block_on(super::api::users::import_bootstrap_credentials_retrying(
+                        &node,
+                        &dir,
+                        BOOTSTRAP_IMPORT_DEADLINE,
+                    ));
+                }
+                Err(e) => warn!("cannot import the bootstrap SCRAM credentials: {e}"),
+            }
+        });
+    if let Err(e) = spawned {
+        warn!("cannot start the SCRAM bootstrap thread: {e}");
+    }
 }
 
 /// Checks the TLS listeners' files every `ssl.reload.interval.ms` and reloads changed ones.

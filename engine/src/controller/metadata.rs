@@ -24,6 +24,7 @@ use crate::replication::{
 };
 
 use super::error::MetadataError;
+use super::scram::{AlterScramCredentials, ScramCredentials};
 use crate::security::acl::{AclBinding, AclBindingFilter};
 use crate::security::quota::{ClientQuotas, QuotaAlteration};
 
@@ -318,6 +319,9 @@ pub enum MetadataCommand {
         /// The filters.
         filters: Vec<AclBindingFilter>,
     },
+    /// Add, replace and remove SCRAM credentials (Kafka's UserScramCredentialRecord and
+    /// RemoveUserScramCredentialRecord), validated by `controller::scram`.
+    AlterScramCredentials(AlterScramCredentials),
     /// No producer id below `below` is handed out from now on (the migration of a node
     /// whose ids came from its own file). Never moves allocation back.
     ReserveProducerIds {
@@ -390,6 +394,9 @@ pub struct MetadataImage {
     /// The client quotas (empty in images written before quotas were stored).
     #[serde(default)]
     pub client_quotas: ClientQuotas,
+    /// The SCRAM credentials (empty in images written before they were stored).
+    #[serde(default)]
+    pub scram: ScramCredentials,
 }
 
 impl MetadataImage {
@@ -552,6 +559,9 @@ impl MetadataImage {
                     removed.push(matched);
                 }
                 Ok(Applied::AclsDeleted(removed))
+            }
+            MetadataCommand::AlterScramCredentials(alter) => {
+                self.scram.apply(alter).map(|()| Applied::Done)
             }
             MetadataCommand::ReserveProducerIds { below } => {
                 self.next_producer_id = self.next_producer_id.max(*below);

@@ -4,6 +4,7 @@
 //! Module map:
 //! - [`metadata`]: the sans-IO metadata state machine ([`MetadataImage`], [`MetadataCommand`]),
 //!   placement, fencing, elections through the replication policies, snapshots.
+//! - [`scram`]: the SCRAM credentials of the image and their one command.
 //! - [`session`]: broker session expiry, kept by the controller leader in memory.
 //! - [`store`]: openraft's log store and state machine over `<data>/__cluster_metadata/`.
 //! - [`network`]: length-prefixed JSON RPC over TCP between voters and from brokers.
@@ -17,6 +18,7 @@
 pub mod error;
 pub mod metadata;
 pub mod network;
+pub mod scram;
 pub mod session;
 pub mod store;
 
@@ -41,6 +43,7 @@ pub use metadata::{
     REPLICATION_MODE_CONFIG,
 };
 pub use network::{HeartbeatRequest, HeartbeatResponse};
+pub use scram::{AlterScramCredentials, ScramCredentials, ScramDeletion, ScramUpsertion};
 pub use store::NodeId;
 
 use crate::replication::{BrokerId, ReplicationMode};

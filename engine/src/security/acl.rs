@@ -1095,6 +1095,14 @@ const TABLE: &[(ApiKey, &[ApiAcl])] = &[
     (ApiKey::CreateAcls, &[one(When::Always, Op::Alter, CLUSTER)]),
     (ApiKey::DeleteAcls, &[one(When::Always, Op::Alter, CLUSTER)]),
     (
+        ApiKey::DescribeUserScramCredentials,
+        &[one(When::Always, Op::Describe, CLUSTER)],
+    ),
+    (
+        ApiKey::AlterUserScramCredentials,
+        &[one(When::Always, Op::Alter, CLUSTER)],
+    ),
+    (
         ApiKey::DescribeConfigs,
         &[
             one(When::BrokerConfigs, Op::DescribeConfigs, CLUSTER),

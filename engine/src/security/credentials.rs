@@ -1,9 +1,10 @@
-//! Where SASL credentials come from: SCRAM credentials behind [`CredentialStore`] (today a
-//! file in the data directory, written by `sluice format --add-scram`), and PLAIN users from
-//! Kafka's JAAS `user_<name>="<password>"` entries.
+//! Where SASL credentials come from: SCRAM credentials behind [`CredentialStore`], and PLAIN
+//! users from Kafka's JAAS `user_<name>="<password>"` entries.
 //!
-//! The SCRAM store is local to each broker for now: credentials replicated through the
-//! cluster metadata (and AlterUserScramCredentials) come with the one-path broker.
+//! A broker's SCRAM store is its current cluster metadata image (`controller::scram`; the
+//! broker gives SASL a closure over it). [`FileCredentialStore`] is the bootstrap file
+//! `sluice format --add-scram` writes in the data directory; the broker imports it into the
+//! metadata at its first start (`broker::api::users`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -41,6 +42,16 @@ pub enum CredentialError {
 pub trait CredentialStore: Send + Sync {
     /// The credential of `user` for `mech`, if any.
     fn scram(&self, mech: ScramMechanism, user: &str) -> Option<ScramCredential>;
+}
+
+/// A lookup function is a store (the broker's: a read of its current metadata image).
+impl<F> CredentialStore for F
+where
+    F: Fn(ScramMechanism, &str) -> Option<ScramCredential> + Send + Sync,
+{
+    fn scram(&self, mech: ScramMechanism, user: &str) -> Option<ScramCredential> {
+        self(mech, user)
+    }
 }
 
 /// The on-disk shape: mechanism name -> user -> credential.
@@ -110,6 +121,13 @@ impl FileCredentialStore {
         f.sync_all().map_err(io)?;
         std::fs::rename(&tmp, &path).map_err(io)?;
         Ok(())
+    }
+
+    /// Every credential held, by mechanism then user.
+    pub fn entries(&self) -> impl Iterator<Item = (ScramMechanism, &str, &ScramCredential)> {
+        self.users
+            .iter()
+            .flat_map(|(m, users)| users.iter().map(move |(u, c)| (*m, u.as_str(), c)))
     }
 
     /// Every (mechanism, user, iterations) held, for listing.

@@ -86,6 +86,13 @@ impl ScramMechanism {
         }
     }
 
+    /// The mechanism of a Kafka ScramMechanism type id (AlterUserScramCredentials).
+    pub fn from_kafka_type(code: i8) -> Option<ScramMechanism> {
+        ScramMechanism::ALL
+            .into_iter()
+            .find(|m| m.kafka_type() == code)
+    }
+
     fn hash(self, data: &[u8]) -> Vec<u8> {
         match self {
             ScramMechanism::Sha256 => Sha256::digest(data).to_vec(),
@@ -127,6 +134,11 @@ impl ScramMechanism {
                 out.to_vec()
             }
         }
+    }
+
+    /// The length of this hash's output: of a salted password, a StoredKey and a ServerKey.
+    pub fn key_len(self) -> usize {
+        self.output_len()
     }
 
     fn output_len(self) -> usize {
@@ -171,13 +183,34 @@ impl ScramCredential {
     /// Derives the stored credential from a password.
     pub fn new(mech: ScramMechanism, password: &str, salt: &[u8], iterations: u32) -> Self {
         let salted = mech.hi(password.as_bytes(), salt, iterations);
-        let client_key = mech.hmac(&salted, b"Client Key");
+        Self::from_salted_password(mech, &salted, salt, iterations)
+    }
+
+    /// The stored credential of a salted password (`Hi(password, salt, iterations)`), as
+    /// AlterUserScramCredentials carries it: the password itself never reaches the broker.
+    pub fn from_salted_password(
+        mech: ScramMechanism,
+        salted_password: &[u8],
+        salt: &[u8],
+        iterations: u32,
+    ) -> Self {
+        let client_key = mech.hmac(salted_password, b"Client Key");
         ScramCredential {
             salt: salt.to_vec(),
             stored_key: mech.hash(&client_key),
-            server_key: mech.hmac(&salted, b"Server Key"),
+            server_key: mech.hmac(salted_password, b"Server Key"),
             iterations,
         }
+    }
+
+    /// `Hi(password, salt, iterations)`: what a client sends in AlterUserScramCredentials.
+    pub fn salted_password(
+        mech: ScramMechanism,
+        password: &str,
+        salt: &[u8],
+        iterations: u32,
+    ) -> Vec<u8> {
+        mech.hi(password.as_bytes(), salt, iterations)
     }
 }
 

@@ -1,5 +1,6 @@
 //! The cluster subcommands, one module each.
 
+pub mod acls;
 pub mod cluster;
 pub mod configs;
 pub mod consume;
@@ -10,6 +11,7 @@ pub mod producers;
 pub mod quotas;
 pub mod records;
 pub mod topics;
+pub mod users;
 
 use crate::UsageError;
 

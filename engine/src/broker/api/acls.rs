@@ -175,6 +175,8 @@ pub fn is_authorised_api(api: ApiKey) -> bool {
             | ApiKey::CreateAcls
             | ApiKey::DescribeAcls
             | ApiKey::DeleteAcls
+            | ApiKey::DescribeUserScramCredentials
+            | ApiKey::AlterUserScramCredentials
             | ApiKey::FindCoordinator
             | ApiKey::JoinGroup
             | ApiKey::SyncGroup

@@ -11,6 +11,8 @@
 //!   principal may do (every handler of an authorised API asks it).
 //! - [`quotas`]: DescribeClientQuotas, AlterClientQuotas, and the produce and fetch
 //!   throttling under client quotas.
+//! - [`users`]: DescribeUserScramCredentials, AlterUserScramCredentials, and the import of
+//!   the bootstrap SCRAM credentials.
 //! - [`groups`]: FindCoordinator and the group APIs. [`producers`]: InitProducerId and the
 //!   refused transactional APIs. [`quorum`]: DescribeQuorum.
 //!
@@ -28,6 +30,7 @@ pub mod quorum;
 pub mod quotas;
 pub mod records;
 pub mod topics;
+pub mod users;
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -364,6 +367,15 @@ pub async fn handle_request(
             let req = decode!(m::AlterClientQuotasRequest);
             let node = svc.shard.ctx.metadata.cluster_node().clone();
             frame(&quotas::alter_client_quotas(&svc, &node, req).await)
+        }
+        ApiKey::DescribeUserScramCredentials => {
+            let req = decode!(m::DescribeUserScramCredentialsRequest);
+            frame(&users::describe_user_scram_credentials(&svc, req))
+        }
+        ApiKey::AlterUserScramCredentials => {
+            let req = decode!(m::AlterUserScramCredentialsRequest);
+            let node = svc.shard.ctx.metadata.cluster_node().clone();
+            frame(&users::alter_user_scram_credentials(&svc, &node, req).await)
         }
         ApiKey::InitProducerId => {
             let req = decode!(m::InitProducerIdRequest);
