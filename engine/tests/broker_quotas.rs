@@ -2,7 +2,8 @@
 //! (valid, validate_only, unknown key, bad entity), DescribeClientQuotas (match types,
 //! strict), the authorizer's refusal, a quota surviving a restart, and a produce throttled
 //! under `producer_byte_rate` (throttle_time_ms, then the connection muted) until the quota
-//! is removed.
+//! is removed; a client id under `request_percentage` throttled by the time its requests
+//! take (another client id is not), until the quota is removed.
 
 #[path = "broker_support.rs"]
 mod support;
@@ -362,4 +363,88 @@ fn produce_over_the_quota_is_throttled_and_muted_until_the_quota_goes() {
     );
     assert_eq!(codes, vec![0]);
     assert_eq!(produce_big(&mut p, "quota-t", 200_000, 2), 0);
+}
+
+/// A produce of a few small records from `c`; returns its throttle time.
+fn produce_small(c: &mut Client, topic: &str, n: i64) -> i32 {
+    produce_big(c, topic, 1000, n)
+}
+
+/// Runs rounds of `metadata_per_round` all-topics Metadata requests followed by one small
+/// produce until a produce reports a throttle or `rounds` rounds have run; returns the
+/// throttles seen (0 when none) and the rounds run.
+fn busy_rounds(c: &mut Client, topic: &str, rounds: usize, stop_on_throttle: bool) -> (i32, usize) {
+    let all = MetadataRequest::default().with_topics(None);
+    let mut worst = 0;
+    for round in 0..rounds {
+        for _ in 0..20 {
+            let md: MetadataResponse = c.request(12, &all);
+            assert!(!md.topics.is_empty());
+        }
+        let t = produce_small(c, topic, round as i64);
+        worst = worst.max(t);
+        if t > 0 && stop_on_throttle {
+            return (worst, round + 1);
+        }
+    }
+    (worst, rounds)
+}
+
+#[test]
+fn request_percentage_throttles_a_busy_client_id_and_no_other_until_removed() {
+    let broker = Broker::start(&[]);
+    let mut admin = broker.client_as("quota-admin");
+    // A few topics, so that Metadata for all of them has some work to do.
+    for i in 0..8 {
+        let md: MetadataResponse = admin.request(
+            12,
+            &MetadataRequest::default()
+                .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default(
+                )
+                .with_name(Some(TopicName(s(&format!("rq-{i}")))))]))
+                .with_allow_auto_topic_creation(true),
+        );
+        assert_eq!(md.topics[0].error_code, 0);
+    }
+    // 1% of one thread: 100 ms of request time over the (at least) 10 s measured.
+    let busy_entity = || entity(&[("client-id", Some("busy"))]);
+    let codes = alter(
+        &mut admin,
+        false,
+        vec![(busy_entity(), vec![set("request_percentage", 1.0)])],
+    );
+    assert_eq!(codes, vec![0]);
+
+    // The client under the quota, sending back to back, is throttled before long.
+    let mut busy = broker.client_as("busy");
+    let (throttle, rounds) = busy_rounds(&mut busy, "rq-0", 2000, true);
+    assert!(throttle > 0, "no throttle after {rounds} rounds");
+    // A request throttle is at most one quota window (1 s).
+    assert!(throttle <= 1000, "throttle {throttle} ms");
+    // The connection is muted: its next request is not read before the throttle ends.
+    let started = Instant::now();
+    let _: ApiVersionsResponse = busy.request(3, &ApiVersionsRequest::default());
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis((throttle as u64).saturating_sub(200)),
+        "answered after {waited:?}, throttle {throttle} ms"
+    );
+
+    // Another client id on the same broker, doing as much work, is never throttled.
+    let mut free = broker.client_as("free");
+    let (free_throttle, _) = busy_rounds(&mut free, "rq-1", rounds, false);
+    assert_eq!(
+        free_throttle, 0,
+        "a client id without a request quota was throttled"
+    );
+
+    // The quota removed: the busy client id is not throttled any more, without a restart.
+    let codes = alter(
+        &mut admin,
+        false,
+        vec![(busy_entity(), vec![remove("request_percentage")])],
+    );
+    assert_eq!(codes, vec![0]);
+    let (after, _) = busy_rounds(&mut busy, "rq-0", rounds.min(50), false);
+    assert_eq!(after, 0, "throttled after the quota was removed");
 }

@@ -100,6 +100,14 @@ impl Broker {
         Client::connect(self.addr)
     }
 
+    /// A new client connection whose requests carry `client_id`.
+    #[allow(dead_code)]
+    pub fn client_as(&self, client_id: &'static str) -> Client {
+        let mut c = Client::connect(self.addr);
+        c.client_id = client_id;
+        c
+    }
+
     /// Sends `signal` and waits (bounded) for the process to exit.
     pub fn stop_with(&mut self, signal: nix::sys::signal::Signal) -> ExitStatus {
         let mut child = self.child.take().expect("broker running");
@@ -133,6 +141,8 @@ impl Drop for Broker {
 pub struct Client {
     pub stream: TcpStream,
     next_correlation: i32,
+    /// The request header's client id (`sluice-test` unless set).
+    pub client_id: &'static str,
 }
 
 impl Client {
@@ -144,6 +154,7 @@ impl Client {
         Client {
             stream,
             next_correlation: 1,
+            client_id: "sluice-test",
         }
     }
 
@@ -155,7 +166,7 @@ impl Client {
             .with_request_api_key(R::KEY)
             .with_request_api_version(version)
             .with_correlation_id(cid)
-            .with_client_id(Some(StrBytes::from_static_str("sluice-test")));
+            .with_client_id(Some(StrBytes::from_static_str(self.client_id)));
         let mut body = BytesMut::new();
         header
             .encode(&mut body, R::header_version(version))

@@ -213,3 +213,51 @@ def test_consumer_quota_throttles_fetches(make_broker, topic_name):
     assert sum(n for _, n in again) == total
     again_rate = total / (again[-1][0] - again[0][0])
     assert again_rate > 3 * QUOTA, f"after removal {again_rate:.0f} B/s"
+
+
+def test_request_percentage_throttles_only_its_client(make_broker, topic_name):
+    """request_percentage=1 (1% of one thread) on client.id `busyreq`: a producer sending one
+    tiny message per request, back to back (a few µs of shard time each: 100 ms of it takes
+    some 20 000 requests), is told to back off (librdkafka's throttle
+    callback, from Produce's throttle_time_ms), while the same load from another client id is
+    not; the quota removed, the same client id runs without throttles."""
+    from confluent_kafka import Producer
+
+    broker = make_broker()
+    ck_create_topic(broker.bootstrap, topic_name, 1)
+    ctl(broker, "quotas", "alter", "--entity-type", "clients", "--entity-name", "busyreq",
+        "--add-config", "request_percentage=1")
+    assert describe_quotas(broker) == [{"entity": {"client-id": "busyreq"}, "values": {"request_percentage": 1}}]
+
+    def one_by_one(client_id: str, max_messages: int, stop_when_throttled: bool) -> tuple[list[int], int]:
+        throttles: list[int] = []
+        p = Producer({
+            "bootstrap.servers": broker.bootstrap,
+            "client.id": client_id,
+            "acks": "1",
+            "linger.ms": 0,
+            "throttle_cb": lambda ev: throttles.append(int(ev.throttle_time * 1000)),
+        })
+        sent = 0
+        deadline = time.monotonic() + 90
+        while sent < max_messages and time.monotonic() < deadline:
+            p.produce(topic_name, b"r")
+            p.flush(30)
+            sent += 1
+            if stop_when_throttled and throttles:
+                break
+        p.flush(30)
+        p.poll(0)
+        return throttles, sent
+
+    busy, sent = one_by_one("busyreq", 1_000_000, True)
+    print(f"busyreq throttled after {sent} requests: {busy[:3]} ms")
+    assert busy and max(busy) > 0, f"no throttle after {sent} requests"
+    free, _ = one_by_one("freereq", sent, False)
+    assert not free, f"a client id without a request quota was throttled: {free[:3]}"
+
+    ctl(broker, "quotas", "alter", "--entity-type", "clients", "--entity-name", "busyreq",
+        "--delete-config", "request_percentage")
+    assert describe_quotas(broker) == []
+    after, _ = one_by_one("busyreq", min(sent, 500), False)
+    assert not after, f"throttled after the quota was removed: {after[:3]}"

@@ -25,8 +25,9 @@ pub const CLIENT_ID: &str = "client-id";
 pub const PRODUCER_BYTE_RATE: &str = "producer_byte_rate";
 /// Bytes per second a client may fetch from this broker.
 pub const CONSUMER_BYTE_RATE: &str = "consumer_byte_rate";
-/// Percentage of one request-handler thread a client may use (stored and described; not
-/// enforced by Sluice yet).
+/// Percentage of one request-handler thread a client may use over the quota window (100 is
+/// one whole thread; Sluice counts a request's time on its shard thread, see
+/// [`request_time_value`]).
 pub const REQUEST_PERCENTAGE: &str = "request_percentage";
 /// The keys a client quota may set.
 pub const QUOTA_KEYS: [&str; 3] = [PRODUCER_BYTE_RATE, CONSUMER_BYTE_RATE, REQUEST_PERCENTAGE];
@@ -203,16 +204,25 @@ pub struct QuotaEntry {
 #[serde(from = "Vec<QuotaEntry>", into = "Vec<QuotaEntry>")]
 pub struct ClientQuotas {
     entries: BTreeMap<QuotaEntity, BTreeMap<String, QuotaValue>>,
+    /// Whether some entity sets `request_percentage` (derived from `entries`, kept so the
+    /// request path asks one flag).
+    request_quotas: bool,
+}
+
+fn any_request_quota(entries: &BTreeMap<QuotaEntity, BTreeMap<String, QuotaValue>>) -> bool {
+    entries.values().any(|v| v.contains_key(REQUEST_PERCENTAGE))
 }
 
 impl From<Vec<QuotaEntry>> for ClientQuotas {
     fn from(v: Vec<QuotaEntry>) -> Self {
+        let entries: BTreeMap<_, _> = v
+            .into_iter()
+            .filter(|e| !e.values.is_empty())
+            .map(|e| (e.entity, e.values))
+            .collect();
         ClientQuotas {
-            entries: v
-                .into_iter()
-                .filter(|e| !e.values.is_empty())
-                .map(|e| (e.entity, e.values))
-                .collect(),
+            request_quotas: any_request_quota(&entries),
+            entries,
         }
     }
 }
@@ -226,13 +236,15 @@ impl From<ClientQuotas> for Vec<QuotaEntry> {
     }
 }
 
-/// Which produce/fetch quota a sensor measures.
+/// Which quota a sensor measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum QuotaKind {
     /// `producer_byte_rate`: request bytes of Produce.
     Produce,
     /// `consumer_byte_rate`: response bytes of Fetch.
     Fetch,
+    /// `request_percentage`: the thread time of requests, as a percentage of one thread.
+    Request,
 }
 
 impl QuotaKind {
@@ -241,6 +253,7 @@ impl QuotaKind {
         match self {
             QuotaKind::Produce => PRODUCER_BYTE_RATE,
             QuotaKind::Fetch => CONSUMER_BYTE_RATE,
+            QuotaKind::Request => REQUEST_PERCENTAGE,
         }
     }
 }
@@ -261,6 +274,12 @@ impl ClientQuotas {
     /// Whether no quota is configured (the produce and fetch paths check this first).
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Whether some entity sets `request_percentage` (the request path checks this before
+    /// timing a request).
+    pub fn has_request_quotas(&self) -> bool {
+        self.request_quotas
     }
 
     /// The values of one entity.
@@ -294,6 +313,7 @@ impl ClientQuotas {
             }
         }
         debug_assert!(self.entries.values().all(|v| !v.is_empty()));
+        self.request_quotas = any_request_quota(&self.entries);
         Ok(())
     }
 
@@ -552,11 +572,29 @@ impl QuotaSensors {
         self.window_ms.saturating_mul(self.windows as i64)
     }
 
+    /// One window (`quota.window.size.seconds`): the longest request-quota throttle, as
+    /// Kafka's request quota manager bounds it.
+    pub fn window_ms(&self) -> i64 {
+        self.window_ms
+    }
+
     /// Records `value` against `sensor` under the quota `bound` (units per second) and
     /// returns the throttle time in ms: 0 within the quota, else how long the client must
     /// wait for its rate to come back to the bound, `(rate - bound) / bound × window`, at
     /// most [`Self::max_throttle_ms`].
     pub fn record(&self, sensor: &SensorKey, bound: f64, value: f64, now_ms: i64) -> i32 {
+        self.record_bounded(sensor, bound, value, now_ms, self.max_throttle_ms())
+    }
+
+    /// [`Self::record`] with the throttle at most `max_throttle_ms` (at least 0).
+    pub fn record_bounded(
+        &self,
+        sensor: &SensorKey,
+        bound: f64,
+        value: f64,
+        now_ms: i64,
+        max_throttle_ms: i64,
+    ) -> i32 {
         debug_assert!(bound > 0.0);
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         self.sweep(&mut state, now_ms);
@@ -572,7 +610,12 @@ impl QuotaSensors {
         }
         let window = rate.window_size_ms(w, n, now_ms) as f64;
         let throttle = ((measured - bound) / bound * window).round();
-        throttle.clamp(0.0, self.max_throttle_ms() as f64) as i32
+        let max = max_throttle_ms.clamp(0, i32::MAX as i64) as f64;
+        // NaN (a bound that is not positive) is no throttle.
+        if throttle.is_nan() {
+            return 0;
+        }
+        throttle.clamp(0.0, max) as i32
     }
 
     /// Takes back a recorded value (a throttled fetch whose records were not sent).
@@ -600,6 +643,13 @@ impl QuotaSensors {
             .sensors
             .retain(|_, r| now_ms - r.last_record_ms < idle.max(SWEEP_INTERVAL_MS));
     }
+}
+
+/// What a request's thread time counts as under `request_percentage`: percent of one
+/// thread × seconds, so that its rate per second is the percentage of a thread used (Kafka
+/// records `nanos × 100 / 1e9` the same way).
+pub fn request_time_value(spent: std::time::Duration) -> f64 {
+    spent.as_secs_f64() * 100.0
 }
 
 /// The user name of a principal as quota entities name it (`User:alice` is `alice`).
@@ -777,5 +827,59 @@ mod tests {
         }
         assert_eq!(throttled, 0);
         assert!(s.record(&key2, 1000.0, 5000.0, 20_000 + 1000 * 100) > 0);
+    }
+
+    #[test]
+    fn request_time_is_a_percentage_of_a_thread_and_its_throttle_is_one_window() {
+        use std::time::Duration;
+        assert_eq!(request_time_value(Duration::from_secs(1)), 100.0);
+        assert!((request_time_value(Duration::from_millis(10)) - 1.0).abs() < 1e-9);
+        let s = QuotaSensors::new(11, 1000);
+        let key = SensorKey {
+            kind: QuotaKind::Request,
+            user: "u".into(),
+            client_id: String::new(),
+        };
+        // request_percentage 1 over at least 10 s of windows: 100 ms of thread time is
+        // exactly the bound.
+        let v = request_time_value(Duration::from_millis(100));
+        assert_eq!(s.record_bounded(&key, 1.0, v, 0, s.window_ms()), 0);
+        // 10 ms more is 1.1%: 10% over, throttle 10% of the 10 s measured, 1 s, which is
+        // also the most a request throttle may be.
+        let v = request_time_value(Duration::from_millis(10));
+        assert_eq!(s.record_bounded(&key, 1.0, v, 0, s.window_ms()), 1000);
+        // Far over: bounded by one window, where a byte quota's would be 11.
+        let v = request_time_value(Duration::from_secs(5));
+        assert_eq!(s.record_bounded(&key, 1.0, v, 0, s.window_ms()), 1000);
+        assert_eq!(s.record(&key, 1.0, 0.0, 0), 11_000);
+        // A zero record after the windows expire is within the quota again.
+        assert_eq!(s.record_bounded(&key, 1.0, 0.0, 11_000, 1000), 0);
+        // Bounds that make no throttle: a negative maximum clamps to 0.
+        assert_eq!(s.record_bounded(&key, 1.0, 1e6, 11_000, -5), 0);
+    }
+
+    #[test]
+    fn request_quotas_are_flagged_through_apply_and_snapshots() {
+        let mut q = ClientQuotas::default();
+        assert!(!q.has_request_quotas());
+        let e = entity(Some(Some("u")), None);
+        q.apply(&[set(e.clone(), PRODUCER_BYTE_RATE, 10.0)])
+            .unwrap();
+        assert!(!q.has_request_quotas());
+        q.apply(&[set(e.clone(), REQUEST_PERCENTAGE, 1.0)]).unwrap();
+        assert!(q.has_request_quotas());
+        let json = serde_json::to_vec(&q).unwrap();
+        let back: ClientQuotas = serde_json::from_slice(&json).unwrap();
+        assert!(back.has_request_quotas());
+        assert_eq!(back, q);
+        let (bound, sensor) = q.resolve(QuotaKind::Request, "u", "c").unwrap();
+        assert_eq!((bound, sensor.kind), (1.0, QuotaKind::Request));
+        q.apply(&[QuotaAlteration {
+            entity: e,
+            ops: vec![(REQUEST_PERCENTAGE.into(), None)],
+        }])
+        .unwrap();
+        assert!(!q.has_request_quotas());
+        assert!(q.resolve(QuotaKind::Request, "u", "c").is_none());
     }
 }

@@ -118,11 +118,39 @@ pub(crate) fn str_bytes(s: &str) -> StrBytes {
 /// For a Produce, `submitted` fires once every partition's append has taken its place in its
 /// log's order (the connection may then start the next produce); for other requests it is
 /// dropped when the request completes.
+///
+/// A request a `request_percentage` quota applies to is timed ([`quotas::Timed`]) and its
+/// time recorded against the quota, which may mute the connection.
 pub async fn handle_request(
     svc: Rc<Services>,
     frame: Bytes,
     submitted: Option<oneshot::Sender<()>>,
 ) -> Result<Option<Response>, RequestError> {
+    let timer = peek_header(&frame)
+        .and_then(|p| ApiKey::try_from(p.api_key).ok())
+        .and_then(|api| quotas::request_timer(&svc, api, &frame));
+    let Some(timer) = timer else {
+        return dispatch(svc, frame, submitted, None).await;
+    };
+    let handled = dispatch(svc.clone(), frame, submitted, Some(timer.clone()));
+    let out = quotas::Timed::new(handled, timer.clone()).await;
+    quotas::record_request_time(&svc, &timer);
+    out
+}
+
+/// [`handle_request`] without the request quota's timing; `timer` is the request's when it
+/// is timed (Produce and Fetch record the time so far to put the throttle in the response).
+async fn dispatch(
+    svc: Rc<Services>,
+    frame: Bytes,
+    submitted: Option<oneshot::Sender<()>>,
+    timer: Option<Rc<quotas::RequestTimer>>,
+) -> Result<Option<Response>, RequestError> {
+    let request_throttle = |svc: &Services| {
+        timer
+            .as_deref()
+            .map_or(0, |t| quotas::record_request_time(svc, t))
+    };
     let peek = peek_header(&frame).ok_or(RequestError::TooShort(frame.len()))?;
     let api = ApiKey::try_from(peek.api_key).map_err(|_| RequestError::UnknownApi(peek.api_key))?;
     let version = peek.api_version;
@@ -170,7 +198,7 @@ pub async fn handle_request(
             let throttle = quotas::throttle_produce(&svc, client_id, request_bytes);
             match produce::produce(&svc, version, req, submitted).await? {
                 Some(mut resp) => {
-                    resp.throttle_time_ms = throttle;
+                    resp.throttle_time_ms = throttle.max(request_throttle(&svc));
                     crate::metrics::record_produce_errors(&resp);
                     frame(&resp)
                 }
@@ -184,6 +212,11 @@ pub async fn handle_request(
             } else {
                 req.replica_id.0 >= 0
             };
+            if follower {
+                if let Some(t) = &timer {
+                    t.exempt();
+                }
+            }
             let incremental = version >= 7 && req.session_id > 0 && req.session_epoch > 0;
             let resp = fetch::fetch(&svc, version, cid, req).await?;
             Ok(Some(Response::Fetch(quotas::throttle_fetch(
@@ -193,6 +226,7 @@ pub async fn handle_request(
                 cid,
                 incremental,
                 follower,
+                request_throttle(&svc),
                 resp,
             ))))
         }

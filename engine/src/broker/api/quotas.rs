@@ -1,5 +1,7 @@
 //! Client quotas: the DescribeClientQuotas (48) and AlterClientQuotas (49) APIs, and the
-//! throttling of Produce and Fetch ([`throttle_produce`], [`throttle_fetch`]).
+//! throttling of Produce and Fetch ([`throttle_produce`], [`throttle_fetch`]) and of every
+//! client request under `request_percentage` ([`request_timer`], [`Timed`],
+//! [`record_request_time`]).
 //!
 //! The quotas live in the cluster metadata (`MetadataCommand::AlterClientQuotas`, the image's
 //! `client_quotas`); the model, resolution order and rate measurement are
@@ -11,11 +13,27 @@
 //! throttled Fetch is answered with no records (its bytes are taken back from the sensor),
 //! as Kafka's `getThrottledResponse` does. Without any quota configured the produce and
 //! fetch paths pay one empty-map check on the image they already share.
+//!
+//! Request quotas (KIP-124): a request's time is the time its shard thread spent working on
+//! it, summed over the polls of its handler future ([`Timed`]); time spent waiting (a
+//! long-poll fetch waiting for data, a cross-shard call waiting for its answer) is not
+//! counted, as Kafka does not count purgatory time. Recorded as a percentage of one thread
+//! against the `request_percentage` that applies, it throttles up to one quota window.
+//! Produce and Fetch carry the throttle in `throttle_time_ms` (the larger of the byte and
+//! request throttles; a fetch throttled either way is answered without records); for the
+//! other APIs the mute is the enforcement. Exempt: ApiVersions, the SASL APIs, follower
+//! fetches and the inter-broker and controller APIs. Only a request a request quota applies
+//! to is timed.
 
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
-use kafka_protocol::messages as m;
+use kafka_protocol::messages::{self as m, ApiKey};
 use tracing::info;
 
 use super::acls::{Authz, CLUSTER_AUTHORIZATION_FAILED};
@@ -29,7 +47,8 @@ use crate::controller::MetadataCommand;
 use crate::security::acl::AclOperation;
 use crate::security::principal::ANONYMOUS;
 use crate::security::quota::{
-    user_of, ClientQuotas, QuotaAlteration, QuotaEntity, QuotaFilter, QuotaKind, QuotaValue,
+    request_time_value, user_of, ClientQuotas, QuotaAlteration, QuotaEntity, QuotaFilter,
+    QuotaKind, QuotaValue, SensorKey,
 };
 
 /// Records `value` against the quota of `kind` that applies to this request's principal and
@@ -81,7 +100,10 @@ pub fn throttle_produce(svc: &Services, client_id: Option<&str>, request_bytes: 
 /// Applies `consumer_byte_rate` to a consumer's fetch response (followers are not
 /// throttled): within the quota the frame goes out as it is; over it the response is
 /// replaced by one without records carrying the throttle time, the connection is muted,
-/// and the bytes not sent are taken back from the sensor.
+/// and the bytes not sent are taken back from the sensor. `request_throttle` is the
+/// request quota's throttle of this fetch (its mute already set): a fetch throttled by
+/// either quota is answered the same way, with the larger throttle, as Kafka's.
+#[allow(clippy::too_many_arguments)]
 pub fn throttle_fetch(
     svc: &Services,
     client_id: Option<&str>,
@@ -89,6 +111,7 @@ pub fn throttle_fetch(
     correlation_id: i32,
     incremental: bool,
     follower: bool,
+    request_throttle: i32,
     frame: FetchFrame,
 ) -> FetchFrame {
     if follower {
@@ -100,20 +123,20 @@ pub fn throttle_fetch(
         return frame;
     }
     let size = frame.total_len as f64;
-    let Some((throttle, sensor)) =
-        record(svc, quotas, QuotaKind::Fetch, client_id.unwrap_or(""), size)
-    else {
-        return frame;
-    };
+    let (byte_throttle, sensor) =
+        match record(svc, quotas, QuotaKind::Fetch, client_id.unwrap_or(""), size) {
+            Some((t, sensor)) => (t, Some(sensor)),
+            None => (0, None),
+        };
+    let throttle = byte_throttle.max(request_throttle);
     if throttle == 0 {
         return frame;
     }
-    svc.shard
-        .ctx
-        .quota_sensors
-        .unrecord(&sensor, size, now_ms());
-    tracing::debug!(?sensor, throttle, "fetch throttled");
-    mute_connection(throttle);
+    if let Some(sensor) = &sensor {
+        svc.shard.ctx.quota_sensors.unrecord(sensor, size, now_ms());
+    }
+    tracing::debug!(?sensor, byte_throttle, request_throttle, "fetch throttled");
+    mute_connection(byte_throttle);
     // An incremental session keeps its id; a full or sessionless fetch gets none (Kafka's
     // throttled response), so the client fetches the same positions again.
     let session_id = if incremental {
@@ -125,6 +148,178 @@ pub fn throttle_fetch(
         encode_fetch_response(version, correlation_id, ec::NONE, session_id, vec![], false);
     set_fetch_throttle(&mut empty, version, throttle);
     empty
+}
+
+/// The thread time one request has used so far, and the request quota it counts against.
+/// Shared by the [`Timed`] wrapper (which adds each poll's time) and the handler (which may
+/// record the time so far before encoding its response).
+#[derive(Debug)]
+pub struct RequestTimer {
+    bound: f64,
+    sensor: SensorKey,
+    /// Time of the finished polls.
+    spent: Cell<Duration>,
+    /// When the poll in progress started.
+    poll_started: Cell<Option<Instant>>,
+    /// How much of the time is already recorded.
+    recorded: Cell<Duration>,
+    exempt: Cell<bool>,
+}
+
+impl RequestTimer {
+    /// A timer for a request under `request_percentage` `bound`, counted against `sensor`.
+    pub fn new(bound: f64, sensor: SensorKey) -> RequestTimer {
+        RequestTimer {
+            bound,
+            sensor,
+            spent: Cell::new(Duration::ZERO),
+            poll_started: Cell::new(None),
+            recorded: Cell::new(Duration::ZERO),
+            exempt: Cell::new(false),
+        }
+    }
+
+    /// The thread time so far, including the poll in progress.
+    pub fn spent(&self) -> Duration {
+        let current = self
+            .poll_started
+            .get()
+            .map_or(Duration::ZERO, |t| t.elapsed());
+        self.spent.get() + current
+    }
+
+    /// Exempts the request (a follower fetch: known only once its body is decoded).
+    pub fn exempt(&self) {
+        self.exempt.set(true);
+    }
+
+    /// The time not recorded yet, now marked recorded.
+    fn take_unrecorded(&self) -> Duration {
+        let spent = self.spent();
+        let new = spent.saturating_sub(self.recorded.get());
+        self.recorded.set(spent);
+        new
+    }
+}
+
+/// A future that adds the time spent inside each poll of `inner` to its [`RequestTimer`]
+/// (time between polls, while the future waits, is not counted).
+pub struct Timed<F> {
+    inner: Pin<Box<F>>,
+    timer: Rc<RequestTimer>,
+}
+
+impl<F: Future> Timed<F> {
+    /// Times `inner` into `timer`.
+    pub fn new(inner: F, timer: Rc<RequestTimer>) -> Timed<F> {
+        Timed {
+            inner: Box::pin(inner),
+            timer,
+        }
+    }
+}
+
+impl<F: Future> Future for Timed<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        let started = Instant::now();
+        this.timer.poll_started.set(Some(started));
+        let out = this.inner.as_mut().poll(cx);
+        this.timer.poll_started.set(None);
+        this.timer
+            .spent
+            .set(this.timer.spent.get() + started.elapsed());
+        out
+    }
+}
+
+/// APIs no request quota applies to: ApiVersions and SASL (a client must always be able to
+/// connect and authenticate) and the inter-broker and controller APIs (Kafka exempts
+/// cluster actions).
+pub fn exempt_api(api: ApiKey) -> bool {
+    matches!(
+        api,
+        ApiKey::ApiVersions
+            | ApiKey::SaslHandshake
+            | ApiKey::SaslAuthenticate
+            | ApiKey::WriteTxnMarkers
+            | ApiKey::Vote
+            | ApiKey::BeginQuorumEpoch
+            | ApiKey::EndQuorumEpoch
+            | ApiKey::AlterPartition
+            | ApiKey::Envelope
+            | ApiKey::FetchSnapshot
+            | ApiKey::BrokerRegistration
+            | ApiKey::BrokerHeartbeat
+            | ApiKey::UnregisterBroker
+            | ApiKey::AllocateProducerIds
+            | ApiKey::ControllerRegistration
+            | ApiKey::AssignReplicasToDirs
+            | ApiKey::AddRaftVoter
+            | ApiKey::RemoveRaftVoter
+            | ApiKey::UpdateRaftVoter
+            | ApiKey::InitializeShareGroupState
+            | ApiKey::ReadShareGroupState
+            | ApiKey::WriteShareGroupState
+            | ApiKey::DeleteShareGroupState
+            | ApiKey::ReadShareGroupStateSummary
+    )
+}
+
+/// The client id of a request frame (request header v1+: a nullable int16-length string
+/// after api key, version and correlation id); `""` when null or absent.
+fn peek_client_id(frame: &[u8]) -> String {
+    let Some(len) = frame.get(8..10) else {
+        return String::new();
+    };
+    let len = i16::from_be_bytes([len[0], len[1]]);
+    if len <= 0 {
+        return String::new();
+    }
+    frame
+        .get(10..10 + len as usize)
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_default()
+}
+
+/// The timer for a request of `api` in `frame`, when a `request_percentage` quota applies
+/// to its principal and client id and the API is not exempt; `None` (nothing to time)
+/// otherwise, after one flag check when no request quota is configured.
+pub fn request_timer(svc: &Services, api: ApiKey, frame: &[u8]) -> Option<Rc<RequestTimer>> {
+    let image = svc.shard.image();
+    let quotas = &image.cluster.client_quotas;
+    if !quotas.has_request_quotas() || exempt_api(api) {
+        return None;
+    }
+    let client_id = peek_client_id(frame);
+    let (bound, sensor) = CONNECTION
+        .try_with(|c| quotas.resolve(QuotaKind::Request, user_of(&c.principal), &client_id))
+        .unwrap_or_else(|_| quotas.resolve(QuotaKind::Request, user_of(ANONYMOUS), &client_id))?;
+    Some(Rc::new(RequestTimer::new(bound, sensor)))
+}
+
+/// Records the request time not recorded yet against its quota; returns the throttle time
+/// (at most one quota window, as Kafka's request quota) and mutes the connection for it.
+pub fn record_request_time(svc: &Services, timer: &RequestTimer) -> i32 {
+    if timer.exempt.get() {
+        return 0;
+    }
+    let value = request_time_value(timer.take_unrecorded());
+    let sensors = &svc.shard.ctx.quota_sensors;
+    let throttle = sensors.record_bounded(
+        &timer.sensor,
+        timer.bound,
+        value,
+        now_ms(),
+        sensors.window_ms(),
+    );
+    if throttle > 0 {
+        tracing::debug!(sensor = ?timer.sensor, throttle, "request quota throttled");
+        mute_connection(throttle);
+    }
+    throttle
 }
 
 /// Offset of `throttle_time_ms` in a fetch frame (after the size prefix, the correlation id
@@ -339,4 +534,121 @@ pub async fn alter_client_quotas(
         })
         .collect();
     m::AlterClientQuotasResponse::default().with_entries(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timer() -> Rc<RequestTimer> {
+        Rc::new(RequestTimer::new(
+            1.0,
+            SensorKey {
+                kind: QuotaKind::Request,
+                user: String::new(),
+                client_id: "c".into(),
+            },
+        ))
+    }
+
+    fn spin(d: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < d {
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Works `work` in each of two polls with a wait of `wait` between them.
+    async fn work_wait_work(work: Duration, wait: Duration, seen: Rc<Cell<Duration>>) {
+        spin(work);
+        tokio::time::sleep(wait).await;
+        spin(work);
+        seen.set(work);
+    }
+
+    #[test]
+    fn timed_counts_the_polls_and_not_the_waits() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let t = timer();
+        let seen = Rc::new(Cell::new(Duration::ZERO));
+        let work = Duration::from_millis(5);
+        let wait = Duration::from_millis(100);
+        let started = Instant::now();
+        rt.block_on(Timed::new(
+            work_wait_work(work, wait, seen.clone()),
+            t.clone(),
+        ));
+        let total = started.elapsed();
+        assert_eq!(seen.get(), work, "the inner future ran to its end");
+        let spent = t.spent();
+        // Both polls' work is counted...
+        assert!(spent >= 2 * work, "spent {spent:?}");
+        // ...and the wait between them is not.
+        assert!(spent + wait <= total, "spent {spent:?} of {total:?}");
+        // Nothing is in progress once done; the time is taken once.
+        assert_eq!(t.spent(), spent);
+        assert_eq!(t.take_unrecorded(), spent);
+        assert_eq!(t.take_unrecorded(), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_time_so_far_is_visible_inside_the_poll() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let t = timer();
+        let inner = t.clone();
+        let work = Duration::from_millis(3);
+        let (before, after) = rt.block_on(Timed::new(
+            async move {
+                let before = inner.take_unrecorded();
+                spin(work);
+                (before, inner.take_unrecorded())
+            },
+            t.clone(),
+        ));
+        assert!(after >= work, "{before:?} then {after:?}");
+        // What was taken inside is not taken again; the rest (the end of the poll) is.
+        let rest = t.take_unrecorded();
+        assert_eq!(t.spent(), before + after + rest);
+    }
+
+    #[test]
+    fn client_ids_are_peeked_from_the_header() {
+        let mut frame = vec![0, 3, 0, 12, 0, 0, 0, 7];
+        assert_eq!(peek_client_id(&frame), "");
+        frame.extend_from_slice(&[0xff, 0xff]);
+        assert_eq!(peek_client_id(&frame), "");
+        frame.truncate(8);
+        frame.extend_from_slice(&[0, 3, b'a', b'b', b'c', 9]);
+        assert_eq!(peek_client_id(&frame), "abc");
+        // A length past the frame's end is no client id, not a panic.
+        frame.truncate(8);
+        frame.extend_from_slice(&[0x7f, 0xff, b'a']);
+        assert_eq!(peek_client_id(&frame), "");
+    }
+
+    #[test]
+    fn connection_and_inter_broker_apis_are_exempt() {
+        for api in [
+            ApiKey::ApiVersions,
+            ApiKey::SaslHandshake,
+            ApiKey::SaslAuthenticate,
+            ApiKey::Vote,
+            ApiKey::BrokerHeartbeat,
+        ] {
+            assert!(exempt_api(api), "{api:?}");
+        }
+        for api in [
+            ApiKey::Produce,
+            ApiKey::Fetch,
+            ApiKey::Metadata,
+            ApiKey::ListOffsets,
+        ] {
+            assert!(!exempt_api(api), "{api:?}");
+        }
+    }
 }
