@@ -34,7 +34,9 @@ fn patch(mut b: Vec<u8>, attributes: i16, seq: i32, epoch: i16) -> BytesMut {
 
 /// A batch of `n` records from `pid`/`epoch` at sequence `seq`, transactional or not.
 fn batch(pid: i64, epoch: i16, seq: i32, n: usize, transactional: bool) -> BytesMut {
-    let vals: Vec<Vec<u8>> = (0..n).map(|i| format!("p{pid}-s{seq}-{i}").into_bytes()).collect();
+    let vals: Vec<Vec<u8>> = (0..n)
+        .map(|i| format!("p{pid}-s{seq}-{i}").into_bytes())
+        .collect();
     let refs: Vec<&[u8]> = vals.iter().map(|v| &v[..]).collect();
     let b = build_batch(
         &BatchSpec {
@@ -71,7 +73,9 @@ async fn open(dir: &Path, cfg: LogConfig) -> PartitionLog {
 }
 
 async fn append(log: &PartitionLog, b: BytesMut) -> Result<i64, AppendError> {
-    log.append_leader(b, 0, now_ms()).await.map(|i| i.first_offset)
+    log.append_leader(b, 0, now_ms())
+        .await
+        .map(|i| i.first_offset)
 }
 
 async fn marker(
@@ -116,7 +120,10 @@ async fn committed_view(log: &PartitionLog, hw: i64) -> (Vec<i64>, i64) {
         for item in BatchIter::new(&bytes) {
             let (pos, h) = item.unwrap();
             next = h.next_offset();
-            assert!(h.last_offset() < lso, "a read_committed read passed the LSO");
+            assert!(
+                h.last_offset() < lso,
+                "a read_committed read passed the LSO"
+            );
             while pending.peek().is_some_and(|a| a.1 <= h.last_offset()) {
                 aborting.insert(pending.next().unwrap().0);
             }
@@ -380,14 +387,24 @@ fn cleaner_removes_aborted_records_and_spent_markers() {
         };
         // Producer 1 commits a=1, b=1; producer 2 aborts a=2, c=2; producer 1's second
         // transaction (committed) overwrites b; a plain producer writes d.
-        append(&log, keyed(1, 0, &[("a", "1"), ("b", "1")], true)).await.unwrap();
-        append(&log, keyed(2, 0, &[("a", "2"), ("c", "2")], true)).await.unwrap();
+        append(&log, keyed(1, 0, &[("a", "1"), ("b", "1")], true))
+            .await
+            .unwrap();
+        append(&log, keyed(2, 0, &[("a", "2"), ("c", "2")], true))
+            .await
+            .unwrap();
         marker(&log, 1, 0, 0, false).await.unwrap(); // 4
         marker(&log, 2, 0, 0, true).await.unwrap(); // 5
-        append(&log, keyed(1, 2, &[("b", "3")], true)).await.unwrap(); // 6
+        append(&log, keyed(1, 2, &[("b", "3")], true))
+            .await
+            .unwrap(); // 6
         marker(&log, 1, 0, 0, false).await.unwrap(); // 7
-        append(&log, keyed(-1, -1, &[("d", "4")], false)).await.unwrap(); // 8
-        append(&log, keyed(2, 2, &[("e", "5")], false)).await.unwrap(); // 9
+        append(&log, keyed(-1, -1, &[("d", "4")], false))
+            .await
+            .unwrap(); // 8
+        append(&log, keyed(2, 2, &[("e", "5")], false))
+            .await
+            .unwrap(); // 9
         let cleaner = LogCleaner::new(CleanerConfig {
             backoff_ms: 10,
             ..CleanerConfig::default()
@@ -410,7 +427,11 @@ fn cleaner_removes_aborted_records_and_spent_markers() {
         }
         assert!(ready, "rolled segment never finished");
         let mut cleaner = cleaner;
-        cleaner.clean(&log, now_ms()).await.unwrap().expect("cleaned");
+        cleaner
+            .clean(&log, now_ms())
+            .await
+            .unwrap()
+            .expect("cleaned");
 
         let r = log.read(0, 1 << 20, i64::MAX, true).await.unwrap();
         let bytes = r.slice.unwrap().read_to_vec().await.unwrap();
@@ -434,7 +455,12 @@ fn cleaner_removes_aborted_records_and_spent_markers() {
         // a=1 survives (the aborted a=2 never superseded it), b=3 replaced b=1, c=2 is gone.
         assert_eq!(
             data,
-            vec![kv(0, "a", "1"), kv(6, "b", "3"), kv(8, "d", "4"), kv(9, "e", "5")]
+            vec![
+                kv(0, "a", "1"),
+                kv(6, "b", "3"),
+                kv(8, "d", "4"),
+                kv(9, "e", "5")
+            ]
         );
         // The abort marker (no data left) went; the first commit marker still has a=1; the
         // second commit marker has b=3.

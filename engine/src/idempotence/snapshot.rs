@@ -139,7 +139,9 @@ impl ProducerStateTable {
                 let ce = b.get_i32();
                 let first = b.get_i64();
                 if first < -1 || first >= end_offset {
-                    return Err(SnapshotError::Invalid("open transaction offset out of range"));
+                    return Err(SnapshotError::Invalid(
+                        "open transaction offset out of range",
+                    ));
                 }
                 (ce, (first >= 0).then_some(first))
             };
@@ -327,7 +329,10 @@ mod tests {
         body.put_i64(1_234);
         let t = ProducerStateTable::from_snapshot(&seal(&body), 1).unwrap();
         let e = t.entry(9).unwrap();
-        assert_eq!((e.epoch, e.last_seq(), e.batches[0].last_offset), (4, Some(2), 12));
+        assert_eq!(
+            (e.epoch, e.last_seq(), e.batches[0].last_offset),
+            (4, Some(2), 12)
+        );
         assert_eq!(e.current_txn_first_offset, None);
         assert_eq!(e.coordinator_epoch, NO_COORDINATOR_EPOCH);
         assert_eq!(t.first_unstable_offset(), None);
@@ -344,9 +349,13 @@ mod tests {
             max_timestamp_ms: 5,
             transactional: true,
         };
-        let CheckOutcome::Append(a) = t.check(&txn(1, 0)).unwrap() else { panic!() };
+        let CheckOutcome::Append(a) = t.check(&txn(1, 0)).unwrap() else {
+            panic!()
+        };
         t.update(a, 0).unwrap();
-        let CheckOutcome::Append(b) = t.check(&txn(2, 0)).unwrap() else { panic!() };
+        let CheckOutcome::Append(b) = t.check(&txn(2, 0)).unwrap() else {
+            panic!()
+        };
         t.update(b, 2).unwrap();
         let marker = TxnMarker {
             producer_id: 2,

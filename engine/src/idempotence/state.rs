@@ -669,10 +669,14 @@ impl ProducerStateTable {
             .filter_map(|e| e.current_txn_first_offset)
             .min()
             .unwrap_or(offset + 1);
-        let entry = self
-            .producers
-            .entry(m.producer_id)
-            .or_insert_with(|| ProducerEntry::new(m.producer_id, m.producer_epoch, VecDeque::new(), m.timestamp_ms));
+        let entry = self.producers.entry(m.producer_id).or_insert_with(|| {
+            ProducerEntry::new(
+                m.producer_id,
+                m.producer_epoch,
+                VecDeque::new(),
+                m.timestamp_ms,
+            )
+        });
         if entry.epoch != m.producer_epoch {
             entry.epoch = m.producer_epoch;
             entry.batches.clear();
@@ -695,7 +699,8 @@ impl ProducerStateTable {
     /// Forgets completed transactions whose marker is below the high watermark: they can no
     /// longer be truncated away, so they stop bounding the LSO.
     pub fn on_high_watermark(&mut self, high_watermark: i64) {
-        self.unreplicated.retain(|t| t.last_offset >= high_watermark);
+        self.unreplicated
+            .retain(|t| t.last_offset >= high_watermark);
     }
 
     /// The first offset that may still belong to an undecided transaction: the smallest

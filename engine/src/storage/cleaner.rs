@@ -36,11 +36,11 @@ use super::config::LogConfig;
 use super::error::StorageError;
 use super::log::PartitionLog;
 use super::record_batch::{validate_batch, BatchHeader};
-use super::txn_index;
 use super::segment::{
     parse_segment_name, segment_path, HeaderCursor, Segment, INDEX_SUFFIX, LOG_SUFFIX,
     TIME_INDEX_SUFFIX, TXN_INDEX_SUFFIX,
 };
+use super::txn_index;
 use plan::{Cleanable, SegmentView};
 use records::{parse_records, rebuild_batch, records_section, RecordRef};
 
@@ -740,7 +740,12 @@ impl LogCleaner {
         let guard = log.lock_segment_list().await;
         if !log.segments_unchanged(old) {
             drop(guard);
-            for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX, TXN_INDEX_SUFFIX] {
+            for suffix in [
+                LOG_SUFFIX,
+                INDEX_SUFFIX,
+                TIME_INDEX_SUFFIX,
+                TXN_INDEX_SUFFIX,
+            ] {
                 let p = cleaned_path(dir, base, suffix);
                 remove_file_if_exists(&p).await.map_err(io_err(&p))?;
             }
@@ -869,7 +874,12 @@ async fn swap(
     crash_point(SwapStep::Renamed)?;
     for (s, _) in &old[1..] {
         // Only files: the old `Segment`s keep their descriptors for in-flight reads.
-        for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX, TXN_INDEX_SUFFIX] {
+        for suffix in [
+            LOG_SUFFIX,
+            INDEX_SUFFIX,
+            TIME_INDEX_SUFFIX,
+            TXN_INDEX_SUFFIX,
+        ] {
             let p = segment_path(&dir, s.base_offset, suffix);
             remove_file_if_exists(&p).await.map_err(io_err(&p))?;
         }
@@ -885,7 +895,12 @@ async fn swap(
 
 /// Renames `<base>.<suffix>.cleaned` over `<base>.<suffix>`, indexes first, where present.
 fn rename_cleaned(dir: &Path, base: i64) -> Result<(), StorageError> {
-    for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX, TXN_INDEX_SUFFIX, LOG_SUFFIX] {
+    for suffix in [
+        INDEX_SUFFIX,
+        TIME_INDEX_SUFFIX,
+        TXN_INDEX_SUFFIX,
+        LOG_SUFFIX,
+    ] {
         let from = cleaned_path(dir, base, suffix);
         let to = segment_path(dir, base, suffix);
         // A rename is a metadata operation; std keeps it off io_uring as the open path does.
@@ -930,7 +945,12 @@ pub(crate) fn recover_swaps(dir: &Path) -> Result<(), StorageError> {
         tracing::warn!(dir = %dir.display(), base, end, "completing an interrupted cleaner swap");
         rename_cleaned(dir, *base)?;
         for &b in bases.iter().filter(|&&b| b > *base && b < end) {
-            for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX, TXN_INDEX_SUFFIX] {
+            for suffix in [
+                LOG_SUFFIX,
+                INDEX_SUFFIX,
+                TIME_INDEX_SUFFIX,
+                TXN_INDEX_SUFFIX,
+            ] {
                 let p = segment_path(dir, b, suffix);
                 match std::fs::remove_file(&p) {
                     Ok(()) => {}

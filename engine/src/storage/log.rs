@@ -1651,17 +1651,14 @@ impl PartitionLog {
             segments: st.segments.clone(),
             // Only segments wholly below this are cleaned; never data of an undecided
             // transaction (its records could still be aborted), as Kafka stops at the LSO.
-            recovery_point: st
-                .recovery_point
-                .min(self.inner.cleanable_end.get())
-                .min(
-                    st.producers
-                        .open_transactions()
-                        .iter()
-                        .map(|t| t.1)
-                        .min()
-                        .unwrap_or(i64::MAX),
-                ),
+            recovery_point: st.recovery_point.min(self.inner.cleanable_end.get()).min(
+                st.producers
+                    .open_transactions()
+                    .iter()
+                    .map(|t| t.1)
+                    .min()
+                    .unwrap_or(i64::MAX),
+            ),
         })
     }
 

@@ -157,7 +157,12 @@ pub(crate) async fn load(dir: &Path, cfg: &LogConfig, now_ms: i64) -> Result<Loa
         if drop_rest {
             for &later in &log_bases[i + 1..] {
                 tracing::warn!(dir = %dir.display(), base = later, "deleting segment after a corrupt one");
-                for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX, TXN_INDEX_SUFFIX] {
+                for suffix in [
+                    LOG_SUFFIX,
+                    INDEX_SUFFIX,
+                    TIME_INDEX_SUFFIX,
+                    TXN_INDEX_SUFFIX,
+                ] {
                     let p = super::segment::segment_path(dir, later, suffix);
                     match std::fs::remove_file(&p) {
                         Ok(()) => {}

@@ -27,8 +27,8 @@ pub const LOG_SUFFIX: &str = "log";
 pub const INDEX_SUFFIX: &str = "index";
 /// Time index suffix.
 pub const TIME_INDEX_SUFFIX: &str = "timeindex";
-pub use super::txn_index::TXN_INDEX_SUFFIX;
 use super::txn_index::AbortedTxn;
+pub use super::txn_index::TXN_INDEX_SUFFIX;
 
 /// `<dir>/<20-digit base offset>.<suffix>`, as Kafka names segment files.
 pub fn segment_path(dir: &Path, base_offset: i64, suffix: &str) -> PathBuf {
@@ -145,7 +145,12 @@ impl Segment {
         now_ms: i64,
     ) -> Result<Segment, StorageError> {
         let path = segment_path(dir, base_offset, LOG_SUFFIX);
-        for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX, TXN_INDEX_SUFFIX] {
+        for suffix in [
+            LOG_SUFFIX,
+            INDEX_SUFFIX,
+            TIME_INDEX_SUFFIX,
+            TXN_INDEX_SUFFIX,
+        ] {
             let p = segment_path(dir, base_offset, suffix);
             remove_file_if_exists(&p)
                 .await
@@ -730,7 +735,12 @@ impl Segment {
 
     /// Removes the segment's files.
     pub async fn delete_files(&self) -> Result<(), StorageError> {
-        for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX, TXN_INDEX_SUFFIX] {
+        for suffix in [
+            LOG_SUFFIX,
+            INDEX_SUFFIX,
+            TIME_INDEX_SUFFIX,
+            TXN_INDEX_SUFFIX,
+        ] {
             let p = self.path(suffix);
             remove_file_if_exists(&p)
                 .await

@@ -136,7 +136,11 @@ pub fn encode_all(entries: &[AbortedTxn]) -> Vec<u8> {
 /// The entries of `entries` a fetch of `[from, upper)` must report: transactions whose data
 /// may lie in that range (`last_offset >= from` and `first_offset < upper`), as Kafka's
 /// `collectAbortedTransactions`.
-pub fn overlapping(entries: &[AbortedTxn], from: i64, upper: i64) -> impl Iterator<Item = &AbortedTxn> {
+pub fn overlapping(
+    entries: &[AbortedTxn],
+    from: i64,
+    upper: i64,
+) -> impl Iterator<Item = &AbortedTxn> {
     entries
         .iter()
         .filter(move |e| e.last_offset >= from && e.first_offset < upper)
@@ -169,8 +173,8 @@ pub fn parse_marker(batch: &[u8], h: &BatchHeader) -> Result<Option<ControlMarke
         return Err(MarkerError::NotMarker("not a control batch"));
     }
     // Control batches are small; the limit only protects against a hostile codec stream.
-    let section = records_section(batch, h, 1 << 16)
-        .map_err(|e| MarkerError::Malformed(e.to_string()))?;
+    let section =
+        records_section(batch, h, 1 << 16).map_err(|e| MarkerError::Malformed(e.to_string()))?;
     let records = parse_records(&section, h.records_count)
         .map_err(|e| MarkerError::Malformed(e.to_string()))?;
     let Some(first) = records.first() else {
@@ -182,7 +186,10 @@ pub fn parse_marker(batch: &[u8], h: &BatchHeader) -> Result<Option<ControlMarke
         .and_then(|r| section.get(r))
         .ok_or(MarkerError::NotMarker("control record without a key"))?;
     if key.len() < 4 {
-        return Err(MarkerError::Malformed(format!("control key of {} bytes", key.len())));
+        return Err(MarkerError::Malformed(format!(
+            "control key of {} bytes",
+            key.len()
+        )));
     }
     let kind = i16::from_be_bytes([key[2], key[3]]);
     let aborted = match kind {
@@ -192,7 +199,9 @@ pub fn parse_marker(batch: &[u8], h: &BatchHeader) -> Result<Option<ControlMarke
         _ => return Ok(None),
     };
     if !h.is_transactional() || h.producer_id < 0 {
-        return Err(MarkerError::NotMarker("a transaction marker must be transactional with a producer id"));
+        return Err(MarkerError::NotMarker(
+            "a transaction marker must be transactional with a producer id",
+        ));
     }
     let value = first
         .value
@@ -200,7 +209,10 @@ pub fn parse_marker(batch: &[u8], h: &BatchHeader) -> Result<Option<ControlMarke
         .and_then(|r| section.get(r))
         .ok_or(MarkerError::NotMarker("transaction marker without a value"))?;
     if value.len() < 6 {
-        return Err(MarkerError::Malformed(format!("marker value of {} bytes", value.len())));
+        return Err(MarkerError::Malformed(format!(
+            "marker value of {} bytes",
+            value.len()
+        )));
     }
     Ok(Some(ControlMarker {
         aborted,
@@ -324,7 +336,10 @@ mod tests {
             let b = build_marker_batch(42, 3, 9, aborted, 1_000);
             let h = validate_batch(&b).unwrap();
             assert!(h.is_control() && h.is_transactional());
-            assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence), (42, 3, -1));
+            assert_eq!(
+                (h.producer_id, h.producer_epoch, h.base_sequence),
+                (42, 3, -1)
+            );
             assert_eq!(
                 parse_marker(&b, &h).unwrap(),
                 Some(ControlMarker {

@@ -184,7 +184,9 @@ impl Inner {
     pub(super) async fn rebuild_producer_state(&self, new_end: i64) -> Result<(), StorageError> {
         self.delete_producer_snapshots_above(new_end).await?;
         let expiration = self.st.borrow().producers.expiration_ms();
-        let table = self.restore_producer_table(new_end, expiration, None).await?;
+        let table = self
+            .restore_producer_table(new_end, expiration, None)
+            .await?;
         self.st.borrow_mut().producers = table;
         Ok(())
     }
@@ -338,9 +340,7 @@ impl Inner {
                             .map_err(|e| StorageError::io(segment.log.path(), e))?;
                         let rebuild = rebuild_txn_from.is_some_and(|r| segment.base_offset >= r);
                         // Outside the rebuilt range the entry is already in a trusted index.
-                        super::transactions::apply_txn_marker(
-                            table, &segment, &bytes, &h, rebuild,
-                        );
+                        super::transactions::apply_txn_marker(table, &segment, &bytes, &h, rebuild);
                     } else {
                         replay_producer_batch(table, &h);
                     }

@@ -78,7 +78,9 @@ pub(super) fn apply_txn_marker(
         return false;
     }
     let mut aborted = segment.aborted.borrow_mut();
-    debug_assert!(aborted.last().is_none_or(|e| e.last_offset < txn.last_offset));
+    debug_assert!(aborted
+        .last()
+        .is_none_or(|e| e.last_offset < txn.last_offset));
     aborted.push(AbortedTxn {
         producer_id: txn.producer_id,
         first_offset: txn.first_offset,
@@ -113,7 +115,10 @@ impl Inner {
 
     /// Writes a segment's `.txnindex` from memory (serialized per log, so the last writer
     /// always writes the newest entries).
-    pub(super) async fn persist_txn_index(&self, segment: &Rc<Segment>) -> Result<(), StorageError> {
+    pub(super) async fn persist_txn_index(
+        &self,
+        segment: &Rc<Segment>,
+    ) -> Result<(), StorageError> {
         let _g = self.checkpoint_lock.lock().await;
         if let Err(e) = segment.write_txn_index().await {
             // The marker is in the log and the in-memory index is right; recovery rebuilds a
@@ -154,7 +159,13 @@ impl PartitionLog {
             ));
         }
         let mut records = BytesMut::from(
-            &build_marker_batch(producer_id, producer_epoch, coordinator_epoch, aborted, now_ms)[..],
+            &build_marker_batch(
+                producer_id,
+                producer_epoch,
+                coordinator_epoch,
+                aborted,
+                now_ms,
+            )[..],
         );
         let cfg = self.config();
         let batches = validate_leader(&mut records, &cfg, now_ms)?;
@@ -214,7 +225,9 @@ impl PartitionLog {
         min_one_batch: bool,
     ) -> Result<CommittedRead, ReadError> {
         let lso = self.last_stable_offset(high_watermark);
-        let read = self.read(from_offset, max_bytes, lso, min_one_batch).await?;
+        let read = self
+            .read(from_offset, max_bytes, lso, min_one_batch)
+            .await?;
         let aborted = if read.slice.is_some() {
             self.aborted_transactions(from_offset, lso)
                 .into_iter()
