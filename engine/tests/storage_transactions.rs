@@ -9,7 +9,9 @@ use std::time::Duration;
 use bytes::BytesMut;
 use proptest::prelude::*;
 use sluice::io::runtime::block_on;
-use sluice::storage::cleaner::records::{build_keyed_batch, parse_records, records_section};
+use sluice::storage::cleaner::records::{
+    build_keyed_batch, parse_records, records_section, KeyValue,
+};
 use sluice::storage::cleaner::{CleanerConfig, LogCleaner};
 use sluice::storage::record_batch::builder::{build_batch, BatchSpec};
 use sluice::storage::record_batch::{BatchIter, Compression};
@@ -378,7 +380,7 @@ fn cleaner_removes_aborted_records_and_spent_markers() {
         let log = open(&tmp.path().join("t-0"), cfg).await;
         let ts = now_ms() - 3_600_000;
         let keyed = |pid: i64, seq: i32, kvs: &[(&str, &str)], txn: bool| {
-            let recs: Vec<(Option<&[u8]>, Option<&[u8]>)> = kvs
+            let recs: Vec<KeyValue<'_>> = kvs
                 .iter()
                 .map(|(k, v)| (Some(k.as_bytes()), Some(v.as_bytes())))
                 .collect();

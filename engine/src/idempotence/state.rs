@@ -801,6 +801,118 @@ mod tests {
         }
     }
 
+    fn txn(pid: i64, seq: i32, count: i32) -> BatchHeader {
+        BatchHeader {
+            transactional: true,
+            ..batch(pid, 0, seq, count)
+        }
+    }
+
+    fn end(pid: i64, epoch: i16, coordinator_epoch: i32, aborted: bool) -> TxnMarker {
+        TxnMarker {
+            producer_id: pid,
+            producer_epoch: epoch,
+            coordinator_epoch,
+            aborted,
+            timestamp_ms: 2_000,
+        }
+    }
+
+    #[test]
+    fn open_transactions_bound_the_lso_until_their_marker_is_replicated() {
+        let mut t = ProducerStateTable::new(DEFAULT_PRODUCER_ID_EXPIRATION_MS);
+        let mut next = 0;
+        assert_eq!(t.last_stable_offset(0), 0);
+        append(&mut t, &mut next, txn(1, 0, 2)).unwrap(); // 0..2
+        append(&mut t, &mut next, batch(9, 0, 0, 1)).unwrap(); // 2
+        append(&mut t, &mut next, txn(2, 0, 2)).unwrap(); // 3..5
+        append(&mut t, &mut next, txn(1, 2, 1)).unwrap(); // 5
+        assert_eq!(t.first_unstable_offset(), Some(0));
+        assert_eq!(t.last_stable_offset(6), 0);
+        // Data outside the open transaction is refused.
+        assert_eq!(
+            t.check(&batch(1, 0, 3, 1)).unwrap_err().error_code(),
+            INVALID_TXN_STATE
+        );
+        t.check_marker(&end(1, 0, 0, false)).unwrap();
+        let (done, lso) = t.apply_marker(&end(1, 0, 0, false), 6);
+        assert_eq!(
+            done,
+            CompletedTxn {
+                producer_id: 1,
+                first_offset: 0,
+                last_offset: 6,
+                aborted: false
+            }
+        );
+        // The entry's LSO is producer 2's open transaction.
+        assert_eq!(lso, 3);
+        // Until the high watermark passes the marker, the completed transaction still counts.
+        assert_eq!(t.last_stable_offset(6), 0);
+        assert_eq!(t.last_stable_offset(7), 3);
+        let (done, lso) = t.apply_marker(&end(2, 0, 0, true), 7);
+        assert_eq!((done.first_offset, done.aborted, lso), (3, true, 8));
+        assert_eq!(t.last_stable_offset(8), 8);
+        assert_eq!(t.first_unstable_offset(), None);
+        // A marker without data completes an empty transaction at its own offset.
+        let (done, _) = t.apply_marker(&end(5, 0, 0, true), 8);
+        assert_eq!((done.first_offset, done.last_offset), (8, 8));
+    }
+
+    #[test]
+    fn stale_markers_are_fenced_and_open_transactions_never_expire() {
+        let mut t = ProducerStateTable::new(1_000);
+        let mut next = 0;
+        append(
+            &mut t,
+            &mut next,
+            BatchHeader {
+                producer_epoch: 3,
+                ..txn(1, 0, 1)
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            t.check_marker(&end(1, 2, 0, true))
+                .unwrap_err()
+                .error_code(),
+            INVALID_PRODUCER_EPOCH
+        );
+        t.apply_marker(&end(1, 3, 4, true), 1);
+        assert_eq!(
+            t.check_marker(&end(1, 3, 3, false))
+                .unwrap_err()
+                .error_code(),
+            TRANSACTION_COORDINATOR_FENCED
+        );
+        t.check_marker(&end(1, 3, 4, false)).unwrap();
+        // A newer producer epoch is accepted and forgets the old epoch's batches.
+        t.check_marker(&end(1, 4, 4, false)).unwrap();
+        let mut next = 2;
+        append(
+            &mut t,
+            &mut next,
+            BatchHeader {
+                producer_epoch: 3,
+                ..txn(2, 0, 1)
+            },
+        )
+        .unwrap();
+        append(
+            &mut t,
+            &mut next,
+            BatchHeader {
+                producer_epoch: 3,
+                ..batch(3, 0, 0, 1)
+            },
+        )
+        .unwrap();
+        // Producer 3 expires, producer 2 (open transaction) does not; producer 1 expires.
+        assert_eq!(t.tick(1_000_000), 2);
+        assert_eq!(t.open_transactions(), vec![(2, 2)]);
+        assert!(t.entry(2).is_some());
+    }
+
     #[test]
     fn parses_record_batch_v2_header() {
         let mut b = vec![0u8; RECORD_BATCH_HEADER_LEN + 3];

@@ -81,7 +81,7 @@ pub fn decode(
     base_offset: i64,
     next_offset: i64,
 ) -> Result<Vec<AbortedTxn>, TxnIndexError> {
-    if bytes.len() % ENTRY_LEN != 0 {
+    if !bytes.len().is_multiple_of(ENTRY_LEN) {
         return Err(TxnIndexError::Torn(bytes.len()));
     }
     let i64_at = |c: &[u8], o: usize| {
@@ -296,7 +296,7 @@ mod tests {
     fn torn_and_invalid_files_are_refused() {
         let all = encode_all(&[entry(1, 10, 20), entry(2, 12, 22)]);
         for cut in 1..all.len() {
-            if cut % ENTRY_LEN != 0 {
+            if !cut.is_multiple_of(ENTRY_LEN) {
                 assert_eq!(decode(&all[..cut], 0, 30), Err(TxnIndexError::Torn(cut)));
             }
         }
