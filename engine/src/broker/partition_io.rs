@@ -330,21 +330,26 @@ impl Replicas {
     /// until `deadline`. Returns immediately if one already has.
     pub async fn wait_for_data(
         self: Rc<Self>,
-        items: Vec<(String, i32, i64, bool)>,
+        items: Vec<(String, i32, i64, bool, bool)>,
         deadline: tokio::time::Instant,
     ) {
         let mut parts = Vec::with_capacity(items.len());
-        for (topic, p, offset, replica) in items {
+        for (topic, p, offset, replica, committed) in items {
             if let Ok(part) = self.shard.partition(&topic, p).await {
-                parts.push((part, offset, topic, p, replica));
+                parts.push((part, offset, topic, p, replica, committed));
             }
         }
         let mut waits = Vec::with_capacity(parts.len());
-        for (part, offset, topic, p, replica) in &parts {
+        for (part, offset, topic, p, replica, committed) in &parts {
             let mut n = Box::pin(part.appended.notified());
             n.as_mut().enable();
-            let end =
+            let mut end =
                 super::replicas::wake_end(&self, topic, *p, part.log.log_end_offset(), *replica);
+            if *committed {
+                // A read_committed consumer has data only below the LSO: waking it for data
+                // behind an open transaction would spin the long poll until its deadline.
+                end = part.log.last_stable_offset(end);
+            }
             if end > *offset {
                 return;
             }

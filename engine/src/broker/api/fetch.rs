@@ -279,9 +279,13 @@ pub async fn fetch(
         }
         // Long poll: wait for an append on any requested partition, then read again.
         let waits = groups.iter().map(|(owner, (_, items))| {
-            let items: Vec<(String, i32, i64, bool)> = items
+            let items: Vec<(String, i32, i64, bool, bool)> = items
                 .iter()
-                .map(|(t, p, params)| (t.clone(), *p, params.fetch_offset, replica_id >= 0))
+                .map(|(t, p, params)| {
+                    let replica = replica_id >= 0;
+                    let committed = read_committed && !replica;
+                    (t.clone(), *p, params.fetch_offset, replica, committed)
+                })
                 .collect();
             let owner = *owner;
             let replicas = svc.replicas.clone();
