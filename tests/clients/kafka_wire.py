@@ -310,15 +310,23 @@ class FetchPartition:
     high_watermark: int
     last_stable_offset: int
     records: bytes | None
+    # (producer_id, first_offset) pairs; None when the broker sent a null array.
+    aborted_transactions: list | None = None
 
 
 def fetch_body_v4(
-    topic: str, partition: int, offset: int, max_wait_ms: int = 100, min_bytes: int = 1, max_bytes: int = 10 << 20
+    topic: str,
+    partition: int,
+    offset: int,
+    max_wait_ms: int = 100,
+    min_bytes: int = 1,
+    max_bytes: int = 10 << 20,
+    isolation_level: int = 0,
 ) -> bytes:
     part = i32(partition) + i64(offset) + i32(max_bytes)
     topics = array([string(topic) + array([part])])
-    # replica_id=-1 (a consumer), max_wait, min_bytes, max_bytes, isolation_level=0 (read_uncommitted)
-    return i32(-1) + i32(max_wait_ms) + i32(min_bytes) + i32(max_bytes) + i8(0) + topics
+    # replica_id=-1 (a consumer), max_wait, min_bytes, max_bytes, isolation_level (0: read_uncommitted)
+    return i32(-1) + i32(max_wait_ms) + i32(min_bytes) + i32(max_bytes) + i8(isolation_level) + topics
 
 
 def parse_fetch_v4(body: bytes) -> dict[tuple[str, int], FetchPartition]:
@@ -336,9 +344,9 @@ def parse_fetch_v4(body: bytes) -> dict[tuple[str, int], FetchPartition]:
             err = r.i16()
             hw = r.i64()
             lso = r.i64()
-            r.array(aborted)
+            txns = r.array(aborted)
             recs = r.bytes_()
-            out[(name, p)] = FetchPartition(p, err, hw, lso, recs)
+            out[(name, p)] = FetchPartition(p, err, hw, lso, recs, txns)
     return out
 
 

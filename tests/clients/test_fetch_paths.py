@@ -90,3 +90,35 @@ def test_slow_consumer_does_not_make_the_broker_buffer(make_broker, topic_name, 
         fp = kw.parse_fetch_v4(body)[(topic_name, 0)]
         assert fp.error_code == kw.NONE and all(b.crc_ok for b in kw.parse_batches(fp.records or b""))
     slow.close()
+
+
+@pytest.mark.parametrize("zero_copy", ["true", "false"])
+def test_read_committed_fetch_of_an_ordinary_topic_is_read_uncommitted(make_broker, topic_name, zero_copy):
+    """Without transactions the last stable offset is the high watermark: a read_committed
+    fetch returns the same bytes as a read_uncommitted one, with the LSO set to the high
+    watermark and an empty (not null) aborted-transaction list, on both fetch paths."""
+    broker = make_broker(extra_args=["--set", f"fetch.zero.copy={zero_copy}"])
+    ck_create_topic(broker.bootstrap, topic_name, 1)
+    msgs = make_messages(3000, 1, seed=7, payload=200)
+    ck_produce(broker.bootstrap, topic_name, msgs, acks="all", codec="lz4")
+    with kw.connect(broker.port) as s:
+        offset, corr = 0, 500
+        while True:
+            ru = kw.fetch(s, topic_name, 0, offset, correlation_id=corr, max_wait_ms=0, max_bytes=32 * 1024)
+            rc = kw.fetch(s, topic_name, 0, offset, correlation_id=corr + 1, max_wait_ms=0, max_bytes=32 * 1024,
+                          isolation_level=1)
+            corr += 2
+            assert ru.error_code == rc.error_code == kw.NONE
+            assert ru.high_watermark == rc.high_watermark == len(msgs)
+            assert ru.last_stable_offset == rc.last_stable_offset == ru.high_watermark
+            assert ru.aborted_transactions is None, "read_uncommitted: null aborted transactions"
+            assert rc.aborted_transactions == [], "read_committed: empty aborted transactions"
+            assert rc.records == ru.records, f"different bytes at offset {offset}"
+            batches = kw.parse_batches(rc.records or b"")
+            if not batches:
+                assert offset == len(msgs)
+                break
+            offset = max(b.base_offset + b.last_offset_delta + 1 for b in batches)
+            assert corr < 2000, "fetch loop did not finish"
+    # librdkafka with isolation.level=read_committed (its default) reads everything.
+    assert_identical(msgs, ck_consume(broker.bootstrap, topic_name, range(1), len(msgs)), "confluent read_committed")

@@ -9,6 +9,7 @@ use sluice::storage::offset_index::OffsetIndex;
 use sluice::storage::record_batch::{compute_crc, uncompressed_records, BatchHeader, Compression};
 use sluice::storage::segment_names::{parse_segment_name, INDEX_SUFFIX, TIME_INDEX_SUFFIX};
 use sluice::storage::time_index::TimeIndex;
+use sluice::storage::txn_index::{self, parse_marker, TXN_INDEX_SUFFIX};
 
 use crate::output::{write_json, Format};
 
@@ -17,7 +18,7 @@ use crate::output::{write_json, Format};
 pub struct Args {
     /// A segment file: `<20-digit base offset>.log`.
     pub segment: PathBuf,
-    /// Also check the `.index` and `.timeindex` files against the log.
+    /// Also check the `.index`, `.timeindex` and `.txnindex` files against the log.
     #[arg(long)]
     pub index: bool,
     /// Print every record of uncompressed batches (offset, timestamp).
@@ -49,6 +50,9 @@ pub struct BatchJson {
     base_sequence: i32,
     is_transactional: bool,
     is_control: bool,
+    /// Transaction marker of a control batch: "COMMIT" or "ABORT" with the coordinator epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    end_txn_marker: Option<(String, i32)>,
     crc: u32,
     crc_ok: bool,
     /// `--deep`, uncompressed batches: (offset, timestamp) of each record.
@@ -65,6 +69,9 @@ pub struct Report {
     batches: Vec<BatchJson>,
     offset_index_entries: Option<usize>,
     time_index_entries: Option<usize>,
+    /// `--index`: the `.txnindex` entries as [producer id, first offset, last offset, LSO].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aborted_transactions: Option<Vec<[i64; 4]>>,
     /// Every inconsistency, in the order found.
     problems: Vec<String>,
     ok: bool,
@@ -135,6 +142,7 @@ pub fn inspect(args: &Args) -> anyhow::Result<Report> {
         batches: Vec::new(),
         offset_index_entries: None,
         time_index_entries: None,
+        aborted_transactions: None,
         problems: Vec::new(),
         ok: true,
         text: Vec::new(),
@@ -200,6 +208,24 @@ pub fn inspect(args: &Args) -> anyhow::Result<Report> {
         if let Err(e) = h.validate_counts() {
             r.problem(format!("  INVALID: {e}"));
         }
+        let mut end_txn_marker = None;
+        if h.is_control() && crc_ok {
+            match parse_marker(bytes, &h) {
+                Ok(Some(m)) => {
+                    let kind = if m.aborted { "ABORT" } else { "COMMIT" };
+                    r.line(format!(
+                        "  | endTxnMarker: {kind} coordinatorEpoch: {}",
+                        m.coordinator_epoch
+                    ));
+                    end_txn_marker = Some((kind.to_string(), m.coordinator_epoch));
+                }
+                Ok(None) => {}
+                Err(e) if h.is_transactional() => {
+                    r.problem(format!("  INVALID transaction marker: {e}"))
+                }
+                Err(_) => {}
+            }
+        }
         let mut records = None;
         if args.deep {
             if h.compression() == Compression::None {
@@ -240,6 +266,7 @@ pub fn inspect(args: &Args) -> anyhow::Result<Report> {
             base_sequence: h.base_sequence,
             is_transactional: h.is_transactional(),
             is_control: h.is_control(),
+            end_txn_marker,
             crc: h.crc,
             crc_ok,
             records,
@@ -259,6 +286,7 @@ pub fn inspect(args: &Args) -> anyhow::Result<Report> {
             &batches,
             &mut r,
         );
+        check_txn_index(&args.segment, base_offset, expected_next, &mut r);
     }
     let verdict = if r.ok {
         "Segment is consistent."
@@ -267,6 +295,60 @@ pub fn inspect(args: &Args) -> anyhow::Result<Report> {
     };
     r.line(verdict.to_string());
     Ok(r)
+}
+
+/// Checks the `.txnindex` (if any): a readable file whose every entry names an ABORT marker
+/// of its producer in this segment.
+fn check_txn_index(segment: &Path, base_offset: i64, next_offset: i64, r: &mut Report) {
+    let path = sibling(segment, TXN_INDEX_SUFFIX);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            r.line("No .txnindex (no aborted transaction in this segment)".to_string());
+            r.aborted_transactions = Some(Vec::new());
+            return;
+        }
+        Err(e) => {
+            r.problem(format!("cannot read {}: {e}", path.display()));
+            return;
+        }
+    };
+    let entries = match txn_index::decode(&bytes, base_offset, next_offset) {
+        Ok(e) => e,
+        Err(e) => {
+            r.problem(format!("INVALID {}: {e}", path.display()));
+            return;
+        }
+    };
+    r.line(format!(
+        "Transaction index: {} aborted transactions",
+        entries.len()
+    ));
+    let mut list = Vec::with_capacity(entries.len());
+    for e in &entries {
+        r.line(format!(
+            "  | producerId: {} firstOffset: {} lastOffset: {} lastStableOffset: {}",
+            e.producer_id, e.first_offset, e.last_offset, e.last_stable_offset
+        ));
+        let marker = r.batches.iter().find(|b| b.base_offset == e.last_offset);
+        let ok = marker.is_some_and(|b| {
+            b.producer_id == e.producer_id
+                && b.end_txn_marker.as_ref().is_some_and(|(k, _)| k == "ABORT")
+        });
+        if !ok {
+            r.problem(format!(
+                "  INCONSISTENT: no ABORT marker of producer {} at offset {}",
+                e.producer_id, e.last_offset
+            ));
+        }
+        list.push([
+            e.producer_id,
+            e.first_offset,
+            e.last_offset,
+            e.last_stable_offset,
+        ]);
+    }
+    r.aborted_transactions = Some(list);
 }
 
 fn sibling(segment: &Path, suffix: &str) -> PathBuf {

@@ -120,3 +120,62 @@ fn reports_bad_crc_torn_tail_and_index_mismatch() {
     let (ok, _) = dump(&[dir.join("nope.log").to_str().unwrap()]);
     assert!(!ok);
 }
+
+#[test]
+fn shows_transaction_markers_and_checks_the_txnindex() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t-0");
+    block_on(async {
+        let log = PartitionLog::open(dir.clone(), LogConfig::default())
+            .await
+            .unwrap();
+        log.set_transactions_enabled(true);
+        let b = build_batch(
+            &BatchSpec {
+                base_timestamp: 1000,
+                producer_id: 77,
+                producer_epoch: 1,
+                base_sequence: 0,
+                attributes: 0x10,
+                ..Default::default()
+            },
+            &[b"a", b"b"],
+        );
+        log.append_leader(BytesMut::from(&b[..]), 0, 1000)
+            .await
+            .unwrap();
+        log.append_txn_marker(77, 1, 5, true, 0, 1001)
+            .await
+            .unwrap();
+        log.close().await.unwrap();
+    });
+    let seg = dir.join("00000000000000000000.log");
+    let seg = seg.to_str().unwrap();
+    let (ok, text) = dump(&[seg, "--index"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("endTxnMarker: ABORT coordinatorEpoch: 5"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Transaction index: 1 aborted transactions"),
+        "{text}"
+    );
+    assert!(text.contains("producerId: 77 firstOffset: 0 lastOffset: 2 lastStableOffset: 3"));
+    let (ok, json) = dump(&[seg, "--index", "--output", "json"]);
+    assert!(ok, "{json}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["batches"][1]["end_txn_marker"][0], "ABORT");
+    assert_eq!(v["aborted_transactions"][0][0], 77);
+    // A txnindex entry that names no marker is reported.
+    let idx = dir.join("00000000000000000000.txnindex");
+    let mut bytes = std::fs::read(&idx).unwrap();
+    bytes[18..26].copy_from_slice(&1i64.to_be_bytes());
+    std::fs::write(&idx, bytes).unwrap();
+    let (ok, text) = dump(&[seg, "--index"]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("no ABORT marker of producer 77 at offset 1"),
+        "{text}"
+    );
+}

@@ -131,6 +131,9 @@ pub struct FetchIn {
     pub last_fetched_epoch: i32,
     /// The fetching replica's log start offset (Fetch v5+ `log_start_offset`; -1: none).
     pub log_start_offset: i64,
+    /// The request's isolation level is READ_COMMITTED: a consumer reads up to the last
+    /// stable offset and is told the aborted transactions.
+    pub read_committed: bool,
 }
 
 /// Result for one partition of a fetch.
@@ -140,10 +143,15 @@ pub struct FetchOut {
     pub error_code: i16,
     /// High watermark.
     pub high_watermark: i64,
+    /// Last stable offset (the high watermark when no transaction is undecided).
+    pub last_stable_offset: i64,
     /// Log start offset.
     pub log_start_offset: i64,
     /// Records, if any.
     pub records: Option<RecordsSource>,
+    /// (producer id, first offset) of the aborted transactions overlapping the records
+    /// (read_committed consumers only).
+    pub aborted: Vec<(i64, i64)>,
     /// The fetching replica's log diverges: where the leader's log ends for its last epoch
     /// (KIP-320; the follower truncates there, no records are sent).
     pub diverging_epoch: Option<(i32, i64)>,
@@ -219,8 +227,10 @@ impl Replicas {
         let fail = |code: i16, hw: i64, ls: i64| FetchOut {
             error_code: code,
             high_watermark: hw,
+            last_stable_offset: hw,
             log_start_offset: ls,
             records: None,
+            aborted: Vec::new(),
             diverging_epoch: None,
         };
         let partition = match self.shard.partition(&item.topic, item.partition).await {
@@ -237,14 +247,29 @@ impl Replicas {
             return FetchOut {
                 error_code: error_code::NONE,
                 high_watermark: limit.high_watermark,
+                last_stable_offset: limit.high_watermark,
                 log_start_offset: log.log_start_offset(),
                 records: None,
+                aborted: Vec::new(),
                 diverging_epoch: Some((d.leader_epoch, d.end_offset)),
             };
         }
         let (upper, hw) = (limit.read_to, limit.high_watermark);
+        // Kafka reports the LSO to every fetcher; only a read_committed consumer is bounded
+        // by it. Without transactions it is the high watermark and nothing changes.
+        let lso = log.last_stable_offset(hw);
+        let committed = item.read_committed && item.replica_id < 0;
         let max_bytes = u32::try_from(item.max_bytes.max(0)).unwrap_or(0);
-        let read = match log.read(item.offset, max_bytes, upper, true).await {
+        let result = if committed {
+            log.read_committed(item.offset, max_bytes, upper.min(hw), true)
+                .await
+                .map(|c| (c.read, c.aborted))
+        } else {
+            log.read(item.offset, max_bytes, upper, true)
+                .await
+                .map(|r| (r, Vec::new()))
+        };
+        let (read, aborted) = match result {
             Ok(r) => r,
             Err(ReadError::OffsetOutOfRange {
                 log_start, log_end, ..
@@ -293,8 +318,10 @@ impl Replicas {
         FetchOut {
             error_code: error_code::NONE,
             high_watermark: hw,
+            last_stable_offset: lso,
             log_start_offset: read.log_start_offset,
             records,
+            aborted,
             diverging_epoch: None,
         }
     }
@@ -303,21 +330,26 @@ impl Replicas {
     /// until `deadline`. Returns immediately if one already has.
     pub async fn wait_for_data(
         self: Rc<Self>,
-        items: Vec<(String, i32, i64, bool)>,
+        items: Vec<(String, i32, i64, bool, bool)>,
         deadline: tokio::time::Instant,
     ) {
         let mut parts = Vec::with_capacity(items.len());
-        for (topic, p, offset, replica) in items {
+        for (topic, p, offset, replica, committed) in items {
             if let Ok(part) = self.shard.partition(&topic, p).await {
-                parts.push((part, offset, topic, p, replica));
+                parts.push((part, offset, topic, p, replica, committed));
             }
         }
         let mut waits = Vec::with_capacity(parts.len());
-        for (part, offset, topic, p, replica) in &parts {
+        for (part, offset, topic, p, replica, committed) in &parts {
             let mut n = Box::pin(part.appended.notified());
             n.as_mut().enable();
-            let end =
+            let mut end =
                 super::replicas::wake_end(&self, topic, *p, part.log.log_end_offset(), *replica);
+            if *committed {
+                // A read_committed consumer has data only below the LSO: waking it for data
+                // behind an open transaction would spin the long poll until its deadline.
+                end = part.log.last_stable_offset(end);
+            }
             if end > *offset {
                 return;
             }
@@ -336,10 +368,10 @@ impl Replicas {
     /// ListOffsets on local partitions: -1 latest, -2 earliest, otherwise by timestamp.
     pub async fn list_offsets_local(
         self: Rc<Self>,
-        items: Vec<(String, i32, i64)>,
+        items: Vec<(String, i32, (i64, bool))>,
     ) -> Vec<OffsetOut> {
         let mut out = Vec::with_capacity(items.len());
-        for (topic, p, ts) in items {
+        for (topic, p, (ts, read_committed)) in items {
             // Only the leader answers, whatever the lookup.
             if let Err(code) = super::replicas::list_offsets_latest(&self, &topic, p) {
                 out.push(OffsetOut {
@@ -365,7 +397,11 @@ impl Replicas {
                         Ok(hw) => OffsetOut {
                             error_code: 0,
                             timestamp: -1,
-                            offset: hw,
+                            offset: if read_committed {
+                                part.log.last_stable_offset(hw)
+                            } else {
+                                hw
+                            },
                         },
                     },
                     -2 => OffsetOut {

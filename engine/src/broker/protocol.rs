@@ -194,10 +194,13 @@ pub struct FetchPartitionOut {
     pub error_code: i16,
     /// High watermark.
     pub high_watermark: i64,
-    /// Last stable offset (= high watermark: no transactions yet).
+    /// Last stable offset.
     pub last_stable_offset: i64,
     /// Log start offset.
     pub log_start_offset: i64,
+    /// (producer id, first offset) of the aborted transactions in the records (sent only in
+    /// read_committed responses).
+    pub aborted_transactions: Vec<(i64, i64)>,
     /// Record bytes, if any.
     pub records: Option<RecordsSource>,
     /// KIP-320: `(epoch, end offset)` where the leader's log ends for the fetcher's last epoch,
@@ -243,9 +246,9 @@ fn put_array_len(buf: &mut BytesMut, flexible: bool, n: usize) {
 
 /// Encodes a FetchResponse (versions 4..=16) around record sources without copying them.
 ///
-/// `session_id` is the KIP-227 fetch session (0: none; versions >= 7). No aborted
-/// transactions (`null` for read_uncommitted, empty for read_committed, as Kafka does), no
-/// tagged fields set.
+/// `session_id` is the KIP-227 fetch session (0: none; versions >= 7). Aborted transactions
+/// are `null` for read_uncommitted and the partition's list for read_committed, as Kafka
+/// sends them.
 pub fn encode_fetch_response(
     version: i16,
     correlation_id: i32,
@@ -290,7 +293,16 @@ pub fn encode_fetch_response(
                 head.put_i64(p.log_start_offset);
             }
             match (read_committed, flexible) {
-                (true, _) => put_array_len(&mut head, flexible, 0),
+                (true, _) => {
+                    put_array_len(&mut head, flexible, p.aborted_transactions.len());
+                    for (producer_id, first_offset) in &p.aborted_transactions {
+                        head.put_i64(*producer_id);
+                        head.put_i64(*first_offset);
+                        if flexible {
+                            put_uvarint(&mut head, 0); // AbortedTransaction tagged fields
+                        }
+                    }
+                }
                 (false, true) => put_uvarint(&mut head, 0),
                 (false, false) => head.put_i32(-1),
             }
@@ -380,6 +392,7 @@ mod tests {
                                 high_watermark: 10,
                                 last_stable_offset: 10,
                                 log_start_offset: 2,
+                                aborted_transactions: vec![(7, 3), (9, 4)],
                                 records: Some(RecordsSource::Bytes(Bytes::from_static(
                                     b"batch-bytes-0",
                                 ))),
@@ -391,6 +404,7 @@ mod tests {
                                 high_watermark: 5,
                                 last_stable_offset: 5,
                                 log_start_offset: 0,
+                                aborted_transactions: Vec::new(),
                                 records: None,
                                 diverging_epoch: Some((3, 42)),
                             },
@@ -405,6 +419,7 @@ mod tests {
                             high_watermark: 1,
                             last_stable_offset: 1,
                             log_start_offset: 0,
+                            aborted_transactions: Vec::new(),
                             records: Some(RecordsSource::Bytes(Bytes::from_static(b"xyz"))),
                             diverging_epoch: None,
                         }],
@@ -459,6 +474,17 @@ mod tests {
                     t0.partitions[0].aborted_transactions.is_some(),
                     read_committed
                 );
+                if read_committed {
+                    let a: Vec<(i64, i64)> = t0.partitions[0]
+                        .aborted_transactions
+                        .as_ref()
+                        .unwrap()
+                        .iter()
+                        .map(|t| (t.producer_id.0, t.first_offset))
+                        .collect();
+                    assert_eq!(a, vec![(7, 3), (9, 4)], "v{version}");
+                    assert_eq!(t0.partitions[0].last_stable_offset, 10);
+                }
                 assert_eq!(
                     resp.responses[1].partitions[0].records.as_deref(),
                     Some(&b"xyz"[..])

@@ -135,6 +135,7 @@ mod tests {
             base_sequence: seq,
             last_offset_delta: count - 1,
             max_timestamp_ms: 1_000,
+            transactional: false,
         }
     }
 

@@ -20,6 +20,7 @@ pub use producer_id::{
 pub use snapshot::{parse_snapshot_file_name, snapshot_file_name, SnapshotError};
 pub use state::{
     parse_record_batch_header, snapshots_below_log_start, snapshots_for_truncation, AppendTicket,
-    BatchHeader, BatchHeaderError, BatchMetadata, CheckOutcome, ProducerEntry, ProducerStateError,
-    ProducerStateTable, ReplayedBatch, DEFAULT_PRODUCER_ID_EXPIRATION_MS,
+    BatchHeader, BatchHeaderError, BatchMetadata, CheckOutcome, CompletedTxn, ProducerEntry,
+    ProducerStateError, ProducerStateTable, ReplayedBatch, TxnMarker,
+    DEFAULT_PRODUCER_ID_EXPIRATION_MS,
 };

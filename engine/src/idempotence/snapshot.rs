@@ -2,13 +2,17 @@
 //! the shell beside the segments as `<20-digit offset>.snapshot` (the offset is the table's
 //! end offset, as Kafka names its snapshots).
 //!
-//! Layout (big-endian), version 1:
+//! Layout (big-endian), version 2:
 //!
 //! ```text
 //! version u16 | crc32c u32 (of every byte after it) | end_offset i64 | count u32 |
-//! count x { producer_id i64 | epoch i16 | last_timestamp i64 | batches u8 |
+//! count x { producer_id i64 | epoch i16 | last_timestamp i64 |
+//!           coordinator_epoch i32 | current_txn_first_offset i64 (-1: none) | batches u8 |
 //!           batches x { first_seq i32 | last_seq i32 | first_offset i64 | last_offset i64 | timestamp i64 } }
 //! ```
+//!
+//! Version 1 (written before transactions) lacks the two transaction fields; it still loads,
+//! with no coordinator epoch and no open transaction.
 //!
 //! Unlike Kafka's snapshot, which keeps only each producer's last batch, all five retained
 //! batches are stored, so retries that straddle a restart are still recognised as duplicates.
@@ -20,12 +24,15 @@ use bytes::{Buf, BufMut};
 use super::state::{BatchMetadata, ProducerEntry, ProducerStateTable, NUM_BATCHES_TO_RETAIN};
 
 /// Current snapshot format version.
-pub const SNAPSHOT_VERSION: u16 = 1;
+pub const SNAPSHOT_VERSION: u16 = 2;
+/// The version before transactions, still readable.
+pub const SNAPSHOT_VERSION_V1: u16 = 1;
 /// File name suffix of snapshots.
 pub const SNAPSHOT_SUFFIX: &str = ".snapshot";
 
 const HEADER_LEN: usize = 2 + 4;
-const ENTRY_FIXED_LEN: usize = 8 + 2 + 8 + 1;
+const ENTRY_FIXED_LEN_V1: usize = 8 + 2 + 8 + 1;
+const ENTRY_FIXED_LEN: usize = ENTRY_FIXED_LEN_V1 + 4 + 8;
 const BATCH_LEN: usize = 4 + 4 + 8 + 8 + 8;
 
 /// Why a snapshot could not be read.
@@ -75,6 +82,8 @@ impl ProducerStateTable {
             body.put_i64(e.producer_id);
             body.put_i16(e.epoch);
             body.put_i64(e.last_timestamp_ms);
+            body.put_i32(e.coordinator_epoch);
+            body.put_i64(e.current_txn_first_offset.unwrap_or(-1));
             body.put_u8(e.batches.len() as u8);
             for b in &e.batches {
                 body.put_i32(b.first_seq);
@@ -98,9 +107,11 @@ impl ProducerStateTable {
         }
         let mut b = bytes;
         let version = b.get_u16();
-        if version != SNAPSHOT_VERSION {
-            return Err(SnapshotError::UnsupportedVersion(version));
-        }
+        let entry_fixed_len = match version {
+            SNAPSHOT_VERSION => ENTRY_FIXED_LEN,
+            SNAPSHOT_VERSION_V1 => ENTRY_FIXED_LEN_V1,
+            _ => return Err(SnapshotError::UnsupportedVersion(version)),
+        };
         let stored = b.get_u32();
         let computed = crc32c::crc32c(b);
         if stored != computed {
@@ -111,17 +122,29 @@ impl ProducerStateTable {
         }
         let end_offset = b.get_i64();
         let count = b.get_u32() as usize;
-        if count > b.remaining() / ENTRY_FIXED_LEN {
+        if count > b.remaining() / entry_fixed_len {
             return Err(SnapshotError::Truncated);
         }
         let mut producers = BTreeMap::new();
         for _ in 0..count {
-            if b.remaining() < ENTRY_FIXED_LEN {
+            if b.remaining() < entry_fixed_len {
                 return Err(SnapshotError::Truncated);
             }
             let producer_id = b.get_i64();
             let epoch = b.get_i16();
             let last_timestamp_ms = b.get_i64();
+            let (coordinator_epoch, txn_first) = if version == SNAPSHOT_VERSION_V1 {
+                (super::state::NO_COORDINATOR_EPOCH, None)
+            } else {
+                let ce = b.get_i32();
+                let first = b.get_i64();
+                if first < -1 || first >= end_offset {
+                    return Err(SnapshotError::Invalid(
+                        "open transaction offset out of range",
+                    ));
+                }
+                (ce, (first >= 0).then_some(first))
+            };
             let n = b.get_u8() as usize;
             if n > NUM_BATCHES_TO_RETAIN {
                 return Err(SnapshotError::Invalid("more batches than Kafka retains"));
@@ -143,7 +166,9 @@ impl ProducerStateTable {
                 }
                 batches.push_back(meta);
             }
-            let entry = ProducerEntry::new(producer_id, epoch, batches, last_timestamp_ms);
+            let mut entry = ProducerEntry::new(producer_id, epoch, batches, last_timestamp_ms);
+            entry.coordinator_epoch = coordinator_epoch;
+            entry.current_txn_first_offset = txn_first;
             if producers.insert(producer_id, entry).is_some() {
                 return Err(SnapshotError::Invalid("duplicate producer id"));
             }
@@ -176,6 +201,7 @@ mod tests {
                     base_sequence: i * 2,
                     last_offset_delta: 1,
                     max_timestamp_ms: 1_000 + i as i64,
+                    transactional: false,
                 };
                 let CheckOutcome::Append(ticket) = t.check(&h).unwrap() else {
                     panic!()
@@ -185,6 +211,19 @@ mod tests {
             }
         }
         t
+    }
+
+    fn seal_version(version: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![0, version];
+        out.extend_from_slice(&crc32c::crc32c(body).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+    fn seal(body: &[u8]) -> Vec<u8> {
+        seal_version(1, body)
+    }
+    fn seal_v2(body: &[u8]) -> Vec<u8> {
+        seal_version(2, body)
     }
 
     #[test]
@@ -209,6 +248,7 @@ mod tests {
             base_sequence: 8,
             last_offset_delta: 1,
             max_timestamp_ms: 0,
+            transactional: false,
         };
         assert!(
             matches!(back.check(&retry), Ok(CheckOutcome::Duplicate(m)) if m.first_offset == 2 * (4 * 3 + 2))
@@ -239,22 +279,16 @@ mod tests {
                 "truncation at {cut}"
             );
         }
-        let mut v2 = bytes.clone();
-        v2[1] = 2;
+        let mut v3 = bytes.clone();
+        v3[1] = 3;
         assert_eq!(
-            ProducerStateTable::from_snapshot(&v2, 1).unwrap_err(),
-            SnapshotError::UnsupportedVersion(2)
+            ProducerStateTable::from_snapshot(&v3, 1).unwrap_err(),
+            SnapshotError::UnsupportedVersion(3)
         );
     }
 
     #[test]
     fn structurally_invalid_content_with_valid_crc() {
-        fn seal(body: &[u8]) -> Vec<u8> {
-            let mut out = vec![0, 1];
-            out.extend_from_slice(&crc32c::crc32c(body).to_be_bytes());
-            out.extend_from_slice(body);
-            out
-        }
         // Count claims a billion producers.
         let mut body = Vec::new();
         body.put_i64(10);
@@ -274,6 +308,80 @@ mod tests {
         body.extend_from_slice(&[0u8; 6 * 32]);
         assert!(matches!(
             ProducerStateTable::from_snapshot(&seal(&body), 1),
+            Err(SnapshotError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn version_1_snapshots_still_load() {
+        // A v1 body: one producer, one batch, written before transactions existed.
+        let mut body = Vec::new();
+        body.put_i64(20);
+        body.put_u32(1);
+        body.put_i64(9);
+        body.put_i16(4);
+        body.put_i64(1_234);
+        body.put_u8(1);
+        body.put_i32(0);
+        body.put_i32(2);
+        body.put_i64(10);
+        body.put_i64(12);
+        body.put_i64(1_234);
+        let t = ProducerStateTable::from_snapshot(&seal(&body), 1).unwrap();
+        let e = t.entry(9).unwrap();
+        assert_eq!(
+            (e.epoch, e.last_seq(), e.batches[0].last_offset),
+            (4, Some(2), 12)
+        );
+        assert_eq!(e.current_txn_first_offset, None);
+        assert_eq!(e.coordinator_epoch, NO_COORDINATOR_EPOCH);
+        assert_eq!(t.first_unstable_offset(), None);
+    }
+
+    #[test]
+    fn open_transactions_and_coordinator_epochs_round_trip() {
+        let mut t = ProducerStateTable::new(DEFAULT_PRODUCER_ID_EXPIRATION_MS);
+        let txn = |pid: i64, seq: i32| BatchHeader {
+            producer_id: pid,
+            producer_epoch: 1,
+            base_sequence: seq,
+            last_offset_delta: 1,
+            max_timestamp_ms: 5,
+            transactional: true,
+        };
+        let CheckOutcome::Append(a) = t.check(&txn(1, 0)).unwrap() else {
+            panic!()
+        };
+        t.update(a, 0).unwrap();
+        let CheckOutcome::Append(b) = t.check(&txn(2, 0)).unwrap() else {
+            panic!()
+        };
+        t.update(b, 2).unwrap();
+        let marker = TxnMarker {
+            producer_id: 2,
+            producer_epoch: 1,
+            coordinator_epoch: 7,
+            aborted: true,
+            timestamp_ms: 6,
+        };
+        t.apply_marker(&marker, 4);
+        let back = ProducerStateTable::from_snapshot(&t.to_snapshot(), 1).unwrap();
+        assert_eq!(back.entry(1).unwrap().current_txn_first_offset, Some(0));
+        assert_eq!(back.entry(2).unwrap().current_txn_first_offset, None);
+        assert_eq!(back.entry(2).unwrap().coordinator_epoch, 7);
+        assert_eq!(back.open_transactions(), vec![(1, 0)]);
+        // An open transaction at or past the end offset is impossible.
+        let mut bad = Vec::new();
+        bad.put_i64(3);
+        bad.put_u32(1);
+        bad.put_i64(1);
+        bad.put_i16(0);
+        bad.put_i64(0);
+        bad.put_i32(0);
+        bad.put_i64(3);
+        bad.put_u8(0);
+        assert!(matches!(
+            ProducerStateTable::from_snapshot(&seal_v2(&bad), 1),
             Err(SnapshotError::Invalid(_))
         ));
     }

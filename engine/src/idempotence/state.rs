@@ -33,6 +33,12 @@ pub const DEFAULT_PRODUCER_ID_EXPIRATION_MS: i64 = 86_400_000;
 pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
 /// Kafka error code INVALID_PRODUCER_EPOCH.
 pub const INVALID_PRODUCER_EPOCH: i16 = 47;
+/// Kafka error code INVALID_TXN_STATE.
+pub const INVALID_TXN_STATE: i16 = 48;
+/// Kafka error code TRANSACTION_COORDINATOR_FENCED.
+pub const TRANSACTION_COORDINATOR_FENCED: i16 = 52;
+/// No coordinator epoch recorded yet (Kafka's `RecordBatch.NO_PARTITION_LEADER_EPOCH`).
+pub const NO_COORDINATOR_EPOCH: i32 = -1;
 
 /// The producer fields of a record batch header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +53,8 @@ pub struct BatchHeader {
     pub last_offset_delta: i32,
     /// Max timestamp of the batch.
     pub max_timestamp_ms: i64,
+    /// The batch carries the transactional attribute (part of an ongoing transaction).
+    pub transactional: bool,
 }
 
 impl BatchHeader {
@@ -98,6 +106,7 @@ pub fn parse_record_batch_header(batch: &[u8]) -> Result<ReplayedBatch, BatchHea
             base_sequence: i32_at(53),
             last_offset_delta: i32_at(23),
             max_timestamp_ms: i64_at(35),
+            transactional: i16::from_be_bytes([h[21], h[22]]) & 0x10 != 0,
         },
         base_offset: i64_at(0),
     })
@@ -142,6 +151,10 @@ pub struct ProducerEntry {
     pub batches: VecDeque<BatchMetadata>,
     /// Timestamp of the last batch, for expiry.
     pub last_timestamp_ms: i64,
+    /// Epoch of the transaction coordinator that wrote this producer's last marker.
+    pub coordinator_epoch: i32,
+    /// First offset of the producer's ongoing transaction, if one is open.
+    pub current_txn_first_offset: Option<i64>,
     stamp: u64,
 }
 
@@ -158,6 +171,8 @@ impl ProducerEntry {
             epoch,
             batches,
             last_timestamp_ms,
+            coordinator_epoch: NO_COORDINATOR_EPOCH,
+            current_txn_first_offset: None,
             stamp: 0,
         }
     }
@@ -205,6 +220,26 @@ pub enum ProducerStateError {
     /// The producer's state changed between `check` and `update` (shell bug): check again.
     #[error("producer {0} state changed since the check")]
     StaleTicket(i64),
+    /// A non-transactional batch while the producer has a transaction open, or a marker
+    /// that is not a transaction marker.
+    #[error("invalid transaction state for producer {producer_id}: {reason}")]
+    InvalidTxnState {
+        /// Producer id.
+        producer_id: i64,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A marker from a transaction coordinator older than the one that wrote the last
+    /// marker for this producer (Kafka's `TransactionCoordinatorFencedException`).
+    #[error("producer {producer_id}: coordinator epoch {got} is older than {current}")]
+    CoordinatorFenced {
+        /// Producer id.
+        producer_id: i64,
+        /// Coordinator epoch of the last marker.
+        current: i32,
+        /// Coordinator epoch received.
+        got: i32,
+    },
 }
 
 impl ProducerStateError {
@@ -215,6 +250,8 @@ impl ProducerStateError {
             ProducerStateError::InvalidProducerEpoch { .. } => INVALID_PRODUCER_EPOCH,
             // Retriable from the client's view; the shell should never let it escape.
             ProducerStateError::StaleTicket(_) => OUT_OF_ORDER_SEQUENCE_NUMBER,
+            ProducerStateError::InvalidTxnState { .. } => INVALID_TXN_STATE,
+            ProducerStateError::CoordinatorFenced { .. } => TRANSACTION_COORDINATOR_FENCED,
         }
     }
 }
@@ -262,6 +299,10 @@ pub struct ProducerStateTable {
     end_offset: i64,
     expiration_ms: i64,
     next_stamp: u64,
+    /// Transactions whose marker is written but maybe not yet replicated (Kafka's
+    /// `unreplicatedTxns`): they keep bounding the last stable offset until the high
+    /// watermark passes their marker, since a truncation could still reopen them.
+    unreplicated: Vec<CompletedTxn>,
 }
 
 impl ProducerStateTable {
@@ -272,6 +313,7 @@ impl ProducerStateTable {
             end_offset: 0,
             expiration_ms,
             next_stamp: 1,
+            unreplicated: Vec::new(),
         }
     }
 
@@ -285,6 +327,7 @@ impl ProducerStateTable {
             end_offset,
             expiration_ms,
             next_stamp: 1,
+            unreplicated: Vec::new(),
         };
         for e in table.producers.values_mut() {
             e.stamp = table.next_stamp;
@@ -354,6 +397,13 @@ impl ProducerStateTable {
                 got: h.producer_epoch,
             });
         }
+        if !h.transactional && entry.current_txn_first_offset.is_some() {
+            // Kafka's `checkTransactionalState`: data outside the open transaction.
+            return Err(ProducerStateError::InvalidTxnState {
+                producer_id: h.producer_id,
+                reason: "non-transactional batch while a transaction is open",
+            });
+        }
         let out_of_order = |expected| ProducerStateError::OutOfOrderSequence {
             producer_id: h.producer_id,
             expected,
@@ -402,6 +452,8 @@ impl ProducerStateTable {
                 epoch: h.producer_epoch,
                 batches: VecDeque::new(),
                 last_timestamp_ms: h.max_timestamp_ms,
+                coordinator_epoch: NO_COORDINATOR_EPOCH,
+                current_txn_first_offset: None,
                 stamp,
             });
         if entry.epoch != h.producer_epoch {
@@ -422,6 +474,9 @@ impl ProducerStateTable {
         }
         entry.last_timestamp_ms = h.max_timestamp_ms;
         entry.stamp = stamp;
+        if h.transactional && entry.current_txn_first_offset.is_none() {
+            entry.current_txn_first_offset = Some(base_offset);
+        }
         self.end_offset = self.end_offset.max(meta.last_offset + 1);
         meta
     }
@@ -444,6 +499,7 @@ impl ProducerStateTable {
             end_offset: self.end_offset,
             expiration_ms: self.expiration_ms,
             next_stamp: self.next_stamp,
+            unreplicated: Vec::new(),
         }
     }
 
@@ -473,12 +529,15 @@ impl ProducerStateTable {
                 .back()
                 .is_some_and(|b| b.last_offset >= log_start_offset)
         });
+        self.unreplicated
+            .retain(|t| t.last_offset >= log_start_offset);
         before - self.producers.len()
     }
 
     /// An empty table starting at `offset` (the log was emptied and restarted there).
     pub fn reset_to(&mut self, offset: i64) {
         self.producers.clear();
+        self.unreplicated.clear();
         self.end_offset = offset;
     }
 
@@ -525,9 +584,151 @@ impl ProducerStateTable {
     pub fn tick(&mut self, now_ms: i64) -> usize {
         let before = self.producers.len();
         let expiration = self.expiration_ms;
-        self.producers
-            .retain(|_, e| now_ms.saturating_sub(e.last_timestamp_ms) < expiration);
+        // A producer with an open transaction never expires (Kafka's `isProducerExpired`):
+        // forgetting it would lose the transaction's first offset and with it the LSO.
+        self.producers.retain(|_, e| {
+            e.current_txn_first_offset.is_some()
+                || now_ms.saturating_sub(e.last_timestamp_ms) < expiration
+        });
         before - self.producers.len()
+    }
+}
+
+/// A transaction ended by a marker (Kafka's `CompletedTxn`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompletedTxn {
+    /// Producer id.
+    pub producer_id: i64,
+    /// First offset of the transaction's data (the marker's offset when it had none).
+    pub first_offset: i64,
+    /// Offset of the marker.
+    pub last_offset: i64,
+    /// ABORT (true) or COMMIT.
+    pub aborted: bool,
+}
+
+/// A transaction marker as the producer state needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxnMarker {
+    /// Producer id of the batch.
+    pub producer_id: i64,
+    /// Producer epoch of the batch.
+    pub producer_epoch: i16,
+    /// Epoch of the coordinator that wrote it (from the control record's value).
+    pub coordinator_epoch: i32,
+    /// ABORT (true) or COMMIT.
+    pub aborted: bool,
+    /// Timestamp of the marker batch.
+    pub timestamp_ms: i64,
+}
+
+impl ProducerStateTable {
+    /// Checks a marker before its offset is assigned, as Kafka's `appendEndTxnMarker` does:
+    /// an epoch older than the producer's is fenced (INVALID_PRODUCER_EPOCH), and so is a
+    /// coordinator epoch older than the one of the producer's last marker.
+    pub fn check_marker(&self, m: &TxnMarker) -> Result<(), ProducerStateError> {
+        if m.producer_id == NO_PRODUCER_ID {
+            return Err(ProducerStateError::InvalidTxnState {
+                producer_id: m.producer_id,
+                reason: "a transaction marker needs a producer id",
+            });
+        }
+        let Some(entry) = self.producers.get(&m.producer_id) else {
+            return Ok(());
+        };
+        if m.producer_epoch < entry.epoch {
+            return Err(ProducerStateError::InvalidProducerEpoch {
+                producer_id: m.producer_id,
+                current: entry.epoch,
+                got: m.producer_epoch,
+            });
+        }
+        if m.coordinator_epoch < entry.coordinator_epoch {
+            return Err(ProducerStateError::CoordinatorFenced {
+                producer_id: m.producer_id,
+                current: entry.coordinator_epoch,
+                got: m.coordinator_epoch,
+            });
+        }
+        Ok(())
+    }
+
+    /// Records a marker at `offset` (checked by [`Self::check_marker`] on a leader, taken as
+    /// the truth on replay): the producer's open transaction, if any, is complete. Returns
+    /// it, with the LSO to store in an aborted-transaction index entry.
+    pub fn apply_marker(&mut self, m: &TxnMarker, offset: i64) -> (CompletedTxn, i64) {
+        debug_assert!(offset >= self.end_offset, "a marker below the table's end");
+        let stamp = self.next_stamp;
+        self.next_stamp += 1;
+        // Kafka's `lastStableOffset(completedTxn)`: the first offset of another producer's
+        // open transaction, or right after the marker.
+        let lso = self
+            .producers
+            .values()
+            .filter(|e| e.producer_id != m.producer_id)
+            .filter_map(|e| e.current_txn_first_offset)
+            .min()
+            .unwrap_or(offset + 1);
+        let entry = self.producers.entry(m.producer_id).or_insert_with(|| {
+            ProducerEntry::new(
+                m.producer_id,
+                m.producer_epoch,
+                VecDeque::new(),
+                m.timestamp_ms,
+            )
+        });
+        if entry.epoch != m.producer_epoch {
+            entry.epoch = m.producer_epoch;
+            entry.batches.clear();
+        }
+        entry.coordinator_epoch = m.coordinator_epoch;
+        entry.last_timestamp_ms = m.timestamp_ms;
+        entry.stamp = stamp;
+        let first_offset = entry.current_txn_first_offset.take().unwrap_or(offset);
+        let txn = CompletedTxn {
+            producer_id: m.producer_id,
+            first_offset,
+            last_offset: offset,
+            aborted: m.aborted,
+        };
+        self.unreplicated.push(txn);
+        self.end_offset = self.end_offset.max(offset + 1);
+        (txn, lso)
+    }
+
+    /// Forgets completed transactions whose marker is below the high watermark: they can no
+    /// longer be truncated away, so they stop bounding the LSO.
+    pub fn on_high_watermark(&mut self, high_watermark: i64) {
+        self.unreplicated
+            .retain(|t| t.last_offset >= high_watermark);
+    }
+
+    /// The first offset that may still belong to an undecided transaction: the smallest
+    /// first offset of the open transactions and of the completed ones whose marker is not
+    /// known to be replicated. None: every transaction is decided.
+    pub fn first_unstable_offset(&self) -> Option<i64> {
+        let open = self
+            .producers
+            .values()
+            .filter_map(|e| e.current_txn_first_offset);
+        let unreplicated = self.unreplicated.iter().map(|t| t.first_offset);
+        open.chain(unreplicated).min()
+    }
+
+    /// Kafka's last stable offset for a high watermark: `min(first unstable offset, hw)`.
+    /// Prunes the unreplicated transactions the high watermark passed.
+    pub fn last_stable_offset(&mut self, high_watermark: i64) -> i64 {
+        self.on_high_watermark(high_watermark);
+        self.first_unstable_offset()
+            .map_or(high_watermark, |o| o.min(high_watermark))
+    }
+
+    /// The open transactions as (producer id, first offset), by producer id.
+    pub fn open_transactions(&self) -> Vec<(i64, i64)> {
+        self.producers
+            .values()
+            .filter_map(|e| e.current_txn_first_offset.map(|o| (e.producer_id, o)))
+            .collect()
     }
 }
 
@@ -574,6 +775,7 @@ mod tests {
             base_sequence: seq,
             last_offset_delta: count - 1,
             max_timestamp_ms: 1_000,
+            transactional: false,
         }
     }
 
@@ -599,6 +801,118 @@ mod tests {
         }
     }
 
+    fn txn(pid: i64, seq: i32, count: i32) -> BatchHeader {
+        BatchHeader {
+            transactional: true,
+            ..batch(pid, 0, seq, count)
+        }
+    }
+
+    fn end(pid: i64, epoch: i16, coordinator_epoch: i32, aborted: bool) -> TxnMarker {
+        TxnMarker {
+            producer_id: pid,
+            producer_epoch: epoch,
+            coordinator_epoch,
+            aborted,
+            timestamp_ms: 2_000,
+        }
+    }
+
+    #[test]
+    fn open_transactions_bound_the_lso_until_their_marker_is_replicated() {
+        let mut t = ProducerStateTable::new(DEFAULT_PRODUCER_ID_EXPIRATION_MS);
+        let mut next = 0;
+        assert_eq!(t.last_stable_offset(0), 0);
+        append(&mut t, &mut next, txn(1, 0, 2)).unwrap(); // 0..2
+        append(&mut t, &mut next, batch(9, 0, 0, 1)).unwrap(); // 2
+        append(&mut t, &mut next, txn(2, 0, 2)).unwrap(); // 3..5
+        append(&mut t, &mut next, txn(1, 2, 1)).unwrap(); // 5
+        assert_eq!(t.first_unstable_offset(), Some(0));
+        assert_eq!(t.last_stable_offset(6), 0);
+        // Data outside the open transaction is refused.
+        assert_eq!(
+            t.check(&batch(1, 0, 3, 1)).unwrap_err().error_code(),
+            INVALID_TXN_STATE
+        );
+        t.check_marker(&end(1, 0, 0, false)).unwrap();
+        let (done, lso) = t.apply_marker(&end(1, 0, 0, false), 6);
+        assert_eq!(
+            done,
+            CompletedTxn {
+                producer_id: 1,
+                first_offset: 0,
+                last_offset: 6,
+                aborted: false
+            }
+        );
+        // The entry's LSO is producer 2's open transaction.
+        assert_eq!(lso, 3);
+        // Until the high watermark passes the marker, the completed transaction still counts.
+        assert_eq!(t.last_stable_offset(6), 0);
+        assert_eq!(t.last_stable_offset(7), 3);
+        let (done, lso) = t.apply_marker(&end(2, 0, 0, true), 7);
+        assert_eq!((done.first_offset, done.aborted, lso), (3, true, 8));
+        assert_eq!(t.last_stable_offset(8), 8);
+        assert_eq!(t.first_unstable_offset(), None);
+        // A marker without data completes an empty transaction at its own offset.
+        let (done, _) = t.apply_marker(&end(5, 0, 0, true), 8);
+        assert_eq!((done.first_offset, done.last_offset), (8, 8));
+    }
+
+    #[test]
+    fn stale_markers_are_fenced_and_open_transactions_never_expire() {
+        let mut t = ProducerStateTable::new(1_000);
+        let mut next = 0;
+        append(
+            &mut t,
+            &mut next,
+            BatchHeader {
+                producer_epoch: 3,
+                ..txn(1, 0, 1)
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            t.check_marker(&end(1, 2, 0, true))
+                .unwrap_err()
+                .error_code(),
+            INVALID_PRODUCER_EPOCH
+        );
+        t.apply_marker(&end(1, 3, 4, true), 1);
+        assert_eq!(
+            t.check_marker(&end(1, 3, 3, false))
+                .unwrap_err()
+                .error_code(),
+            TRANSACTION_COORDINATOR_FENCED
+        );
+        t.check_marker(&end(1, 3, 4, false)).unwrap();
+        // A newer producer epoch is accepted and forgets the old epoch's batches.
+        t.check_marker(&end(1, 4, 4, false)).unwrap();
+        let mut next = 2;
+        append(
+            &mut t,
+            &mut next,
+            BatchHeader {
+                producer_epoch: 3,
+                ..txn(2, 0, 1)
+            },
+        )
+        .unwrap();
+        append(
+            &mut t,
+            &mut next,
+            BatchHeader {
+                producer_epoch: 3,
+                ..batch(3, 0, 0, 1)
+            },
+        )
+        .unwrap();
+        // Producer 3 expires, producer 2 (open transaction) does not; producer 1 expires.
+        assert_eq!(t.tick(1_000_000), 2);
+        assert_eq!(t.open_transactions(), vec![(2, 2)]);
+        assert!(t.entry(2).is_some());
+    }
+
     #[test]
     fn parses_record_batch_v2_header() {
         let mut b = vec![0u8; RECORD_BATCH_HEADER_LEN + 3];
@@ -618,7 +932,8 @@ mod tests {
                 producer_epoch: 3,
                 base_sequence: 10,
                 last_offset_delta: 4,
-                max_timestamp_ms: 99
+                max_timestamp_ms: 99,
+                transactional: false,
             }
         );
         assert_eq!(r.header.last_sequence(), 14);

@@ -38,8 +38,9 @@ use super::log::PartitionLog;
 use super::record_batch::{validate_batch, BatchHeader};
 use super::segment::{
     parse_segment_name, segment_path, HeaderCursor, Segment, INDEX_SUFFIX, LOG_SUFFIX,
-    TIME_INDEX_SUFFIX,
+    TIME_INDEX_SUFFIX, TXN_INDEX_SUFFIX,
 };
+use super::txn_index;
 use plan::{Cleanable, SegmentView};
 use records::{parse_records, rebuild_batch, records_section, RecordRef};
 
@@ -445,9 +446,11 @@ impl LogCleaner {
             return Ok(None);
         }
         let mut stats = CleanStats::default();
+        let aborted = AbortedRanges::of(log);
         let (map, map_end) = self
-            .build_offset_map(&segments, &views, &c, &cfg, &mut stats)
+            .build_offset_map(&segments, &views, &c, &cfg, &aborted, &mut stats)
             .await?;
+        let mut txns = TxnTracker::default();
         let last_batches = self.last_batch_of_producers(&segments, &views).await?;
         // Tombstones in segments whose newest record is older than this are dropped. Kafka
         // measures from when the segment was first cleaned; Sluice uses the segment's newest
@@ -466,6 +469,7 @@ impl LogCleaner {
                     next_base,
                     &map,
                     &last_batches,
+                    (&aborted, &mut txns),
                     tombstone_horizon,
                     &cfg,
                     &mut stats,
@@ -504,6 +508,7 @@ impl LogCleaner {
         views: &[SegmentView],
         c: &Cleanable,
         cfg: &LogConfig,
+        aborted: &AbortedRanges,
         stats: &mut CleanStats,
     ) -> Result<(OffsetMap, usize), StorageError> {
         let mut map = OffsetMap {
@@ -521,7 +526,8 @@ impl LogCleaner {
             while let Some((h, read)) = reader.next().await? {
                 stats.bytes_read += read as u64;
                 since_yield += read;
-                if !h.is_control() {
+                // Aborted records must never supersede committed ones (Kafka skips them too).
+                if !h.is_control() && !aborted.contains(&h) {
                     if let Some((section, recs)) =
                         decode_for_cleaning(reader.bytes(), &h, cfg, s.log.path())
                     {
@@ -584,6 +590,7 @@ impl LogCleaner {
         next_base: i64,
         map: &OffsetMap,
         last_batches: &HashMap<i64, i64>,
+        (aborted, txns): (&AbortedRanges, &mut TxnTracker),
         tombstone_horizon: i64,
         cfg: &LogConfig,
         stats: &mut CleanStats,
@@ -603,6 +610,12 @@ impl LogCleaner {
             .max()
             .unwrap_or(0);
         let cleaned = Rc::new(Segment::for_cleaned(dir, base, file, cfg, created));
+        // The cleaned segment holds every marker of the old ones, so it takes all their
+        // aborted-transaction entries (an entry whose data is gone is harmless to readers).
+        *cleaned.aborted.borrow_mut() = old
+            .iter()
+            .flat_map(|(s, _)| s.aborted.borrow().clone())
+            .collect();
         let mut out: Vec<u8> = Vec::with_capacity(CHUNK * 2);
         let mut written = 0u64;
         let mut changed = false;
@@ -612,8 +625,28 @@ impl LogCleaner {
             while let Some((h, read)) = reader.next().await? {
                 stats.bytes_read += read as u64;
                 let bytes = reader.bytes();
+                let last_of_producer =
+                    h.producer_id >= 0 && last_batches.get(&h.producer_id) == Some(&h.base_offset);
                 let kept: Option<Cow<[u8]>> = if h.is_control() {
-                    Some(Cow::Borrowed(bytes))
+                    // A transaction marker goes once its transaction has no data left in the
+                    // log and its segment is past `delete.retention.ms` (consumers that read
+                    // the data have had time to read the marker), unless it is the producer's
+                    // newest batch (its epoch and coordinator epoch live there).
+                    let data_left = txns.marker(&h);
+                    if h.is_transactional() && !data_left && past_horizon && !last_of_producer {
+                        None
+                    } else {
+                        Some(Cow::Borrowed(bytes))
+                    }
+                } else if aborted.contains(&h) {
+                    // Records of an aborted transaction are removed whole, as Kafka's cleaner
+                    // does; the producer's newest batch stays (its sequence is needed).
+                    if last_of_producer {
+                        Some(Cow::Borrowed(bytes))
+                    } else {
+                        stats.records_removed += h.records_count.max(0) as u64;
+                        None
+                    }
                 } else {
                     match decode_for_cleaning(bytes, &h, cfg, s.log.path()) {
                         None => Some(Cow::Borrowed(bytes)),
@@ -652,6 +685,9 @@ impl LogCleaner {
                         }
                     }
                 };
+                if h.is_transactional() && !h.is_control() {
+                    txns.data(&h, kept.is_some());
+                }
                 match kept {
                     None => {
                         changed = true;
@@ -704,7 +740,12 @@ impl LogCleaner {
         let guard = log.lock_segment_list().await;
         if !log.segments_unchanged(old) {
             drop(guard);
-            for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+            for suffix in [
+                LOG_SUFFIX,
+                INDEX_SUFFIX,
+                TIME_INDEX_SUFFIX,
+                TXN_INDEX_SUFFIX,
+            ] {
                 let p = cleaned_path(dir, base, suffix);
                 remove_file_if_exists(&p).await.map_err(io_err(&p))?;
             }
@@ -755,7 +796,54 @@ impl LogCleaner {
             }
             f.sync_data().await.map_err(io_err(&p))?;
         }
+        let txn = txn_index::encode_all(&cleaned.aborted.borrow());
+        if !txn.is_empty() {
+            let p = cleaned_path(&dir, base, TXN_INDEX_SUFFIX);
+            write_file_atomic(&p, txn).await.map_err(io_err(&p))?;
+        }
         sync_dir(&dir).await
+    }
+}
+
+/// The aborted transactions of the log by producer id, as (first offset, marker offset).
+#[derive(Default)]
+struct AbortedRanges(HashMap<i64, Vec<(i64, i64)>>);
+
+impl AbortedRanges {
+    fn of(log: &PartitionLog) -> Self {
+        let mut m: HashMap<i64, Vec<(i64, i64)>> = HashMap::new();
+        for e in log.aborted_index_entries() {
+            m.entry(e.producer_id)
+                .or_default()
+                .push((e.first_offset, e.last_offset));
+        }
+        AbortedRanges(m)
+    }
+
+    /// Whether `h` is a transactional data batch of an aborted transaction.
+    fn contains(&self, h: &BatchHeader) -> bool {
+        h.is_transactional()
+            && !h.is_control()
+            && self.0.get(&h.producer_id).is_some_and(|r| {
+                r.iter()
+                    .any(|&(first, last)| first <= h.base_offset && h.base_offset < last)
+            })
+    }
+}
+
+/// Per producer, whether the transaction being walked kept any data (Kafka's
+/// `CleanedTransactionMetadata`): a marker is only removable when none is left.
+#[derive(Default)]
+struct TxnTracker(HashMap<i64, bool>);
+
+impl TxnTracker {
+    fn data(&mut self, h: &BatchHeader, kept: bool) {
+        *self.0.entry(h.producer_id).or_insert(false) |= kept;
+    }
+
+    /// A control batch: ends the producer's transaction; true if it kept data.
+    fn marker(&mut self, h: &BatchHeader) -> bool {
+        self.0.remove(&h.producer_id).unwrap_or(false)
     }
 }
 
@@ -786,7 +874,12 @@ async fn swap(
     crash_point(SwapStep::Renamed)?;
     for (s, _) in &old[1..] {
         // Only files: the old `Segment`s keep their descriptors for in-flight reads.
-        for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+        for suffix in [
+            LOG_SUFFIX,
+            INDEX_SUFFIX,
+            TIME_INDEX_SUFFIX,
+            TXN_INDEX_SUFFIX,
+        ] {
             let p = segment_path(&dir, s.base_offset, suffix);
             remove_file_if_exists(&p).await.map_err(io_err(&p))?;
         }
@@ -802,7 +895,12 @@ async fn swap(
 
 /// Renames `<base>.<suffix>.cleaned` over `<base>.<suffix>`, indexes first, where present.
 fn rename_cleaned(dir: &Path, base: i64) -> Result<(), StorageError> {
-    for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX, LOG_SUFFIX] {
+    for suffix in [
+        INDEX_SUFFIX,
+        TIME_INDEX_SUFFIX,
+        TXN_INDEX_SUFFIX,
+        LOG_SUFFIX,
+    ] {
         let from = cleaned_path(dir, base, suffix);
         let to = segment_path(dir, base, suffix);
         // A rename is a metadata operation; std keeps it off io_uring as the open path does.
@@ -847,7 +945,12 @@ pub(crate) fn recover_swaps(dir: &Path) -> Result<(), StorageError> {
         tracing::warn!(dir = %dir.display(), base, end, "completing an interrupted cleaner swap");
         rename_cleaned(dir, *base)?;
         for &b in bases.iter().filter(|&&b| b > *base && b < end) {
-            for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+            for suffix in [
+                LOG_SUFFIX,
+                INDEX_SUFFIX,
+                TIME_INDEX_SUFFIX,
+                TXN_INDEX_SUFFIX,
+            ] {
                 let p = segment_path(dir, b, suffix);
                 match std::fs::remove_file(&p) {
                     Ok(()) => {}

@@ -38,7 +38,10 @@ use super::segment::{HeaderCursor, Segment};
 use super::validate::{validate_follower, validate_leader, DECOMPRESS_LIMIT_FACTOR};
 
 mod producer_state;
+mod transactions;
 use producer_state::replay_producer_batch;
+use transactions::apply_txn_marker;
+pub use transactions::CommittedRead;
 
 /// Result of a successful append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,6 +202,8 @@ struct Inner {
     flush_tx: watch::Sender<u64>,
     /// The cleaner works only below this offset ([`PartitionLog::set_cleanable_end`]).
     cleanable_end: Cell<i64>,
+    /// Transactional batches from clients are accepted ([`PartitionLog::set_transactions_enabled`]).
+    transactions_enabled: Cell<bool>,
 }
 
 /// One partition's log. See the module docs for the concurrency model.
@@ -294,9 +299,10 @@ impl PartitionLog {
             visible_tx,
             flush_tx,
             cleanable_end: Cell::new(i64::MAX),
+            transactions_enabled: Cell::new(false),
         });
         let log = PartitionLog { inner };
-        log.inner.load_producer_state().await?;
+        log.inner.load_producer_state(loaded.scanned_from).await?;
         log.inner.spawn_interval_flusher();
         Ok(log)
     }
@@ -474,7 +480,10 @@ impl PartitionLog {
             Mode::Leader {
                 broker_control: true,
                 ..
-            } => None,
+            } => {
+                inner.check_txn_markers(&records, &batches)?;
+                None
+            }
             Mode::Leader { .. } => {
                 match inner.analyze_producers(&batches, first_offset, log_append_time)? {
                     AppendAnalysis::Duplicate(dup) => {
@@ -487,7 +496,7 @@ impl PartitionLog {
             }
             Mode::Follower => None,
         };
-        let (segment, position, seq, epochs_changed, info) = {
+        let (segment, position, seq, epochs_changed, info, aborts) = {
             let mut st = inner.st.borrow_mut();
             if let Some(a) = producer_append {
                 // Cannot fail: the analysis above ran in this same synchronous section.
@@ -505,6 +514,7 @@ impl PartitionLog {
             let mut epochs_changed = false;
             let mut record_count: u32 = 0;
             let mut max_timestamp = -1i64;
+            let mut aborts = false;
             for (pos, h) in &batches {
                 let bytes = &mut records[*pos..*pos + h.size()];
                 let mut h = *h;
@@ -527,7 +537,17 @@ impl PartitionLog {
                     epochs_changed |= st.epochs.assign(h.partition_leader_epoch, h.base_offset);
                 }
                 segment.note_batch(position + *pos as u64, &h, &cfg);
-                if let Mode::Follower = mode {
+                if h.attributes & 0x30 == 0x30 {
+                    // A transaction marker (transactional control batch): leaders checked it
+                    // under this lock (`check_txn_markers`); followers take the leader's word.
+                    aborts |= apply_txn_marker(
+                        &mut st.producers,
+                        &segment,
+                        &records[*pos..*pos + h.size()],
+                        &h,
+                        true,
+                    );
+                } else if let Mode::Follower = mode {
                     replay_producer_batch(&mut st.producers, &h);
                 }
                 record_count = record_count.saturating_add(h.records_count.max(0) as u32);
@@ -562,8 +582,9 @@ impl PartitionLog {
                 batch_count: batches.len() as u32,
                 max_timestamp,
             };
-            (segment, position, seq, epochs_changed, info)
+            (segment, position, seq, epochs_changed, info, aborts)
         };
+        let txn_segment = aborts.then(|| segment.clone());
         // Queued under the append lock, so the queue keeps reservation order.
         inner.st.borrow_mut().write_queue.push_back(QueuedWrite {
             seq,
@@ -574,6 +595,9 @@ impl PartitionLog {
         drop(guard);
         inner.clone().kick_writer();
         inner.wait_visible(info.last_offset + 1).await?;
+        if let Some(segment) = txn_segment {
+            inner.persist_txn_index(&segment).await?;
+        }
         if epochs_changed {
             inner.persist_epochs().await?;
         }
@@ -858,6 +882,7 @@ impl PartitionLog {
         target.truncate_to(position, new_end)?;
         // Keeps the index files equal to the in-memory indexes (no stale entries past the end).
         target.write_indexes(false, false).await?;
+        inner.persist_txn_index(&target).await?;
         target
             .log
             .sync_data()
@@ -1624,8 +1649,16 @@ impl PartitionLog {
         self.inner.check_usable_st(&st)?;
         Ok(CleanerView {
             segments: st.segments.clone(),
-            // Only segments wholly below this are cleaned.
-            recovery_point: st.recovery_point.min(self.inner.cleanable_end.get()),
+            // Only segments wholly below this are cleaned; never data of an undecided
+            // transaction (its records could still be aborted), as Kafka stops at the LSO.
+            recovery_point: st.recovery_point.min(self.inner.cleanable_end.get()).min(
+                st.producers
+                    .open_transactions()
+                    .iter()
+                    .map(|t| t.1)
+                    .min()
+                    .unwrap_or(i64::MAX),
+            ),
         })
     }
 

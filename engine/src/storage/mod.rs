@@ -17,11 +17,12 @@ pub(crate) mod recovery;
 pub mod retention;
 pub(crate) mod segment;
 pub mod time_index;
+pub mod txn_index;
 pub mod validate;
 
 pub use config::{FlushPolicy, LogConfig, TimestampType};
 pub use error::{AppendError, ReadError, StorageError};
-pub use log::{FileSlice, LogAppendInfo, LogStats, PartitionLog, ReadResult};
+pub use log::{CommittedRead, FileSlice, LogAppendInfo, LogStats, PartitionLog, ReadResult};
 pub use record_batch::{BatchHeader, BatchIter};
 pub use retention::RetentionOutcome;
 pub use segment_names::{parse_segment_name, segment_path};

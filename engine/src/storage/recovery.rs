@@ -16,7 +16,9 @@ use super::checkpoint::{
 use super::config::LogConfig;
 use super::error::StorageError;
 use super::leader_epoch::LeaderEpochCache;
-use super::segment::{parse_segment_name, Segment, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
+use super::segment::{
+    parse_segment_name, Segment, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX, TXN_INDEX_SUFFIX,
+};
 
 /// The state a log starts from.
 pub(crate) struct Loaded {
@@ -25,6 +27,9 @@ pub(crate) struct Loaded {
     pub next_offset: i64,
     pub recovery_point: i64,
     pub epochs: LeaderEpochCache,
+    /// Base of the first segment recovery scanned (its `.txnindex` and every later one's
+    /// must be rebuilt from the log), if any.
+    pub scanned_from: Option<i64>,
 }
 
 fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StorageError> {
@@ -84,7 +89,7 @@ pub(crate) async fn load(dir: &Path, cfg: &LogConfig, now_ms: i64) -> Result<Loa
         }
         match parse_segment_name(name) {
             Some((base, LOG_SUFFIX)) => log_bases.push(base),
-            Some((base, INDEX_SUFFIX | TIME_INDEX_SUFFIX)) => {
+            Some((base, INDEX_SUFFIX | TIME_INDEX_SUFFIX | TXN_INDEX_SUFFIX)) => {
                 index_files.push((base, entry.path()))
             }
             _ => {}
@@ -152,7 +157,12 @@ pub(crate) async fn load(dir: &Path, cfg: &LogConfig, now_ms: i64) -> Result<Loa
         if drop_rest {
             for &later in &log_bases[i + 1..] {
                 tracing::warn!(dir = %dir.display(), base = later, "deleting segment after a corrupt one");
-                for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+                for suffix in [
+                    LOG_SUFFIX,
+                    INDEX_SUFFIX,
+                    TIME_INDEX_SUFFIX,
+                    TXN_INDEX_SUFFIX,
+                ] {
                     let p = super::segment::segment_path(dir, later, suffix);
                     match std::fs::remove_file(&p) {
                         Ok(()) => {}
@@ -224,6 +234,7 @@ pub(crate) async fn load(dir: &Path, cfg: &LogConfig, now_ms: i64) -> Result<Loa
         tracing::info!(dir = %dir.display(), segments = scanned.len(), next_offset, "recovered log");
     }
     Ok(Loaded {
+        scanned_from: scanned.first().map(|s| s.base_offset),
         segments,
         log_start_offset: log_start,
         next_offset,

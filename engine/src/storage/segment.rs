@@ -27,6 +27,8 @@ pub const LOG_SUFFIX: &str = "log";
 pub const INDEX_SUFFIX: &str = "index";
 /// Time index suffix.
 pub const TIME_INDEX_SUFFIX: &str = "timeindex";
+use super::txn_index::AbortedTxn;
+pub use super::txn_index::TXN_INDEX_SUFFIX;
 
 /// `<dir>/<20-digit base offset>.<suffix>`, as Kafka names segment files.
 pub fn segment_path(dir: &Path, base_offset: i64, suffix: &str) -> PathBuf {
@@ -86,6 +88,9 @@ pub(crate) struct Segment {
     pub st: RefCell<SegmentState>,
     /// Index file handles, opened at creation (preallocated) or on the first new entry.
     index_files: RefCell<Option<Rc<IndexFiles>>>,
+    /// The aborted transactions whose ABORT marker lies in this segment, in marker order
+    /// (the `.txnindex` file's entries; see `storage::txn_index`).
+    pub aborted: RefCell<Vec<AbortedTxn>>,
 }
 
 /// What a full scan of a segment found.
@@ -128,6 +133,7 @@ impl Segment {
                 time_entries_on_disk: 0,
             }),
             index_files: RefCell::new(None),
+            aborted: RefCell::new(Vec::new()),
         }
     }
 
@@ -139,7 +145,12 @@ impl Segment {
         now_ms: i64,
     ) -> Result<Segment, StorageError> {
         let path = segment_path(dir, base_offset, LOG_SUFFIX);
-        for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+        for suffix in [
+            LOG_SUFFIX,
+            INDEX_SUFFIX,
+            TIME_INDEX_SUFFIX,
+            TXN_INDEX_SUFFIX,
+        ] {
             let p = segment_path(dir, base_offset, suffix);
             remove_file_if_exists(&p)
                 .await
@@ -634,6 +645,10 @@ impl Segment {
             st.rolling_base_timestamp = None;
         }
         st.indexes_dirty = true;
+        // Aborts whose marker was cut off are undone; the caller rewrites the file.
+        self.aborted
+            .borrow_mut()
+            .retain(|e| e.last_offset < next_offset);
         st.index_entries_on_disk = st.index_entries_on_disk.min(st.offset_index.len());
         st.time_entries_on_disk = st.time_entries_on_disk.min(st.time_index.len());
         Ok(())
@@ -680,9 +695,52 @@ impl Segment {
         Ok(())
     }
 
+    /// Writes the `.txnindex` file from memory, atomically (a temporary file renamed over it,
+    /// fsync'd), or removes it when there is no entry, as Kafka creates it only on the first
+    /// abort. The caller serializes calls for one segment.
+    pub async fn write_txn_index(&self) -> Result<(), StorageError> {
+        let bytes = super::txn_index::encode_all(&self.aborted.borrow());
+        let path = self.path(TXN_INDEX_SUFFIX);
+        let res = if bytes.is_empty() {
+            remove_file_if_exists(&path).await
+        } else {
+            crate::io::file::write_file_atomic(&path, bytes).await
+        };
+        res.map_err(|e| StorageError::io(&path, e))
+    }
+
+    /// Loads the `.txnindex` file, checked against the segment's offsets (call once its next
+    /// offset is known). Returns false (and loads nothing) when the file is torn or invalid:
+    /// the caller rebuilds it from the log. A missing file means no aborted transaction.
+    pub fn load_txn_index(&self) -> Result<bool, StorageError> {
+        let path = self.path(TXN_INDEX_SUFFIX);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(StorageError::io(&path, e)),
+        };
+        let next = self.st.borrow().next_offset;
+        match super::txn_index::decode(&bytes, self.base_offset, next) {
+            Ok(entries) => {
+                *self.aborted.borrow_mut() = entries;
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "corrupt transaction index; rebuilding");
+                self.aborted.borrow_mut().clear();
+                Ok(false)
+            }
+        }
+    }
+
     /// Removes the segment's files.
     pub async fn delete_files(&self) -> Result<(), StorageError> {
-        for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+        for suffix in [
+            LOG_SUFFIX,
+            INDEX_SUFFIX,
+            TIME_INDEX_SUFFIX,
+            TXN_INDEX_SUFFIX,
+        ] {
             let p = self.path(suffix);
             remove_file_if_exists(&p)
                 .await

@@ -250,6 +250,7 @@ pub async fn fetch(
                     current_leader_epoch: p.current_leader_epoch,
                     last_fetched_epoch: p.last_fetched_epoch,
                     log_start_offset: p.log_start_offset,
+                    read_committed,
                 })
                 .collect();
             let owner = *owner;
@@ -278,9 +279,13 @@ pub async fn fetch(
         }
         // Long poll: wait for an append on any requested partition, then read again.
         let waits = groups.iter().map(|(owner, (_, items))| {
-            let items: Vec<(String, i32, i64, bool)> = items
+            let items: Vec<(String, i32, i64, bool, bool)> = items
                 .iter()
-                .map(|(t, p, params)| (t.clone(), *p, params.fetch_offset, replica_id >= 0))
+                .map(|(t, p, params)| {
+                    let replica = replica_id >= 0;
+                    let committed = read_committed && !replica;
+                    (t.clone(), *p, params.fetch_offset, replica, committed)
+                })
                 .collect();
             let owner = *owner;
             let replicas = svc.replicas.clone();
@@ -316,20 +321,24 @@ pub async fn fetch(
                 high_watermark: -1,
                 last_stable_offset: -1,
                 log_start_offset: -1,
+                aborted_transactions: Vec::new(),
                 records: None,
                 diverging_epoch: None,
             },
             None => {
-                let (code, hw, ls, mut records, diverging_epoch) = match results[pos].take() {
-                    Some(o) => (
-                        o.error_code,
-                        o.high_watermark,
-                        o.log_start_offset,
-                        o.records,
-                        o.diverging_epoch,
-                    ),
-                    None => (ec::UNKNOWN_SERVER_ERROR, -1, -1, None, None),
-                };
+                let (code, hw, lso, ls, mut records, mut aborted, diverging_epoch) =
+                    match results[pos].take() {
+                        Some(o) => (
+                            o.error_code,
+                            o.high_watermark,
+                            o.last_stable_offset,
+                            o.log_start_offset,
+                            o.records,
+                            o.aborted,
+                            o.diverging_epoch,
+                        ),
+                        None => (ec::UNKNOWN_SERVER_ERROR, -1, -1, -1, None, Vec::new(), None),
+                    };
                 if let Some(rec) = &records {
                     let len = rec.len();
                     if first || len <= remaining {
@@ -337,14 +346,16 @@ pub async fn fetch(
                         first = false;
                     } else {
                         records = None;
+                        aborted.clear();
                     }
                 }
                 FetchPartitionOut {
                     partition: e.partition,
                     error_code: code,
                     high_watermark: hw,
-                    last_stable_offset: hw,
+                    last_stable_offset: lso,
                     log_start_offset: ls,
+                    aborted_transactions: aborted,
                     records,
                     diverging_epoch,
                 }

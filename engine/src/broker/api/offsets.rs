@@ -21,6 +21,8 @@ pub async fn list_offsets(
 ) -> Result<m::ListOffsetsResponse, RequestError> {
     let image = svc.shard.image();
     let authz = super::acls::Authz::current(svc);
+    // READ_COMMITTED: "latest" is the last stable offset.
+    let read_committed = req.isolation_level == 1;
     let mut results: Vec<Option<OffsetOut>> = Vec::new();
     let mut work = Vec::new();
     let mut layout = Vec::new();
@@ -40,7 +42,12 @@ pub async fn list_offsets(
                 })),
                 Some(m) if (0..m.partitions).contains(&p.partition_index) => {
                     results.push(None);
-                    work.push((pos, name.clone(), p.partition_index, p.timestamp));
+                    work.push((
+                        pos,
+                        name.clone(),
+                        p.partition_index,
+                        (p.timestamp, read_committed),
+                    ));
                 }
                 _ => results.push(Some(OffsetOut {
                     error_code: ec::UNKNOWN_TOPIC_OR_PARTITION,

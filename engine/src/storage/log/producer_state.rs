@@ -34,6 +34,7 @@ fn producer_header(h: &BatchHeader) -> crate::idempotence::BatchHeader {
         base_sequence: h.base_sequence,
         last_offset_delta: h.last_offset_delta,
         max_timestamp_ms: h.max_timestamp,
+        transactional: h.is_transactional(),
     }
 }
 
@@ -46,9 +47,9 @@ pub(super) fn replay_producer_batch(table: &mut ProducerStateTable, h: &BatchHea
 }
 
 impl Inner {
-    /// Checks a client's record set against the producer state (no change yet). Transactional
-    /// and control batches are refused: no transaction coordinator runs, so no transaction
-    /// can be ongoing.
+    /// Checks a client's record set against the producer state (no change yet). Control
+    /// batches are refused (only the broker writes markers); transactional batches are
+    /// refused unless transactions are enabled, and need a producer id.
     pub(super) fn analyze_producers(
         &self,
         batches: &[(usize, BatchHeader)],
@@ -69,7 +70,14 @@ impl Inner {
                 )));
             }
             if h.is_transactional() {
-                return Err(AppendError::TransactionalBatch);
+                if !self.transactions_enabled.get() {
+                    return Err(AppendError::TransactionalBatch);
+                }
+                if h.producer_id < 0 {
+                    return Err(AppendError::InvalidRecord(format!(
+                        "batch at byte {pos}: a transactional batch needs a producer id"
+                    )));
+                }
             }
             let mut p = producer_header(h);
             if log_append_time >= 0 {
@@ -176,13 +184,21 @@ impl Inner {
     pub(super) async fn rebuild_producer_state(&self, new_end: i64) -> Result<(), StorageError> {
         self.delete_producer_snapshots_above(new_end).await?;
         let expiration = self.st.borrow().producers.expiration_ms();
-        let table = self.restore_producer_table(new_end, expiration).await?;
+        let table = self
+            .restore_producer_table(new_end, expiration, None)
+            .await?;
         self.st.borrow_mut().producers = table;
         Ok(())
     }
 
-    /// Loads the snapshots present in the directory and restores the table at open.
-    pub(super) async fn load_producer_state(&self) -> Result<(), StorageError> {
+    /// Loads the snapshots present in the directory and restores the table at open, with the
+    /// transaction indexes: each segment's `.txnindex` is loaded and checked, and from the
+    /// first segment whose file is torn or invalid, or that recovery scanned
+    /// (`scanned_from`), every index is rebuilt from the markers the replay meets.
+    pub(super) async fn load_producer_state(
+        &self,
+        scanned_from: Option<i64>,
+    ) -> Result<(), StorageError> {
         let mut found = std::collections::BTreeSet::new();
         for entry in std::fs::read_dir(&self.dir).map_err(|e| StorageError::io(&self.dir, e))? {
             let entry = entry.map_err(|e| StorageError::io(&self.dir, e))?;
@@ -201,24 +217,50 @@ impl Inner {
         };
         // Snapshots above the log end describe data a crash took away.
         self.delete_producer_snapshots_above(leo).await?;
-        let table = self.restore_producer_table(leo, expiration).await?;
+        let segments: Vec<Rc<Segment>> = self.st.borrow().segments.clone();
+        let mut rebuild_from = scanned_from;
+        for s in &segments {
+            if !s.load_txn_index()? {
+                rebuild_from = Some(rebuild_from.map_or(s.base_offset, |r| r.min(s.base_offset)));
+            }
+        }
+        for s in segments
+            .iter()
+            .filter(|s| rebuild_from.is_some_and(|r| s.base_offset >= r))
+        {
+            s.aborted.borrow_mut().clear();
+        }
+        let table = self
+            .restore_producer_table(leo, expiration, rebuild_from)
+            .await?;
         tracing::debug!(dir = %self.dir.display(), producers = table.len(), "producer state loaded");
         self.st.borrow_mut().producers = table;
+        if let Some(from) = rebuild_from {
+            for s in segments.iter().filter(|s| s.base_offset >= from) {
+                s.write_txn_index().await?;
+            }
+            tracing::debug!(dir = %self.dir.display(), from, "transaction indexes rebuilt from the log");
+        }
         Ok(())
     }
 
     /// The table for a log ending at `end`: the newest readable snapshot at or below it,
-    /// then the headers of the batches from there to `end` (no record is decompressed).
+    /// then the headers of the batches from there to `end` (no record is decompressed; a
+    /// transaction marker's one record is read). With `rebuild_txn_from`, the snapshot is at
+    /// or below that offset too and the ABORT markers of the segments from there on are
+    /// added to their (emptied) in-memory transaction indexes.
     async fn restore_producer_table(
         &self,
         end: i64,
         expiration_ms: i64,
+        rebuild_txn_from: Option<i64>,
     ) -> Result<ProducerStateTable, StorageError> {
+        let newest = rebuild_txn_from.map_or(end, |r| r.min(end));
         let candidates: Vec<i64> = self
             .st
             .borrow()
             .producer_snapshots
-            .range(..=end)
+            .range(..=newest)
             .rev()
             .copied()
             .collect();
@@ -247,7 +289,8 @@ impl Inner {
         let log_start = self.st.borrow().log_start_offset;
         let from = table.as_ref().map_or(log_start, |t| t.end_offset());
         let mut table = ProducerStateTable::rebuild(expiration_ms, table, std::iter::empty(), end);
-        self.replay_headers(&mut table, from, end).await?;
+        self.replay_headers(&mut table, from, end, rebuild_txn_from)
+            .await?;
         table.advance_end_offset(end);
         Ok(table)
     }
@@ -258,6 +301,7 @@ impl Inner {
         table: &mut ProducerStateTable,
         from: i64,
         end: i64,
+        rebuild_txn_from: Option<i64>,
     ) -> Result<(), StorageError> {
         let segments: Vec<Rc<Segment>> = {
             let st = self.st.borrow();
@@ -288,7 +332,18 @@ impl Inner {
                     break;
                 }
                 if h.base_offset >= from && h.last_offset() < end {
-                    replay_producer_batch(table, &h);
+                    if h.attributes & 0x30 == 0x30 {
+                        let bytes = segment
+                            .log
+                            .read_exact_at(h.size(), pos)
+                            .await
+                            .map_err(|e| StorageError::io(segment.log.path(), e))?;
+                        let rebuild = rebuild_txn_from.is_some_and(|r| segment.base_offset >= r);
+                        // Outside the rebuilt range the entry is already in a trusted index.
+                        super::transactions::apply_txn_marker(table, &segment, &bytes, &h, rebuild);
+                    } else {
+                        replay_producer_batch(table, &h);
+                    }
                     batches += 1;
                 }
                 pos += h.size() as u64;
