@@ -485,6 +485,18 @@ impl FetchSessionCache {
         })
     }
 
+    /// The response of an incremental fetch was replaced by an empty one (a throttled fetch):
+    /// forget what the session recorded as told, so the next incremental response carries
+    /// every partition's current state again. Unknown ids are ignored.
+    pub fn forget_told(&mut self, id: i32) {
+        if let Some(session) = self.sessions.get_mut(&id) {
+            for c in &mut session.partitions {
+                c.high_watermark = -1;
+                c.log_start_offset = -1;
+            }
+        }
+    }
+
     /// Second half of an incremental fetch: `outcomes` are the plan's partitions in plan
     /// order. Records what the client is told and returns, per partition, whether it goes in
     /// the response. Fails with the Kafka error code when the session was closed or moved to
@@ -621,6 +633,33 @@ mod tests {
             .map(|(k, p)| (k.partition, p.fetch_offset))
             .collect();
         assert_eq!(offsets, vec![(0, 0), (1, 5), (2, 0)]);
+    }
+
+    #[test]
+    fn a_throttled_response_is_told_again() {
+        let mut c = cache(10);
+        let id = session(&mut c, 0, 2);
+        // t-0's watermark moved to 11 and the session recorded it, but the response was
+        // replaced by a throttled empty one: the client never saw it.
+        let plan = c.begin_incremental(id, 1, false, 1, vec![], &[]).unwrap();
+        let outcomes = vec![(key("t", 0), quiet(11)), (key("t", 1), quiet(10))];
+        assert_eq!(
+            c.finish_incremental(id, plan.epoch, &outcomes).unwrap(),
+            vec![true, false]
+        );
+        c.forget_told(id);
+        c.forget_told(id + 1); // unknown: ignored
+                               // The next quiet fetch reports every partition's state again.
+        let plan = c.begin_incremental(id, 2, false, 2, vec![], &[]).unwrap();
+        let outcomes: Vec<_> = plan
+            .partitions
+            .iter()
+            .map(|(k, _)| (k.clone(), quiet(if k.partition == 0 { 11 } else { 10 })))
+            .collect();
+        assert_eq!(
+            c.finish_incremental(id, plan.epoch, &outcomes).unwrap(),
+            vec![true, true]
+        );
     }
 
     #[test]

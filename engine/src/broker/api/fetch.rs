@@ -54,6 +54,13 @@ where
         .await?)
 }
 
+/// The response of incremental session `id` was replaced by an empty throttled one: the
+/// session forgets what it recorded as told, so the client gets every partition's state on its
+/// next fetch (Kafka does not update a session for a throttled response either).
+pub async fn forget_told(svc: &Rc<Services>, id: i32) -> Result<(), RequestError> {
+    on_session_shard(svc, id, move |c| c.forget_told(id)).await
+}
+
 /// One partition to read.
 struct Entry {
     key: PartitionKey,

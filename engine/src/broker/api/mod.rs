@@ -218,8 +218,9 @@ async fn dispatch(
                 }
             }
             let incremental = version >= 7 && req.session_id > 0 && req.session_epoch > 0;
+            let session_id = req.session_id;
             let resp = fetch::fetch(&svc, version, cid, req).await?;
-            Ok(Some(Response::Fetch(quotas::throttle_fetch(
+            let (resp, throttled) = quotas::throttle_fetch(
                 &svc,
                 header.client_id.as_deref(),
                 version,
@@ -228,7 +229,11 @@ async fn dispatch(
                 follower,
                 request_throttle(&svc),
                 resp,
-            ))))
+            );
+            if throttled && incremental {
+                fetch::forget_told(&svc, session_id).await?;
+            }
+            Ok(Some(Response::Fetch(resp)))
         }
         ApiKey::ListOffsets => {
             let req = decode!(m::ListOffsetsRequest);

@@ -102,7 +102,8 @@ pub fn throttle_produce(svc: &Services, client_id: Option<&str>, request_bytes: 
 /// replaced by one without records carrying the throttle time, the connection is muted,
 /// and the bytes not sent are taken back from the sensor. `request_throttle` is the
 /// request quota's throttle of this fetch (its mute already set): a fetch throttled by
-/// either quota is answered the same way, with the larger throttle, as Kafka's.
+/// either quota is answered the same way, with the larger throttle, as Kafka's. The flag
+/// says the response was replaced (an incremental session must then forget what it recorded).
 #[allow(clippy::too_many_arguments)]
 pub fn throttle_fetch(
     svc: &Services,
@@ -113,14 +114,14 @@ pub fn throttle_fetch(
     follower: bool,
     request_throttle: i32,
     frame: FetchFrame,
-) -> FetchFrame {
+) -> (FetchFrame, bool) {
     if follower {
-        return frame;
+        return (frame, false);
     }
     let image = svc.shard.image();
     let quotas = &image.cluster.client_quotas;
     if quotas.is_empty() {
-        return frame;
+        return (frame, false);
     }
     let size = frame.total_len as f64;
     let (byte_throttle, sensor) =
@@ -130,7 +131,7 @@ pub fn throttle_fetch(
         };
     let throttle = byte_throttle.max(request_throttle);
     if throttle == 0 {
-        return frame;
+        return (frame, false);
     }
     if let Some(sensor) = &sensor {
         svc.shard.ctx.quota_sensors.unrecord(sensor, size, now_ms());
@@ -147,7 +148,7 @@ pub fn throttle_fetch(
     let mut empty =
         encode_fetch_response(version, correlation_id, ec::NONE, session_id, vec![], false);
     set_fetch_throttle(&mut empty, version, throttle);
-    empty
+    (empty, true)
 }
 
 /// The thread time one request has used so far, and the request quota it counts against.
