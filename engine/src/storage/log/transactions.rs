@@ -22,8 +22,7 @@ use super::super::error::{AppendError, ReadError, StorageError};
 use super::super::record_batch::BatchHeader;
 use super::super::segment::Segment;
 use super::super::txn_index::{build_marker_batch, overlapping, parse_marker, AbortedTxn};
-use super::super::validate::validate_leader;
-use super::{Inner, LogAppendInfo, Mode, PartitionLog, ReadResult};
+use super::{Inner, LogAppendInfo, PartitionLog, ReadResult};
 
 /// A read_committed read: the batches below the LSO and the aborted transactions that
 /// overlap them.
@@ -158,7 +157,7 @@ impl PartitionLog {
                 "a transaction marker needs a producer id".into(),
             ));
         }
-        let mut records = BytesMut::from(
+        let records = BytesMut::from(
             &build_marker_batch(
                 producer_id,
                 producer_epoch,
@@ -167,18 +166,8 @@ impl PartitionLog {
                 now_ms,
             )[..],
         );
-        let cfg = self.config();
-        let batches = validate_leader(&mut records, &cfg, now_ms)?;
-        self.append(
-            records,
-            batches,
-            Mode::Leader {
-                epoch: leader_epoch,
-                now_ms,
-                broker_control: true,
-            },
-        )
-        .await
+        self.append_leader_control(records, leader_epoch, now_ms)
+            .await
     }
 
     /// The first offset that may belong to an undecided transaction (see
