@@ -17,3 +17,4 @@ pub mod partitioner;
 pub mod replication;
 pub mod security;
 pub mod storage;
+pub mod txn;

@@ -142,7 +142,7 @@ pub const GROUP_METADATA_VALUE_MAX_VERSION: i16 = 4;
 // ---------------------------------------------------------------------------------------------
 // Encoding.
 
-fn put_string(buf: &mut BytesMut, s: &str) {
+pub(crate) fn put_string(buf: &mut BytesMut, s: &str) {
     // Kafka strings are INT16-length prefixed; callers bound lengths before encoding.
     let len = s.len().min(i16::MAX as usize);
     buf.put_i16(len as i16);
@@ -381,17 +381,27 @@ impl GroupMetadataValue {
 // ---------------------------------------------------------------------------------------------
 // A bounds-checked reader for Kafka's primitive types.
 
-struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8]) -> Self {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
         Reader { buf, pos: 0 }
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
+    /// Bytes read so far.
+    pub(crate) fn pos(&self) -> usize {
+        self.pos
+    }
+
+    /// Bytes left.
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
         let end = self
             .pos
             .checked_add(n)
@@ -404,25 +414,25 @@ impl<'a> Reader<'a> {
         Ok(slice)
     }
 
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], RecordError> {
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], RecordError> {
         let mut out = [0u8; N];
         out.copy_from_slice(self.take(N)?);
         Ok(out)
     }
 
-    fn i16(&mut self) -> Result<i16, RecordError> {
+    pub(crate) fn i16(&mut self) -> Result<i16, RecordError> {
         Ok(i16::from_be_bytes(self.array()?))
     }
 
-    fn i32(&mut self) -> Result<i32, RecordError> {
+    pub(crate) fn i32(&mut self) -> Result<i32, RecordError> {
         Ok(i32::from_be_bytes(self.array()?))
     }
 
-    fn i64(&mut self) -> Result<i64, RecordError> {
+    pub(crate) fn i64(&mut self) -> Result<i64, RecordError> {
         Ok(i64::from_be_bytes(self.array()?))
     }
 
-    fn unsigned_varint(&mut self) -> Result<u32, RecordError> {
+    pub(crate) fn unsigned_varint(&mut self) -> Result<u32, RecordError> {
         let mut value: u32 = 0;
         for i in 0..5 {
             let b = self.take(1)?[0];
@@ -437,7 +447,7 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn utf8(&mut self, len: usize) -> Result<String, RecordError> {
+    pub(crate) fn utf8(&mut self, len: usize) -> Result<String, RecordError> {
         let at = self.pos;
         let raw = self.take(len)?;
         std::str::from_utf8(raw)
@@ -445,7 +455,7 @@ impl<'a> Reader<'a> {
             .map_err(|_| RecordError::InvalidUtf8(at))
     }
 
-    fn nullable_string(&mut self) -> Result<Option<String>, RecordError> {
+    pub(crate) fn nullable_string(&mut self) -> Result<Option<String>, RecordError> {
         let at = self.pos;
         let len = self.i16()?;
         match len {
@@ -455,13 +465,13 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn string(&mut self) -> Result<String, RecordError> {
+    pub(crate) fn string(&mut self) -> Result<String, RecordError> {
         let at = self.pos;
         self.nullable_string()?
             .ok_or(RecordError::InvalidLength { len: -1, at })
     }
 
-    fn compact_nullable_string(&mut self) -> Result<Option<String>, RecordError> {
+    pub(crate) fn compact_nullable_string(&mut self) -> Result<Option<String>, RecordError> {
         let len = self.unsigned_varint()?;
         if len == 0 {
             Ok(None)
@@ -470,13 +480,13 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn compact_string(&mut self) -> Result<String, RecordError> {
+    pub(crate) fn compact_string(&mut self) -> Result<String, RecordError> {
         let at = self.pos;
         self.compact_nullable_string()?
             .ok_or(RecordError::InvalidLength { len: -1, at })
     }
 
-    fn bytes(&mut self) -> Result<Bytes, RecordError> {
+    pub(crate) fn bytes(&mut self) -> Result<Bytes, RecordError> {
         let at = self.pos;
         let len = self.i32()?;
         if len < 0 {
@@ -488,7 +498,7 @@ impl<'a> Reader<'a> {
         Ok(Bytes::copy_from_slice(self.take(len as usize)?))
     }
 
-    fn compact_bytes(&mut self) -> Result<Bytes, RecordError> {
+    pub(crate) fn compact_bytes(&mut self) -> Result<Bytes, RecordError> {
         let at = self.pos;
         let len = self.unsigned_varint()?;
         if len == 0 {
@@ -497,7 +507,7 @@ impl<'a> Reader<'a> {
         Ok(Bytes::copy_from_slice(self.take(len as usize - 1)?))
     }
 
-    fn array_len(&mut self) -> Result<usize, RecordError> {
+    pub(crate) fn array_len(&mut self) -> Result<usize, RecordError> {
         let at = self.pos;
         let len = self.i32()?;
         // Every element takes at least one byte: a longer count is corrupt, not a huge group.
@@ -510,7 +520,7 @@ impl<'a> Reader<'a> {
         Ok(len as usize)
     }
 
-    fn compact_len(&mut self) -> Result<usize, RecordError> {
+    pub(crate) fn compact_len(&mut self) -> Result<usize, RecordError> {
         let at = self.pos;
         let len = self.unsigned_varint()?;
         if len == 0 || (len - 1) as usize > self.buf.len() - self.pos {
@@ -522,7 +532,7 @@ impl<'a> Reader<'a> {
         Ok(len as usize - 1)
     }
 
-    fn skip_tagged_fields(&mut self) -> Result<(), RecordError> {
+    pub(crate) fn skip_tagged_fields(&mut self) -> Result<(), RecordError> {
         let count = self.unsigned_varint()?;
         for _ in 0..count {
             let _tag = self.unsigned_varint()?;
