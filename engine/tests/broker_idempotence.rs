@@ -1,7 +1,7 @@
 //! The idempotent producer over the wire, against the real `sluice` binary: InitProducerId,
 //! a retried batch stored once with the original offset, sequence gaps, fenced epochs,
 //! pipelined requests of one producer, the state surviving clean and kill -9 restarts, and
-//! the transactional APIs refused with well-formed UNSUPPORTED_VERSION responses.
+//! the transaction APIs' error answers and KIP-890 verification on the wire.
 
 #[path = "broker_support.rs"]
 mod support;
@@ -146,12 +146,13 @@ fn init_producer_id_retries_gaps_and_fenced_epochs() {
         .find(|k| k.api_key == ApiKey::InitProducerId as i16)
         .expect("InitProducerId advertised");
     assert_eq!((init.min_version, init.max_version), (0, 5));
-    for k in [
-        ApiKey::AddPartitionsToTxn,
-        ApiKey::EndTxn,
-        ApiKey::TxnOffsetCommit,
-    ] {
-        assert!(versions.api_keys.iter().all(|a| a.api_key != k as i16));
+    for (k, max) in [(ApiKey::AddPartitionsToTxn, 4), (ApiKey::EndTxn, 4)] {
+        let v = versions
+            .api_keys
+            .iter()
+            .find(|a| a.api_key == k as i16)
+            .expect("transactions advertised");
+        assert_eq!((v.min_version, v.max_version), (0, max));
     }
 
     let first = init_producer_id(&mut c, 4, None);
@@ -162,7 +163,8 @@ fn init_producer_id_retries_gaps_and_fenced_epochs() {
         first.producer_id, second.producer_id,
         "ids are never reused"
     );
-    assert_eq!(init_producer_id(&mut c, 4, Some("txn")).error_code, 35);
+    // A transactional id before any FindCoordinator created `__transaction_state`.
+    assert_eq!(init_producer_id(&mut c, 4, Some("txn")).error_code, 16);
 
     let pid = first.producer_id.0;
     create(&mut c, "idem");
@@ -285,79 +287,177 @@ fn duplicates_are_recognised_after_clean_and_kill_9_restarts() {
     assert_eq!(unique.len(), 66, "no record stored twice");
 }
 
+/// FindCoordinator for a transactional id until the coordinator serves (the first call
+/// creates `__transaction_state`).
+fn wait_txn_coordinator(c: &mut Client, id: &'static str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r: FindCoordinatorResponse = c.request(
+            3,
+            &FindCoordinatorRequest::default()
+                .with_key(StrBytes::from_static_str(id))
+                .with_key_type(1),
+        );
+        if r.error_code == 0 {
+            // Loaded too: InitProducerId answers something other than a load error.
+            let r = init_producer_id(c, 4, Some(id));
+            if r.error_code != 14 && r.error_code != 16 {
+                return;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no transaction coordinator: {r:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 #[test]
-fn transactional_apis_get_unsupported_version_and_the_connection_stays_open() {
+fn transactional_apis_answer_kafkas_errors_and_verify_partitions() {
     let broker = Broker::start(&[]);
     let mut c = broker.client();
     create(&mut c, "tx");
-    let r: AddPartitionsToTxnResponse = c.request(
-        3,
-        &AddPartitionsToTxnRequest::default()
-            .with_v3_and_below_transactional_id(TransactionalId(StrBytes::from_static_str("t")))
-            .with_v3_and_below_topics(vec![
-                add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
-                    .with_name(tn("tx"))
-                    .with_partitions(vec![0, 1]),
-            ]),
-    );
-    let parts = &r.results_by_topic_v3_and_below[0].results_by_partition;
-    assert_eq!(parts.len(), 2);
-    assert!(parts.iter().all(|p| p.partition_error_code == 35));
-    let r: AddPartitionsToTxnResponse = c.request(
-        4,
-        &AddPartitionsToTxnRequest::default().with_transactions(vec![
-            add_partitions_to_txn_request::AddPartitionsToTxnTransaction::default()
-                .with_transactional_id(TransactionalId(StrBytes::from_static_str("t"))),
-        ]),
-    );
-    assert_eq!(r.error_code, 35);
-    let r: AddOffsetsToTxnResponse = c.request(3, &AddOffsetsToTxnRequest::default());
-    assert_eq!(r.error_code, 35);
-    let r: EndTxnResponse = c.request(3, &EndTxnRequest::default());
-    assert_eq!(r.error_code, 35);
-    let r: TxnOffsetCommitResponse = c.request(
-        3,
-        &TxnOffsetCommitRequest::default().with_topics(vec![
-            txn_offset_commit_request::TxnOffsetCommitRequestTopic::default()
-                .with_name(tn("tx"))
-                .with_partitions(vec![
-                    txn_offset_commit_request::TxnOffsetCommitRequestPartition::default()
-                        .with_partition_index(3),
+    wait_txn_coordinator(&mut c, "t");
+    let add = |c: &mut Client, pid: i64, epoch: i16, parts: Vec<i32>| -> Vec<i16> {
+        let r: AddPartitionsToTxnResponse = c.request(
+            3,
+            &AddPartitionsToTxnRequest::default()
+                .with_v3_and_below_transactional_id(TransactionalId(StrBytes::from_static_str("t")))
+                .with_v3_and_below_producer_id(ProducerId(pid))
+                .with_v3_and_below_producer_epoch(epoch)
+                .with_v3_and_below_topics(vec![
+                    add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                        .with_name(tn("tx"))
+                        .with_partitions(parts),
                 ]),
+        );
+        r.results_by_topic_v3_and_below[0]
+            .results_by_partition
+            .iter()
+            .map(|p| p.partition_error_code)
+            .collect()
+    };
+    // `t` was initialised by wait_txn_coordinator (epoch 0, then 1 here).
+    let r = init_producer_id(&mut c, 4, Some("t"));
+    assert_eq!(r.error_code, 0);
+    let (pid, epoch) = (r.producer_id.0, r.producer_epoch);
+    assert_eq!(
+        add(&mut c, pid + 1, epoch, vec![0]),
+        vec![49],
+        "INVALID_PRODUCER_ID_MAPPING"
+    );
+    assert_eq!(
+        add(&mut c, pid, epoch, vec![0, 5]),
+        vec![55, 3],
+        "an unknown partition: none is added"
+    );
+    assert_eq!(
+        add(&mut c, pid, epoch - 1, vec![0]),
+        vec![90],
+        "PRODUCER_FENCED (v3)"
+    );
+    // A transactional batch on a partition not added: KIP-890 refuses it, nothing is stored.
+    let produce_txn = |c: &mut Client, seq: i32, tag: &str| -> i16 {
+        let req = produce_req("tx", idem_batch(pid, epoch, seq, 1, tag, true))
+            .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str("t"))));
+        let r: ProduceResponse = c.request(9, &req);
+        r.responses[0].partition_responses[0].error_code
+    };
+    assert_eq!(
+        produce_txn(&mut c, 0, "unverified"),
+        48,
+        "INVALID_TXN_STATE"
+    );
+    assert_eq!(log_end(&mut c, "tx"), 0);
+    assert_eq!(add(&mut c, pid, epoch, vec![0]), vec![0]);
+    assert_eq!(produce_txn(&mut c, 0, "verified"), 0);
+    // Ending: wrong producer, then abort, then a retried abort.
+    let end = |c: &mut Client, pid: i64, commit: bool| -> i16 {
+        let r: EndTxnResponse = c.request(
+            3,
+            &EndTxnRequest::default()
+                .with_transactional_id(TransactionalId(StrBytes::from_static_str("t")))
+                .with_producer_id(ProducerId(pid))
+                .with_producer_epoch(epoch)
+                .with_committed(commit),
+        );
+        r.error_code
+    };
+    assert_eq!(end(&mut c, pid + 1, true), 49);
+    assert_eq!(end(&mut c, pid, false), 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match end(&mut c, pid, false) {
+            0 => break,
+            51 => {} // CONCURRENT_TRANSACTIONS while the marker is written
+            other => panic!("retried abort answered {other}"),
+        }
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        end(&mut c, pid, true),
+        48,
+        "commit after abort: INVALID_TXN_STATE"
+    );
+    assert_eq!(log_end(&mut c, "tx"), 2, "the batch and its ABORT marker");
+    // The late retry of the aborted batch cannot open a new transaction.
+    assert_eq!(produce_txn(&mut c, 1, "late"), 48);
+    assert_eq!(log_end(&mut c, "tx"), 2);
+    // Describe and list.
+    let r: DescribeTransactionsResponse = c.request(
+        0,
+        &DescribeTransactionsRequest::default().with_transactional_ids(vec![
+            TransactionalId(StrBytes::from_static_str("t")),
+            TransactionalId(StrBytes::from_static_str("unknown")),
         ]),
     );
-    assert_eq!(r.topics[0].partitions[0].error_code, 35);
+    assert_eq!(r.transaction_states[0].error_code, 0);
+    assert_eq!(
+        r.transaction_states[0].transaction_state.as_str(),
+        "CompleteAbort"
+    );
+    assert_eq!(r.transaction_states[0].producer_id.0, pid);
+    assert_eq!(
+        r.transaction_states[1].error_code, 105,
+        "TRANSACTIONAL_ID_NOT_FOUND"
+    );
+    let r: ListTransactionsResponse = c.request(
+        1,
+        &ListTransactionsRequest::default().with_state_filters(vec![
+            StrBytes::from_static_str("CompleteAbort"),
+            StrBytes::from_static_str("Bogus"),
+        ]),
+    );
+    assert_eq!(r.error_code, 0);
+    assert_eq!(r.transaction_states.len(), 1);
+    assert_eq!(r.transaction_states[0].transactional_id.0.as_str(), "t");
+    assert_eq!(r.unknown_state_filters.len(), 1);
+    // A marker a coordinator would write, straight on the wire: written once, acks=all.
     let r: WriteTxnMarkersResponse = c.request(
         1,
         &WriteTxnMarkersRequest::default().with_markers(vec![
             write_txn_markers_request::WritableTxnMarker::default()
                 .with_producer_id(ProducerId(9))
+                .with_producer_epoch(0)
+                .with_transaction_result(false)
                 .with_topics(vec![
                     write_txn_markers_request::WritableTxnMarkerTopic::default()
                         .with_name(tn("tx"))
-                        .with_partition_indexes(vec![0]),
+                        .with_partition_indexes(vec![0, 7]),
                 ]),
         ]),
     );
-    assert_eq!(r.markers[0].topics[0].partitions[0].error_code, 35);
-    let r: DescribeTransactionsResponse = c.request(
-        0,
-        &DescribeTransactionsRequest::default()
-            .with_transactional_ids(vec![TransactionalId(StrBytes::from_static_str("t"))]),
-    );
-    assert_eq!(r.transaction_states[0].error_code, 35);
-    let r: ListTransactionsResponse = c.request(1, &ListTransactionsRequest::default());
-    assert_eq!(r.error_code, 35);
-    // A transactional batch: no transaction can be ongoing.
-    let pid = init_producer_id(&mut c, 4, None).producer_id.0;
-    assert_eq!(
-        produce(&mut c, "tx", idem_batch(pid, 0, 0, 1, "t", true)).0,
-        48
-    );
+    let parts = &r.markers[0].topics[0].partitions;
+    assert_eq!((parts[0].partition_index, parts[0].error_code), (0, 0));
+    assert_eq!((parts[1].partition_index, parts[1].error_code), (7, 3));
+    assert_eq!(log_end(&mut c, "tx"), 3);
     // Same connection still serves requests.
+    let idem = init_producer_id(&mut c, 4, None).producer_id.0;
     assert_eq!(
-        produce(&mut c, "tx", idem_batch(pid, 0, 0, 1, "ok", false)),
-        (0, 0)
+        produce(&mut c, "tx", idem_batch(idem, 0, 0, 1, "ok", false)),
+        (0, 3)
     );
 }
 

@@ -32,6 +32,8 @@ const LAYERS: &[(&str, bool, &[&str])] = &[
         false,
         &["groups", "producer_ids"],
     ),
+    // The transaction coordinator: producer ids from one, markers told to the other.
+    ("transaction coordinator", false, &["transactions"]),
     ("one shard's services", false, &["services"]),
     ("request handlers", false, &["api"]),
     ("connections", false, &["connection"]),

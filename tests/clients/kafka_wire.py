@@ -562,6 +562,21 @@ def list_offsets(sock: socket.socket, topic: str, partition: int, timestamp: int
     return err, ts, off
 
 
+def last_offset(sock: socket.socket, topic: str, partition: int, isolation_level: int = 0,
+                correlation_id: int = 31) -> tuple[int, int]:
+    """ListOffsets v2 latest for one partition: (error_code, offset): the high watermark with
+    isolation_level 0 (read_uncommitted), the last stable offset with 1 (read_committed)."""
+    body = i32(-1) + i8(isolation_level) + array([string(topic) + array([i32(partition) + i64(-1)])])
+    resp = roundtrip(sock, LIST_OFFSETS, 2, correlation_id, body)
+    r = Reader(resp)
+    r.i32()  # throttle_time_ms
+    [(name, [(p, err, _ts, off)])] = r.array(
+        lambda rr: (rr.string(), rr.array(lambda x: (x.i32(), x.i16(), x.i64(), x.i64())))
+    )
+    assert (name, p) == (topic, partition)
+    return err, off
+
+
 def record_timestamps(records: bytes) -> list[tuple[int, int]]:
     """(offset, timestamp) of every record in a fetched records blob (codecs: none, gzip, zstd).
 

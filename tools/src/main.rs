@@ -96,6 +96,9 @@ enum Command {
     /// List, create and delete ACLs (as kafka-acls.sh).
     #[command(subcommand)]
     Acls(cmd::acls::AclsCmd),
+    /// List and describe transactions (as kafka-transactions.sh).
+    #[command(subcommand)]
+    Transactions(cmd::transactions::TransactionsCmd),
     /// Print the batches of a segment file and check its indexes (like kafka-dump-log.sh).
     DumpLog(dump_log::Args),
     /// Check every segment's offset and time index in a partition directory.
@@ -154,6 +157,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Quotas(c) => cmd::quotas::run(&ctx, c, &mut out).map(|()| true),
         Command::Users(c) => cmd::users::run(&ctx, c, &mut out).map(|()| true),
         Command::Acls(c) => cmd::acls::run(&ctx, c, &mut out).map(|()| true),
+        Command::Transactions(c) => cmd::transactions::run(&ctx, c, &mut out).map(|()| true),
         Command::DumpLog(a) => dump_log::run(&a, ctx.format, &mut out),
         Command::CheckIndex(a) => check_index::run(&a, ctx.format, &mut out),
     }?;

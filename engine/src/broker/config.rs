@@ -306,6 +306,41 @@ pub const BROKER_KEYS: &[(&str, &str, &str)] = &[
         "most members in one consumer group",
     ),
     (
+        "transaction.max.timeout.ms",
+        "900000",
+        "longest transaction.timeout.ms a producer may ask",
+    ),
+    (
+        "transaction.state.log.num.partitions",
+        "50",
+        "partitions of __transaction_state when it is created",
+    ),
+    (
+        "transaction.state.log.replication.factor",
+        "3",
+        "replication factor of __transaction_state (capped at the live brokers)",
+    ),
+    (
+        "transaction.state.log.min.isr",
+        "2",
+        "min.insync.replicas of __transaction_state (capped at its replication factor)",
+    ),
+    (
+        "transaction.state.log.segment.bytes",
+        "104857600",
+        "segment size of __transaction_state",
+    ),
+    (
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+        "10000",
+        "how often open transactions are checked against their timeout",
+    ),
+    (
+        "transaction.state.log.write.timeout.ms",
+        "5000",
+        "replication wait of a transaction state record or marker",
+    ),
+    (
         "admin.listener",
         "127.0.0.1:9644",
         "HTTP /metrics /health /ready address (empty = disabled)",

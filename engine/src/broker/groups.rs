@@ -556,7 +556,7 @@ pub fn on_leadership_change(gs: &Rc<Groups>, p: i32, leader_epoch: Option<i32>) 
 }
 
 /// Decodes one stored batch into records, decompressing through storage's bounded codecs.
-fn decode_batch(batch: Bytes) -> Result<Vec<Record>, String> {
+pub(super) fn decode_batch(batch: Bytes) -> Result<Vec<Record>, String> {
     let mut buf = batch;
     let decompress = |data: &mut Bytes, c: WireCompression| -> anyhow::Result<Bytes> {
         let codec = match c {
@@ -576,7 +576,7 @@ fn decode_batch(batch: Bytes) -> Result<Vec<Record>, String> {
 
 /// Encodes coordinator records as one uncompressed RecordBatch v2 (offsets are assigned by
 /// the log; a `None` value is a tombstone).
-fn encode_batch(records: &[OffsetsRecord], now: i64) -> Result<BytesMut, String> {
+pub(super) fn encode_batch(records: &[OffsetsRecord], now: i64) -> Result<BytesMut, String> {
     let records: Vec<Record> = records
         .iter()
         .enumerate()

@@ -34,6 +34,7 @@ pub mod request_context;
 pub mod server;
 pub mod services;
 pub mod shard;
+pub mod transactions;
 
 pub use config::{BrokerConfig, ConfigError};
 pub use server::{Event, Server, ServerError};

@@ -441,3 +441,131 @@ impl Replicas {
         out
     }
 }
+
+impl Replicas {
+    /// Writes a transaction's COMMIT or ABORT marker to `topic`-`partition`, which this
+    /// broker must lead (Kafka's WriteTxnMarkers on one partition), and waits until the
+    /// replication rule committed it (markers are written with acks=all, as Kafka's are).
+    /// Returns a Kafka error code (NONE on success).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn write_txn_marker_local(
+        self: Rc<Self>,
+        topic: String,
+        partition: i32,
+        producer_id: i64,
+        producer_epoch: i16,
+        coordinator_epoch: i32,
+        commit: bool,
+        timeout_ms: i32,
+    ) -> i16 {
+        let admitted = match super::replicas::before_append(&self, &topic, partition, -1) {
+            Ok(a) => a,
+            Err((code, msg)) => {
+                debug!(topic, partition, code, "transaction marker refused: {msg}");
+                return code;
+            }
+        };
+        let part = match self.shard.partition(&topic, partition).await {
+            Ok(p) => p,
+            Err(code) => return code,
+        };
+        let info = match part
+            .log
+            .append_txn_marker(
+                producer_id,
+                producer_epoch,
+                coordinator_epoch,
+                !commit,
+                admitted.leader_epoch,
+                now_ms(),
+            )
+            .await
+        {
+            Ok(info) => {
+                part.appended.notify_waiters();
+                info
+            }
+            Err(e) => {
+                let code = e.kafka_error_code();
+                debug!(
+                    topic,
+                    partition, producer_id, code, "transaction marker not written: {e}"
+                );
+                return code;
+            }
+        };
+        match super::replicas::after_append(
+            &self,
+            admitted,
+            info.first_offset,
+            info.last_offset,
+            -1,
+            timeout_ms,
+        )
+        .await
+        {
+            Ok(()) => error_code::NONE,
+            Err((code, msg)) => {
+                debug!(
+                    topic,
+                    partition, code, "transaction marker not committed: {msg}"
+                );
+                code
+            }
+        }
+    }
+}
+
+/// Bytes read per step while replaying a partition (Kafka's `offsets.load.buffer.size`).
+const REPLAY_BUFFER_BYTES: u32 = 5 * 1024 * 1024;
+
+/// Reads `part` from its log start up to `end`, handing every batch (its header and bytes)
+/// to `on_batch`, while `current()` holds: how a coordinator loads its state from its
+/// partition. Returns false when it stopped early (a read failed, or `current()` turned
+/// false).
+pub async fn replay_batches(
+    part: &Partition,
+    end: i64,
+    current: &dyn Fn() -> bool,
+    on_batch: &mut dyn FnMut(&crate::storage::record_batch::BatchHeader, bytes::Bytes),
+) -> bool {
+    let mut offset = part.log.log_start_offset();
+    while offset < end {
+        if !current() {
+            return false;
+        }
+        let read = match part.log.read(offset, REPLAY_BUFFER_BYTES, end, true).await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(offset, "replay stopped: {e}");
+                return false;
+            }
+        };
+        let Some(slice) = read.slice else { break };
+        let bytes = match slice.read_to_vec().await {
+            Ok(v) => bytes::Bytes::from(v),
+            Err(e) => {
+                warn!(offset, "replay stopped: {e}");
+                return false;
+            }
+        };
+        let mut next = offset;
+        for item in crate::storage::BatchIter::new(&bytes) {
+            let (pos, h) = match item {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(offset = next, "bad batch while replaying: {e}");
+                    break;
+                }
+            };
+            next = h.next_offset();
+            on_batch(&h, bytes.slice(pos..pos + h.size()));
+        }
+        if next <= offset {
+            warn!(offset, "replay made no progress; stopping");
+            return false;
+        }
+        offset = next;
+    }
+    current()
+}

@@ -101,6 +101,8 @@ impl Server {
         crate::security::credentials::FileCredentialStore::open(&config.data_dir)?;
         let node = super::cluster::ClusterNode::start(&config)?;
         let offsets_partitions = super::groups::check_group_config(&config)?;
+        super::transactions::check_txn_config(&config)
+            .map_err(super::groups::GroupSetupError::from)?;
         let metadata = MetadataStore::cluster(node.clone());
         let shards = config.shards;
         let listen_err = |addr, source| ServerError::Listen { addr, source };

@@ -9,7 +9,9 @@
 //!    and the produce, fetch and list-offsets paths through it (`partition_io`).
 //! 3. [`Groups`] (the group coordinator, which writes through replication and follows its
 //!    leadership), [`ProducerIds`], [`FetchSessions`].
-//! 4. [`Services`]: one shard's services together, handed to its connections and the request
+//! 4. [`Transactions`] (the transaction coordinator: it takes producer ids from
+//!    [`ProducerIds`] and tells [`Groups`] of the markers it writes on `__consumer_offsets`).
+//! 5. [`Services`]: one shard's services together, handed to its connections and the request
 //!    handlers (`broker::api`), which route work to other shards through each service's peers.
 //!
 //! A service reaches the layers below through the fields it was built with, never the ones
@@ -26,6 +28,7 @@ use super::groups::Groups;
 use super::producer_ids::ProducerIds;
 use super::replicas::Replicas;
 use super::shard::{run_mailbox, BrokerContext, MailboxReceiver, Peers, Shard, ShardLocal};
+use super::transactions::Transactions;
 use crate::controller::MetadataImage as ClusterImage;
 
 /// The incremental fetch sessions (KIP-227) whose ids name this shard: the sans-IO
@@ -80,6 +83,8 @@ pub struct Services {
     pub producer_ids: Rc<ProducerIds>,
     /// Incremental fetch sessions.
     pub fetch_sessions: Rc<FetchSessions>,
+    /// The transaction coordinator.
+    pub transactions: Rc<Transactions>,
 }
 
 /// The queues of every service on every shard (`Send + Sync`): shared by the shards, the
@@ -97,6 +102,8 @@ pub struct ServicePeers {
     pub producer_ids: Arc<Peers<ProducerIds>>,
     /// Fetch-session services.
     pub fetch_sessions: Arc<Peers<FetchSessions>>,
+    /// Transaction coordinators.
+    pub transactions: Arc<Peers<Transactions>>,
 }
 
 /// The receiving ends of one shard's service queues, moved onto its thread.
@@ -106,6 +113,7 @@ pub struct ServiceReceivers {
     groups: MailboxReceiver<Groups>,
     producer_ids: MailboxReceiver<ProducerIds>,
     fetch_sessions: MailboxReceiver<FetchSessions>,
+    transactions: MailboxReceiver<Transactions>,
 }
 
 impl ServicePeers {
@@ -116,19 +124,24 @@ impl ServicePeers {
         let (groups, groups_rx) = Peers::new(shards)?;
         let (producer_ids, producer_ids_rx) = Peers::new(shards)?;
         let (fetch_sessions, fetch_sessions_rx) = Peers::new(shards)?;
+        let (transactions, transactions_rx) = Peers::new(shards)?;
         let receivers = shard_rx
             .into_iter()
             .zip(replicas_rx)
             .zip(groups_rx)
             .zip(producer_ids_rx)
             .zip(fetch_sessions_rx)
+            .zip(transactions_rx)
             .map(
-                |((((shard, replicas), groups), producer_ids), fetch_sessions)| ServiceReceivers {
-                    shard,
-                    replicas,
-                    groups,
-                    producer_ids,
-                    fetch_sessions,
+                |(((((shard, replicas), groups), producer_ids), fetch_sessions), transactions)| {
+                    ServiceReceivers {
+                        shard,
+                        replicas,
+                        groups,
+                        producer_ids,
+                        fetch_sessions,
+                        transactions,
+                    }
                 },
             )
             .collect();
@@ -138,6 +151,7 @@ impl ServicePeers {
             groups,
             producer_ids,
             fetch_sessions,
+            transactions,
         };
         Ok((Arc::new(peers), receivers))
     }
@@ -149,6 +163,7 @@ impl ServicePeers {
             + self.groups.queued(shard)
             + self.producer_ids.queued(shard)
             + self.fetch_sessions.queued(shard)
+            + self.transactions.queued(shard)
     }
 
     /// Hands a new controller image to every shard: the group coordinators forget the
@@ -211,19 +226,27 @@ impl Services {
         let groups = Groups::new(replicas.clone(), peers.groups.clone());
         let producer_ids = Rc::new(ProducerIds::new(shard.clone(), peers.producer_ids.clone()));
         let fetch_sessions = Rc::new(FetchSessions::new(&shard, peers.fetch_sessions.clone()));
+        let transactions = Transactions::new(
+            groups.clone(),
+            producer_ids.clone(),
+            peers.transactions.clone(),
+        );
         // Before the mailboxes run: other shards may forward group requests at once.
         super::groups::start(&groups);
+        super::transactions::start(&transactions);
         crate::io::runtime::spawn(run_mailbox(shard.clone(), rx.shard));
         crate::io::runtime::spawn(run_mailbox(replicas.clone(), rx.replicas));
         crate::io::runtime::spawn(run_mailbox(groups.clone(), rx.groups));
         crate::io::runtime::spawn(run_mailbox(producer_ids.clone(), rx.producer_ids));
         crate::io::runtime::spawn(run_mailbox(fetch_sessions.clone(), rx.fetch_sessions));
+        crate::io::runtime::spawn(run_mailbox(transactions.clone(), rx.transactions));
         Rc::new(Services {
             shard,
             replicas,
             groups,
             producer_ids,
             fetch_sessions,
+            transactions,
         })
     }
 }

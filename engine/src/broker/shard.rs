@@ -382,6 +382,9 @@ impl Shard {
         let result = PartitionLog::open(dir.clone(), config).await;
         let out = match result {
             Ok(log) => {
+                // The broker's transaction coordinator ends what clients' transactional
+                // batches open.
+                log.set_transactions_enabled(true);
                 let p = Rc::new(Partition {
                     log,
                     appended: Notify::new(),

@@ -315,16 +315,28 @@ impl Cluster {
 
     /// The broker coordinating `group` (FindCoordinator, key type 0).
     pub fn coordinator(&mut self, group: &str) -> Result<i32, ClientError> {
+        self.coordinator_of(0, group)
+    }
+
+    /// The broker coordinating `key`: a group (`key_type` 0) or a transactional id (1).
+    pub fn coordinator_of(&mut self, key_type: i8, key: &str) -> Result<i32, ClientError> {
         let conn = &mut self.bootstrap_conn;
         let v = conn.version_for::<FindCoordinatorRequest>(6)?;
-        let key = StrBytes::from_string(group.to_string());
+        let name = key;
+        let key = StrBytes::from_string(key.to_string());
         let req = if v >= 4 {
             FindCoordinatorRequest::default().with_coordinator_keys(vec![key])
         } else {
             FindCoordinatorRequest::default().with_key(key)
-        };
+        }
+        .with_key_type(key_type);
         let resp = conn.call_version(&req, v)?;
-        let what = || format!("finding the coordinator of group '{group}'");
+        let kind = if key_type == 1 {
+            "transactional id"
+        } else {
+            "group"
+        };
+        let what = || format!("finding the coordinator of {kind} '{name}'");
         let (code, msg, node, host, port) = if v >= 4 {
             let c = resp
                 .coordinators

@@ -11,6 +11,7 @@ pub mod producers;
 pub mod quotas;
 pub mod records;
 pub mod topics;
+pub mod transactions;
 pub mod users;
 
 use crate::UsageError;

@@ -197,6 +197,12 @@ pub fn is_authorised_api(api: ApiKey) -> bool {
             | ApiKey::DescribeLogDirs
             | ApiKey::DescribeProducers
             | ApiKey::InitProducerId
+            | ApiKey::AddPartitionsToTxn
+            | ApiKey::AddOffsetsToTxn
+            | ApiKey::EndTxn
+            | ApiKey::WriteTxnMarkers
+            | ApiKey::DescribeTransactions
+            | ApiKey::ListTransactions
             | ApiKey::DescribeQuorum
             | ApiKey::DescribeClientQuotas
             | ApiKey::AlterClientQuotas
@@ -533,13 +539,17 @@ pub fn find_coordinator(
                 .with_node_id(m::BrokerId(-1))
                 .with_port(-1);
         }
-        return super::groups::find_coordinator(&svc.groups, version, req);
+        return super::groups::find_coordinator(&svc.groups, &svc.transactions, version, req);
     }
     let (ok, denied): (Vec<StrBytes>, Vec<StrBytes>) = std::mem::take(&mut req.coordinator_keys)
         .into_iter()
         .partition(|k| allowed(k.as_str()));
-    let mut resp =
-        super::groups::find_coordinator(&svc.groups, version, req.with_coordinator_keys(ok));
+    let mut resp = super::groups::find_coordinator(
+        &svc.groups,
+        &svc.transactions,
+        version,
+        req.with_coordinator_keys(ok),
+    );
     resp.coordinators.extend(denied.into_iter().map(|key| {
         m::find_coordinator_response::Coordinator::default()
             .with_key(key)

@@ -12,10 +12,12 @@ use crate::broker::groups::{coordinator_shard, submit, submit_local, Groups};
 use crate::broker::protocol::error_code as ec;
 use crate::broker::request_context::{listener_name, CONNECTION};
 use crate::broker::shard::{ShardGone, ShardLocal};
+use crate::broker::transactions::Transactions;
 use crate::group::api::{
     codes, DescribedGroup, ListGroupsResult, OffsetFetch, OffsetFetchGroupResult,
 };
 use crate::group::{offsets_partition_for, wire, GroupRequest, GroupResponse, OFFSETS_TOPIC};
+use crate::txn::{txn_partition_for, TXN_TOPIC};
 
 fn client_id(header: &RequestHeader) -> String {
     header
@@ -62,37 +64,74 @@ fn cluster_coordinator(
         );
     }
     let p = offsets_partition_for(group_id, n);
-    let leader = image.partition(OFFSETS_TOPIC, p).and_then(|p| p.leader);
-    let endpoint = leader
-        .and_then(|l| image.broker(l))
-        .filter(|b| !b.fenced)
-        .and_then(|b| {
-            b.endpoint(&listener_name(&gs.shard.ctx.config))
-                .map(|ep| (b.broker_id, ep.clone()))
-        });
-    match endpoint {
-        Some((id, ep)) => (ec::NONE, None, id, ep.host, i32::from(ep.port)),
-        None => no_coordinator(
+    leader_endpoint(&gs.shard.ctx.config, &image, OFFSETS_TOPIC, p).unwrap_or_else(|| {
+        no_coordinator(
             ec::COORDINATOR_NOT_AVAILABLE,
             "the group's offsets partition has no live leader",
-        ),
+        )
+    })
+}
+
+/// The coordinator of `transactional_id` is the current leader of its
+/// `__transaction_state` partition (created on first use, as Kafka does).
+fn txn_coordinator(
+    ts: &Rc<Transactions>,
+    node: &Arc<crate::broker::cluster::ClusterNode>,
+    transactional_id: &str,
+) -> CoordinatorAnswer {
+    let image = node.cluster_image();
+    if transactional_id.is_empty() {
+        return no_coordinator(ec::INVALID_REQUEST, "empty transactional id");
     }
+    if image.topic(TXN_TOPIC).is_none() {
+        ts.create_topic(node);
+        return no_coordinator(
+            ec::COORDINATOR_NOT_AVAILABLE,
+            "the transaction state topic is being created",
+        );
+    }
+    let p = txn_partition_for(transactional_id, ts.partitions());
+    leader_endpoint(&ts.shard.ctx.config, &image, TXN_TOPIC, p).unwrap_or_else(|| {
+        no_coordinator(
+            ec::COORDINATOR_NOT_AVAILABLE,
+            "the transactional id's state partition has no live leader",
+        )
+    })
+}
+
+/// The endpoint, on this connection's listener, of the live leader of `topic`-`p`.
+fn leader_endpoint(
+    cfg: &crate::broker::config::BrokerConfig,
+    image: &crate::controller::MetadataImage,
+    topic: &str,
+    p: i32,
+) -> Option<CoordinatorAnswer> {
+    let leader = image.partition(topic, p).and_then(|p| p.leader)?;
+    let b = image.broker(leader).filter(|b| !b.fenced)?;
+    let ep = b.endpoint(&listener_name(cfg))?;
+    Some((
+        ec::NONE,
+        None,
+        b.broker_id,
+        ep.host.clone(),
+        i32::from(ep.port),
+    ))
 }
 
 /// FindCoordinator v0-6. A group's coordinator is the leader of its `__consumer_offsets`
-/// partition (on a cluster of one, this broker). Transactions
-/// are not served.
+/// partition, a transactional id's the leader of its `__transaction_state` partition (on a
+/// cluster of one, this broker).
 pub fn find_coordinator(
     gs: &Rc<Groups>,
+    ts: &Rc<Transactions>,
     version: i16,
     req: m::FindCoordinatorRequest,
 ) -> m::FindCoordinatorResponse {
-    const NO_TXN: &str = "transactions are not served by this broker";
     let node = gs.shard.ctx.metadata.cluster_node();
     let answer = |key_type: i8, key: &str| -> CoordinatorAnswer {
         match key_type {
             0 => cluster_coordinator(gs, node, key),
-            1 => no_coordinator(ec::COORDINATOR_NOT_AVAILABLE, NO_TXN),
+            1 => txn_coordinator(ts, node, key),
             _ => no_coordinator(ec::INVALID_REQUEST, "unknown coordinator key type"),
         }
     };

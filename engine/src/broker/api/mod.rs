@@ -14,7 +14,8 @@
 //! - [`users`]: DescribeUserScramCredentials, AlterUserScramCredentials, and the import of
 //!   the bootstrap SCRAM credentials.
 //! - [`groups`]: FindCoordinator and the group APIs. [`producers`]: InitProducerId and the
-//!   refused transactional APIs. [`quorum`]: DescribeQuorum.
+//!   refused transactional APIs. [`transactions`]: the transaction APIs (KIP-98).
+//!   [`quorum`]: DescribeQuorum.
 //!
 //! Handlers sit above every service (`broker::services`); no service imports them.
 
@@ -30,6 +31,7 @@ pub mod quorum;
 pub mod quotas;
 pub mod records;
 pub mod topics;
+pub mod transactions;
 pub mod users;
 
 use std::collections::HashMap;
@@ -419,6 +421,30 @@ async fn dispatch(
         ApiKey::InitProducerId => {
             let req = decode!(m::InitProducerIdRequest);
             frame(&acls::init_producer_id(&svc, version, req).await?)
+        }
+        ApiKey::AddPartitionsToTxn => {
+            let req = decode!(m::AddPartitionsToTxnRequest);
+            frame(&transactions::add_partitions_to_txn(&svc, version, req).await)
+        }
+        ApiKey::AddOffsetsToTxn => {
+            let req = decode!(m::AddOffsetsToTxnRequest);
+            frame(&transactions::add_offsets_to_txn(&svc, version, req).await)
+        }
+        ApiKey::EndTxn => {
+            let req = decode!(m::EndTxnRequest);
+            frame(&transactions::end_txn(&svc, version, req).await)
+        }
+        ApiKey::WriteTxnMarkers => {
+            let req = decode!(m::WriteTxnMarkersRequest);
+            frame(&transactions::write_txn_markers(&svc, req).await)
+        }
+        ApiKey::DescribeTransactions => {
+            let req = decode!(m::DescribeTransactionsRequest);
+            frame(&transactions::describe_transactions(&svc, req).await)
+        }
+        ApiKey::ListTransactions => {
+            let req = decode!(m::ListTransactionsRequest);
+            frame(&transactions::list_transactions(&svc, version, req).await)
         }
         _ => Err(RequestError::Unsupported { api, version }),
     }

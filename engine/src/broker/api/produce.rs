@@ -25,6 +25,14 @@ pub async fn produce(
     let timeout_ms = req.timeout_ms;
     let image = svc.shard.image();
     let authz = super::acls::Authz::current(svc);
+    // A transactional produce needs WRITE on its transactional id (Kafka's check).
+    let txn_denied = req.transactional_id.as_ref().is_some_and(|id| {
+        !authz.allows(
+            crate::security::acl::AclOperation::Write,
+            crate::security::acl::ResourceType::TransactionalId,
+            id.0.as_str(),
+        )
+    });
     let mut results: Vec<Option<ProduceOut>> = Vec::new();
     let mut work = Vec::new();
     let mut layout = Vec::new();
@@ -43,11 +51,17 @@ pub async fn produce(
                     super::acls::TOPIC_AUTHORIZATION_FAILED,
                     "not authorized to write to this topic",
                 ))),
-                // Only the group coordinator writes the offsets topic (Kafka's answer).
-                Some(_) if name == OFFSETS_TOPIC => results.push(Some(err_out(
-                    ec::INVALID_TOPIC_EXCEPTION,
-                    "cannot append to internal topic __consumer_offsets",
+                _ if txn_denied => results.push(Some(err_out(
+                    super::acls::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                    "not authorized to write for this transactional id",
                 ))),
+                // Only the coordinators write their topics (Kafka's answer).
+                Some(_) if name == OFFSETS_TOPIC || name == crate::txn::TXN_TOPIC => {
+                    results.push(Some(err_out(
+                        ec::INVALID_TOPIC_EXCEPTION,
+                        "cannot append to an internal topic",
+                    )))
+                }
                 // Kafka's ProduceRequest rule: zstd needs Produce v7 (KIP-110), so a client
                 // that negotiated less could not have meant it.
                 Some(_)
@@ -78,6 +92,9 @@ pub async fn produce(
             }
         }
         layout.push((topic.name.clone(), parts));
+    }
+    if let Some(txn_id) = req.transactional_id.as_ref() {
+        verify_transactional(svc, txn_id.0.as_str(), &mut work, &mut results).await;
     }
     let groups = group_by_shard(&svc.shard, work);
     let mut submissions = Vec::with_capacity(groups.len());
@@ -155,6 +172,77 @@ pub async fn produce(
         resp.responses.push(t);
     }
     Ok(Some(resp))
+}
+
+/// A partition's records waiting to be produced: (position in the response, topic,
+/// partition, records).
+type Work = (usize, String, i32, Option<BytesMut>);
+
+/// KIP-890 (part 1): a transactional batch goes in only on a partition the transaction
+/// coordinator says is in the producer's ongoing transaction, so a late retry from a
+/// transaction that already ended cannot open one that nobody will end. The others are
+/// answered here and leave `work`.
+async fn verify_transactional(
+    svc: &Rc<Services>,
+    transactional_id: &str,
+    work: &mut Vec<Work>,
+    results: &mut [Option<ProduceOut>],
+) {
+    let mut asks: std::collections::BTreeMap<(i64, i16), Vec<(String, i32)>> = Default::default();
+    for (_, topic, p, records) in work.iter() {
+        let Some(h) = records
+            .as_deref()
+            .and_then(|r| crate::storage::record_batch::BatchHeader::parse(r).ok())
+        else {
+            continue; // validated (and refused) by the append
+        };
+        if h.is_transactional() {
+            asks.entry((h.producer_id, h.producer_epoch))
+                .or_default()
+                .push((topic.clone(), *p));
+        }
+    }
+    let mut refused: std::collections::HashMap<(String, i32), i16> = Default::default();
+    for ((pid, epoch), parts) in asks {
+        for (part, code) in svc
+            .transactions
+            .verify(transactional_id, pid, epoch, parts)
+            .await
+        {
+            if code != ec::NONE {
+                refused.insert(part, code);
+            }
+        }
+    }
+    if refused.is_empty() {
+        return;
+    }
+    work.retain(|(pos, topic, p, _)| {
+        let Some(code) = refused.get(&(topic.clone(), *p)) else {
+            return true;
+        };
+        let (code, msg) = match *code {
+            crate::txn::codes::PRODUCER_FENCED | crate::txn::codes::INVALID_PRODUCER_EPOCH => (
+                crate::txn::codes::INVALID_PRODUCER_EPOCH,
+                "the producer was fenced by a newer epoch",
+            ),
+            crate::txn::codes::INVALID_PRODUCER_ID_MAPPING => (
+                crate::txn::codes::INVALID_PRODUCER_ID_MAPPING,
+                "the transactional id does not map to this producer id",
+            ),
+            crate::txn::codes::INVALID_TXN_STATE => (
+                crate::txn::codes::INVALID_TXN_STATE,
+                "the partition is not in the producer's ongoing transaction",
+            ),
+            // The coordinator is moving or loading: retriable, as Kafka answers.
+            _ => (
+                ec::NOT_ENOUGH_REPLICAS,
+                "the transaction coordinator could not verify the transaction; retry",
+            ),
+        };
+        results[*pos] = Some(err_out(code, msg));
+        false
+    });
 }
 
 fn err_out(code: i16, msg: &str) -> ProduceOut {

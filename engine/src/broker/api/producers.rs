@@ -18,6 +18,9 @@ pub async fn init_producer_id(
     version: i16,
     req: m::InitProducerIdRequest,
 ) -> Result<m::InitProducerIdResponse, RequestError> {
+    if let Some(id) = req.transactional_id.as_ref().map(|t| t.0.to_string()) {
+        return Ok(super::transactions::init_producer_id(svc, version, &req, id).await);
+    }
     let req = crate::idempotence::init_producer_id_request(&req, version);
     let result = svc.producer_ids.init_producer_id(req).await?;
     Ok(crate::idempotence::init_producer_id_response(&result))
@@ -27,16 +30,7 @@ pub async fn init_producer_id(
 /// sends one anyway gets a well-formed response carrying UNSUPPORTED_VERSION instead of a
 /// closed connection.
 pub fn is_transactional_api(api: ApiKey) -> bool {
-    matches!(
-        api,
-        ApiKey::AddPartitionsToTxn
-            | ApiKey::AddOffsetsToTxn
-            | ApiKey::EndTxn
-            | ApiKey::TxnOffsetCommit
-            | ApiKey::WriteTxnMarkers
-            | ApiKey::DescribeTransactions
-            | ApiKey::ListTransactions
-    )
+    matches!(api, ApiKey::TxnOffsetCommit)
 }
 
 /// A refusal of a transactional request, already decoded past its header.
