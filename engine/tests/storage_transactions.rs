@@ -249,6 +249,46 @@ fn transactional_batches_are_refused_unless_enabled() {
     });
 }
 
+#[test]
+fn coordinator_batches_check_the_epoch_only_and_open_transactions() {
+    let tmp = tempfile::tempdir().unwrap();
+    block_on(async {
+        // Transactions off: the coordinator's own batches do not need the switch.
+        let log = PartitionLog::open(tmp.path().join("t-0"), LogConfig::default())
+            .await
+            .unwrap();
+        let coord = |b: BytesMut| log.append_coordinator(b, 0, now_ms());
+        assert_eq!(
+            coord(batch(5, 2, 0, 2, true)).await.unwrap().first_offset,
+            0
+        );
+        // The same sequence again (every coordinator batch starts at 0, as Kafka writes
+        // them): appended, not taken for a duplicate.
+        assert_eq!(
+            coord(batch(5, 2, 0, 2, true)).await.unwrap().first_offset,
+            2
+        );
+        assert_eq!(log.open_transactions(), vec![(5, 0)]);
+        assert_eq!(log.last_stable_offset(4), 0);
+        // An older epoch is fenced; nothing is written.
+        let e = coord(batch(5, 1, 0, 1, true)).await.unwrap_err();
+        assert_eq!(e.kafka_error_code(), 47);
+        assert_eq!(log.log_end_offset(), 4);
+        // Control batches are not the coordinator's to write here.
+        let m = txn_index::build_marker_batch(5, 2, 0, false, now_ms());
+        let e = coord(BytesMut::from(&m[..])).await.unwrap_err();
+        assert_eq!(e.kafka_error_code(), 87);
+        // The marker completes the coordinator's transaction like any other.
+        assert_eq!(marker(&log, 5, 2, 0, false).await.unwrap(), 4);
+        assert!(log.open_transactions().is_empty());
+        assert_eq!(log.last_stable_offset(5), 5);
+        // A client's transactional batch is still refused while transactions are off.
+        let e = append(&log, batch(6, 0, 0, 1, true)).await.unwrap_err();
+        assert!(matches!(e, AppendError::TransactionalBatch));
+        log.close().await.unwrap();
+    });
+}
+
 /// Appends transactions across several segments: returns the log end offset.
 async fn mixed_history(log: &PartitionLog) -> i64 {
     let mut seq = [0i32; 4];
