@@ -23,9 +23,9 @@ pub async fn init_producer_id(
     Ok(crate::idempotence::init_producer_id_response(&result))
 }
 
-/// The transactional APIs: not advertised (transactions are out of scope), but a client that
-/// sends one anyway gets a well-formed response carrying UNSUPPORTED_VERSION instead of a
-/// closed connection.
+/// The transactional APIs: a client that sends one at a version the broker does not serve
+/// (every version of those not advertised yet; TxnOffsetCommit above v3) gets a well-formed
+/// response carrying UNSUPPORTED_VERSION instead of a closed connection.
 pub fn is_transactional_api(api: ApiKey) -> bool {
     matches!(
         api,
