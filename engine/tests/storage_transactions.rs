@@ -249,6 +249,46 @@ fn transactional_batches_are_refused_unless_enabled() {
     });
 }
 
+#[test]
+fn coordinator_batches_check_the_epoch_only_and_open_transactions() {
+    let tmp = tempfile::tempdir().unwrap();
+    block_on(async {
+        // Transactions off: the coordinator's own batches do not need the switch.
+        let log = PartitionLog::open(tmp.path().join("t-0"), LogConfig::default())
+            .await
+            .unwrap();
+        let coord = |b: BytesMut| log.append_coordinator(b, 0, now_ms());
+        assert_eq!(
+            coord(batch(5, 2, 0, 2, true)).await.unwrap().first_offset,
+            0
+        );
+        // The same sequence again (every coordinator batch starts at 0, as Kafka writes
+        // them): appended, not taken for a duplicate.
+        assert_eq!(
+            coord(batch(5, 2, 0, 2, true)).await.unwrap().first_offset,
+            2
+        );
+        assert_eq!(log.open_transactions(), vec![(5, 0)]);
+        assert_eq!(log.last_stable_offset(4), 0);
+        // An older epoch is fenced; nothing is written.
+        let e = coord(batch(5, 1, 0, 1, true)).await.unwrap_err();
+        assert_eq!(e.kafka_error_code(), 47);
+        assert_eq!(log.log_end_offset(), 4);
+        // Control batches are not the coordinator's to write here.
+        let m = txn_index::build_marker_batch(5, 2, 0, false, now_ms());
+        let e = coord(BytesMut::from(&m[..])).await.unwrap_err();
+        assert_eq!(e.kafka_error_code(), 87);
+        // The marker completes the coordinator's transaction like any other.
+        assert_eq!(marker(&log, 5, 2, 0, false).await.unwrap(), 4);
+        assert!(log.open_transactions().is_empty());
+        assert_eq!(log.last_stable_offset(5), 5);
+        // A client's transactional batch is still refused while transactions are off.
+        let e = append(&log, batch(6, 0, 0, 1, true)).await.unwrap_err();
+        assert!(matches!(e, AppendError::TransactionalBatch));
+        log.close().await.unwrap();
+    });
+}
+
 /// Appends transactions across several segments: returns the log end offset.
 async fn mixed_history(log: &PartitionLog) -> i64 {
     let mut seq = [0i32; 4];
@@ -407,6 +447,9 @@ fn cleaner_removes_aborted_records_and_spent_markers() {
         append(&log, keyed(2, 2, &[("e", "5")], false))
             .await
             .unwrap(); // 9
+                       // The high watermark (one copy: the log end) passed every marker: no transaction is
+                       // undecided, so the cleaner may take every rolled segment.
+        assert_eq!(log.last_stable_offset(10), 10);
         let cleaner = LogCleaner::new(CleanerConfig {
             backoff_ms: 10,
             ..CleanerConfig::default()
@@ -469,6 +512,113 @@ fn cleaner_removes_aborted_records_and_spent_markers() {
         assert_eq!(markers, vec![4, 7]);
         // The aborted entry stays in the index of the cleaned segment.
         assert_eq!(log.aborted_index_entries().len(), 1);
+        log.close().await.unwrap();
+    });
+}
+
+/// Waits (bounded) until the recovery-point checkpoint reaches `offset`: the segments below
+/// it are rolled and flushed, so the cleaner may take them.
+async fn wait_recovery_point(dir: &Path, offset: i64) {
+    for _ in 0..500 {
+        let rp = std::fs::read(dir.join(sluice::storage::checkpoint::RECOVERY_POINT_FILE))
+            .ok()
+            .and_then(|b| sluice::storage::checkpoint::decode_offset(&b));
+        if rp.is_some_and(|rp| rp >= offset) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the recovery point never reached {offset}");
+}
+
+/// Key/value pairs of a log's data records (markers left out), in offset order.
+async fn keyed_data(log: &PartitionLog) -> Vec<(i64, String, String)> {
+    let r = log.read(0, 1 << 20, i64::MAX, true).await.unwrap();
+    let bytes = r.slice.unwrap().read_to_vec().await.unwrap();
+    let mut data = Vec::new();
+    for item in BatchIter::new(&bytes) {
+        let (pos, h) = item.unwrap();
+        if h.is_control() {
+            continue;
+        }
+        let b = &bytes[pos..pos + h.size()];
+        let section = records_section(b, &h, 1 << 20).unwrap();
+        for rec in parse_records(&section, h.records_count).unwrap() {
+            let k = String::from_utf8(section[rec.key.unwrap()].to_vec()).unwrap();
+            let v = String::from_utf8(section[rec.value.unwrap()].to_vec()).unwrap();
+            data.push((h.base_offset + i64::from(rec.offset_delta), k, v));
+        }
+    }
+    data
+}
+
+/// An open transaction's records must not supersede older values before its marker (a
+/// transactional offset commit in `__consumer_offsets` that is later aborted would
+/// otherwise take the committed offset with it): the cleaner stops before the segment
+/// holding the first unstable offset, as Kafka's `cleanableOffsets` does.
+#[test]
+fn cleaner_stops_before_an_open_transaction() {
+    let tmp = tempfile::tempdir().unwrap();
+    block_on(async {
+        let cfg = LogConfig {
+            segment_bytes: 100_000,
+            retention_ms: -1,
+            compact: true,
+            delete: false,
+            delete_retention_ms: 0,
+            min_cleanable_dirty_ratio_ppm: 0,
+            ..LogConfig::default()
+        };
+        let dir = tmp.path().join("t-0");
+        let log = open(&dir, cfg).await;
+        let ts = now_ms() - 3_600_000;
+        let keyed = |pid: i64, seq: i32, k: &str, v: &str, txn: bool| {
+            let recs: Vec<KeyValue<'_>> = vec![(Some(k.as_bytes()), Some(v.as_bytes()))];
+            let b = build_keyed_batch(0, ts, Compression::None, pid, &recs).unwrap();
+            patch(b, if txn { 0x10 } else { 0 }, seq, 0)
+        };
+        let roll = || async {
+            let c = log.config();
+            log.set_config(LogConfig { segment_ms: 1, ..c });
+            tokio::time::sleep(Duration::from_millis(3)).await;
+            assert!(log.roll_if_due(now_ms()).await.unwrap());
+            log.set_config(c);
+        };
+        append(&log, keyed(-1, -1, "a", "1", false)).await.unwrap(); // 0
+        append(&log, keyed(3, 0, "a", "2", true)).await.unwrap(); // 1, open
+        roll().await;
+        wait_recovery_point(&dir, 2).await;
+        let mut cleaner = LogCleaner::new(CleanerConfig {
+            backoff_ms: 10,
+            ..CleanerConfig::default()
+        });
+        assert_eq!(
+            cleaner.cleanable(&log, now_ms()).unwrap().end,
+            0,
+            "the segment holding the open transaction is not cleanable"
+        );
+        let _ = cleaner.clean(&log, now_ms()).await.unwrap();
+        assert_eq!(
+            keyed_data(&log).await,
+            vec![(0, "a".into(), "1".into()), (1, "a".into(), "2".into())]
+        );
+        // The transaction aborts: a=1 is still the value, and once the marker is known to be
+        // replicated the cleaner drops the aborted record and keeps a=1.
+        marker(&log, 3, 0, 0, true).await.unwrap(); // 2
+        append(&log, keyed(-1, -1, "z", "9", false)).await.unwrap(); // 3
+        roll().await;
+        wait_recovery_point(&dir, 4).await;
+        assert_eq!(log.last_stable_offset(4), 4);
+        assert_eq!(cleaner.cleanable(&log, now_ms()).unwrap().end, 2);
+        cleaner
+            .clean(&log, now_ms())
+            .await
+            .unwrap()
+            .expect("cleaned");
+        assert_eq!(
+            keyed_data(&log).await,
+            vec![(0, "a".into(), "1".into()), (3, "z".into(), "9".into())]
+        );
         log.close().await.unwrap();
     });
 }

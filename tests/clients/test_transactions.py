@@ -204,3 +204,71 @@ def test_sluicectl_lists_and_describes_transactions(broker, topic_name):
     assert missing.returncode != 0 and "TRANSACTIONAL_ID_NOT_FOUND" in (missing.stderr + missing.stdout).upper().replace(" ", "_"), missing
     bad = ctl(broker, "transactions", "list", "--state", "Bogus", expect=None)
     assert bad.returncode != 0 and "Bogus" in bad.stderr
+
+
+@pytest.mark.cluster_ci
+def test_consume_transform_produce_with_offsets_in_the_transaction(broker, topic_name):
+    """A consume-transform-produce loop: each input record becomes one output record, and the
+    input offsets are committed in the same transaction (send_offsets_to_transaction). One
+    transaction in three is aborted and its input re-read; the output read_committed holds every
+    input exactly once and the group's committed offsets are at the end."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    src, dst = f"{topic_name}-in", f"{topic_name}-out"
+    ck_create_topic(broker.bootstrap, src, PARTITIONS)
+    ck_create_topic(broker.bootstrap, dst, PARTITIONS)
+    plain = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all"})
+    inputs = [f"in-{i}".encode() for i in range(60)]
+    for i, v in enumerate(inputs):
+        plain.produce(src, value=v, partition=i % PARTITIONS)
+    assert plain.flush(30) == 0
+    group = f"ctp-{topic_name}"
+    consumer = Consumer(
+        {
+            "bootstrap.servers": broker.bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "fetch.wait.max.ms": 100,
+        }
+    )
+    consumer.assign([TopicPartition(src, p) for p in range(PARTITIONS)])
+    producer = txn_producer(broker.bootstrap, f"ctp-{topic_name}")
+    done, rounds, aborted_rounds = 0, 0, 0
+    deadline = time.monotonic() + 60
+    try:
+        while done < len(inputs) and time.monotonic() < deadline:
+            msgs = [m for m in consumer.consume(num_messages=10, timeout=1.0) if m.error() is None]
+            if not msgs:
+                continue
+            producer.begin_transaction()
+            for m in msgs:
+                producer.produce(dst, value=m.value().replace(b"in-", b"out-"), partition=m.partition())
+            positions = consumer.position(consumer.assignment())
+            producer.send_offsets_to_transaction(positions, consumer.consumer_group_metadata(), 30)
+            rounds += 1
+            if rounds % 3 == 0:
+                producer.abort_transaction(30)
+                aborted_rounds += 1
+                # Rewind to the committed offsets: the aborted batch is processed again.
+                committed = consumer.committed([TopicPartition(src, p) for p in range(PARTITIONS)], timeout=10)
+                for tp in committed:
+                    consumer.seek(TopicPartition(src, tp.partition, tp.offset if tp.offset >= 0 else 0))
+            else:
+                producer.commit_transaction(30)
+                done += len(msgs)
+        committed = consumer.committed([TopicPartition(src, p) for p in range(PARTITIONS)], timeout=10)
+    finally:
+        consumer.close()
+    assert done == len(inputs), f"processed {done} of {len(inputs)} in time"
+    assert aborted_rounds > 0
+    ends = {}
+    for p in range(PARTITIONS):
+        with kw.connect(broker.leader_port(src, p)) as s:
+            ends[p] = kw.last_offset(s, src, p)[1]
+    assert {tp.partition: tp.offset for tp in committed} == ends, "committed offsets at the input's end"
+    out = read_all(broker.bootstrap, dst, "read_committed")
+    assert sorted(v for _, _, v in out) == sorted(v.replace(b"in-", b"out-") for v in inputs), (
+        "every input exactly once in the committed output"
+    )

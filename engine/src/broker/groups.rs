@@ -33,10 +33,12 @@ use super::shard::{now_ms, Peers, Phase, Shard, ShardGone, ShardLocal};
 use crate::group::api::codes;
 use crate::group::{
     offsets_partition_for, AppendError, AppendId, CoordinatorAction, CoordinatorConfig,
-    GroupCoordinator, GroupRequest, GroupResponse, OffsetsRecord, RequestToken, OFFSETS_TOPIC,
+    GroupCoordinator, GroupRequest, GroupResponse, OffsetsRecord, RequestToken, TxnProducer,
+    OFFSETS_TOPIC,
 };
 use crate::storage::decompress::decompress_records;
 use crate::storage::record_batch::Compression as StoredCompression;
+use crate::storage::txn_index::parse_marker;
 use crate::storage::BatchIter;
 
 /// Bytes read per step while loading an offsets partition (Kafka's
@@ -413,6 +415,10 @@ async fn load_partition(
                 };
                 let mut next = offset;
                 let mut c = gs.coordinator.borrow_mut();
+                // Transactional offset commits load as pending for their producer; the
+                // COMMIT/ABORT markers that follow them materialise or drop them, in log
+                // order, as Kafka's loader does. A batch whose marker is not in the log yet
+                // stays pending.
                 for item in BatchIter::new(&bytes) {
                     let (pos, h) = match item {
                         Ok(x) => x,
@@ -422,10 +428,26 @@ async fn load_partition(
                         }
                     };
                     next = h.next_offset();
+                    let batch = bytes.slice(pos..pos + h.size());
                     if h.is_control() {
+                        if h.is_transactional() && h.producer_id >= 0 {
+                            match parse_marker(&batch, &h) {
+                                Ok(Some(m)) => c.load_txn_marker(p, h.producer_id, !m.aborted),
+                                Ok(None) => {}
+                                Err(e) => {
+                                    warn!(
+                                        partition = p,
+                                        base_offset = h.base_offset,
+                                        "unreadable transaction marker skipped while loading: {e}"
+                                    );
+                                    skipped += 1;
+                                }
+                            }
+                        }
                         continue;
                     }
-                    let batch = bytes.slice(pos..pos + h.size());
+                    let txn_producer =
+                        (h.is_transactional() && h.producer_id >= 0).then_some(h.producer_id);
                     let records = match decode_batch(batch) {
                         Ok(r) => r,
                         Err(e) => {
@@ -443,7 +465,11 @@ async fn load_partition(
                             skipped += 1;
                             continue;
                         };
-                        match c.load(p, &key, r.value.as_deref()) {
+                        let replayed = match txn_producer {
+                            Some(pid) => c.load_txn(p, pid, &key, r.value.as_deref()),
+                            None => c.load(p, &key, r.value.as_deref()),
+                        };
+                        match replayed {
                             Ok(()) => loaded += 1,
                             Err(e) => {
                                 debug!(partition = p, offset = r.offset, "record skipped: {e}");
@@ -528,6 +554,11 @@ pub fn on_leadership_change(gs: &Rc<Groups>, p: i32, leader_epoch: Option<i32>) 
                 return;
             }
         };
+        // The coordinator's own transactional batches go through `append_coordinator`,
+        // which needs no switch; this lets the partition take transactional batches like
+        // any partition once the broker enables transactions everywhere (harmless before:
+        // clients cannot produce to the offsets topic).
+        part.log.set_transactions_enabled(true);
         let end = part.log.log_end_offset();
         loop {
             if !current() || *s.shard.phase.borrow() != Phase::Running {
@@ -575,24 +606,35 @@ pub(super) fn decode_batch(batch: Bytes) -> Result<Vec<Record>, String> {
 }
 
 /// Encodes coordinator records as one uncompressed RecordBatch v2 (offsets are assigned by
-/// the log; a `None` value is a tombstone).
-pub(super) fn encode_batch(records: &[OffsetsRecord], now: i64) -> Result<BytesMut, String> {
+/// the log; a `None` value is a tombstone). With `producer` (a TxnOffsetCommit) the batch is
+/// transactional and carries the producer's id and epoch, with base sequence 0, as Kafka's
+/// `GroupMetadataManager.storeOffsets` builds it (the log does not check a coordinator
+/// batch's sequence).
+pub(super) fn encode_batch(
+    records: &[OffsetsRecord],
+    now: i64,
+    producer: Option<TxnProducer>,
+) -> Result<BytesMut, String> {
+    let (producer_id, producer_epoch, first_sequence) = match producer {
+        Some(p) => (p.producer_id, p.producer_epoch, 0),
+        None => (-1, -1, -1),
+    };
     let records: Vec<Record> = records
         .iter()
         .enumerate()
         .map(|(i, r)| Record {
-            transactional: false,
+            transactional: producer.is_some(),
             control: false,
             delete_horizon: false,
             partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
+            producer_id,
+            producer_epoch,
             timestamp_type: WireTimestampType::Creation,
             offset: i as i64,
             // The encoder starts a new batch whenever `offset - sequence` changes; keeping it
             // constant makes one batch (written atomically, as Kafka's coordinator does) whose
-            // base sequence, the first record's, is -1 (no producer).
-            sequence: i as i32 - 1,
+            // base sequence is the first record's: -1 (no producer) or 0.
+            sequence: i as i32 + first_sequence,
             timestamp: now,
             key: Some(r.key.clone()),
             value: r.value.clone(),
@@ -636,8 +678,9 @@ async fn start_append(
     gs: &Rc<Groups>,
     partition: i32,
     records: &[OffsetsRecord],
+    producer: Option<TxnProducer>,
 ) -> Result<Result<(), AppendError>, Completion> {
-    let batch = match encode_batch(records, now_ms()) {
+    let batch = match encode_batch(records, now_ms(), producer) {
         Ok(b) => b,
         Err(e) => {
             warn!(partition, "cannot encode {OFFSETS_TOPIC} batch: {e}");
@@ -663,7 +706,12 @@ async fn start_append(
             .partition(OFFSETS_TOPIC, partition)
             .await
             .map_err(append_error)?;
-        let info = match part.log.append_leader(batch, epoch, now_ms()).await {
+        let appended = match producer {
+            // Kafka's `AppendOrigin.COORDINATOR`: epoch checked, sequences not.
+            Some(_) => part.log.append_coordinator(batch, epoch, now_ms()).await,
+            None => part.log.append_leader(batch, epoch, now_ms()).await,
+        };
+        let info = match appended {
             Ok(info) => {
                 part.appended.notify_waiters();
                 info
@@ -717,7 +765,8 @@ fn execute(gs: &Rc<Groups>, actions: Vec<CoordinatorAction>) -> Pin<Box<dyn Futu
                     append_id,
                     partition,
                     records,
-                } => match start_append(&gs, partition, &records).await {
+                    producer,
+                } => match start_append(&gs, partition, &records, producer).await {
                     Ok(result) => {
                         let more = complete(&gs, append_id, result);
                         queue.extend(more);
@@ -786,6 +835,37 @@ pub async fn submit(
 ) -> Result<Answer, ShardGone> {
     let owner = coordinator_shard(gs, group_id);
     gs.call(owner, move |s| submit_local(s, request)).await
+}
+
+/// The transaction coordinator appended a COMMIT (`commit`) or ABORT marker of
+/// `producer_id` to `__consumer_offsets` partition `partition`; runs on the shard that owns
+/// the partition ([`on_txn_marker`] routes there). The offsets the producer committed in
+/// the partition's groups through TxnOffsetCommit become visible (commit) or are dropped
+/// (abort). Call it after the marker's append succeeded and before the transaction is
+/// completed (so no later transaction of the producer has written offsets meanwhile); a
+/// partition still loading applies it when its load finishes, one this broker does not
+/// coordinate ignores it (its coordinator replays the marker when it loads).
+pub async fn txn_marker_appended(gs: Rc<Groups>, partition: i32, producer_id: i64, commit: bool) {
+    let actions = gs
+        .coordinator
+        .borrow_mut()
+        .on_txn_marker(partition, producer_id, commit);
+    execute(&gs, actions).await;
+}
+
+/// [`txn_marker_appended`] on the shard that owns `__consumer_offsets` partition
+/// `partition`, through the group service's peers.
+pub async fn on_txn_marker(
+    gs: &Rc<Groups>,
+    partition: i32,
+    producer_id: i64,
+    commit: bool,
+) -> Result<(), ShardGone> {
+    let owner = gs.shard.ctx.owner(OFFSETS_TOPIC, partition);
+    gs.call(owner, move |s| {
+        txn_marker_appended(s, partition, producer_id, commit)
+    })
+    .await
 }
 
 /// Drives the coordinator's timers: sleeps until `next_deadline`, re-armed whenever an input
@@ -859,7 +939,7 @@ mod tests {
                 value: None,
             },
         ];
-        let batch = encode_batch(&records, 1234).expect("encode");
+        let batch = encode_batch(&records, 1234, None).expect("encode");
         let header = crate::storage::record_batch::validate_batch(&batch).expect("valid v2 batch");
         assert_eq!(header.records_count, 2);
         assert_eq!(header.size(), batch.len(), "one batch");
@@ -878,6 +958,30 @@ mod tests {
                 (Some(Bytes::from_static(b"k2")), None),
             ]
         );
+    }
+
+    #[test]
+    fn txn_offset_commit_batches_are_transactional_batches_of_the_producer() {
+        let records: Vec<OffsetsRecord> = (0..3)
+            .map(|i| OffsetsRecord {
+                key: Bytes::from(format!("k{i}")),
+                value: Some(Bytes::from_static(b"v")),
+            })
+            .collect();
+        let producer = TxnProducer {
+            producer_id: 4242,
+            producer_epoch: 7,
+        };
+        let batch = encode_batch(&records, 1234, Some(producer)).expect("encode");
+        let header = crate::storage::record_batch::validate_batch(&batch).expect("valid v2 batch");
+        assert_eq!(header.size(), batch.len(), "one batch");
+        assert_eq!(header.records_count, 3);
+        assert!(header.is_transactional());
+        assert!(!header.is_control());
+        assert_eq!(header.producer_id, 4242);
+        assert_eq!(header.producer_epoch, 7);
+        assert_eq!(header.base_sequence, 0);
+        assert_eq!(decode_batch(batch.freeze()).expect("decode").len(), 3);
     }
 
     #[test]

@@ -504,7 +504,14 @@ impl Replicas {
         )
         .await
         {
-            Ok(()) => error_code::NONE,
+            Ok(()) => {
+                // The marker is committed: refresh the log's view of which transactions are
+                // decided (what the cleaner may pass), as a fetch would.
+                if let Ok(hw) = super::replicas::list_offsets_latest(&self, &topic, partition) {
+                    part.log.last_stable_offset(hw);
+                }
+                error_code::NONE
+            }
             Err((code, msg)) => {
                 debug!(
                     topic,

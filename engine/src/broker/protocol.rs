@@ -26,6 +26,9 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::LeaveGroup, 0, 5),
     (ApiKey::OffsetCommit, 2, 9),
     (ApiKey::OffsetFetch, 1, 9),
+    // The group coordinator's half of transactions; the transaction coordinator's APIs are
+    // refused (UNSUPPORTED_VERSION) until they are served.
+    (ApiKey::TxnOffsetCommit, 0, 3),
     (ApiKey::ListGroups, 0, 5),
     (ApiKey::DescribeGroups, 0, 6),
     (ApiKey::DeleteGroups, 0, 2),

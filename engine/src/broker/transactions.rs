@@ -569,7 +569,7 @@ async fn append_state(ts: &Rc<Transactions>, t: &Transition) -> bool {
         key: encode_key(&t.transactional_id),
         value: Some(t.target.encode()),
     };
-    let batch = match super::groups::encode_batch(std::slice::from_ref(&record), now_ms()) {
+    let batch = match super::groups::encode_batch(std::slice::from_ref(&record), now_ms(), None) {
         Ok(b) => b,
         Err(e) => {
             warn!("cannot encode {TXN_TOPIC} record: {e}");
@@ -804,9 +804,13 @@ pub async fn write_marker_here(
         })
         .await
         .unwrap_or(ec::COORDINATOR_NOT_AVAILABLE);
-    if code == ec::NONE && is_offsets {
-        // MERGE-TXNOFFSETS: the group coordinator's hook lands with TxnOffsetCommit.
-        let _ = (groups, producer_id);
+    if code == ec::NONE
+        && is_offsets
+        && super::groups::on_txn_marker(groups, p, producer_id, commit)
+            .await
+            .is_err()
+    {
+        return ec::COORDINATOR_NOT_AVAILABLE;
     }
     code
 }

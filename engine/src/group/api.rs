@@ -49,6 +49,9 @@ pub mod codes {
     pub const FENCED_INSTANCE_ID: ErrorCode = 82;
     /// OffsetDelete on a topic the group's members are subscribed to.
     pub const GROUP_SUBSCRIBED_TO_TOPIC: ErrorCode = 86;
+    /// OffsetFetch `require_stable`: the partition has a commit not yet decided (a
+    /// transactional one awaiting its marker, or one being written).
+    pub const UNSTABLE_OFFSET_COMMIT: ErrorCode = 88;
 }
 
 /// An opaque token the shell attaches to a request; the coordinator hands it back with the
@@ -252,6 +255,29 @@ pub struct OffsetCommit {
     pub partitions: Vec<PartitionCommit>,
 }
 
+/// TxnOffsetCommit: offsets committed inside a producer's transaction, pending until the
+/// transaction coordinator writes the COMMIT (or ABORT) marker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnOffsetCommit {
+    /// The producer's transactional id (logged; the group coordinator does not check it
+    /// against the transaction coordinator, as Kafka's does not).
+    pub transactional_id: String,
+    /// Group id.
+    pub group_id: String,
+    /// The producer id the offsets are pending for.
+    pub producer_id: i64,
+    /// The producer epoch, written into the transactional batch.
+    pub producer_epoch: i16,
+    /// v3+: the member's generation, -1 (older versions, or no group membership).
+    pub generation_id: i32,
+    /// v3+: the member id, empty (older versions, or no group membership).
+    pub member_id: String,
+    /// v3+: the static member id.
+    pub group_instance_id: Option<String>,
+    /// The offsets.
+    pub partitions: Vec<PartitionCommit>,
+}
+
 /// Per-partition result of a commit or delete: (topic, partition, error).
 pub type PartitionError = (String, i32, ErrorCode);
 
@@ -286,6 +312,9 @@ pub struct OffsetFetchGroup {
 pub struct OffsetFetch {
     /// Groups.
     pub groups: Vec<OffsetFetchGroup>,
+    /// v7+: answer UNSTABLE_OFFSET_COMMIT for a partition with an undecided commit instead
+    /// of its last committed offset.
+    pub require_stable: bool,
 }
 
 /// The offsets of one group.
@@ -395,6 +424,8 @@ pub enum GroupRequest {
     Leave(LeaveGroup),
     /// OffsetCommit.
     OffsetCommit(OffsetCommit),
+    /// TxnOffsetCommit.
+    TxnOffsetCommit(TxnOffsetCommit),
     /// OffsetFetch.
     OffsetFetch(OffsetFetch),
     /// ListGroups.
@@ -420,6 +451,8 @@ pub enum GroupResponse {
     Leave(LeaveGroupResult),
     /// OffsetCommit: per partition.
     OffsetCommit(Vec<PartitionError>),
+    /// TxnOffsetCommit: per partition.
+    TxnOffsetCommit(Vec<PartitionError>),
     /// OffsetFetch: per group.
     OffsetFetch(Vec<OffsetFetchGroupResult>),
     /// ListGroups.

@@ -175,7 +175,29 @@ pub enum CoordinatorAction {
         partition: i32,
         /// Records in order.
         records: Vec<OffsetsRecord>,
+        /// Some for a TxnOffsetCommit: the records must be written as one transactional
+        /// batch of this producer (Kafka's `isTransactional`, the producer's id and epoch).
+        producer: Option<TxnProducer>,
     },
+}
+
+/// The producer a transactional offset-commit batch is written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxnProducer {
+    /// Producer id.
+    pub producer_id: i64,
+    /// Producer epoch.
+    pub producer_epoch: i16,
+}
+
+/// An offset committed inside a transaction, waiting for the transaction's marker.
+#[derive(Debug, Clone)]
+struct PendingTxnOffset {
+    value: OffsetCommitValue,
+    /// Its place in the partition's log order (see `GroupCoordinator::next_order`).
+    order: u64,
+    /// The append writing it, while it is in flight.
+    in_flight: Option<AppendId>,
 }
 
 #[derive(Debug, Clone)]
@@ -248,9 +270,16 @@ struct Group {
     initial_delay_remaining_ms: Option<i64>,
     new_member_added: bool,
     offsets: BTreeMap<(String, i32), OffsetCommitValue>,
+    /// The log order of each entry of `offsets` (an entry here without one in `offsets` is
+    /// stale and never read): a transactional offset replaces a committed one at its marker
+    /// only if it was written after it, Kafka's `CommitRecordMetadataAndOffset.olderThan`.
+    offset_order: HashMap<(String, i32), u64>,
     /// Commits written but not yet acknowledged, per partition: never expired meanwhile, or
     /// the expiry tombstone would land after (and erase) the newer commit.
     pending_commits: BTreeMap<(String, i32), u32>,
+    /// Kafka's `pendingTransactionalOffsetCommits`: per producer id, the offsets committed
+    /// in its open transaction, invisible to OffsetFetch until the COMMIT marker.
+    pending_txn: BTreeMap<i64, BTreeMap<(String, i32), PendingTxnOffset>>,
     /// Topics the members subscribe to (consumer protocol), None if unknown.
     subscribed_topics: Option<BTreeSet<String>>,
 }
@@ -275,7 +304,9 @@ impl Group {
             initial_delay_remaining_ms: None,
             new_member_added: false,
             offsets: BTreeMap::new(),
+            offset_order: HashMap::new(),
             pending_commits: BTreeMap::new(),
+            pending_txn: BTreeMap::new(),
             subscribed_topics: None,
         }
     }
@@ -422,6 +453,27 @@ impl Group {
         None
     }
 
+    /// Whether a commit of this partition is undecided: being written, or in an open
+    /// transaction (Kafka's `hasPendingOffsetCommitsForTopicPartition`).
+    fn has_pending_commit(&self, key: &(String, i32)) -> bool {
+        self.pending_commits.contains_key(key)
+            || self
+                .pending_txn
+                .values()
+                .any(|offsets| offsets.contains_key(key))
+    }
+
+    /// Makes `value` (written at `order`) the committed offset of `key` unless a commit
+    /// written later is already there.
+    fn materialise(&mut self, key: (String, i32), value: OffsetCommitValue, order: u64) {
+        let newer_there = self.offsets.contains_key(&key)
+            && self.offset_order.get(&key).is_some_and(|o| *o > order);
+        if !newer_there {
+            self.offset_order.insert(key.clone(), order);
+            self.offsets.insert(key, value);
+        }
+    }
+
     fn compute_subscribed_topics(&mut self) {
         self.subscribed_topics = None;
         if self.protocol_type.as_deref() != Some("consumer") {
@@ -480,6 +532,7 @@ impl Group {
             && self.pending_members.is_empty()
             && self.offsets.is_empty()
             && self.pending_commits.is_empty()
+            && self.pending_txn.is_empty()
             && self.generation == 0
     }
 }
@@ -507,6 +560,14 @@ enum PendingAppend {
         token: RequestToken,
         group: String,
         written: Vec<(String, i32, OffsetCommitValue)>,
+        results: Vec<PartitionError>,
+        order: u64,
+    },
+    TxnCommit {
+        token: RequestToken,
+        group: String,
+        producer_id: i64,
+        written: Vec<(String, i32)>,
         results: Vec<PartitionError>,
     },
     SyncStore {
@@ -542,6 +603,7 @@ impl PendingAppend {
     fn groups(&self) -> Vec<String> {
         match self {
             PendingAppend::Commit { group, .. }
+            | PendingAppend::TxnCommit { group, .. }
             | PendingAppend::SyncStore { group, .. }
             | PendingAppend::StaticReplace { group, .. } => vec![group.clone()],
             PendingAppend::DeleteGroups { groups, .. } => groups.clone(),
@@ -563,6 +625,7 @@ enum Api {
     Heartbeat,
     Leave,
     OffsetCommit,
+    TxnOffsetCommit,
     OffsetFetch,
     Describe,
     Delete,
@@ -585,6 +648,17 @@ pub struct GroupCoordinator {
     /// `next_deadline` do not scan every group.
     deadlines: BTreeSet<(i64, String)>,
     group_deadlines: HashMap<String, i64>,
+    /// The next position in log order. Records get it in the order they are replayed (in
+    /// log order, before any append of their partition) and appends in the order they are
+    /// emitted, which is the order they reach their partition's log (the shell's
+    /// invariant); so within one partition, comparing two positions is comparing log
+    /// offsets, which is all Kafka's materialisation rule needs.
+    next_order: u64,
+    /// Producer id -> groups that may hold offsets pending in its transaction (a superset:
+    /// each lookup checks the group).
+    producer_groups: HashMap<i64, BTreeSet<String>>,
+    /// Markers reported while their partition was loading: (partition, producer, commit).
+    deferred_markers: Vec<(i32, i64, bool)>,
 }
 
 impl GroupCoordinator {
@@ -603,7 +677,16 @@ impl GroupCoordinator {
             next_retention_check_ms: None,
             deadlines: BTreeSet::new(),
             group_deadlines: HashMap::new(),
+            next_order: 0,
+            producer_groups: HashMap::new(),
+            deferred_markers: Vec::new(),
         }
+    }
+
+    fn take_order(&mut self) -> u64 {
+        let o = self.next_order;
+        self.next_order += 1;
+        o
     }
 
     /// The configuration.
@@ -624,6 +707,8 @@ impl GroupCoordinator {
     pub fn begin_loading(&mut self, partition: i32) {
         self.groups.retain(|_, g| g.partition != partition);
         self.partitions.insert(partition, PartitionStatus::Loading);
+        self.deferred_markers.retain(|m| m.0 != partition);
+        self.prune_producer_groups();
         self.reindex_all();
     }
 
@@ -647,10 +732,12 @@ impl GroupCoordinator {
             } => match value {
                 Some(v) => {
                     let value = OffsetCommitValue::decode(v)?;
+                    let order = self.take_order();
                     let g = self
                         .groups
                         .entry(group_id.clone())
                         .or_insert_with(|| Group::new(&group_id, partition, -1));
+                    g.offset_order.insert((topic.clone(), p), order);
                     g.offsets.insert((topic, p), value);
                 }
                 None => {
@@ -671,13 +758,186 @@ impl GroupCoordinator {
                 None => {
                     if let Some(g) = self.groups.get_mut(&group_id) {
                         let offsets = std::mem::take(&mut g.offsets);
+                        let offset_order = std::mem::take(&mut g.offset_order);
+                        let pending_txn = std::mem::take(&mut g.pending_txn);
                         *g = Group::new(&group_id, partition, -1);
                         g.offsets = offsets;
+                        g.offset_order = offset_order;
+                        g.pending_txn = pending_txn;
                     }
                 }
             },
         }
         Ok(())
+    }
+
+    /// Replays one record of a transactional batch of `producer_id` (in log order): an
+    /// offset commit becomes pending for the producer (a tombstone removes the pending
+    /// one), as Kafka's loader does; any other record loads as [`Self::load`] does.
+    pub fn load_txn(
+        &mut self,
+        partition: i32,
+        producer_id: i64,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), RecordError> {
+        let Some(decoded) = OffsetsKey::decode(key)? else {
+            return Ok(());
+        };
+        let OffsetsKey::Offset {
+            group,
+            topic,
+            partition: p,
+        } = decoded
+        else {
+            return self.load(partition, key, value);
+        };
+        match value {
+            Some(v) => {
+                let value = OffsetCommitValue::decode(v)?;
+                let order = self.take_order();
+                let g = self
+                    .groups
+                    .entry(group.clone())
+                    .or_insert_with(|| Group::new(&group, partition, -1));
+                g.pending_txn.entry(producer_id).or_default().insert(
+                    (topic, p),
+                    PendingTxnOffset {
+                        value,
+                        order,
+                        in_flight: None,
+                    },
+                );
+                self.producer_groups
+                    .entry(producer_id)
+                    .or_default()
+                    .insert(group);
+            }
+            None => {
+                if let Some(pending) = self
+                    .groups
+                    .get_mut(&group)
+                    .and_then(|g| g.pending_txn.get_mut(&producer_id))
+                {
+                    pending.remove(&(topic, p));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Replays a COMMIT (`commit`) or ABORT marker of `producer_id` found in `partition`
+    /// while loading it (in log order with [`Self::load`] and [`Self::load_txn`]).
+    pub fn load_txn_marker(&mut self, partition: i32, producer_id: i64, commit: bool) {
+        self.complete_txn(partition, producer_id, commit);
+        self.out.clear();
+    }
+
+    /// The transaction coordinator appended a COMMIT (`commit`) or ABORT marker of
+    /// `producer_id` to `partition`. While the partition loads, the completion waits for
+    /// [`Self::finish_loading`] (the marker lies after what the load replays, or is replayed
+    /// itself, and a second completion finds nothing pending); a partition this coordinator
+    /// does not own is ignored (its next owner replays the marker).
+    pub fn on_txn_marker(
+        &mut self,
+        partition: i32,
+        producer_id: i64,
+        commit: bool,
+    ) -> Vec<CoordinatorAction> {
+        match self.partitions.get(&partition) {
+            Some(PartitionStatus::Active) => self.complete_txn(partition, producer_id, commit),
+            Some(PartitionStatus::Loading) => {
+                self.deferred_markers.push((partition, producer_id, commit));
+                Vec::new()
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// The transaction of `producer_id` ended in `partition`. On commit every offset
+    /// pending for the producer in the partition's groups becomes the committed one, unless
+    /// a commit written after it in the log is already there (Kafka's
+    /// `completePendingTxnOffsetCommit`); on abort they are dropped. A marker for a producer
+    /// with nothing pending changes nothing.
+    fn complete_txn(
+        &mut self,
+        partition: i32,
+        producer_id: i64,
+        commit: bool,
+    ) -> Vec<CoordinatorAction> {
+        let candidates: Vec<String> = self
+            .producer_groups
+            .get(&producer_id)
+            .map(|ids| ids.iter().cloned().collect())
+            .unwrap_or_default();
+        let active = self.partitions.get(&partition) == Some(&PartitionStatus::Active);
+        let mut touched = Vec::new();
+        for id in candidates {
+            let Some(g) = self.groups.get_mut(&id) else {
+                self.forget_producer_group(producer_id, &id);
+                continue;
+            };
+            if g.partition != partition {
+                continue;
+            }
+            self.forget_producer_group(producer_id, &id);
+            let Some(g) = self.groups.get_mut(&id) else {
+                continue;
+            };
+            let Some(pending) = g.pending_txn.remove(&producer_id) else {
+                continue;
+            };
+            if commit {
+                for (key, p) in pending {
+                    if p.in_flight.is_some() {
+                        // Its batch precedes the marker in the log (appends to a partition
+                        // keep their order); only a failed write would make this wrong, and
+                        // a failed write means this broker lost the partition.
+                        debug!(group = %id, producer_id, "transactional offset committed while its write completes");
+                    }
+                    g.materialise(key, p.value, p.order);
+                }
+            }
+            debug!(group = %id, producer_id, commit, "transactional offsets completed");
+            touched.push(id);
+        }
+        if active {
+            for id in &touched {
+                self.remove_if_vacant(id);
+                self.reindex(id);
+            }
+            self.debug_check_index();
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    fn forget_producer_group(&mut self, producer_id: i64, group: &str) {
+        if let Some(ids) = self.producer_groups.get_mut(&producer_id) {
+            ids.remove(group);
+            if ids.is_empty() {
+                self.producer_groups.remove(&producer_id);
+            }
+        }
+    }
+
+    /// Whether `group` has offsets pending in the transaction of `producer_id`.
+    pub fn has_pending_txn_offsets(&self, group_id: &str, producer_id: i64) -> bool {
+        self.groups
+            .get(group_id)
+            .is_some_and(|g| g.pending_txn.contains_key(&producer_id))
+    }
+
+    /// Drops index entries of groups that are gone (after an unload or a new load).
+    fn prune_producer_groups(&mut self) {
+        let groups = &self.groups;
+        self.producer_groups.retain(|pid, ids| {
+            ids.retain(|id| {
+                groups
+                    .get(id)
+                    .is_some_and(|g| g.pending_txn.contains_key(pid))
+            });
+            !ids.is_empty()
+        });
     }
 
     /// Loading of `partition` is complete: loaded groups with members become Stable and their
@@ -706,6 +966,14 @@ impl GroupCoordinator {
         }
         debug!(partition, "__consumer_offsets partition loaded");
         self.reindex_all();
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred_markers)
+            .into_iter()
+            .partition(|m| m.0 == partition);
+        self.deferred_markers = later;
+        for (p, producer_id, commit) in due {
+            // Answers nothing: a completion only moves offsets.
+            let _ = self.complete_txn(p, producer_id, commit);
+        }
         self.debug_check_index();
     }
 
@@ -713,6 +981,7 @@ impl GroupCoordinator {
     /// NOT_COORDINATOR so clients look the coordinator up again.
     pub fn unload(&mut self, partition: i32) -> Vec<CoordinatorAction> {
         self.partitions.remove(&partition);
+        self.deferred_markers.retain(|m| m.0 != partition);
         let ids: Vec<String> = self
             .groups
             .values()
@@ -740,6 +1009,7 @@ impl GroupCoordinator {
                 }
             }
         }
+        self.prune_producer_groups();
         self.reindex_all();
         self.debug_check_index();
         std::mem::take(&mut self.out)
@@ -822,6 +1092,7 @@ impl GroupCoordinator {
             GroupRequest::Heartbeat(r) => vec![r.group_id.clone()],
             GroupRequest::Leave(r) => vec![r.group_id.clone()],
             GroupRequest::OffsetCommit(r) => vec![r.group_id.clone()],
+            GroupRequest::TxnOffsetCommit(r) => vec![r.group_id.clone()],
             GroupRequest::DeleteGroups(ids) => ids.clone(),
             GroupRequest::OffsetDelete(r) => vec![r.group_id.clone()],
             GroupRequest::OffsetFetch(_)
@@ -834,6 +1105,7 @@ impl GroupCoordinator {
             GroupRequest::Heartbeat(r) => self.heartbeat(token, now_ms, r),
             GroupRequest::Leave(r) => self.leave_group(token, now_ms, r),
             GroupRequest::OffsetCommit(r) => self.offset_commit(token, now_ms, r, catalog),
+            GroupRequest::TxnOffsetCommit(r) => self.txn_offset_commit(token, now_ms, r, catalog),
             GroupRequest::OffsetFetch(r) => self.offset_fetch(token, r),
             GroupRequest::ListGroups(r) => self.list_groups(token, r),
             GroupRequest::DescribeGroups(ids) => self.describe_groups(token, ids),
@@ -972,6 +1244,7 @@ impl GroupCoordinator {
                 group,
                 written,
                 mut results,
+                order,
             } => {
                 let code = error.unwrap_or(codes::NONE);
                 if let Some(g) = self.groups.get_mut(&group) {
@@ -984,12 +1257,55 @@ impl GroupCoordinator {
                             }
                         }
                         if error.is_none() {
-                            g.offsets.insert(key, value.clone());
+                            g.materialise(key, value.clone(), order);
                         }
                     }
                 }
                 results.extend(written.into_iter().map(|(t, p, _)| (t, p, code)));
                 self.respond(token, GroupResponse::OffsetCommit(results));
+            }
+            PendingAppend::TxnCommit {
+                token,
+                group,
+                producer_id,
+                written,
+                mut results,
+            } => {
+                let code = error.unwrap_or(codes::NONE);
+                if let Some(pending) = self
+                    .groups
+                    .get_mut(&group)
+                    .and_then(|g| g.pending_txn.get_mut(&producer_id))
+                {
+                    for key in &written {
+                        let Some(p) = pending.get_mut(key) else {
+                            continue;
+                        };
+                        if p.in_flight != Some(append_id) {
+                            // A later TxnOffsetCommit of the same producer replaced it.
+                            continue;
+                        }
+                        if error.is_some() {
+                            // Kafka's `failPendingTxnOffsetCommit`: not in the log, not pending.
+                            pending.remove(key);
+                        } else {
+                            p.in_flight = None;
+                        }
+                    }
+                }
+                if let Some(g) = self.groups.get_mut(&group) {
+                    if g.pending_txn
+                        .get(&producer_id)
+                        .is_some_and(BTreeMap::is_empty)
+                    {
+                        g.pending_txn.remove(&producer_id);
+                    }
+                }
+                if error.is_some() {
+                    self.remove_if_vacant(&group);
+                }
+                results.extend(written.into_iter().map(|(t, p)| (t, p, code)));
+                self.respond(token, GroupResponse::TxnOffsetCommit(results));
             }
             PendingAppend::SyncStore {
                 group,
@@ -1079,6 +1395,16 @@ impl GroupCoordinator {
     }
 
     fn append(&mut self, partition: i32, records: Vec<OffsetsRecord>, pending: PendingAppend) {
+        self.append_as(partition, records, pending, None);
+    }
+
+    fn append_as(
+        &mut self,
+        partition: i32,
+        records: Vec<OffsetsRecord>,
+        pending: PendingAppend,
+        producer: Option<TxnProducer>,
+    ) -> AppendId {
         let append_id = self.next_append_id;
         self.next_append_id += 1;
         self.pending_appends.insert(append_id, pending);
@@ -1086,10 +1412,13 @@ impl GroupCoordinator {
             append_id,
             partition,
             records,
+            producer,
         });
+        append_id
     }
 
     fn validate_group_status(&self, group_id: &str, api: Api) -> Option<ErrorCode> {
+        // Kafka's `isValidGroupId`: TxnOffsetCommit needs a non-empty group id.
         let empty_ok = matches!(
             api,
             Api::OffsetCommit | Api::OffsetFetch | Api::Describe | Api::Delete
@@ -2103,6 +2432,7 @@ impl GroupCoordinator {
                 .or_default() += 1;
         }
         let partition = g.partition;
+        let order = self.take_order();
         self.append(
             partition,
             records,
@@ -2111,11 +2441,151 @@ impl GroupCoordinator {
                 group: req.group_id,
                 written,
                 results,
+                order,
             },
         );
     }
 
+    /// Kafka's `handleTxnCommitOffsets`: a group that does not exist is created empty; the
+    /// member is checked only when the request names one (v3+); no REBALANCE_IN_PROGRESS
+    /// (the offsets count only once the transaction commits). The offsets are written as a
+    /// transactional batch of the producer and stay pending until its marker.
+    fn txn_offset_commit(
+        &mut self,
+        token: RequestToken,
+        now_ms: i64,
+        req: TxnOffsetCommit,
+        catalog: &dyn TopicCatalog,
+    ) {
+        let mut results: Vec<PartitionError> = Vec::new();
+        let mut valid = Vec::new();
+        for p in req.partitions {
+            if catalog.partition_exists(&p.topic, p.partition) {
+                valid.push(p);
+            } else {
+                results.push((p.topic, p.partition, codes::UNKNOWN_TOPIC_OR_PARTITION));
+            }
+        }
+        if valid.is_empty() {
+            return self.respond(token, GroupResponse::TxnOffsetCommit(results));
+        }
+        let fail_all = |results: &mut Vec<PartitionError>, valid: Vec<PartitionCommit>, code| {
+            results.extend(valid.into_iter().map(|p| (p.topic, p.partition, code)));
+        };
+        if let Some(code) = self.validate_group_status(&req.group_id, Api::TxnOffsetCommit) {
+            fail_all(&mut results, valid, code);
+            return self.respond(token, GroupResponse::TxnOffsetCommit(results));
+        }
+        if req.producer_id < 0 {
+            // A transactional batch needs a producer; Kafka would silently write a plain
+            // commit here, which no transactional client can mean.
+            fail_all(&mut results, valid, codes::INVALID_REQUEST);
+            return self.respond(token, GroupResponse::TxnOffsetCommit(results));
+        }
+        let partition = self.partition_for(&req.group_id);
+        let g = self
+            .groups
+            .entry(req.group_id.clone())
+            .or_insert_with(|| Group::new(&req.group_id, partition, now_ms));
+        let validation = if g.state == GroupState::Dead {
+            Some(codes::COORDINATOR_NOT_AVAILABLE)
+        } else if req.generation_id >= 0
+            || !req.member_id.is_empty()
+            || req.group_instance_id.is_some()
+        {
+            g.validate_current_member(&req.member_id, req.group_instance_id.as_deref())
+                .or((req.generation_id != g.generation).then_some(codes::ILLEGAL_GENERATION))
+        } else {
+            None
+        };
+        if let Some(code) = validation {
+            fail_all(&mut results, valid, code);
+            let group_id = req.group_id.clone();
+            self.respond(token, GroupResponse::TxnOffsetCommit(results));
+            self.remove_if_vacant(&group_id);
+            return;
+        }
+        let mut written = Vec::new();
+        let mut values = Vec::new();
+        let mut records = Vec::new();
+        for p in valid {
+            let metadata = p.metadata.unwrap_or_default();
+            if metadata.len() > self.config.offset_metadata_max_bytes {
+                results.push((p.topic, p.partition, codes::OFFSET_METADATA_TOO_LARGE));
+                continue;
+            }
+            let value = OffsetCommitValue {
+                offset: p.offset,
+                leader_epoch: p.leader_epoch,
+                metadata,
+                commit_timestamp_ms: now_ms,
+                expire_timestamp_ms: None,
+            };
+            let key = OffsetsKey::Offset {
+                group: req.group_id.clone(),
+                topic: p.topic.clone(),
+                partition: p.partition,
+            };
+            records.push(OffsetsRecord {
+                key: key.encode(),
+                value: Some(value.encode()),
+            });
+            written.push((p.topic.clone(), p.partition));
+            values.push(((p.topic, p.partition), value));
+        }
+        if records.is_empty() {
+            let group_id = req.group_id.clone();
+            self.respond(token, GroupResponse::TxnOffsetCommit(results));
+            self.remove_if_vacant(&group_id);
+            return;
+        }
+        let order = self.take_order();
+        let producer_id = req.producer_id;
+        let append_id = self.append_as(
+            partition,
+            records,
+            PendingAppend::TxnCommit {
+                token,
+                group: req.group_id.clone(),
+                producer_id,
+                written,
+                results,
+            },
+            Some(TxnProducer {
+                producer_id,
+                producer_epoch: req.producer_epoch,
+            }),
+        );
+        debug!(
+            group = %req.group_id,
+            transactional_id = %req.transactional_id,
+            producer_id,
+            "transactional offsets pending"
+        );
+        if let Some(g) = self.groups.get_mut(&req.group_id) {
+            let pending = g.pending_txn.entry(producer_id).or_default();
+            for (key, value) in values {
+                pending.insert(
+                    key,
+                    PendingTxnOffset {
+                        value,
+                        order,
+                        in_flight: Some(append_id),
+                    },
+                );
+            }
+        }
+        self.producer_groups
+            .entry(producer_id)
+            .or_default()
+            .insert(req.group_id);
+    }
+
+    /// Kafka's `getOffsets`: with `require_stable`, a partition with an undecided commit
+    /// (in flight, or pending in a transaction) answers UNSTABLE_OFFSET_COMMIT and offset -1,
+    /// which the consumer retries; the group-level error stays NONE.
     fn offset_fetch(&mut self, token: RequestToken, req: OffsetFetch) {
+        let require_stable = req.require_stable;
         let mut out = Vec::with_capacity(req.groups.len());
         for fg in req.groups {
             if let Some(code) = self.validate_group_status(&fg.group_id, Api::OffsetFetch) {
@@ -2132,7 +2602,13 @@ impl GroupCoordinator {
                     .map(|g| {
                         g.offsets
                             .iter()
-                            .map(|((t, p), v)| fetched(t, *p, Some(v)))
+                            .map(|(key, v)| {
+                                if require_stable && g.has_pending_commit(key) {
+                                    unstable(&key.0, key.1)
+                                } else {
+                                    fetched(&key.0, key.1, Some(v))
+                                }
+                            })
                             .collect()
                     })
                     .unwrap_or_default(),
@@ -2145,7 +2621,11 @@ impl GroupCoordinator {
                             .collect::<Vec<_>>()
                     })
                     .map(|(t, p)| {
-                        let v = group.and_then(|g| g.offsets.get(&(t.clone(), p)));
+                        let key = (t.clone(), p);
+                        if require_stable && group.is_some_and(|g| g.has_pending_commit(&key)) {
+                            return unstable(&t, p);
+                        }
+                        let v = group.and_then(|g| g.offsets.get(&key));
                         fetched(&t, p, v)
                     })
                     .collect(),
@@ -2505,6 +2985,7 @@ fn remove_offsets(
         && g.pending_members.is_empty()
         && g.offsets.is_empty()
         && g.pending_commits.is_empty()
+        && g.pending_txn.is_empty()
     {
         records.push(OffsetsRecord {
             key: OffsetsKey::GroupMetadata {
@@ -2515,6 +2996,13 @@ fn remove_offsets(
         });
         groups.remove(group_id);
         info!(group = group_id, "empty group without offsets removed");
+    }
+}
+
+fn unstable(topic: &str, partition: i32) -> FetchedOffset {
+    FetchedOffset {
+        error: codes::UNSTABLE_OFFSET_COMMIT,
+        ..fetched(topic, partition, None)
     }
 }
 

@@ -19,6 +19,6 @@ mod tests;
 pub use api::{codes, ErrorCode, GroupRequest, GroupResponse, RequestToken};
 pub use coordinator::{
     AnyTopic, AppendError, AppendId, CoordinatorAction, CoordinatorConfig, GroupCoordinator,
-    GroupState, OffsetsRecord, TopicCatalog,
+    GroupState, OffsetsRecord, TopicCatalog, TxnProducer,
 };
 pub use records::{offsets_partition_for, OFFSETS_TOPIC};

@@ -19,10 +19,15 @@ struct Harness {
     now: i64,
     next_token: u64,
     responses: HashMap<u64, GroupResponse>,
-    /// Appends waiting for completion when `auto_complete` is off.
-    held: Vec<(AppendId, i32, Vec<OffsetsRecord>)>,
+    /// Appends waiting for completion when `auto_complete` is off (with the producer of a
+    /// transactional batch).
+    held: Vec<(AppendId, i32, Vec<OffsetsRecord>, Option<i64>)>,
     /// Records persisted so far, per partition, in order.
     log: Vec<(i32, OffsetsRecord)>,
+    /// For each record of `log`, the producer of its transactional batch (None: plain).
+    log_producer: Vec<Option<i64>>,
+    /// Transaction markers: (records of `log` before it, partition, producer, commit).
+    markers: Vec<(usize, i32, i64, bool)>,
     auto_complete: bool,
     fail_next_append: Option<AppendError>,
 }
@@ -42,14 +47,40 @@ impl Harness {
         self.responses.clear();
         self.fail_next_append = None;
         let mut c = GroupCoordinator::new(self.c.config().clone());
-        let mut by_partition: BTreeMap<i32, Vec<&OffsetsRecord>> = BTreeMap::new();
-        for (p, r) in &self.log {
-            by_partition.entry(*p).or_default().push(r);
+        // Per partition, in log order: a record (with its batch's producer) or a marker.
+        type Entry<'a> = (Option<&'a OffsetsRecord>, Option<i64>, bool);
+        let mut by_partition: BTreeMap<i32, Vec<Entry<'_>>> = BTreeMap::new();
+        let mut markers = self.markers.iter().peekable();
+        for (i, (p, r)) in self.log.iter().enumerate() {
+            while let Some((_, mp, pid, commit)) = markers.next_if(|m| m.0 <= i) {
+                by_partition
+                    .entry(*mp)
+                    .or_default()
+                    .push((None, Some(*pid), *commit));
+            }
+            let producer = self.log_producer.get(i).copied().flatten();
+            by_partition
+                .entry(*p)
+                .or_default()
+                .push((Some(r), producer, false));
+        }
+        for (_, mp, pid, commit) in markers {
+            by_partition
+                .entry(*mp)
+                .or_default()
+                .push((None, Some(*pid), *commit));
         }
         for p in 0..DEFAULT_OFFSETS_PARTITIONS {
             c.begin_loading(p);
-            for r in by_partition.get(&p).into_iter().flatten() {
-                c.load(p, &r.key, r.value.as_deref()).expect("log replays");
+            for (r, producer, commit) in by_partition.get(&p).into_iter().flatten() {
+                match (r, producer) {
+                    (Some(r), None) => c.load(p, &r.key, r.value.as_deref()).expect("log replays"),
+                    (Some(r), Some(pid)) => c
+                        .load_txn(p, *pid, &r.key, r.value.as_deref())
+                        .expect("log replays"),
+                    (None, Some(pid)) => c.load_txn_marker(p, *pid, *commit),
+                    (None, None) => unreachable!("a marker has a producer"),
+                }
             }
             c.finish_loading(p, self.now);
         }
@@ -69,6 +100,8 @@ impl Harness {
             responses: HashMap::new(),
             held: Vec::new(),
             log: Vec::new(),
+            log_producer: Vec::new(),
+            markers: Vec::new(),
             auto_complete: true,
             fail_next_append: None,
         }
@@ -87,21 +120,31 @@ impl Harness {
                     append_id,
                     partition,
                     records,
+                    producer,
                 } => {
+                    let pid = producer.map(|p| p.producer_id);
                     if self.auto_complete {
-                        self.complete(append_id, partition, records);
+                        self.complete(append_id, partition, records, pid);
                     } else {
-                        self.held.push((append_id, partition, records));
+                        self.held.push((append_id, partition, records, pid));
                     }
                 }
             }
         }
     }
 
-    fn complete(&mut self, append_id: AppendId, partition: i32, records: Vec<OffsetsRecord>) {
+    fn complete(
+        &mut self,
+        append_id: AppendId,
+        partition: i32,
+        records: Vec<OffsetsRecord>,
+        producer: Option<i64>,
+    ) {
         let result = match self.fail_next_append.take() {
             Some(e) => Err(e),
             None => {
+                self.log_producer
+                    .extend(std::iter::repeat_n(producer, records.len()));
                 self.log.extend(records.into_iter().map(|r| (partition, r)));
                 Ok(())
             }
@@ -111,8 +154,8 @@ impl Harness {
     }
 
     fn release_held(&mut self) {
-        for (id, p, r) in std::mem::take(&mut self.held) {
-            self.complete(id, p, r);
+        for (id, p, r, pid) in std::mem::take(&mut self.held) {
+            self.complete(id, p, r, pid);
         }
     }
 
@@ -237,6 +280,7 @@ impl Harness {
                 group_id: group.into(),
                 topics: Some(vec![(topic.into(), vec![partition])]),
             }],
+            require_stable: false,
         }));
         match self.take(t) {
             Some(GroupResponse::OffsetFetch(r)) => {
@@ -561,7 +605,7 @@ fn pending_commit_is_not_expired() {
     assert!(
         h.held
             .iter()
-            .all(|(_, _, recs)| recs.iter().all(|r| r.value.is_some())),
+            .all(|(_, _, recs, _)| recs.iter().all(|r| r.value.is_some())),
         "no tombstone while the commit is in flight"
     );
     h.release_held();
@@ -1019,6 +1063,7 @@ fn offset_fetch_all_topics_unknown_groups_and_multi_group() {
                 topics: None,
             },
         ],
+        require_stable: false,
     }));
     let Some(GroupResponse::OffsetFetch(res)) = h.take(t) else {
         panic!()
@@ -2047,4 +2092,394 @@ mod wire_consumers {
             6
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transactional offset commits (TxnOffsetCommit and the transaction markers).
+
+fn txn_req(
+    group: &str,
+    producer_id: i64,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> TxnOffsetCommit {
+    TxnOffsetCommit {
+        transactional_id: "txn".into(),
+        group_id: group.into(),
+        producer_id,
+        producer_epoch: 0,
+        generation_id: -1,
+        member_id: String::new(),
+        group_instance_id: None,
+        partitions: vec![PartitionCommit {
+            topic: topic.into(),
+            partition,
+            offset,
+            leader_epoch: 3,
+            metadata: Some("m".into()),
+        }],
+    }
+}
+
+impl Harness {
+    fn txn_commit_with(&mut self, req: TxnOffsetCommit) -> Vec<PartitionError> {
+        let t = self.send(GroupRequest::TxnOffsetCommit(req));
+        match self.take(t) {
+            Some(GroupResponse::TxnOffsetCommit(r)) => r,
+            other => panic!("expected a TxnOffsetCommit response, got {other:?}"),
+        }
+    }
+
+    fn txn_commit(
+        &mut self,
+        group: &str,
+        producer_id: i64,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> ErrorCode {
+        let r = self.txn_commit_with(txn_req(group, producer_id, topic, partition, offset));
+        assert_eq!(r.len(), 1);
+        r[0].2
+    }
+
+    /// The transaction coordinator writes a marker of `producer_id` to `group`'s partition.
+    fn marker(&mut self, group: &str, producer_id: i64, commit: bool) {
+        let p = self.c.partition_for(group);
+        self.markers.push((self.log.len(), p, producer_id, commit));
+        let actions = self.c.on_txn_marker(p, producer_id, commit);
+        self.process(actions);
+    }
+
+    /// OffsetFetch with `require_stable`: (partition error, offset).
+    fn fetch_stable(&mut self, group: &str, topic: &str, partition: i32) -> (ErrorCode, i64) {
+        let t = self.send(GroupRequest::OffsetFetch(OffsetFetch {
+            groups: vec![OffsetFetchGroup {
+                group_id: group.into(),
+                topics: Some(vec![(topic.into(), vec![partition])]),
+            }],
+            require_stable: true,
+        }));
+        match self.take(t) {
+            Some(GroupResponse::OffsetFetch(r)) => {
+                assert_eq!(r[0].error, codes::NONE, "the group-level error stays NONE");
+                let o = &r[0].offsets[0];
+                (o.error, o.offset)
+            }
+            other => panic!("expected fetch response, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn txn_offsets_are_pending_until_the_commit_marker() {
+    let mut h = Harness::new();
+    assert_eq!(h.commit("g", "", -1, "t", 0, 5), codes::NONE);
+    assert_eq!(h.txn_commit("g", 7, "t", 0, 10), codes::NONE);
+    // Written as one transactional batch of the producer, with the normal record format.
+    assert_eq!(h.log_producer.last(), Some(&Some(7)));
+    assert_eq!(
+        h.fetch("g", "t", 0),
+        (codes::NONE, 5),
+        "invisible while pending"
+    );
+    assert_eq!(
+        h.fetch_stable("g", "t", 0),
+        (codes::UNSTABLE_OFFSET_COMMIT, -1)
+    );
+    assert_eq!(
+        h.fetch_stable("g", "t", 1),
+        (codes::NONE, -1),
+        "other partitions are stable"
+    );
+    // A marker of another producer changes nothing.
+    h.marker("g", 8, true);
+    assert_eq!(h.fetch("g", "t", 0), (codes::NONE, 5));
+    h.marker("g", 7, true);
+    assert_eq!(h.fetch("g", "t", 0), (codes::NONE, 10));
+    assert_eq!(h.fetch_stable("g", "t", 0), (codes::NONE, 10));
+    // The committed value is what the request carried.
+    let t = h.send(GroupRequest::OffsetFetch(OffsetFetch {
+        groups: vec![OffsetFetchGroup {
+            group_id: "g".into(),
+            topics: None,
+        }],
+        require_stable: true,
+    }));
+    let Some(GroupResponse::OffsetFetch(r)) = h.take(t) else {
+        panic!("no fetch answer")
+    };
+    assert_eq!(r[0].offsets.len(), 1);
+    assert_eq!(
+        (
+            r[0].offsets[0].leader_epoch,
+            r[0].offsets[0].metadata.as_str()
+        ),
+        (3, "m")
+    );
+    // The state survives a restart: the log replays to the same offsets.
+    h.restart();
+    assert_eq!(h.fetch_stable("g", "t", 0), (codes::NONE, 10));
+}
+
+#[test]
+fn aborted_txn_offsets_are_dropped() {
+    let mut h = Harness::new();
+    assert_eq!(h.txn_commit("fresh", 7, "t", 0, 10), codes::NONE);
+    assert_eq!(
+        h.c.group_state("fresh"),
+        Some(GroupState::Empty),
+        "an unknown group is created empty, as Kafka does for transactional commits"
+    );
+    assert!(h.c.has_pending_txn_offsets("fresh", 7));
+    h.marker("fresh", 7, false);
+    assert!(!h.c.has_pending_txn_offsets("fresh", 7));
+    assert_eq!(h.fetch("fresh", "t", 0), (codes::NONE, -1));
+    assert_eq!(h.fetch_stable("fresh", "t", 0), (codes::NONE, -1));
+    assert_eq!(
+        h.c.group_state("fresh"),
+        None,
+        "nothing left: the group goes"
+    );
+    h.restart();
+    assert_eq!(h.fetch_stable("fresh", "t", 0), (codes::NONE, -1));
+    assert_eq!(h.c.group_state("fresh"), None);
+}
+
+#[test]
+fn txn_offsets_and_plain_commits_are_ordered_by_their_place_in_the_log() {
+    let mut h = Harness::new();
+    // A plain commit written after the transactional one wins over it at the marker.
+    assert_eq!(h.txn_commit("g", 7, "t", 0, 10), codes::NONE);
+    assert_eq!(h.commit("g", "", -1, "t", 0, 20), codes::NONE);
+    assert_eq!(h.fetch("g", "t", 0), (codes::NONE, 20));
+    h.marker("g", 7, true);
+    assert_eq!(
+        h.fetch("g", "t", 0),
+        (codes::NONE, 20),
+        "the later plain commit stays"
+    );
+    // A plain commit written before the transactional one loses to it.
+    assert_eq!(h.commit("g", "", -1, "t", 1, 30), codes::NONE);
+    assert_eq!(h.txn_commit("g", 8, "t", 1, 40), codes::NONE);
+    h.marker("g", 8, true);
+    assert_eq!(h.fetch("g", "t", 1), (codes::NONE, 40));
+    // A plain commit still being written when the marker lands was written after the
+    // transactional batch: it must not be overwritten when it completes, nor lose.
+    assert_eq!(h.txn_commit("g", 9, "t", 2, 50), codes::NONE);
+    h.auto_complete = false;
+    let t = h.send(GroupRequest::OffsetCommit(commit_req(
+        "g", "", -1, "t", 2, 60,
+    )));
+    assert_eq!(
+        h.fetch_stable("g", "t", 2),
+        (codes::UNSTABLE_OFFSET_COMMIT, -1)
+    );
+    h.marker("g", 9, true);
+    assert_eq!(h.fetch("g", "t", 2), (codes::NONE, 50));
+    h.release_held();
+    h.auto_complete = true;
+    assert!(h.take(t).is_some());
+    assert_eq!(h.fetch("g", "t", 2), (codes::NONE, 60));
+    // And the replay agrees on every partition.
+    h.restart();
+    assert_eq!(h.fetch("g", "t", 0), (codes::NONE, 20));
+    assert_eq!(h.fetch("g", "t", 1), (codes::NONE, 40));
+    assert_eq!(h.fetch("g", "t", 2), (codes::NONE, 60));
+}
+
+#[test]
+fn txn_offset_commit_checks_the_member_when_it_names_one() {
+    let mut h = Harness::new();
+    let (member, generation) = h.stable_single("g");
+    let with = |generation: i32, member: &str, instance: Option<&str>| TxnOffsetCommit {
+        generation_id: generation,
+        member_id: member.into(),
+        group_instance_id: instance.map(str::to_owned),
+        ..txn_req("g", 7, "t", 0, 10)
+    };
+    let code = |r: Vec<PartitionError>| r[0].2;
+    assert_eq!(
+        code(h.txn_commit_with(with(generation + 1, &member, None))),
+        codes::ILLEGAL_GENERATION
+    );
+    assert_eq!(
+        code(h.txn_commit_with(with(generation, "stranger", None))),
+        codes::UNKNOWN_MEMBER_ID
+    );
+    assert_eq!(
+        code(h.txn_commit_with(with(generation, &member, Some("nobody")))),
+        codes::UNKNOWN_MEMBER_ID
+    );
+    assert!(
+        !h.c.has_pending_txn_offsets("g", 7),
+        "refused commits leave nothing pending"
+    );
+    assert_eq!(
+        code(h.txn_commit_with(with(generation, &member, None))),
+        codes::NONE
+    );
+    // Before v3 there is no member: a Stable group still takes the commit (Kafka does not
+    // ask a transactional commit for membership).
+    assert_eq!(h.txn_commit("g", 8, "t", 1, 3), codes::NONE);
+    assert!(h.c.has_pending_txn_offsets("g", 7) && h.c.has_pending_txn_offsets("g", 8));
+
+    // A static member replaced by a newer instance is fenced.
+    let t = h.join("s", "", Some("inst"), &["range"]);
+    let first = h.join_result(t);
+    assert_eq!(first.error, codes::NONE);
+    let s = h.sync(
+        "s",
+        &first.member_id,
+        first.generation_id,
+        vec![(first.member_id.clone(), Bytes::from_static(b"A"))],
+    );
+    assert_eq!(h.sync_result(s).error, codes::NONE);
+    let t = h.join("s", "", Some("inst"), &["range"]);
+    let second = h.join_result(t);
+    assert_ne!(second.member_id, first.member_id);
+    let fenced = TxnOffsetCommit {
+        generation_id: first.generation_id,
+        member_id: first.member_id.clone(),
+        group_instance_id: Some("inst".into()),
+        ..txn_req("s", 7, "t", 0, 10)
+    };
+    assert_eq!(code(h.txn_commit_with(fenced)), codes::FENCED_INSTANCE_ID);
+}
+
+#[test]
+fn txn_offset_commit_refusals_use_kafkas_codes() {
+    let mut h = Harness::new();
+    assert_eq!(h.txn_commit("", 7, "t", 0, 1), codes::INVALID_GROUP_ID);
+    assert_eq!(h.txn_commit("g", -1, "t", 0, 1), codes::INVALID_REQUEST);
+    let unknown = |t: &str, _p: i32| t != "gone";
+    let t = h.send_with(
+        GroupRequest::TxnOffsetCommit(txn_req("g", 7, "gone", 0, 1)),
+        &unknown,
+    );
+    assert_eq!(
+        h.take(t),
+        Some(GroupResponse::TxnOffsetCommit(vec![(
+            "gone".into(),
+            0,
+            codes::UNKNOWN_TOPIC_OR_PARTITION
+        )]))
+    );
+    let mut big = txn_req("g", 7, "t", 0, 1);
+    big.partitions[0].metadata = Some("x".repeat(h.c.config().offset_metadata_max_bytes + 1));
+    big.partitions.push(PartitionCommit {
+        topic: "t".into(),
+        partition: 1,
+        offset: 2,
+        leader_epoch: -1,
+        metadata: None,
+    });
+    let r = h.txn_commit_with(big);
+    assert!(r.contains(&("t".into(), 0, codes::OFFSET_METADATA_TOO_LARGE)));
+    assert!(r.contains(&("t".into(), 1, codes::NONE)));
+    h.marker("g", 7, true);
+    assert_eq!(h.fetch("g", "t", 0), (codes::NONE, -1));
+    assert_eq!(h.fetch("g", "t", 1), (codes::NONE, 2));
+
+    let p = h.c.partition_for("g");
+    h.c.begin_loading(p);
+    assert_eq!(
+        h.txn_commit("g", 7, "t", 0, 1),
+        codes::COORDINATOR_LOAD_IN_PROGRESS
+    );
+    h.c.unload(p);
+    assert_eq!(h.txn_commit("g", 7, "t", 0, 1), codes::NOT_COORDINATOR);
+}
+
+#[test]
+fn a_failed_txn_write_leaves_nothing_pending() {
+    let mut h = Harness::new();
+    h.fail_next_append = Some(AppendError::NotEnoughReplicas);
+    assert_eq!(
+        h.txn_commit("g", 7, "t", 0, 10),
+        codes::COORDINATOR_NOT_AVAILABLE
+    );
+    assert!(!h.c.has_pending_txn_offsets("g", 7));
+    assert_eq!(h.fetch_stable("g", "t", 0), (codes::NONE, -1));
+    h.marker("g", 7, true);
+    assert_eq!(h.fetch("g", "t", 0), (codes::NONE, -1));
+}
+
+#[test]
+fn loading_replays_txn_batches_and_markers() {
+    let mut h = Harness::new();
+    assert_eq!(h.commit("g", "", -1, "t", 0, 1), codes::NONE);
+    assert_eq!(h.commit("g", "", -1, "t", 1, 1), codes::NONE);
+    assert_eq!(h.commit("g", "", -1, "t", 2, 1), codes::NONE);
+    assert_eq!(h.txn_commit("g", 7, "t", 0, 10), codes::NONE);
+    assert_eq!(h.txn_commit("g", 8, "t", 1, 20), codes::NONE);
+    assert_eq!(h.txn_commit("g", 9, "t", 2, 30), codes::NONE);
+    h.marker("g", 7, true);
+    h.marker("g", 8, false);
+    // Producer 9's marker is not in the log yet.
+    h.restart();
+    assert_eq!(h.fetch_stable("g", "t", 0), (codes::NONE, 10), "committed");
+    assert_eq!(h.fetch_stable("g", "t", 1), (codes::NONE, 1), "aborted");
+    assert_eq!(
+        h.fetch_stable("g", "t", 2),
+        (codes::UNSTABLE_OFFSET_COMMIT, -1),
+        "still open after the load"
+    );
+    assert_eq!(h.fetch("g", "t", 2), (codes::NONE, 1));
+    assert!(h.c.has_pending_txn_offsets("g", 9));
+    h.marker("g", 9, true);
+    assert_eq!(h.fetch_stable("g", "t", 2), (codes::NONE, 30));
+
+    // A group that only ever had transactional offsets loads with them pending.
+    assert_eq!(h.txn_commit("only", 11, "t", 0, 5), codes::NONE);
+    h.restart();
+    assert_eq!(h.c.group_state("only"), Some(GroupState::Empty));
+    assert_eq!(
+        h.fetch_stable("only", "t", 0),
+        (codes::UNSTABLE_OFFSET_COMMIT, -1)
+    );
+    h.marker("only", 11, true);
+    assert_eq!(h.fetch_stable("only", "t", 0), (codes::NONE, 5));
+}
+
+#[test]
+fn a_marker_reported_while_the_partition_loads_applies_when_it_finishes() {
+    let mut h = Harness::new();
+    assert_eq!(h.txn_commit("g", 7, "t", 0, 10), codes::NONE);
+    let p = h.c.partition_for("g");
+    let log = h.log.clone();
+    let producers = h.log_producer.clone();
+    h.c.begin_loading(p);
+    // The marker lands after what this load replays.
+    assert!(h.c.on_txn_marker(p, 7, true).is_empty());
+    for ((lp, r), pid) in log.iter().zip(&producers) {
+        assert_eq!(*lp, p);
+        match pid {
+            Some(pid) => h.c.load_txn(p, *pid, &r.key, r.value.as_deref()).unwrap(),
+            None => h.c.load(p, &r.key, r.value.as_deref()).unwrap(),
+        }
+    }
+    assert!(h.c.has_pending_txn_offsets("g", 7));
+    h.c.finish_loading(p, h.now);
+    assert!(!h.c.has_pending_txn_offsets("g", 7));
+    assert_eq!(h.fetch("g", "t", 0), (codes::NONE, 10));
+}
+
+#[test]
+fn require_stable_also_waits_for_a_plain_commit_in_flight() {
+    let mut h = Harness::new();
+    assert_eq!(h.commit("g", "", -1, "t", 0, 1), codes::NONE);
+    h.auto_complete = false;
+    let t = h.send(GroupRequest::OffsetCommit(commit_req(
+        "g", "", -1, "t", 0, 2,
+    )));
+    assert_eq!(
+        h.fetch_stable("g", "t", 0),
+        (codes::UNSTABLE_OFFSET_COMMIT, -1)
+    );
+    assert_eq!(h.fetch("g", "t", 0), (codes::NONE, 1));
+    h.release_held();
+    assert!(h.take(t).is_some());
+    assert_eq!(h.fetch_stable("g", "t", 0), (codes::NONE, 2));
 }

@@ -22,12 +22,16 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
     OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
+use kafka_protocol::messages::txn_offset_commit_response::{
+    TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
+};
 use kafka_protocol::messages::{
     DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
     GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse,
     LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse,
     OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse,
     OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
+    TxnOffsetCommitRequest, TxnOffsetCommitResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -317,7 +321,66 @@ pub fn offset_commit_response(results: &[PartitionError]) -> OffsetCommitRespons
 }
 
 // ---------------------------------------------------------------------------------------------
-// OffsetFetch (v1-9). `require_stable` is ignored: without transactions every offset is stable.
+// TxnOffsetCommit (v0-3 served; the crate knows 0-5, and 4-5 carry nothing new here).
+
+/// TxnOffsetCommit request -> core. Before v3 there is no member: generation -1, member "".
+pub fn txn_offset_commit_request(req: &TxnOffsetCommitRequest, version: i16) -> TxnOffsetCommit {
+    let v3 = version >= 3;
+    TxnOffsetCommit {
+        transactional_id: s(&req.transactional_id.0),
+        group_id: s(&req.group_id.0),
+        producer_id: req.producer_id.0,
+        producer_epoch: req.producer_epoch,
+        generation_id: if v3 { req.generation_id } else { -1 },
+        member_id: if v3 { s(&req.member_id) } else { String::new() },
+        group_instance_id: if v3 { os(&req.group_instance_id) } else { None },
+        partitions: req
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions.iter().map(move |p| PartitionCommit {
+                    topic: s(&t.name.0),
+                    partition: p.partition_index,
+                    offset: p.committed_offset,
+                    leader_epoch: if version >= 2 {
+                        p.committed_leader_epoch
+                    } else {
+                        -1
+                    },
+                    metadata: os(&p.committed_metadata),
+                })
+            })
+            .collect(),
+    }
+}
+
+/// Core -> TxnOffsetCommit response (the same shape in every version).
+pub fn txn_offset_commit_response(results: &[PartitionError]) -> TxnOffsetCommitResponse {
+    let topics = by_topic(results.iter().map(|(t, p, e)| (t.clone(), (*p, *e))));
+    TxnOffsetCommitResponse::default().with_topics(
+        topics
+            .into_iter()
+            .map(|(t, parts)| {
+                TxnOffsetCommitResponseTopic::default()
+                    .with_name(TopicName(sb(&t)))
+                    .with_partitions(
+                        parts
+                            .into_iter()
+                            .map(|(p, e)| {
+                                TxnOffsetCommitResponsePartition::default()
+                                    .with_partition_index(p)
+                                    .with_error_code(e)
+                            })
+                            .collect(),
+                    )
+            })
+            .collect(),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// OffsetFetch (v1-9). `require_stable` (v7+) asks for UNSTABLE_OFFSET_COMMIT on partitions
+// with an undecided commit.
 
 /// OffsetFetch request -> core (one group before v8, several from v8).
 pub fn offset_fetch_request(req: &OffsetFetchRequest, version: i16) -> OffsetFetch {
@@ -335,6 +398,7 @@ pub fn offset_fetch_request(req: &OffsetFetchRequest, version: i16) -> OffsetFet
                     }),
                 })
                 .collect(),
+            require_stable: req.require_stable,
         }
     } else {
         OffsetFetch {
@@ -346,6 +410,7 @@ pub fn offset_fetch_request(req: &OffsetFetchRequest, version: i16) -> OffsetFet
                         .collect()
                 }),
             }],
+            require_stable: version >= 7 && req.require_stable,
         }
     }
 }

@@ -1007,6 +1007,16 @@ const TABLE: &[(ApiKey, &[ApiAcl])] = &[
         ],
     ),
     (
+        ApiKey::TxnOffsetCommit,
+        &[
+            // Each check fails the whole request (TRANSACTIONAL_ID_AUTHORIZATION_FAILED, then
+            // GROUP_AUTHORIZATION_FAILED on every partition); then topics per partition.
+            one(When::Always, Op::Write, TXN_ID),
+            one(When::Always, Op::Read, GROUP),
+            one(When::Always, Op::Read, TOPIC),
+        ],
+    ),
+    (
         ApiKey::OffsetFetch,
         &[
             one(When::Always, Op::Describe, GROUP),

@@ -362,6 +362,15 @@ impl OffsetMap {
     }
 }
 
+/// The offset a segment's successor must start at or below for the segment to be cleaned:
+/// the recovery point, and the first offset of an undecided transaction when there is one.
+fn cleanable_bound(log: &PartitionLog, recovery_point: i64) -> i64 {
+    match log.first_unstable_offset() {
+        Some(first_unstable) => recovery_point.min(first_unstable),
+        None => recovery_point,
+    }
+}
+
 /// One shard's cleaner.
 #[derive(Debug)]
 pub struct LogCleaner {
@@ -398,7 +407,10 @@ impl LogCleaner {
     }
 
     /// The cleanable range of a compacted log now, `None` for a log that is not compacted or
-    /// not usable.
+    /// not usable. It ends before the segment holding the first offset of an undecided
+    /// transaction (Kafka's `firstUnstableOffset` bound in `cleanableOffsets`): the records
+    /// of an open transaction must not supersede older ones, nor be kept or dropped, before
+    /// its marker says whether they count.
     pub fn cleanable(&self, log: &PartitionLog, now_ms: i64) -> Option<Cleanable> {
         let cfg = log.config();
         if !cfg.compact {
@@ -409,7 +421,7 @@ impl LogCleaner {
         Some(plan::cleanable(
             &views,
             read_checkpoint(log.dir()),
-            view.recovery_point,
+            cleanable_bound(log, view.recovery_point),
             now_ms,
             &cfg,
         ))
@@ -438,7 +450,7 @@ impl LogCleaner {
         let c = plan::cleanable(
             &views,
             read_checkpoint(log.dir()),
-            view.recovery_point,
+            cleanable_bound(log, view.recovery_point),
             now_ms,
             &cfg,
         );

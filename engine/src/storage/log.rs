@@ -244,11 +244,13 @@ fn wall_clock_ms() -> i64 {
 
 enum Mode {
     /// `broker_control`: the batches are control batches the broker itself wrote (a quorum
-    /// leader's epoch marker), which clients may not send.
+    /// leader's epoch marker), which clients may not send. `coordinator`: data batches a
+    /// coordinator of this broker wrote (Kafka's `AppendOrigin.COORDINATOR`).
     Leader {
         epoch: i32,
         now_ms: i64,
         broker_control: bool,
+        coordinator: bool,
     },
     Follower,
 }
@@ -353,6 +355,7 @@ impl PartitionLog {
                 epoch: leader_epoch,
                 now_ms,
                 broker_control: false,
+                coordinator: false,
             },
         )
         .await
@@ -381,6 +384,39 @@ impl PartitionLog {
                 epoch: leader_epoch,
                 now_ms,
                 broker_control: true,
+                coordinator: false,
+            },
+        )
+        .await
+    }
+
+    /// Appends data batches a coordinator of this broker wrote, as leader (Kafka's
+    /// `AppendOrigin.COORDINATOR`; the group coordinator's transactional offset commits):
+    /// validated and stamped as [`PartitionLog::append_leader`], but the producer state
+    /// checks only the epoch (an older one is INVALID_PRODUCER_EPOCH), not sequences or
+    /// duplicates, then records the batch (a transactional one opens or continues its
+    /// producer's transaction). Control batches are refused.
+    pub async fn append_coordinator(
+        &self,
+        mut records: BytesMut,
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<LogAppendInfo, AppendError> {
+        let cfg = self.config();
+        let batches = validate_leader(&mut records, &cfg, now_ms)?;
+        if let Some((pos, _)) = batches.iter().find(|(_, h)| h.is_control()) {
+            return Err(AppendError::InvalidRecord(format!(
+                "batch at byte {pos}: a coordinator writes no control batch here"
+            )));
+        }
+        self.append(
+            records,
+            batches,
+            Mode::Leader {
+                epoch: leader_epoch,
+                now_ms,
+                broker_control: false,
+                coordinator: true,
             },
         )
         .await
@@ -484,6 +520,12 @@ impl PartitionLog {
                 inner.check_txn_markers(&records, &batches)?;
                 None
             }
+            Mode::Leader {
+                coordinator: true, ..
+            } => {
+                inner.check_coordinator_epochs(&batches)?;
+                None
+            }
             Mode::Leader { .. } => {
                 match inner.analyze_producers(&batches, first_offset, log_append_time)? {
                     AppendAnalysis::Duplicate(dup) => {
@@ -547,7 +589,11 @@ impl PartitionLog {
                         &h,
                         true,
                     );
-                } else if let Mode::Follower = mode {
+                } else if let Mode::Follower
+                | Mode::Leader {
+                    coordinator: true, ..
+                } = mode
+                {
                     replay_producer_batch(&mut st.producers, &h);
                 }
                 record_count = record_count.saturating_add(h.records_count.max(0) as u32);

@@ -183,6 +183,7 @@ pub fn is_authorised_api(api: ApiKey) -> bool {
             | ApiKey::Heartbeat
             | ApiKey::LeaveGroup
             | ApiKey::OffsetCommit
+            | ApiKey::TxnOffsetCommit
             | ApiKey::OffsetFetch
             | ApiKey::ListGroups
             | ApiKey::DescribeGroups
@@ -602,6 +603,58 @@ pub async fn offset_commit(
         .into_iter()
         .partition(|t| authz.allows_topic(AclOperation::Read, t.name.as_str()));
     let mut resp = super::groups::offset_commit(&svc.groups, version, req.with_topics(ok)).await?;
+    resp.topics
+        .extend(answer(&denied, TOPIC_AUTHORIZATION_FAILED));
+    Ok(resp)
+}
+
+/// TxnOffsetCommit, as Kafka's `handleTxnOffsetCommitRequest`: WRITE on the transactional
+/// id (else TRANSACTIONAL_ID_AUTHORIZATION_FAILED on every partition), READ on the group
+/// (else GROUP_AUTHORIZATION_FAILED on every partition), then READ on each topic (a denied
+/// topic's partitions get TOPIC_AUTHORIZATION_FAILED, the others go on).
+pub async fn txn_offset_commit(
+    svc: &Rc<Services>,
+    version: i16,
+    mut req: m::TxnOffsetCommitRequest,
+) -> Result<m::TxnOffsetCommitResponse, super::RequestError> {
+    let authz = Authz::current(svc);
+    let answer = |topics: &[m::txn_offset_commit_request::TxnOffsetCommitRequestTopic],
+                  code: i16| {
+        topics
+            .iter()
+            .map(|t| {
+                m::txn_offset_commit_response::TxnOffsetCommitResponseTopic::default()
+                    .with_name(t.name.clone())
+                    .with_partitions(
+                        t.partitions
+                            .iter()
+                            .map(|p| {
+                                m::txn_offset_commit_response::TxnOffsetCommitResponsePartition::default()
+                                    .with_partition_index(p.partition_index)
+                                    .with_error_code(code)
+                            })
+                            .collect(),
+                    )
+            })
+            .collect::<Vec<_>>()
+    };
+    if !authz.allows(
+        AclOperation::Write,
+        ResourceType::TransactionalId,
+        req.transactional_id.as_str(),
+    ) {
+        return Ok(m::TxnOffsetCommitResponse::default()
+            .with_topics(answer(&req.topics, TRANSACTIONAL_ID_AUTHORIZATION_FAILED)));
+    }
+    if !allows_group(&authz, AclOperation::Read, req.group_id.as_str()) {
+        return Ok(m::TxnOffsetCommitResponse::default()
+            .with_topics(answer(&req.topics, GROUP_AUTHORIZATION_FAILED)));
+    }
+    let (ok, denied): (Vec<_>, Vec<_>) = std::mem::take(&mut req.topics)
+        .into_iter()
+        .partition(|t| authz.allows_topic(AclOperation::Read, t.name.as_str()));
+    let mut resp =
+        super::groups::txn_offset_commit(&svc.groups, version, req.with_topics(ok)).await?;
     resp.topics
         .extend(answer(&denied, TOPIC_AUTHORIZATION_FAILED));
     Ok(resp)

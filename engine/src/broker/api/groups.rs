@@ -1,4 +1,4 @@
-//! FindCoordinator and the ten group APIs of Kafka's classic protocol: decoded here, answered
+//! FindCoordinator, the ten group APIs of Kafka's classic protocol and TxnOffsetCommit: decoded here, answered
 //! by the group service on the shard that coordinates the group (`broker::groups`).
 
 use std::collections::HashMap;
@@ -277,6 +277,31 @@ pub async fn offset_commit(
     Ok(wire::offset_commit_response(&result))
 }
 
+/// TxnOffsetCommit (v0-3): the group's coordinator writes the offsets as a transactional
+/// batch of the producer; they stay pending until the transaction's marker.
+pub async fn txn_offset_commit(
+    gs: &Rc<Groups>,
+    version: i16,
+    req: m::TxnOffsetCommitRequest,
+) -> Result<m::TxnOffsetCommitResponse, ShardGone> {
+    let r = wire::txn_offset_commit_request(&req, version);
+    let group = r.group_id.clone();
+    let fallback: Vec<(String, i32, i16)> = r
+        .partitions
+        .iter()
+        .map(|p| (p.topic.clone(), p.partition, codes::UNKNOWN_SERVER_ERROR))
+        .collect();
+    let result = match submit(gs, &group, GroupRequest::TxnOffsetCommit(r)).await? {
+        Ok(GroupResponse::TxnOffsetCommit(v)) => v,
+        Err(code) => fallback.into_iter().map(|(t, p, _)| (t, p, code)).collect(),
+        Ok(_) => {
+            mismatch("TxnOffsetCommit");
+            fallback
+        }
+    };
+    Ok(wire::txn_offset_commit_response(&result))
+}
+
 /// OffsetFetch, including v8+ with several groups that may live on different shards.
 pub async fn offset_fetch(
     gs: &Rc<Groups>,
@@ -288,9 +313,15 @@ pub async fn offset_fetch(
     let mut by_shard: HashMap<usize, (Vec<usize>, OffsetFetch)> = HashMap::new();
     for (pos, g) in request.groups.iter().enumerate() {
         let owner = coordinator_shard(gs, &g.group_id);
-        let e = by_shard
-            .entry(owner)
-            .or_insert_with(|| (Vec::new(), OffsetFetch { groups: Vec::new() }));
+        let e = by_shard.entry(owner).or_insert_with(|| {
+            (
+                Vec::new(),
+                OffsetFetch {
+                    groups: Vec::new(),
+                    require_stable: request.require_stable,
+                },
+            )
+        });
         e.0.push(pos);
         e.1.groups.push(g.clone());
     }

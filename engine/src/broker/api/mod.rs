@@ -159,12 +159,12 @@ async fn dispatch(
     if api == ApiKey::ApiVersions {
         return api_versions(frame, peek.correlation_id, version).map(|r| Some(Response::Frame(r)));
     }
-    if producers::is_transactional_api(api) && producers::txn_version_known(api, version) {
-        return producers::refuse_transactional(frame, api, version).map(Some);
-    }
-    match served_versions(api) {
-        Some((lo, hi)) if (lo..=hi).contains(&version) => {}
-        _ => return Err(RequestError::Unsupported { api, version }),
+    let served = served_versions(api).is_some_and(|(lo, hi)| (lo..=hi).contains(&version));
+    if !served {
+        if producers::is_transactional_api(api) && producers::txn_version_known(api, version) {
+            return producers::refuse_transactional(frame, api, version).map(Some);
+        }
+        return Err(RequestError::Unsupported { api, version });
     }
     let malformed = |e: anyhow::Error| RequestError::Malformed {
         api,
@@ -348,6 +348,10 @@ async fn dispatch(
         ApiKey::OffsetCommit => {
             let req = decode!(m::OffsetCommitRequest);
             frame(&acls::offset_commit(&svc, version, req).await?)
+        }
+        ApiKey::TxnOffsetCommit => {
+            let req = decode!(m::TxnOffsetCommitRequest);
+            frame(&acls::txn_offset_commit(&svc, version, req).await?)
         }
         ApiKey::OffsetFetch => {
             let req = decode!(m::OffsetFetchRequest);

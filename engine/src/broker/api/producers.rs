@@ -26,11 +26,20 @@ pub async fn init_producer_id(
     Ok(crate::idempotence::init_producer_id_response(&result))
 }
 
-/// The transactional APIs: not advertised (transactions are out of scope), but a client that
-/// sends one anyway gets a well-formed response carrying UNSUPPORTED_VERSION instead of a
-/// closed connection.
+/// The transactional APIs: a client that sends one at a version the broker does not serve
+/// (EndTxn v5, TxnOffsetCommit above v3, ...) gets a well-formed
+/// response carrying UNSUPPORTED_VERSION instead of a closed connection.
 pub fn is_transactional_api(api: ApiKey) -> bool {
-    matches!(api, ApiKey::TxnOffsetCommit)
+    matches!(
+        api,
+        ApiKey::AddPartitionsToTxn
+            | ApiKey::AddOffsetsToTxn
+            | ApiKey::EndTxn
+            | ApiKey::TxnOffsetCommit
+            | ApiKey::WriteTxnMarkers
+            | ApiKey::DescribeTransactions
+            | ApiKey::ListTransactions
+    )
 }
 
 /// A refusal of a transactional request, already decoded past its header.

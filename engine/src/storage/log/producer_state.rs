@@ -92,6 +92,33 @@ impl Inner {
             .analyze_append(&headers, first_offset)?)
     }
 
+    /// The epoch check of a coordinator-written record set (Kafka checks only the epoch for
+    /// `AppendOrigin.COORDINATOR`): a batch of an older epoch than its producer's is refused.
+    pub(super) fn check_coordinator_epochs(
+        &self,
+        batches: &[(usize, BatchHeader)],
+    ) -> Result<(), AppendError> {
+        let st = self.st.borrow();
+        for (_, h) in batches {
+            if h.producer_id < 0 {
+                continue;
+            }
+            if let Some(entry) = st.producers.entry(h.producer_id) {
+                if h.producer_epoch < entry.epoch {
+                    return Err(
+                        crate::idempotence::ProducerStateError::InvalidProducerEpoch {
+                            producer_id: h.producer_id,
+                            current: entry.epoch,
+                            got: h.producer_epoch,
+                        }
+                        .into(),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The table as snapshot bytes (its end offset is the log end offset).
     pub(super) fn capture_producer_snapshot(&self) -> Vec<u8> {
         self.st.borrow().producers.to_snapshot()
