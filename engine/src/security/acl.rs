@@ -1141,6 +1141,10 @@ const TABLE: &[(ApiKey, &[ApiAcl])] = &[
         &[one(When::Always, Op::Describe, CLUSTER)],
     ),
     (
+        ApiKey::ElectLeaders,
+        &[one(When::Always, Op::Alter, CLUSTER)],
+    ),
+    (
         ApiKey::DescribeCluster,
         &[one(When::AnswerDetail, Op::Describe, CLUSTER)],
     ),
