@@ -1892,6 +1892,10 @@ mod tests {
             alternatives(&acls(ApiKey::CreateTopics)[0]),
             [check(Op::Create, CLUSTER), check(Op::Create, TOPIC)]
         );
+        assert_eq!(
+            acls(ApiKey::ElectLeaders),
+            &[one(When::Always, Op::Alter, CLUSTER)]
+        );
         assert_eq!(acls(ApiKey::ApiVersions), &[]);
         assert_eq!(acls(ApiKey::SaslAuthenticate), &[]);
         // Not described: the caller must not read this as "no check".
