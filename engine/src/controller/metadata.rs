@@ -367,6 +367,10 @@ impl ElectionType {
     }
 }
 
+/// One broker's preferred partitions in the imbalance check: how many, and the ones another
+/// broker (or nobody) leads.
+type PreferredShare<'a> = (usize, Vec<(String, i32, &'a PartitionImage)>);
+
 /// Kafka error code ELECTION_NOT_NEEDED.
 pub const ELECTION_NOT_NEEDED: i16 = 84;
 /// Kafka error code PREFERRED_LEADER_NOT_AVAILABLE.
@@ -700,7 +704,7 @@ impl MetadataImage {
             .ok_or_else(unknown)?;
         match election {
             ElectionType::Preferred => {
-                if p.replicas.first().is_some() && p.leader == p.replicas.first().copied() {
+                if !p.replicas.is_empty() && p.leader == p.replicas.first().copied() {
                     return Err((
                         ELECTION_NOT_NEEDED,
                         "the preferred replica leads already".into(),
@@ -806,8 +810,7 @@ impl MetadataImage {
     /// quorum-mode partition does not take preferred elections).
     pub fn imbalanced_partitions(&self, percentage: u32) -> Vec<(String, i32)> {
         // preferred broker -> (partitions it should lead, the ones it does not lead)
-        let mut by_broker: BTreeMap<BrokerId, (usize, Vec<(String, i32, &PartitionImage)>)> =
-            BTreeMap::new();
+        let mut by_broker: BTreeMap<BrokerId, PreferredShare<'_>> = BTreeMap::new();
         for t in self.topics.values() {
             if t.replication_mode() != ReplicationMode::Isr {
                 continue;
@@ -1353,7 +1356,7 @@ pub fn place_replicas_rack_aware(
     let mut out = Vec::with_capacity(count as usize);
     for k in 0..count as usize {
         let i = first.max(0) as usize + k;
-        if i > 0 && i % n == 0 {
+        if i > 0 && i.is_multiple_of(n) {
             shift += 1;
         }
         let first_index = (i + start) % n;
