@@ -1243,6 +1243,8 @@ mod tests {
         assert!(c
             .set("controller.quorum.heartbeat.interval.ms", "5000")
             .is_err());
+        // A fresh config: the refused heartbeat above stays set, so every later set would fail.
+        let mut c = ControllerConfig::default();
         assert!(c.auto_leader_rebalance_enable);
         assert_eq!(c.leader_imbalance_per_broker_percentage, 10);
         assert_eq!(c.leader_imbalance_check_interval_seconds, 300);
