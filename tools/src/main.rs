@@ -78,6 +78,10 @@ enum Command {
     /// Describe the cluster: brokers, controller, metadata quorum.
     #[command(subcommand)]
     Cluster(cmd::cluster::ClusterCmd),
+    /// Run preferred or unclean leader elections (ElectLeaders, like
+    /// kafka-leader-election.sh).
+    #[command(subcommand)]
+    Leaders(cmd::leaders::LeadersCmd),
     /// Delete the records below an offset (DeleteRecords).
     #[command(subcommand)]
     Records(cmd::records::RecordsCmd),
@@ -152,6 +156,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Consume(a) => cmd::consume::run(&ctx, a, &mut out).map(|()| true),
         Command::Cluster(c) => cmd::cluster::run(&ctx, c, &mut out).map(|()| true),
         Command::Records(c) => cmd::records::run(&ctx, c, &mut out),
+        Command::Leaders(c) => cmd::leaders::run(&ctx, c, &mut out),
         Command::Logdirs(c) => cmd::logdirs::run(&ctx, c, &mut out).map(|()| true),
         Command::Producers(c) => cmd::producers::run(&ctx, c, &mut out).map(|()| true),
         Command::Quotas(c) => cmd::quotas::run(&ctx, c, &mut out).map(|()| true),

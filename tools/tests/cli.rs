@@ -1441,3 +1441,151 @@ fn acls_create_list_delete() {
     assert_eq!(bad.code, 1);
     assert!(bad.stderr.contains("INVALID_REQUEST"), "{}", bad.stderr);
 }
+
+#[test]
+fn leaders_elect_and_cluster_quorum() {
+    let b = Broker::start();
+    ok(ctl(&b, &["topics", "create", "el", "--partitions", "2"]));
+    // A cluster of one: each partition's only replica leads already.
+    let all = ok(ctl(
+        &b,
+        &[
+            "leaders",
+            "elect",
+            "--type",
+            "preferred",
+            "--topic",
+            "el",
+            "--output",
+            "json",
+        ],
+    ))
+    .json();
+    let rows = all.as_array().expect("array");
+    assert_eq!(rows.len(), 2, "{all}");
+    for (i, r) in rows.iter().enumerate() {
+        assert_eq!(r["topic"], "el");
+        assert_eq!(r["partition"], i as i64);
+        assert_eq!(r["error"], "ELECTION_NOT_NEEDED", "{all}");
+    }
+    let one = ok(ctl(
+        &b,
+        &[
+            "leaders",
+            "elect",
+            "--type",
+            "unclean",
+            "--topic",
+            "el",
+            "--partition",
+            "1",
+            "--output",
+            "json",
+        ],
+    ))
+    .json();
+    assert_eq!(one.as_array().map(Vec::len), Some(1), "{one}");
+    assert_eq!(one[0]["error"], "ELECTION_NOT_NEEDED");
+    // Every partition: the broker leaves out those that need nothing.
+    let none = ok(ctl(
+        &b,
+        &[
+            "leaders",
+            "elect",
+            "--type",
+            "preferred",
+            "--all-topic-partitions",
+            "--output",
+            "json",
+        ],
+    ))
+    .json();
+    assert_eq!(none, serde_json::json!([]));
+    let table = ok(ctl(
+        &b,
+        &[
+            "leaders",
+            "elect",
+            "--type",
+            "preferred",
+            "--all-topic-partitions",
+        ],
+    ))
+    .stdout;
+    assert!(
+        table.contains("No partition needed an election."),
+        "{table}"
+    );
+    let table = ok(ctl(
+        &b,
+        &["leaders", "elect", "--type", "preferred", "--topic", "el"],
+    ))
+    .stdout;
+    assert!(
+        table.contains("RESULT") && table.contains("ELECTION_NOT_NEEDED"),
+        "{table}"
+    );
+    // A partition that does not exist: answered per partition, exit 1.
+    let bad = ctl(
+        &b,
+        &[
+            "leaders",
+            "elect",
+            "--type",
+            "preferred",
+            "--topic",
+            "el",
+            "--partition",
+            "9",
+        ],
+    );
+    assert_eq!(bad.code, 1, "{} {}", bad.stdout, bad.stderr);
+    assert!(
+        bad.stderr.contains("UNKNOWN_TOPIC_OR_PARTITION"),
+        "{}",
+        bad.stderr
+    );
+    assert_eq!(
+        ctl(
+            &b,
+            &["leaders", "elect", "--type", "preferred", "--topic", "nope"]
+        )
+        .code,
+        1
+    );
+    // Usage: no partitions named, both ways at once, a partition without a topic, a bad type.
+    for args in [
+        &["leaders", "elect", "--type", "preferred"][..],
+        &[
+            "leaders",
+            "elect",
+            "--type",
+            "preferred",
+            "--topic",
+            "el",
+            "--all-topic-partitions",
+        ],
+        &[
+            "leaders",
+            "elect",
+            "--type",
+            "preferred",
+            "--partition",
+            "0",
+        ],
+        &["leaders", "elect", "--type", "dirty", "--topic", "el"],
+    ] {
+        let o = ctl(&b, args);
+        assert_eq!(o.code, 2, "{args:?}: {} {}", o.stdout, o.stderr);
+    }
+
+    // The metadata quorum of a cluster of one: itself, the leader and only voter.
+    let q = ok(ctl(&b, &["cluster", "quorum", "--output", "json"])).json();
+    let voters = q["voters"].as_array().expect("voters");
+    assert_eq!(voters.len(), 1, "{q}");
+    assert_eq!(voters[0]["replica_id"], q["leader_id"]);
+    assert!(q["high_watermark"].as_i64().unwrap() > 0, "{q}");
+    let table = ok(ctl(&b, &["cluster", "quorum"])).stdout;
+    assert!(table.contains("Metadata quorum: leader"), "{table}");
+    assert!(table.contains("leader"), "{table}");
+}

@@ -38,6 +38,9 @@ const CONTROLLER_KEYS: &[&str] = &[
     "replication.mode",
     "metadata.snapshot.interval.entries",
     "metadata.poll.interval.ms",
+    "auto.leader.rebalance.enable",
+    "leader.imbalance.per.broker.percentage",
+    "leader.imbalance.check.interval.seconds",
 ];
 
 /// Where the membership thread hands each newly applied metadata image, with the one applied
@@ -74,6 +77,8 @@ pub struct ClusterNode {
     implicit: bool,
     /// TLS for connections to other brokers' inter-broker listeners (it is SSL).
     pub inter_broker_tls: Option<Arc<PeerTls>>,
+    /// `broker.rack`, registered with the controller (`None` when empty).
+    rack: Option<String>,
 }
 
 impl std::fmt::Debug for ClusterNode {
@@ -193,6 +198,11 @@ impl ClusterNode {
             sole_voter,
             implicit,
             inter_broker_tls,
+            rack: config
+                .raw
+                .get("broker.rack")
+                .map(|r| r.trim().to_string())
+                .filter(|r| !r.is_empty()),
         }))
     }
 
@@ -323,7 +333,7 @@ impl ClusterNode {
                 self.node_id,
                 self.incarnation,
                 listeners.to_vec(),
-                None,
+                self.rack.clone(),
             );
             let sent = self.clock_ms();
             match tokio::time::timeout(self.request_timeout, call).await {

@@ -456,6 +456,26 @@ pub const BROKER_KEYS: &[(&str, &str, &str)] = &[
         "200",
         "cluster: broker-only nodes pull the metadata image this often",
     ),
+    (
+        "broker.rack",
+        "",
+        "cluster: this broker's rack; replicas are spread over racks when brokers have one",
+    ),
+    (
+        "auto.leader.rebalance.enable",
+        "true",
+        "cluster: the controller moves leadership back to preferred replicas when imbalanced",
+    ),
+    (
+        "leader.imbalance.per.broker.percentage",
+        "10",
+        "cluster: share (%) of a broker's preferred partitions led elsewhere that triggers a rebalance",
+    ),
+    (
+        "leader.imbalance.check.interval.seconds",
+        "300",
+        "cluster: how often the controller checks the leader imbalance",
+    ),
 ];
 
 /// Topic-level keys accepted by CreateTopics and IncrementalAlterConfigs, with the broker key

@@ -19,8 +19,8 @@ use crate::replication::policy::{
     ElectionCandidate, ElectionOutcome, IsrPolicy, LogPosition, QuorumPolicy, ReplicationPolicy,
 };
 use crate::replication::{
-    AlterPartitionRequest, BrokerId, LeaderEpoch, PartitionRecordMut, ReplicationConfig,
-    ReplicationMode,
+    AlterPartitionRequest, BrokerId, LeaderEpoch, PartitionRecordMut, PreferredElection,
+    ReplicationConfig, ReplicationMode,
 };
 
 use super::error::MetadataError;
@@ -334,6 +334,63 @@ pub enum MetadataCommand {
         /// Per entity, the key changes.
         alterations: Vec<QuotaAlteration>,
     },
+    /// Leader elections asked for by ElectLeaders or by the controller's automatic leader
+    /// rebalance. Each partition is answered on its own ([`Applied::Elections`]).
+    ElectLeaders {
+        /// Preferred or unclean.
+        election: ElectionType,
+        /// The partitions; `None`: every partition of every topic (partitions whose election
+        /// is not needed are then left out of the answer, as Kafka does).
+        partitions: Option<Vec<(String, i32)>>,
+    },
+}
+
+/// The kind of a leader election asked for (ElectLeaders' `election_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ElectionType {
+    /// 0: move leadership to the preferred (first assigned) replica if it is alive and in
+    /// the ISR.
+    Preferred,
+    /// 1: elect a leader for a leaderless partition, out of the ISR if no ISR member is
+    /// alive (whatever the topic's `unclean.leader.election.enable`).
+    Unclean,
+}
+
+impl ElectionType {
+    /// ElectLeaders' wire value (0 preferred, 1 unclean); `None` for any other.
+    pub fn from_wire(v: i8) -> Option<Self> {
+        match v {
+            0 => Some(ElectionType::Preferred),
+            1 => Some(ElectionType::Unclean),
+            _ => None,
+        }
+    }
+}
+
+/// One broker's preferred partitions in the imbalance check: how many, and the ones another
+/// broker (or nobody) leads.
+type PreferredShare<'a> = (usize, Vec<(String, i32, &'a PartitionImage)>);
+
+/// Kafka error code ELECTION_NOT_NEEDED.
+pub const ELECTION_NOT_NEEDED: i16 = 84;
+/// Kafka error code PREFERRED_LEADER_NOT_AVAILABLE.
+pub const PREFERRED_LEADER_NOT_AVAILABLE: i16 = 80;
+/// Kafka error code ELIGIBLE_LEADERS_NOT_AVAILABLE.
+pub const ELIGIBLE_LEADERS_NOT_AVAILABLE: i16 = 83;
+/// Kafka error code UNKNOWN_TOPIC_OR_PARTITION.
+const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+
+/// One partition's answer to [`MetadataCommand::ElectLeaders`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionElection {
+    /// Topic name.
+    pub topic: String,
+    /// Partition index.
+    pub partition: i32,
+    /// Kafka error code, 0 when a leader was elected.
+    pub error_code: i16,
+    /// Why, when `error_code` is not 0.
+    pub message: Option<String>,
 }
 
 /// Producer ids in one [`MetadataCommand::AllocateProducerIds`] block (Kafka's block size).
@@ -364,6 +421,8 @@ pub enum Applied {
     /// The bindings each filter of a [`MetadataCommand::DeleteAcls`] removed, in filter order
     /// (a binding selected by two filters is reported for the first).
     AclsDeleted(Vec<Vec<AclBinding>>),
+    /// Each partition's answer to [`MetadataCommand::ElectLeaders`].
+    Elections(Vec<PartitionElection>),
     /// The command changed what it said (or was already in effect).
     Done,
 }
@@ -573,7 +632,216 @@ impl MetadataImage {
                     .map_err(|e| MetadataError::InvalidRequest(e.0))?;
                 Ok(Applied::Done)
             }
+            MetadataCommand::ElectLeaders {
+                election,
+                partitions,
+            } => Ok(Applied::Elections(
+                self.elect_leaders(*election, partitions.as_deref()),
+            )),
         }
+    }
+
+    /// Runs the asked elections, one answer per partition (see [`ElectionType`]).
+    fn elect_leaders(
+        &mut self,
+        election: ElectionType,
+        partitions: Option<&[(String, i32)]>,
+    ) -> Vec<PartitionElection> {
+        let all = partitions.is_none();
+        let targets: Vec<(String, i32)> = match partitions {
+            Some(list) => {
+                let mut seen = BTreeSet::new();
+                list.iter()
+                    .filter(|tp| seen.insert((*tp).clone()))
+                    .cloned()
+                    .collect()
+            }
+            None => self
+                .topics
+                .values()
+                .flat_map(|t| (0..t.partitions.len() as i32).map(move |i| (t.name.clone(), i)))
+                .collect(),
+        };
+        let mut out = Vec::with_capacity(targets.len());
+        for (topic, partition) in targets {
+            let (error_code, message) = match self.elect_one(election, &topic, partition) {
+                Ok(()) => (0, None),
+                Err((code, message)) => (code, Some(message)),
+            };
+            if all && error_code == ELECTION_NOT_NEEDED {
+                continue;
+            }
+            out.push(PartitionElection {
+                topic,
+                partition,
+                error_code,
+                message,
+            });
+        }
+        out
+    }
+
+    /// One partition's election of [`Self::elect_leaders`].
+    fn elect_one(
+        &mut self,
+        election: ElectionType,
+        topic: &str,
+        partition: i32,
+    ) -> Result<(), (i16, String)> {
+        let live = self.live_brokers();
+        let unknown = || {
+            (
+                UNKNOWN_TOPIC_OR_PARTITION,
+                format!("no such partition {topic}-{partition}"),
+            )
+        };
+        let t = self.topics.get_mut(topic).ok_or_else(unknown)?;
+        let mode = t.replication_mode();
+        let mut config = t.replication_config();
+        let p = usize::try_from(partition)
+            .ok()
+            .and_then(|i| t.partitions.get_mut(i))
+            .ok_or_else(unknown)?;
+        match election {
+            ElectionType::Preferred => {
+                if !p.replicas.is_empty() && p.leader == p.replicas.first().copied() {
+                    return Err((
+                        ELECTION_NOT_NEEDED,
+                        "the preferred replica leads already".into(),
+                    ));
+                }
+                if mode == ReplicationMode::Quorum {
+                    // ISR membership does not prove a quorum replica holds every committed
+                    // record (a majority commits without it), so handing it leadership could
+                    // lose acknowledged writes. Quorum leaders change only by a vote.
+                    return Err((
+                        PREFERRED_LEADER_NOT_AVAILABLE,
+                        "quorum-mode partitions change leader only by a majority vote".into(),
+                    ));
+                }
+                let outcome = p.record_mut().elect_preferred(|b| live.contains(&b));
+                match outcome {
+                    PreferredElection::NotNeeded => Err((
+                        ELECTION_NOT_NEEDED,
+                        "the preferred replica leads already".into(),
+                    )),
+                    PreferredElection::NotAvailable => Err((
+                        PREFERRED_LEADER_NOT_AVAILABLE,
+                        format!(
+                            "preferred replica {:?} of {topic}-{partition} is not alive or not in the ISR",
+                            p.replicas.first()
+                        ),
+                    )),
+                    PreferredElection::Elected(leader) => {
+                        p.election_reports.clear();
+                        tracing::info!(
+                            topic,
+                            partition,
+                            leader,
+                            epoch = p.leader_epoch,
+                            "preferred leader elected"
+                        );
+                        Ok(())
+                    }
+                }
+            }
+            ElectionType::Unclean => {
+                if p.leader.is_some() {
+                    return Err((ELECTION_NOT_NEEDED, "the partition has a leader".into()));
+                }
+                if mode == ReplicationMode::Quorum {
+                    // Electing without a majority's vote could lose committed records; the
+                    // vote goes on until a majority of replicas is alive.
+                    return Err((
+                        ELIGIBLE_LEADERS_NOT_AVAILABLE,
+                        "quorum-mode partitions elect only by a majority vote; no unclean election"
+                            .into(),
+                    ));
+                }
+                config.unclean_leader_election_enable = true;
+                let candidates: Vec<ElectionCandidate> = p
+                    .replicas
+                    .iter()
+                    .map(|&b| ElectionCandidate {
+                        broker_id: b,
+                        alive: live.contains(&b),
+                        in_isr: p.isr.contains(&b),
+                        log: None,
+                    })
+                    .collect();
+                let outcome = p.record_mut().elect(&IsrPolicy, &config, &candidates);
+                match outcome {
+                    ElectionOutcome::Elected { leader, unclean } => {
+                        p.election_reports.clear();
+                        let epoch = p.leader_epoch;
+                        if unclean {
+                            self.unclean_elections += 1;
+                            tracing::warn!(
+                                topic,
+                                partition,
+                                leader,
+                                epoch,
+                                "unclean leader election (ElectLeaders)"
+                            );
+                        } else {
+                            tracing::info!(
+                                topic,
+                                partition,
+                                leader,
+                                epoch,
+                                "leader elected (ElectLeaders)"
+                            );
+                        }
+                        Ok(())
+                    }
+                    _ => Err((
+                        ELIGIBLE_LEADERS_NOT_AVAILABLE,
+                        format!("no live replica of {topic}-{partition}"),
+                    )),
+                }
+            }
+        }
+    }
+
+    /// Kafka's automatic leader rebalance check: per broker, the share of the partitions
+    /// whose preferred replica it is but which it does not lead; when that share is above
+    /// `percentage` %, the partitions of that broker whose preferred replica is alive and in
+    /// the ISR (the ones a preferred election would move). `isr`-mode topics only (a
+    /// quorum-mode partition does not take preferred elections).
+    pub fn imbalanced_partitions(&self, percentage: u32) -> Vec<(String, i32)> {
+        // preferred broker -> (partitions it should lead, the ones it does not lead)
+        let mut by_broker: BTreeMap<BrokerId, PreferredShare<'_>> = BTreeMap::new();
+        for t in self.topics.values() {
+            if t.replication_mode() != ReplicationMode::Isr {
+                continue;
+            }
+            for p in &t.partitions {
+                let Some(&preferred) = p.replicas.first() else {
+                    continue;
+                };
+                let entry = by_broker.entry(preferred).or_default();
+                entry.0 += 1;
+                if p.leader != Some(preferred) {
+                    entry.1.push((t.name.clone(), p.partition, p));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (broker, (total, off)) in by_broker {
+            // ratio > percentage / 100, in integers.
+            if total == 0 || off.len() * 100 <= total * percentage as usize {
+                continue;
+            }
+            if !self.is_live(broker) {
+                continue;
+            }
+            out.extend(
+                off.into_iter()
+                    .filter(|(_, _, p)| p.isr.contains(&broker))
+                    .map(|(t, i, _)| (t, i)),
+            );
+        }
+        out
     }
 
     fn allocate_producer_ids(&mut self, broker_id: BrokerId, broker_epoch: i64) -> ApplyResult {
@@ -809,13 +1077,7 @@ impl MetadataImage {
                 available: brokers.len(),
             });
         }
-        let assignment = place_replicas(
-            &brokers,
-            0,
-            partitions,
-            replication_factor as usize,
-            placement_start,
-        );
+        let assignment = self.place(0, partitions, replication_factor as usize, placement_start);
         let topic = TopicImage {
             name: name.to_string(),
             topic_id,
@@ -838,7 +1100,7 @@ impl MetadataImage {
         let brokers = self.live_brokers();
         let topic = self
             .topics
-            .get_mut(name)
+            .get(name)
             .ok_or_else(|| MetadataError::UnknownTopicOrPartition(name.to_string()))?;
         let current = topic.partitions.len() as i32;
         if total <= current {
@@ -853,7 +1115,10 @@ impl MetadataImage {
                 available: brokers.len(),
             });
         }
-        let assignment = place_replicas(&brokers, current, total - current, rf, placement_start);
+        let assignment = self.place(current, total - current, rf, placement_start);
+        let Some(topic) = self.topics.get_mut(name) else {
+            return Err(MetadataError::UnknownTopicOrPartition(name.to_string()));
+        };
         for (k, replicas) in assignment.into_iter().enumerate() {
             topic
                 .partitions
@@ -967,6 +1232,30 @@ impl MetadataImage {
         Ok(Applied::Done)
     }
 
+    /// Places `count` partitions from index `first` on the live brokers: rack-aware
+    /// ([`place_replicas_rack_aware`]) when any live broker has a rack, else
+    /// [`place_replicas`].
+    fn place(
+        &self,
+        first: i32,
+        count: i32,
+        replication_factor: usize,
+        start: u32,
+    ) -> Vec<Vec<BrokerId>> {
+        let live: Vec<(BrokerId, Option<String>)> = self
+            .brokers
+            .values()
+            .filter(|b| !b.fenced)
+            .map(|b| (b.broker_id, b.rack.clone()))
+            .collect();
+        if live.iter().any(|(_, rack)| rack.is_some()) {
+            place_replicas_rack_aware(&live, first, count, replication_factor, start)
+        } else {
+            let ids: Vec<BrokerId> = live.iter().map(|(b, _)| *b).collect();
+            place_replicas(&ids, first, count, replication_factor, start)
+        }
+    }
+
     /// Serialises the whole image (the Raft snapshot payload).
     pub fn to_snapshot(&self) -> Result<Vec<u8>, MetadataError> {
         serde_json::to_vec(self).map_err(|e| MetadataError::Snapshot(e.to_string()))
@@ -1014,6 +1303,83 @@ pub fn place_replicas(
                 .collect()
         })
         .collect()
+}
+
+/// Kafka's rack-aware replica assignment: the brokers are listed alternating between racks
+/// (racks in name order, each rack's brokers in id order); partition `i`'s first replica is
+/// the `(start + i)`-th broker of that list (so leaderships go round robin), and each further
+/// replica is the next broker, at a shift that grows once per pass over the list, skipping a
+/// broker whose rack already holds a replica while some rack holds none, and a broker that
+/// holds one while some broker holds none. With at least `replication_factor` racks, every
+/// partition's replicas are on distinct racks. Brokers without a rack count as one rack of
+/// their own (as Kafka's KRaft placer treats them), placed after the named racks.
+pub fn place_replicas_rack_aware(
+    brokers: &[(BrokerId, Option<String>)],
+    first: i32,
+    count: i32,
+    replication_factor: usize,
+    start: u32,
+) -> Vec<Vec<BrokerId>> {
+    let n = brokers.len();
+    if n == 0 || count <= 0 {
+        return Vec::new();
+    }
+    debug_assert!(replication_factor <= n);
+    // Rack -> brokers in id order; `None` (no rack) sorts last.
+    let mut by_rack: BTreeMap<(bool, String), Vec<BrokerId>> = BTreeMap::new();
+    for (b, rack) in brokers {
+        let key = match rack {
+            Some(r) => (false, r.clone()),
+            None => (true, String::new()),
+        };
+        by_rack.entry(key).or_default().push(*b);
+    }
+    for list in by_rack.values_mut() {
+        list.sort_unstable();
+    }
+    let rack_lists: Vec<(&(bool, String), &Vec<BrokerId>)> = by_rack.iter().collect();
+    let num_racks = rack_lists.len();
+    let mut arranged: Vec<BrokerId> = Vec::with_capacity(n);
+    let mut rack_of: BTreeMap<BrokerId, usize> = BTreeMap::new();
+    let mut round = 0;
+    while arranged.len() < n {
+        for (r, (_, list)) in rack_lists.iter().enumerate() {
+            if let Some(&b) = list.get(round) {
+                arranged.push(b);
+                rack_of.insert(b, r);
+            }
+        }
+        round += 1;
+    }
+    let start = start as usize % n;
+    let mut shift = start;
+    let mut out = Vec::with_capacity(count as usize);
+    for k in 0..count as usize {
+        let i = first.max(0) as usize + k;
+        if i > 0 && i.is_multiple_of(n) {
+            shift += 1;
+        }
+        let first_index = (i + start) % n;
+        let leader = arranged[first_index];
+        let mut replicas = vec![leader];
+        let mut racks_used = BTreeSet::from([rack_of[&leader]]);
+        let mut step = 0usize;
+        while replicas.len() < replication_factor.min(n) {
+            // The candidate after `first_index` at this shift (never the leader itself).
+            let offset = 1 + (shift * num_racks + step) % (n - 1);
+            let broker = arranged[(first_index + offset) % n];
+            let rack = rack_of[&broker];
+            let rack_ok = !racks_used.contains(&rack) || racks_used.len() == num_racks;
+            let broker_ok = !replicas.contains(&broker) || replicas.len() == n;
+            if rack_ok && broker_ok {
+                replicas.push(broker);
+                racks_used.insert(rack);
+            }
+            step += 1;
+        }
+        out.push(replicas);
+    }
+    out
 }
 
 /// Kafka's topic name rule: 1..=249 chars of `[a-zA-Z0-9._-]`, not `.` or `..`.
@@ -1366,6 +1732,414 @@ mod tests {
         assert_eq!(more, vec![vec![2, 3, 1], vec![3, 1, 2]]);
     }
 
+    fn elect(
+        image: &mut MetadataImage,
+        index: &mut u64,
+        election: ElectionType,
+        partitions: Option<Vec<(&str, i32)>>,
+    ) -> Vec<(String, i32, i16)> {
+        *index += 1;
+        let command = MetadataCommand::ElectLeaders {
+            election,
+            partitions: partitions
+                .map(|v| v.into_iter().map(|(t, p)| (t.to_string(), p)).collect()),
+        };
+        match image.apply(*index, &command) {
+            Ok(Applied::Elections(r)) => r
+                .into_iter()
+                .map(|e| (e.topic, e.partition, e.error_code))
+                .collect(),
+            other => panic!("expected elections, got {other:?}"),
+        }
+    }
+
+    fn set_isr(
+        image: &mut MetadataImage,
+        index: &mut u64,
+        epochs: &[i64],
+        topic: &str,
+        partition: i32,
+        isr: Vec<BrokerId>,
+    ) {
+        let p = image.partition(topic, partition).unwrap().clone();
+        let leader = p.leader.unwrap();
+        *index += 1;
+        let alter = MetadataCommand::AlterPartition {
+            topic: topic.into(),
+            partition,
+            broker_id: leader,
+            broker_epoch: epochs[(leader - 1) as usize],
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            new_isr: isr,
+        };
+        image.apply(*index, &alter).unwrap();
+    }
+
+    #[test]
+    fn preferred_election_moves_leadership_back_once_the_replica_is_in_sync() {
+        let (mut image, mut index, epochs) = cluster(3);
+        create(&mut image, &mut index, "t", 1, 3, "isr", 0).unwrap();
+        assert_eq!(image.partition("t", 0).unwrap().replicas, vec![1, 2, 3]);
+        assert_eq!(
+            elect(
+                &mut image,
+                &mut index,
+                ElectionType::Preferred,
+                Some(vec![("t", 0)])
+            ),
+            vec![("t".to_string(), 0, ELECTION_NOT_NEEDED)]
+        );
+        index += 1;
+        image
+            .apply(
+                index,
+                &MetadataCommand::FenceBroker {
+                    broker_id: 1,
+                    broker_epoch: epochs[0],
+                },
+            )
+            .unwrap();
+        assert_eq!(image.partition("t", 0).unwrap().leader, Some(2));
+        index += 1;
+        image
+            .apply(
+                index,
+                &MetadataCommand::UnfenceBroker {
+                    broker_id: 1,
+                    broker_epoch: epochs[0],
+                },
+            )
+            .unwrap();
+        // Alive but not in the ISR yet.
+        assert_eq!(
+            elect(
+                &mut image,
+                &mut index,
+                ElectionType::Preferred,
+                Some(vec![("t", 0)])
+            ),
+            vec![("t".to_string(), 0, PREFERRED_LEADER_NOT_AVAILABLE)]
+        );
+        // Nothing to do for "all partitions" answers nothing but the refusal.
+        assert_eq!(
+            elect(&mut image, &mut index, ElectionType::Preferred, None),
+            vec![("t".to_string(), 0, PREFERRED_LEADER_NOT_AVAILABLE)]
+        );
+        set_isr(&mut image, &mut index, &epochs, "t", 0, vec![1, 2, 3]);
+        let before = image.partition("t", 0).unwrap().leader_epoch;
+        assert_eq!(
+            elect(
+                &mut image,
+                &mut index,
+                ElectionType::Preferred,
+                Some(vec![("t", 0), ("t", 0), ("t", 7), ("nope", 0), ("t", -1)])
+            ),
+            vec![
+                ("t".to_string(), 0, 0),
+                ("t".to_string(), 7, 3),
+                ("nope".to_string(), 0, 3),
+                ("t".to_string(), -1, 3),
+            ]
+        );
+        let p = image.partition("t", 0).unwrap();
+        assert_eq!(p.leader, Some(1));
+        assert_eq!(p.leader_epoch, before + 1);
+        assert_eq!(p.isr, vec![1, 2, 3]);
+        // Done: "all partitions" leaves out the partitions that need nothing.
+        assert_eq!(
+            elect(&mut image, &mut index, ElectionType::Preferred, None),
+            vec![]
+        );
+        assert_eq!(image.imbalanced_partitions(10), vec![]);
+    }
+
+    #[test]
+    fn quorum_partitions_refuse_preferred_and_unclean_elections() {
+        let (mut image, mut index, epochs) = cluster(3);
+        create(&mut image, &mut index, "q", 1, 3, "quorum", 0).unwrap();
+        index += 1;
+        image
+            .apply(
+                index,
+                &MetadataCommand::FenceBroker {
+                    broker_id: 1,
+                    broker_epoch: epochs[0],
+                },
+            )
+            .unwrap();
+        // Leaderless until a majority reports: unclean refused, preferred refused.
+        assert_eq!(image.partition("q", 0).unwrap().leader, None);
+        assert_eq!(
+            elect(
+                &mut image,
+                &mut index,
+                ElectionType::Unclean,
+                Some(vec![("q", 0)])
+            ),
+            vec![("q".to_string(), 0, ELIGIBLE_LEADERS_NOT_AVAILABLE)]
+        );
+        assert_eq!(
+            elect(
+                &mut image,
+                &mut index,
+                ElectionType::Preferred,
+                Some(vec![("q", 0)])
+            ),
+            vec![("q".to_string(), 0, PREFERRED_LEADER_NOT_AVAILABLE)]
+        );
+        assert_eq!(image.partition("q", 0).unwrap().leader, None);
+        assert_eq!(image.imbalanced_partitions(0), vec![]);
+    }
+
+    #[test]
+    fn unclean_election_elects_out_of_sync_replicas_only_when_needed() {
+        let (mut image, mut index, epochs) = cluster(2);
+        create(&mut image, &mut index, "t", 1, 2, "isr", 0).unwrap();
+        assert_eq!(
+            elect(
+                &mut image,
+                &mut index,
+                ElectionType::Unclean,
+                Some(vec![("t", 0)])
+            ),
+            vec![("t".to_string(), 0, ELECTION_NOT_NEEDED)]
+        );
+        let p = image.partition("t", 0).unwrap().clone();
+        let (leader, follower) = (p.replicas[0], p.replicas[1]);
+        set_isr(&mut image, &mut index, &epochs, "t", 0, vec![leader]);
+        index += 1;
+        image
+            .apply(
+                index,
+                &MetadataCommand::FenceBroker {
+                    broker_id: leader,
+                    broker_epoch: epochs[(leader - 1) as usize],
+                },
+            )
+            .unwrap();
+        assert_eq!(image.partition("t", 0).unwrap().leader, None);
+        // The topic does not allow unclean elections, but ElectLeaders UNCLEAN does.
+        assert_eq!(
+            elect(&mut image, &mut index, ElectionType::Unclean, None),
+            vec![("t".to_string(), 0, 0)]
+        );
+        let p = image.partition("t", 0).unwrap();
+        assert_eq!(p.leader, Some(follower));
+        assert_eq!(p.isr, vec![follower]);
+        assert_eq!(image.unclean_elections, 1);
+        // No live replica at all.
+        index += 1;
+        image
+            .apply(
+                index,
+                &MetadataCommand::FenceBroker {
+                    broker_id: follower,
+                    broker_epoch: epochs[(follower - 1) as usize],
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            elect(
+                &mut image,
+                &mut index,
+                ElectionType::Unclean,
+                Some(vec![("t", 0)])
+            ),
+            vec![("t".to_string(), 0, ELIGIBLE_LEADERS_NOT_AVAILABLE)]
+        );
+    }
+
+    #[test]
+    fn imbalance_check_follows_the_per_broker_threshold() {
+        let (mut image, mut index, epochs) = cluster(3);
+        // 6 partitions, 2 preferred per broker.
+        create(&mut image, &mut index, "t", 6, 2, "isr", 0).unwrap();
+        assert_eq!(image.imbalanced_partitions(10), vec![]);
+        index += 1;
+        image
+            .apply(
+                index,
+                &MetadataCommand::FenceBroker {
+                    broker_id: 1,
+                    broker_epoch: epochs[0],
+                },
+            )
+            .unwrap();
+        index += 1;
+        image
+            .apply(
+                index,
+                &MetadataCommand::UnfenceBroker {
+                    broker_id: 1,
+                    broker_epoch: epochs[0],
+                },
+            )
+            .unwrap();
+        // Broker 1 leads none of its 2 preferred partitions, but is out of their ISRs.
+        let preferred_on_1: Vec<i32> = image
+            .topic("t")
+            .unwrap()
+            .partitions
+            .iter()
+            .filter(|p| p.replicas[0] == 1)
+            .map(|p| p.partition)
+            .collect();
+        assert_eq!(preferred_on_1.len(), 2);
+        assert_eq!(image.imbalanced_partitions(10), vec![]);
+        for &p in &preferred_on_1 {
+            let replicas = image.partition("t", p).unwrap().replicas.clone();
+            set_isr(&mut image, &mut index, &epochs, "t", p, replicas);
+        }
+        let expected: Vec<(String, i32)> = preferred_on_1
+            .iter()
+            .map(|&p| ("t".to_string(), p))
+            .collect();
+        assert_eq!(image.imbalanced_partitions(10), expected);
+        // 2 of 2 off is 100 %: above 99 %, not above 100 %.
+        assert_eq!(image.imbalanced_partitions(99), expected);
+        assert_eq!(image.imbalanced_partitions(100), vec![]);
+        elect(
+            &mut image,
+            &mut index,
+            ElectionType::Preferred,
+            Some(expected.iter().map(|(t, p)| (t.as_str(), *p)).collect()),
+        );
+        assert_eq!(image.imbalanced_partitions(0), vec![]);
+    }
+
+    fn rack_brokers(racks: &[(BrokerId, Option<&str>)]) -> Vec<(BrokerId, Option<String>)> {
+        racks
+            .iter()
+            .map(|(b, r)| (*b, r.map(str::to_string)))
+            .collect()
+    }
+
+    #[test]
+    fn rack_aware_placement_spreads_replicas_over_racks_and_leaders_over_brokers() {
+        // Kafka's example layout: racks of uneven size.
+        let brokers = rack_brokers(&[
+            (0, Some("rack1")),
+            (1, Some("rack3")),
+            (2, Some("rack3")),
+            (3, Some("rack2")),
+            (4, Some("rack2")),
+            (5, Some("rack1")),
+        ]);
+        let rack = |b: BrokerId| brokers.iter().find(|(x, _)| *x == b).unwrap().1.clone();
+        for start in 0..6u32 {
+            for rf in 1..=3usize {
+                let placed = place_replicas_rack_aware(&brokers, 0, 12, rf, start);
+                assert_eq!(placed.len(), 12);
+                let mut leaders: BTreeMap<BrokerId, usize> = BTreeMap::new();
+                for replicas in &placed {
+                    assert_eq!(replicas.len(), rf);
+                    let racks: BTreeSet<_> = replicas.iter().map(|&b| rack(b)).collect();
+                    assert_eq!(racks.len(), rf, "replicas {replicas:?} share a rack");
+                    let distinct: BTreeSet<_> = replicas.iter().collect();
+                    assert_eq!(distinct.len(), rf);
+                    *leaders.entry(replicas[0]).or_default() += 1;
+                }
+                // 12 partitions over 6 brokers: every broker leads 2.
+                assert!(leaders.values().all(|&n| n == 2), "{leaders:?}");
+                assert_eq!(leaders.len(), 6);
+            }
+        }
+        // The broker list alternates racks: rack1, rack2, rack3, rack1, ...
+        let placed = place_replicas_rack_aware(&brokers, 0, 6, 1, 0);
+        let firsts: Vec<BrokerId> = placed.iter().map(|r| r[0]).collect();
+        assert_eq!(firsts, vec![0, 3, 1, 5, 4, 2]);
+        // Fewer racks than replicas: every rack used, no broker twice.
+        let two = rack_brokers(&[
+            (1, Some("a")),
+            (2, Some("a")),
+            (3, Some("b")),
+            (4, Some("b")),
+        ]);
+        for replicas in place_replicas_rack_aware(&two, 0, 8, 3, 1) {
+            let distinct: BTreeSet<_> = replicas.iter().collect();
+            assert_eq!(distinct.len(), 3);
+            assert!(replicas.iter().any(|b| *b <= 2) && replicas.iter().any(|b| *b >= 3));
+        }
+        // Growing a topic continues the round robin.
+        let grown = place_replicas_rack_aware(&brokers, 6, 6, 2, 0);
+        let firsts: Vec<BrokerId> = grown.iter().map(|r| r[0]).collect();
+        assert_eq!(firsts, vec![0, 3, 1, 5, 4, 2]);
+    }
+
+    #[test]
+    fn topics_use_racks_when_brokers_have_them_and_the_old_rule_when_none_do() {
+        fn register_in(
+            image: &mut MetadataImage,
+            index: &mut u64,
+            id: BrokerId,
+            rack: Option<&str>,
+        ) {
+            *index += 1;
+            let cmd = MetadataCommand::RegisterBroker {
+                broker_id: id,
+                incarnation: Uuid::from_u128(id as u128 + 77),
+                listeners: vec![],
+                rack: rack.map(str::to_string),
+            };
+            let Ok(Applied::BrokerRegistered { broker_epoch }) = image.apply(*index, &cmd) else {
+                panic!("registration failed");
+            };
+            *index += 1;
+            image
+                .apply(
+                    *index,
+                    &MetadataCommand::UnfenceBroker {
+                        broker_id: id,
+                        broker_epoch,
+                    },
+                )
+                .unwrap();
+        }
+        let mut image = MetadataImage::new();
+        let mut index = 0;
+        for (id, rack) in [(1, "a"), (2, "a"), (3, "b"), (4, "b"), (5, "c"), (6, "c")] {
+            register_in(&mut image, &mut index, id, Some(rack));
+        }
+        create(&mut image, &mut index, "r", 12, 3, "isr", 5).unwrap();
+        let racks: BTreeMap<BrokerId, Option<String>> = image
+            .brokers
+            .values()
+            .map(|b| (b.broker_id, b.rack.clone()))
+            .collect();
+        let rack_of = |b: BrokerId| racks[&b].clone();
+        for p in &image.topic("r").unwrap().partitions {
+            let racks: BTreeSet<_> = p.replicas.iter().map(|&b| rack_of(b)).collect();
+            assert_eq!(racks.len(), 3, "{:?}", p.replicas);
+        }
+        index += 1;
+        image
+            .apply(
+                index,
+                &MetadataCommand::CreatePartitions {
+                    name: "r".into(),
+                    total_count: 15,
+                    placement_start: 9,
+                },
+            )
+            .unwrap();
+        for p in &image.topic("r").unwrap().partitions {
+            let racks: BTreeSet<_> = p.replicas.iter().map(|&b| rack_of(b)).collect();
+            assert_eq!(racks.len(), 3, "{:?}", p.replicas);
+        }
+        // No racks anywhere: the seed rule, unchanged.
+        let (mut plain, mut index, _) = cluster(3);
+        create(&mut plain, &mut index, "p", 4, 2, "isr", 1).unwrap();
+        let placed: Vec<Vec<BrokerId>> = plain
+            .topic("p")
+            .unwrap()
+            .partitions
+            .iter()
+            .map(|p| p.replicas.clone())
+            .collect();
+        assert_eq!(placed, place_replicas(&[1, 2, 3], 0, 4, 2, 1));
+    }
+
     #[test]
     fn new_topic_gets_preferred_leaders_in_both_modes() {
         let (mut image, mut index, _) = cluster(3);
@@ -1677,11 +2451,13 @@ mod tests {
     fn arb_command() -> impl Strategy<Value = MetadataCommand> {
         let broker = 1..=4i32;
         prop_oneof![
-            (broker.clone(), 0u128..3).prop_map(|(b, inc)| MetadataCommand::RegisterBroker {
-                broker_id: b,
-                incarnation: Uuid::from_u128(b as u128 * 10 + inc + 1),
-                listeners: vec![],
-                rack: None,
+            (broker.clone(), 0u128..3, proptest::option::of(0u8..2)).prop_map(|(b, inc, rack)| {
+                MetadataCommand::RegisterBroker {
+                    broker_id: b,
+                    incarnation: Uuid::from_u128(b as u128 * 10 + inc + 1),
+                    listeners: vec![],
+                    rack: rack.map(|r| format!("r{r}")),
+                }
             }),
             (broker.clone(), 0i64..40).prop_map(|(b, e)| MetadataCommand::UnfenceBroker {
                 broker_id: b,
@@ -1744,8 +2520,28 @@ mod tests {
                         new_isr: isr,
                     }
                 }),
-            (0u8..3, 0i32..3, broker, -1i32..5, -1i32..3, 0i64..20).prop_map(
-                |(t, p, b, e, le, leo)| MetadataCommand::ReportReplicaLog {
+            (
+                any::<bool>(),
+                proptest::option::of(proptest::collection::vec((0u8..3, -1i32..3), 0..4))
+            )
+                .prop_map(|(unclean, parts)| MetadataCommand::ElectLeaders {
+                    election: if unclean {
+                        ElectionType::Unclean
+                    } else {
+                        ElectionType::Preferred
+                    },
+                    partitions: parts
+                        .map(|v| { v.into_iter().map(|(t, p)| (format!("t{t}"), p)).collect() }),
+                }),
+            (
+                0u8..3,
+                0i32..3,
+                broker.clone(),
+                -1i32..5,
+                -1i32..3,
+                0i64..20
+            )
+                .prop_map(|(t, p, b, e, le, leo)| MetadataCommand::ReportReplicaLog {
                     topic: format!("t{t}"),
                     partition: p,
                     broker_id: b,
@@ -1754,8 +2550,7 @@ mod tests {
                         last_epoch: le,
                         log_end_offset: leo,
                     },
-                }
-            ),
+                }),
         ]
     }
 

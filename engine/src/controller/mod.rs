@@ -158,6 +158,13 @@ pub struct ControllerConfig {
     /// TLS of the controller channel (`controller.listener.names` mapped to SSL): mutual TLS
     /// between voters and from brokers. `None`: plain TCP.
     pub tls: Option<crate::security::tls::TlsSettings>,
+    /// `auto.leader.rebalance.enable`: the active controller runs preferred elections when
+    /// a broker's leader imbalance is above the threshold.
+    pub auto_leader_rebalance_enable: bool,
+    /// `leader.imbalance.per.broker.percentage` (0-100).
+    pub leader_imbalance_per_broker_percentage: u32,
+    /// `leader.imbalance.check.interval.seconds`.
+    pub leader_imbalance_check_interval_seconds: u64,
 }
 
 impl ControllerConfig {
@@ -183,6 +190,32 @@ impl ControllerConfig {
             "controller.quorum.request.timeout.ms" => self.request_timeout_ms = number()?,
             "metadata.snapshot.interval.entries" => self.snapshot_every_entries = number()?,
             "metadata.poll.interval.ms" => self.metadata_poll_ms = number()?,
+            "leader.imbalance.check.interval.seconds" => {
+                self.leader_imbalance_check_interval_seconds = number()?
+            }
+            "leader.imbalance.per.broker.percentage" => {
+                self.leader_imbalance_per_broker_percentage = value
+                    .trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|&n| n <= 100)
+                    .ok_or_else(|| {
+                        ControllerError::InvalidConfig(format!(
+                            "{key} must be an integer from 0 to 100, got `{value}`"
+                        ))
+                    })?
+            }
+            "auto.leader.rebalance.enable" => {
+                self.auto_leader_rebalance_enable = match value.trim() {
+                    "true" => true,
+                    "false" => false,
+                    _ => {
+                        return Err(ControllerError::InvalidConfig(format!(
+                            "{key} must be true or false, got `{value}`"
+                        )))
+                    }
+                }
+            }
             "replication.mode" => {
                 self.default_replication_mode =
                     value
@@ -213,6 +246,9 @@ impl Default for ControllerConfig {
             default_replication_mode: ReplicationMode::Isr,
             metadata_poll_ms: 200,
             tls: None,
+            auto_leader_rebalance_enable: true,
+            leader_imbalance_per_broker_percentage: 10,
+            leader_imbalance_check_interval_seconds: 300,
         }
     }
 }
@@ -515,6 +551,44 @@ impl Core {
                 Ok(_) => self.sessions().remove(broker_id),
                 Err(_) => return,
             }
+        }
+    }
+}
+
+impl Core {
+    /// On the leader, with `auto.leader.rebalance.enable`: Kafka's leader imbalance check
+    /// ([`MetadataImage::imbalanced_partitions`]), then one preferred election command for
+    /// the partitions it names.
+    async fn tick_rebalance(&self) {
+        if !self.config.auto_leader_rebalance_enable || self.leader() != Some(self.node_id) {
+            return;
+        }
+        let image = self.image.borrow().clone();
+        let partitions =
+            image.imbalanced_partitions(self.config.leader_imbalance_per_broker_percentage);
+        if partitions.is_empty() {
+            return;
+        }
+        tracing::info!(
+            partitions = partitions.len(),
+            "leader imbalance above leader.imbalance.per.broker.percentage; electing preferred leaders"
+        );
+        let command = MetadataCommand::ElectLeaders {
+            election: metadata::ElectionType::Preferred,
+            partitions: Some(partitions),
+        };
+        match self.propose_local(command).await {
+            Ok(Ok(metadata::Applied::Elections(results))) => {
+                for r in results.iter().filter(|r| r.error_code != 0) {
+                    tracing::debug!(
+                        topic = r.topic,
+                        partition = r.partition,
+                        code = r.error_code,
+                        "automatic preferred election not done"
+                    );
+                }
+            }
+            other => tracing::debug!("automatic preferred election: {other:?}"),
         }
     }
 }
@@ -1082,7 +1156,16 @@ async fn start_voter(
             tick_core.tick_sessions().await;
         }
     });
-    Ok((core, vec![accept, ticker], image_rx))
+    let rebalance_core = core.clone();
+    let rebalance_every =
+        Duration::from_secs(core.config.leader_imbalance_check_interval_seconds.max(1));
+    let rebalancer = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(rebalance_every).await;
+            rebalance_core.tick_rebalance().await;
+        }
+    });
+    Ok((core, vec![accept, ticker, rebalancer], image_rx))
 }
 
 /// A broker-only node: no Raft, no listener; calls go to the controller and the metadata
@@ -1159,6 +1242,36 @@ mod tests {
         assert!(c.set("replication.mode", "paxos").is_err());
         assert!(c
             .set("controller.quorum.heartbeat.interval.ms", "5000")
+            .is_err());
+        // A fresh config: the refused heartbeat above stays set, so every later set would fail.
+        let mut c = ControllerConfig::default();
+        assert!(c.auto_leader_rebalance_enable);
+        assert_eq!(c.leader_imbalance_per_broker_percentage, 10);
+        assert_eq!(c.leader_imbalance_check_interval_seconds, 300);
+        assert_eq!(
+            c.set("auto.leader.rebalance.enable", "false").ok(),
+            Some(true)
+        );
+        assert!(!c.auto_leader_rebalance_enable);
+        assert!(c.set("auto.leader.rebalance.enable", "yes").is_err());
+        assert_eq!(
+            c.set("leader.imbalance.per.broker.percentage", "0").ok(),
+            Some(true)
+        );
+        assert_eq!(c.leader_imbalance_per_broker_percentage, 0);
+        assert!(c
+            .set("leader.imbalance.per.broker.percentage", "101")
+            .is_err());
+        assert!(c
+            .set("leader.imbalance.per.broker.percentage", "-1")
+            .is_err());
+        assert_eq!(
+            c.set("leader.imbalance.check.interval.seconds", "2").ok(),
+            Some(true)
+        );
+        assert_eq!(c.leader_imbalance_check_interval_seconds, 2);
+        assert!(c
+            .set("leader.imbalance.check.interval.seconds", "0")
             .is_err());
     }
 }

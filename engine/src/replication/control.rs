@@ -206,6 +206,38 @@ impl PartitionRecordMut<'_> {
         }
         ElectionOutcome::Elected { leader, unclean }
     }
+
+    /// Moves leadership to the preferred replica (the first assigned one) when it is alive
+    /// (`alive`) and in the ISR, as Kafka's preferred election does: a new leader epoch, the
+    /// ISR unchanged (an ISR member holds every committed record, so nothing committed is
+    /// lost; the old leader becomes a follower and truncates what was not committed). Only
+    /// sound where ISR membership implies having every committed record (`isr` mode).
+    pub fn elect_preferred(&mut self, alive: impl Fn(BrokerId) -> bool) -> PreferredElection {
+        let Some(&preferred) = self.replicas.first() else {
+            return PreferredElection::NotAvailable;
+        };
+        if *self.leader == Some(preferred) {
+            return PreferredElection::NotNeeded;
+        }
+        if !self.isr.contains(&preferred) || !alive(preferred) {
+            return PreferredElection::NotAvailable;
+        }
+        *self.leader = Some(preferred);
+        *self.leader_epoch += 1;
+        *self.partition_epoch += 1;
+        PreferredElection::Elected(preferred)
+    }
+}
+
+/// What [`PartitionRecordMut::elect_preferred`] did (Kafka's preferred leader election).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreferredElection {
+    /// The preferred replica (first in the replica list) leads already.
+    NotNeeded,
+    /// The preferred replica is not alive or not in the ISR: nothing changed.
+    NotAvailable,
+    /// The preferred replica leads now, in a new leader epoch.
+    Elected(BrokerId),
 }
 
 fn same_members(a: &[BrokerId], b: &[BrokerId]) -> bool {
@@ -305,6 +337,41 @@ mod tests {
         let out = elect(&mut c, &IsrPolicy, &[2, 3]);
         assert_eq!(out, ElectionOutcome::NoEligibleLeader);
         assert_eq!(c.leader_epoch, 1);
+    }
+
+    #[test]
+    fn preferred_election_needs_a_live_in_sync_preferred_replica() {
+        let mut c = PartitionState::new(vec![1, 2, 3]);
+        elect(&mut c, &IsrPolicy, &[1, 2, 3]);
+        assert_eq!(
+            c.record_mut().elect_preferred(|_| true),
+            PreferredElection::NotNeeded
+        );
+        // Broker 1 dies: 2 leads, 1 leaves the ISR.
+        assert!(c.record_mut().fence_replica(1).lost_leader);
+        elect(&mut c, &IsrPolicy, &[2, 3]);
+        assert_eq!(c.leader, Some(2));
+        let before = (c.leader_epoch, c.partition_epoch);
+        // Back alive but not yet in the ISR: refused, nothing changes.
+        assert_eq!(
+            c.record_mut().elect_preferred(|_| true),
+            PreferredElection::NotAvailable
+        );
+        assert_eq!((c.leader_epoch, c.partition_epoch), before);
+        c.isr.push(1);
+        // In the ISR but not alive: refused.
+        assert_eq!(
+            c.record_mut().elect_preferred(|b| b != 1),
+            PreferredElection::NotAvailable
+        );
+        assert_eq!(
+            c.record_mut().elect_preferred(|_| true),
+            PreferredElection::Elected(1)
+        );
+        assert_eq!(c.leader, Some(1));
+        assert_eq!(c.leader_epoch, before.0 + 1);
+        assert_eq!(c.partition_epoch, before.1 + 1);
+        assert_eq!(c.isr.len(), 3);
     }
 
     #[test]

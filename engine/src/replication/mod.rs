@@ -27,7 +27,9 @@ pub mod log;
 pub mod policy;
 pub mod replica;
 
-pub use control::{AlterPartitionRequest, Fenced, PartitionRecordMut, PartitionState};
+pub use control::{
+    AlterPartitionRequest, Fenced, PartitionRecordMut, PartitionState, PreferredElection,
+};
 pub use error::ReplicationError;
 pub use follower::{FetchResponseInfo, FollowerRequest, FollowerState, FollowerStep};
 pub use leader::{FetchDecision, FollowerFetch, LeaderAction, LeaderState, ProduceWaiter};

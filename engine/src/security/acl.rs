@@ -1151,6 +1151,10 @@ const TABLE: &[(ApiKey, &[ApiAcl])] = &[
         &[one(When::Always, Op::Describe, CLUSTER)],
     ),
     (
+        ApiKey::ElectLeaders,
+        &[one(When::Always, Op::Alter, CLUSTER)],
+    ),
+    (
         ApiKey::DescribeCluster,
         &[one(When::AnswerDetail, Op::Describe, CLUSTER)],
     ),
@@ -1897,6 +1901,10 @@ mod tests {
         assert_eq!(
             alternatives(&acls(ApiKey::CreateTopics)[0]),
             [check(Op::Create, CLUSTER), check(Op::Create, TOPIC)]
+        );
+        assert_eq!(
+            acls(ApiKey::ElectLeaders),
+            &[one(When::Always, Op::Alter, CLUSTER)]
         );
         assert_eq!(acls(ApiKey::ApiVersions), &[]);
         assert_eq!(acls(ApiKey::SaslAuthenticate), &[]);

@@ -1,4 +1,6 @@
-//! `sluicectl cluster describe`: brokers, controller, cluster id, metadata quorum.
+//! `sluicectl cluster describe`: brokers, controller, cluster id, metadata quorum;
+//! `sluicectl cluster quorum`: the metadata quorum alone (like
+//! `kafka-metadata-quorum.sh describe --status --replication`).
 
 use std::io::Write;
 
@@ -17,6 +19,9 @@ use crate::Ctx;
 pub enum ClusterCmd {
     /// Brokers, controller, cluster id, and the metadata quorum when the broker serves it.
     Describe,
+    /// The metadata quorum (DescribeQuorum): leader, epoch, high watermark, each voter's
+    /// log end offset and lag.
+    Quorum,
 }
 
 /// A voter or observer of the metadata quorum.
@@ -93,9 +98,60 @@ fn describe_quorum(cluster: &mut Cluster) -> anyhow::Result<Option<Quorum>> {
     }))
 }
 
+/// The quorum as a header line and a table of its replicas.
+fn write_quorum(out: &mut impl Write, q: &Quorum) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "Metadata quorum: leader {} epoch {} high watermark {}",
+        q.leader_id, q.leader_epoch, q.high_watermark
+    )?;
+    let leader_end = q
+        .voters
+        .iter()
+        .find(|r| r.replica_id == q.leader_id)
+        .map_or(q.high_watermark, |r| r.log_end_offset);
+    let mut t = Table::new(&["REPLICA", "ROLE", "LOG-END", "LAG", "LAST-CAUGHT-UP-MS"]);
+    for (role, list) in [("voter", &q.voters), ("observer", &q.observers)] {
+        for r in list.iter() {
+            t.row(vec![
+                r.replica_id.to_string(),
+                if r.replica_id == q.leader_id {
+                    "leader".into()
+                } else {
+                    role.to_string()
+                },
+                r.log_end_offset.to_string(),
+                (leader_end - r.log_end_offset).max(0).to_string(),
+                r.last_caught_up_timestamp.to_string(),
+            ]);
+        }
+    }
+    t.write(out)
+}
+
+/// `cluster quorum`: the metadata quorum, or an error when the broker has none to describe.
+fn quorum(ctx: &Ctx, out: &mut impl Write) -> anyhow::Result<()> {
+    let mut cluster = ctx.cluster()?;
+    let Some(q) = describe_quorum(&mut cluster)? else {
+        return Err(crate::client::ClientError::Kafka {
+            what: "DescribeQuorum".into(),
+            code: 35,
+            message: Some("the broker does not describe a metadata quorum".into()),
+        }
+        .into());
+    };
+    match ctx.format {
+        Format::Json => write_json(out, &q)?,
+        Format::Table => write_quorum(out, &q)?,
+    }
+    Ok(())
+}
+
 /// Runs a `cluster` subcommand.
 pub fn run(ctx: &Ctx, cmd: ClusterCmd, out: &mut impl Write) -> anyhow::Result<()> {
-    let ClusterCmd::Describe = cmd;
+    if let ClusterCmd::Quorum = cmd {
+        return quorum(ctx, out);
+    }
     let mut cluster = ctx.cluster()?;
     let mut info = ClusterInfo {
         cluster_id: cluster.cluster_id().map(str::to_owned),
@@ -152,36 +208,7 @@ pub fn run(ctx: &Ctx, cmd: ClusterCmd, out: &mut impl Write) -> anyhow::Result<(
                     out,
                     "Metadata quorum: not available (a single-node broker, or one without DescribeQuorum)."
                 )?,
-                Some(q) => {
-                    writeln!(
-                        out,
-                        "Metadata quorum: leader {} epoch {} high watermark {}",
-                        q.leader_id, q.leader_epoch, q.high_watermark
-                    )?;
-                    let leader_end = q
-                        .voters
-                        .iter()
-                        .find(|r| r.replica_id == q.leader_id)
-                        .map_or(q.high_watermark, |r| r.log_end_offset);
-                    let mut t =
-                        Table::new(&["REPLICA", "ROLE", "LOG-END", "LAG", "LAST-CAUGHT-UP-MS"]);
-                    for (role, list) in [("voter", &q.voters), ("observer", &q.observers)] {
-                        for r in list.iter() {
-                            t.row(vec![
-                                r.replica_id.to_string(),
-                                if r.replica_id == q.leader_id {
-                                    "leader".into()
-                                } else {
-                                    role.to_string()
-                                },
-                                r.log_end_offset.to_string(),
-                                (leader_end - r.log_end_offset).max(0).to_string(),
-                                r.last_caught_up_timestamp.to_string(),
-                            ]);
-                        }
-                    }
-                    t.write(out)?;
-                }
+                Some(q) => write_quorum(out, q)?,
             }
         }
     }

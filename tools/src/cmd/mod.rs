@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod configs;
 pub mod consume;
 pub mod groups;
+pub mod leaders;
 pub mod logdirs;
 pub mod produce;
 pub mod producers;

@@ -172,6 +172,7 @@ pub fn is_authorised_api(api: ApiKey) -> bool {
             | ApiKey::SaslAuthenticate
             // Kafka answers DescribeCluster without a check.
             | ApiKey::DescribeCluster
+            | ApiKey::ElectLeaders
             | ApiKey::CreateAcls
             | ApiKey::DescribeAcls
             | ApiKey::DeleteAcls
@@ -1088,6 +1089,33 @@ pub async fn describe_log_dirs(
         });
     }
     Ok(super::records::describe_log_dirs(svc, version, req).await?)
+}
+
+/// ElectLeaders: ALTER on the cluster, else CLUSTER_AUTHORIZATION_FAILED (top level from v1,
+/// and on every requested partition), as in Kafka.
+pub async fn elect_leaders(
+    svc: &Rc<Services>,
+    node: &ClusterNode,
+    version: i16,
+    req: m::ElectLeadersRequest,
+) -> m::ElectLeadersResponse {
+    if !Authz::current(svc).allows_cluster(AclOperation::Alter) {
+        let requested: Option<Vec<(String, i32)>> = req.topic_partitions.as_ref().map(|ts| {
+            ts.iter()
+                .flat_map(|t| {
+                    let name = t.topic.as_str().to_string();
+                    t.partitions.iter().map(move |&p| (name.clone(), p))
+                })
+                .collect()
+        });
+        return super::leaders::refuse(
+            version,
+            requested.as_deref(),
+            CLUSTER_AUTHORIZATION_FAILED,
+            "ALTER on the cluster is required",
+        );
+    }
+    super::leaders::elect_leaders(node, version, req).await
 }
 
 /// DescribeQuorum: DESCRIBE on the cluster, else CLUSTER_AUTHORIZATION_FAILED.

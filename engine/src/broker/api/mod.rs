@@ -15,7 +15,7 @@
 //!   the bootstrap SCRAM credentials.
 //! - [`groups`]: FindCoordinator and the group APIs. [`producers`]: InitProducerId and the
 //!   refused transactional APIs. [`transactions`]: the transaction APIs (KIP-98).
-//!   [`quorum`]: DescribeQuorum.
+//!   [`quorum`]: DescribeQuorum. [`leaders`]: ElectLeaders.
 //!
 //! Handlers sit above every service (`broker::services`); no service imports them.
 
@@ -23,6 +23,7 @@ pub mod acls;
 pub mod configs;
 pub mod fetch;
 pub mod groups;
+pub mod leaders;
 pub mod metadata;
 pub mod offsets;
 pub mod produce;
@@ -294,6 +295,11 @@ async fn dispatch(
                 svc.shard.ctx.metadata.cluster_node(),
                 &req,
             ))
+        }
+        ApiKey::ElectLeaders => {
+            let req = decode!(m::ElectLeadersRequest);
+            let node = svc.shard.ctx.metadata.cluster_node().clone();
+            frame(&acls::elect_leaders(&svc, &node, version, req).await)
         }
         ApiKey::DescribeQuorum => {
             let req = decode!(m::DescribeQuorumRequest);
