@@ -676,12 +676,12 @@ def read_back(bootstrap: str) -> tuple[dict, dict]:
         c.close()
 
 
-def replica_digests(root: Path, nodes: int, hws: dict[int, int]) -> dict:
+def replica_digests(root: Path, replicas: dict[int, list[int]], hws: dict[int, int]) -> dict:
     """Each replica's own log files, batch by batch up to the high watermark."""
     out = {}
     for p, hw in hws.items():
         out[p] = {"hw": hw, "nodes": {}}
-        for n in range(1, nodes + 1):
+        for n in replicas[p]:
             d = root / f"node{n}" / f"{TOPIC}-{p}"
             batches = []
             for seg in sorted(d.glob("*.log")):
@@ -816,6 +816,8 @@ def run_schedule(seed: int, mode: str, duration: float, binary: Path, nodes: int
         for t in wl.threads:
             t.join(60)
         healed2, md = wait_healed(cluster.bootstrap, 30)
+        if md is None:
+            raise RuntimeError("no metadata for the topic after healing")
         final, hws = read_back(cluster.bootstrap)
         # The group must read every record to the end once healed (bounded), then it stops.
         last = {p: recs[-1][0] for p, recs in final.items() if recs}
@@ -834,7 +836,7 @@ def run_schedule(seed: int, mode: str, duration: float, binary: Path, nodes: int
         # The followers' last fetches of the tail (quorum mode commits on a majority): up to
         # 10 s for every replica to reach the watermark; whatever differs then is reported.
         for _ in range(20):
-            replicas = replica_digests(root, nodes, hws)
+            replicas = replica_digests(root, {p: m["replicas"] for p, m in md.items()}, hws)
             if not nemesis_check.check({"replicas": replicas, "healed": True})["counts"]["replica_divergence"]:
                 break
             time.sleep(0.5)
@@ -895,7 +897,7 @@ def human(v: dict) -> str:
         line += "\n  faults applied:\n" + "\n".join(f"    t={f['at']}: {f['label']} (hold {f['hold']} s)"
                                                    for f in v["faults"])
         line += ("\n  replay: sudo .venv/bin/python tests/clients/nemesis.py "
-                 f"--seed {v['seed']} --mode {v['mode']} --duration {v['duration']}")
+                 f"--seed {v['seed']} --mode {v['mode']} --duration {v['duration']} --nodes {v['nodes']}")
     return line
 
 
@@ -990,7 +992,7 @@ def main(argv: list[str] | None = None) -> int:
         print("nemesis: interrupted", file=sys.stderr)
     for v in bad:
         print(f"FAILED seed {v['seed']} mode {v['mode']}: replay with --seed {v['seed']} --mode {v['mode']} "
-              f"--duration {v['duration']}", flush=True)
+              f"--duration {v['duration']} --nodes {v['nodes']}", flush=True)
     return 1 if bad else 2 if broken else 0
 
 
