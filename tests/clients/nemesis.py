@@ -57,6 +57,7 @@ from sluice_broker import free_port, sluice_binary  # noqa: E402
 KAFKA_PORT = 9092
 CONTROLLER_PORT = 19091
 TOPIC = "nemesis"
+OFFSETS_TOPIC = "__consumer_offsets"
 PARTITIONS = 3
 BROKER_SETTINGS = [
     "broker.session.timeout.ms=2000",
@@ -580,12 +581,12 @@ def admin(bootstrap: str):
     return AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 3000})
 
 
-def topic_metadata(bootstrap: str, timeout: float = 3.0) -> dict[int, dict] | None:
+def topic_metadata(bootstrap: str, timeout: float = 3.0, topic: str = TOPIC) -> dict[int, dict] | None:
     try:
-        md = admin(bootstrap).list_topics(TOPIC, timeout=timeout)
+        md = admin(bootstrap).list_topics(topic, timeout=timeout)
     except Exception:
         return None
-    t = md.topics.get(TOPIC)
+    t = md.topics.get(topic)
     if t is None or t.error is not None:
         return None
     return {p: {"leader": pm.leader, "replicas": list(pm.replicas), "isr": list(pm.isrs)}
@@ -619,18 +620,24 @@ def create_topic(bootstrap: str, deadline: float) -> None:
         time.sleep(0.3)
 
 
-def wait_healed(bootstrap: str, timeout: float) -> tuple[bool, dict | None]:
+def wait_healed(bootstrap: str, timeout: float) -> tuple[bool, dict | None, dict | None]:
+    """Waits until every partition of the topic and of `__consumer_offsets` has a leader and
+    ISR = replicas (3); returns whether it happened and the last metadata of both."""
     deadline = time.monotonic() + timeout
-    md = None
+    md = offsets = None
+
+    def full(m: dict | None, n: int | None) -> bool:
+        return bool(m) and (n is None or len(m) == n) and all(
+            x["leader"] > 0 and sorted(x["isr"]) == sorted(x["replicas"]) and len(x["replicas"]) == 3
+            for x in m.values())
+
     while time.monotonic() < deadline:
         md = topic_metadata(bootstrap)
-        if md and len(md) == PARTITIONS and all(
-            m["leader"] > 0 and sorted(m["isr"]) == sorted(m["replicas"]) and len(m["replicas"]) == 3
-            for m in md.values()
-        ):
-            return True, md
+        offsets = topic_metadata(bootstrap, topic=OFFSETS_TOPIC)
+        if full(md, PARTITIONS) and full(offsets, None):
+            return True, md, offsets
         time.sleep(0.3)
-    return False, md
+    return False, md, offsets
 
 
 def read_committed(bootstrap: str, group: str) -> dict[int, int]:
@@ -811,11 +818,11 @@ def run_schedule(seed: int, mode: str, duration: float, binary: Path, nodes: int
         while time.monotonic() < t0 + duration:
             time.sleep(0.05)
         cluster.heal()
-        healed, _ = wait_healed(cluster.bootstrap, 45)
+        healed, _, _ = wait_healed(cluster.bootstrap, 45)
         wl.stop_producing.set()
         for t in wl.threads:
             t.join(60)
-        healed2, md = wait_healed(cluster.bootstrap, 30)
+        healed2, md, offsets_md = wait_healed(cluster.bootstrap, 30)
         if md is None:
             raise RuntimeError("no metadata for the topic after healing")
         final, hws = read_back(cluster.bootstrap)
@@ -848,6 +855,7 @@ def run_schedule(seed: int, mode: str, duration: float, binary: Path, nodes: int
             "committed_final": {str(p): o for p, o in committed.items()},
             "replicas": {str(p): r for p, r in replicas.items()},
             "metadata": {str(p): m for p, m in (md or {}).items()},
+            "offsets_metadata": {str(p): m for p, m in (offsets_md or {}).items()},
             "healed": healed and healed2 and caught_up,
             "heal_error": None if healed and healed2 else "no leader or short ISR 45 s after healing"
             if not caught_up else f"the group did not read to the end within {GROUP_CATCH_UP_S} s after healing",

@@ -13,7 +13,8 @@ tested on its own on histories with planted faults (`test_nemesis.py`). A histor
 - ``committed_final``: ``{partition: offset}`` read from the group after healing (-1: none).
 - ``replicas``: ``{partition: {"hw": int, "nodes": {node: [[base, last, digest], ...]}}}``,
   each replica's own log files parsed batch by batch up to the high watermark.
-- ``metadata``: ``{partition: {"leader", "replicas", "isr"}}`` after healing.
+- ``metadata``, ``offsets_metadata``: ``{partition: {"leader", "replicas", "isr"}}`` after
+  healing, of the topic and of ``__consumer_offsets``.
 - ``healed``: whether the cluster converged (every partition led, full ISR) in time.
 
 Values are ``"<producer>:<seq>:<padding>"``: unique, so every record read back names the
@@ -150,9 +151,10 @@ def check(h: dict) -> dict:
     # Healing: every partition led, ISR = replicas.
     if not h.get("healed", False):
         v["unhealed"].append({"reason": h.get("heal_error", "did not converge")})
-    for p, m in h.get("metadata", {}).items():
-        if m["leader"] < 0 or sorted(m["isr"]) != sorted(m["replicas"]):
-            v["unhealed"].append({"partition": _key(p), **m})
+    for topic, md in (("topic", h.get("metadata", {})), ("__consumer_offsets", h.get("offsets_metadata", {}))):
+        for p, m in md.items():
+            if m["leader"] < 0 or sorted(m["isr"]) != sorted(m["replicas"]):
+                v["unhealed"].append({"topic": topic, "partition": _key(p), **m})
 
     counts = {k: len(x) for k, x in v.items()}
     return {

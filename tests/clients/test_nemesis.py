@@ -130,6 +130,9 @@ def test_not_healed():
     h = healthy_history()
     h["healed"] = False
     assert bad(h) == {"unhealed": 1}
+    h = healthy_history()
+    h["offsets_metadata"] = {"7": {"leader": -1, "replicas": [1, 2, 3], "isr": [2]}}
+    assert bad(h) == {"unhealed": 1}
 
 
 def test_schedule_is_a_function_of_the_seed():
