@@ -503,13 +503,40 @@ class Workload:
                 self.events.append({"consumer": name, "kind": "assign", "partitions": [tp.partition for tp in parts],
                                     "t": time.monotonic()})
 
+        pending: dict[int, int] = {}
+
+        def commit(c, parts: list[int]) -> None:
+            """Commits what was read of these partitions synchronously and records it."""
+            offsets = [TopicPartition(TOPIC, p, pending.pop(p)) for p in parts if p in pending]
+            if not offsets:
+                return
+            t_sent = time.monotonic()
+            try:
+                res = c.commit(offsets=offsets, asynchronous=False)
+                t_done = time.monotonic()
+                with self.lock:
+                    for tp in res:
+                        self.commits.append({"consumer": name, "partition": tp.partition, "offset": tp.offset,
+                                             "t_sent": t_sent, "t_done": t_done, "ok": tp.error is None})
+            except KafkaException as e:
+                with self.lock:
+                    for tp in offsets:
+                        self.commits.append({"consumer": name, "partition": tp.partition, "offset": tp.offset,
+                                             "t_sent": t_sent, "t_done": time.monotonic(), "ok": False,
+                                             "error": str(e)})
+
         def on_revoke(consumer, parts):
+            # As applications do: commit what was read of the partitions being given up, then
+            # forget them (a later commit of a partition another member now owns would move
+            # its offset back: the application's mistake, not the broker's).
+            commit(consumer, [tp.partition for tp in parts])
+            for tp in parts:
+                pending.pop(tp.partition, None)
             with self.lock:
                 self.events.append({"consumer": name, "kind": "revoke", "partitions": [tp.partition for tp in parts],
                                     "t": time.monotonic()})
 
         c.subscribe([TOPIC], on_assign=on_assign, on_revoke=on_revoke)
-        pending: dict[int, int] = {}
         last_commit = time.monotonic()
         try:
             while not self.stop_consuming.is_set():
@@ -524,23 +551,7 @@ class Workload:
                                                 "offset": msg.offset(), "value": msg.value().decode()})
                         pending[msg.partition()] = msg.offset() + 1
                 if pending and time.monotonic() - last_commit > 0.3:
-                    offsets = [TopicPartition(TOPIC, p, o) for p, o in pending.items()]
-                    t_sent = time.monotonic()
-                    try:
-                        res = c.commit(offsets=offsets, asynchronous=False)
-                        t_done = time.monotonic()
-                        with self.lock:
-                            for tp in res:
-                                self.commits.append({"consumer": name, "partition": tp.partition,
-                                                     "offset": tp.offset, "t_sent": t_sent, "t_done": t_done,
-                                                     "ok": tp.error is None})
-                    except KafkaException as e:
-                        with self.lock:
-                            for tp in offsets:
-                                self.commits.append({"consumer": name, "partition": tp.partition,
-                                                     "offset": tp.offset, "t_sent": t_sent,
-                                                     "t_done": time.monotonic(), "ok": False, "error": str(e)})
-                    pending.clear()
+                    commit(c, list(pending))
                     last_commit = time.monotonic()
         finally:
             c.close()
