@@ -868,8 +868,8 @@ def run_schedule(seed: int, mode: str, duration: float, binary: Path, nodes: int
             "metadata": {str(p): m for p, m in (md or {}).items()},
             "offsets_metadata": {str(p): m for p, m in (offsets_md or {}).items()},
             "healed": healed and healed2 and caught_up,
-            "heal_error": None if healed and healed2 else "no leader or short ISR 45 s after healing"
-            if not caught_up else f"the group did not read to the end within {GROUP_CATCH_UP_S} s after healing",
+            "heal_error": "no leader or short ISR 45 s after healing" if not (healed and healed2)
+            else None if caught_up else f"the group did not read to the end within {GROUP_CATCH_UP_S} s after healing",
         }
         result = nemesis_check.check(history)
         verdict.update(result)
