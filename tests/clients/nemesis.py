@@ -32,6 +32,7 @@ schedule could not run (set-up failure), 0 otherwise. Needs root (`ip netns`, ip
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
 import os
@@ -924,7 +925,8 @@ def summarize(paths: list[Path]) -> dict:
     """Totals over JSON verdict files (one verdict per line): what results/faults records."""
     tot: dict = {"modes": {}, "faults_by_kind": {}, "violating_seeds": [], "could_not_run": []}
     for path in paths:
-        for line in path.read_text().splitlines():
+        text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+        for line in text.splitlines():
             if not line.strip():
                 continue
             v = json.loads(line)
