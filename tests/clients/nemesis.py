@@ -106,12 +106,12 @@ def available() -> str | None:
 # ------------------------------------------------------------------------------- schedule
 
 
-def make_schedule(seed: int, duration: float, nodes: int) -> list[dict]:
-    """The fault steps of a seed: a pure function of (seed, duration, nodes)."""
+def make_schedule(seed: int, duration: float, nodes: int, kinds: tuple[str, ...] = FAULT_KINDS) -> list[dict]:
+    """The fault steps of a seed: a pure function of (seed, duration, nodes, kinds)."""
     rng = random.Random(seed)
     steps, t = [], 2.0 + rng.uniform(0, 1.5)
     while t < duration - 1.0:
-        kind = rng.choice(FAULT_KINDS)
+        kind = rng.choice(kinds)
         hold = round(rng.uniform(1.0, 5.0), 2)
         step = {"at": round(t, 2), "kind": kind, "hold": hold, "role": rng.choice(ROLES),
                 "partition": rng.randrange(PARTITIONS), "pick": rng.randrange(1 << 30)}
@@ -236,8 +236,9 @@ class Cluster:
     """Brokers 1..n (all controller voters), each `ip netns exec`ed (the child's PID is the
     broker's: every signal goes to a process this harness started)."""
 
-    def __init__(self, binary: Path, mode: str, nodes: int, root: Path):
+    def __init__(self, binary: Path, mode: str, nodes: int, root: Path, settings: list[str] | None = None):
         self.binary, self.mode, self.nodes, self.root = binary, mode, nodes, root
+        self.settings = BROKER_SETTINGS + list(settings or [])
         self.net = Network(nodes)
         self.procs: dict[int, subprocess.Popen] = {}
         self.paused: set[int] = set()
@@ -279,7 +280,7 @@ class Cluster:
         cmd = ["ip", "netns", "exec", self.net.ns(n), str(self.binary), "--node-id", str(n),
                "--data-dir", str(data), "--listen", self.addr(n), "--shards", "1",
                "--controller-voters", voters, "--set", f"replication.mode={self.mode}"]
-        for s in BROKER_SETTINGS:
+        for s in self.settings:
             cmd += ["--set", s]
         with open(self.root / f"node{n}.log", "ab") as out:
             self.procs[n] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
@@ -790,15 +791,22 @@ def apply_step(step: dict, cluster: Cluster) -> tuple[str, list]:
 
 
 def run_schedule(seed: int, mode: str, duration: float, binary: Path, nodes: int = 3, workdir: Path | None = None,
-                 rate: float = 60.0, keep: Path | None = None) -> dict:
-    """One schedule: fresh cluster, load, faults, heal, check. Returns the verdict dict."""
-    schedule = make_schedule(seed, duration, nodes)
+                 rate: float = 60.0, keep: Path | None = None, kinds: tuple[str, ...] = FAULT_KINDS,
+                 settings: list[str] | None = None) -> dict:
+    """One schedule: fresh cluster, load, faults, heal, check. Returns the verdict dict.
+    `settings` (KEY=VALUE) are added to every broker's (say, an unsafe configuration, to see
+    the checker catch what it allows)."""
+    schedule = make_schedule(seed, duration, nodes, kinds)
     root = Path(tempfile.mkdtemp(prefix=f"nemesis-{seed}-{mode}-", dir=workdir))
-    cluster = Cluster(binary, mode, nodes, root)
+    cluster = Cluster(binary, mode, nodes, root, settings)
     wl = None
     applied: list[dict] = []
     started = time.monotonic()
     verdict: dict = {"seed": seed, "mode": mode, "nodes": nodes, "duration": duration, "schedule": schedule}
+    if kinds != FAULT_KINDS:
+        verdict["kinds"] = list(kinds)
+    if settings:
+        verdict["settings"] = list(settings)
     try:
         cluster.start()
         create_topic(cluster.bootstrap, time.monotonic() + 40)
@@ -902,6 +910,15 @@ def run_schedule(seed: int, mode: str, duration: float, binary: Path, nodes: int
     return verdict
 
 
+def replay_args(v: dict) -> str:
+    args = f"--seed {v['seed']} --mode {v['mode']} --duration {v['duration']} --nodes {v['nodes']}"
+    if v.get("kinds"):
+        args += " --kinds " + ",".join(v["kinds"])
+    for kv in v.get("settings", []):
+        args += f" --set {kv}"
+    return args
+
+
 def human(v: dict) -> str:
     head = f"seed {v['seed']} mode {v['mode']} ({v.get('seconds', '?')} s): "
     if v.get("ok") is None:
@@ -916,8 +933,7 @@ def human(v: dict) -> str:
     if not v["ok"]:
         line += "\n  faults applied:\n" + "\n".join(f"    t={f['at']}: {f['label']} (hold {f['hold']} s)"
                                                    for f in v["faults"])
-        line += ("\n  replay: sudo .venv/bin/python tests/clients/nemesis.py "
-                 f"--seed {v['seed']} --mode {v['mode']} --duration {v['duration']} --nodes {v['nodes']}")
+        line += "\n  replay: sudo .venv/bin/python tests/clients/nemesis.py " + replay_args(v)
     return line
 
 
@@ -964,6 +980,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nodes", type=int, default=3)
     ap.add_argument("--rate", type=float, default=60.0, help="records/s per producer")
     ap.add_argument("--binary", type=Path, default=None)
+    ap.add_argument("--kinds", default=",".join(FAULT_KINDS), help="fault kinds to draw from (comma-separated)")
+    ap.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra broker setting (repeatable)")
     ap.add_argument("--json", type=Path, default=None, help="append one JSON verdict per line")
     ap.add_argument("--keep", type=Path, default=None, help="failing histories and broker logs go here")
     ap.add_argument("--until", type=float, default=None, help="start no schedule after this Unix time")
@@ -971,11 +990,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--summarize", type=Path, nargs="+", default=None,
                     help="print the totals of these JSON verdict files and exit")
     a = ap.parse_args(argv)
+    kinds = tuple(k for k in a.kinds.split(",") if k)
+    if not kinds or any(k not in FAULT_KINDS for k in kinds):
+        ap.error(f"--kinds takes some of {','.join(FAULT_KINDS)}")
     if a.summarize:
         print(json.dumps(summarize(a.summarize), indent=1))
         return 0
     if a.print_schedule:
-        print(json.dumps(make_schedule(a.seed, a.duration, a.nodes), indent=1))
+        print(json.dumps(make_schedule(a.seed, a.duration, a.nodes, kinds), indent=1))
         return 0
     why = available()
     if why:
@@ -999,7 +1021,8 @@ def main(argv: list[str] | None = None) -> int:
         for seed, mode in runs:
             if stop["now"] or (a.until and time.time() > a.until):
                 break
-            v = run_schedule(seed, mode, a.duration, binary, a.nodes, rate=a.rate, keep=a.keep)
+            v = run_schedule(seed, mode, a.duration, binary, a.nodes, rate=a.rate, keep=a.keep, kinds=kinds,
+                             settings=a.settings)
             print(human(v), flush=True)
             if a.json:
                 with open(a.json, "a") as f:
@@ -1012,8 +1035,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nemesis: interrupted", file=sys.stderr)
     for v in bad:
-        print(f"FAILED seed {v['seed']} mode {v['mode']}: replay with --seed {v['seed']} --mode {v['mode']} "
-              f"--duration {v['duration']} --nodes {v['nodes']}", flush=True)
+        print(f"FAILED seed {v['seed']} mode {v['mode']}: replay with {replay_args(v)}", flush=True)
     return 1 if bad else 2 if broken else 0
 
 
