@@ -453,36 +453,42 @@ class Workload:
 
             fatal = False
             next_at = time.monotonic()
-            while not self.stop_producing.is_set():
-                now = time.monotonic()
-                if now < next_at:
-                    p.poll(min(0.05, next_at - now))
-                    continue
-                next_at += 1.0 / self.rate
-                val = f"{prod_name}:{seq}:{pad}"
-                try:
-                    p.produce(TOPIC, value=val.encode(), partition=seq % PARTITIONS, on_delivery=on_delivery)
-                    seq += 1
-                    with self.lock:
-                        self.sent += 1
-                except BufferError:
-                    p.poll(0.1)
-                except KafkaException as e:
-                    with self.lock:
-                        self.errors.append(f"{prod_name}: {e}")
-                    fatal = True
-                    break
-                p.poll(0)
-                if fatal_seen.is_set():
-                    fatal = True
-                    break
+            try:
+                while not self.stop_producing.is_set():
+                    now = time.monotonic()
+                    if now < next_at:
+                        p.poll(min(0.05, next_at - now))
+                        continue
+                    next_at += 1.0 / self.rate
+                    val = f"{prod_name}:{seq}:{pad}"
+                    try:
+                        p.produce(TOPIC, value=val.encode(), partition=seq % PARTITIONS, on_delivery=on_delivery)
+                        seq += 1
+                        with self.lock:
+                            self.sent += 1
+                    except BufferError:
+                        p.poll(0.1)
+                    p.poll(0)
+                    if fatal_seen.is_set():
+                        fatal = True
+                        break
+            except KafkaException as e:
+                # A fatal error (say OUT_OF_ORDER_SEQUENCE_NUMBER after an unclean election):
+                # this incarnation is done; a new one (new producer id) carries on.
+                with self.lock:
+                    self.errors.append(f"{prod_name}: {e}")
+                fatal = True
             # Deliver or fail everything sent (bounded by message.timeout.ms); on abort, fail
             # it at once so no client outlives the cluster's network.
-            if self.aborted.is_set():
-                p.purge()
-                p.flush(5)
-            else:
-                p.flush(40)
+            try:
+                if self.aborted.is_set() or fatal:
+                    p.purge()
+                    p.flush(5)
+                else:
+                    p.flush(40)
+            except KafkaException as e:  # a producer in a fatal state refuses even these
+                with self.lock:
+                    self.errors.append(f"{prod_name}: closing: {e}")
             del p
             if not fatal or self.aborted.is_set():
                 return
@@ -615,13 +621,13 @@ def controller_of(bootstrap: str) -> int | None:
         return None
 
 
-def create_topic(bootstrap: str, deadline: float) -> None:
+def create_topic(bootstrap: str, deadline: float, config: dict | None = None) -> None:
     from confluent_kafka.admin import NewTopic
 
     while True:
         try:
             a = admin(bootstrap)  # must outlive its future
-            a.create_topics([NewTopic(TOPIC, PARTITIONS, 3)])[TOPIC].result(10)
+            a.create_topics([NewTopic(TOPIC, PARTITIONS, 3, config=config or {})])[TOPIC].result(10)
         except Exception as e:
             if "TOPIC_ALREADY_EXISTS" not in str(e) and time.monotonic() > deadline:
                 raise RuntimeError(f"creating {TOPIC}: {e}") from e
@@ -733,6 +739,13 @@ def resolve(step: dict, cluster: Cluster, rng: random.Random) -> int:
             target = md[step["partition"]]["leader"]
     elif step["role"] == "controller":
         target = controller_of(cluster.bootstrap)
+    elif step["role"] == "follower":  # hand-written schedules only (not in ROLES)
+        md = topic_metadata(cluster.bootstrap, timeout=2)
+        if md and step["partition"] in md:
+            m = md[step["partition"]]
+            followers = sorted(r for r in m["replicas"] if r != m["leader"])
+            if followers:
+                target = followers[step["pick"] % len(followers)]
     if target not in nodes:
         target = nodes[step["pick"] % len(nodes)]
     return target
@@ -792,11 +805,13 @@ def apply_step(step: dict, cluster: Cluster) -> tuple[str, list]:
 
 def run_schedule(seed: int, mode: str, duration: float, binary: Path, nodes: int = 3, workdir: Path | None = None,
                  rate: float = 60.0, keep: Path | None = None, kinds: tuple[str, ...] = FAULT_KINDS,
-                 settings: list[str] | None = None) -> dict:
+                 settings: list[str] | None = None, schedule: list[dict] | None = None,
+                 topic_config: dict | None = None) -> dict:
     """One schedule: fresh cluster, load, faults, heal, check. Returns the verdict dict.
     `settings` (KEY=VALUE) are added to every broker's (say, an unsafe configuration, to see
-    the checker catch what it allows)."""
-    schedule = make_schedule(seed, duration, nodes, kinds)
+    the checker catch what it allows). `schedule` replaces the seed's (a hand-written one)."""
+    handwritten = schedule is not None
+    schedule = schedule if handwritten else make_schedule(seed, duration, nodes, kinds)
     root = Path(tempfile.mkdtemp(prefix=f"nemesis-{seed}-{mode}-", dir=workdir))
     cluster = Cluster(binary, mode, nodes, root, settings)
     wl = None
@@ -805,11 +820,15 @@ def run_schedule(seed: int, mode: str, duration: float, binary: Path, nodes: int
     verdict: dict = {"seed": seed, "mode": mode, "nodes": nodes, "duration": duration, "schedule": schedule}
     if kinds != FAULT_KINDS:
         verdict["kinds"] = list(kinds)
+    if handwritten:
+        verdict["handwritten"] = True
+    if topic_config:
+        verdict["topic_config"] = topic_config
     if settings:
         verdict["settings"] = list(settings)
     try:
         cluster.start()
-        create_topic(cluster.bootstrap, time.monotonic() + 40)
+        create_topic(cluster.bootstrap, time.monotonic() + 40, topic_config)
         wl = Workload(cluster.bootstrap, seed, rate=rate)
         wl.start()
         t0 = time.monotonic()

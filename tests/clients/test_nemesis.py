@@ -160,3 +160,33 @@ def test_nemesis_schedule(mode, tmp_path):
     assert v.get("ok") is not None, report + "\n" + v.get("traceback", "")
     assert v["ok"], report
     assert v["stats"]["acknowledged"] > 0 and v["faults"], report
+
+
+# The whole pipeline can fail: with unclean leader election on and min.insync.replicas=1
+# (not Sluice's defaults), on five brokers (so the controller quorum survives two of them),
+# both followers of partition 0 are killed, the leader takes writes alone, then dies; the
+# followers come back and one is elected uncleanly, so what the old leader acknowledged alone
+# is gone. The checker must report it lost (ISR mode; ~40 s).
+UNSAFE_SCHEDULE = [
+    {"at": 2.0, "kind": "kill", "hold": 7.0, "role": "follower", "partition": 0, "pick": 0},
+    {"at": 2.1, "kind": "kill", "hold": 6.9, "role": "follower", "partition": 0, "pick": 1},
+    {"at": 7.0, "kind": "kill", "hold": 9.0, "role": "leader", "partition": 0, "pick": 0},
+]
+
+
+@pytest.mark.timeout(240)
+def test_nemesis_catches_unclean_election_losses(tmp_path):
+    why = nemesis.available()
+    if why:
+        pytest.skip(f"nemesis needs network namespaces: {why}")
+    v = nemesis.run_schedule(
+        1, "isr", 18.0, nemesis.sluice_binary(), nodes=5, keep=tmp_path, schedule=UNSAFE_SCHEDULE,
+        topic_config={"min.insync.replicas": "1", "unclean.leader.election.enable": "true"},
+    )
+    report = nemesis.human(copy.deepcopy(v))
+    print(report)
+    assert v.get("ok") is not None, report + "\n" + v.get("traceback", "")
+    labels = [f["label"] for f in v["faults"]]
+    assert labels[0].startswith("kill -9 follower") and labels[2].startswith("kill -9 leader"), labels
+    assert len({lb.split()[-1] for lb in labels}) == 3, f"three different brokers: {labels}"
+    assert v["ok"] is False and v["counts"]["lost"] > 0, report
