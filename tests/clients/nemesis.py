@@ -661,12 +661,19 @@ def wait_healed(bootstrap: str, timeout: float) -> tuple[bool, dict | None, dict
 
 def read_committed(bootstrap: str, group: str) -> dict[int, int]:
     """The group's committed offsets (OffsetFetch through librdkafka)."""
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    deadline = time.monotonic() + 30
     try:
-        return {tp.partition: tp.offset
-                for tp in c.committed([TopicPartition(TOPIC, p) for p in range(PARTITIONS)], timeout=10)}
+        while True:  # the coordinator may still be moving: retried for up to 30 s
+            try:
+                return {tp.partition: tp.offset
+                        for tp in c.committed([TopicPartition(TOPIC, p) for p in range(PARTITIONS)], timeout=10)}
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
     finally:
         c.close()
 
@@ -674,12 +681,22 @@ def read_committed(bootstrap: str, group: str) -> dict[int, int]:
 def read_back(bootstrap: str) -> tuple[dict, dict]:
     """Every record of every partition up to its high watermark, and the high watermarks: a
     fresh librdkafka consumer, assigned (no group)."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "nemesis-reader", "enable.auto.commit": False,
                   "auto.offset.reset": "error", "enable.partition.eof": False})
     try:
-        hws = {p: c.get_watermark_offsets(TopicPartition(TOPIC, p), timeout=10)[1] for p in range(PARTITIONS)}
+        # Leadership may still settle (NOT_LEADER answers): retried for up to 30 s.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                hws = {p: c.get_watermark_offsets(TopicPartition(TOPIC, p), timeout=10)[1]
+                       for p in range(PARTITIONS)}
+                break
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
         c.assign([TopicPartition(TOPIC, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
         final: dict[int, list] = {p: [] for p in range(PARTITIONS)}
         deadline = time.monotonic() + 60
@@ -944,7 +961,8 @@ def human(v: dict) -> str:
         return head + f"COULD NOT RUN: {v.get('error')}"
     s = v["stats"]
     line = head + ("ok" if v["ok"] else "VIOLATIONS") + (
-        f"; {len(v['faults'])} faults, {s['acknowledged']} acknowledged of {s.get('sent', '?')} sent, "
+        f"; {len(v['faults'])} faults, {s['acknowledged']} acknowledged of {s.get('sent', '?')} sent "
+        f"({s.get('acknowledged_without_offset', 0)} without offset), "
         f"{s['records_in_log']} in the log, {s['consumed']} consumed, {s['commits_ok']} commits")
     if not v["ok"]:
         bad = {k: n for k, n in v["counts"].items() if n}
@@ -978,6 +996,11 @@ def summarize(paths: list[Path]) -> dict:
                 tot["could_not_run"].append([v["seed"], v["mode"], v.get("error", "")[:200]])
                 continue
             m["acknowledged"] += v["stats"]["acknowledged"]
+            if v["stats"].get("acknowledged_without_offset"):
+                m["acknowledged_without_offset"] = (m.get("acknowledged_without_offset", 0)
+                                                    + v["stats"]["acknowledged_without_offset"])
+                tot.setdefault("seeds_with_acks_without_offset", []).append(
+                    [v["seed"], v["mode"], v["stats"]["acknowledged_without_offset"]])
             if v["ok"]:
                 m["ok"] += 1
             else:

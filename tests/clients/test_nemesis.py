@@ -78,6 +78,15 @@ def test_duplicate_and_misplaced():
     assert got["misplaced"] == 1 and "lost" not in got
 
 
+def test_acknowledged_without_offset():
+    h = healthy_history()
+    h["acks"][3]["offset"] = None
+    r = nemesis_check.check(h)
+    assert r["ok"] and r["stats"]["acknowledged_without_offset"] == 1, r
+    h["final"]["1"] = [rec for rec in h["final"]["1"] if rec[1] != h["acks"][3]["value"]]
+    assert bad(h)["lost"] == 1
+
+
 def test_reordered_producer():
     h = healthy_history()
     recs = h["final"]["0"]
