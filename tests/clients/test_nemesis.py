@@ -163,6 +163,7 @@ def test_nemesis_schedule(mode, tmp_path):
     if why:
         pytest.skip(f"nemesis needs network namespaces: {why}")
     seed = int(os.environ.get("SLUICE_NEMESIS_SEED", int.from_bytes(os.urandom(3), "big")))
+    print(f"nemesis CI schedule: seed {seed}, mode {mode} (SLUICE_NEMESIS_SEED={seed} replays it)", flush=True)
     v = nemesis.run_schedule(seed, mode, 15.0, nemesis.sluice_binary(), keep=tmp_path)
     report = nemesis.human(copy.deepcopy(v))
     print(report)
