@@ -929,6 +929,10 @@ def run_schedule(seed: int, mode: str, duration: float, binary: Path, nodes: int
                 f = root / f"node{n}.log"
                 if f.exists():
                     shutil.copy(f, keep / f"seed{seed}-{mode}-node{n}.log")
+                # The topic's partition directories (segments, indexes, producer snapshots):
+                # the batch headers show what each replica holds.
+                for d in (root / f"node{n}").glob(f"{TOPIC}-*"):
+                    shutil.copytree(d, keep / f"seed{seed}-{mode}-node{n}" / d.name, dirs_exist_ok=True)
     except Exception as e:
         verdict["ok"] = None
         verdict["error"] = f"{type(e).__name__}: {e}"
