@@ -439,7 +439,9 @@ class Workload:
                           "max.in.flight.requests.per.connection": 5, "linger.ms": 5,
                           "message.timeout.ms": 30000, "request.timeout.ms": 5000,
                           "retry.backoff.ms": 100, "socket.timeout.ms": 5000,
-                          "topic.metadata.refresh.interval.ms": 1000})
+                          "topic.metadata.refresh.interval.ms": 1000,
+                          **({"debug": os.environ["NEMESIS_PRODUCER_DEBUG"]}
+                             if os.environ.get("NEMESIS_PRODUCER_DEBUG") else {})})
 
             def on_delivery(err, msg, prod_name=prod_name):
                 val = msg.value().decode()
