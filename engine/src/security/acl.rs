@@ -1017,6 +1017,36 @@ const TABLE: &[(ApiKey, &[ApiAcl])] = &[
         ],
     ),
     (
+        ApiKey::AddPartitionsToTxn,
+        &[
+            // Clients (v0-3): the transactional id, then each topic per partition. Brokers
+            // (v4+, KIP-890 verification) need CLUSTER_ACTION instead.
+            one(When::Always, Op::Write, TXN_ID),
+            one(When::Always, Op::Write, TOPIC),
+        ],
+    ),
+    (
+        ApiKey::AddOffsetsToTxn,
+        &[
+            one(When::Always, Op::Write, TXN_ID),
+            one(When::Always, Op::Read, GROUP),
+        ],
+    ),
+    (ApiKey::EndTxn, &[one(When::Always, Op::Write, TXN_ID)]),
+    (
+        ApiKey::WriteTxnMarkers,
+        &[one(When::Always, Op::ClusterAction, CLUSTER)],
+    ),
+    (
+        ApiKey::DescribeTransactions,
+        &[one(When::Always, Op::Describe, TXN_ID)],
+    ),
+    (
+        // Ids the principal may not describe are left out of the answer.
+        ApiKey::ListTransactions,
+        &[one(When::AnswerDetail, Op::Describe, TXN_ID)],
+    ),
+    (
         ApiKey::OffsetFetch,
         &[
             one(When::Always, Op::Describe, GROUP),
