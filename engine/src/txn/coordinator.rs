@@ -679,11 +679,6 @@ impl TxnCoordinator {
         out.sort_by(|a, b| a.transactional_id.cmp(&b.transactional_id));
         out
     }
-
-    /// Partitions being loaded.
-    pub fn is_loading(&self, p: i32) -> bool {
-        self.loading.contains(&p)
-    }
 }
 
 /// The markers of a transaction in PrepareCommit / PrepareAbort.
