@@ -1,10 +1,12 @@
 """Transactions (KIP-98) with confluent-kafka (librdkafka): commit and abort interleaved, what a
 read_committed and a read_uncommitted consumer see, zombie fencing by a second producer with the
 same transactional.id, a transaction left open that the coordinator aborts after its timeout
-(also across a kill -9 of the broker), and the transaction admin APIs on the wire."""
+(also across a kill -9 of the broker), idle transactional ids expiring, and the transaction
+admin APIs on the wire."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -171,6 +173,60 @@ def test_an_open_transaction_times_out_and_survives_a_restart(make_broker, tmp_p
 
     with pytest.raises(KafkaException):
         p.commit_transaction(10)
+
+
+@pytest.mark.single_node("broker settings of its own, and a kill -9")
+def test_idle_transactional_ids_expire_and_stay_expired_after_a_restart(make_broker):
+    from test_sluicectl_groups import ctl, ctl_json
+
+    b = make_broker(extra_args=[
+        "--set", "transactional.id.expiration.ms=3000",
+        "--set", "transaction.remove.expired.transaction.cleanup.interval.ms=300",
+    ])
+    topic = "txn-expiry"
+    ck_create_topic(b.bootstrap, topic, PARTITIONS)
+    done = txn_producer(b.bootstrap, "expiring-tx")
+    done.begin_transaction()
+    done.produce(topic, value=b"committed", partition=0)
+    done.commit_transaction(30)
+    old_pid = ctl_json(b, "transactions", "describe", "expiring-tx")["producer_id"]
+    still_open = txn_producer(b.bootstrap, "open-tx")
+    still_open.begin_transaction()
+    still_open.produce(topic, value=b"open", partition=1)
+    still_open.flush(30)
+
+    def listed() -> dict:
+        return {r["transactional_id"]: r["state"] for r in ctl_json(b, "transactions", "list")}
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "expiring-tx" in listed():
+        time.sleep(0.3)
+    now = listed()
+    assert "expiring-tx" not in now, f"the idle id is removed after its expiration: {now}"
+    assert now.get("open-tx") == "Ongoing", f"an id with an open transaction is kept: {now}"
+    gone = ctl(b, "transactions", "describe", "expiring-tx", expect=None)
+    assert gone.returncode != 0 and "TRANSACTIONAL_ID_NOT_FOUND" in (gone.stderr + gone.stdout).upper().replace(" ", "_")
+    # The removal is a tombstone in __transaction_state: a restarted coordinator does not
+    # bring the id back.
+    b.kill9()
+    b.restart()
+    deadline = time.monotonic() + 30
+    now = {}
+    while time.monotonic() < deadline:
+        r = ctl(b, "transactions", "list", "--output", "json", expect=None)
+        if r.returncode == 0:
+            now = {x["transactional_id"]: x["state"] for x in json.loads(r.stdout)}
+            if "open-tx" in now:
+                break
+        time.sleep(0.3)
+    assert "open-tx" in now and "expiring-tx" not in now, now
+    # The expired id starts again as a new one: a new producer id.
+    again = txn_producer(b.bootstrap, "expiring-tx")
+    again.begin_transaction()
+    again.produce(topic, value=b"again", partition=0)
+    again.commit_transaction(30)
+    assert ctl_json(b, "transactions", "describe", "expiring-tx")["producer_id"] != old_pid
+    assert sorted(v for _, _, v in read_all(b.bootstrap, topic, "read_committed")) == [b"again", b"committed"]
 
 
 @pytest.mark.cluster_ci

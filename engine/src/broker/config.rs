@@ -336,6 +336,16 @@ pub const BROKER_KEYS: &[(&str, &str, &str)] = &[
         "how often open transactions are checked against their timeout",
     ),
     (
+        "transactional.id.expiration.ms",
+        "604800000",
+        "an idle transactional id (no transaction open) is removed after this long",
+    ),
+    (
+        "transaction.remove.expired.transaction.cleanup.interval.ms",
+        "3600000",
+        "how often idle transactional ids are checked against their expiration",
+    ),
+    (
         "transaction.state.log.write.timeout.ms",
         "5000",
         "replication wait of a transaction state record or marker",

@@ -54,6 +54,9 @@ pub struct TxnSettings {
     pub segment_bytes: i32,
     /// `transaction.abort.timed.out.transaction.cleanup.interval.ms`.
     pub abort_check_interval_ms: i64,
+    /// `transaction.remove.expired.transaction.cleanup.interval.ms`: how often idle ids are
+    /// checked against `transactional.id.expiration.ms`.
+    pub remove_check_interval_ms: i64,
     /// How long a state record or a marker may wait for its commit
     /// (`transaction.state.log.write.timeout.ms`, Sluice's; Kafka uses its request timeout).
     pub write_timeout_ms: i32,
@@ -71,6 +74,7 @@ impl TxnSettings {
             min_isr: 2,
             segment_bytes: 104_857_600,
             abort_check_interval_ms: 10_000,
+            remove_check_interval_ms: 3_600_000,
             write_timeout_ms: 5_000,
         }
     }
@@ -101,6 +105,7 @@ pub fn txn_settings(
         coordinator: TxnConfig {
             max_timeout_ms: int("transaction.max.timeout.ms", 900_000, 1, i32max)? as i32,
             partitions: topic_partitions.unwrap_or(partitions),
+            id_expiration_ms: int("transactional.id.expiration.ms", 604_800_000, 1, i32max)?,
         },
         replication_factor: int("transaction.state.log.replication.factor", 3, 1, 32767)? as i16,
         min_isr: int("transaction.state.log.min.isr", 2, 1, 32767)? as i16,
@@ -113,6 +118,12 @@ pub fn txn_settings(
         abort_check_interval_ms: int(
             "transaction.abort.timed.out.transaction.cleanup.interval.ms",
             10_000,
+            1,
+            i64::MAX,
+        )?,
+        remove_check_interval_ms: int(
+            "transaction.remove.expired.transaction.cleanup.interval.ms",
+            3_600_000,
             1,
             i64::MAX,
         )?,
@@ -567,7 +578,8 @@ async fn write(ts: &Rc<Transactions>, t: &Transition) -> bool {
 async fn append_state(ts: &Rc<Transactions>, t: &Transition) -> bool {
     let record = crate::group::OffsetsRecord {
         key: encode_key(&t.transactional_id),
-        value: Some(t.target.encode()),
+        // An expired id is removed: a tombstone, as Kafka writes for its Dead state.
+        value: (t.target.status != TxnStatus::Dead).then(|| t.target.encode()),
     };
     let batch = match super::groups::encode_batch(std::slice::from_ref(&record), now_ms(), None) {
         Ok(b) => b,
@@ -883,11 +895,16 @@ async fn write_remote_markers(
     }
 }
 
-/// Aborts transactions open longer than their timeout.
+/// Aborts transactions open longer than their timeout, and removes ids idle longer than
+/// `transactional.id.expiration.ms`.
 async fn timer_loop(ts: Rc<Transactions>) {
     let mut phase = ts.shard.phase.subscribe();
-    let interval =
-        Duration::from_millis(u64::try_from(ts.settings.abort_check_interval_ms).unwrap_or(10_000));
+    let millis = |ms: i64| Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX / 2));
+    let interval = millis(ts.settings.abort_check_interval_ms);
+    // (Bounded, so that now + interval cannot overflow.)
+    let removal_interval =
+        millis(ts.settings.remove_check_interval_ms).min(Duration::from_secs(365 * 86_400));
+    let mut next_removal = tokio::time::Instant::now() + removal_interval;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {
@@ -896,6 +913,20 @@ async fn timer_loop(ts: Rc<Transactions>) {
                     info!(transactional_id = t.transactional_id, "transaction timed out");
                     ts.coordinator.borrow_mut().finish(&t, false);
                     abort_in_background(&ts, t);
+                }
+            }
+            _ = tokio::time::sleep_until(next_removal) => {
+                next_removal = tokio::time::Instant::now() + removal_interval;
+                let dead = ts.coordinator.borrow_mut().expired_ids(now_ms());
+                if !dead.is_empty() {
+                    let ts = ts.clone();
+                    crate::io::runtime::spawn(async move {
+                        for t in dead {
+                            if write(&ts, &t).await {
+                                info!(transactional_id = t.transactional_id, "transactional id expired");
+                            }
+                        }
+                    });
                 }
             }
             _ = ts.timer.notified() => {}

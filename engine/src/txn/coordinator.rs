@@ -61,6 +61,9 @@ pub struct TxnConfig {
     pub max_timeout_ms: i32,
     /// `transaction.state.log.num.partitions` (the topic's count once it exists).
     pub partitions: i32,
+    /// `transactional.id.expiration.ms`: an id with no transaction open and no update for
+    /// this long is removed (a tombstone in its partition).
+    pub id_expiration_ms: i64,
 }
 
 impl Default for TxnConfig {
@@ -68,6 +71,7 @@ impl Default for TxnConfig {
         TxnConfig {
             max_timeout_ms: 900_000,
             partitions: 50,
+            id_expiration_ms: 604_800_000,
         }
     }
 }
@@ -545,7 +549,11 @@ impl TxnCoordinator {
         };
         meta.pending = false;
         if ok && current {
-            meta.value = t.target.clone();
+            if t.target.status == TxnStatus::Dead {
+                self.txns.remove(&t.transactional_id);
+            } else {
+                meta.value = t.target.clone();
+            }
             true
         } else {
             if meta.value.producer_id < 0 {
@@ -637,6 +645,44 @@ impl TxnCoordinator {
             out.push(abort_transition(meta, epoch, now_ms, true));
             meta.pending = true;
         }
+        out
+    }
+
+    /// Ids idle longer than `transactional.id.expiration.ms` with no transaction open or being
+    /// ended (Empty, CompleteCommit, CompleteAbort), as Kafka's
+    /// `removeExpiredTransactionalIds`: each a transition to Dead, written as a tombstone.
+    pub fn expired_ids(&mut self, now_ms: i64) -> Vec<Transition> {
+        let expiration = self.config.id_expiration_ms;
+        let mut out = Vec::new();
+        for meta in self.txns.values_mut() {
+            let Some(&epoch) = self.owned.get(&meta.partition) else {
+                continue;
+            };
+            let v = &meta.value;
+            let idle = matches!(
+                v.status,
+                TxnStatus::Empty | TxnStatus::CompleteCommit | TxnStatus::CompleteAbort
+            );
+            if meta.pending
+                || !idle
+                || v.producer_id < 0
+                || v.last_update_ms.saturating_add(expiration) > now_ms
+            {
+                continue;
+            }
+            let mut target = v.clone();
+            target.status = TxnStatus::Dead;
+            target.partitions.clear();
+            target.last_update_ms = now_ms;
+            out.push(Transition {
+                transactional_id: meta.transactional_id.clone(),
+                partition: meta.partition,
+                coordinator_epoch: epoch,
+                target,
+            });
+            meta.pending = true;
+        }
+        out.sort_by(|a, b| a.transactional_id.cmp(&b.transactional_id));
         out
     }
 

@@ -4,11 +4,13 @@ use super::coordinator::codes::*;
 use super::*;
 
 const NOW: i64 = 1_000_000;
+const EXPIRATION: i64 = 60_000;
 
 fn coordinator() -> TxnCoordinator {
     let mut c = TxnCoordinator::new(TxnConfig {
         max_timeout_ms: 60_000,
         partitions: 1,
+        id_expiration_ms: EXPIRATION,
     });
     c.begin_loading(0);
     let (jobs, fences) = c.finish_loading(0, 7, NOW);
@@ -295,4 +297,54 @@ fn verify_and_list() {
 fn partition_for_matches_kafkas_hash() {
     assert_eq!(txn_partition_for("polygenelubricants", 50), 0);
     assert_eq!(txn_partition_for("hello", 50), 99_162_322 % 50);
+}
+
+#[test]
+fn idle_ids_expire_and_open_ones_do_not() {
+    let mut c = coordinator();
+    init(&mut c, "idle", 100);
+    let open = init(&mut c, "open", 101);
+    add(&mut c, "open", open, &[("t", 0)]);
+    let done = init(&mut c, "done", 102);
+    add(&mut c, "done", done, &[("t", 1)]);
+    let EndPlan::Write(t) = c.end_txn("done", done.0, done.1, true, NOW) else {
+        panic!("end");
+    };
+    assert!(c.finish(&t, true));
+    let job = c.markers_for(&t).unwrap();
+    let completed = c.complete(&job, NOW + 10).unwrap();
+    assert!(c.finish(&completed, true));
+
+    assert!(
+        c.expired_ids(NOW + EXPIRATION - 1).is_empty(),
+        "not idle long enough"
+    );
+    let dead = c.expired_ids(NOW + EXPIRATION);
+    let ids: Vec<&str> = dead.iter().map(|t| t.transactional_id.as_str()).collect();
+    assert_eq!(ids, ["idle"], "Ongoing and recently completed ids stay");
+    assert!(dead.iter().all(|t| t.target.status == TxnStatus::Dead));
+    assert!(
+        c.expired_ids(NOW + EXPIRATION).is_empty(),
+        "a pending removal is not proposed twice"
+    );
+    assert!(c.finish(&dead[0], true));
+    assert_eq!(c.describe("idle"), Err(TRANSACTIONAL_ID_NOT_FOUND));
+
+    // Much later: the completed id goes too; the open one stays (its timeout aborts it).
+    let later = c.expired_ids(NOW + 10 + EXPIRATION);
+    let ids: Vec<&str> = later.iter().map(|t| t.transactional_id.as_str()).collect();
+    assert_eq!(ids, ["done"]);
+    // A removal that was not written leaves the id as it was.
+    assert!(!c.finish(&later[0], false));
+    assert_eq!(
+        c.describe("done").unwrap().value.status,
+        TxnStatus::CompleteCommit
+    );
+    assert!(c.describe("open").is_ok());
+
+    // An expired id starts again with a new producer id, as a new one does.
+    assert_eq!(
+        c.init_producer_id("idle", 10_000, None, NOW),
+        InitPlan::NeedProducerId
+    );
 }
