@@ -660,6 +660,7 @@ fn abort_in_background(ts: &Rc<Transactions>, t: Transition) {
 async fn run_markers(ts: Rc<Transactions>, job: MarkerJob) {
     let node = ts.shard.ctx.metadata.cluster_node().clone();
     let mut left: BTreeSet<(String, i32)> = job.partitions.clone();
+    let mut last_codes: BTreeMap<(String, i32), i16> = BTreeMap::new();
     let mut attempts = 0u32;
     while !left.is_empty() {
         if !ts.coordinator.borrow().job_current(&job) || *ts.shard.phase.borrow() != Phase::Running
@@ -684,27 +685,42 @@ async fn run_markers(ts: Rc<Transactions>, job: MarkerJob) {
             }
         }
         for (leader, parts) in by_leader {
-            let done: Vec<(String, i32)> = if leader == -2 {
-                parts
+            let results: Vec<((String, i32), i16)> = if leader == -2 {
+                parts.into_iter().map(|tp| (tp, ec::NONE)).collect()
             } else if leader < 0 {
-                Vec::new()
+                parts
+                    .into_iter()
+                    .map(|tp| (tp, ec::LEADER_NOT_AVAILABLE))
+                    .collect()
             } else if leader == node.node_id {
                 write_local_markers(&ts, &job, parts).await
             } else {
                 write_remote_markers(&ts, leader, &job, parts).await
             };
-            for d in done {
-                left.remove(&d);
+            for (tp, code) in results {
+                if marker_done(code) {
+                    left.remove(&tp);
+                    last_codes.remove(&tp);
+                } else {
+                    last_codes.insert(tp, code);
+                }
             }
         }
         if !left.is_empty() {
             attempts += 1;
             if attempts.is_multiple_of(50) {
+                let pending: Vec<String> = last_codes
+                    .iter()
+                    .map(|((t, p), code)| format!("{t}-{p}: {code}"))
+                    .collect();
                 warn!(
                     transactional_id = job.transactional_id,
-                    partitions = left.len(),
+                    producer_id = job.producer_id,
+                    producer_epoch = job.producer_epoch,
+                    coordinator_epoch = job.coordinator_epoch,
                     attempts,
-                    "transaction markers still not written"
+                    "transaction markers still not written (partition: last error code): {}",
+                    pending.join(", ")
                 );
             }
             tokio::time::sleep(Duration::from_millis(100.min(10 * u64::from(attempts)))).await;
@@ -731,12 +747,12 @@ fn marker_done(code: i16) -> bool {
     code == ec::NONE || code == ec::UNKNOWN_TOPIC_OR_PARTITION
 }
 
-/// Markers on partitions this broker leads; returns those written.
+/// Markers on partitions this broker leads; returns each partition's error code.
 async fn write_local_markers(
     ts: &Rc<Transactions>,
     job: &MarkerJob,
     parts: Vec<(String, i32)>,
-) -> Vec<(String, i32)> {
+) -> Vec<((String, i32), i16)> {
     let results = futures_util::future::join_all(parts.into_iter().map(|(topic, p)| {
         let job = job.clone();
         let ts = ts.clone();
@@ -748,13 +764,11 @@ async fn write_local_markers(
     .await;
     results
         .into_iter()
-        .filter_map(|(topic, p, code)| {
-            if marker_done(code) {
-                Some((topic, p))
-            } else {
+        .map(|(topic, p, code)| {
+            if !marker_done(code) {
                 debug!(topic, partition = p, code, "transaction marker to retry");
-                None
             }
+            ((topic, p), code)
         })
         .collect()
 }
@@ -827,14 +841,14 @@ pub async fn write_marker_here(
     code
 }
 
-/// Markers on partitions `leader` leads, with one WriteTxnMarkers request; returns those
-/// written.
+/// Markers on partitions `leader` leads, with one WriteTxnMarkers request; returns each
+/// partition's error code (NETWORK_EXCEPTION for all when the request failed).
 async fn write_remote_markers(
     ts: &Rc<Transactions>,
     leader: i32,
     job: &MarkerJob,
     parts: Vec<(String, i32)>,
-) -> Vec<(String, i32)> {
+) -> Vec<((String, i32), i16)> {
     let mut topics: BTreeMap<String, Vec<i32>> = BTreeMap::new();
     for (t, p) in &parts {
         topics.entry(t.clone()).or_default().push(*p);
@@ -873,24 +887,25 @@ async fn write_remote_markers(
             .flat_map(|mk| mk.topics)
             .flat_map(|t| {
                 let name = t.name.0.to_string();
-                t.partitions.into_iter().filter_map(move |p| {
-                    if marker_done(p.error_code) {
-                        Some((name.clone(), p.partition_index))
-                    } else {
+                t.partitions.into_iter().map(move |p| {
+                    if !marker_done(p.error_code) {
                         debug!(
                             topic = name,
                             partition = p.partition_index,
                             code = p.error_code,
                             "remote transaction marker to retry"
                         );
-                        None
                     }
+                    ((name.clone(), p.partition_index), p.error_code)
                 })
             })
             .collect(),
         Err(e) => {
             debug!(leader, "WriteTxnMarkers failed: {e}");
-            Vec::new()
+            parts
+                .into_iter()
+                .map(|tp| (tp, ec::NETWORK_EXCEPTION))
+                .collect()
         }
     }
 }
