@@ -75,6 +75,10 @@ BROKER_SETTINGS = [
 GROUP_CATCH_UP_S = 40
 FAULT_KINDS = ("kill", "pause", "restart", "isolate", "split", "bridge", "slow", "lossy")
 ROLES = ("leader", "controller", "any")
+# Unreachable routes for the subnets of networks this or an earlier harness made
+# (Network.fence): one file per subnet, holding the PID of its process.
+FENCE_DIR = Path(tempfile.gettempdir()) / "nemesis-fences"
+FENCE_METRIC = "4242"
 
 
 def log(msg: str) -> None:
@@ -165,6 +169,7 @@ class Network:
     def create(self) -> None:
         self.remove()
         self.created = True
+        self.fence()
         br = f"{self.prefix}b"
         sh("ip", "link", "add", br, "type", "bridge")
         sh("ip", "addr", "add", f"{self.host_ip}/24", "dev", br)
@@ -181,6 +186,29 @@ class Network:
             self.ipt(n, "-N", "NEMESIS")
             self.ipt(n, "-I", "INPUT", "-j", "NEMESIS")
             self.ipt(n, "-I", "OUTPUT", "-j", "NEMESIS")
+
+    def fence(self) -> None:
+        """An `unreachable` route for the subnet, below the bridge's own route: while the
+        bridge is up its route wins; once it is gone, a client still dialling a broker's
+        address (librdkafka's threads live until their process exits) fails at once here
+        instead of following the default route out of the machine. The route outlives this
+        process; the next harness to create a network removes those whose process is gone."""
+        FENCE_DIR.mkdir(parents=True, exist_ok=True)
+        for f in FENCE_DIR.glob("10.233.*"):
+            try:
+                pid = int(f.read_text().strip() or "0")
+                if pid > 0:
+                    os.kill(pid, 0)
+                    continue  # its process still runs
+            except (ProcessLookupError, ValueError):
+                pass
+            except (PermissionError, OSError):
+                continue
+            sh("ip", "route", "del", "unreachable", f"{f.name}/24", "metric", FENCE_METRIC, check=False)
+            f.unlink(missing_ok=True)
+        net = f"10.233.{self.subnet}.0"
+        sh("ip", "route", "replace", "unreachable", f"{net}/24", "metric", FENCE_METRIC)
+        (FENCE_DIR / net).write_text(str(os.getpid()))
 
     def ipt(self, n: int, *args: str) -> None:
         sh("ip", "netns", "exec", self.ns(n), "iptables", "-w", *args)
@@ -770,10 +798,11 @@ def resolve(step: dict, cluster: Cluster, rng: random.Random) -> int:
     return target
 
 
-def apply_step(step: dict, cluster: Cluster) -> tuple[str, list]:
-    """Injects one fault; returns its label and the undo actions to run after `hold`."""
+def apply_step(step: dict, cluster: Cluster, target: int | None = None) -> tuple[str, list]:
+    """Injects one fault; returns its label and the undo actions to run after `hold`. The
+    broker is `target` when given (a caller resolving roles of its own), else the step's role."""
     rng = random.Random(step["pick"])
-    n = resolve(step, cluster, rng)
+    n = target if target is not None else resolve(step, cluster, rng)
     others = [m for m in range(1, cluster.nodes + 1) if m != n]
     kind = step["kind"]
     undo: list = []
