@@ -203,11 +203,11 @@ fn codes(resp: &AlterPartitionReassignmentsResponse) -> Vec<(String, i32, i16)> 
         .collect()
 }
 
-/// (topic, partition, replicas, adding, removing) of every listed reassignment.
-fn listed(
-    b: &Broker,
-    topics: Option<&[(&str, i32)]>,
-) -> Vec<(String, i32, Vec<i32>, Vec<i32>, Vec<i32>)> {
+/// (topic, partition, replicas, adding, removing) of a listed reassignment.
+type Listed = (String, i32, Vec<i32>, Vec<i32>, Vec<i32>);
+
+/// Every listed reassignment.
+fn listed(b: &Broker, topics: Option<&[(&str, i32)]>) -> Vec<Listed> {
     let req = ListPartitionReassignmentsRequest::default()
         .with_timeout_ms(10_000)
         .with_topics(topics.map(|ts| {
