@@ -25,6 +25,7 @@ use nix::sys::signal::Signal;
 use support::*;
 
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+const INVALID_REPLICATION_FACTOR: i16 = 38;
 const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
 const INVALID_REQUEST: i16 = 42;
 const NO_REASSIGNMENT_IN_PROGRESS: i16 = 85;
@@ -171,6 +172,16 @@ fn reassign(
     b: &Broker,
     items: &[(&str, i32, Option<Vec<i32>>)],
 ) -> AlterPartitionReassignmentsResponse {
+    reassign_with(b, 1, true, items)
+}
+
+/// AlterPartitionReassignments at `version`, with `allow_replication_factor_change` (v1).
+fn reassign_with(
+    b: &Broker,
+    version: i16,
+    allow_rf_change: bool,
+    items: &[(&str, i32, Option<Vec<i32>>)],
+) -> AlterPartitionReassignmentsResponse {
     let topics = items
         .iter()
         .map(|(t, p, target)| {
@@ -187,8 +198,9 @@ fn reassign(
         .collect();
     let req = AlterPartitionReassignmentsRequest::default()
         .with_timeout_ms(10_000)
+        .with_allow_replication_factor_change(allow_rf_change)
         .with_topics(topics);
-    b.client().request(1, &req)
+    b.client().request(version, &req)
 }
 
 /// (topic, partition, code) of every result.
@@ -339,6 +351,24 @@ fn reassignment_moves_a_partition_and_cancellation_reverts_one() {
         .map(|m| m.to_string())
         .unwrap_or_default();
     assert!(message.contains("quorum"), "{message}");
+    // KIP-860: v1 may refuse a new replication factor; v0 (no such flag) is served too.
+    let two = vec![original[1], original[2]];
+    let resp = reassign_with(
+        cluster.broker(via),
+        1,
+        false,
+        &[(topic, 0, Some(two.clone()))],
+    );
+    assert_eq!(
+        codes(&resp),
+        vec![(t.clone(), 0, INVALID_REPLICATION_FACTOR)]
+    );
+    assert!(!resp.allow_replication_factor_change);
+    let resp = reassign_with(cluster.broker(via), 0, true, &[(topic, 5, Some(two))]);
+    assert_eq!(
+        codes(&resp),
+        vec![(t.clone(), 5, UNKNOWN_TOPIC_OR_PARTITION)]
+    );
     assert_eq!(listed(cluster.broker(via), None), vec![]);
 
     // The move.
@@ -400,7 +430,7 @@ fn reassignment_moves_a_partition_and_cancellation_reverts_one() {
     cluster.wait_for(live, topic, "cancelled", |s| {
         s.1 == target && s.2.len() == 3
     });
-    let resp = reassign(cluster.broker(live), &[(topic, 0, None)]);
+    let resp = reassign_with(cluster.broker(live), 0, true, &[(topic, 0, None)]);
     assert_eq!(codes(&resp), vec![(t, 0, NO_REASSIGNMENT_IN_PROGRESS)]);
     let (leader, ..) = cluster.wait_for(live, topic, "leader", |s| s.0 >= 0);
     assert_eq!(read_all(cluster.broker(leader), topic), expected);
