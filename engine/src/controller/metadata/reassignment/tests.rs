@@ -195,8 +195,7 @@ fn cancellation_reverts_to_the_original_replicas() {
         true,
         &[("t", 0, Some(vec![4, 3, 2]))],
     );
-    // Broker 4 caught up partly: it joined the ISR, broker 3 did not yet... (3 is an
-    // original replica; drop it to keep the move open).
+    // Broker 4 joined the ISR, broker 3 (kept by the target) fell out: the move stays open.
     set_isr(&mut image, &mut index, &epochs, "t", 0, vec![1, 2, 4]);
     assert!(image.partition("t", 0).unwrap().is_reassigning());
     assert_eq!(
