@@ -1589,3 +1589,158 @@ fn leaders_elect_and_cluster_quorum() {
     assert!(table.contains("Metadata quorum: leader"), "{table}");
     assert!(table.contains("leader"), "{table}");
 }
+
+#[test]
+fn topics_reassign_generate_execute_verify_cancel() {
+    let b = Broker::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    ok(ctl(&b, &["topics", "create", "ra", "--partitions", "2"]));
+    // The node id of this cluster of one.
+    let c = ok(ctl(&b, &["cluster", "describe", "--output", "json"])).json();
+    let me = c["brokers"][0]["node_id"].to_string();
+    let generated = ok(ctl(
+        &b,
+        &[
+            "topics",
+            "reassign",
+            "generate",
+            "--topics",
+            "ra",
+            "--brokers",
+            &me,
+            "--output",
+            "json",
+        ],
+    ))
+    .json();
+    let id: i64 = me.parse().expect("node id");
+    let expected = serde_json::json!({"version": 1, "partitions": [
+        {"topic": "ra", "partition": 0, "replicas": [id]},
+        {"topic": "ra", "partition": 1, "replicas": [id]},
+    ]});
+    assert_eq!(generated["current"], expected, "{generated}");
+    assert_eq!(generated["proposed"], expected, "{generated}");
+    let table = ok(ctl(
+        &b,
+        &[
+            "topics",
+            "reassign",
+            "generate",
+            "--topics",
+            "ra",
+            "--brokers",
+            &me,
+        ],
+    ))
+    .stdout;
+    assert!(
+        table.contains("Proposed partition reassignment configuration"),
+        "{table}"
+    );
+    // A broker not in the cluster is a usage error.
+    let o = ctl(
+        &b,
+        &[
+            "topics",
+            "reassign",
+            "generate",
+            "--topics",
+            "ra",
+            "--brokers",
+            "77",
+        ],
+    );
+    assert_eq!(o.code, 2, "{} {}", o.stdout, o.stderr);
+
+    let plan = dir.path().join("plan.json");
+    std::fs::write(&plan, generated["proposed"].to_string()).expect("write plan");
+    let plan = plan.to_str().expect("utf-8 path");
+    // The current assignment again: nothing to move, complete at once.
+    let started = ok(ctl(
+        &b,
+        &[
+            "topics", "reassign", "execute", "--plan", plan, "--output", "json",
+        ],
+    ))
+    .json();
+    assert_eq!(started["current"], expected, "{started}");
+    let results = started["results"].as_array().expect("results");
+    assert_eq!(results.len(), 2);
+    assert!(results.iter().all(|r| r["error"] == "NONE"), "{started}");
+    let verified = ok(ctl(
+        &b,
+        &[
+            "topics", "reassign", "verify", "--plan", plan, "--output", "json",
+        ],
+    ))
+    .json();
+    let rows = verified.as_array().expect("rows");
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r["status"] == "complete"), "{verified}");
+    let cancelled = ok(ctl(
+        &b,
+        &[
+            "topics", "reassign", "cancel", "--plan", plan, "--output", "json",
+        ],
+    ))
+    .json();
+    assert!(
+        cancelled
+            .as_array()
+            .expect("rows")
+            .iter()
+            .all(|r| r["error"] == "NO_REASSIGNMENT_IN_PROGRESS"),
+        "{cancelled}"
+    );
+
+    // Refused targets: exit 1 with the Kafka error; verify says mismatch, exit 1.
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        format!(
+            r#"{{"version":1,"partitions":[{{"topic":"ra","partition":0,"replicas":[{id},{id}]}},
+            {{"topic":"ra","partition":1,"replicas":[77]}},
+            {{"topic":"ra","partition":5,"replicas":[{id}]}}]}}"#
+        ),
+    )
+    .expect("write plan");
+    let bad = bad.to_str().expect("utf-8 path");
+    let o = ctl(&b, &["topics", "reassign", "execute", "--plan", bad]);
+    assert_eq!(o.code, 1, "{} {}", o.stdout, o.stderr);
+    assert!(
+        o.stderr.contains("INVALID_REPLICA_ASSIGNMENT")
+            && o.stderr.contains("UNKNOWN_TOPIC_OR_PARTITION"),
+        "{}",
+        o.stderr
+    );
+    let o = ctl(
+        &b,
+        &[
+            "topics", "reassign", "verify", "--plan", bad, "--output", "json",
+        ],
+    );
+    assert_eq!(o.code, 1, "{} {}", o.stdout, o.stderr);
+    assert!(o
+        .json()
+        .as_array()
+        .expect("rows")
+        .iter()
+        .all(|r| r["status"] == "mismatch"));
+
+    // Plans that are not plans: usage errors.
+    let garbage = dir.path().join("garbage.json");
+    std::fs::write(&garbage, "{not json").expect("write");
+    let v2 = dir.path().join("v2.json");
+    std::fs::write(&v2, r#"{"version":2,"partitions":[]}"#).expect("write");
+    let empty = dir.path().join("empty.json");
+    std::fs::write(&empty, r#"{"version":1,"partitions":[]}"#).expect("write");
+    for p in [
+        garbage.to_str().expect("path"),
+        v2.to_str().expect("path"),
+        empty.to_str().expect("path"),
+        "/nonexistent/plan.json",
+    ] {
+        let o = ctl(&b, &["topics", "reassign", "execute", "--plan", p]);
+        assert_eq!(o.code, 2, "{p}: {} {}", o.stdout, o.stderr);
+    }
+}

@@ -50,6 +50,10 @@ pub enum TopicsCmd {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Move partitions between brokers (AlterPartitionReassignments, like
+    /// kafka-reassign-partitions.sh): generate, execute, verify, cancel a JSON plan.
+    #[command(subcommand)]
+    Reassign(super::reassign::ReassignCmd),
     /// Grow a topic to a total number of partitions.
     AddPartitions {
         /// Topic name.
@@ -88,8 +92,12 @@ struct TopicRow {
     partitions: Vec<PartitionRow>,
 }
 
-/// Runs a `topics` subcommand.
-pub fn run(ctx: &Ctx, cmd: TopicsCmd, out: &mut impl Write) -> anyhow::Result<()> {
+/// Runs a `topics` subcommand. Returns false when `reassign` reports a partition failed or
+/// not complete.
+pub fn run(ctx: &Ctx, cmd: TopicsCmd, out: &mut impl Write) -> anyhow::Result<bool> {
+    if let TopicsCmd::Reassign(c) = cmd {
+        return super::reassign::run(ctx, c, out);
+    }
     let mut cluster = ctx.cluster()?;
     let timeout_ms = ctx.timeout.as_millis().min(i32::MAX as u128) as i32;
     match cmd {
@@ -278,6 +286,8 @@ pub fn run(ctx: &Ctx, cmd: TopicsCmd, out: &mut impl Write) -> anyhow::Result<()
                 }
             }
         }
+        // Handled above, before connecting.
+        TopicsCmd::Reassign(_) => {}
         TopicsCmd::AddPartitions { name, total } => {
             let before = cluster.topic(&name)?.partitions.len() as i32;
             let req = CreatePartitionsRequest::default()
@@ -315,5 +325,5 @@ pub fn run(ctx: &Ctx, cmd: TopicsCmd, out: &mut impl Write) -> anyhow::Result<()
             }
         }
     }
-    Ok(())
+    Ok(true)
 }
