@@ -100,6 +100,9 @@ class Worker(threading.Thread):
             return
         committed = c.committed(assigned, timeout=10)
         for tp in committed:
+            if tp.error is not None:
+                raise KafkaException(tp.error)
+        for tp in committed:
             c.seek(TopicPartition(IN, tp.partition, tp.offset if tp.offset >= 0 else 0))
 
     def run(self) -> None:
@@ -159,10 +162,16 @@ class Worker(threading.Thread):
                         except KafkaException as e3:
                             self._count("abort_failed_producer_restarts", e3)
                             p = self._producer()
-                    try:
-                        self._rewind(c)
-                    except KafkaException as e4:
-                        self._count("rewind_errors", e4)
+                    # The transaction's input must be read again: back to the committed
+                    # offsets before anything else is consumed (going on from the position
+                    # would skip it).
+                    while not self.stop.is_set():
+                        try:
+                            self._rewind(c)
+                            break
+                        except KafkaException as e4:
+                            self._count("rewind_errors", e4)
+                            time.sleep(0.5)
         finally:
             try:
                 c.close()
