@@ -156,8 +156,9 @@ def test_schedule_is_a_function_of_the_seed():
 # The CI schedule: one short schedule per mode (about 25 s each on the 2-core machine). CI runs
 # a fixed seed per mode, schedules the long runs passed (results/faults/README.md): the long
 # runs found two broker bugs that some 2% of random schedules hit (duplicates after a
-# producer-epoch bump, a group member reset to the log start; recorded there, not fixed yet),
-# and a random seed would make every submission's CI fail at that rate. SLUICE_NEMESIS_SEED
+# producer-epoch bump, not fixed yet; a group member reset to the log start, whose suspected
+# cause, a restarted broker leading from stale metadata, is fixed; recorded there), and a
+# random seed would make every submission's CI fail at that rate. SLUICE_NEMESIS_SEED
 # picks another seed, or `random`. A failure prints the seed, the faults and the replay
 # command.
 CI_SEEDS = {"isr": 200000, "quorum": 30001}

@@ -10,7 +10,7 @@
 //! are in `super::api` (topics, configs, metadata); this module imports nothing from the
 //! shard or its services.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -67,6 +67,9 @@ pub struct ClusterNode {
     /// When the last registration or heartbeat the controller answered was sent (ms since
     /// `clock`; `u64::MAX`: none yet).
     session_sent_ms: AtomicU64,
+    /// This registration's local metadata image has applied the controller's log up to the
+    /// registration record (see [`ClusterNode::caught_up`]); cleared at each registration.
+    caught_up: AtomicBool,
     /// The last converted image and the controller image it came from.
     cache: Mutex<Option<(Arc<ClusterImage>, Arc<MetadataImage>)>>,
     stop: watch::Sender<bool>,
@@ -192,6 +195,7 @@ impl ClusterNode {
             session_timeout_ms,
             clock: Instant::now(),
             session_sent_ms: AtomicU64::new(u64::MAX),
+            caught_up: AtomicBool::new(false),
             cache: Mutex::new(None),
             stop,
             thread: Mutex::new(None),
@@ -206,8 +210,9 @@ impl ClusterNode {
         }))
     }
 
-    /// Blocks until this broker is registered and unfenced and every partition it holds a
-    /// replica of has a leader, or `timeout` passes (false). A cluster of one waits for this
+    /// Blocks until this broker is registered and unfenced, its metadata has caught up with
+    /// the controller since, and every partition it holds a replica of has a leader, or
+    /// `timeout` passes (false). A cluster of one waits for this
     /// before it accepts clients, so its first client finds its topics led, as a single broker
     /// should; a member of a larger quorum must not wait (the other voters may not be up).
     pub fn wait_until_serving(&self, timeout: Duration) -> bool {
@@ -227,7 +232,7 @@ impl ClusterNode {
                     .filter(|p| p.replicas.contains(&self.node_id))
                     .all(|p| p.leader.is_some())
             };
-            if unfenced && led() {
+            if unfenced && self.caught_up() && led() {
                 return true;
             }
             if Instant::now() >= deadline {
@@ -274,6 +279,46 @@ impl ClusterNode {
     pub fn session_alive(&self) -> bool {
         let sent = self.session_sent_ms.load(Ordering::Acquire);
         sent != u64::MAX && self.clock_ms().saturating_sub(sent) < self.session_timeout_ms
+    }
+
+    /// Whether `image` has applied this process's registration record, and with it every
+    /// record the controller had committed before it: the image is as new as the
+    /// controller's log was when this incarnation registered. Its broker epoch is the record's
+    /// log index, so this is `metadata_offset >= broker_epoch` (KRaft's broker catch-up
+    /// condition: the controller's committed offset at registration). Before that, an image
+    /// replayed from this node's own log after a restart may still name this broker leader of
+    /// an epoch that ended while it was down; such leaderships are not taken.
+    pub fn image_caught_up(&self, image: &ClusterImage) -> bool {
+        let epoch = self.broker_epoch();
+        epoch >= 0 && u64::try_from(epoch).is_ok_and(|e| image.metadata_offset >= e)
+    }
+
+    /// Whether the images this broker applies have caught up with the controller since its
+    /// (latest) registration ([`ClusterNode::image_caught_up`] of an image it has seen).
+    pub fn caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire)
+    }
+
+    /// Whether this broker may act as a partition leader towards clients: its controller
+    /// session is alive and its metadata has caught up since it registered. Leaders refuse
+    /// client requests and Metadata names no partition led here while it may not.
+    pub fn may_lead(&self) -> bool {
+        self.caught_up() && self.session_alive()
+    }
+
+    /// Notes `image` (about to be handed to the services): the first one of this registration
+    /// to have caught up lets the broker lead.
+    fn note_image(&self, image: &ClusterImage) {
+        if self.caught_up() || !self.image_caught_up(image) {
+            return;
+        }
+        self.caught_up.store(true, Ordering::Release);
+        info!(
+            node_id = self.node_id,
+            broker_epoch = self.broker_epoch(),
+            metadata_offset = image.metadata_offset,
+            "metadata caught up with the controller since registration: leading and serving"
+        );
     }
 
     /// The current controller image.
@@ -325,6 +370,8 @@ impl ClusterNode {
     }
 
     async fn register(&self, stop: &mut watch::Receiver<bool>, listeners: &[Endpoint]) -> bool {
+        // A new registration is caught up only once its own record is applied here.
+        self.caught_up.store(false, Ordering::Release);
         loop {
             if *stop.borrow() {
                 return false;
@@ -398,12 +445,20 @@ impl ClusterNode {
         let mut stop = self.stop.subscribe();
         let mut images = self.controller.watch_metadata();
         // Replicas open and follow the metadata even before registration (a restarted broker
-        // catches up while it is still fenced).
+        // catches up while it is still fenced), but take no leadership until the image has
+        // caught up with the controller (`image_caught_up`, checked by the replicas on each
+        // image they apply).
         let mut previous = images.borrow_and_update().clone();
         sink(None, &previous);
         if !self.register(&mut stop, &listeners).await {
             return;
         }
+        // The image may have caught up during the registration: hand it over again, now that
+        // the broker epoch it is checked against is known.
+        let image = images.borrow_and_update().clone();
+        self.note_image(&image);
+        sink(Some(&previous), &image);
+        previous = image;
         let mut tick = tokio::time::interval(self.heartbeat_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -418,6 +473,10 @@ impl ClusterNode {
                         if !self.register(&mut stop, &listeners).await {
                             return;
                         }
+                        let image = images.borrow_and_update().clone();
+                        self.note_image(&image);
+                        sink(Some(&previous), &image);
+                        previous = image;
                     }
                     Some(Err(e)) => tracing::debug!("heartbeat failed: {e}"),
                 },
@@ -426,6 +485,7 @@ impl ClusterNode {
                         break;
                     }
                     let image = images.borrow_and_update().clone();
+                    self.note_image(&image);
                     sink(Some(&previous), &image);
                     previous = image;
                 }

@@ -268,7 +268,8 @@ fn sync_log_end(
 
 /// Why a leader must stop serving clients before any newer partition record reaches it:
 /// its broker's controller session has lapsed (the controller fences it and elects another
-/// leader), or, in quorum mode, no majority of its replicas has fetched within
+/// leader), its broker registered again and its metadata has not caught up since (the
+/// partition may have moved meanwhile), or, in quorum mode, no majority of its replicas has fetched within
 /// `replica.lag.time.max.ms`. `None` while it may lead.
 fn cut_off(
     node: &ClusterNode,
@@ -277,6 +278,8 @@ fn cut_off(
 ) -> Option<&'static str> {
     if !node.session_alive() {
         Some("this broker's controller session has lapsed")
+    } else if !node.caught_up() {
+        Some("this broker's metadata has not caught up with the controller since it registered")
     } else if !leader.has_majority_contact(now) {
         Some("no majority of the replicas fetched within replica.lag.time.max.ms")
     } else {
@@ -320,6 +323,7 @@ async fn reconcile_once(rs: &Rc<Replicas>, image: &Arc<ClusterImage>) {
         return;
     }
     let node_id = node.node_id;
+    let caught_up = node.image_caught_up(image);
     // Topics deleted (or deleted and recreated) since the last image.
     let stale: Vec<(String, i32)> = rs
         .slots
@@ -456,9 +460,25 @@ async fn reconcile_once(rs: &Rc<Replicas>, image: &Arc<ClusterImage>) {
                     .borrow_mut()
                     .set_config(replication_config(&rs.shard.ctx.config, t));
             }
-            apply(rs, &node, &slot, p, mode);
+            apply(rs, &node, &slot, p, mode, caught_up);
         }
     }
+}
+
+/// The partition state this replica applies from an image: as recorded, except that a
+/// leadership of this broker is not taken from an image that has not caught up with the
+/// controller since this broker registered (`ClusterNode::image_caught_up`). After a restart
+/// the image replayed from the local log can name this broker leader of an epoch that
+/// ended while it was down; leading it would answer clients (and append, and load
+/// coordinators) from a superseded epoch. The replica waits as a follower with no leader and
+/// takes the leadership, same epoch, from the first caught-up image that still records it.
+fn applicable_state(p: &PartitionImage, node_id: i32, caught_up: bool) -> PartitionState {
+    let mut state = partition_state(p);
+    if !caught_up && state.leader == Some(node_id) {
+        state.leader = None;
+    }
+    debug_assert!(caught_up || state.leader != Some(node_id));
+    state
 }
 
 fn apply(
@@ -467,6 +487,7 @@ fn apply(
     slot: &Rc<Replica>,
     p: &PartitionImage,
     mode: ReplicationMode,
+    caught_up: bool,
 ) {
     let now = now();
     // Count committed ISR changes of partitions led here once each, whoever asked for them
@@ -479,10 +500,14 @@ fn apply(
             std::cmp::Ordering::Equal => {}
         }
     }
-    let change =
-        slot.state
-            .borrow_mut()
-            .apply_partition_state(&partition_state(p), &slot.part.log, now);
+    // A leader of this very epoch (a broker that registered again) keeps it: the newer
+    // image is no older than the one it took the leadership from.
+    let leads_it = slot.state.borrow().role_leader_epoch() == Some(p.leader_epoch);
+    let change = slot.state.borrow_mut().apply_partition_state(
+        &applicable_state(p, node.node_id, caught_up || leads_it),
+        &slot.part.log,
+        now,
+    );
     // Services that follow leadership (the group coordinator of an offsets partition).
     let led = match &change {
         RoleChange::BecameLeader { leader_epoch, .. } => Some(Some(*leader_epoch)),
@@ -537,13 +562,14 @@ fn apply(
         RoleChange::IsrChanged | RoleChange::None => {}
     }
     // A quorum election waits for a majority of replicas to fence themselves and report
-    // their log positions.
+    // their log positions. A replica votes only in an election its caught-up image shows
+    // (a replayed image's election may be long over).
     let election = p.next_leader_epoch();
     if mode == ReplicationMode::Quorum
         && p.leader.is_none()
         && !p.election_reports.contains_key(&node.node_id)
         && slot.voted_epoch.get() < election
-        && node.broker_epoch() >= 0
+        && caught_up
     {
         let position = slot
             .state
@@ -821,6 +847,7 @@ fn restart_leadership(rs: &Rc<Replicas>, node: &Arc<ClusterNode>, slot: &Rc<Repl
         return;
     };
     let mode = topic.replication_mode();
+    let caught_up = node.image_caught_up(&image);
     let hw = slot
         .state
         .borrow()
@@ -836,7 +863,7 @@ fn restart_leadership(rs: &Rc<Replicas>, node: &Arc<ClusterNode>, slot: &Rc<Repl
     drop(slot.state.replace(fresh));
     // Waiting acks=all produces of the old state fail (their senders drop): clients retry.
     slot.waiters.borrow_mut().clear();
-    apply(rs, node, slot, p, mode);
+    apply(rs, node, slot, p, mode, caught_up);
 }
 
 fn error_out(e: &ReplicationError) -> (i16, String) {

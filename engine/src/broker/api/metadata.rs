@@ -160,9 +160,11 @@ pub async fn metadata(
             }
         }
     }
-    if !node.session_alive() {
+    if !node.may_lead() {
         // This broker's session has expired (or is about to): its leaderships are moving,
-        // and naming itself leader would send clients back here. They ask another broker.
+        // and naming itself leader would send clients back here. Or it has just registered
+        // and its image has not caught up with the controller: a leadership it names may
+        // have ended while it was down. Either way clients ask another broker.
         for p in topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
             if p.leader_id.0 == node.node_id {
                 p.leader_id = BrokerId(-1);
