@@ -13,11 +13,11 @@ mod cluster;
 use std::time::{Duration, Instant};
 
 use cluster::{
-    epoch_end, fetch, latest_offset, produce, produce_until_ok, produce_with_timeout, tn, Cluster,
+    epoch_end, fetch, fetch_partition0, latest_offset, produce, produce_until_ok,
+    produce_with_timeout, tn, Cluster,
 };
 use kafka_protocol::messages::{
-    describe_quorum_request, fetch_request, BrokerId, DeleteTopicsRequest, DescribeQuorumRequest,
-    FetchRequest,
+    describe_quorum_request, DeleteTopicsRequest, DescribeQuorumRequest,
 };
 use support::*;
 
@@ -68,19 +68,7 @@ fn replica_fetch(
     offset: i64,
     last_fetched_epoch: i32,
 ) -> (i16, i32, i64, usize) {
-    let req = FetchRequest::default()
-        .with_replica_id(BrokerId(replica))
-        .with_max_wait_ms(0)
-        .with_min_bytes(0)
-        .with_max_bytes(1 << 20)
-        .with_topics(vec![fetch_request::FetchTopic::default()
-            .with_topic(tn(topic))
-            .with_partitions(vec![fetch_request::FetchPartition::default()
-                .with_partition(0)
-                .with_current_leader_epoch(epoch)
-                .with_fetch_offset(offset)
-                .with_last_fetched_epoch(last_fetched_epoch)
-                .with_partition_max_bytes(1 << 20)])]);
+    let req = fetch_partition0(topic, replica, epoch, offset, last_fetched_epoch);
     let resp = b.client().request(12, &req);
     let p = &resp.responses[0].partitions[0];
     (

@@ -12,7 +12,7 @@ mod cluster;
 
 use std::time::Duration;
 
-use cluster::{tn, Cluster};
+use cluster::{replica_state, tn, Cluster};
 use kafka_protocol::messages::{elect_leaders_request, ElectLeadersRequest, ElectLeadersResponse};
 use support::*;
 
@@ -40,13 +40,7 @@ impl Cluster {
             .partitions
             .iter()
             .find(|p| p.partition_index == partition)?;
-        (p.error_code == 0).then(|| {
-            (
-                p.leader_id.0,
-                p.replica_nodes.iter().map(|b| b.0).collect(),
-                p.isr_nodes.iter().map(|b| b.0).collect(),
-            )
-        })
+        replica_state(p)
     }
 
     fn wait_for(&self, via: i32, topic: &str, what: &str, ok: impl Fn(&State) -> bool) -> State {

@@ -14,7 +14,7 @@ mod cluster;
 
 use std::time::{Duration, Instant};
 
-use cluster::{tn, Cluster};
+use cluster::{replica_state, tn, Cluster};
 use kafka_protocol::messages::{
     alter_partition_reassignments_request as alter, create_topics_request, fetch_request,
     list_partition_reassignments_request as list, metadata_request,
@@ -53,13 +53,7 @@ impl Cluster {
     fn partition(&self, via: i32, topic: &str) -> Option<State> {
         let resp = self.metadata_no_create(via, topic);
         let p = resp.topics.first()?.partitions.first()?;
-        (p.error_code == 0).then(|| {
-            (
-                p.leader_id.0,
-                p.replica_nodes.iter().map(|b| b.0).collect(),
-                p.isr_nodes.iter().map(|b| b.0).collect(),
-            )
-        })
+        replica_state(p)
     }
 
     fn wait_for(&self, via: i32, topic: &str, what: &str, ok: impl Fn(&State) -> bool) -> State {

@@ -15,6 +15,7 @@ use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use kafka_protocol::messages::metadata_response::MetadataResponsePartition;
 use kafka_protocol::messages::{
     create_topics_request, fetch_request, list_offsets_request, metadata_request,
     offset_for_leader_epoch_request, produce_request, BrokerId, CreateTopicsRequest, FetchRequest,
@@ -233,8 +234,25 @@ pub fn produce_until_ok(b: &Broker, topic: &str, records: Bytes, what: &str) {
 /// A consumer's Fetch v12 of partition 0 from offset 0 with `epoch` as current_leader_epoch
 /// (-1: none): (error, high watermark, values).
 pub fn fetch(b: &Broker, topic: &str, epoch: i32) -> (i16, i64, Vec<String>) {
-    let req = FetchRequest::default()
-        .with_replica_id(BrokerId(-1))
+    let req = fetch_partition0(topic, -1, epoch, 0, -1);
+    let resp = b.client().request(12, &req);
+    let p = &resp.responses[0].partitions[0];
+    let vals = p.records.as_ref().map(values).unwrap_or_default();
+    (p.error_code, p.high_watermark, vals)
+}
+
+/// A Fetch of partition 0 that does not wait (1 MiB at most) by `replica` (-1: a consumer)
+/// with `epoch` as current_leader_epoch, from `offset`, the last fetched epoch
+/// `last_fetched_epoch`.
+pub fn fetch_partition0(
+    topic: &str,
+    replica: i32,
+    epoch: i32,
+    offset: i64,
+    last_fetched_epoch: i32,
+) -> FetchRequest {
+    FetchRequest::default()
+        .with_replica_id(BrokerId(replica))
         .with_max_wait_ms(0)
         .with_min_bytes(0)
         .with_max_bytes(1 << 20)
@@ -243,13 +261,20 @@ pub fn fetch(b: &Broker, topic: &str, epoch: i32) -> (i16, i64, Vec<String>) {
             .with_partitions(vec![fetch_request::FetchPartition::default()
                 .with_partition(0)
                 .with_current_leader_epoch(epoch)
-                .with_fetch_offset(0)
-                .with_last_fetched_epoch(-1)
-                .with_partition_max_bytes(1 << 20)])]);
-    let resp = b.client().request(12, &req);
-    let p = &resp.responses[0].partitions[0];
-    let vals = p.records.as_ref().map(values).unwrap_or_default();
-    (p.error_code, p.high_watermark, vals)
+                .with_fetch_offset(offset)
+                .with_last_fetched_epoch(last_fetched_epoch)
+                .with_partition_max_bytes(1 << 20)])])
+}
+
+/// (leader, replicas, isr) of a Metadata partition, if it has no error.
+pub fn replica_state(p: &MetadataResponsePartition) -> Option<(i32, Vec<i32>, Vec<i32>)> {
+    (p.error_code == 0).then(|| {
+        (
+            p.leader_id.0,
+            p.replica_nodes.iter().map(|b| b.0).collect(),
+            p.isr_nodes.iter().map(|b| b.0).collect(),
+        )
+    })
 }
 
 /// ListOffsets v4 latest of partition 0 with no current epoch: (error, offset, leader epoch).
