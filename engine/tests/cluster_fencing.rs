@@ -7,84 +7,36 @@
 #[path = "broker_support.rs"]
 mod support;
 
+#[path = "support/cluster.rs"]
+mod cluster;
+
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use kafka_protocol::messages::{
-    create_topics_request, describe_quorum_request, fetch_request, list_offsets_request,
-    offset_for_leader_epoch_request, produce_request, BrokerId, CreateTopicsRequest,
-    DeleteTopicsRequest, DescribeQuorumRequest, FetchRequest, ListOffsetsRequest, MetadataRequest,
-    OffsetForLeaderEpochRequest, ProduceRequest, TopicName,
+use cluster::{
+    epoch_end, fetch, fetch_partition0, latest_offset, produce, produce_until_ok,
+    produce_with_timeout, tn, Cluster,
 };
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::messages::{
+    describe_quorum_request, DeleteTopicsRequest, DescribeQuorumRequest,
+};
 use support::*;
 
 const NOT_LEADER_OR_FOLLOWER: i16 = 6;
 const FENCED_LEADER_EPOCH: i16 = 74;
 const UNKNOWN_LEADER_EPOCH: i16 = 75;
 
-fn tn(s: &str) -> TopicName {
-    TopicName(StrBytes::from_string(s.to_string()))
-}
-
-struct Cluster {
-    brokers: Vec<Option<Broker>>,
-    _dirs: tempfile::TempDir,
-}
+/// (leader, leader epoch, isr) of a partition.
+type State = (i32, i32, Vec<i32>);
 
 impl Cluster {
-    fn start(mode: &str) -> Cluster {
-        let dirs = tempfile::tempdir().expect("tempdir");
-        let ports = support::ports::free_ports(3);
-        let voters = ports
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("{}@127.0.0.1:{p}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
-        let brokers = (1..=3)
-            .map(|id| {
-                let dir = dirs.path().join(format!("node{id}"));
-                let id = id.to_string();
-                let mode = format!("replication.mode={mode}");
-                let args = [
-                    "--node-id",
-                    id.as_str(),
-                    "--controller-voters",
-                    voters.as_str(),
-                    "--set",
-                    mode.as_str(),
-                    "--set",
-                    "broker.session.timeout.ms=2000",
-                    "--set",
-                    "broker.heartbeat.interval.ms=200",
-                    "--set",
-                    "controller.quorum.election.timeout.ms=500",
-                    "--set",
-                    "replica.fetch.wait.max.ms=200",
-                ];
-                Some(Broker::start_in(&dir, &args, &[]))
-            })
-            .collect();
-        Cluster {
-            brokers,
-            _dirs: dirs,
-        }
-    }
-
-    fn broker(&self, id: i32) -> &Broker {
-        self.brokers[(id - 1) as usize]
-            .as_ref()
-            .expect("broker running")
+    /// The three voters in `mode`.
+    fn start_in_mode(mode: &str) -> Cluster {
+        Cluster::start(&[&format!("replication.mode={mode}")])
     }
 
     /// (leader, leader epoch, isr) of partition 0 as broker `via` sees it.
-    fn partition0(&self, via: i32, topic: &str) -> Option<(i32, i32, Vec<i32>)> {
-        let req = MetadataRequest::default().with_topics(Some(vec![
-            kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
-                .with_name(Some(tn(topic))),
-        ]));
-        let resp = self.broker(via).client().request(12, &req);
+    fn partition0(&self, via: i32, topic: &str) -> Option<State> {
+        let resp = self.metadata(via, topic);
         let t = resp.topics.first()?;
         let p = t.partitions.first()?;
         (p.error_code == 0 && p.leader_id.0 >= 0).then(|| {
@@ -96,105 +48,14 @@ impl Cluster {
         })
     }
 
-    fn wait_for(
-        &self,
-        via: i32,
-        topic: &str,
-        what: &str,
-        ok: impl Fn(&(i32, i32, Vec<i32>)) -> bool,
-    ) -> (i32, i32, Vec<i32>) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut last = None;
-        while Instant::now() < deadline {
-            last = self.partition0(via, topic);
-            if let Some(s) = &last {
-                if ok(s) {
-                    return s.clone();
-                }
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("{what}: partition state {last:?}");
+    fn wait_for(&self, via: i32, topic: &str, what: &str, ok: impl Fn(&State) -> bool) -> State {
+        self.wait_until(
+            what,
+            Duration::from_secs(20),
+            |c| c.partition0(via, topic),
+            ok,
+        )
     }
-
-    fn create_topic(&self, topic: &str) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let req = CreateTopicsRequest::default()
-                .with_timeout_ms(10_000)
-                .with_topics(vec![create_topics_request::CreatableTopic::default()
-                    .with_name(tn(topic))
-                    .with_num_partitions(1)
-                    .with_replication_factor(3)]);
-            let resp = self.broker(1).client().request(5, &req);
-            let code = resp.topics[0].error_code;
-            if code == 0 {
-                return;
-            }
-            // Brokers still registering (INVALID_REPLICATION_FACTOR) or no controller yet.
-            assert!(
-                Instant::now() < deadline,
-                "CreateTopics kept failing: {code}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-/// Produces `records` (acks=all) until the broker accepts them, for up to 15 s (a new leader
-/// or ISR may still be settling); fails the test with `what` and the last error code.
-fn produce_until_ok(b: &Broker, topic: &str, records: Bytes, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (code, _) = produce(b, topic, records.clone());
-        if code == 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what}: {code}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn produce(b: &Broker, topic: &str, records: Bytes) -> (i16, i64) {
-    produce_with_timeout(b, topic, records, 5000)
-}
-
-fn produce_with_timeout(b: &Broker, topic: &str, records: Bytes, timeout_ms: i32) -> (i16, i64) {
-    let req = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(timeout_ms)
-        .with_topic_data(vec![produce_request::TopicProduceData::default()
-            .with_name(tn(topic))
-            .with_partition_data(vec![
-                produce_request::PartitionProduceData::default()
-                    .with_index(0)
-                    .with_records(Some(records)),
-            ])]);
-    let resp = b.client().request(9, &req);
-    let p = &resp.responses[0].partition_responses[0];
-    (p.error_code, p.base_offset)
-}
-
-/// Fetch v12 of partition 0 from offset 0 with `epoch` as current_leader_epoch:
-/// (error, high watermark, values).
-fn fetch(b: &Broker, topic: &str, epoch: i32) -> (i16, i64, Vec<String>) {
-    let req = FetchRequest::default()
-        .with_replica_id(BrokerId(-1))
-        .with_max_wait_ms(0)
-        .with_min_bytes(0)
-        .with_max_bytes(1 << 20)
-        .with_topics(vec![fetch_request::FetchTopic::default()
-            .with_topic(tn(topic))
-            .with_partitions(vec![fetch_request::FetchPartition::default()
-                .with_partition(0)
-                .with_current_leader_epoch(epoch)
-                .with_fetch_offset(0)
-                .with_last_fetched_epoch(-1)
-                .with_partition_max_bytes(1 << 20)])]);
-    let resp = b.client().request(12, &req);
-    let p = &resp.responses[0].partitions[0];
-    let vals = p.records.as_ref().map(values).unwrap_or_default();
-    (p.error_code, p.high_watermark, vals)
 }
 
 /// A replica's Fetch v12 of partition 0: (error, diverging epoch, diverging end offset,
@@ -207,19 +68,7 @@ fn replica_fetch(
     offset: i64,
     last_fetched_epoch: i32,
 ) -> (i16, i32, i64, usize) {
-    let req = FetchRequest::default()
-        .with_replica_id(BrokerId(replica))
-        .with_max_wait_ms(0)
-        .with_min_bytes(0)
-        .with_max_bytes(1 << 20)
-        .with_topics(vec![fetch_request::FetchTopic::default()
-            .with_topic(tn(topic))
-            .with_partitions(vec![fetch_request::FetchPartition::default()
-                .with_partition(0)
-                .with_current_leader_epoch(epoch)
-                .with_fetch_offset(offset)
-                .with_last_fetched_epoch(last_fetched_epoch)
-                .with_partition_max_bytes(1 << 20)])]);
+    let req = fetch_partition0(topic, replica, epoch, offset, last_fetched_epoch);
     let resp = b.client().request(12, &req);
     let p = &resp.responses[0].partitions[0];
     (
@@ -230,26 +79,10 @@ fn replica_fetch(
     )
 }
 
-/// ListOffsets v4 latest of partition 0: (error, offset, leader epoch).
-fn latest_offset(b: &Broker, topic: &str) -> (i16, i64, i32) {
-    let req = ListOffsetsRequest::default()
-        .with_replica_id(BrokerId(-1))
-        .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
-            .with_name(tn(topic))
-            .with_partitions(vec![
-                list_offsets_request::ListOffsetsPartition::default()
-                    .with_partition_index(0)
-                    .with_timestamp(-1),
-            ])]);
-    let resp = b.client().request(4, &req);
-    let p = &resp.topics[0].partitions[0];
-    (p.error_code, p.offset, p.leader_epoch)
-}
-
 fn run(mode: &str) {
-    let mut cluster = Cluster::start(mode);
+    let mut cluster = Cluster::start_in_mode(mode);
     let topic = "fenced";
-    cluster.create_topic(topic);
+    cluster.create_topic(topic, 1, 3);
     let (leader, epoch, _) = cluster.wait_for(1, topic, "initial leader", |s| s.2.len() == 3);
     // Every broker answers Metadata for the whole cluster.
     for via in 1..=3 {
@@ -292,28 +125,14 @@ fn run(mode: &str) {
     );
 
     // OffsetForLeaderEpoch: the current epoch ends at the log end.
-    let req = OffsetForLeaderEpochRequest::default()
-        .with_replica_id(BrokerId(-1))
-        .with_topics(vec![
-            offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
-                .with_topic(tn(topic))
-                .with_partitions(vec![
-                    offset_for_leader_epoch_request::OffsetForLeaderPartition::default()
-                        .with_partition(0)
-                        .with_current_leader_epoch(epoch)
-                        .with_leader_epoch(epoch),
-                ]),
-        ]);
-    let resp = cluster.broker(leader).client().request(4, &req);
-    let e = &resp.topics[0].partitions[0];
     assert_eq!(
-        (e.error_code, e.leader_epoch, e.end_offset),
+        epoch_end(cluster.broker(leader), topic, epoch, epoch),
         (0, epoch, 5 + marker)
     );
 
     // Every follower has the committed records before we kill the leader (acks=all).
     // SIGKILL the leader: a survivor takes over with a higher epoch.
-    cluster.brokers[(leader - 1) as usize] = None;
+    cluster.kill(leader);
     let (new_leader, new_epoch, _) = cluster.wait_for(follower, topic, "failover", |s| {
         s.0 != leader && s.1 > epoch
     });
@@ -397,9 +216,9 @@ fn quorum_cluster_fences_epochs_and_fails_over() {
 /// request's timeout_ms has passed.
 #[test]
 fn isr_acks_all_times_out_without_followers() {
-    let mut cluster = Cluster::start("isr");
+    let mut cluster = Cluster::start_in_mode("isr");
     let topic = "stuck";
-    cluster.create_topic(topic);
+    cluster.create_topic(topic, 1, 3);
     let (leader, ..) = cluster.wait_for(1, topic, "initial leader", |s| s.2.len() == 3);
     produce_until_ok(
         cluster.broker(leader),
@@ -409,7 +228,7 @@ fn isr_acks_all_times_out_without_followers() {
     );
     for b in 1..=3 {
         if b != leader {
-            cluster.brokers[(b - 1) as usize] = None;
+            cluster.kill(b);
         }
     }
     let started = Instant::now();
@@ -426,8 +245,8 @@ fn isr_acks_all_times_out_without_followers() {
 /// voter with a log end offset (the leader's is at least the high watermark).
 #[test]
 fn describe_quorum_names_the_controller_and_every_voter() {
-    let cluster = Cluster::start("isr");
-    cluster.create_topic("dq");
+    let cluster = Cluster::start_in_mode("isr");
+    cluster.create_topic("dq", 1, 3);
     let req = DescribeQuorumRequest::default().with_topics(vec![
         describe_quorum_request::TopicData::default()
             .with_topic_name(tn("__cluster_metadata"))
@@ -465,20 +284,17 @@ fn describe_quorum_names_the_controller_and_every_voter() {
 /// directory) at a clean shutdown, and a restarted replica starts from it.
 #[test]
 fn high_watermark_is_checkpointed_at_shutdown() {
-    let mut cluster = Cluster::start("isr");
+    let mut cluster = Cluster::start_in_mode("isr");
     let topic = "hwck";
-    cluster.create_topic(topic);
+    cluster.create_topic(topic, 1, 3);
     let (leader, ..) = cluster.wait_for(1, topic, "initial leader", |s| s.2.len() == 3);
     produce_until_ok(cluster.broker(leader), topic, batch("h", 7, 0), "produce");
     let follower = (1..=3).find(|b| *b != leader).expect("a follower");
     // The follower learns the HW from its next fetch.
     std::thread::sleep(Duration::from_millis(800));
     for id in [follower, leader] {
-        let b = cluster.brokers[(id - 1) as usize]
-            .as_mut()
-            .expect("running");
-        let dir = b.data_dir.join(format!("{topic}-0"));
-        let status = b.stop_with(nix::sys::signal::Signal::SIGTERM);
+        let dir = cluster.broker(id).data_dir.join(format!("{topic}-0"));
+        let status = cluster.stop(id);
         assert!(status.success(), "broker {id} exit: {status:?}");
         let text = std::fs::read_to_string(dir.join("replication-offset-checkpoint"))
             .unwrap_or_else(|e| panic!("broker {id}: no checkpoint: {e}"));
@@ -492,19 +308,17 @@ fn high_watermark_is_checkpointed_at_shutdown() {
 /// that cannot answer.
 #[test]
 fn last_broker_stops_without_waiting_for_a_lost_quorum() {
-    let mut cluster = Cluster::start("isr");
+    let mut cluster = Cluster::start_in_mode("isr");
     // Every broker registered (an RF-3 topic needs all three).
-    cluster.create_topic("lastone");
+    cluster.create_topic("lastone", 1, 3);
     for id in [1, 2] {
-        let b = cluster.brokers[id - 1].as_mut().expect("running");
-        let status = b.stop_with(nix::sys::signal::Signal::SIGTERM);
+        let status = cluster.stop(id);
         assert!(status.success(), "broker {id} exit: {status:?}");
     }
     // Let broker 3 notice: its heartbeats now go unanswered.
     std::thread::sleep(Duration::from_millis(600));
-    let b = cluster.brokers[2].as_mut().expect("running");
     let started = Instant::now();
-    let status = b.stop_with(nix::sys::signal::Signal::SIGTERM);
+    let status = cluster.stop(3);
     let took = started.elapsed();
     assert!(status.success(), "broker 3 exit: {status:?}");
     assert!(

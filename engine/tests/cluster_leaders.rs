@@ -7,172 +7,49 @@
 #[path = "broker_support.rs"]
 mod support;
 
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+#[path = "support/cluster.rs"]
+mod cluster;
 
-use kafka_protocol::messages::{
-    create_topics_request, elect_leaders_request, metadata_request, CreateTopicsRequest,
-    ElectLeadersRequest, ElectLeadersResponse, MetadataRequest, MetadataResponse, TopicName,
-};
-use kafka_protocol::protocol::StrBytes;
-use nix::sys::signal::Signal;
+use std::time::Duration;
+
+use cluster::{replica_state, tn, Cluster};
+use kafka_protocol::messages::{elect_leaders_request, ElectLeadersRequest, ElectLeadersResponse};
 use support::*;
 
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 const ELECTION_NOT_NEEDED: i16 = 84;
 
-fn tn(s: &str) -> TopicName {
-    TopicName(StrBytes::from_string(s.to_string()))
-}
-
-struct Cluster {
-    brokers: Vec<Option<Broker>>,
-    dirs: Vec<PathBuf>,
-    args: Vec<Vec<String>>,
-    _tmp: tempfile::TempDir,
-}
+/// (leader, replicas, isr) of a partition.
+type State = (i32, Vec<i32>, Vec<i32>);
 
 impl Cluster {
     /// Three voters; `racks[i]` is broker `i + 1`'s `broker.rack`; `extra` settings for all.
-    fn start(racks: [&str; 3], extra: &[&str]) -> Cluster {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let ports = support::ports::free_ports(3);
-        let voters = ports
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("{}@127.0.0.1:{p}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut dirs = Vec::new();
-        let mut all_args = Vec::new();
-        for id in 1..=3 {
-            dirs.push(tmp.path().join(format!("node{id}")));
-            let mut args: Vec<String> = vec![
-                "--node-id".into(),
-                id.to_string(),
-                "--controller-voters".into(),
-                voters.clone(),
-            ];
-            let mut settings = vec![
-                "broker.session.timeout.ms=2000".to_string(),
-                "broker.heartbeat.interval.ms=200".into(),
-                "controller.quorum.election.timeout.ms=500".into(),
-                "replica.fetch.wait.max.ms=200".into(),
-                format!("broker.rack={}", racks[id - 1]),
-            ];
+    fn start_racked(racks: [&str; 3], extra: &[&str]) -> Cluster {
+        Cluster::start_with(3, &[], |id| {
+            let mut settings = vec![format!("broker.rack={}", racks[(id - 1) as usize])];
             settings.extend(extra.iter().map(|s| s.to_string()));
-            for s in settings {
-                args.push("--set".into());
-                args.push(s);
-            }
-            all_args.push(args);
-        }
-        let mut cluster = Cluster {
-            brokers: Vec::new(),
-            dirs,
-            args: all_args,
-            _tmp: tmp,
-        };
-        for id in 1..=3 {
-            let b = cluster.spawn(id);
-            cluster.brokers.push(Some(b));
-        }
-        cluster
-    }
-
-    fn spawn(&self, id: i32) -> Broker {
-        let i = (id - 1) as usize;
-        let args: Vec<&str> = self.args[i].iter().map(String::as_str).collect();
-        Broker::start_in(&self.dirs[i], &args, &[])
-    }
-
-    fn broker(&self, id: i32) -> &Broker {
-        self.brokers[(id - 1) as usize]
-            .as_ref()
-            .expect("broker running")
-    }
-
-    /// Controlled shutdown (SIGTERM): the controller fences the broker at once.
-    fn stop(&mut self, id: i32) {
-        let mut b = self.brokers[(id - 1) as usize].take().expect("running");
-        b.stop_with(Signal::SIGTERM);
-    }
-
-    fn restart(&mut self, id: i32) {
-        let b = self.spawn(id);
-        self.brokers[(id - 1) as usize] = Some(b);
-    }
-
-    fn metadata(&self, via: i32, topic: &str) -> MetadataResponse {
-        let req = MetadataRequest::default().with_topics(Some(vec![
-            metadata_request::MetadataRequestTopic::default().with_name(Some(tn(topic))),
-        ]));
-        self.broker(via).client().request(12, &req)
+            settings
+        })
     }
 
     /// (leader, replicas, isr) of `topic`-`partition` as broker `via` sees it.
-    fn partition(
-        &self,
-        via: i32,
-        topic: &str,
-        partition: i32,
-    ) -> Option<(i32, Vec<i32>, Vec<i32>)> {
+    fn partition(&self, via: i32, topic: &str, partition: i32) -> Option<State> {
         let resp = self.metadata(via, topic);
         let t = resp.topics.first()?;
         let p = t
             .partitions
             .iter()
             .find(|p| p.partition_index == partition)?;
-        (p.error_code == 0).then(|| {
-            (
-                p.leader_id.0,
-                p.replica_nodes.iter().map(|b| b.0).collect(),
-                p.isr_nodes.iter().map(|b| b.0).collect(),
-            )
-        })
+        replica_state(p)
     }
 
-    fn wait_for(
-        &self,
-        via: i32,
-        topic: &str,
-        what: &str,
-        ok: impl Fn(&(i32, Vec<i32>, Vec<i32>)) -> bool,
-    ) -> (i32, Vec<i32>, Vec<i32>) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut last = None;
-        while Instant::now() < deadline {
-            last = self.partition(via, topic, 0);
-            if let Some(s) = &last {
-                if ok(s) {
-                    return s.clone();
-                }
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("{what}: partition state {last:?}");
-    }
-
-    fn create_topic(&self, topic: &str, partitions: i32, rf: i16) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let req = CreateTopicsRequest::default()
-                .with_timeout_ms(10_000)
-                .with_topics(vec![create_topics_request::CreatableTopic::default()
-                    .with_name(tn(topic))
-                    .with_num_partitions(partitions)
-                    .with_replication_factor(rf)]);
-            let code = self.broker(1).client().request(5, &req).topics[0].error_code;
-            if code == 0 {
-                return;
-            }
-            // Brokers still registering (INVALID_REPLICATION_FACTOR) or no controller yet.
-            assert!(
-                Instant::now() < deadline,
-                "CreateTopics kept failing: {code}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+    fn wait_for(&self, via: i32, topic: &str, what: &str, ok: impl Fn(&State) -> bool) -> State {
+        self.wait_until(
+            what,
+            Duration::from_secs(20),
+            |c| c.partition(via, topic, 0),
+            ok,
+        )
     }
 }
 
@@ -236,7 +113,7 @@ fn move_leadership_away(cluster: &mut Cluster, topic: &str, may_move_back: bool)
 
 #[test]
 fn elect_leaders_moves_leadership_back_and_racks_spread_replicas() {
-    let mut cluster = Cluster::start(
+    let mut cluster = Cluster::start_racked(
         ["rack-a", "rack-a", "rack-b"],
         &["auto.leader.rebalance.enable=false"],
     );
@@ -313,7 +190,8 @@ fn elect_leaders_moves_leadership_back_and_racks_spread_replicas() {
 
 #[test]
 fn auto_rebalance_moves_leadership_back() {
-    let mut cluster = Cluster::start(["", "", ""], &["leader.imbalance.check.interval.seconds=1"]);
+    let mut cluster =
+        Cluster::start_racked(["", "", ""], &["leader.imbalance.check.interval.seconds=1"]);
     let topic = "rebalanced";
     cluster.create_topic(topic, 1, 3);
     let preferred = move_leadership_away(&mut cluster, topic, true);

@@ -9,19 +9,20 @@
 #[path = "broker_support.rs"]
 mod support;
 
-use std::path::PathBuf;
+#[path = "support/cluster.rs"]
+mod cluster;
+
 use std::time::{Duration, Instant};
 
+use cluster::{replica_state, tn, Cluster};
 use kafka_protocol::messages::{
     alter_partition_reassignments_request as alter, create_topics_request, fetch_request,
     list_partition_reassignments_request as list, metadata_request,
     AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, BrokerId,
     CreateTopicsRequest, FetchRequest, FetchResponse, ListPartitionReassignmentsRequest,
     ListPartitionReassignmentsResponse, MetadataRequest, MetadataResponse, ProduceResponse,
-    TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use nix::sys::signal::Signal;
 use support::*;
 
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
@@ -30,73 +31,17 @@ const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
 const INVALID_REQUEST: i16 = 42;
 const NO_REASSIGNMENT_IN_PROGRESS: i16 = 85;
 
-fn tn(s: &str) -> TopicName {
-    TopicName(StrBytes::from_string(s.to_string()))
-}
-
 /// (leader, replicas, isr) of a partition.
 type State = (i32, Vec<i32>, Vec<i32>);
 
-struct Cluster {
-    brokers: Vec<Option<Broker>>,
-    dirs: Vec<PathBuf>,
-    _tmp: tempfile::TempDir,
-}
-
 impl Cluster {
-    fn start() -> Cluster {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let ports = support::ports::free_ports(3);
-        let voters = ports
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("{}@127.0.0.1:{p}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut cluster = Cluster {
-            brokers: Vec::new(),
-            dirs: Vec::new(),
-            _tmp: tmp,
-        };
-        for id in 1..=4 {
-            let dir = cluster._tmp.path().join(format!("node{id}"));
-            let mut args: Vec<String> = vec![
-                "--node-id".into(),
-                id.to_string(),
-                "--controller-voters".into(),
-                voters.clone(),
-            ];
-            for s in [
-                "broker.session.timeout.ms=2000",
-                "broker.heartbeat.interval.ms=200",
-                "controller.quorum.election.timeout.ms=500",
-                "replica.fetch.wait.max.ms=200",
-                "auto.leader.rebalance.enable=false",
-            ] {
-                args.push("--set".into());
-                args.push(s.into());
-            }
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            cluster
-                .brokers
-                .push(Some(Broker::start_in(&dir, &args, &[])));
-            cluster.dirs.push(dir);
-        }
-        cluster
+    /// The three voters and broker-only node 4.
+    fn start_four() -> Cluster {
+        Cluster::start_with(4, &["auto.leader.rebalance.enable=false"], |_| Vec::new())
     }
 
-    fn broker(&self, id: i32) -> &Broker {
-        self.brokers[(id - 1) as usize]
-            .as_ref()
-            .expect("broker running")
-    }
-
-    fn stop(&mut self, id: i32) {
-        let mut b = self.brokers[(id - 1) as usize].take().expect("running");
-        b.stop_with(Signal::SIGTERM);
-    }
-
-    fn metadata(&self, via: i32, topic: &str) -> MetadataResponse {
+    /// Metadata for `topic` as `via` answers it, never auto-creating it.
+    fn metadata_no_create(&self, via: i32, topic: &str) -> MetadataResponse {
         let req = MetadataRequest::default()
             .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default(
             )
@@ -106,32 +51,22 @@ impl Cluster {
     }
 
     fn partition(&self, via: i32, topic: &str) -> Option<State> {
-        let resp = self.metadata(via, topic);
+        let resp = self.metadata_no_create(via, topic);
         let p = resp.topics.first()?.partitions.first()?;
-        (p.error_code == 0).then(|| {
-            (
-                p.leader_id.0,
-                p.replica_nodes.iter().map(|b| b.0).collect(),
-                p.isr_nodes.iter().map(|b| b.0).collect(),
-            )
-        })
+        replica_state(p)
     }
 
     fn wait_for(&self, via: i32, topic: &str, what: &str, ok: impl Fn(&State) -> bool) -> State {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut last = None;
-        while Instant::now() < deadline {
-            last = self.partition(via, topic);
-            if last.as_ref().is_some_and(&ok) {
-                return last.unwrap_or_default();
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("{what}: partition state {last:?}");
+        self.wait_until(
+            what,
+            Duration::from_secs(30),
+            |c| c.partition(via, topic),
+            ok,
+        )
     }
 
     /// Creates `topic` (one partition, three replicas) once every broker is registered.
-    fn create_topic(&self, topic: &str, configs: &[(&str, &str)]) {
+    fn create_topic_on_four(&self, topic: &str, configs: &[(&str, &str)]) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             // No topic asked for: a Metadata naming one would auto-create it.
@@ -296,9 +231,9 @@ fn read_all(b: &Broker, topic: &str) -> Vec<String> {
 
 #[test]
 fn reassignment_moves_a_partition_and_cancellation_reverts_one() {
-    let mut cluster = Cluster::start();
+    let mut cluster = Cluster::start_four();
     let topic = "moved";
-    cluster.create_topic(topic, &[]);
+    cluster.create_topic_on_four(topic, &[]);
     let (leader, original, _) =
         cluster.wait_for(1, topic, "initial ISR", |s| s.0 >= 0 && s.2.len() == 3);
     let removed = original[0];
@@ -317,7 +252,7 @@ fn reassignment_moves_a_partition_and_cancellation_reverts_one() {
         .collect();
 
     // Bad targets, each refused on its own; no reassignment is started by them.
-    cluster.create_topic("quorum", &[("replication.mode", "quorum")]);
+    cluster.create_topic_on_four("quorum", &[("replication.mode", "quorum")]);
     let via = original[1];
     let resp = reassign(
         cluster.broker(via),

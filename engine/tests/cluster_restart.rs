@@ -8,99 +8,25 @@
 #[path = "broker_support.rs"]
 mod support;
 
-use std::path::PathBuf;
+#[path = "support/cluster.rs"]
+mod cluster;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kafka_protocol::messages::{
-    create_topics_request, fetch_request, list_offsets_request, metadata_request,
-    offset_for_leader_epoch_request, produce_request, BrokerId, CreateTopicsRequest, FetchRequest,
-    ListOffsetsRequest, MetadataRequest, OffsetForLeaderEpochRequest, ProduceRequest, TopicName,
-};
-use kafka_protocol::protocol::StrBytes;
+use cluster::{latest_offset, produce_until_ok, Cluster};
 use support::*;
 
 const NOT_LEADER_OR_FOLLOWER: i16 = 6;
 
-fn tn(s: &str) -> TopicName {
-    TopicName(StrBytes::from_string(s.to_string()))
-}
-
-struct Cluster {
-    brokers: Vec<Option<Broker>>,
-    dirs: Vec<PathBuf>,
-    args: Vec<Vec<String>>,
-    _tmp: tempfile::TempDir,
-}
-
 impl Cluster {
-    fn start(mode: &str) -> Cluster {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let ports = support::ports::free_ports(3);
-        let voters = ports
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("{}@127.0.0.1:{p}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut dirs = Vec::new();
-        let mut all_args = Vec::new();
-        for id in 1..=3 {
-            dirs.push(tmp.path().join(format!("node{id}")));
-            let mut args: Vec<String> = vec![
-                "--node-id".into(),
-                id.to_string(),
-                "--controller-voters".into(),
-                voters.clone(),
-            ];
-            for s in [
-                format!("replication.mode={mode}"),
-                "broker.session.timeout.ms=2000".into(),
-                "broker.heartbeat.interval.ms=200".into(),
-                "controller.quorum.election.timeout.ms=500".into(),
-                "replica.fetch.wait.max.ms=200".into(),
-                // The leader's automatic rebalance would move leadership back to a restarted
-                // preferred replica: this test watches the restarted broker's own decisions.
-                "auto.leader.rebalance.enable=false".into(),
-            ] {
-                args.push("--set".into());
-                args.push(s);
-            }
-            all_args.push(args);
-        }
-        let mut cluster = Cluster {
-            brokers: Vec::new(),
-            dirs,
-            args: all_args,
-            _tmp: tmp,
-        };
-        for id in 1..=3 {
-            let b = cluster.spawn(id);
-            cluster.brokers.push(Some(b));
-        }
-        cluster
-    }
-
-    fn spawn(&self, id: i32) -> Broker {
-        let i = (id - 1) as usize;
-        let args: Vec<&str> = self.args[i].iter().map(String::as_str).collect();
-        Broker::start_in(&self.dirs[i], &args, &[])
-    }
-
-    fn broker(&self, id: i32) -> &Broker {
-        self.brokers[(id - 1) as usize]
-            .as_ref()
-            .expect("broker running")
-    }
-
-    /// SIGKILL.
-    fn kill(&mut self, id: i32) {
-        drop(self.brokers[(id - 1) as usize].take().expect("running"));
-    }
-
-    fn restart(&mut self, id: i32) {
-        let b = self.spawn(id);
-        self.brokers[(id - 1) as usize] = Some(b);
+    fn start_in_mode(mode: &str) -> Cluster {
+        Cluster::start(&[
+            &format!("replication.mode={mode}"),
+            // The leader's automatic rebalance would move leadership back to a restarted
+            // preferred replica: this test watches the restarted broker's own decisions.
+            "auto.leader.rebalance.enable=false",
+        ])
     }
 
     /// Each running broker's log lines about registration, catch-up and partition roles (for
@@ -135,10 +61,7 @@ impl Cluster {
 
     /// (error, leader, leader epoch, isr) of partition 0 as broker `via` answers Metadata.
     fn partition0(&self, via: i32, topic: &str) -> Option<(i16, i32, i32, Vec<i32>)> {
-        let req = MetadataRequest::default().with_topics(Some(vec![
-            metadata_request::MetadataRequestTopic::default().with_name(Some(tn(topic))),
-        ]));
-        let resp = self.broker(via).client().request(12, &req);
+        let resp = self.metadata(via, topic);
         let p = resp.topics.first()?.partitions.first()?.clone();
         Some((
             p.error_code,
@@ -156,130 +79,32 @@ impl Cluster {
         what: &str,
         ok: impl Fn(i32, i32, &[i32]) -> bool,
     ) -> (i32, i32, Vec<i32>) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut last = None;
-        while Instant::now() < deadline {
-            last = self.partition0(via, topic);
-            if let Some((0, leader, epoch, isr)) = &last {
-                if *leader >= 0 && ok(*leader, *epoch, isr) {
-                    return (*leader, *epoch, isr.clone());
-                }
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("{what}: partition state {last:?}");
-    }
-
-    fn create_topic(&self, topic: &str) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let req = CreateTopicsRequest::default()
-                .with_timeout_ms(10_000)
-                .with_topics(vec![create_topics_request::CreatableTopic::default()
-                    .with_name(tn(topic))
-                    .with_num_partitions(1)
-                    .with_replication_factor(3)]);
-            let code = self.broker(1).client().request(5, &req).topics[0].error_code;
-            if code == 0 {
-                return;
-            }
-            // Brokers still registering (INVALID_REPLICATION_FACTOR) or no controller yet.
-            assert!(
-                Instant::now() < deadline,
-                "CreateTopics kept failing: {code}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let (_, leader, epoch, isr) = self.wait_until(
+            what,
+            Duration::from_secs(20),
+            |c| c.partition0(via, topic),
+            |(code, leader, epoch, isr)| *code == 0 && *leader >= 0 && ok(*leader, *epoch, isr),
+        );
+        (leader, epoch, isr)
     }
 }
 
 /// acks=all Produce v9 to partition 0: the error code.
 fn produce(b: &Broker, topic: &str, records: Bytes) -> i16 {
-    let req = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(5000)
-        .with_topic_data(vec![produce_request::TopicProduceData::default()
-            .with_name(tn(topic))
-            .with_partition_data(vec![
-                produce_request::PartitionProduceData::default()
-                    .with_index(0)
-                    .with_records(Some(records)),
-            ])]);
-    b.client().request(9, &req).responses[0].partition_responses[0].error_code
-}
-
-/// Produces until the broker accepts (15 s at most; a new leader or ISR may be settling).
-fn produce_until_ok(b: &Broker, topic: &str, records: Bytes, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let code = produce(b, topic, records.clone());
-        if code == 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what}: {code}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    cluster::produce(b, topic, records).0
 }
 
 /// A consumer's Fetch v12 of partition 0 from offset 0 with no current epoch:
 /// (error, values).
 fn fetch(b: &Broker, topic: &str) -> (i16, Vec<String>) {
-    let req = FetchRequest::default()
-        .with_replica_id(BrokerId(-1))
-        .with_max_wait_ms(0)
-        .with_min_bytes(0)
-        .with_max_bytes(1 << 20)
-        .with_topics(vec![fetch_request::FetchTopic::default()
-            .with_topic(tn(topic))
-            .with_partitions(vec![fetch_request::FetchPartition::default()
-                .with_partition(0)
-                .with_current_leader_epoch(-1)
-                .with_fetch_offset(0)
-                .with_last_fetched_epoch(-1)
-                .with_partition_max_bytes(1 << 20)])]);
-    let resp = b.client().request(12, &req);
-    let p = &resp.responses[0].partitions[0];
-    (
-        p.error_code,
-        p.records.as_ref().map(values).unwrap_or_default(),
-    )
-}
-
-/// ListOffsets v4 latest of partition 0: (error, offset, leader epoch).
-fn latest_offset(b: &Broker, topic: &str) -> (i16, i64, i32) {
-    let req = ListOffsetsRequest::default()
-        .with_replica_id(BrokerId(-1))
-        .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
-            .with_name(tn(topic))
-            .with_partitions(vec![
-                list_offsets_request::ListOffsetsPartition::default()
-                    .with_partition_index(0)
-                    .with_current_leader_epoch(-1)
-                    .with_timestamp(-1),
-            ])]);
-    let resp = b.client().request(4, &req);
-    let p = &resp.topics[0].partitions[0];
-    (p.error_code, p.offset, p.leader_epoch)
+    let (code, _, vals) = cluster::fetch(b, topic, -1);
+    (code, vals)
 }
 
 /// A consumer's OffsetForLeaderEpoch v4 for `epoch` of partition 0, with no current epoch:
 /// (error, epoch, end offset).
 fn epoch_end(b: &Broker, topic: &str, epoch: i32) -> (i16, i32, i64) {
-    let req = OffsetForLeaderEpochRequest::default()
-        .with_replica_id(BrokerId(-1))
-        .with_topics(vec![
-            offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
-                .with_topic(tn(topic))
-                .with_partitions(vec![
-                    offset_for_leader_epoch_request::OffsetForLeaderPartition::default()
-                        .with_partition(0)
-                        .with_current_leader_epoch(-1)
-                        .with_leader_epoch(epoch),
-                ]),
-        ]);
-    let resp = b.client().request(4, &req);
-    let e = &resp.topics[0].partitions[0];
-    (e.error_code, e.leader_epoch, e.end_offset)
+    cluster::epoch_end(b, topic, -1, epoch)
 }
 
 /// Checks that `id` does not act as leader of partition 0 in `stale_epoch` (or any epoch up to
@@ -319,9 +144,9 @@ fn assert_not_stale_leader(cluster: &Cluster, id: i32, topic: &str, stale_epoch:
 }
 
 fn run(mode: &str) {
-    let mut cluster = Cluster::start(mode);
+    let mut cluster = Cluster::start_in_mode(mode);
     let topic = "restarted";
-    cluster.create_topic(topic);
+    cluster.create_topic(topic, 1, 3);
     let (old_leader, old_epoch, _) =
         cluster.wait_for(1, topic, "initial leader", |_, _, isr| isr.len() == 3);
     produce_until_ok(
