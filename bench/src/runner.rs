@@ -282,6 +282,76 @@ pub fn run(workload: &Workload, opts: &RunOptions) -> Result<RunOutcome> {
     rt.block_on(run_async(workload.clone(), opts.clone()))
 }
 
+/// How long the start offsets may take while leadership moves (a fault plan may start
+/// before the run has asked for them).
+const START_OFFSETS_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The log end of each partition of `topic` when the run starts, asked of its leader. A
+/// leader that cannot answer now (moved, cut off from the controller, unreachable) is asked
+/// again after a Metadata refresh, until `START_OFFSETS_TIMEOUT`.
+async fn start_offsets(
+    cl: &cluster::Cluster,
+    topic: &str,
+    security: &Security,
+) -> Result<HashMap<i32, i64>> {
+    let deadline = Instant::now() + START_OFFSETS_TIMEOUT;
+    let mut view = cl.clone();
+    let mut out: HashMap<i32, i64> = HashMap::new();
+    let wanted: Vec<i32> = view
+        .topics
+        .get(topic)
+        .map(|ps| ps.iter().map(|p| p.partition).collect())
+        .unwrap_or_default();
+    loop {
+        let mut by_leader: HashMap<i32, Vec<i32>> = HashMap::new();
+        for p in view.topics.get(topic).into_iter().flatten() {
+            if !out.contains_key(&p.partition) {
+                by_leader.entry(p.leader).or_default().push(p.partition);
+            }
+        }
+        let mut last_error = None;
+        for (leader, ps) in &by_leader {
+            let Some(addr) = view.addr_of(*leader) else {
+                last_error = Some(anyhow!("partitions {ps:?} of {topic} have no leader"));
+                continue;
+            };
+            let asked = async {
+                let mut conn = Connection::connect(addr, "sluice-bench-admin", security).await?;
+                cluster::list_offsets(&mut conn, topic, ps, -1).await
+            };
+            match asked.await {
+                Ok(offsets) => out.extend(offsets),
+                Err(e) => last_error = Some(anyhow::Error::new(e)),
+            }
+        }
+        if wanted.iter().all(|p| out.contains_key(p)) {
+            return Ok(out);
+        }
+        if Instant::now() >= deadline {
+            return Err(last_error
+                .unwrap_or_else(|| anyhow!("no start offsets for {topic}"))
+                .context(format!(
+                    "start offsets of {topic} (for {}s)",
+                    START_OFFSETS_TIMEOUT.as_secs()
+                )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Fresh leaders, from any broker that answers.
+        for addr in view.brokers.values().cloned().collect::<Vec<_>>() {
+            let fresh = async {
+                let mut conn = Connection::connect(&addr, "sluice-bench-admin", security).await?;
+                cluster::metadata(&mut conn, &[topic.to_string()]).await
+            };
+            if let Ok(fresh) = fresh.await {
+                if fresh.topics.contains_key(topic) {
+                    view = fresh;
+                    break;
+                }
+            }
+        }
+    }
+}
+
 async fn run_async(w: Workload, opts: RunOptions) -> Result<RunOutcome> {
     w.validate()?;
     let w = Arc::new(w);
@@ -326,19 +396,7 @@ async fn run_async(w: Workload, opts: RunOptions) -> Result<RunOutcome> {
         let cl = &clusters[ti];
         let parts = cl.topics.get(topic).cloned().unwrap_or_default();
         let leaders_addr = cl.brokers.clone();
-        // Start offsets: log end of each partition, asked of its leader.
-        let mut start_offsets: HashMap<i32, i64> = HashMap::new();
-        let mut by_leader: HashMap<i32, Vec<i32>> = HashMap::new();
-        for p in &parts {
-            by_leader.entry(p.leader).or_default().push(p.partition);
-        }
-        for (leader, ps) in &by_leader {
-            let addr = leaders_addr
-                .get(leader)
-                .ok_or_else(|| anyhow!("no address for broker {leader}"))?;
-            let mut conn = Connection::connect(addr, "sluice-bench-admin", &opts.security).await?;
-            start_offsets.extend(cluster::list_offsets(&mut conn, topic, ps, -1).await?);
-        }
+        let start_offsets = start_offsets(cl, topic, &opts.security).await?;
         for sub in 0..w.subscriptions_per_topic {
             let n = w.consumer_per_subscription.max(1) as usize;
             let group = match w.consumer_mode {
