@@ -149,7 +149,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let ok = match cli.command {
-        Command::Topics(c) => cmd::topics::run(&ctx, c, &mut out),
+        Command::Topics(c) => cmd::topics::run(&ctx, c, &mut out).map(|()| true),
         Command::Configs(c) => cmd::configs::run(&ctx, c, &mut out).map(|()| true),
         Command::Groups(c) => cmd::groups::run(&ctx, c, &mut out).map(|()| true),
         Command::Produce(a) => cmd::produce::run(&ctx, a, &mut out).map(|()| true),

@@ -357,41 +357,6 @@ async fn reconcile_once(rs: &Rc<Replicas>, image: &Arc<ClusterImage>) {
             .await;
         rs.deleting.borrow_mut().remove(&topic);
     }
-    // Replicas a reassignment moved off this broker: stop them and delete their data, as a
-    // topic deletion does for one partition.
-    let moved_off: Vec<Rc<Replica>> = rs
-        .slots
-        .borrow()
-        .values()
-        .filter(|r| {
-            image
-                .partition(&r.topic, r.partition)
-                .is_none_or(|p| !p.replicas.contains(&node_id))
-        })
-        .cloned()
-        .collect();
-    for r in moved_off {
-        rs.slots
-            .borrow_mut()
-            .remove(&(r.topic.clone(), r.partition));
-        r.removed.set(true);
-        r.fetcher_epoch.set(-1);
-        r.waiters.borrow_mut().clear();
-        if r.state.borrow().is_leader() {
-            for listener in rs.leadership_listeners.borrow().iter() {
-                listener(&r.topic, r.partition, None);
-            }
-        }
-        info!(
-            topic = r.topic,
-            partition = r.partition,
-            "replica reassigned away; deleting it"
-        );
-        rs.shard
-            .clone()
-            .delete_partition(r.topic.clone(), r.partition)
-            .await;
-    }
     for t in image.topics.values() {
         let changed = rs.topic_configs.borrow().get(&t.name) != Some(&t.configs);
         if changed {

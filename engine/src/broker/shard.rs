@@ -529,52 +529,45 @@ impl Shard {
             .remove(&topic)
             .unwrap_or_default();
         for (p, slot) in removed {
-            if let Slot::Open(part) = slot {
-                delete_open_partition(&topic, p, part).await;
+            let Slot::Open(mut part) = slot else { continue };
+            // In-flight fetches may still hold the partition; give them a moment to finish.
+            let mut waited = Duration::ZERO;
+            loop {
+                match Rc::try_unwrap(part) {
+                    Ok(owned) => {
+                        if let Err(e) = owned.log.delete().await {
+                            warn!(topic, partition = p, "cannot delete partition: {e}");
+                        }
+                        break;
+                    }
+                    Err(shared) if waited < Duration::from_secs(5) => {
+                        part = shared;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        waited += Duration::from_millis(10);
+                    }
+                    Err(shared) => {
+                        let dir = shared.log.dir().to_path_buf();
+                        let _ = shared.log.close().await;
+                        if let Err(e) = std::fs::remove_dir_all(&dir) {
+                            warn!(dir = %dir.display(), "cannot remove partition dir: {e}");
+                        }
+                        break;
+                    }
+                }
             }
         }
         // Directories of partitions that were never opened in this process.
         for p in 0..partitions {
             if self.ctx.owner(&topic, p) == self.id {
-                self.remove_partition_dir(&topic, p);
+                let dir = self.ctx.config.data_dir.join(format!("{topic}-{p}"));
+                if dir.exists() {
+                    if let Err(e) = std::fs::remove_dir_all(&dir) {
+                        warn!(dir = %dir.display(), "cannot remove partition dir: {e}");
+                    }
+                }
             }
         }
         info!(shard = self.id, topic, "deleted topic partitions");
-    }
-
-    /// Deletes this shard's replica of one partition of a topic that lives on (a
-    /// reassignment moved the partition off this broker): the same path as a topic's
-    /// deletion, for one partition.
-    pub async fn delete_partition(self: Rc<Self>, topic: String, partition: i32) {
-        let slot = {
-            let mut map = self.partitions.borrow_mut();
-            let slot = map.get_mut(&topic).and_then(|m| m.remove(&partition));
-            if map.get(&topic).is_some_and(|m| m.is_empty()) {
-                map.remove(&topic);
-            }
-            slot
-        };
-        if let Some(Slot::Open(part)) = slot {
-            delete_open_partition(&topic, partition, part).await;
-        }
-        self.remove_partition_dir(&topic, partition);
-        info!(
-            shard = self.id,
-            topic, partition, "deleted partition replica"
-        );
-    }
-
-    fn remove_partition_dir(&self, topic: &str, partition: i32) {
-        let dir = self
-            .ctx
-            .config
-            .data_dir
-            .join(format!("{topic}-{partition}"));
-        if dir.exists() {
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                warn!(dir = %dir.display(), "cannot remove partition dir: {e}");
-            }
-        }
     }
 
     /// Enforces retention and time-based rolls on every open partition.
@@ -621,35 +614,6 @@ impl Shard {
         for p in parts {
             if let Err(e) = p.log.close().await {
                 warn!(dir = %p.log.dir().display(), "close failed: {e}");
-            }
-        }
-    }
-}
-
-/// Deletes an open partition's log once in-flight requests let go of it (closed and its
-/// directory removed after 5 s if they do not).
-async fn delete_open_partition(topic: &str, partition: i32, mut part: Rc<Partition>) {
-    let mut waited = Duration::ZERO;
-    loop {
-        match Rc::try_unwrap(part) {
-            Ok(owned) => {
-                if let Err(e) = owned.log.delete().await {
-                    warn!(topic, partition, "cannot delete partition: {e}");
-                }
-                return;
-            }
-            Err(shared) if waited < Duration::from_secs(5) => {
-                part = shared;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                waited += Duration::from_millis(10);
-            }
-            Err(shared) => {
-                let dir = shared.log.dir().to_path_buf();
-                let _ = shared.log.close().await;
-                if let Err(e) = std::fs::remove_dir_all(&dir) {
-                    warn!(dir = %dir.display(), "cannot remove partition dir: {e}");
-                }
-                return;
             }
         }
     }

@@ -23,9 +23,6 @@ use crate::replication::{
     ReplicationConfig, ReplicationMode,
 };
 
-mod reassignment;
-pub use reassignment::{PartitionReassignment, ReassignmentResult};
-
 use super::error::MetadataError;
 use super::scram::{AlterScramCredentials, ScramCredentials};
 use crate::security::acl::{AclBinding, AclBindingFilter};
@@ -133,24 +130,9 @@ pub struct PartitionImage {
     pub partition_epoch: i32,
     /// Quorum elections: log positions reported by replicas fenced to the next leader epoch.
     pub election_reports: BTreeMap<BrokerId, ReplicaLogPosition>,
-    /// A reassignment in progress: its target replicas in the new preferred order (empty:
-    /// none). `replicas` is then the original replicas followed by `adding_replicas`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub target_replicas: Vec<BrokerId>,
-    /// Replicas a reassignment in progress adds (Kafka's `addingReplicas`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub adding_replicas: Vec<BrokerId>,
-    /// Replicas a reassignment in progress removes (Kafka's `removingReplicas`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub removing_replicas: Vec<BrokerId>,
 }
 
 impl PartitionImage {
-    /// Whether a reassignment is in progress.
-    pub fn is_reassigning(&self) -> bool {
-        !self.target_replicas.is_empty()
-    }
-
     /// The epoch the next elected leader gets; quorum elections collect reports for it.
     pub fn next_leader_epoch(&self) -> LeaderEpoch {
         self.leader_epoch + 1
@@ -361,15 +343,6 @@ pub enum MetadataCommand {
         /// is not needed are then left out of the answer, as Kafka does).
         partitions: Option<Vec<(String, i32)>>,
     },
-    /// Start, replace or cancel partition reassignments (Kafka's AlterPartitionReassignments,
-    /// KRaft's PartitionChangeRecord with adding/removing replicas). Each partition is
-    /// answered on its own ([`Applied::Reassignments`]).
-    AlterPartitionReassignments {
-        /// The partitions and their targets.
-        reassignments: Vec<PartitionReassignment>,
-        /// KIP-860: whether a target may have another size than the current replicas.
-        allow_replication_factor_change: bool,
-    },
 }
 
 /// The kind of a leader election asked for (ElectLeaders' `election_type`).
@@ -450,8 +423,6 @@ pub enum Applied {
     AclsDeleted(Vec<Vec<AclBinding>>),
     /// Each partition's answer to [`MetadataCommand::ElectLeaders`].
     Elections(Vec<PartitionElection>),
-    /// Each partition's answer to [`MetadataCommand::AlterPartitionReassignments`].
-    Reassignments(Vec<ReassignmentResult>),
     /// The command changed what it said (or was already in effect).
     Done,
 }
@@ -667,13 +638,6 @@ impl MetadataImage {
             } => Ok(Applied::Elections(
                 self.elect_leaders(*election, partitions.as_deref()),
             )),
-            MetadataCommand::AlterPartitionReassignments {
-                reassignments,
-                allow_replication_factor_change,
-            } => Ok(Applied::Reassignments(self.alter_reassignments(
-                reassignments,
-                *allow_replication_factor_change,
-            ))),
         }
     }
 
@@ -1144,14 +1108,7 @@ impl MetadataImage {
                 "topic {name} has {current} partitions; the new count must be larger, got {total}"
             )));
         }
-        // The replication factor a reassignment in progress moves to, else the current one.
-        let rf = topic.partitions.first().map_or(1, |p| {
-            if p.is_reassigning() {
-                p.target_replicas.len()
-            } else {
-                p.replicas.len()
-            }
-        });
+        let rf = topic.partitions.first().map_or(1, |p| p.replicas.len());
         if rf > brokers.len() {
             return Err(MetadataError::InvalidReplicationFactor {
                 requested: rf as i16,
@@ -1193,14 +1150,9 @@ impl MetadataImage {
             partition_epoch,
             new_isr: new_isr.to_vec(),
         };
-        let changed = p
-            .record_mut()
+        p.record_mut()
             .alter_partition(&request, |b| live.contains(&b))
             .map_err(|e| MetadataError::from_rule(e, broker_id))?;
-        if changed && p.is_reassigning() {
-            // The ISR grew: every adding replica may be in sync now.
-            reassignment::maybe_complete(topic, p, &live);
-        }
         Ok(Applied::Partition(p.clone()))
     }
 
@@ -1324,9 +1276,6 @@ fn new_partition(partition: i32, replicas: Vec<BrokerId>) -> PartitionImage {
         leader_epoch: -1,
         partition_epoch: 0,
         election_reports: BTreeMap::new(),
-        target_replicas: Vec::new(),
-        adding_replicas: Vec::new(),
-        removing_replicas: Vec::new(),
     }
 }
 
@@ -1487,7 +1436,7 @@ fn validate_topic_configs(configs: &BTreeMap<String, String>) -> Result<(), Meta
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+mod tests {
     use super::*;
     use crate::security::acl::{
         AccessControlEntry, AclOperation, AclPermissionType, PatternType, ResourcePattern,
@@ -1495,7 +1444,7 @@ pub(super) mod tests {
     };
     use proptest::prelude::*;
 
-    pub(super) fn register(image: &mut MetadataImage, index: &mut u64, id: BrokerId) -> i64 {
+    fn register(image: &mut MetadataImage, index: &mut u64, id: BrokerId) -> i64 {
         *index += 1;
         let cmd = MetadataCommand::RegisterBroker {
             broker_id: id,
@@ -1519,7 +1468,7 @@ pub(super) mod tests {
         broker_epoch
     }
 
-    pub(super) fn cluster(n: i32) -> (MetadataImage, u64, Vec<i64>) {
+    fn cluster(n: i32) -> (MetadataImage, u64, Vec<i64>) {
         let mut image = MetadataImage::new();
         let mut index = 0;
         let epochs = (1..=n)
@@ -1528,7 +1477,7 @@ pub(super) mod tests {
         (image, index, epochs)
     }
 
-    pub(super) fn create(
+    fn create(
         image: &mut MetadataImage,
         index: &mut u64,
         name: &str,
@@ -1804,7 +1753,7 @@ pub(super) mod tests {
         }
     }
 
-    pub(super) fn set_isr(
+    fn set_isr(
         image: &mut MetadataImage,
         index: &mut u64,
         epochs: &[i64],

@@ -436,26 +436,6 @@ impl<P: ReplicationPolicy> LeaderState<P> {
             return;
         }
         self.partition_epoch = state.partition_epoch;
-        if state.replicas != self.replicas {
-            // A reassignment added or removed replicas under this leadership: track the
-            // adding ones from nothing (not caught up), forget the removed ones.
-            self.followers
-                .retain(|f| state.replicas.contains(&f.broker_id));
-            for &r in &state.replicas {
-                if r != self.broker_id && !self.followers.iter().any(|f| f.broker_id == r) {
-                    self.followers.push(FollowerProgress {
-                        broker_id: r,
-                        log_end_offset: None,
-                        last_caught_up_ms: 0,
-                        last_fetch_ms: 0,
-                        last_fetch_leader_log_end_offset: 0,
-                        log_start_offset: None,
-                    });
-                }
-            }
-            self.replicas = state.replicas.clone();
-            debug_assert_eq!(self.followers.len() + 1, self.replicas.len());
-        }
         self.isr = state.isr.clone();
         self.pending_isr = None;
         tracing::debug!(isr = ?self.isr, partition_epoch = self.partition_epoch, "leader applied ISR");
@@ -713,46 +693,6 @@ mod tests {
 
     fn drain<P: ReplicationPolicy>(l: &mut LeaderState<P>) -> Vec<LeaderAction> {
         std::iter::from_fn(|| l.poll_action()).collect()
-    }
-
-    #[test]
-    fn replicas_added_and_removed_under_a_leadership_are_tracked() {
-        let log = log(4, 2);
-        let mut l = LeaderState::new(1, IsrPolicy, config(), &state(&[1, 2, 3]), 4, 4, 0);
-        // A reassignment adds broker 4: unknown before the new record, followed after it.
-        assert_eq!(
-            l.on_follower_fetch(&fetch(4, 0), &log, 1).map(|_| ()),
-            Err(ReplicationError::NotLeaderOrFollower)
-        );
-        let mut moving = state(&[1, 2, 3]);
-        moving.replicas = vec![1, 2, 3, 4];
-        moving.partition_epoch = 6;
-        l.on_partition_state(&moving, 2);
-        l.on_follower_fetch(&fetch(4, 2), &log, 3).map(|_| ()).ok();
-        assert!(
-            drain(&mut l).is_empty(),
-            "broker 4 is behind the high watermark"
-        );
-        // Caught up: the leader proposes it for the ISR.
-        l.on_follower_fetch(&fetch(4, 4), &log, 4).map(|_| ()).ok();
-        let proposals: Vec<Vec<BrokerId>> = drain(&mut l)
-            .into_iter()
-            .filter_map(|a| match a {
-                LeaderAction::AlterPartition(r) => Some(r.new_isr),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(proposals, vec![vec![1, 2, 3, 4]]);
-        // The move completes without broker 3: its fetches are refused from then on.
-        let mut done = state(&[1, 2, 4]);
-        done.replicas = vec![1, 2, 4];
-        done.partition_epoch = 8;
-        l.on_partition_state(&done, 5);
-        assert_eq!(
-            l.on_follower_fetch(&fetch(3, 4), &log, 6).map(|_| ()),
-            Err(ReplicationError::NotLeaderOrFollower)
-        );
-        assert!(l.on_follower_fetch(&fetch(4, 4), &log, 6).is_ok());
     }
 
     #[test]

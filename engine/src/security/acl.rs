@@ -1185,14 +1185,6 @@ const TABLE: &[(ApiKey, &[ApiAcl])] = &[
         &[one(When::Always, Op::Alter, CLUSTER)],
     ),
     (
-        ApiKey::AlterPartitionReassignments,
-        &[one(When::Always, Op::Alter, CLUSTER)],
-    ),
-    (
-        ApiKey::ListPartitionReassignments,
-        &[one(When::Always, Op::Describe, CLUSTER)],
-    ),
-    (
         ApiKey::DescribeCluster,
         &[one(When::AnswerDetail, Op::Describe, CLUSTER)],
     ),

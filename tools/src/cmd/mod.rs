@@ -10,7 +10,6 @@ pub mod logdirs;
 pub mod produce;
 pub mod producers;
 pub mod quotas;
-pub mod reassign;
 pub mod records;
 pub mod topics;
 pub mod transactions;

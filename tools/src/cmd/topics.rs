@@ -50,10 +50,6 @@ pub enum TopicsCmd {
         #[arg(required = true)]
         names: Vec<String>,
     },
-    /// Move partitions between brokers (AlterPartitionReassignments, like
-    /// kafka-reassign-partitions.sh): generate, execute, verify, cancel a JSON plan.
-    #[command(subcommand)]
-    Reassign(super::reassign::ReassignCmd),
     /// Grow a topic to a total number of partitions.
     AddPartitions {
         /// Topic name.
@@ -92,12 +88,8 @@ struct TopicRow {
     partitions: Vec<PartitionRow>,
 }
 
-/// Runs a `topics` subcommand. Returns false when `reassign` reports a partition failed or
-/// not complete.
-pub fn run(ctx: &Ctx, cmd: TopicsCmd, out: &mut impl Write) -> anyhow::Result<bool> {
-    if let TopicsCmd::Reassign(c) = cmd {
-        return super::reassign::run(ctx, c, out);
-    }
+/// Runs a `topics` subcommand.
+pub fn run(ctx: &Ctx, cmd: TopicsCmd, out: &mut impl Write) -> anyhow::Result<()> {
     let mut cluster = ctx.cluster()?;
     let timeout_ms = ctx.timeout.as_millis().min(i32::MAX as u128) as i32;
     match cmd {
@@ -286,8 +278,6 @@ pub fn run(ctx: &Ctx, cmd: TopicsCmd, out: &mut impl Write) -> anyhow::Result<bo
                 }
             }
         }
-        // Handled above, before connecting.
-        TopicsCmd::Reassign(_) => {}
         TopicsCmd::AddPartitions { name, total } => {
             let before = cluster.topic(&name)?.partitions.len() as i32;
             let req = CreatePartitionsRequest::default()
@@ -325,5 +315,5 @@ pub fn run(ctx: &Ctx, cmd: TopicsCmd, out: &mut impl Write) -> anyhow::Result<bo
             }
         }
     }
-    Ok(true)
+    Ok(())
 }

@@ -173,8 +173,6 @@ pub fn is_authorised_api(api: ApiKey) -> bool {
             // Kafka answers DescribeCluster without a check.
             | ApiKey::DescribeCluster
             | ApiKey::ElectLeaders
-            | ApiKey::AlterPartitionReassignments
-            | ApiKey::ListPartitionReassignments
             | ApiKey::CreateAcls
             | ApiKey::DescribeAcls
             | ApiKey::DeleteAcls
@@ -1118,40 +1116,6 @@ pub async fn elect_leaders(
         );
     }
     super::leaders::elect_leaders(node, version, req).await
-}
-
-/// AlterPartitionReassignments: ALTER on the cluster, else CLUSTER_AUTHORIZATION_FAILED (top
-/// level and on every requested partition), as in Kafka.
-pub async fn alter_partition_reassignments(
-    svc: &Rc<Services>,
-    node: &ClusterNode,
-    version: i16,
-    req: m::AlterPartitionReassignmentsRequest,
-) -> m::AlterPartitionReassignmentsResponse {
-    if !Authz::current(svc).allows_cluster(AclOperation::Alter) {
-        return super::reassignments::alter_refuse(
-            version,
-            &req,
-            CLUSTER_AUTHORIZATION_FAILED,
-            "ALTER on the cluster is required",
-        );
-    }
-    super::reassignments::alter_partition_reassignments(node, version, req).await
-}
-
-/// ListPartitionReassignments: DESCRIBE on the cluster, else CLUSTER_AUTHORIZATION_FAILED.
-pub fn list_partition_reassignments(
-    svc: &Rc<Services>,
-    node: &ClusterNode,
-    req: &m::ListPartitionReassignmentsRequest,
-) -> m::ListPartitionReassignmentsResponse {
-    if !Authz::current(svc).allows_cluster(AclOperation::Describe) {
-        return super::reassignments::list_refuse(
-            CLUSTER_AUTHORIZATION_FAILED,
-            "DESCRIBE on the cluster is required",
-        );
-    }
-    super::reassignments::list_partition_reassignments(&node.controller.metadata(), req)
 }
 
 /// DescribeQuorum: DESCRIBE on the cluster, else CLUSTER_AUTHORIZATION_FAILED.

@@ -30,7 +30,6 @@ pub mod produce;
 pub mod producers;
 pub mod quorum;
 pub mod quotas;
-pub mod reassignments;
 pub mod records;
 pub mod topics;
 pub mod transactions;
@@ -301,16 +300,6 @@ async fn dispatch(
             let req = decode!(m::ElectLeadersRequest);
             let node = svc.shard.ctx.metadata.cluster_node().clone();
             frame(&acls::elect_leaders(&svc, &node, version, req).await)
-        }
-        ApiKey::AlterPartitionReassignments => {
-            let req = decode!(m::AlterPartitionReassignmentsRequest);
-            let node = svc.shard.ctx.metadata.cluster_node().clone();
-            frame(&acls::alter_partition_reassignments(&svc, &node, version, req).await)
-        }
-        ApiKey::ListPartitionReassignments => {
-            let req = decode!(m::ListPartitionReassignmentsRequest);
-            let node = svc.shard.ctx.metadata.cluster_node().clone();
-            frame(&acls::list_partition_reassignments(&svc, &node, &req))
         }
         ApiKey::DescribeQuorum => {
             let req = decode!(m::DescribeQuorumRequest);
